@@ -225,7 +225,11 @@ class UNet(nn.Module):
 
 
 def build_model(
-    spec: ModelSpec | None = None, in_channels: int = 1, classes: int = 2, *, seed: int | None = None
+    spec: ModelSpec | None = None,
+    in_channels: int = 1,
+    classes: int = 2,
+    *,
+    seed: int | None = None,
 ) -> UNet:
     """Build a freshly initialised :class:`UNet`.
 

@@ -1,0 +1,490 @@
+"""Training stages, evaluation and checkpoints (plain PyTorch, no Ray).
+
+One function, :func:`train_stage`, runs every kind of stage of the reference study:
+
+- pretraining: a fresh model (``build_model(spec, seed=seed)``) on one domain;
+- transfer: a model loaded from the parent checkpoint (:func:`load_checkpoint`), with
+  ``freeze="encoder"`` or ``"decoder"`` or ``"none"``;
+- mixture baseline: a fresh model on ``np.concatenate`` of source and target images.
+
+Losses
+------
+The training loss is the cross-entropy of the logits against the two-class soft labels
+``(1 - mask, mask)``. Reported losses (``train_loss``, ``val_loss``, :class:`EvalMetrics`
+``loss``) are *excess* cross-entropy: cross-entropy minus the set's floor, the mean entropy of
+its soft labels (:func:`label_entropy_floor`), so 0 is perfect.
+
+Devices
+-------
+CUDA when available (bf16 autocast, channels_last, cuDNN deterministic), otherwise CPU
+(fp32, channels_last, ``torch.set_num_threads(num_threads)``; the previous thread count is
+restored afterwards). On CPU the same seed gives bit-identical results. On CUDA the backward
+of nearest-neighbour upsampling uses atomic additions, so repeated runs agree only to
+rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hrtem_ray import __version__
+from hrtem_ray.model import ModelSpec, Part, build_model, count_parameters
+from hrtem_ray.model import freeze as freeze_part
+from hrtem_ray.trainsets import (
+    augment,
+    epoch_order,
+    label_entropy_floor,
+    soft_labels,
+    standardize,
+)
+
+__all__ = [
+    "EvalMetrics",
+    "NonFiniteLossError",
+    "StageResult",
+    "evaluate",
+    "label_entropy_floor",
+    "load_checkpoint",
+    "predict",
+    "save_checkpoint",
+    "select_device",
+    "standardize",
+    "train_stage",
+]
+
+_CHECK_EVERY = 16  # steps between host syncs that check the loss for NaN/inf
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the stage stopped and produced no result."""
+
+
+@dataclass
+class StageResult:
+    """Outcome of :func:`train_stage`.
+
+    Attributes
+    ----------
+    history
+        One dict per epoch: ``epoch`` (1-based), ``train_loss`` (mean excess cross-entropy of
+        the epoch's steps, train mode, augmented), ``val_loss`` (excess cross-entropy on the
+        validation set, eval mode), ``val_cross_entropy``, ``val_iou``, ``lr`` and
+        ``seconds`` (wall time of the epoch including validation).
+    best_epoch
+        Epoch with the lowest ``val_loss`` (the earliest on ties).
+    best_state
+        ``state_dict`` of the model after ``best_epoch``, contiguous CPU tensors.
+    train_seconds
+        Wall time of the whole stage.
+    trainable_parameters
+        Trainable parameter count after freezing.
+    optimizer
+        The optimizer after the last epoch (for :func:`save_checkpoint`).
+    """
+
+    history: list[dict]
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]
+    train_seconds: float
+    trainable_parameters: int = 0
+    optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def best_val_loss(self) -> float:
+        """``val_loss`` of the best epoch."""
+        return self.history[self.best_epoch - 1]["val_loss"]
+
+
+@dataclass
+class EvalMetrics:
+    """Metrics of a model on one validation set.
+
+    ``loss`` = ``cross_entropy`` - ``floor`` (excess cross-entropy, 0 is perfect);
+    ``floor`` is the mean soft-label entropy of the set; ``iou`` is the intersection over
+    union of (predicted particle probability > 0.5) and (mask > 0.5) over all pixels of the
+    set, 1.0 when both are empty.
+    """
+
+    loss: float
+    cross_entropy: float
+    floor: float
+    iou: float
+
+
+def select_device(prefer: str | torch.device | None = None) -> torch.device:
+    """Return ``prefer`` as a device if given, else CUDA when available, else CPU."""
+    if prefer is not None:
+        return torch.device(prefer)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def _threads(num_threads: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (no-op for ``None``)."""
+    if num_threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(num_threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, nothing elsewhere (bf16 is slower than fp32 on CPU)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move ``model`` to ``device`` in channels_last layout (in place)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return model.to(device=device, memory_format=torch.channels_last)
+
+
+def _tensors(
+    images: np.ndarray, masks: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardised images and masks as ``(N, 1, H, W)`` float32 tensors on ``device``."""
+    images, masks = np.asarray(images), np.asarray(masks)
+    if images.ndim != 3 or images.shape != masks.shape:
+        raise ValueError(
+            f"images and masks must both be (N, H, W), got {images.shape} and {masks.shape}"
+        )
+    x = torch.from_numpy(standardize(images)).unsqueeze(1)
+    m = torch.from_numpy(np.asarray(masks, dtype=np.float32)).unsqueeze(1)
+    return x.to(device), m.to(device)
+
+
+def _cross_entropy(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean soft-label cross-entropy of ``logits (N, 2, H, W)`` against ``masks (N, 1, H, W)``."""
+    return F.cross_entropy(logits.float(), soft_labels(masks))
+
+
+@torch.no_grad()
+def _evaluate_tensors(
+    model: nn.Module, x: torch.Tensor, m: torch.Tensor, batch_size: int, device: torch.device
+) -> tuple[float, float]:
+    """Cross-entropy and IoU of ``model`` (in eval mode) on prepared tensors."""
+    ce_sum, inter, union = 0.0, 0, 0
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].contiguous(memory_format=torch.channels_last)
+        mb = m[i : i + batch_size]
+        with _autocast(device):
+            logits = model(xb)
+        ce_sum += _cross_entropy(logits, mb).item() * len(xb)
+        pred = logits[:, 1] > logits[:, 0]
+        true = mb[:, 0] > 0.5
+        inter += int((pred & true).sum())
+        union += int((pred | true).sum())
+    return ce_sum / len(x), (inter / union if union else 1.0)
+
+
+def evaluate(
+    model: nn.Module,
+    val_sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> dict[str, EvalMetrics]:
+    """Evaluate ``model`` on every validation set (one per domain).
+
+    Parameters
+    ----------
+    model
+        The model; moved to ``device`` and put in eval mode, its previous mode is restored.
+    val_sets
+        Domain label -> (images, masks), float32 arrays ``(N, H, W)``; images are raw (they
+        are standardised here).
+    batch_size
+        Evaluation batch size.
+    device
+        Device; default :func:`select_device`.
+
+    Returns
+    -------
+    dict
+        Domain label -> :class:`EvalMetrics`, in the order of ``val_sets``.
+    """
+    device = select_device(device)
+    _prepare(model, device)
+    was_training = model.training
+    model.eval()
+    try:
+        out = {}
+        for domain, (images, masks) in val_sets.items():
+            x, m = _tensors(images, masks, device)
+            ce, iou = _evaluate_tensors(model, x, m, batch_size, device)
+            floor = label_entropy_floor(masks)
+            out[domain] = EvalMetrics(loss=ce - floor, cross_entropy=ce, floor=floor, iou=iou)
+        return out
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: np.ndarray,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Particle probability maps ``(N, H, W)`` (float32) of ``model`` for raw ``images``.
+
+    Images are standardised per image; the model runs in eval mode on ``device`` (default
+    :func:`select_device`) exactly as in :func:`evaluate`; its previous mode is restored.
+    """
+    device = select_device(device)
+    _prepare(model, device)
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.from_numpy(standardize(np.asarray(images))).unsqueeze(1).to(device)
+        out = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                logits = model(xb)
+            out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
+        return torch.cat(out).numpy()
+    finally:
+        model.train(was_training)
+
+
+def _check_finite(pending: list[torch.Tensor], first_step: int, epoch: int) -> float:
+    """Sum of the pending step losses; raise :class:`NonFiniteLossError` on NaN/inf."""
+    values = torch.stack(pending).double().cpu()
+    bad = torch.nonzero(~torch.isfinite(values))
+    if len(bad):
+        step = first_step + int(bad[0, 0])
+        raise NonFiniteLossError(
+            f"training loss is {values[bad[0, 0]].item()} at epoch {epoch}, step {step} "
+            "(check the learning rate and the inputs for NaN/inf); the stage was stopped"
+        )
+    return float(values.sum())
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached contiguous CPU copy of ``model.state_dict()``."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def train_stage(
+    model: nn.Module,
+    train_images: np.ndarray,
+    train_masks: np.ndarray,
+    val_images: np.ndarray,
+    val_masks: np.ndarray,
+    *,
+    lr: float,
+    epochs: int = 10,
+    batch_size: int = 16,
+    lr_decay: float = 0.99,
+    seed: int = 0,
+    freeze: Part = "none",
+    augment_data: bool = True,
+    device: str | torch.device | None = None,
+    num_threads: int | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> StageResult:
+    """Train ``model`` for one stage and keep the epoch with the lowest validation loss.
+
+    Every epoch visits each training image under all 8 dihedral symmetries (same symmetry
+    for image and mask) in an order shuffled by ``np.random.default_rng(seed)``; images are
+    standardised per image; Adam over the trainable parameters with learning rate
+    ``lr * lr_decay ** (epoch - 1)``. After each epoch the model is evaluated on the
+    validation set; at the end the best epoch's state is loaded into ``model`` (which stays
+    on ``device``).
+
+    Parameters
+    ----------
+    model
+        A :class:`~hrtem_ray.model.UNet` (fresh, or loaded from a parent checkpoint).
+    train_images, train_masks, val_images, val_masks
+        float32 arrays ``(N, H, W)``; masks in [0, 1]; square images, sides multiples of 32.
+    lr, epochs, batch_size, lr_decay
+        Optimisation settings (the study: 10 epochs, batch 16, decay 0.99 per epoch).
+    seed
+        Seed of the data order and augmentation. Initialise the model with
+        ``build_model(spec, seed=seed)``.
+    freeze
+        Part to freeze (see :func:`hrtem_ray.model.freeze`); ``"none"`` unfreezes all.
+    augment_data
+        If False, one identity pass over the images per epoch instead of 8 symmetries.
+    device
+        Default :func:`select_device`.
+    num_threads
+        CPU threads for torch during the stage (the trial's cores).
+    on_epoch
+        Called with each epoch's history dict (e.g. to report to Ray Tune).
+
+    Returns
+    -------
+    StageResult
+
+    Raises
+    ------
+    NonFiniteLossError
+        When a training or validation loss is NaN or infinite (names epoch and step). The
+        model's parameters are then undefined.
+    """
+    t_start = time.perf_counter()
+    device = select_device(device)
+    rng = np.random.default_rng(seed)
+    trainable = freeze_part(model, freeze)
+    _prepare(model, device)
+    with _threads(num_threads if device.type == "cpu" else None):
+        x_train, m_train = _tensors(train_images, train_masks, device)
+        x_val, m_val = _tensors(val_images, val_masks, device)
+        train_floor = label_entropy_floor(train_masks)
+        val_floor = label_entropy_floor(val_masks)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=lr)
+        history: list[dict] = []
+        best_epoch, best_loss, best_state = 0, math.inf, {}
+        for epoch in range(1, epochs + 1):
+            t_epoch = time.perf_counter()
+            epoch_lr = lr * lr_decay ** (epoch - 1)
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr
+            model.train()
+            idx, ks = epoch_order(len(x_train), rng, augment=augment_data)
+            loss_sum, pending, n_steps = 0.0, [], 0
+            for start in range(0, len(idx), batch_size):
+                sel = torch.as_tensor(idx[start : start + batch_size], device=device)
+                xb, mb = augment(x_train[sel], m_train[sel], ks[start : start + batch_size])
+                xb = xb.contiguous(memory_format=torch.channels_last)
+                with _autocast(device):
+                    logits = model(xb)
+                loss = _cross_entropy(logits, mb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                pending.append(loss.detach() * len(xb))
+                n_steps += 1
+                if len(pending) == _CHECK_EVERY or start + batch_size >= len(idx):
+                    loss_sum += _check_finite(pending, n_steps - len(pending) + 1, epoch)
+                    pending = []
+            model.eval()
+            val_ce, val_iou = _evaluate_tensors(model, x_val, m_val, batch_size, device)
+            if not math.isfinite(val_ce):
+                raise NonFiniteLossError(f"validation loss is {val_ce} after epoch {epoch}")
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            record = {
+                "epoch": epoch,
+                "train_loss": loss_sum / len(idx) - train_floor,
+                "val_loss": val_ce - val_floor,
+                "val_cross_entropy": val_ce,
+                "val_iou": val_iou,
+                "lr": epoch_lr,
+                "seconds": time.perf_counter() - t_epoch,
+            }
+            history.append(record)
+            if record["val_loss"] < best_loss:
+                best_epoch, best_loss, best_state = epoch, record["val_loss"], _cpu_state(model)
+            if on_epoch is not None:
+                on_epoch(dict(record))
+        if best_state:
+            model.load_state_dict(best_state)
+        model.eval()
+    return StageResult(
+        history=history,
+        best_epoch=best_epoch,
+        best_state=best_state,
+        train_seconds=time.perf_counter() - t_start,
+        trainable_parameters=trainable,
+        optimizer=optimizer,
+    )
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    metadata: dict | None = None,
+) -> None:
+    """Save a checkpoint directory: ``model.pt``, ``optimizer.pt`` (if given), ``metadata.json``.
+
+    ``metadata.json`` holds ``metadata`` plus ``model_spec``, ``in_channels``, ``classes``,
+    ``frozen`` and ``hrtem_ray_version`` so that :func:`load_checkpoint` can rebuild the
+    model. It is written last: a directory without it is incomplete.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path / "model.pt", lambda p: torch.save(_cpu_state(model), p))
+    if optimizer is not None:
+        _atomic_write(path / "optimizer.pt", lambda p: torch.save(optimizer.state_dict(), p))
+    meta = dict(metadata or {})
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, ModelSpec):
+        meta["model_spec"] = spec.model_dump(mode="json")
+        meta["in_channels"] = model.encoder.conv1.in_channels
+        meta["classes"] = model.segmentation_head[0].out_channels
+        meta["frozen"] = getattr(model, "frozen", "none")
+    meta["hrtem_ray_version"] = __version__
+    meta["parameters"] = count_parameters(model)
+    text = json.dumps(meta, indent=2, sort_keys=True, default=str)
+    _atomic_write(path / "metadata.json", lambda p: p.write_text(text))
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model: nn.Module | None = None, spec: ModelSpec | None = None
+) -> tuple[nn.Module, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Parameters
+    ----------
+    path
+        The checkpoint directory.
+    model
+        Model to load the weights into; if None one is built from ``spec`` or, without
+        ``spec``, from the ``model_spec`` stored in the metadata.
+    spec
+        Architecture for the new model.
+
+    Returns
+    -------
+    (model, metadata)
+        The model (on CPU when newly built, unfrozen) and the metadata dict. The optimizer
+        state, if any, is at ``path / "optimizer.pt"``.
+    """
+    path = Path(path)
+    meta_file = path / "metadata.json"
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no metadata.json)")
+    meta = json.loads(meta_file.read_text())
+    if model is None:
+        if spec is None:
+            if "model_spec" not in meta:
+                raise ValueError(f"checkpoint {path} has no model_spec; pass spec= or model=")
+            spec = ModelSpec.model_validate(meta["model_spec"])
+        model = build_model(spec, meta.get("in_channels", 1), meta.get("classes", 2))
+    state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model, meta
