@@ -214,6 +214,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images ``(N, C, H, W)`` to class logits ``(N, classes, H, W)``."""
+        if x.shape[-2] % 32 or x.shape[-1] % 32:
+            raise ValueError(f"image height and width must be multiples of 32, got {x.shape}")
         return self.segmentation_head(self.decoder(self.encoder(x)))
 
     def train(self, mode: bool = True) -> UNet:

@@ -349,6 +349,8 @@ def train_stage(
     t_start = time.perf_counter()
     device = select_device(device)
     rng = np.random.default_rng(seed)
+    if augment_data and np.shape(train_images)[-1] != np.shape(train_images)[-2]:
+        raise ValueError("dihedral augmentation needs square images")
     trainable = freeze_part(model, freeze)
     _prepare(model, device)
     with _threads(num_threads if device.type == "cpu" else None):
