@@ -1,0 +1,266 @@
+"""Benchmark of the analysis layer on a results table of about a million rows.
+
+The input replicates the defocus study's grid (5 pretraining defoci, 11 target
+defoci, 2 x 2 learning rates, 4 transfer sizes, 3 freezing modes, 3 seeds, the
+mixture baselines) with losses computed from a smooth formula plus noise, until the
+requested number of rows is reached (each replica has its own seeds and model ids).
+
+Prints JSON with ``seconds_all_functions_1m_rows`` (every public analysis function
+once, best of ``--repeat``) and ``speedup_vs_pandas``: the time of a straightforward
+pandas implementation of ``pair_matrix`` (both phases) and ``ood_spread`` divided by
+the Polars time of the same functions.
+
+Usage::
+
+    python benchmarks/analysis.py            # 1 M rows
+    python benchmarks/analysis.py --quick    # one repeat (well under a minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from hrtem_ray import analysis
+
+PRETRAIN = (-10, -5, 0, 5, 10)
+DOMAINS = tuple(range(-25, 30, 5))
+LRS_PRETRAIN = (1e-3, 1e-4)
+LRS_TRANSFER = (1e-4, 1e-5)
+SIZES = (64, 128, 256, 512)
+FREEZE = ("none", "encoder", "decoder")
+SEEDS = (0, 1, 2)
+MIXTURES = ((128, 384), (256, 256), (384, 128))
+
+
+def _grid(**axes: Any) -> pl.DataFrame:
+    """Cartesian product of the given axes as a DataFrame."""
+    frame = None
+    for name, values in axes.items():
+        column = pl.DataFrame({name: list(values)})
+        frame = column if frame is None else frame.join(column, how="cross")
+    return frame
+
+
+def _models() -> pl.DataFrame:
+    """One row per model of one replica of the defocus study."""
+    pretrain = _grid(pretrain_domain=PRETRAIN, pretrain_lr=LRS_PRETRAIN, seed=SEEDS).with_columns(
+        phase=pl.lit("pretrain"), transfer_domain=None, transfer_lr=None, n_pretrain=512,
+        n_transfer=None, freeze=pl.lit("none"),
+    )  # fmt: skip
+    transfer = (
+        _grid(
+            pretrain_domain=PRETRAIN,
+            transfer_domain=DOMAINS,
+            pretrain_lr=LRS_PRETRAIN,
+            transfer_lr=LRS_TRANSFER,
+            n_transfer=SIZES,
+            freeze=FREEZE,
+            seed=SEEDS,
+        )  # fmt: skip
+        .filter(pl.col("pretrain_domain") != pl.col("transfer_domain"))
+        .with_columns(phase=pl.lit("transfer"), n_pretrain=512)
+    )
+    pairs = {tuple(sorted((a, b))) for a in PRETRAIN for b in DOMAINS if a != b}
+    mixtures = pl.DataFrame(
+        [(a, b, na, nb) for a, b in sorted(pairs) for na, nb in MIXTURES],
+        schema=["pretrain_domain", "transfer_domain", "n_pretrain", "n_transfer"],
+        orient="row",
+    )
+    baseline = mixtures.join(_grid(pretrain_lr=LRS_PRETRAIN, seed=SEEDS), how="cross").with_columns(
+        phase=pl.lit("baseline"), transfer_lr=None, freeze=pl.lit("none")
+    )
+    return pl.concat([pretrain, transfer, baseline], how="diagonal_relaxed")
+
+
+def _ood(a: pl.Expr, e: pl.Expr) -> pl.Expr:
+    """Out-of-distribution penalty of a model trained at defocus a, evaluated at e."""
+    scale = pl.when(a == 0).then(0.6).otherwise(1.0)
+    return 0.004 * (a - e).abs().pow(1.5) * scale
+
+
+def make_table(rows: int, rng_seed: int = 0) -> pl.DataFrame:
+    """A results table in the contract's schema with at least ``rows`` rows."""
+    models = _models()
+    base = models.height * len(DOMAINS)
+    replicas = max(1, math.ceil(rows / base))
+    table = (
+        _grid(replica=range(replicas))
+        .join(models, how="cross")
+        .with_columns(seed=pl.col("seed") + 3 * pl.col("replica"))
+        .with_row_index("model")
+        .join(pl.DataFrame({"eval_domain": DOMAINS}), how="cross")
+    )
+    a, b, e = (
+        pl.col(c).cast(pl.Float64) for c in ("pretrain_domain", "transfer_domain", "eval_domain")
+    )
+    difficulty = 0.04 + 0.08 * (-((e / 6) ** 2)).exp()
+    lr_cost = pl.when(pl.col("pretrain_lr") < 1e-3).then(0.005).otherwise(0.0)
+    share_a = pl.col("n_pretrain") / 512
+    share_b = pl.col("n_transfer").cast(pl.Float64) / 512
+    transfer_cost = (
+        0.7 * _ood(b, e) + 0.2 * _ood(a, e) + 0.0005 * (a - b).abs() * pl.when(a == 0).then(0.3).otherwise(1.0)
+        + 0.03 * (64 / pl.col("n_transfer")).sqrt() - 0.015
+        + pl.col("freeze").replace_strict({"none": 0.0, "encoder": 0.008, "decoder": 0.002})
+        + pl.when(pl.col("transfer_lr") < 1e-4).then(0.01).otherwise(0.0)
+    )  # fmt: skip
+    mixture_cost = pl.min_horizontal(
+        _ood(a, e) + 0.02 * (1 - share_a), _ood(b, e) + 0.02 * (1 - share_b)
+    )
+    cost = (
+        pl.when(pl.col("phase") == "pretrain")
+        .then(_ood(a, e))
+        .when(pl.col("phase") == "transfer")
+        .then(transfer_cost)
+        .otherwise(mixture_cost)
+    )
+    rng = np.random.default_rng(rng_seed)
+    noise = rng.lognormal(-6.0, 0.5, table.height)
+    table = table.with_columns(loss=difficulty + cost + lr_cost + pl.Series(noise))
+    n = table.height
+    return table.select(
+        study=pl.lit("defocus"),
+        model_id=pl.format("m{}", "model"),
+        phase="phase",
+        parent_id=pl.when(pl.col("phase") == "transfer")
+        .then(pl.format("p{}_{}_{}", "pretrain_domain", "pretrain_lr", "seed"))
+        .otherwise(None),
+        pretrain_domain=pl.col("pretrain_domain").cast(pl.String),
+        transfer_domain=pl.col("transfer_domain").cast(pl.String),
+        eval_domain=pl.col("eval_domain").cast(pl.String),
+        pretrain_lr="pretrain_lr",
+        transfer_lr=pl.col("transfer_lr").cast(pl.Float64),
+        n_pretrain=pl.col("n_pretrain").cast(pl.Int64),
+        n_transfer=pl.col("n_transfer").cast(pl.Int64),
+        freeze="freeze",
+        seed=pl.col("seed").cast(pl.Int64),
+        epochs=pl.lit(10, pl.Int64),
+        loss="loss",
+        cross_entropy=pl.col("loss") + 0.3133,
+        iou=(0.95 - 2 * pl.col("loss")).clip(0, 1),
+        best_epoch=pl.Series(rng.integers(1, 11, n)),
+        train_seconds=pl.Series(rng.uniform(30, 60, n)),
+        config_hash=pl.format("h{}", "model"),
+        hrtem_ray_version=pl.lit("bench"),
+    )
+
+
+def polars_all(table: pl.DataFrame) -> None:
+    """Every public analysis function once."""
+    analysis.pair_matrix(table, "pretrain")
+    analysis.pair_matrix(table, "transfer")
+    analysis.ood_spread(table)
+    analysis.transfer_asymmetry(table)
+    analysis.asymmetry_summary(table, "0")
+    analysis.baseline_comparison(table, "0", "10")
+    analysis.hyperparameter_effects(table, "n_transfer")
+    analysis.hyperparameter_effects(table, "freeze", freeze=["none", "encoder"])
+    analysis.hyperparameter_effects(table, ("pretrain_lr", "transfer_lr"))
+
+
+def polars_pair_ood(table: pl.DataFrame) -> None:
+    """The functions the pandas reference implements."""
+    analysis.pair_matrix(table, "pretrain")
+    analysis.pair_matrix(table, "transfer")
+    analysis.ood_spread(table)
+
+
+def pandas_pair_ood(df: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    """Straightforward pandas pair_matrix (both phases) and ood_spread, median reduce."""
+    pre = df[df["phase"] == "pretrain"]
+    pretrain = (
+        pre.groupby(["pretrain_domain", "eval_domain"])["loss"]
+        .agg(["median", "size"])
+        .reset_index()
+        .rename(columns={"eval_domain": "target_domain", "median": "loss", "size": "n_models"})
+    )
+    tr = df[(df["phase"] == "transfer") & (df["eval_domain"] == df["transfer_domain"])]
+    transfer = (
+        tr.groupby(["pretrain_domain", "transfer_domain"])["loss"]
+        .agg(["median", "size"])
+        .reset_index()
+        .rename(columns={"transfer_domain": "target_domain", "median": "t_loss", "size": "t_n"})
+    )
+    merged = pretrain.merge(transfer, on=["pretrain_domain", "target_domain"], how="outer")
+    merged["from_pretrain"] = merged["t_loss"].isna()
+    merged["loss"] = merged["t_loss"].fillna(merged["loss"])
+    merged["n_models"] = merged["t_n"].fillna(merged["n_models"])
+
+    kept = df[df["eval_domain"] != "0"]
+    p = (
+        kept[kept["phase"] == "pretrain"]
+        .groupby(["pretrain_domain", "eval_domain"])["loss"]
+        .median()
+    )
+    std_pre = p.groupby(level=0).std(ddof=0).rename("std_pretrain").reset_index()
+    t = (
+        kept[kept["phase"] == "transfer"]
+        .groupby(["pretrain_domain", "transfer_domain", "eval_domain"])["loss"]
+        .median()
+    )
+    std_tr = (
+        t.groupby(level=[0, 1]).std(ddof=0).rename("std_transfer").reset_index()
+        .rename(columns={"transfer_domain": "target_domain"})
+    )  # fmt: skip
+    grid = merged[["pretrain_domain", "target_domain"]]
+    ood = grid.merge(std_pre, on="pretrain_domain", how="left").merge(
+        std_tr, on=["pretrain_domain", "target_domain"], how="left"
+    )
+    ood["std_transfer"] = ood["std_transfer"].fillna(ood["std_pretrain"])
+    ood["shift"] = ood["std_transfer"] - ood["std_pretrain"]
+    return merged, ood
+
+
+def best_time(fn: Callable[[], Any], repeat: int) -> float:
+    """Best wall time of ``repeat`` calls."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one repeat instead of --repeat")
+    args = parser.parse_args(argv)
+    rows, repeat = args.rows, 1 if args.quick else args.repeat
+
+    start = time.perf_counter()
+    table = make_table(rows)
+    generate = time.perf_counter() - start
+    frame = table.to_pandas()
+    polars_all(table)  # warm-up
+    all_functions = best_time(lambda: polars_all(table), repeat)
+    polars_subset = best_time(lambda: polars_pair_ood(table), repeat)
+    pandas_subset = best_time(lambda: pandas_pair_ood(frame), repeat)
+    result = {
+        "rows": table.height,
+        "quick": args.quick,
+        "repeat": repeat,
+        "seconds_generate_table": round(generate, 3),
+        "seconds_all_functions_1m_rows": round(all_functions * 1_000_000 / table.height, 4),
+        "seconds_all_functions": round(all_functions, 4),
+        "seconds_polars_pair_matrix_ood_spread": round(polars_subset, 4),
+        "seconds_pandas_pair_matrix_ood_spread": round(pandas_subset, 4),
+        "speedup_vs_pandas": round(pandas_subset / polars_subset, 2),
+        "polars_version": pl.__version__,
+        "pandas_version": pd.__version__,
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
