@@ -1,0 +1,187 @@
+"""Running one trial of a study: plain functions, no Ray.
+
+:func:`execute_trial` loads the trial's images from the dataset, builds the
+model (or loads the parent's checkpoint for a transfer trial), trains the
+stage, evaluates it on every eval domain and writes the checkpoint, history
+and result rows to the study's storage. The sweep engine calls it inside a
+Ray Tune trial; the benchmark calls it directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from hrtem_ray import data, results, storage
+from hrtem_ray.config import StudySpec
+from hrtem_ray.model import build_model
+from hrtem_ray.train import evaluate, load_checkpoint, save_checkpoint, train_stage
+from hrtem_ray.trials import Trial
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a finished trial reports."""
+
+    model_id: str
+    best_epoch: int
+    best_val_loss: float
+    train_seconds: float
+    node_id: str
+
+
+@lru_cache(maxsize=64)
+def _images(root: str, domain: str, split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Images of a selection, cached per worker process (trials reuse their workers)."""
+    selection = data.read_images(root, domain, split, n)
+    return selection.images, selection.masks
+
+
+def training_set(trial: Trial, data_root: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images a trial trains on: the first n of its domain(s), by structure id."""
+    if trial.phase == "pretrain":
+        return _images(data_root, trial.pretrain_domain, "train", trial.n_pretrain)
+    if trial.phase == "transfer":
+        return _images(data_root, str(trial.transfer_domain), "train", trial.n_transfer)
+    parts = [(trial.pretrain_domain, trial.n_pretrain), (str(trial.transfer_domain), trial.n_transfer)]
+    sets = [_images(data_root, d, "train", n) for d, n in parts if n]
+    return np.concatenate([s[0] for s in sets]), np.concatenate([s[1] for s in sets])
+
+
+def validation_sets(spec: StudySpec, trial: Trial, data_root: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Validation sets of every eval domain, plus the trial's own training domain."""
+    domains = list(spec.domains_for("eval"))
+    if trial.train_domain not in domains:
+        domains.append(trial.train_domain)
+    return {d: _images(data_root, d, "val", spec.training.n_val) for d in domains}
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state (names and raw bytes), to check weight handoffs."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray there is no node id
+        pass
+    return os.uname().nodename
+
+
+def _load_parent(root: str, parent_id: str) -> tuple[torch.nn.Module, dict]:
+    location = results.checkpoint_path(root, parent_id)
+    if not storage.exists(storage.join(location, "metadata.json")):
+        raise FileNotFoundError(f"parent checkpoint {location} is missing or incomplete")
+    with tempfile.TemporaryDirectory(prefix="hrtem-ckpt-") as tmp:
+        storage.download_dir(location, tmp)
+        return load_checkpoint(tmp)
+
+
+def _store_checkpoint(root: str, model_id: str, model, optimizer, metadata: dict) -> None:
+    with tempfile.TemporaryDirectory(prefix="hrtem-ckpt-") as tmp:
+        save_checkpoint(tmp, model, optimizer, metadata)
+        storage.upload_dir(tmp, results.checkpoint_path(root, model_id))
+
+
+def execute_trial(
+    spec: StudySpec,
+    trial: Trial,
+    *,
+    data_root: str,
+    root: str,
+    num_threads: int | None = None,
+    device: str | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrialOutcome:
+    """Train, evaluate and store one trial; the result rows are written last.
+
+    Raises
+    ------
+    hrtem_ray.train.NonFiniteLossError
+        If the loss becomes NaN or infinite (nothing is written).
+    """
+    started_at = time.time()
+    train_images, train_masks = training_set(trial, data_root)
+    val_sets = validation_sets(spec, trial, data_root)
+    if trial.phase == "transfer":
+        model, _ = _load_parent(root, str(trial.parent_id))
+    else:
+        model = build_model(spec.model, seed=trial.seed)
+    initial_digest = state_digest(model)
+    val_images, val_masks = val_sets[trial.train_domain]
+    stage = train_stage(
+        model,
+        train_images,
+        train_masks,
+        val_images,
+        val_masks,
+        lr=trial.lr,
+        epochs=spec.training.epochs,
+        batch_size=spec.training.batch_size,
+        lr_decay=spec.training.lr_decay,
+        seed=trial.seed,
+        freeze=trial.freeze,
+        device=device,
+        num_threads=num_threads,
+        on_epoch=on_epoch,
+    )
+    eval_domains = spec.domains_for("eval")
+    metrics = evaluate(
+        model,
+        {d: val_sets[d] for d in eval_domains},
+        batch_size=spec.training.batch_size,
+        device=device,
+    )
+    finished_at = time.time()
+    node = _node_id()
+    metadata = {
+        "model_id": trial.model_id,
+        "parent_id": trial.parent_id,
+        "initial_digest": initial_digest,
+        "best_digest": state_digest(model),
+        "best_epoch": stage.best_epoch,
+        "trainable_parameters": stage.trainable_parameters,
+        "node_id": node,
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+    if trial.phase == "pretrain" or spec.keep_checkpoints == "all":
+        _store_checkpoint(root, trial.model_id, model, stage.optimizer, metadata)
+    results.write_history(root, trial.model_id, stage.history, metadata)
+    rows = results.result_rows(
+        trial,
+        study=spec.dataset.study,
+        epochs=spec.training.epochs,
+        metrics=metrics,
+        best_epoch=stage.best_epoch,
+        train_seconds=stage.train_seconds,
+        node_id=node,
+        started_at=started_at,
+        finished_at=finished_at,
+    )
+    results.write_result(root, trial, rows)
+    return TrialOutcome(trial.model_id, stage.best_epoch, stage.best_val_loss, stage.train_seconds, node)
+
+
+def clear_local_cache() -> None:
+    """Forget cached images (after a dataset changed on disk)."""
+    _images.cache_clear()
+
+
+__all__ = ["TrialOutcome", "clear_local_cache", "execute_trial", "state_digest", "training_set", "validation_sets"]

@@ -1,0 +1,66 @@
+"""Starting and joining Ray clusters.
+
+Laptop mode starts a private local cluster (``address="local"``) kept on
+loopback, with token authentication and the dashboard off; a cluster address
+(``"auto"``, ``"ray://host:10001"`` or ``"host:6379"``) joins an existing one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+# Set before Ray starts: keep a local cluster on 127.0.0.1 and skip token auth.
+_LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def local_ray_env() -> dict[str, str]:
+    """Environment variables hrtem-ray sets before starting a local cluster."""
+    return dict(_LOCAL_ENV)
+
+
+@contextmanager
+def ray_session(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    object_store_memory_bytes: int | None = None,
+) -> Iterator[None]:
+    """Use the running Ray session, join ``address``, or start a local cluster.
+
+    A session this function starts is shut down on exit; one that was already
+    running (a notebook, a test fixture) is left alone.
+
+    Parameters
+    ----------
+    address
+        ``None`` or ``"local"`` starts a private local cluster; anything else is
+        passed to :func:`ray.init` to join an existing cluster.
+    num_cpus, num_gpus, object_store_memory_bytes
+        Sizes of a local cluster (ignored when joining one).
+    """
+    if ray.is_initialized():
+        yield
+        return
+    if address in (None, "local"):
+        for key, value in _LOCAL_ENV.items():
+            os.environ.setdefault(key, value)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            object_store_memory=object_store_memory_bytes,
+            include_dashboard=False,
+            log_to_driver=True,
+            configure_logging=False,
+        )
+    else:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

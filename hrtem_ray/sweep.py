@@ -1,0 +1,351 @@
+"""The sweep engine: a study's trials on Ray Tune, with pipelined checkpoint handoff.
+
+Pretrain and baseline trials start at once; every transfer trial is handed
+out as soon as its own parent has finished and stored its checkpoint (no
+barrier between the stages), by :class:`DependentTrialSearcher`. Trials read
+their parent's checkpoint from the study's storage, so parent and child may run
+on different nodes.
+
+Resuming is driven by what the storage holds: a trial whose result file
+exists is done and never runs again; a pretrain model that is done releases its
+children at once. Re-running the same command (or ``--resume``) after a crash
+therefore finishes the study with exactly one row per (model, eval domain).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from hrtem_ray import results, storage
+from hrtem_ray.config import StudySpec
+from hrtem_ray.trials import Trial, TrialPlan, plan_trials
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial needs besides its own configuration (shipped once per worker)."""
+
+    spec_json: str
+    data_root: str
+    root: str
+    num_threads: int
+
+
+class DependentTrialSearcher:
+    """Hands out pretrain trials, then transfer trials whose parent is done, then baselines.
+
+    A Ray Tune searcher (the Tune base class is mixed in by :func:`make_searcher`
+    so that this module imports without Ray Tune). Transfer trials of a parent
+    that failed for good are not run; they are listed in :attr:`skipped`.
+    """
+
+    def _setup(self, plan: TrialPlan, done: set[str]) -> None:
+        children = plan.children()
+        self._pretrain: deque[Trial] = deque(t for t in plan.pretrain if t.model_id not in done)
+        self._ready: deque[Trial] = deque()
+        self._baseline: deque[Trial] = deque(t for t in plan.baseline if t.model_id not in done)
+        self._waiting: dict[str, list[Trial]] = {}
+        for parent in plan.pretrain:
+            kids = [t for t in children.get(parent.model_id, []) if t.model_id not in done]
+            if parent.model_id in done:
+                self._ready.extend(kids)
+            elif kids:
+                self._waiting[parent.model_id] = kids
+        self._live: dict[str, Trial] = {}
+        self.skipped: list[tuple[Trial, str]] = []
+
+    @property
+    def pending(self) -> int:
+        """Trials not yet handed out."""
+        return (
+            len(self._pretrain)
+            + len(self._ready)
+            + len(self._baseline)
+            + sum(len(k) for k in self._waiting.values())
+        )
+
+    def suggest(self, trial_id: str):  # noqa: D102 - Tune API
+        for queue in (self._pretrain, self._ready, self._baseline):
+            if queue:
+                trial = queue.popleft()
+                self._live[trial_id] = trial
+                return {"trial": trial.to_dict()}
+        if self._live or self._waiting:
+            return None
+        return self.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):  # noqa: D102
+        trial = self._live.pop(trial_id, None)
+        if trial is None:
+            return
+        kids = self._waiting.pop(trial.model_id, [])
+        if error or (result or {}).get("failed"):
+            self.skipped.extend((k, f"parent {trial.model_id} failed") for k in kids)
+        else:
+            self._ready.extend(kids)
+
+    def save(self, checkpoint_path: str) -> None:  # noqa: D102
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.__dict__, fh)
+
+    def restore(self, checkpoint_path: str) -> None:  # noqa: D102
+        with open(checkpoint_path, "rb") as fh:
+            self.__dict__.update(pickle.load(fh))
+
+
+def make_searcher(plan: TrialPlan, done: set[str]):
+    """A Ray Tune :class:`~ray.tune.search.Searcher` for ``plan``, skipping ``done`` model ids."""
+    from ray.tune.search import Searcher
+
+    class _Searcher(DependentTrialSearcher, Searcher):
+        def __init__(self) -> None:
+            Searcher.__init__(self)
+            self._setup(plan, done)
+
+    return _Searcher()
+
+
+def _tune_trial(config: dict, context: TrialContext) -> None:
+    """The Ray Tune trainable: run one trial, report per epoch, record NaN failures."""
+    import torch
+    from ray import tune
+
+    from hrtem_ray.execute import execute_trial
+    from hrtem_ray.train import NonFiniteLossError
+
+    trial = Trial.from_dict(config["trial"])
+    if storage.exists(results.result_path(context.root, trial)):
+        tune.report({"finished": True, "failed": False, "skipped_existing": True})
+        return
+    spec = StudySpec.model_validate_json(context.spec_json)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        outcome = execute_trial(
+            spec,
+            trial,
+            data_root=context.data_root,
+            root=context.root,
+            num_threads=context.num_threads,
+            device=device,
+            on_epoch=lambda record: tune.report({**record, "finished": False}),
+        )
+    except NonFiniteLossError as exc:
+        results.write_failure(context.root, trial, f"NonFiniteLossError: {exc}", attempts=1)
+        tune.report({"finished": True, "failed": True, "error": str(exc)})
+        return
+    tune.report(
+        {
+            "finished": True,
+            "failed": False,
+            "best_val_loss": outcome.best_val_loss,
+            "best_epoch": outcome.best_epoch,
+            "node_id": outcome.node_id,
+        }
+    )
+
+
+@dataclass
+class SweepReport:
+    """Counts and failures of a finished sweep."""
+
+    planned: dict[str, int]
+    already_done: int
+    completed: int = 0
+    failed: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _progress_callback(total: int, done_before: int, searcher, echo: Callable[[str], None]):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """One line per finished trial and a done/running/pending summary."""
+
+        def __init__(self) -> None:
+            self.finished = done_before
+            self.started = time.time()
+
+        def _line(self, trials, trial, status: str) -> None:
+            self.finished += 1
+            running = sum(t.status == "RUNNING" for t in trials)
+            desc = Trial.from_dict(trial.config["trial"]).describe()
+            last = trial.last_result or {}
+            metric = f" best val loss {last['best_val_loss']:.4f} (epoch {last['best_epoch']})" if "best_val_loss" in last else ""
+            echo(
+                f"[{self.finished}/{total}] {status} {desc}{metric} | "
+                f"done {self.finished} running {running} pending {searcher.pending} "
+                f"| {time.time() - self.started:.0f}s"
+            )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            failed = (trial.last_result or {}).get("failed")
+            self._line(trials, trial, "FAILED (non-finite loss)" if failed else "done")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trials, trial, "FAILED")
+
+    return Progress()
+
+
+def _failure_recorder(root: str, max_failures: int):
+    from ray.tune import Callback
+
+    class RecordFailures(Callback):
+        def on_trial_error(self, iteration, trials, trial, **info):
+            error = trial.get_error()
+            text = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
+            lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+            summary = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else text)
+            results.write_failure(
+                root, Trial.from_dict(trial.config["trial"]), summary.strip(), attempts=max_failures + 1
+            )
+
+    return RecordFailures()
+
+
+def trial_resources(spec: StudySpec, echo: Callable[[str], None]) -> dict[str, float]:
+    """CPU and GPU per trial, falling back to CPU (with a message) when the cluster has no GPU."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    if spec.resources.gpu > 0 and gpus == 0:
+        echo(f"resources.gpu = {spec.resources.gpu:g} but the cluster has no GPU: running trials on CPU")
+        resources["gpu"] = 0.0
+    return resources
+
+
+def max_concurrency(spec: StudySpec, resources: dict[str, float]) -> int:
+    """How many trials fit on the cluster at once (or the spec's own limit)."""
+    import ray
+
+    if spec.resources.max_concurrent_trials is not None:
+        return spec.resources.max_concurrent_trials
+    total = ray.cluster_resources()
+    fits = [math.floor(total.get("CPU", 1) / resources["cpu"] + 1e-9)]
+    if resources["gpu"] > 0:
+        fits.append(math.floor(total.get("GPU", 0) / resources["gpu"] + 1e-9))
+    return max(1, min(fits))
+
+
+def run_sweep(
+    spec: StudySpec,
+    *,
+    root: str,
+    data_root: str,
+    echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+) -> SweepReport:
+    """Run every trial of ``spec`` not yet done in ``root`` on the current Ray session.
+
+    Parameters
+    ----------
+    spec
+        The validated study.
+    root
+        The study's storage root (results, histories, checkpoints, failures).
+    data_root
+        The simulated dataset.
+    echo
+        Where progress lines go.
+    """
+    from ray import tune
+
+    start = time.time()
+    plan = plan_trials(spec)
+    done = results.finished_ids(root)
+    todo = [t for t in plan.all() if t.model_id not in done]
+    report = SweepReport(planned=plan.counts(), already_done=len(plan.all()) - len(todo))
+    if not todo:
+        echo(f"all {len(plan.all())} trials already done in {root}")
+        return report
+    for trial in todo:
+        results.clear_failure(root, trial.model_id)
+    resources = trial_resources(spec, echo)
+    concurrency = max_concurrency(spec, resources)
+    searcher = make_searcher(plan, done)
+    echo(
+        f"sweep {spec.name}: {len(todo)} trials to run ({report.already_done} already done), "
+        f"{concurrency} at a time, {resources['cpu']:g} CPU / {resources['gpu']:g} GPU each"
+    )
+    context = TrialContext(
+        spec_json=spec.model_dump_json(),
+        data_root=data_root,
+        root=root,
+        num_threads=max(1, int(resources["cpu"])),
+    )
+    trainable = tune.with_resources(tune.with_parameters(_tune_trial, context=context), resources)
+    tune_fs, tune_path = storage.pyarrow_filesystem_for_ray(storage.join(root, "tune"))
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=-1,
+            max_concurrent_trials=concurrency,
+            reuse_actors=True,
+            trial_dirname_creator=lambda t: t.config["trial"]["model_id"],
+            trial_name_creator=lambda t: t.config["trial"]["model_id"],
+        ),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=tune_path,
+            storage_filesystem=tune_fs,
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+            callbacks=[
+                _failure_recorder(root, spec.resources.max_failures),
+                _progress_callback(len(plan.all()), report.already_done, searcher, echo),
+            ],
+            verbose=0,
+            log_to_file=True,
+        ),
+    )
+    tuner.fit()
+    for trial, reason in searcher.skipped:
+        results.write_failure(root, trial, f"not run: {reason}", attempts=0)
+    finished = results.finished_ids(root)
+    report.completed = len([t for t in todo if t.model_id in finished])
+    report.failed = results.read_failures(root)
+    report.seconds = time.time() - start
+    return report
+
+
+def format_failures(failures: list[dict]) -> str:
+    """The final table of failed trials."""
+    if not failures:
+        return "no failed trials"
+    frame = pl.DataFrame(failures).select("model_id", "trial", "attempts", "error")
+    with pl.Config(tbl_rows=len(frame), fmt_str_lengths=100, tbl_width_chars=200):
+        return f"{len(failures)} failed trials:\n{frame}"
+
+
+def dry_run(spec: StudySpec) -> str:
+    """Trial counts per phase and the images each trial trains on, without running anything."""
+    plan = plan_trials(spec)
+    lines = [
+        f"study {spec.name} ({spec.dataset.study}): "
+        + ", ".join(f"{n} {phase}" for phase, n in plan.counts().items())
+        + f", {len(plan.all())} models in all",
+        f"each model is evaluated on {len(spec.domains_for('eval'))} eval domains: "
+        f"{len(plan.all()) * len(spec.domains_for('eval'))} result rows",
+    ]
+    for phase in ("pretrain", "transfer", "baseline"):
+        trials = getattr(plan, phase)
+        if not trials:
+            continue
+        sizes = pl.DataFrame({"images": [t.n_train_images for t in trials]})
+        counts = sizes.group_by("images").len().sort("images")
+        detail = ", ".join(f"{row['len']} x {row['images']}" for row in counts.iter_rows(named=True))
+        epochs = spec.training.epochs
+        total = int(sizes["images"].sum()) * 8 * epochs
+        lines.append(
+            f"{phase}: {len(trials)} trials training on images per trial: {detail} "
+            f"({total:,} augmented image passes over {epochs} epochs)"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Shared fixtures: a local Ray cluster, a tiny real simulated dataset, a laptop-study run.
+
+Everything here runs the real code paths (abTEM multislice, Parquet on disk,
+a real Ray cluster) at small sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Keep every Ray cluster of the test session on loopback, without token auth.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "artifacts"
+
+TINY_DATASET = {
+    "study": "defocus",
+    "defocus_nm": [-10, 0, 10],
+    "dose_e_per_angstrom2": 400,
+    "structures": {
+        "cell_angstrom": 25.6,
+        "substrate_thickness_angstrom": [6, 10],
+        "radius_angstrom": [5, 7],
+        "n_particles": [1, 2],
+        "min_separation_angstrom": 4,
+    },
+    "simulation": {
+        "sampling_angstrom": 0.2,
+        "n_phonons": 1,
+        "output_sampling_angstrom": 0.4,
+    },
+    "n_structures": {"train": 6, "val": 3},
+    "seed": 7,
+    "structures_per_shard": 3,
+}
+
+
+def tiny_dataset_spec(**overrides):
+    """The tiny dataset spec used across tests (64 x 64 px images, 3 defoci)."""
+    from hrtem_ray.config import parse_dataset_spec
+
+    return parse_dataset_spec({**TINY_DATASET, **overrides}, source="tests")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs, small object store, no dashboard) per test session."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=256 * 1024**2,
+        include_dashboard=False,
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_root(tmp_path_factory) -> Path:
+    """A tiny real dataset (abTEM multislice, 3 defoci, 6 train + 3 val structures) on disk."""
+    from hrtem_ray.data import simulate_dataset_serial
+
+    root = tmp_path_factory.mktemp("tiny-dataset")
+    simulate_dataset_serial(tiny_dataset_spec(), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_dataset_root):
+    """``{domain: (images, masks)}`` of the tiny dataset's training split."""
+    from hrtem_ray.data import read_images
+
+    out = {}
+    for domain in ("-10", "0", "10"):
+        selection = read_images(tiny_dataset_root, domain, "train")
+        out[domain] = (selection.images, selection.masks)
+    return out
+
+
+@dataclass(frozen=True)
+class LaptopRun:
+    out: Path
+    results_dir: Path
+    data_dir: Path
+    report_dir: Path
+    log: str
+
+
+@pytest.fixture(scope="session")
+def laptop_run(tmp_path_factory) -> LaptopRun:
+    """The README's main command, ``hrtem-ray run sweeps/laptop.yaml``, end to end.
+
+    Runs in a subprocess (its own local Ray cluster) exactly as a user would.
+    """
+    out = tmp_path_factory.mktemp("laptop-run")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hrtem_ray.cli", "run", str(REPO / "sweeps" / "laptop.yaml"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log = proc.stdout + proc.stderr
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "laptop_run.log").write_text(log)
+    assert proc.returncode == 0, log[-5000:]
+    return LaptopRun(out, out / "results", out / "data", out / "report", log)
