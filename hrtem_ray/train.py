@@ -58,10 +58,12 @@ __all__ = [
     "label_entropy_floor",
     "load_checkpoint",
     "predict",
+    "prepare_model",
     "save_checkpoint",
     "select_device",
     "standardize",
     "train_stage",
+    "train_step",
 ]
 
 _CHECK_EVERY = 16  # steps between host syncs that check the loss for NaN/inf
@@ -151,8 +153,8 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move ``model`` to ``device`` in channels_last layout (in place)."""
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move ``model`` to ``device`` in channels_last layout (in place; cuDNN deterministic)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
@@ -224,7 +226,7 @@ def evaluate(
         Domain label -> :class:`EvalMetrics`, in the order of ``val_sets``.
     """
     device = select_device(device)
-    _prepare(model, device)
+    prepare_model(model, device)
     was_training = model.training
     model.eval()
     try:
@@ -253,7 +255,7 @@ def predict(
     :func:`select_device`) exactly as in :func:`evaluate`; its previous mode is restored.
     """
     device = select_device(device)
-    _prepare(model, device)
+    prepare_model(model, device)
     was_training = model.training
     model.eval()
     try:
@@ -285,6 +287,24 @@ def _check_finite(pending: list[torch.Tensor], first_step: int, epoch: int) -> f
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached contiguous CPU copy of ``model.state_dict()``."""
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor
+) -> torch.Tensor:
+    """One optimisation step on a batch; returns the detached loss (no host sync).
+
+    ``images`` and ``masks`` are ``(B, 1, H, W)`` tensors on the model's device (standardised
+    images, masks in [0, 1]); bf16 autocast on CUDA, channels_last input.
+    """
+    xb = images.contiguous(memory_format=torch.channels_last)
+    with _autocast(images.device):
+        logits = model(xb)
+    loss = _cross_entropy(logits, masks)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def train_stage(
@@ -352,7 +372,7 @@ def train_stage(
     if augment_data and np.shape(train_images)[-1] != np.shape(train_images)[-2]:
         raise ValueError("dihedral augmentation needs square images")
     trainable = freeze_part(model, freeze)
-    _prepare(model, device)
+    prepare_model(model, device)
     with _threads(num_threads if device.type == "cpu" else None):
         x_train, m_train = _tensors(train_images, train_masks, device)
         x_val, m_val = _tensors(val_images, val_masks, device)
@@ -373,14 +393,8 @@ def train_stage(
             for start in range(0, len(idx), batch_size):
                 sel = torch.as_tensor(idx[start : start + batch_size], device=device)
                 xb, mb = augment(x_train[sel], m_train[sel], ks[start : start + batch_size])
-                xb = xb.contiguous(memory_format=torch.channels_last)
-                with _autocast(device):
-                    logits = model(xb)
-                loss = _cross_entropy(logits, mb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                pending.append(loss.detach() * len(xb))
+                loss = train_step(model, optimizer, xb, mb)
+                pending.append(loss * len(xb))
                 n_steps += 1
                 if len(pending) == _CHECK_EVERY or start + batch_size >= len(idx):
                     loss_sum += _check_finite(pending, n_steps - len(pending) + 1, epoch)
