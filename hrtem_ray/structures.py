@@ -377,7 +377,8 @@ def wurtzite_block(
     a1, a2 = np.array([a, 0.0]), np.array([-a / 2, a * np.sqrt(3) / 2])
     offsets = np.array([[0.0, 0.0], [1 / 3, 2 / 3], [2 / 3, 1 / 3]])  # A, B, C
     n_in_plane = int(np.ceil(half_extent_angstrom / (a * np.sqrt(3) / 2))) + 2
-    n_half_layers = int(np.ceil(half_extent_angstrom / (c / 2))) + 1
+    # even, so that the bilayer at z = 0 is a B layer, as in ASE's unit cell
+    n_half_layers = 2 * (int(np.ceil(half_extent_angstrom / c)) + 1)
     layers = np.arange(-n_half_layers, n_half_layers + 1)
     letters = stacking_sequence(len(layers), [k + n_half_layers for k in fault_layers_from_center])
     ij = np.stack(

@@ -1,0 +1,641 @@
+"""HRTEM image simulation with abTEM: exit waves, ground truth, calibration, imaging.
+
+Pipeline for one structure (:func:`simulate_structure`):
+
+1. Plane-wave multislice (:func:`exit_waves`) of the full structure and of the
+   particles alone in the same cell, keeping the exit wave of every frozen-phonon
+   configuration, at ``sampling_angstrom``.
+2. Fourier cropping of the waves to ``output_sampling_angstrom``
+   (:func:`wave_spectra`); everything after works at the output sampling.
+3. Ground-truth mask from the phase of the particles-in-vacuum exit wave
+   (:func:`phase_mask`).
+4. Zero defocus calibrated to the minimum-contrast condition of the
+   particles-in-vacuum image (:func:`calibrate_zero_defocus`).
+5. For each imaging condition: jittered defocus, CTF with focal spread applied to
+   every phonon configuration, intensities averaged (:func:`image_intensity`),
+   then dose and Poisson noise (:func:`apply_dose`).
+
+Conventions
+-----------
+Defocus
+    abTEM's: ``defocus = -C10``, positive is underfocus. The CTF is
+    ``exp(i pi lambda k^2 defocus)``, so applying ``defocus = d > 0`` to an exit
+    wave equals propagating it back (towards the source) by ``d``; the plane at
+    distance ``d`` above the exit plane is then in focus. The calibrated zero of a
+    structure is therefore positive and close to the distance between the exit
+    plane and the particle centres. :class:`ImagingCondition` defoci are in nm,
+    same sign convention, relative to that calibrated zero.
+Focal spread
+    ``focal_spread_angstrom`` is abTEM's ``focal_spread`` parameter, a 1/e width
+    (Kirkland's Delta), not a standard deviation: the temporal envelope is
+    ``exp(-(pi * Delta * lambda * k^2 / 2)^2)``, equal to averaging the wave over a
+    Gaussian defocus spread of standard deviation ``Delta / sqrt(2)`` (7.07 A for
+    the study's 10 A). It is applied to the wave function (quasi-coherent
+    approximation), exactly as ``abtem.CTF(focal_spread=...)`` does.
+Intensity
+    The incident plane wave has unit amplitude, so noiseless images are normalised
+    intensities (vacuum = 1); with a dose they are electron counts per pixel.
+Reproducibility
+    abTEM runs single-threaded (dask ``scheduler="synchronous"``, one FFTW
+    thread) with FFTW wisdom loaded from a cache file before any planning and
+    saved after (:func:`fftw_wisdom_path`), so the same seed gives the same
+    images bit for bit on one machine, whichever process computes them. Call
+    :func:`warm_fftw_wisdom` once before starting parallel workers so that they all
+    plan from the same wisdom.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import time
+import warnings
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import abtem
+import numpy as np
+import pyfftw
+from abtem.core.energy import energy2wavelength
+from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy.ndimage import gaussian_filter
+
+from hrtem_ray.structures import LATTICES, Structure
+
+__all__ = [
+    "ImagingCondition",
+    "SimulationParams",
+    "StructureImages",
+    "apply_dose",
+    "calibrate_zero_defocus",
+    "ctf",
+    "exit_waves",
+    "fftw_wisdom_path",
+    "fourier_crop",
+    "image_intensity",
+    "load_fftw_wisdom",
+    "output_gpts",
+    "phase_mask",
+    "save_fftw_wisdom",
+    "simulate_structure",
+    "spectra_to_waves",
+    "warm_fftw_wisdom",
+    "wave_spectra",
+]
+
+#: Environment variable overriding the FFTW wisdom cache file.
+WISDOM_ENV = "HRTEM_RAY_FFTW_WISDOM"
+
+# Random streams derived from a structure seed: default_rng([seed, stream, ...]).
+_STREAM_PHONONS_FULL = 0
+_STREAM_PHONONS_PARTICLES = 1
+_STREAM_CONDITION = 2
+
+
+class SimulationParams(BaseModel):
+    """Multislice, ground-truth and imaging parameters (paper values by default).
+
+    Mask recipes (see :func:`phase_mask`) are applied to the phase of the
+    phonon-averaged particles-in-vacuum exit wave at the output sampling:
+
+    ``"paper"``
+        Binary ``phase > paper_threshold_rad`` (pi/16), blurred by the lattice's
+        blur (1 A for C, Fe and Co3O4, 1.6 A otherwise) or ``mask_blur_angstrom``.
+    ``"smoothed"`` (default)
+        Phase smoothed by a Gaussian of ``smoothed_phase_sigma_angstrom`` first,
+        then binary ``> smoothed_threshold_rad``, then the same blur.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    energy_kev: float = Field(300.0, gt=0)
+    sampling_angstrom: float = Field(0.1, gt=0, description="Multislice real-space sampling.")
+    slice_thickness_angstrom: float = Field(2.0, gt=0)
+    n_phonons: int = Field(8, ge=1, description="Frozen-phonon configurations.")
+    phonon_sigma_angstrom: float = Field(
+        0.1, ge=0, description="Displacement std per Cartesian direction, all elements."
+    )
+    output_sampling_angstrom: float = Field(0.2, gt=0, description="Image pixel size.")
+    focal_spread_angstrom: float = Field(10.0, ge=0, description="abTEM 1/e focal spread.")
+    defocus_jitter_nm: float = Field(1.5, ge=0, description="Std of the per-image jitter.")
+    mask_recipe: Literal["smoothed", "paper"] = "smoothed"
+    paper_threshold_rad: float = Field(np.pi / 16, gt=0)
+    smoothed_phase_sigma_angstrom: float = Field(1.0, ge=0)
+    smoothed_threshold_rad: float = Field(np.pi / 64, gt=0)
+    mask_blur_angstrom: float | None = Field(
+        None, ge=0, description="Mask blur std; None = per lattice (1 or 1.6 A)."
+    )
+    calibration_window_angstrom: float = Field(
+        20.0, gt=0, description="Search margin around the particle-centre distances."
+    )
+    calibration_coarse_step_angstrom: float = Field(1.0, gt=0)
+    calibration_fine_step_angstrom: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _output_not_finer(self) -> SimulationParams:
+        if self.output_sampling_angstrom < self.sampling_angstrom:
+            raise ValueError(
+                f"output_sampling_angstrom {self.output_sampling_angstrom} is finer than "
+                f"sampling_angstrom {self.sampling_angstrom}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class ImagingCondition:
+    """One imaging domain.
+
+    Attributes
+    ----------
+    domain : str
+        Label, e.g. ``"-10"``.
+    defocus_nm : float
+        Nominal defocus relative to the calibrated zero (abTEM sign: positive =
+        underfocus).
+    dose_e_per_angstrom2 : float or None
+        Electron dose; None for noiseless normalised intensity.
+    """
+
+    domain: str
+    defocus_nm: float
+    dose_e_per_angstrom2: float | None
+
+
+@dataclass
+class StructureImages:
+    """Images of one structure under several imaging conditions.
+
+    Attributes
+    ----------
+    images : np.ndarray
+        float32 ``(n_conditions, H, W)`` at the output sampling: electron counts,
+        or normalised intensity where the dose is None.
+    mask : np.ndarray
+        float32 ``(H, W)`` ground truth in [0, 1], shared by all conditions.
+    defocus_nm : np.ndarray
+        float64 ``(n_conditions,)`` actual defocus (nominal + jitter) relative to
+        the calibrated zero.
+    zero_defocus_angstrom : float
+        Calibrated zero, absolute abTEM defocus relative to the exit plane.
+    pixel_size_angstrom : float
+        Output pixel size.
+    timings_s : dict of str to float
+        Wall-clock seconds of "multislice", "mask", "calibration" and "imaging".
+    """
+
+    images: np.ndarray
+    mask: np.ndarray
+    defocus_nm: np.ndarray
+    zero_defocus_angstrom: float
+    pixel_size_angstrom: float
+    timings_s: dict[str, float]
+
+
+# --------------------------------------------------------------------------- FFTW wisdom
+
+
+def fftw_wisdom_path() -> Path:
+    """FFTW wisdom cache file: ``$HRTEM_RAY_FFTW_WISDOM`` or ``~/.cache/hrtem_ray/...``."""
+    override = os.environ.get(WISDOM_ENV)
+    if override:
+        return Path(override)
+    return Path.home() / ".cache" / "hrtem_ray" / "fftw_wisdom.pkl"
+
+
+def load_fftw_wisdom(path: Path | None = None) -> bool:
+    """Import saved FFTW wisdom into this process; False if there is none.
+
+    Parameters
+    ----------
+    path : Path, optional
+        Wisdom file (default :func:`fftw_wisdom_path`).
+    """
+    path = fftw_wisdom_path() if path is None else path
+    try:
+        wisdom = pickle.loads(path.read_bytes())
+    except (FileNotFoundError, pickle.UnpicklingError, EOFError):
+        return False
+    pyfftw.import_wisdom(wisdom)
+    return True
+
+
+def save_fftw_wisdom(path: Path | None = None) -> None:
+    """Merge this process's FFTW wisdom into the cache file (atomic replace).
+
+    Wisdom already on disk is imported first, so that plans another process saved
+    earlier are kept.
+    """
+    path = fftw_wisdom_path() if path is None else path
+    load_fftw_wisdom(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
+        pickle.dump(pyfftw.export_wisdom(), handle)
+    os.replace(handle.name, path)
+
+
+@contextmanager
+def _abtem_single_threaded() -> Iterator[None]:
+    """abTEM configured for one worker core: FFTW, one thread, wisdom cached on disk."""
+    load_fftw_wisdom()
+    before = pyfftw.export_wisdom()
+    settings = {
+        "device": "cpu",
+        "fft": "fftw",
+        "fftw.threads": 1,
+        "fftw.planning_effort": "FFTW_MEASURE",
+        "precision": "float32",
+        "diagnostics.progress_bar": False,
+    }
+    with abtem.config.set(settings), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ensemble_mean=False")
+        yield
+    if pyfftw.export_wisdom() != before:
+        save_fftw_wisdom()
+
+
+# --------------------------------------------------------------------------- multislice
+
+
+def exit_waves(atoms: Atoms, params: SimulationParams, seed: int) -> np.ndarray:
+    """Plane-wave multislice exit waves of every frozen-phonon configuration.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Orthogonal cell; the beam enters at z = 0 and exits at z = cell height.
+    params : SimulationParams
+        Energy, sampling, slice thickness, phonon count and displacement std.
+    seed : int
+        Seed of the phonon displacements.
+
+    Returns
+    -------
+    np.ndarray
+        complex64 ``(n_phonons, ny, nx)`` at ``sampling_angstrom`` (abTEM rounds the
+        grid up to whole points), unit incident amplitude.
+    """
+    with _abtem_single_threaded():
+        phonons = abtem.FrozenPhonons(
+            atoms,
+            num_configs=params.n_phonons,
+            sigmas=params.phonon_sigma_angstrom,
+            seed=seed,
+            ensemble_mean=False,
+        )
+        potential = abtem.Potential(
+            phonons,
+            sampling=params.sampling_angstrom,
+            slice_thickness=params.slice_thickness_angstrom,
+        )
+        waves = abtem.PlaneWave(energy=params.energy_kev * 1e3).multislice(potential)
+        array = waves.compute(scheduler="synchronous").array
+    return np.asarray(array, dtype=np.complex64).reshape((params.n_phonons,) + array.shape[-2:])
+
+
+def warm_fftw_wisdom(cell_angstrom: float, params: SimulationParams) -> None:
+    """Plan (and save) the FFTs of a cell size once, before parallel workers start.
+
+    Runs a one-atom multislice on the same lateral grid, so that every worker
+    afterwards loads the same wisdom and makes the same plans.
+    """
+    atoms = Atoms("C", positions=[[cell_angstrom / 2] * 2 + [1.0]])
+    atoms.cell = [cell_angstrom, cell_angstrom, 2 * params.slice_thickness_angstrom]
+    exit_waves(atoms, params.model_copy(update={"n_phonons": 1}), seed=0)
+
+
+# --------------------------------------------------------------------------- Fourier space
+
+
+def output_gpts(cell_angstrom: float, params: SimulationParams) -> int:
+    """Output image side in pixels; the pixel size is ``cell_angstrom / output_gpts``."""
+    return int(round(cell_angstrom / params.output_sampling_angstrom))
+
+
+def fourier_crop(spectra: np.ndarray, gpts: tuple[int, int]) -> np.ndarray:
+    """Keep the lowest ``gpts`` spatial frequencies of unshifted 2D spectra.
+
+    Parameters
+    ----------
+    spectra : np.ndarray
+        ``(..., ny, nx)`` FFTs in numpy's (unshifted) frequency order.
+    gpts : tuple of int
+        Output ``(my, mx)``, each at most the input size.
+
+    Returns
+    -------
+    np.ndarray
+        ``(..., my, mx)`` spectra in unshifted order.
+    """
+    rows, cols = (
+        np.fft.fftfreq(m, 1 / m).astype(int) % n
+        for m, n in zip(gpts, spectra.shape[-2:], strict=True)
+    )
+    return spectra[..., rows[:, None], cols[None, :]]
+
+
+def wave_spectra(waves: np.ndarray, gpts: tuple[int, int]) -> np.ndarray:
+    """Fourier-cropped spectra of waves, normalised so that a plane wave keeps its amplitude.
+
+    ``ifft2(spectrum, norm="forward")`` (:func:`spectra_to_waves`) gives the waves at
+    the coarser sampling; this is downsampling by Fourier cropping, not binning.
+    """
+    return fourier_crop(np.fft.fft2(waves, norm="forward"), gpts).astype(np.complex64)
+
+
+def spectra_to_waves(spectra: np.ndarray) -> np.ndarray:
+    """Real-space waves from spectra made by :func:`wave_spectra`."""
+    return np.fft.ifft2(spectra, norm="forward").astype(np.complex64)
+
+
+def _k2(gpts: tuple[int, int], pixel_size_angstrom: float) -> np.ndarray:
+    ky, kx = (np.fft.fftfreq(n, pixel_size_angstrom) for n in gpts)
+    return ky[:, None] ** 2 + kx[None, :] ** 2
+
+
+def ctf(
+    gpts: tuple[int, int],
+    pixel_size_angstrom: float,
+    energy_kev: float,
+    defocus_angstrom: float,
+    focal_spread_angstrom: float,
+) -> np.ndarray:
+    """Contrast transfer function with defocus and temporal envelope.
+
+    ``exp(i pi lambda k^2 defocus) * exp(-(pi Delta lambda k^2 / 2)^2)``, identical to
+    ``abtem.CTF(defocus=defocus, focal_spread=Delta)`` (abTEM sign: positive defocus
+    is underfocus; Delta is a 1/e width, std = Delta / sqrt(2)).
+
+    Returns
+    -------
+    np.ndarray
+        complex64 ``gpts`` array in unshifted frequency order.
+    """
+    wavelength = energy2wavelength(energy_kev * 1e3)
+    k2 = _k2(gpts, pixel_size_angstrom)
+    phase = np.pi * wavelength * k2 * defocus_angstrom
+    envelope = np.exp(-((0.5 * np.pi * focal_spread_angstrom * wavelength * k2) ** 2))
+    return (envelope * np.exp(1j * phase)).astype(np.complex64)
+
+
+def image_intensity(
+    spectra: np.ndarray,
+    pixel_size_angstrom: float,
+    defocus_angstrom: float,
+    params: SimulationParams,
+) -> np.ndarray:
+    """Image intensity, averaged over phonon configurations after the CTF.
+
+    Parameters
+    ----------
+    spectra : np.ndarray
+        ``(n_phonons, H, W)`` from :func:`wave_spectra`.
+    pixel_size_angstrom : float
+        Pixel size of the spectra's real-space grid.
+    defocus_angstrom : float
+        Absolute abTEM defocus relative to the exit plane.
+    params : SimulationParams
+        Energy and focal spread.
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``(H, W)`` normalised intensity (vacuum = 1).
+    """
+    transfer = ctf(
+        spectra.shape[-2:],
+        pixel_size_angstrom,
+        params.energy_kev,
+        defocus_angstrom,
+        params.focal_spread_angstrom,
+    )
+    waves = spectra_to_waves(spectra * transfer)
+    return (np.abs(waves) ** 2).mean(axis=0, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+def _threshold_and_blur(phase_rad: np.ndarray, threshold_rad: float, blur_px: float) -> np.ndarray:
+    binary = (phase_rad > threshold_rad).astype(np.float64)
+    return np.clip(gaussian_filter(binary, blur_px, mode="wrap"), 0.0, 1.0)
+
+
+def phase_mask(
+    particle_waves: np.ndarray,
+    pixel_size_angstrom: float,
+    lattice: str,
+    params: SimulationParams,
+) -> np.ndarray:
+    """Ground-truth mask from the particles-in-vacuum exit-wave phase.
+
+    The phase is that of the phonon-averaged exit wave (vacuum = 0). Coverage,
+    measured as mask area over projected particle-disc area (see the module tests
+    and the report in the repository history), for 300 kV, 0.1 A multislice and
+    0.2 A output:
+
+    ``"paper"`` (phase > pi/16, blur 1 or 1.6 A)
+        about 0.45 of the disc area (misses the thin particle rim and the gaps
+        between atomic columns).
+    ``"smoothed"`` (phase smoothed by 1 A, > pi/64, same blur)
+        within 15% of the disc area for radii 1 to 3.5 nm.
+
+    Parameters
+    ----------
+    particle_waves : np.ndarray
+        complex ``(n_phonons, H, W)`` exit waves at the output sampling.
+    pixel_size_angstrom : float
+        Pixel size of ``particle_waves``.
+    lattice : str
+        Key of :data:`hrtem_ray.structures.LATTICES` (selects the paper blur).
+    params : SimulationParams
+        Recipe and its parameters.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(H, W)`` in [0, 1].
+    """
+    phase = np.angle(particle_waves.mean(axis=0))
+    blur = params.mask_blur_angstrom
+    if blur is None:
+        blur = LATTICES[lattice].paper_mask_blur_angstrom
+    if params.mask_recipe == "paper":
+        threshold = params.paper_threshold_rad
+    else:
+        sigma_px = params.smoothed_phase_sigma_angstrom / pixel_size_angstrom
+        phase = gaussian_filter(phase, sigma_px, mode="wrap")
+        threshold = params.smoothed_threshold_rad
+    return _threshold_and_blur(phase, threshold, blur / pixel_size_angstrom).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _argmin_variance(
+    spectra: np.ndarray, pixel_size_angstrom: float, defoci: np.ndarray, params: SimulationParams
+) -> float:
+    variances = [
+        image_intensity(spectra, pixel_size_angstrom, float(d), params).var() for d in defoci
+    ]
+    return float(defoci[int(np.argmin(variances))])
+
+
+def calibrate_zero_defocus(
+    particle_spectra: np.ndarray,
+    pixel_size_angstrom: float,
+    window_angstrom: tuple[float, float],
+    params: SimulationParams,
+) -> float:
+    """Defocus of minimum contrast of the particles-in-vacuum image.
+
+    Two-stage grid search minimising the image variance: coarse steps
+    (``calibration_coarse_step_angstrom``, 1 A) over ``window_angstrom``, then fine
+    steps (0.1 A) within one coarse step of the coarse minimum.
+
+    Parameters
+    ----------
+    particle_spectra : np.ndarray
+        ``(n_phonons, H, W)`` from :func:`wave_spectra` of the particles alone.
+    pixel_size_angstrom : float
+        Pixel size of the spectra's real-space grid.
+    window_angstrom : tuple of float
+        ``(low, high)`` abTEM defocus search range.
+    params : SimulationParams
+        Imaging parameters and grid steps.
+
+    Returns
+    -------
+    float
+        abTEM defocus (angstrom, positive = underfocus) relative to the exit plane.
+    """
+    coarse_step = params.calibration_coarse_step_angstrom
+    fine_step = params.calibration_fine_step_angstrom
+    coarse = np.arange(window_angstrom[0], window_angstrom[1] + coarse_step / 2, coarse_step)
+    best = _argmin_variance(particle_spectra, pixel_size_angstrom, coarse, params)
+    n_fine = int(round(coarse_step / fine_step))
+    fine = best + fine_step * np.arange(-n_fine, n_fine + 1)
+    return _argmin_variance(particle_spectra, pixel_size_angstrom, fine, params)
+
+
+def calibration_window(structure: Structure, params: SimulationParams) -> tuple[float, float]:
+    """Search range: the particle-centre-to-exit-plane distances +- the window margin."""
+    depths = structure.center_to_exit_plane_angstrom
+    margin = params.calibration_window_angstrom
+    return float(depths.min() - margin), float(depths.max() + margin)
+
+
+# --------------------------------------------------------------------------- imaging
+
+
+def apply_dose(
+    intensity: np.ndarray,
+    dose_e_per_angstrom2: float | None,
+    pixel_size_angstrom: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Electron counts: intensity scaled to electrons per pixel, Poisson sampled.
+
+    Parameters
+    ----------
+    intensity : np.ndarray
+        Normalised intensity (vacuum = 1).
+    dose_e_per_angstrom2 : float or None
+        Dose; None returns the intensity unchanged (as float32).
+    pixel_size_angstrom : float
+        Pixel side, the pixel area being its square.
+    rng : numpy.random.Generator
+        Source of the Poisson noise.
+
+    Returns
+    -------
+    np.ndarray
+        float32 counts (mean ``intensity * dose * pixel_size^2``).
+    """
+    if dose_e_per_angstrom2 is None:
+        return intensity.astype(np.float32)
+    electrons_per_pixel = dose_e_per_angstrom2 * pixel_size_angstrom**2
+    return rng.poisson(np.clip(intensity, 0, None) * electrons_per_pixel).astype(np.float32)
+
+
+def condition_rng(seed: int, condition: ImagingCondition) -> np.random.Generator:
+    """Generator of one condition's jitter and noise, from the seed and the condition.
+
+    Derived from the condition's content, not its position in the request, so an
+    image does not depend on which other conditions are simulated with it.
+    """
+    key = f"{condition.domain}|{condition.defocus_nm!r}|{condition.dose_e_per_angstrom2!r}"
+    return np.random.default_rng([seed, _STREAM_CONDITION, zlib.crc32(key.encode())])
+
+
+def _derived_seed(seed: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
+
+
+def simulate_structure(
+    structure: Structure,
+    params: SimulationParams,
+    conditions: Sequence[ImagingCondition],
+    seed: int,
+) -> StructureImages:
+    """Images of a structure under several imaging conditions, with its ground truth.
+
+    Parameters
+    ----------
+    structure : Structure
+        From :func:`hrtem_ray.structures.random_structure`.
+    params : SimulationParams
+        Simulation parameters.
+    conditions : sequence of ImagingCondition
+        Defoci (relative to the calibrated zero) and doses.
+    seed : int
+        Seed of the phonons, the defocus jitter and the noise.
+
+    Returns
+    -------
+    StructureImages
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    full = exit_waves(structure.atoms, params, _derived_seed(seed, _STREAM_PHONONS_FULL))
+    alone = exit_waves(structure.particles, params, _derived_seed(seed, _STREAM_PHONONS_PARTICLES))
+    timings["multislice"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    cell_angstrom = float(structure.atoms.cell[0, 0])
+    n_out = output_gpts(cell_angstrom, params)
+    pixel_size = cell_angstrom / n_out
+    full_spectra = wave_spectra(full, (n_out, n_out))
+    alone_spectra = wave_spectra(alone, (n_out, n_out))
+    del full, alone
+    mask = phase_mask(spectra_to_waves(alone_spectra), pixel_size, structure.lattice, params)
+    timings["mask"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    window = calibration_window(structure, params)
+    zero = calibrate_zero_defocus(alone_spectra, pixel_size, window, params)
+    timings["calibration"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    images = np.empty((len(conditions), n_out, n_out), dtype=np.float32)
+    defocus_nm = np.empty(len(conditions), dtype=np.float64)
+    for index, condition in enumerate(conditions):
+        rng = condition_rng(seed, condition)
+        defocus_nm[index] = condition.defocus_nm + rng.normal(0.0, params.defocus_jitter_nm)
+        intensity = image_intensity(full_spectra, pixel_size, zero + 10 * defocus_nm[index], params)
+        images[index] = apply_dose(intensity, condition.dose_e_per_angstrom2, pixel_size, rng)
+    timings["imaging"] = time.perf_counter() - start
+
+    return StructureImages(
+        images=images,
+        mask=mask,
+        defocus_nm=defocus_nm,
+        zero_defocus_angstrom=zero,
+        pixel_size_angstrom=pixel_size,
+        timings_s=timings,
+    )
