@@ -155,9 +155,6 @@ def _as_list(value: Any) -> list[Any]:
 
 def _filter_expr(filters: dict[str, Any]) -> pl.Expr:
     """Boolean expression for the keyword filters (see the module docstring)."""
-    unknown = sorted(set(filters) - set(FILTERS))
-    if unknown:
-        raise TypeError(f"unknown filter(s) {unknown}; expected any of {', '.join(FILTERS)}")
     expr = pl.lit(True)
     for name, value in filters.items():
         if value is None:
@@ -190,6 +187,9 @@ def _select(results: Results, required: Sequence[str], filters: dict[str, Any]) 
         If a required column is missing or ``phase`` holds unknown values.
     """
     lf = _as_lazy(results)
+    unknown = sorted(set(filters) - set(FILTERS))
+    if unknown:
+        raise TypeError(f"unknown filter(s) {unknown}; expected any of {', '.join(FILTERS)}")
     active = [name for name, value in filters.items() if value is not None]
     needed = list(dict.fromkeys([*required, *active]))
     if any(name in TRANSFER_FILTERS for name in active):

@@ -1,0 +1,410 @@
+"""Tests of hrtem_ray.analysis on a small hand-made results table.
+
+The expected numbers are worked out by hand in the comments next to each assertion.
+
+Models in the table (loss per eval domain "0" / "5" / "10"):
+
+pretrain (n_pretrain 512)
+  P0a  domain 0,  lr 1e-3, seed 0:  0.30 / 0.50 / 0.90
+  P0b  domain 0,  lr 1e-3, seed 1:  0.40 / 0.70 / 1.10
+  P0c  domain 0,  lr 1e-4, seed 0:  2.00 / 2.00 / 2.00
+  P5a  domain 5,  lr 1e-3, seed 0:  0.80 / 0.20 / 0.60
+  P5b  domain 5,  lr 1e-3, seed 1:  1.00 / 0.30 / 0.80
+  P10  domain 10, lr 1e-3, seed 0:  1.20 / 0.60 / 0.10
+transfer (pretrain lr 1e-3, transfer lr 1e-4, seed 0)
+  T05a  0 -> 5,  64 images,  freeze none:     0.50 / 0.15 / 0.50
+  T05b  0 -> 5,  128 images, freeze encoder:  0.60 / 0.25 / 0.90
+  T50   5 -> 0,  64 images,  freeze none:     0.32 / 0.40 / 0.80
+  T010  0 -> 10, 64 images,  freeze none:     0.60 / 0.90 / 0.30
+baseline (lr 1e-3, seed 0)
+  B1  source 0 (384 images) + target 5 (128 images):  0.33 / 0.22 / 0.90
+  B2  source 5 (256 images) + target 0 (256 images):  0.36 / 0.21 / 0.70
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from hrtem_ray import analysis as an
+
+EVALS = ("0", "5", "10")
+
+
+def _model(model_id, phase, a, b, losses, *, lr=1e-3, tlr=None, n_pre=512, n_tr=None,
+           freeze="none", seed=0):  # fmt: skip
+    """Rows of one model: one per eval domain."""
+    return [
+        {
+            "study": "defocus",
+            "model_id": model_id,
+            "phase": phase,
+            "parent_id": None,
+            "pretrain_domain": a,
+            "transfer_domain": b,
+            "eval_domain": e,
+            "pretrain_lr": lr,
+            "transfer_lr": tlr,
+            "n_pretrain": n_pre,
+            "n_transfer": n_tr,
+            "freeze": freeze,
+            "seed": seed,
+            "epochs": 10,
+            "loss": loss,
+            "cross_entropy": loss + 0.3,
+            "iou": 0.5,
+            "best_epoch": 3,
+            "train_seconds": 1.0,
+            "config_hash": model_id,
+            "hrtem_ray_version": "test",
+            "extra_column": "ignored",
+        }
+        for e, loss in zip(EVALS, losses, strict=True)
+    ]
+
+
+@pytest.fixture
+def table() -> pl.DataFrame:
+    tr = {"tlr": 1e-4}
+    rows = [
+        *_model("P0a", "pretrain", "0", None, (0.30, 0.50, 0.90)),
+        *_model("P0b", "pretrain", "0", None, (0.40, 0.70, 1.10), seed=1),
+        *_model("P0c", "pretrain", "0", None, (2.00, 2.00, 2.00), lr=1e-4),
+        *_model("P5a", "pretrain", "5", None, (0.80, 0.20, 0.60)),
+        *_model("P5b", "pretrain", "5", None, (1.00, 0.30, 0.80), seed=1),
+        *_model("P10", "pretrain", "10", None, (1.20, 0.60, 0.10)),
+        *_model("T05a", "transfer", "0", "5", (0.50, 0.15, 0.50), n_tr=64, **tr),
+        *_model("T05b", "transfer", "0", "5", (0.60, 0.25, 0.90), n_tr=128, freeze="encoder", **tr),
+        *_model("T50", "transfer", "5", "0", (0.32, 0.40, 0.80), n_tr=64, **tr),
+        *_model("T010", "transfer", "0", "10", (0.60, 0.90, 0.30), n_tr=64, **tr),
+        *_model("B1", "baseline", "0", "5", (0.33, 0.22, 0.90), n_pre=384, n_tr=128),
+        *_model("B2", "baseline", "5", "0", (0.36, 0.21, 0.70), n_pre=256, n_tr=256),
+    ]
+    return pl.DataFrame(rows)
+
+
+def _column(frame: pl.DataFrame, name: str) -> list:
+    return frame.get_column(name).to_list()
+
+
+def _lookup(frame: pl.DataFrame, a: str, b: str, column: str):
+    row = frame.filter((pl.col("pretrain_domain") == a) & (pl.col("target_domain") == b))
+    assert row.height == 1, (a, b, row)
+    return row.item(0, column)
+
+
+# ----------------------------------------------------------------------------- ordering
+def test_domain_order_numeric_then_alphabetical():
+    labels = ["10", "-5", "0", "b", "a", "5", "2.5", "5"]
+    assert an.domain_order(labels) == ["-5", "0", "2.5", "5", "10", "a", "b"]
+
+
+# ----------------------------------------------------------------------------- pair_matrix
+def test_pair_matrix_pretrain_median(table):
+    m = an.pair_matrix(table, "pretrain")
+    assert list(m.columns) == list(an.PAIR_COLUMNS)
+    # numeric order of both domain columns ("10" after "5", not alphabetical)
+    assert _column(m, "pretrain_domain") == ["0"] * 3 + ["5"] * 3 + ["10"] * 3
+    assert _column(m, "target_domain") == ["0", "5", "10"] * 3
+    # domain 0: medians of (0.30, 0.40, 2.00), (0.50, 0.70, 2.00), (0.90, 1.10, 2.00)
+    # domain 5: medians of two models = their means
+    expected = [0.40, 0.70, 1.10, 0.90, 0.25, 0.70, 1.20, 0.60, 0.10]
+    assert _column(m, "loss") == pytest.approx(expected)
+    assert _column(m, "n_models") == [3] * 3 + [2] * 3 + [1] * 3
+    assert all(_column(m, "from_pretrain"))
+
+
+@pytest.mark.parametrize(
+    ("reduce", "expected"),
+    [
+        ("mean", [2.70 / 3, 3.20 / 3, 4.00 / 3]),  # (0.3+0.4+2)/3, (0.5+0.7+2)/3, (0.9+1.1+2)/3
+        ("min", [0.30, 0.50, 0.90]),
+        ("max", [2.00, 2.00, 2.00]),
+        ("median", [0.40, 0.70, 1.10]),
+    ],
+)
+def test_pair_matrix_reduce_modes(table, reduce, expected):
+    m = an.pair_matrix(table, "pretrain", reduce=reduce).filter(pl.col("pretrain_domain") == "0")
+    assert _column(m, "loss") == pytest.approx(expected)
+
+
+def test_pair_matrix_pretrain_filters(table):
+    # pretrain_lr 1e-3 drops P0c: domain 0 becomes the mean of P0a and P0b
+    m = an.pair_matrix(table, "pretrain", pretrain_lr=1e-3).filter(pl.col("pretrain_domain") == "0")
+    assert _column(m, "loss") == pytest.approx([0.35, 0.60, 1.00])
+    # seed 1 keeps P0b and P5b only
+    m = an.pair_matrix(table, "pretrain", seed=[1])
+    assert _column(m, "pretrain_domain") == ["0"] * 3 + ["5"] * 3
+    assert _column(m, "loss") == pytest.approx([0.40, 0.70, 1.10, 1.00, 0.30, 0.80])
+
+
+def test_pair_matrix_transfer_with_pretrain_fallback(table):
+    m = an.pair_matrix(table, "transfer")
+    assert _column(m, "target_domain") == ["0", "5", "10"] * 3
+    # transfer a -> b evaluated on b; everything else falls back to P(a, b)
+    expected = {
+        ("0", "0"): (0.40, 3, True),  # P(0,0): median(0.30, 0.40, 2.00)
+        ("0", "5"): (0.20, 2, False),  # median(T05a 0.15, T05b 0.25)
+        ("0", "10"): (0.30, 1, False),  # T010 on 10
+        ("5", "0"): (0.32, 1, False),  # T50 on 0
+        ("5", "5"): (0.25, 2, True),  # P(5,5)
+        ("5", "10"): (0.70, 2, True),  # P(5,10): no transfer 5 -> 10
+        ("10", "0"): (1.20, 1, True),
+        ("10", "5"): (0.60, 1, True),
+        ("10", "10"): (0.10, 1, True),
+    }
+    for (a, b), (loss, n, fallback) in expected.items():
+        assert _lookup(m, a, b, "loss") == pytest.approx(loss)
+        assert _lookup(m, a, b, "n_models") == n
+        assert _lookup(m, a, b, "from_pretrain") is fallback
+
+
+def test_pair_matrix_transfer_filters_only_restrict_transfer_models(table):
+    m = an.pair_matrix(table, "transfer", freeze="encoder")
+    assert _lookup(m, "0", "5", "loss") == pytest.approx(0.25)  # T05b only
+    assert _lookup(m, "5", "0", "loss") == pytest.approx(0.90)  # fallback P(5,0) = (0.8+1.0)/2
+    assert _lookup(m, "5", "0", "from_pretrain") is True
+    assert _lookup(m, "0", "10", "loss") == pytest.approx(1.10)  # fallback P(0,10)
+    m = an.pair_matrix(table, "transfer", n_transfer=64, transfer_lr=[1e-4])
+    assert _lookup(m, "0", "5", "loss") == pytest.approx(0.15)  # T05a only
+    m = an.pair_matrix(table, "transfer", reduce="max")
+    assert _lookup(m, "0", "5", "loss") == pytest.approx(0.25)
+    assert _lookup(m, "0", "0", "loss") == pytest.approx(2.00)  # fallback max of P0*
+
+
+# ----------------------------------------------------------------------------- ood_spread
+def test_ood_spread_excludes_in_focus_and_uses_ddof_0(table):
+    o = an.ood_spread(table)
+    assert list(o.columns) == list(an.OOD_COLUMNS)
+    # eval domains 5 and 10 only; population std of two values is |x - y| / 2
+    std_pre = {"0": (1.10 - 0.70) / 2, "5": (0.70 - 0.25) / 2, "10": (0.60 - 0.10) / 2}
+    std_tr = {
+        ("0", "5"): (0.70 - 0.20) / 2,  # medians on 5: 0.20, on 10: median(0.5, 0.9) = 0.7
+        ("0", "10"): (0.90 - 0.30) / 2,  # T010: 0.90 on 5, 0.30 on 10
+        ("5", "0"): (0.80 - 0.40) / 2,  # T50: 0.40 on 5, 0.80 on 10
+    }
+    assert o.height == 9
+    for a, b in itertools.product(("0", "5", "10"), EVALS):
+        assert _lookup(o, a, b, "std_pretrain") == pytest.approx(std_pre[a])
+        # without transfer models (the diagonal, 5 -> 10, 10 -> *) std_transfer = std_pretrain
+        expected = std_tr.get((a, b), std_pre[a])
+        assert _lookup(o, a, b, "std_transfer") == pytest.approx(expected)
+        assert _lookup(o, a, b, "shift") == pytest.approx(expected - std_pre[a])
+    assert _lookup(o, "0", "10", "shift") == pytest.approx(0.30 - 0.20)
+    assert _lookup(o, "5", "0", "shift") == pytest.approx(0.20 - 0.225)
+
+
+def test_ood_spread_without_exclusion_and_filters(table):
+    o = an.ood_spread(table, exclude_eval_domains=(), reduce="min", pretrain_lr=1e-3)
+    # domain 5, all three eval domains, min over P5a/P5b: 0.8, 0.2, 0.6
+    mean = (0.8 + 0.2 + 0.6) / 3
+    pstd = (((0.8 - mean) ** 2 + (0.2 - mean) ** 2 + (0.6 - mean) ** 2) / 3) ** 0.5
+    assert _lookup(o, "5", "5", "std_pretrain") == pytest.approx(pstd)
+    # T50 on 0 / 5 / 10: 0.32, 0.40, 0.80
+    mean = (0.32 + 0.40 + 0.80) / 3
+    pstd_t = (((0.32 - mean) ** 2 + (0.40 - mean) ** 2 + (0.80 - mean) ** 2) / 3) ** 0.5
+    assert _lookup(o, "5", "0", "std_transfer") == pytest.approx(pstd_t)
+    assert _lookup(o, "5", "0", "shift") == pytest.approx(pstd_t - pstd)
+
+
+# ----------------------------------------------------------------------------- asymmetry
+def test_transfer_asymmetry(table):
+    t = an.transfer_asymmetry(table)
+    assert list(t.columns) == list(an.ASYMMETRY_COLUMNS)
+    # pretraining domains 0, 5, 10; gap_ab = T(a, b) - P(b, b)
+    gap = {
+        ("0", "5"): 0.20 - 0.25,
+        ("5", "0"): 0.32 - 0.40,
+        ("0", "10"): 0.30 - 0.10,
+        ("10", "0"): 1.20 - 0.40,  # T(10, 0) falls back to P(10, 0)
+        ("5", "10"): 0.70 - 0.10,  # T(5, 10) falls back to P(5, 10)
+        ("10", "5"): 0.60 - 0.25,
+    }
+    assert t.height == 6
+    assert _column(t, "pretrain_domain") == ["0", "0", "5", "5", "10", "10"]
+    for (a, b), g in gap.items():
+        assert _lookup(t, a, b, "gap_ab") == pytest.approx(g)
+        assert _lookup(t, a, b, "gap_ba") == pytest.approx(gap[(b, a)])
+        assert _lookup(t, a, b, "asymmetry") == pytest.approx(g - gap[(b, a)])
+    assert _lookup(t, "0", "5", "asymmetry") == pytest.approx(0.03)
+    assert _lookup(t, "0", "10", "asymmetry") == pytest.approx(-0.60)
+
+
+def test_asymmetry_summary(table):
+    s = an.asymmetry_summary(table, "0")
+    assert list(s.columns) == list(an.SUMMARY_COLUMNS)
+    assert s.height == 1
+    assert s.item(0, "domain") == "0"
+    assert s.item(0, "transfer_asymmetry") == pytest.approx((0.03 - 0.60) / 2)
+    assert s.item(0, "ood_from_domain") == pytest.approx((0.70 + 1.10) / 2)  # P(0,5), P(0,10)
+    assert s.item(0, "ood_to_domain") == pytest.approx((0.90 + 1.20) / 2)  # P(5,0), P(10,0)
+    empty = an.asymmetry_summary(table, "25")
+    assert empty.height == 0 and list(empty.columns) == list(an.SUMMARY_COLUMNS)
+
+
+# ----------------------------------------------------------------------------- baselines
+def test_baseline_comparison(table):
+    c = an.baseline_comparison(table, "0", "5")
+    assert list(c.columns) == list(an.BASELINE_COLUMNS)
+    rows = {(r["method"], r["n_target_images"]): r for r in c.iter_rows(named=True)}
+    expected = {
+        # pure source: pretrain models of 0, mean over P0a/b/c on 5 and on 0
+        ("mixture", 0): (3.20 / 3, 2.70 / 3, 3),
+        ("mixture", 128): (0.22, 0.33, 1),  # B1: 128 target images
+        ("mixture", 256): (0.21, 0.36, 1),  # B2 stored the other way round: n_pretrain of 5
+        ("mixture", 512): (0.25, 0.90, 2),  # pure target: pretrain models of 5
+        ("transfer", 64): (0.15, 0.50, 1),
+        ("transfer", 128): (0.25, 0.60, 1),
+    }
+    assert list(rows) == list(expected)
+    for key, (on_target, on_source, n) in expected.items():
+        assert rows[key]["loss_on_target"] == pytest.approx(on_target)
+        assert rows[key]["loss_on_source"] == pytest.approx(on_source)
+        assert rows[key]["n_models"] == n
+
+
+def test_baseline_comparison_filters_and_reduce(table):
+    c = an.baseline_comparison(table, "0", "5", reduce="median", pretrain_lr=1e-3)
+    pure = c.filter(pl.col("n_target_images") == 0)
+    assert pure.item(0, "loss_on_target") == pytest.approx(0.60)  # median(0.5, 0.7)
+    c = an.baseline_comparison(table, "0", "5", freeze="encoder")
+    assert c.filter(pl.col("method") == "transfer").get_column("n_target_images").to_list() == [128]
+
+
+# ----------------------------------------------------------------------------- hyperparameters
+def test_hyperparameter_effects_quantiles(table):
+    h = an.hyperparameter_effects(table, "n_transfer")
+    assert list(h.columns) == ["n_transfer", *an.HYPER_STATS]
+    # target 0 excluded: n=64 -> T05a 0.15, T010 0.30; n=128 -> T05b 0.25
+    assert _column(h, "n_transfer") == [64, 128]
+    assert _column(h, "count") == [2, 1]
+    lo, hi = 0.15, 0.30
+    for name, q in zip(("q05", "q25", "q50", "q75", "q95"), an.QUANTILES, strict=True):
+        assert h.item(0, name) == pytest.approx(lo + q * (hi - lo))  # linear interpolation
+        assert h.item(1, name) == pytest.approx(0.25)
+    assert _column(h, "mean") == pytest.approx([0.225, 0.25])
+
+
+def test_hyperparameter_effects_grouping_and_exclusion(table):
+    h = an.hyperparameter_effects(table, "freeze", exclude_target_domains=())
+    assert _column(h, "freeze") == ["encoder", "none"]
+    assert _column(h, "count") == [1, 3]  # none: T05a, T50, T010
+    assert h.item(1, "mean") == pytest.approx((0.15 + 0.32 + 0.30) / 3)
+    h = an.hyperparameter_effects(table, ("pretrain_lr", "transfer_lr"))
+    assert h.select("pretrain_lr", "transfer_lr", "count").rows() == [(1e-3, 1e-4, 3)]
+    h = an.hyperparameter_effects(table, "n_transfer", freeze=["encoder"])
+    assert _column(h, "n_transfer") == [128]
+
+
+# ----------------------------------------------------------------------------- inputs
+def test_lazy_input_and_extra_columns_ignored(table):
+    eager = an.pair_matrix(table, "transfer")
+    assert_frame_equal(an.pair_matrix(table.lazy(), "transfer"), eager)
+    # non-required columns may be missing
+    slim = table.drop("iou", "cross_entropy", "extra_column", "config_hash")
+    assert_frame_equal(an.pair_matrix(slim, "transfer"), eager)
+
+
+def test_missing_column_is_named(table):
+    with pytest.raises(ValueError, match="loss"):
+        an.pair_matrix(table.drop("loss"), "pretrain")
+    with pytest.raises(ValueError, match="transfer_domain"):
+        an.ood_spread(table.drop("transfer_domain"))
+    with pytest.raises(ValueError, match="n_transfer"):
+        an.hyperparameter_effects(table.drop("n_transfer"), "n_transfer")
+    with pytest.raises(ValueError, match="freeze"):
+        an.pair_matrix(table.drop("freeze"), "pretrain", freeze="none")
+
+
+def test_unknown_phase_values_are_named(table):
+    bad = table.with_columns(
+        phase=pl.when(pl.col("model_id") == "T50").then(pl.lit("finetune")).otherwise("phase")
+    )
+    with pytest.raises(ValueError, match="finetune"):
+        an.pair_matrix(bad, "transfer")
+
+
+def test_bad_arguments(table):
+    with pytest.raises(ValueError, match="reduce"):
+        an.pair_matrix(table, "pretrain", reduce="mode")
+    with pytest.raises(ValueError, match="phase"):
+        an.pair_matrix(table, "baseline")
+    with pytest.raises(TypeError, match="lr"):
+        an.pair_matrix(table, "pretrain", lr=1e-3)
+
+
+def test_empty_selections_give_empty_frames(table):
+    cases = [
+        (an.pair_matrix(table, "pretrain", pretrain_lr=0.5), an.PAIR_COLUMNS),
+        (an.pair_matrix(table, "transfer", seed=7), an.PAIR_COLUMNS),
+        (an.ood_spread(table, seed=7), an.OOD_COLUMNS),
+        (an.transfer_asymmetry(table, seed=7), an.ASYMMETRY_COLUMNS),
+        (an.asymmetry_summary(table, "0", seed=7), an.SUMMARY_COLUMNS),
+        (an.baseline_comparison(table, "5", "10"), an.BASELINE_COLUMNS),
+        (an.hyperparameter_effects(table, "freeze", freeze="decoder"), ("freeze", *an.HYPER_STATS)),
+    ]
+    for frame, columns in cases:
+        assert frame.height == 0
+        assert list(frame.columns) == list(columns)
+    assert an.pair_matrix(table.clear(), "transfer").height == 0
+
+
+def test_load_results_directory_glob_and_file(table, tmp_path):
+    pretrain = table.filter(pl.col("phase") == "pretrain")
+    # an all-null column is stored with Null type in one file: schemas differ
+    pretrain = pretrain.with_columns(transfer_lr=None, transfer_domain=None)
+    rest = table.filter(pl.col("phase") != "pretrain")
+    (tmp_path / "results" / "a").mkdir(parents=True)
+    pretrain.write_parquet(tmp_path / "results" / "a" / "part-0.parquet")
+    rest.write_parquet(tmp_path / "results" / "part-1.parquet")
+    loaded = an.load_results(tmp_path / "results")
+    assert loaded.height == table.height
+    assert_frame_equal(an.pair_matrix(loaded, "transfer"), an.pair_matrix(table, "transfer"))
+    assert an.load_results(tmp_path / "results" / "part-1.parquet").height == rest.height
+    assert an.load_results(str(tmp_path / "results" / "**" / "*.parquet")).height == table.height
+    with pytest.raises(FileNotFoundError):
+        an.load_results(tmp_path / "nothing")
+
+
+# ----------------------------------------------------------------------------- selection tables
+def _selected(frame: pl.DataFrame, selection: dict[str, str]) -> pl.DataFrame:
+    mask = pl.lit(True)
+    for column, label in selection.items():
+        mask = mask & (pl.col(column) == label)
+    return frame.filter(mask).drop(selection)
+
+
+def test_selection_tables_match_the_filtered_functions(table):
+    tables, choices = an.selection_tables(table)
+    assert choices["freeze"] == ["all", "encoder", "none"]
+    assert choices["n_transfer"] == ["all", "64", "128"]
+    assert choices["pretrain_lr"] == ["all", "0.0001", "0.001"]
+    assert choices["transfer_lr"] == ["all", "0.0001"]
+    values = {"freeze": {"encoder": "encoder", "none": "none"}, "n_transfer": {"64": 64, "128": 128},
+              "pretrain_lr": {"0.0001": 1e-4, "0.001": 1e-3}, "transfer_lr": {"0.0001": 1e-4}}  # fmt: skip
+    dims = list(values)
+    for reduce in ("median", "max"):
+        for labels in itertools.product(*(choices[d] for d in dims)):
+            selection = {"sel_reduce": reduce} | {
+                f"sel_{d}": x for d, x in zip(dims, labels, strict=True)
+            }
+            filters = {d: values[d][x] for d, x in zip(dims, labels, strict=True) if x != "all"}
+            for phase in ("pretrain", "transfer"):
+                got = _selected(tables["pair_matrix"], selection).filter(pl.col("phase") == phase)
+                want = an.pair_matrix(table, phase, reduce=reduce, **filters)
+                assert_frame_equal(got.drop("phase"), want)
+            got = _selected(tables["ood_spread"], selection)
+            assert_frame_equal(got, an.ood_spread(table, reduce=reduce, **filters))
+            got = _selected(tables["asymmetry_summary"], selection).filter(pl.col("domain") == "0")
+            assert_frame_equal(got, an.asymmetry_summary(table, "0", reduce=reduce, **filters))
+            got = _selected(tables["baseline_comparison"], selection).filter(
+                (pl.col("source") == "0") & (pl.col("target") == "5")
+            )
+            want = an.baseline_comparison(table, "0", "5", reduce=reduce, **filters)
+            assert_frame_equal(got.drop("source", "target"), want)
+            del selection["sel_reduce"]
+            got = _selected(tables["hyperparameters_n_transfer"], selection)
+            assert_frame_equal(got, an.hyperparameter_effects(table, "n_transfer", **filters))
