@@ -171,7 +171,7 @@ def _tensors(
             f"images and masks must both be (N, H, W), got {images.shape} and {masks.shape}"
         )
     x = torch.from_numpy(standardize(images)).unsqueeze(1)
-    m = torch.from_numpy(np.asarray(masks, dtype=np.float32)).unsqueeze(1)
+    m = torch.from_numpy(np.array(masks, dtype=np.float32)).unsqueeze(1)
     return x.to(device), m.to(device)
 
 

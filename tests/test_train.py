@@ -1,0 +1,280 @@
+"""Tests of the training core.
+
+Tests that check learning use the real simulated ``tiny_dataset`` fixture (tests/conftest.py).
+Tests that check bookkeeping only (parameter updates, shapes, NaN handling, checkpoints) use
+small deterministic arrays built here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hrtem_ray.model import ModelSpec, build_model
+from hrtem_ray.train import (
+    EvalMetrics,
+    NonFiniteLossError,
+    evaluate,
+    label_entropy_floor,
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+    select_device,
+    standardize,
+    train_stage,
+)
+from hrtem_ray.trainsets import augment, dihedral, epoch_order, soft_labels
+
+TINY = ModelSpec(
+    size="small",
+    stem_channels=8,
+    encoder_channels=(8, 8, 16, 16),
+    decoder_channels=(16, 8, 8, 8, 8),
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def disks(n: int, px: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic shape-only arrays: soft disks and a lattice-like image of them."""
+    yy, xx = np.mgrid[:px, :px].astype(np.float32)
+    masks, images = [], []
+    for i in range(n):
+        cx, cy, r = px * (0.3 + 0.05 * (i % 5)), px * (0.6 - 0.04 * (i % 7)), px * 0.2
+        m = 1 / (1 + np.exp(np.hypot(xx - cx, yy - cy) - r))
+        masks.append(m)
+        images.append(m * np.cos(1.7 * xx + 0.3 * i) + 0.2 * np.sin(0.5 * yy))
+    return np.array(images, np.float32), np.array(masks, np.float32)
+
+
+# ---------------------------------------------------------------- data helpers
+
+
+def test_standardize_per_image() -> None:
+    x = np.stack([np.arange(64.0).reshape(8, 8), 5 + 3 * np.cos(np.arange(64.0)).reshape(8, 8)])
+    for out in (standardize(x), standardize(torch.from_numpy(x)).numpy()):
+        np.testing.assert_allclose(out.mean(axis=(1, 2)), 0, atol=1e-6)
+        np.testing.assert_allclose(out.var(axis=(1, 2)), 1, atol=1e-5)
+    assert standardize(x).dtype == np.float32
+    assert np.all(standardize(np.ones((1, 4, 4))) == 0)
+
+
+def test_dihedral_gives_eight_distinct_symmetries() -> None:
+    x = np.arange(16).reshape(4, 4)
+    outs = [dihedral(x, k) for k in range(8)]
+    assert len({o.tobytes() for o in map(np.ascontiguousarray, outs)}) == 8
+    t = torch.from_numpy(x)
+    for k in range(8):
+        np.testing.assert_array_equal(dihedral(t, k).numpy(), outs[k])
+    with pytest.raises(ValueError):
+        dihedral(x, 8)
+
+
+def test_augmentation_keeps_image_and_mask_aligned() -> None:
+    images, masks = disks(16)
+    x = torch.from_numpy(images).unsqueeze(1)
+    m = torch.from_numpy(masks).unsqueeze(1)
+    ks = np.arange(16) % 8
+    xa, ma = augment(x, m, ks)
+    for i, k in enumerate(ks):
+        np.testing.assert_array_equal(xa[i, 0].numpy(), dihedral(images[i], int(k)))
+        np.testing.assert_array_equal(ma[i, 0].numpy(), dihedral(masks[i], int(k)))
+    assert not torch.equal(xa[1:], x[1:])  # the inputs were not modified in place...
+    assert torch.equal(x, torch.from_numpy(images).unsqueeze(1))  # ...and really moved
+
+
+def test_epoch_order_visits_every_image_symmetry_pair_once() -> None:
+    idx, ks = epoch_order(5, np.random.default_rng(0))
+    assert sorted(zip(idx.tolist(), ks.tolist(), strict=True)) == [
+        (i, k) for i in range(5) for k in range(8)
+    ]
+    idx, ks = epoch_order(5, np.random.default_rng(0), augment=False)
+    assert sorted(idx.tolist()) == list(range(5)) and not ks.any()
+
+
+def test_floor_is_label_entropy_and_perfect_prediction_has_zero_loss() -> None:
+    assert label_entropy_floor(np.array([0.0, 1.0, 1.0, 0.0])) == 0.0
+    assert label_entropy_floor(np.full((2, 3, 3), 0.5)) == pytest.approx(math.log(2))
+    q = np.array([0.1, 0.3, 0.9, 1.0])
+    entropy = -(q * np.log(q) + (1 - q) * np.log(np.clip(1 - q, 1e-300, None)))
+    assert label_entropy_floor(q) == pytest.approx(entropy.mean())
+
+    class Oracle(nn.Module):
+        """Recovers the soft mask from the standardised image and predicts exactly it."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lo = x.amin(dim=(-2, -1), keepdim=True)
+            hi = x.amax(dim=(-2, -1), keepdim=True)
+            m = ((x - lo) / (hi - lo)).double().clamp(1e-15, 1 - 1e-15)
+            return torch.cat([torch.log1p(-m), torch.log(m)], 1).float()
+
+    _, masks = disks(6)
+    masks = (masks - masks.min(axis=(1, 2), keepdims=True)) / np.ptp(
+        masks, axis=(1, 2), keepdims=True
+    )
+    images = 3 * masks + 7  # a per-image affine map of the mask
+    metrics = evaluate(Oracle(), {"a": (images, masks)}, device="cpu")["a"]
+    assert metrics.floor == pytest.approx(label_entropy_floor(masks))
+    assert metrics.cross_entropy == pytest.approx(metrics.floor, abs=1e-5)
+    assert metrics.loss == pytest.approx(0.0, abs=1e-5)
+    assert metrics.iou == 1.0
+    soft = soft_labels(torch.from_numpy(masks).unsqueeze(1))
+    assert soft.shape == (6, 2, 32, 32) and torch.allclose(soft.sum(1), torch.ones(1))
+
+
+# ---------------------------------------------------------------- stages (bookkeeping)
+
+
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_frozen_part_unchanged_unfrozen_part_changes(part: str) -> None:
+    images, masks = disks(4)
+    model = build_model(TINY, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train_stage(
+        model, images, masks, images, masks, lr=1e-2, epochs=1, freeze=part, device="cpu"
+    )
+    after = model.state_dict()
+    other = "decoder" if part == "encoder" else "encoder"
+    for key, value in before.items():
+        if key.startswith(part):  # parameters and batch-norm statistics stay as they were
+            assert torch.equal(after[key], value), key
+    changed = [k for k in before if k.endswith("weight") and not torch.equal(after[k], before[k])]
+    assert any(k.startswith(other) for k in changed)
+    assert any(k.startswith("segmentation_head") for k in changed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert result.trainable_parameters == trainable
+    assert {id(p) for g in result.optimizer.param_groups for p in g["params"]} == {
+        id(p) for p in model.parameters() if p.requires_grad
+    }
+
+
+def test_stage_history_lr_decay_best_state_and_callback() -> None:
+    images, masks = disks(4)
+    model = build_model(TINY, seed=0)
+    seen = []
+    result = train_stage(
+        model, images, masks, images[:2], masks[:2], lr=1e-3, epochs=3, on_epoch=seen.append
+    )
+    assert [h["epoch"] for h in result.history] == [1, 2, 3] == [s["epoch"] for s in seen]
+    assert [h["lr"] for h in result.history] == pytest.approx([1e-3, 0.99e-3, 0.99**2 * 1e-3])
+    assert set(result.history[0]) >= {"epoch", "train_loss", "val_loss", "seconds"}
+    val = [h["val_loss"] for h in result.history]
+    assert result.best_epoch == 1 + int(np.argmin(val))
+    assert result.best_val_loss == min(val)
+    assert all(torch.equal(v, model.state_dict()[k].cpu()) for k, v in result.best_state.items())
+    assert result.train_seconds >= sum(h["seconds"] for h in result.history)
+    # the kept model reproduces its recorded validation loss
+    again = evaluate(model, {"own": (images[:2], masks[:2])})["own"]
+    assert again.loss == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+def test_same_seed_same_result_different_seed_differs() -> None:
+    images, masks = disks(4)
+
+    def run(seed: int) -> list[float]:
+        model = build_model(TINY, seed=seed)
+        res = train_stage(model, images, masks, images, masks, lr=1e-3, epochs=2, seed=seed)
+        return [h["train_loss"] for h in res.history] + [h["val_loss"] for h in res.history]
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_nan_loss_stops_the_stage() -> None:
+    images, masks = disks(4)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 2"):
+        train_stage(build_model(TINY), images, masks, images, masks, lr=math.inf, epochs=2)
+    bad = images.copy()
+    bad[2, 3, 3] = np.nan
+    with pytest.raises(NonFiniteLossError, match="epoch 1"):
+        train_stage(build_model(TINY), bad, masks, images, masks, lr=1e-3, epochs=1)
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(tmp_path) -> None:
+    images, masks = disks(4)
+    model = build_model(TINY, seed=0)
+    result = train_stage(model, images, masks, images, masks, lr=1e-3, epochs=1)
+    save_checkpoint(tmp_path / "ckpt", model, result.optimizer, {"model_id": "abc"})
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {
+        "model.pt",
+        "optimizer.pt",
+        "metadata.json",
+    }
+    loaded, meta = load_checkpoint(tmp_path / "ckpt")
+    assert meta["model_id"] == "abc" and ModelSpec(**meta["model_spec"]) == TINY
+    np.testing.assert_array_equal(predict(loaded, images), predict(model, images))
+    into, _ = load_checkpoint(tmp_path / "ckpt", model=build_model(TINY, seed=5))
+    np.testing.assert_array_equal(predict(into, images), predict(model, images))
+    opt_state = torch.load(tmp_path / "ckpt" / "optimizer.pt", weights_only=True)
+    assert opt_state["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path)
+
+
+def test_select_device() -> None:
+    assert select_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert select_device().type == expected
+
+
+def test_rejects_bad_shapes() -> None:
+    images, masks = disks(2, px=40)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        train_stage(build_model(TINY), images, masks, images, masks, lr=1e-3, epochs=1)
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        evaluate(build_model(TINY), {"a": (images, masks[:1])})
+
+
+# ---------------------------------------------------------------- real simulated data
+
+
+def _split(images: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, ...]:
+    half = len(images) // 2
+    return images[:half], masks[:half], images[half:], masks[half:]
+
+
+def test_loss_falls_on_tiny_real_dataset(tiny_dataset) -> None:
+    domain = next(iter(tiny_dataset))
+    images, masks = tiny_dataset[domain]
+    tr_x, tr_m, va_x, va_m = images[:4], masks[:4], images[4:], masks[4:]
+    model = build_model(ModelSpec(size="small"), seed=1)
+    untrained = evaluate(model, {domain: (va_x, va_m)})[domain].loss
+    result = train_stage(model, tr_x, tr_m, va_x, va_m, lr=3e-3, epochs=10, seed=1)
+    train = [h["train_loss"] for h in result.history]
+    assert train[-1] < 0.5 * train[0]
+    assert result.best_val_loss < untrained
+    assert evaluate(model, {domain: (va_x, va_m)})[domain].loss == pytest.approx(
+        result.best_val_loss, rel=1e-5
+    )
+
+
+def test_pretrain_transfer_and_evaluation_on_every_domain(tiny_dataset, tmp_path) -> None:
+    (a, data_a), (b, data_b) = list(tiny_dataset.items())[:2]
+    tr_x, tr_m, va_x, va_m = _split(*data_a)
+    model = build_model(ModelSpec(size="small"), seed=0)
+    pre = train_stage(model, tr_x, tr_m, va_x, va_m, lr=3e-3, epochs=1)
+    save_checkpoint(tmp_path / "pre", model, pre.optimizer, {"domain": a})
+
+    child, _ = load_checkpoint(tmp_path / "pre")
+    encoder_before = {k: v.clone() for k, v in child.encoder.state_dict().items()}
+    tb_x, tb_m, vb_x, vb_m = _split(*data_b)
+    train_stage(child, tb_x, tb_m, vb_x, vb_m, lr=1e-3, epochs=1, freeze="encoder")
+    assert all(torch.equal(v, child.encoder.state_dict()[k]) for k, v in encoder_before.items())
+
+    val_sets = {d: _split(*arrays)[2:] for d, arrays in tiny_dataset.items()}
+    results = evaluate(child, val_sets)
+    assert list(results) == list(tiny_dataset)
+    for metrics in results.values():
+        assert isinstance(metrics, EvalMetrics)
+        assert metrics.loss == pytest.approx(metrics.cross_entropy - metrics.floor)
+        assert metrics.floor >= 0 and 0 <= metrics.iou <= 1 and math.isfinite(metrics.loss)
