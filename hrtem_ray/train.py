@@ -16,11 +16,19 @@ its soft labels (:func:`label_entropy_floor`), so 0 is perfect.
 
 Devices
 -------
-CUDA when available (bf16 autocast, channels_last, cuDNN deterministic), otherwise CPU
-(fp32, channels_last, ``torch.set_num_threads(num_threads)``; the previous thread count is
-restored afterwards). On CPU the same seed gives bit-identical results. On CUDA the backward
-of nearest-neighbour upsampling uses atomic additions, so repeated runs agree only to
-rounding.
+CUDA when available: training steps under bf16 autocast, channels_last, cuDNN deterministic
+(no autotuning); evaluation (validation loss, :func:`evaluate`, :func:`predict`) in fp32 so
+that the reported metrics do not carry bf16 rounding. Otherwise CPU: fp32 and channels_last
+(bf16 autocast is slower on CPU). ``num_threads`` sets ``torch.set_num_threads`` for the
+stage (the trial's cores; more threads than free cores is much slower) and the previous
+count is restored afterwards. On CPU the same seed gives bit-identical results. On CUDA the
+backward of nearest-neighbour upsampling uses atomic additions, so repeated runs agree only
+to rounding.
+
+Batch norm and freezing
+-----------------------
+A frozen part stays in eval mode during training (see :mod:`hrtem_ray.model`): its batch-norm
+layers use and keep the parent's running statistics.
 """
 
 from __future__ import annotations
@@ -147,7 +155,7 @@ def _threads(num_threads: int | None) -> Iterator[None]:
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, nothing elsewhere (bf16 is slower than fp32 on CPU)."""
+    """bf16 autocast on CUDA for training steps, nothing elsewhere (slower on CPU)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -189,8 +197,7 @@ def _evaluate_tensors(
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].contiguous(memory_format=torch.channels_last)
         mb = m[i : i + batch_size]
-        with _autocast(device):
-            logits = model(xb)
+        logits = model(xb)
         ce_sum += _cross_entropy(logits, mb).item() * len(xb)
         pred = logits[:, 1] > logits[:, 0]
         true = mb[:, 0] > 0.5
@@ -263,8 +270,7 @@ def predict(
         out = []
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size].contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
-                logits = model(xb)
+            logits = model(xb)
             out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
         return torch.cat(out).numpy()
     finally:
@@ -366,6 +372,8 @@ def train_stage(
         When a training or validation loss is NaN or infinite (names epoch and step). The
         model's parameters are then undefined.
     """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
     t_start = time.perf_counter()
     device = select_device(device)
     rng = np.random.default_rng(seed)
@@ -373,7 +381,7 @@ def train_stage(
         raise ValueError("dihedral augmentation needs square images")
     trainable = freeze_part(model, freeze)
     prepare_model(model, device)
-    with _threads(num_threads if device.type == "cpu" else None):
+    with _threads(num_threads):
         x_train, m_train = _tensors(train_images, train_masks, device)
         x_val, m_val = _tensors(val_images, val_masks, device)
         train_floor = label_entropy_floor(train_masks)
@@ -439,6 +447,17 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
 
 
+def _to_cpu(obj):
+    """``obj`` with every tensor inside dicts/lists/tuples copied to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -455,7 +474,8 @@ def save_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     _atomic_write(path / "model.pt", lambda p: torch.save(_cpu_state(model), p))
     if optimizer is not None:
-        _atomic_write(path / "optimizer.pt", lambda p: torch.save(optimizer.state_dict(), p))
+        state = _to_cpu(optimizer.state_dict())
+        _atomic_write(path / "optimizer.pt", lambda p: torch.save(state, p))
     meta = dict(metadata or {})
     spec = getattr(model, "spec", None)
     if isinstance(spec, ModelSpec):
