@@ -1,0 +1,259 @@
+"""Tests of the HRTEM simulation (real abTEM multislice at small sizes)."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import abtem
+import numpy as np
+import pytest
+from ase import Atoms
+from pydantic import ValidationError
+
+from hrtem_ray.simulate import (
+    WISDOM_ENV,
+    ImagingCondition,
+    SimulationParams,
+    apply_dose,
+    calibrate_zero_defocus,
+    ctf,
+    exit_waves,
+    fourier_crop,
+    image_intensity,
+    output_gpts,
+    phase_mask,
+    simulate_structure,
+    spectra_to_waves,
+    wave_spectra,
+)
+from hrtem_ray.structures import StructureParams, random_structure
+
+FAST = SimulationParams(sampling_angstrom=0.2, n_phonons=2)
+SMALL = StructureParams(
+    cell_angstrom=64.0,
+    substrate_thickness_angstrom=(30.0, 30.0),
+    radius_angstrom=(15.0, 15.0),
+    n_particles=(1, 1),
+)
+CONDITIONS = (
+    ImagingCondition("-10", -10.0, 400.0),
+    ImagingCondition("0", 0.0, None),
+    ImagingCondition("10", 10.0, None),
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def wisdom_file(tmp_path_factory):
+    """Keep the tests' FFTW wisdom out of the user's cache."""
+    path = tmp_path_factory.mktemp("fftw") / "wisdom.pkl"
+    previous = os.environ.get(WISDOM_ENV)
+    os.environ[WISDOM_ENV] = str(path)
+    yield path
+    if previous is None:
+        del os.environ[WISDOM_ENV]
+    else:
+        os.environ[WISDOM_ENV] = previous
+
+
+@pytest.fixture(scope="module")
+def structure():
+    return random_structure(SMALL, 5)
+
+
+@pytest.fixture(scope="module")
+def simulated(structure):
+    return simulate_structure(structure, FAST, CONDITIONS, seed=5)
+
+
+def _single_atom_waves(height_angstrom: float, params: SimulationParams) -> np.ndarray:
+    """Exit waves of one gold atom at ``height_angstrom`` above the exit plane."""
+    cell_height = height_angstrom + 2.0
+    atoms = Atoms("Au", positions=[[16.0, 16.0, 2.0]], cell=[32.0, 32.0, cell_height])
+    return exit_waves(atoms, params, seed=0)
+
+
+def test_output_shapes_and_types(simulated, structure):
+    n = output_gpts(SMALL.cell_angstrom, FAST)
+    assert simulated.images.shape == (len(CONDITIONS), n, n)
+    assert simulated.images.dtype == np.float32
+    assert simulated.mask.dtype == np.float32 and simulated.mask.shape == (n, n)
+    assert 0.0 <= simulated.mask.min() and simulated.mask.max() <= 1.0
+    assert simulated.defocus_nm.dtype == np.float64
+    assert simulated.pixel_size_angstrom == pytest.approx(0.2)
+    assert set(simulated.timings_s) == {"multislice", "mask", "calibration", "imaging"}
+    # noiseless images are normalised intensities (vacuum = 1); dosed ones are counts
+    assert simulated.images[1].mean() == pytest.approx(1.0, abs=0.02)
+    electrons = 400.0 * 0.2**2
+    assert simulated.images[0].mean() == pytest.approx(electrons, rel=0.03)
+    assert np.array_equal(simulated.images[0], np.round(simulated.images[0]))
+
+
+def test_defocus_jitter(simulated):
+    nominal = np.array([c.defocus_nm for c in CONDITIONS])
+    jitter = simulated.defocus_nm - nominal
+    assert np.all(jitter != 0) and np.all(np.abs(jitter) < 5 * FAST.defocus_jitter_nm)
+    no_jitter = FAST.model_copy(update={"defocus_jitter_nm": 0.0})
+    images = simulate_structure(random_structure(SMALL, 5), no_jitter, CONDITIONS[1:2], 5)
+    assert images.defocus_nm.tolist() == [0.0]
+
+
+def test_same_seed_same_images_and_condition_independence(simulated, structure):
+    again = simulate_structure(random_structure(SMALL, 5), FAST, CONDITIONS[::-1][:2], seed=5)
+    # same structure seed and seed: identical bits, whatever the other conditions
+    assert np.array_equal(again.images[0], simulated.images[2])
+    assert np.array_equal(again.images[1], simulated.images[1])
+    assert np.array_equal(again.mask, simulated.mask)
+    assert again.zero_defocus_angstrom == simulated.zero_defocus_angstrom
+    assert again.defocus_nm[0] == simulated.defocus_nm[2]
+    other = simulate_structure(structure, FAST, CONDITIONS[1:2], seed=6)
+    assert not np.array_equal(other.images[0], simulated.images[1])
+
+
+def test_exit_waves_bit_identical_across_processes(tmp_path, monkeypatch):
+    """Fresh processes (the later ones planning from the first's saved wisdom) agree."""
+    script = textwrap.dedent(
+        """
+        import hashlib
+        from ase import Atoms
+        from hrtem_ray.simulate import SimulationParams, exit_waves
+        atoms = Atoms("CdSe", positions=[[5, 5, 1], [12, 9, 3]], cell=[24, 24, 6])
+        waves = exit_waves(atoms, SimulationParams(sampling_angstrom=0.1, n_phonons=2), 3)
+        print(hashlib.sha256(waves.tobytes()).hexdigest())
+        """
+    )
+    monkeypatch.setenv(WISDOM_ENV, str(tmp_path / "wisdom.pkl"))
+    digests = [
+        subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    assert (tmp_path / "wisdom.pkl").stat().st_size > 0
+    atoms = Atoms("CdSe", positions=[[5, 5, 1], [12, 9, 3]], cell=[24, 24, 6])
+    here = exit_waves(atoms, SimulationParams(sampling_angstrom=0.1, n_phonons=2), 3)
+    assert here.shape == (2, 240, 240) and here.dtype == np.complex64
+    assert np.angle(here).max() > 0.1  # the atoms scatter
+    assert not np.array_equal(here[0], here[1])  # two phonon configurations
+    assert digests == [hashlib.sha256(here.tobytes()).hexdigest()] * 2
+
+
+def test_calibrated_zero_near_particle_centre(simulated, structure):
+    depth = float(structure.center_to_exit_plane_angstrom[0])
+    assert abs(simulated.zero_defocus_angstrom - depth) < 10.0
+
+
+def test_calibration_finds_minimum_variance(structure):
+    waves = exit_waves(structure.particles, FAST, seed=1)
+    n = output_gpts(SMALL.cell_angstrom, FAST)
+    spectra = wave_spectra(waves, (n, n))
+    depth = float(structure.center_to_exit_plane_angstrom[0])
+    zero = calibrate_zero_defocus(spectra, 0.2, (depth - 20, depth + 20), FAST)
+    assert abs(zero - depth) < 10.0
+    offsets = (-10.0, -1.0, -0.1, 0.0, 0.1, 1.0, 10.0)
+    variance = {d: image_intensity(spectra, 0.2, zero + d, FAST).var() for d in offsets}
+    assert variance[0.0] == min(variance.values())
+    # contrast grows on both sides of the minimum (measured: about 2x at +-10 A)
+    assert min(variance[10.0], variance[-10.0]) > 1.5 * variance[0.0]
+
+
+def test_defocus_sign_convention():
+    """abTEM convention: positive defocus (-C10) focuses on a plane above the exit."""
+    params = SimulationParams(
+        sampling_angstrom=0.2, n_phonons=1, phonon_sigma_angstrom=0.0, focal_spread_angstrom=0.0
+    )
+    waves = _single_atom_waves(60.0, params)
+    spectra = wave_spectra(waves, waves.shape[-2:])
+    variance = {d: image_intensity(spectra, 0.2, d, params).var() for d in (-60.0, 0.0, 60.0)}
+    # refocused on the atom (60 A above the exit plane): weak-phase minimum contrast
+    assert variance[60.0] < 0.2 * variance[-60.0]
+    assert variance[60.0] < 0.2 * variance[0.0]
+
+
+def test_ctf_matches_abtem():
+    params = SimulationParams(sampling_angstrom=0.2, n_phonons=1, phonon_sigma_angstrom=0.0)
+    waves = _single_atom_waves(20.0, params)
+    ours = spectra_to_waves(
+        wave_spectra(waves, waves.shape[-2:]) * ctf(waves.shape[-2:], 0.2, 300.0, 60.0, 10.0)
+    )
+    theirs = (
+        abtem.Waves(waves[0], energy=300e3, sampling=0.2)
+        .apply_ctf(abtem.CTF(defocus=60.0, focal_spread=10.0))
+        .compute(scheduler="synchronous")
+        .array
+    )
+    assert np.abs(ours[0] - theirs).max() < 1e-5
+
+
+def test_focal_spread_is_one_over_e_width():
+    k2_at = np.fft.fftfreq(64, 0.2)[5] ** 2  # spatial frequency of column 5
+    transfer = ctf((64, 64), 0.2, 300.0, 0.0, 10.0)
+    wavelength = 0.019687  # 300 kV, angstrom
+    sigma = 10.0 / np.sqrt(2)  # std of the equivalent Gaussian defocus spread
+    expected = np.exp(-0.5 * (np.pi * wavelength * k2_at * sigma) ** 2)
+    assert abs(transfer[0, 5]) == pytest.approx(expected, rel=1e-3)
+
+
+def test_fourier_crop_downsamples_band_limited_waves():
+    n, m, length = 64, 32, 12.8
+    x = np.arange(n) * length / n
+    xs = np.arange(m) * length / m
+    wave = lambda u: np.exp(2j * np.pi * (3 * u[:, None] + 5 * u[None, :]) / length) * 0.3 + 1  # noqa: E731
+    cropped = spectra_to_waves(wave_spectra(wave(x)[None], (m, m)))[0]
+    assert np.abs(cropped - wave(xs)).max() < 1e-5
+    spectrum = np.arange(16.0).reshape(4, 4)
+    assert fourier_crop(spectrum, (2, 2)).tolist() == [[0.0, 3.0], [12.0, 15.0]]  # 0 and -1
+
+
+def test_poisson_statistics():
+    rng = np.random.default_rng(0)
+    intensity = np.linspace(0.5, 1.5, 256 * 256).reshape(256, 256)
+    counts = apply_dose(intensity, 400.0, 0.2, rng)
+    assert counts.dtype == np.float32
+    expected = intensity * 400.0 * 0.2**2
+    residual = counts - expected
+    assert residual.mean() == pytest.approx(0.0, abs=0.05)
+    # Poisson: variance equals the mean (16 electrons per pixel on average)
+    assert (residual**2).mean() == pytest.approx(expected.mean(), rel=0.03)
+    flat = apply_dose(np.ones((256, 256)), 30.0, 0.2, np.random.default_rng(1))
+    assert flat.var() == pytest.approx(flat.mean(), rel=0.05)
+    assert np.array_equal(apply_dose(intensity, None, 0.2, rng), intensity.astype(np.float32))
+
+
+@pytest.mark.parametrize(("lattice", "radius"), [("CdSe", 10.0), ("Ag", 20.0), ("CdSe", 35.0)])
+def test_default_mask_area_matches_particle_disc(lattice, radius):
+    """Paper settings (0.1 A multislice, 0.2 A output), one phonon, particle alone."""
+    params = SimulationParams(n_phonons=1)
+    structure_params = StructureParams(
+        cell_angstrom=2 * radius + 20.0,  # FFT-friendly grids: 400, 600, 900
+        lattices=(lattice,),
+        radius_angstrom=(radius, radius),
+        n_particles=(1, 1),
+        substrate_thickness_angstrom=(5.0, 5.0),
+    )
+    structure = random_structure(structure_params, 11)
+    n = output_gpts(structure_params.cell_angstrom, params)
+    pixel = structure_params.cell_angstrom / n
+    waves = spectra_to_waves(wave_spectra(exit_waves(structure.particles, params, 1), (n, n)))
+    disc = np.pi * radius**2
+    smoothed = phase_mask(waves, pixel, lattice, params).sum() * pixel**2 / disc
+    paper = phase_mask(waves, pixel, lattice, params.model_copy(update={"mask_recipe": "paper"}))
+    assert smoothed == pytest.approx(1.0, abs=0.15)
+    assert paper.sum() * pixel**2 / disc < smoothed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"n_phonons": 0}, "n_phonons"),
+        ({"sampling_angstrom": -0.1}, "sampling_angstrom"),
+        ({"mask_recipe": "otsu"}, "mask_recipe"),
+        ({"output_sampling_angstrom": 0.05}, "output_sampling_angstrom"),
+        ({"defocus_jitter_nm": -1.0}, "defocus_jitter_nm"),
+        ({"energy_kv": 300.0}, "energy_kv"),
+    ],
+)
+def test_invalid_simulation_params_name_the_field(kwargs, field):
+    with pytest.raises(ValidationError, match=field):
+        SimulationParams(**kwargs)
