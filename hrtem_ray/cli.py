@@ -16,7 +16,9 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Ray cluster to join ('auto', 'host:6379', 'ray://host:10001'); default: a private local cluster",
     )
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local cluster (default: all)")
+    parser.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of a local cluster (default: all)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,17 +28,25 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="simulate a study's dataset into Parquet shards")
     sim.add_argument("spec", help="study spec YAML (only its 'dataset' section is read)")
-    sim.add_argument("--out", default=None, help="dataset directory or URI (default: <storage>/data)")
+    sim.add_argument(
+        "--out", default=None, help="dataset directory or URI (default: <storage>/data)"
+    )
     _add_cluster_args(sim)
 
     sweep = sub.add_parser("sweep", help="run a study's pretrain / transfer / baseline trials")
     sweep.add_argument("spec")
-    sweep.add_argument("--out", default=None, help="study output directory or URI (default: storage)")
+    sweep.add_argument(
+        "--out", default=None, help="study output directory or URI (default: storage)"
+    )
     sweep.add_argument("--dry-run", action="store_true", help="print trial counts, run nothing")
     sweep.add_argument(
-        "--resume", action="store_true", help="continue a previous run (re-running the same command does the same)"
+        "--resume",
+        action="store_true",
+        help="continue a previous run (re-running the same command does the same)",
     )
-    sweep.add_argument("--num-gpus", type=int, default=None, help="GPUs of a local cluster (default: detected)")
+    sweep.add_argument(
+        "--num-gpus", type=int, default=None, help="GPUs of a local cluster (default: detected)"
+    )
     _add_cluster_args(sweep)
 
     run = sub.add_parser("run", help="simulate + sweep + analyse + report in one go")
@@ -50,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--data", default=None, help="dataset directory (for the example-image panel)")
     rep.add_argument("-o", "--out", required=True, help="report output directory")
 
-    slurm = sub.add_parser("slurm", help="inside a Slurm allocation: start Ray on its nodes and run a study")
+    slurm = sub.add_parser(
+        "slurm", help="inside a Slurm allocation: start Ray on its nodes and run a study"
+    )
     slurm.add_argument("spec")
     slurm.add_argument("--out", default=None)
     slurm.add_argument("--command", choices=("run", "sweep", "simulate"), default="run")
@@ -80,7 +92,9 @@ def _simulate(args) -> int:
         root = Study.from_yaml(args.spec).data_root
     todo = len(plan_shards(spec)) - len(completed_shards(root))
     with tqdm(total=max(todo, 0), unit="shard", desc="simulate", file=sys.stderr) as bar:
-        with ray_session(args.address, num_cpus=args.num_cpus, object_store_memory_bytes=512 * 1024**2):
+        with ray_session(
+            args.address, num_cpus=args.num_cpus, object_store_memory_bytes=512 * 1024**2
+        ):
             summary = simulate_dataset(spec, root, on_shard=lambda record: bar.update(1))
     print(
         f"dataset {summary.root}: {summary.images} images written in {summary.shards_written} of "
@@ -102,7 +116,9 @@ def _sweep(args) -> int:
 def _run(args) -> int:
     study = _study(args)
     table = study.run(address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    print(f"results: {study.results_dir} ({table.height} rows); report: {study.report_dir}/report.html")
+    print(
+        f"results: {study.results_dir} ({table.height} rows); report: {study.report_dir}/report.html"
+    )
     return 0
 
 

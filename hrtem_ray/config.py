@@ -202,7 +202,9 @@ class PretrainGrid(_Spec):
 class TransferGrid(_Spec):
     lr: list[float] = Field(default_factory=lambda: [1e-4, 1e-5], min_length=1)
     n_images: list[int] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1)
-    freeze: list[Freeze] = Field(default_factory=lambda: ["none", "encoder", "decoder"], min_length=1)
+    freeze: list[Freeze] = Field(
+        default_factory=lambda: ["none", "encoder", "decoder"], min_length=1
+    )
 
 
 class BaselineGrid(_Spec):
@@ -264,7 +266,9 @@ class StudySpec(_Spec):
                     f"domains.{role}: unknown domains {unknown}; allowed: {', '.join(allowed)}"
                 )
         if self.transfer is not None and self.pretrain is None:
-            raise ValueError("transfer needs a pretrain grid (transfer trials start from pretrain models)")
+            raise ValueError(
+                "transfer needs a pretrain grid (transfer trials start from pretrain models)"
+            )
         n_train = self.dataset.images_per_domain("train")
         sizes = {
             "pretrain.n_images": self.pretrain.n_images if self.pretrain else [],
@@ -325,7 +329,9 @@ def _read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         raise SpecError(f"study spec {path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise SpecError(f"study spec {path} must be a mapping of sections, got {type(raw).__name__}")
+        raise SpecError(
+            f"study spec {path} must be a mapping of sections, got {type(raw).__name__}"
+        )
     return raw
 
 

@@ -171,7 +171,9 @@ def _rows_to_table(rows: list[dict]) -> pa.Table:
 
 def shard_path(root: str, study: str, domain: str, split: str, key: str) -> str:
     """Where one domain's file of a shard lives."""
-    return storage.join(root, f"study={study}", f"domain={domain}", f"split={split}", f"{key}.parquet")
+    return storage.join(
+        root, f"study={study}", f"domain={domain}", f"split={split}", f"{key}.parquet"
+    )
 
 
 def write_shard(root: str, spec: DatasetSpec, task: ShardTask, tables: dict[str, pa.Table]) -> int:
@@ -307,7 +309,9 @@ def dataset_spec(root: str | Path) -> DatasetSpec:
     return DatasetSpec.model_validate(storage.read_json(spec_path)["spec"])
 
 
-def shard_files(root: str | Path, domains: Iterable[str] | None = None, split: str | None = None) -> list[str]:
+def shard_files(
+    root: str | Path, domains: Iterable[str] | None = None, split: str | None = None
+) -> list[str]:
     """Files of the complete shards (those with a manifest entry), optionally selected."""
     root = str(root)
     wanted = None if domains is None else set(domains)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,12 +52,17 @@ def training_set(trial: Trial, data_root: str) -> tuple[np.ndarray, np.ndarray]:
         return _images(data_root, trial.pretrain_domain, "train", trial.n_pretrain)
     if trial.phase == "transfer":
         return _images(data_root, str(trial.transfer_domain), "train", trial.n_transfer)
-    parts = [(trial.pretrain_domain, trial.n_pretrain), (str(trial.transfer_domain), trial.n_transfer)]
+    parts = [
+        (trial.pretrain_domain, trial.n_pretrain),
+        (str(trial.transfer_domain), trial.n_transfer),
+    ]
     sets = [_images(data_root, d, "train", n) for d, n in parts if n]
     return np.concatenate([s[0] for s in sets]), np.concatenate([s[1] for s in sets])
 
 
-def validation_sets(spec: StudySpec, trial: Trial, data_root: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def validation_sets(
+    spec: StudySpec, trial: Trial, data_root: str
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Validation sets of every eval domain, plus the trial's own training domain."""
     domains = list(spec.domains_for("eval"))
     if trial.train_domain not in domains:
@@ -94,9 +100,15 @@ def _load_parent(root: str, parent_id: str) -> tuple[torch.nn.Module, dict]:
 
 
 def _store_checkpoint(root: str, model_id: str, model, optimizer, metadata: dict) -> None:
+    """Store a checkpoint so that readers never see it half written: metadata.json goes last."""
+    target = results.checkpoint_path(root, model_id)
     with tempfile.TemporaryDirectory(prefix="hrtem-ckpt-") as tmp:
-        save_checkpoint(tmp, model, optimizer, metadata)
-        storage.upload_dir(tmp, results.checkpoint_path(root, model_id))
+        save_checkpoint(Path(tmp) / "ckpt", model, optimizer, metadata)
+        meta = (Path(tmp) / "ckpt" / "metadata.json").read_bytes()
+        (Path(tmp) / "ckpt" / "metadata.json").unlink()
+        storage.remove(storage.join(target, "metadata.json"))
+        storage.upload_dir(Path(tmp) / "ckpt", target)
+        storage.write_bytes_atomic(storage.join(target, "metadata.json"), meta)
 
 
 def execute_trial(
@@ -176,7 +188,9 @@ def execute_trial(
         finished_at=finished_at,
     )
     results.write_result(root, trial, rows)
-    return TrialOutcome(trial.model_id, stage.best_epoch, stage.best_val_loss, stage.train_seconds, node)
+    return TrialOutcome(
+        trial.model_id, stage.best_epoch, stage.best_val_loss, stage.train_seconds, node
+    )
 
 
 def clear_local_cache() -> None:
@@ -184,4 +198,11 @@ def clear_local_cache() -> None:
     _images.cache_clear()
 
 
-__all__ = ["TrialOutcome", "clear_local_cache", "execute_trial", "state_digest", "training_set", "validation_sets"]
+__all__ = [
+    "TrialOutcome",
+    "clear_local_cache",
+    "execute_trial",
+    "state_digest",
+    "training_set",
+    "validation_sets",
+]

@@ -140,7 +140,11 @@ def finished_ids(root: str) -> set[str]:
     for phase in PHASES:
         folder = storage.join(root, RESULTS_DIR, phase)
         if storage.exists(folder):
-            done |= {n.removesuffix(".parquet") for n in storage.listdir(folder) if n.endswith(".parquet")}
+            done |= {
+                n.removesuffix(".parquet")
+                for n in storage.listdir(folder)
+                if n.endswith(".parquet")
+            }
     return done
 
 
@@ -149,7 +153,11 @@ def _read_folder(root: str, folders: list[str]) -> pl.DataFrame:
     for folder in folders:
         path = storage.join(root, folder)
         if storage.exists(path):
-            files += [storage.join(path, n) for n in sorted(storage.listdir(path)) if n.endswith(".parquet")]
+            files += [
+                storage.join(path, n)
+                for n in sorted(storage.listdir(path))
+                if n.endswith(".parquet")
+            ]
     if not files:
         return pl.DataFrame()
     fs = storage.resolve(root).fs
@@ -174,7 +182,13 @@ def write_failure(root: str, trial: Trial, error: str, attempts: int | None = No
     """Record a trial that failed for good."""
     storage.write_json_atomic(
         failure_path(root, trial.model_id),
-        {"model_id": trial.model_id, "trial": trial.describe(), "phase": trial.phase, "error": error, "attempts": attempts},
+        {
+            "model_id": trial.model_id,
+            "trial": trial.describe(),
+            "phase": trial.phase,
+            "error": error,
+            "attempts": attempts,
+        },
     )
 
 
@@ -183,7 +197,11 @@ def read_failures(root: str) -> list[dict]:
     folder = storage.join(root, FAILURES_DIR)
     if not storage.exists(folder):
         return []
-    return [storage.read_json(storage.join(folder, n)) for n in sorted(storage.listdir(folder)) if n.endswith(".json")]
+    return [
+        storage.read_json(storage.join(folder, n))
+        for n in sorted(storage.listdir(folder))
+        if n.endswith(".json")
+    ]
 
 
 def clear_failure(root: str, model_id: str) -> None:

@@ -89,7 +89,9 @@ class Study:
         """Simulate the dataset shards that are missing (idempotent)."""
         from hrtem_ray.data import simulate_dataset
 
-        with ray_session(address, num_cpus=num_cpus, object_store_memory_bytes=_object_store(address)):
+        with ray_session(
+            address, num_cpus=num_cpus, object_store_memory_bytes=_object_store(address)
+        ):
             return simulate_dataset(self.spec.dataset, self.data_root, on_shard=_shard_echo(echo))
 
     def sweep(
@@ -105,7 +107,10 @@ class Study:
         from hrtem_ray.sweep import format_failures, run_sweep
 
         with ray_session(
-            address, num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory_bytes=_object_store(address)
+            address,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            object_store_memory_bytes=_object_store(address),
         ):
             if not self.spec.dataset.path:
                 simulate_dataset(self.spec.dataset, self.data_root, on_shard=_shard_echo(echo))
@@ -153,6 +158,8 @@ def _object_store(address: str | None) -> int | None:
 
 def _shard_echo(echo: Callable[[str], None]) -> Callable[[dict], None]:
     def on_shard(record: dict) -> None:
-        echo(f"simulated shard {record['key']}: {record['images']} images in {record['seconds']:.1f} s")
+        echo(
+            f"simulated shard {record['key']}: {record['images']} images in {record['seconds']:.1f} s"
+        )
 
     return on_shard

@@ -14,6 +14,7 @@ therefore finishes the study with exactly one row per (model, eval domain).
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import sys
@@ -178,7 +179,11 @@ def _progress_callback(total: int, done_before: int, searcher, echo: Callable[[s
             running = sum(t.status == "RUNNING" for t in trials)
             desc = Trial.from_dict(trial.config["trial"]).describe()
             last = trial.last_result or {}
-            metric = f" best val loss {last['best_val_loss']:.4f} (epoch {last['best_epoch']})" if "best_val_loss" in last else ""
+            metric = (
+                f" best val loss {last['best_val_loss']:.4f} (epoch {last['best_epoch']})"
+                if "best_val_loss" in last
+                else ""
+            )
             echo(
                 f"[{self.finished}/{total}] {status} {desc}{metric} | "
                 f"done {self.finished} running {running} pending {searcher.pending} "
@@ -195,17 +200,30 @@ def _progress_callback(total: int, done_before: int, searcher, echo: Callable[[s
     return Progress()
 
 
-def _failure_recorder(root: str, max_failures: int):
+def _failure_recorder(root: str):
     from ray.tune import Callback
 
     class RecordFailures(Callback):
+        """Writes a failure record, with the attempts made, for trials that failed for good."""
+
+        def __init__(self) -> None:
+            self.recoveries: dict[str, int] = {}
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.recoveries[trial.trial_id] = self.recoveries.get(trial.trial_id, 0) + 1
+
         def on_trial_error(self, iteration, trials, trial, **info):
             error = trial.get_error()
             text = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
             lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-            summary = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else text)
+            summary = next(
+                (ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else text
+            )
             results.write_failure(
-                root, Trial.from_dict(trial.config["trial"]), summary.strip(), attempts=max_failures + 1
+                root,
+                Trial.from_dict(trial.config["trial"]),
+                summary.strip(),
+                attempts=self.recoveries.get(trial.trial_id, 0) + 1,
             )
 
     return RecordFailures()
@@ -218,7 +236,9 @@ def trial_resources(spec: StudySpec, echo: Callable[[str], None]) -> dict[str, f
     gpus = ray.cluster_resources().get("GPU", 0)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if spec.resources.gpu > 0 and gpus == 0:
-        echo(f"resources.gpu = {spec.resources.gpu:g} but the cluster has no GPU: running trials on CPU")
+        echo(
+            f"resources.gpu = {spec.resources.gpu:g} but the cluster has no GPU: running trials on CPU"
+        )
         resources["gpu"] = 0.0
     return resources
 
@@ -299,13 +319,15 @@ def run_sweep(
             storage_filesystem=tune_fs,
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             callbacks=[
-                _failure_recorder(root, spec.resources.max_failures),
+                _failure_recorder(root),
                 _progress_callback(len(plan.all()), report.already_done, searcher, echo),
             ],
             verbose=0,
             log_to_file=True,
         ),
     )
+    # Results live in the study's storage, not in Tune's result grid: silence its loader.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     tuner.fit()
     for trial, reason in searcher.skipped:
         results.write_failure(root, trial, f"not run: {reason}", attempts=0)
@@ -341,7 +363,9 @@ def dry_run(spec: StudySpec) -> str:
             continue
         sizes = pl.DataFrame({"images": [t.n_train_images for t in trials]})
         counts = sizes.group_by("images").len().sort("images")
-        detail = ", ".join(f"{row['len']} x {row['images']}" for row in counts.iter_rows(named=True))
+        detail = ", ".join(
+            f"{row['len']} x {row['images']}" for row in counts.iter_rows(named=True)
+        )
         epochs = spec.training.epochs
         total = int(sizes["images"].sum()) * 8 * epochs
         lines.append(

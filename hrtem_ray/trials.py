@@ -134,7 +134,9 @@ def baseline_pairs(pretrain: list[str], transfer: list[str]) -> list[tuple[str, 
             if a == b or key in seen:
                 continue
             seen.add(key)
-            pairs.append((a, b) if b not in pretrain or pretrain.index(a) < pretrain.index(b) else (b, a))
+            pairs.append(
+                (a, b) if b not in pretrain or pretrain.index(a) < pretrain.index(b) else (b, a)
+            )
     return pairs
 
 
@@ -147,15 +149,21 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
     transfer: list[Trial] = []
     if spec.pretrain is not None:
         grid = spec.pretrain
-        for domain, lr, n, seed in itertools.product(pre_domains, grid.lr, grid.n_images, grid.seeds):
+        for domain, lr, n, seed in itertools.product(
+            pre_domains, grid.lr, grid.n_images, grid.seeds
+        ):
             pretrain.append(
-                _identify(Trial("pretrain", domain, None, lr, None, n, None, "none", seed, None), ctx)
+                _identify(
+                    Trial("pretrain", domain, None, lr, None, n, None, "none", seed, None), ctx
+                )
             )
     if spec.transfer is not None:
         grid = spec.transfer
         for parent in pretrain:
             targets = [d for d in tr_domains if d != parent.pretrain_domain]
-            for target, lr, n, freeze in itertools.product(targets, grid.lr, grid.n_images, grid.freeze):
+            for target, lr, n, freeze in itertools.product(
+                targets, grid.lr, grid.n_images, grid.freeze
+            ):
                 child = Trial(
                     "transfer",
                     parent.pretrain_domain,
@@ -176,6 +184,8 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
             baseline_pairs(pre_domains, tr_domains), grid.mixtures, grid.lr, grid.seeds
         ):
             baseline.append(
-                _identify(Trial("baseline", src, tgt, lr, None, n_src, n_tgt, "none", seed, None), ctx)
+                _identify(
+                    Trial("baseline", src, tgt, lr, None, n_src, n_tgt, "none", seed, None), ctx
+                )
             )
     return TrialPlan(pretrain, transfer, baseline)

@@ -107,7 +107,15 @@ def laptop_run(tmp_path_factory) -> LaptopRun:
     """
     out = tmp_path_factory.mktemp("laptop-run")
     proc = subprocess.run(
-        [sys.executable, "-m", "hrtem_ray.cli", "run", str(REPO / "sweeps" / "laptop.yaml"), "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "hrtem_ray.cli",
+            "run",
+            str(REPO / "sweeps" / "laptop.yaml"),
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=1800,

@@ -1,0 +1,260 @@
+"""The sweep engine on a real local Ray cluster, with a tiny real dataset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import REPO, TINY_DATASET
+
+from hrtem_ray import results, storage
+from hrtem_ray.config import SpecError, load_study_spec, parse_study_spec
+from hrtem_ray.study import Study
+from hrtem_ray.trials import plan_trials
+
+TINY_STUDY = {
+    "name": "tiny",
+    "dataset": TINY_DATASET,
+    "domains": {"pretrain": ["-10", "0"], "transfer": ["-10", "0", "10"]},
+    "pretrain": {"lr": [1e-3], "n_images": [4], "seeds": [0]},
+    "transfer": {"lr": [1e-4], "n_images": [2], "freeze": ["none", "encoder"]},
+    "baseline": {"mixtures": [[2, 2]], "lr": [1e-3], "seeds": [0]},
+    "training": {"epochs": 2, "batch_size": 4},
+    "resources": {"cpu": 1, "max_failures": 1},
+}
+
+
+def tiny_study(tmp_path: Path, dataset_root: Path | None = None, **overrides) -> Study:
+    raw = {**TINY_STUDY, **overrides}
+    if dataset_root is not None:
+        raw["dataset"] = {**raw["dataset"], "path": str(dataset_root)}
+    return Study(parse_study_spec(raw, source="tests"), out=tmp_path / "study")
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def finished_tiny(ray_cluster, tiny_dataset_root, tmp_path_factory):
+    study = tiny_study(tmp_path_factory.mktemp("sweep"), tiny_dataset_root)
+    report = study.sweep(echo=quiet)
+    return study, report
+
+
+def test_tiny_study_gives_exactly_the_expected_rows(finished_tiny):
+    study, report = finished_tiny
+    plan = plan_trials(study.spec)
+    assert plan.counts() == {"pretrain": 2, "transfer": 8, "baseline": 3}
+    table = study.results()
+    n_eval = 3
+    assert table.height == 13 * n_eval
+    assert table.select("model_id", "eval_domain").n_unique() == table.height
+    assert set(table["model_id"]) == {t.model_id for t in plan.all()}
+    assert report.failed == []
+    expected_columns = {
+        "study", "model_id", "phase", "parent_id", "pretrain_domain", "transfer_domain",
+        "eval_domain", "pretrain_lr", "transfer_lr", "n_pretrain", "n_transfer", "freeze",
+        "seed", "epochs", "loss", "cross_entropy", "iou", "best_epoch", "train_seconds",
+        "config_hash", "hrtem_ray_version",
+    }  # fmt: skip
+    assert expected_columns <= set(table.columns)
+    transfer = table.filter(pl.col("phase") == "transfer")
+    assert set(transfer["parent_id"]) <= set(
+        table.filter(pl.col("phase") == "pretrain")["model_id"]
+    )
+    assert table["loss"].is_finite().all() and (table["iou"].is_between(0, 1)).all()
+    baseline = table.filter(pl.col("phase") == "baseline")
+    assert set(baseline["freeze"]) == {"none"} and baseline["transfer_domain"].null_count() == 0
+
+
+def test_transfer_starts_from_its_parents_best_weights(finished_tiny):
+    study, _ = finished_tiny
+    history = results.read_history(study.root)
+    by_model = {row["model_id"]: row for row in history.unique("model_id").iter_rows(named=True)}
+    transfers = [r for r in by_model.values() if r["model_id"].startswith("transfer")]
+    assert len(transfers) == 8
+    for child in transfers:
+        parent = by_model[child["parent_id"]]
+        assert child["initial_digest"] == parent["best_digest"]
+        ckpt_meta = storage.read_json(
+            storage.join(results.checkpoint_path(study.root, parent["model_id"]), "metadata.json")
+        )
+        assert ckpt_meta["best_digest"] == parent["best_digest"]
+
+
+def test_transfer_trials_do_not_wait_for_all_pretraining(finished_tiny):
+    study, _ = finished_tiny
+    table = study.results().unique("model_id")
+    last_pretrain_end = table.filter(pl.col("phase") == "pretrain")["finished_at"].max()
+    first_transfer_start = table.filter(pl.col("phase") == "transfer")["started_at"].min()
+    # Two CPUs, two pretrain trials of equal size: the first child starts as soon as
+    # the first parent is done, while the second parent may still be training.
+    parent_ends = table.filter(pl.col("phase") == "pretrain")["finished_at"].sort()
+    assert first_transfer_start >= parent_ends[0]
+    assert first_transfer_start < last_pretrain_end + 5.0
+
+
+def test_rerun_runs_nothing_and_duplicates_nothing(finished_tiny):
+    study, _ = finished_tiny
+    before = study.results().sort("model_id", "eval_domain")
+    report = study.sweep(echo=quiet)
+    assert report.completed == 0 and report.already_done == 13
+    assert study.results().sort("model_id", "eval_domain").equals(before)
+
+
+def test_failing_trial_is_retried_then_recorded(ray_cluster, tiny_dataset_root, tmp_path):
+    # A damaged dataset: one training shard lost, so every domain has 3 of its 6
+    # training images and the pretrain trials (4 images) fail with a DatasetError.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_dataset_root, damaged)
+    manifest = sorted((damaged / "_manifest").glob("*-train-00000-*.json"))
+    assert manifest
+    manifest[0].unlink()
+    study = tiny_study(
+        tmp_path, damaged, baseline={"mixtures": [[1, 2]], "lr": [1e-3], "seeds": [0]}
+    )
+    report = study.sweep(echo=quiet)
+    failures = {f["model_id"]: f for f in report.failed}
+    plan = plan_trials(study.spec)
+    for trial in plan.pretrain:
+        assert "DatasetError" in failures[trial.model_id]["error"]
+        assert failures[trial.model_id]["attempts"] == study.spec.resources.max_failures + 1
+    for trial in plan.transfer:
+        assert failures[trial.model_id]["error"].startswith("not run: parent")
+    table = study.results()
+    assert set(table["phase"]) == {"baseline"} and table.height == 3 * 3
+
+
+def test_nan_loss_marks_the_trial_failed(ray_cluster, tiny_dataset_root, tmp_path):
+    corrupt = tmp_path / "nan-data"
+    shutil.copytree(tiny_dataset_root, corrupt)
+    # Put a NaN pixel into every training image of domain "0".
+    for path in (corrupt / "study=defocus" / "domain=0" / "split=train").glob("*.parquet"):
+        table = pq.read_table(path)
+        images = table.column("image").combine_chunks().to_numpy_ndarray().copy()
+        images[:, 0, 0] = np.nan
+        import pyarrow as pa
+
+        column = pa.FixedShapeTensorArray.from_numpy_ndarray(images)
+        pq.write_table(
+            table.set_column(table.schema.get_field_index("image"), "image", column), path
+        )
+    study = tiny_study(
+        tmp_path,
+        corrupt,
+        domains={"pretrain": ["0"], "transfer": ["0", "10"]},
+        transfer=None,
+        baseline=None,
+    )
+    report = study.sweep(echo=quiet)
+    (failure,) = report.failed
+    assert failure["error"].startswith("NonFiniteLossError")
+    assert study.results().height == 0
+
+
+def test_invalid_specs_fail_before_any_compute(tmp_path):
+    bad = {**TINY_STUDY, "transfer": {"lr": [1e-4], "n_images": [2], "freeze": ["everything"]}}
+    with pytest.raises(SpecError, match=r"transfer\.freeze\.0.*'none', 'encoder' or 'decoder'"):
+        parse_study_spec(bad)
+    bad = {**TINY_STUDY, "domains": {"pretrain": ["-10", "7"]}}
+    with pytest.raises(SpecError, match=r"domains\.pretrain.*'7'.*allowed: -10, 0, 10"):
+        parse_study_spec(bad)
+    bad = {**TINY_STUDY, "pretrain": {"lr": [1e-3], "n_images": [64], "seeds": [0]}}
+    with pytest.raises(SpecError, match=r"pretrain\.n_images.*dataset\.n_structures\.train"):
+        parse_study_spec(bad)
+    bad = {**TINY_STUDY, "dataset": {**TINY_DATASET, "study": "focus"}}
+    with pytest.raises(SpecError, match=r"dataset\.study.*'defocus', 'dose' or 'structure'"):
+        parse_study_spec(bad)
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text(yaml.safe_dump({**TINY_STUDY, "resources": {"cpu": 0}}))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "hrtem_ray.cli", "sweep", str(spec_file), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "resources.cpu" in proc.stderr and "greater than 0" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("preset", "counts"),
+    [
+        ("defocus_paper", {"pretrain": 30, "transfer": 7200, "baseline": 0}),
+        ("dose_paper", {"pretrain": 15, "transfer": 180, "baseline": 0}),
+        ("structure_paper", {"pretrain": 54, "transfer": 2754, "baseline": 0}),
+        ("baseline_paper", {"pretrain": 0, "transfer": 0, "baseline": 720}),
+    ],
+)
+def test_dry_run_counts_of_the_paper_presets(preset, counts):
+    spec_path = REPO / "sweeps" / f"{preset}.yaml"
+    assert plan_trials(load_study_spec(spec_path)).counts() == counts
+    proc = subprocess.run(
+        [sys.executable, "-m", "hrtem_ray.cli", "sweep", str(spec_path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for phase, n in counts.items():
+        assert f"{n} {phase}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_missing_or_duplicate_rows(tiny_dataset_root, tmp_path):
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(
+        yaml.safe_dump({**TINY_STUDY, "dataset": {**TINY_DATASET, "path": str(tiny_dataset_root)}})
+    )
+    out = tmp_path / "study"
+    cmd = [
+        sys.executable,
+        "-m",
+        "hrtem_ray.cli",
+        "sweep",
+        str(spec_file),
+        "--out",
+        str(out),
+        "--num-cpus",
+        "2",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and len(results.finished_ids(str(out))) < 3:
+        time.sleep(0.2)
+    done_before_kill = results.finished_ids(str(out))
+    assert 3 <= len(done_before_kill) < 13, "the driver should be killed in the middle of the study"
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    time.sleep(2)  # let orphaned workers of the killed cluster exit
+
+    resumed = subprocess.run(
+        [*cmd, "--resume"], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (
+        f"{len(done_before_kill)} were already done" in resumed.stderr
+        or "already done" in resumed.stderr
+    )
+    study = Study(load_study_spec(spec_file), out=out)
+    table = study.results()
+    plan = plan_trials(study.spec)
+    assert table.height == len(plan.all()) * 3
+    assert table.select("model_id", "eval_domain").n_unique() == table.height
+    assert set(table["model_id"]) == {t.model_id for t in plan.all()}
