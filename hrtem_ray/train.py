@@ -21,9 +21,9 @@ CUDA when available: training steps under bf16 autocast, channels_last, cuDNN de
 that the reported metrics do not carry bf16 rounding. Otherwise CPU: fp32 and channels_last
 (bf16 autocast is slower on CPU). ``num_threads`` sets ``torch.set_num_threads`` for the
 stage (the trial's cores; more threads than free cores is much slower) and the previous
-count is restored afterwards. On CPU the same seed gives bit-identical results. On CUDA the
-backward of nearest-neighbour upsampling uses atomic additions, so repeated runs agree only
-to rounding.
+count is restored afterwards. On CPU the same seed and thread count give bit-identical
+results. On CUDA the backward of nearest-neighbour upsampling uses atomic additions, so
+repeated runs agree only to rounding.
 
 Batch norm and freezing
 -----------------------
