@@ -55,12 +55,14 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import abtem
 import numpy as np
 import pyfftw
+import scipy.fft
 from abtem.core.energy import energy2wavelength
 from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -132,7 +134,7 @@ class SimulationParams(BaseModel):
         None, ge=0, description="Mask blur std; None = per lattice (1 or 1.6 A)."
     )
     calibration_window_angstrom: float = Field(
-        20.0, gt=0, description="Search margin around the particle-centre distances."
+        15.0, gt=0, description="Search margin around the particle-centre distances."
     )
     calibration_coarse_step_angstrom: float = Field(1.0, gt=0)
     calibration_fine_step_angstrom: float = Field(0.1, gt=0)
@@ -345,17 +347,22 @@ def wave_spectra(waves: np.ndarray, gpts: tuple[int, int]) -> np.ndarray:
     ``ifft2(spectrum, norm="forward")`` (:func:`spectra_to_waves`) gives the waves at
     the coarser sampling; this is downsampling by Fourier cropping, not binning.
     """
-    return fourier_crop(np.fft.fft2(waves, norm="forward"), gpts).astype(np.complex64)
+    spectra = scipy.fft.fft2(waves.astype(np.complex64, copy=False), norm="forward", workers=1)
+    return fourier_crop(spectra, gpts)
 
 
 def spectra_to_waves(spectra: np.ndarray) -> np.ndarray:
     """Real-space waves from spectra made by :func:`wave_spectra`."""
-    return np.fft.ifft2(spectra, norm="forward").astype(np.complex64)
+    return scipy.fft.ifft2(spectra, norm="forward", workers=1).astype(np.complex64, copy=False)
 
 
+@lru_cache(maxsize=8)
 def _k2(gpts: tuple[int, int], pixel_size_angstrom: float) -> np.ndarray:
+    """Squared spatial frequency (1/A^2) on an unshifted grid (cached, read-only)."""
     ky, kx = (np.fft.fftfreq(n, pixel_size_angstrom) for n in gpts)
-    return ky[:, None] ** 2 + kx[None, :] ** 2
+    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    k2.flags.writeable = False
+    return k2
 
 
 def ctf(
@@ -377,10 +384,14 @@ def ctf(
         complex64 ``gpts`` array in unshifted frequency order.
     """
     wavelength = energy2wavelength(energy_kev * 1e3)
-    k2 = _k2(gpts, pixel_size_angstrom)
-    phase = np.pi * wavelength * k2 * defocus_angstrom
+    k2 = _k2(tuple(gpts), float(pixel_size_angstrom))
+    phase = (np.pi * wavelength * defocus_angstrom * k2).astype(np.float32)
     envelope = np.exp(-((0.5 * np.pi * focal_spread_angstrom * wavelength * k2) ** 2))
-    return (envelope * np.exp(1j * phase)).astype(np.complex64)
+    envelope = envelope.astype(np.float32)
+    transfer = np.empty(k2.shape, dtype=np.complex64)
+    np.multiply(envelope, np.cos(phase), out=transfer.real)
+    np.multiply(envelope, np.sin(phase), out=transfer.imag)
+    return transfer
 
 
 def image_intensity(
@@ -415,7 +426,7 @@ def image_intensity(
         params.focal_spread_angstrom,
     )
     waves = spectra_to_waves(spectra * transfer)
-    return (np.abs(waves) ** 2).mean(axis=0, dtype=np.float64)
+    return (waves.real**2 + waves.imag**2).mean(axis=0, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- ground truth
