@@ -1,0 +1,573 @@
+"""Altair figures of the analysis tables.
+
+Every chart function takes the long-form tables of :mod:`hrtem_ray.analysis` and
+returns an Altair chart with its data embedded. When a table carries the
+``sel_*`` columns of :func:`hrtem_ray.analysis.selection_tables` (one row per reduce
+mode and filter selection), the chart gets one Vega-Lite parameter per column
+(``sel_reduce``, ``sel_freeze``, ...; default ``median`` / ``all``) and shows only
+the rows of the current selection: the report drives these parameters from its
+controls. Tables of a single selection (the public analysis functions' output) are
+plotted as they are.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import altair as alt
+import numpy as np
+import polars as pl
+
+from hrtem_ray.analysis import ALL, domain_order, format_value
+
+UNITS = {"defocus": "defocus (nm)", "dose": "dose (e/Å²)", "structure": "structure"}
+SELECTION_DEFAULTS = {"sel_reduce": "median"}
+SEQUENTIAL = "viridis"
+DIVERGING = "redblue"
+CELL = 30
+PANEL = 96
+
+
+# --------------------------------------------------------------------------- #
+# helpers
+# --------------------------------------------------------------------------- #
+def axis_title(study: str, role: str = "") -> str:
+    """Axis title for a domain axis, with the study's unit.
+
+    Parameters
+    ----------
+    study
+        The ``study`` column value (``defocus``, ``dose``, ``structure`` or a
+        user-defined axis name, used as is).
+    role
+        Prefix such as ``"pretraining"`` or ``"target"``.
+
+    Examples
+    --------
+    >>> axis_title("defocus", "target")
+    'target defocus (nm)'
+    """
+    unit = UNITS.get(study, study)
+    return f"{role} {unit}".strip()
+
+
+def selection_columns(frame: pl.DataFrame) -> list[str]:
+    """The ``sel_*`` columns of a table, in order."""
+    return [c for c in frame.columns if c.startswith("sel_")]
+
+
+def _selection_params(frames: Iterable[pl.DataFrame]) -> list[alt.Parameter]:
+    """One Vega-Lite parameter per ``sel_*`` column found in any of ``frames``."""
+    names = dict.fromkeys(c for f in frames for c in selection_columns(f))
+    return [alt.param(name=n, value=SELECTION_DEFAULTS.get(n, ALL)) for n in names]
+
+
+def _selection_filter(frame: pl.DataFrame) -> str | None:
+    """Vega expression keeping the rows of the current selection, or ``None``."""
+    columns = selection_columns(frame)
+    if not columns:
+        return None
+    return " && ".join(f"datum.{c} == {c}" for c in columns)
+
+
+def _values(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """JSON-ready rows (NaN as null)."""
+    floats = [c for c, t in frame.schema.items() if t.is_float()]
+    return frame.with_columns(pl.col(floats).fill_nan(None)).to_dicts()
+
+
+def _base(frame: pl.DataFrame, name: str) -> alt.Chart:
+    """A chart on the named dataset ``name`` (attached by :func:`_finalize`), filtered to
+    the current selection.
+
+    The rows travel once, as a top-level ``datasets`` entry: Altair copies inline
+    values at every chart operation, which is slow for the report's long-form tables.
+    """
+    chart = alt.Chart(alt.NamedData(name=name))
+    expr = _selection_filter(frame)
+    return chart.transform_filter(expr) if expr else chart
+
+
+def _finalize(
+    chart: alt.TopLevelMixin, datasets: Mapping[str, pl.DataFrame], title: str, subtitle: str
+) -> alt.TopLevelMixin:
+    """Add the selection parameters, the title and the datasets (last, see :func:`_base`)."""
+    params = _selection_params(datasets.values())
+    if params:
+        chart = chart.add_params(*params)
+    chart = chart.properties(title=alt.Title(title, subtitle=subtitle, anchor="start"))
+    chart.datasets = {name: _values(frame) for name, frame in datasets.items()}
+    return chart
+
+
+def chart_spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
+    """The Vega-Lite dict of a chart, fast for large datasets.
+
+    Equivalent to ``chart.to_dict(validate=False)``, but the ``datasets`` are set
+    aside during the conversion (Altair walks every value of them otherwise).
+    """
+    datasets = chart.datasets
+    bare = chart.copy(deep=False)
+    bare.datasets = alt.Undefined
+    spec = bare.to_dict(validate=False)
+    if datasets is not alt.Undefined:
+        spec["datasets"] = {**spec.get("datasets", {}), **datasets}
+    return spec
+
+
+def _order(frame: pl.DataFrame, columns: Sequence[str]) -> list[str]:
+    return domain_order(v for c in columns for v in frame.get_column(c).to_list())
+
+
+def _heatmap(
+    base: alt.Chart,
+    value: str,
+    scale: alt.Scale,
+    x: alt.X,
+    y: alt.Y,
+    legend: str,
+    fmt: str = ".3f",
+    extra_tooltip: Sequence[alt.Tooltip] = (),
+) -> alt.LayerChart:
+    """Rect + value-label heatmap; label colour flips on dark cells.
+
+    The text colour uses the cell's position in the current value range (log-spaced
+    for log scales, |value| for diverging scales) so labels stay legible.
+    """
+    log = scale.to_dict().get("type") == "log"
+    diverging = "domainMid" in scale.to_dict()
+    if log:
+        position = (
+            f"(log(datum.{value}) - log(datum._lo)) / (log(datum._hi) - log(datum._lo) + 1e-12)"
+        )
+        dark = f"{position} < 0.45"
+    elif diverging:
+        dark = f"abs(datum.{value}) > 0.6 * max(abs(datum._lo), abs(datum._hi))"
+    else:
+        dark = f"(datum.{value} - datum._lo) / (datum._hi - datum._lo + 1e-12) < 0.45"
+    tooltip = [
+        alt.Tooltip(x.to_dict()["field"], type="ordinal"),
+        alt.Tooltip(y.to_dict()["field"], type="ordinal"),
+        alt.Tooltip(value, type="quantitative", format=".4g"),
+    ]
+    layered = base.transform_joinaggregate(_lo=f"min({value})", _hi=f"max({value})").encode(
+        x=x, y=y
+    )
+    rect = layered.mark_rect().encode(
+        color=alt.Color(value, type="quantitative", scale=scale, title=legend),
+        tooltip=[*tooltip, *extra_tooltip],
+    )
+    text = layered.mark_text(fontSize=8).encode(
+        text=alt.Text(value, type="quantitative", format=fmt),
+        color=alt.condition(dark, alt.value("white"), alt.value("black")),
+    )
+    return alt.layer(rect, text)
+
+
+def _domain_axes(study: str, order: list[str], x: str, y: str, x_role: str, y_role: str):
+    """Ordinal x/y encodings of two domain columns, in domain order."""
+    return (
+        alt.X(x, type="ordinal", sort=order, title=axis_title(study, x_role), scale=alt.Scale(paddingInner=0.02)),
+        alt.Y(y, type="ordinal", sort=order, title=axis_title(study, y_role)),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- #
+# charts
+# --------------------------------------------------------------------------- #
+def pair_heatmaps(pairs: pl.DataFrame, study: str = "defocus") -> alt.HConcatChart:
+    """Pretraining-domain x target-domain loss, after pretraining and after transfer.
+
+    Parameters
+    ----------
+    pairs
+        :func:`~hrtem_ray.analysis.pair_matrix` rows of both phases with a ``phase``
+        column (``pretrain`` / ``transfer``), e.g. the ``pair_matrix`` selection table.
+    study
+        Study name, for the axis titles.
+
+    Returns
+    -------
+    altair.HConcatChart
+        Two heatmaps sharing one log colour scale; cells where the transfer value
+        falls back to the pretrain model (no transfer, e.g. the diagonal) are outlined.
+    """
+    order = _order(pairs, ["pretrain_domain", "target_domain"])
+    x, y = _domain_axes(study, order, "target_domain", "pretrain_domain", "target", "pretraining")
+    positive = pairs.filter(pl.col("loss") > 0).get_column("loss")
+    floor = float(positive.min()) if positive.len() else 1e-3
+    scale = alt.Scale(type="log", scheme=SEQUENTIAL, domainMin=floor)
+    titles = {"pretrain": "after pretraining", "transfer": "after transfer"}
+    panels = []
+    for phase, title in titles.items():
+        cells = _base(pairs, "pairs").transform_filter(f"datum.phase == '{phase}'")
+        heat = _heatmap(
+            cells.transform_calculate(loss_shown=f"max(datum.loss, {floor})"),
+            "loss_shown",
+            scale,
+            x,
+            y,
+            "excess loss",
+            fmt=".3f",
+            extra_tooltip=[alt.Tooltip("loss:Q", format=".5g"), "n_models:Q", "from_pretrain:N"],
+        )
+        layers = [heat]
+        if phase == "transfer":
+            outline = cells.transform_filter("datum.from_pretrain").mark_rect(
+                fillOpacity=0, stroke="white", strokeWidth=1, strokeDash=[2, 2]
+            )
+            layers.append(outline.encode(x=x, y=y))
+        panels.append(alt.layer(*layers).properties(title=title, width=alt.Step(CELL), height=alt.Step(CELL)))  # fmt: skip
+    chart = alt.hconcat(*panels).resolve_scale(color="shared")
+    return _finalize(
+        chart,
+        {"pairs": pairs},
+        "Loss on the target domain",
+        "excess cross-entropy (0 is perfect), log colour scale; dashed outline: no transfer "
+        "model, pretrain value shown",
+    )
+
+
+def ood_spread_chart(ood: pl.DataFrame, study: str = "defocus") -> alt.HConcatChart:
+    """Out-of-distribution spread before transfer, after transfer, and its shift.
+
+    Parameters
+    ----------
+    ood
+        :func:`~hrtem_ray.analysis.ood_spread` table (optionally with ``sel_*`` columns).
+    study
+        Study name, for the axis titles.
+    """
+    order = _order(ood, ["pretrain_domain", "target_domain"])
+    x, y = _domain_axes(study, order, "target_domain", "pretrain_domain", "target", "pretraining")
+    before = (
+        _base(ood, "ood")
+        .transform_aggregate(std_pretrain="mean(std_pretrain)", groupby=["pretrain_domain"])
+        .mark_bar()
+        .encode(
+            y=alt.Y("pretrain_domain:O", sort=order, title=axis_title(study, "pretraining")),
+            x=alt.X("std_pretrain:Q", title="std of loss across eval domains"),
+            tooltip=["pretrain_domain:O", alt.Tooltip("std_pretrain:Q", format=".4g")],
+        )
+        .properties(title="after pretraining", width=160, height=alt.Step(CELL))
+    )
+    after = _heatmap(
+        _base(ood, "ood"),
+        "std_transfer",
+        alt.Scale(scheme=SEQUENTIAL, zero=False),
+        x,
+        y,
+        "std after transfer",
+    ).properties(title="after transfer", width=alt.Step(CELL), height=alt.Step(CELL))
+    shift = _heatmap(
+        _base(ood, "ood"),
+        "shift",
+        alt.Scale(scheme=DIVERGING, reverse=True, domainMid=0),
+        x,
+        y,
+        "shift",
+        fmt="+.3f",
+    ).properties(title="shift (red: spread grew)", width=alt.Step(CELL), height=alt.Step(CELL))
+    chart = alt.hconcat(before, after, shift).resolve_scale(color="independent")
+    return _finalize(
+        chart,
+        {"ood": ood},
+        "Out-of-distribution spread",
+        "population std of the loss across evaluation domains (excluded domains left out); "
+        "shift = after transfer - after pretraining",
+    )
+
+
+SUMMARY_METRICS = {
+    "transfer_asymmetry": "mean transfer asymmetry",
+    "ood_from_domain": "OOD loss of its models",
+    "ood_to_domain": "OOD loss of others on it",
+}
+
+
+def asymmetry_chart(
+    asymmetry: pl.DataFrame,
+    summary: pl.DataFrame,
+    study: str = "defocus",
+    domain: str | None = None,
+) -> alt.HConcatChart:
+    """Transfer asymmetry matrix and the per-domain summary.
+
+    Parameters
+    ----------
+    asymmetry
+        :func:`~hrtem_ray.analysis.transfer_asymmetry` table.
+    summary
+        :func:`~hrtem_ray.analysis.asymmetry_summary` rows, one per pretraining domain
+        (e.g. the ``asymmetry_summary`` selection table).
+    study
+        Study name, for the axis titles.
+    domain
+        Domain highlighted in the summary; ``"0"`` (in focus) when present, else the
+        first pretraining domain.
+    """
+    order = _order(asymmetry, ["pretrain_domain", "target_domain"])
+    domains = _order(summary, ["domain"])
+    if domain is None:
+        domain = "0" if "0" in domains else (domains[0] if domains else "")
+    x, y = _domain_axes(study, order, "target_domain", "pretrain_domain", "b", "a")
+    matrix = _heatmap(
+        _base(asymmetry, "asymmetry"),
+        "asymmetry",
+        alt.Scale(scheme=DIVERGING, reverse=True, domainMid=0),
+        x,
+        y,
+        "asymmetry",
+        fmt="+.3f",
+        extra_tooltip=[
+            alt.Tooltip("gap_ab:Q", format=".4g"),
+            alt.Tooltip("gap_ba:Q", format=".4g"),
+        ],
+    ).properties(
+        title="asymmetry(a, b) = gap(a→b) - gap(b→a)", width=alt.Step(CELL), height=alt.Step(CELL)
+    )
+    highlight = alt.condition(
+        f"datum.domain == '{domain}'", alt.value("#d62728"), alt.value("#9e9e9e")
+    )
+    bars = [
+        _base(summary, "summary")
+        .mark_bar()
+        .encode(
+            x=alt.X("domain:O", sort=domains, title=axis_title(study, "pretraining")),
+            y=alt.Y(f"{metric}:Q", title="loss" if metric != "transfer_asymmetry" else "asymmetry"),
+            color=highlight,
+            tooltip=["domain:O", alt.Tooltip(f"{metric}:Q", format=".4g")],
+        )
+        .properties(title=label, width=alt.Step(18), height=150)
+        for metric, label in SUMMARY_METRICS.items()
+    ]
+    chart = alt.hconcat(matrix, *bars).resolve_scale(color="independent")
+    return _finalize(
+        chart,
+        {"asymmetry": asymmetry, "summary": summary},
+        "Transfer asymmetry",
+        f"gap(a→b) = T(a,b) - P(b,b); negative asymmetry: a transfers to b better than the "
+        f"reverse. Red bars: {axis_title(study, 'pretraining')} = {domain}",
+    )
+
+
+def _richest_pair(comparison: pl.DataFrame, labels: list[str]) -> str:
+    """The pair with the most points at the default selection, preferring source "0"."""
+    if not labels:
+        return ""
+    default = comparison
+    for column in selection_columns(comparison):
+        default = default.filter(pl.col(column) == SELECTION_DEFAULTS.get(column, ALL))
+    counts = dict(default.group_by("pair").len().iter_rows())
+    return max(labels, key=lambda p: (counts.get(p, 0), p.startswith("0 → "), -labels.index(p)))
+
+
+def baseline_chart(
+    comparison: pl.DataFrame, study: str = "defocus", default_pair: tuple[str, str] | None = None
+) -> alt.HConcatChart:
+    """Transfer versus mixture training against the number of target images.
+
+    Parameters
+    ----------
+    comparison
+        :func:`~hrtem_ray.analysis.baseline_comparison` rows with ``source`` and
+        ``target`` columns (several pairs: a select widget picks one).
+    study
+        Study name.
+    default_pair
+        Pair shown first; by default the first pair with both methods, preferring
+        the in-focus source ``"0"``.
+    """
+    comparison = comparison.with_columns(
+        pair=pl.concat_str(pl.col("source"), pl.lit(" → "), pl.col("target"))
+    )
+    pairs = comparison.select("source", "target", "pair").unique()
+    pairs = pairs.sort(
+        [pl.col("source").cast(pl.Float64, strict=False), "source",
+         pl.col("target").cast(pl.Float64, strict=False), "target"], nulls_last=True,
+    )  # fmt: skip
+    labels = pairs.get_column("pair").to_list()
+    if default_pair is not None:
+        default = f"{default_pair[0]} → {default_pair[1]}"
+    else:
+        default = _richest_pair(comparison, labels)
+    pair = alt.param(
+        name="pair",
+        value=default,
+        bind=alt.binding_select(
+            options=labels or [""], name=f"{axis_title(study)} pair (source → target) "
+        ),
+    )
+    panels = [
+        _base(comparison, "comparison")
+        .transform_filter("datum.pair == pair")
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("n_target_images:Q", title="target images in training"),
+            y=alt.Y(f"{column}:Q", title="excess loss", scale=alt.Scale(zero=False)),
+            color=alt.Color("method:N", title="method", scale=alt.Scale(domain=["transfer", "mixture"])),
+            strokeDash=alt.StrokeDash("method:N", scale=alt.Scale(domain=["transfer", "mixture"])),
+            tooltip=["method:N", "n_target_images:Q", alt.Tooltip(f"{column}:Q", format=".4g"), "n_models:Q"],
+        )
+        .properties(title=title, width=260, height=200)
+        for column, title in (("loss_on_target", "loss on target"), ("loss_on_source", "loss on source"))
+    ]  # fmt: skip
+    chart = alt.hconcat(*panels).add_params(pair)
+    return _finalize(
+        chart,
+        {"comparison": comparison},
+        "Transfer learning versus training on a mixture",
+        "transfer: pretrain on source, then train on n target images; mixture: one stage on "
+        "source + target images (0: source only, max: target only)",
+    )
+
+
+HYPERPARAMETER_TITLES = {
+    "n_transfer": "transfer size (images)",
+    "freeze": "frozen part",
+    "lr": "learning rates (pretrain / transfer)",
+}
+
+
+def _group_labels(table: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Add a string ``group`` column naming the grouping of a hyperparameter table."""
+    columns = ("pretrain_lr", "transfer_lr") if name == "lr" else (name,)
+    labels = []
+    for column in columns:
+        values = table.get_column(column).unique().drop_nulls().to_list()
+        mapping = {v: format_value(v) for v in values}
+        labels.append(pl.col(column).replace_strict(mapping, default=None, return_dtype=pl.String))
+    return table.with_columns(group=pl.concat_str(labels, separator=" / "))
+
+
+def hyperparameter_chart(
+    tables: Mapping[str, pl.DataFrame], study: str = "defocus"
+) -> alt.HConcatChart:
+    """Distribution of the transfer models' loss on their own target, per hyperparameter.
+
+    Parameters
+    ----------
+    tables
+        :func:`~hrtem_ray.analysis.hyperparameter_effects` tables keyed by
+        ``n_transfer``, ``freeze`` and ``lr`` (grouped by the two learning rates).
+    study
+        Study name (unused in the axes; kept for a uniform signature).
+
+    Returns
+    -------
+    altair.HConcatChart
+        Box plots drawn from the quantiles: whiskers 5-95 %, box 25-75 %, median tick,
+        mean dot; one panel per hyperparameter, shared y scale.
+    """
+    panels = []
+    frames = {}
+    for name, title in HYPERPARAMETER_TITLES.items():
+        if name not in tables:
+            continue
+        frame = _group_labels(tables[name], name)
+        frames[f"hyperparameters_{name}"] = frame
+        groups = frame.get_column("group").unique(maintain_order=True).to_list()
+        if name == "n_transfer":
+            groups = domain_order(groups)
+        x = alt.X("group:N", sort=groups, title=title, axis=alt.Axis(labelAngle=0))
+        base = _base(frame, f"hyperparameters_{name}").encode(x=x)
+        tooltip = ["group:N", "count:Q", *(alt.Tooltip(f"{q}:Q", format=".4g") for q in ("q05", "q25", "q50", "q75", "q95", "mean"))]  # fmt: skip
+        whisker = base.mark_rule().encode(
+            y=alt.Y("q05:Q", title="excess loss on target"), y2="q95:Q"
+        )
+        box = base.mark_bar(size=22, color="#7fa7d6").encode(y="q25:Q", y2="q75:Q", tooltip=tooltip)
+        median = base.mark_tick(color="black", size=22, thickness=2).encode(y="q50:Q")
+        mean = base.mark_point(color="#d62728", filled=True, size=30).encode(y="mean:Q")
+        panels.append(
+            alt.layer(whisker, box, median, mean).properties(width=alt.Step(48), height=200)
+        )
+    chart = alt.hconcat(*panels).resolve_scale(y="shared")
+    return _finalize(
+        chart,
+        frames,
+        "Hyperparameters of the transfer stage",
+        f"loss of transfer models on their own target {axis_title(study)}; whiskers 5-95 %, "
+        "box 25-75 %, tick median, dot mean",
+    )
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    """Encode an 8-bit greyscale array as PNG (no imaging dependency)."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    height, width = pixels.shape
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), pixels], axis=1).tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def image_url(image: np.ndarray, robust: bool = True) -> str:
+    """A greyscale ``data:`` PNG URL of a 2-D array.
+
+    Parameters
+    ----------
+    image
+        2-D array.
+    robust
+        Scale the 1st-99th percentile range to black-white (images); otherwise
+        0-1 (masks).
+    """
+    image = np.asarray(image, dtype=np.float64)
+    lo, hi = np.percentile(image, (1, 99)) if robust else (0.0, 1.0)
+    scaled = np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1) * 255
+    return "data:image/png;base64," + base64.b64encode(_png(np.round(scaled))).decode()
+
+
+def examples_chart(
+    examples: Mapping[str, tuple[np.ndarray, np.ndarray]], study: str = "defocus"
+) -> alt.Chart:
+    """Panel of example images (top of each pair) and their masks, one column per domain.
+
+    Parameters
+    ----------
+    examples
+        ``domain -> (images, masks)``, each an ``(n, H, W)`` array.
+    study
+        Study name, for the column title.
+    """
+    rows = []
+    row_order: list[str] = []
+    for domain, (images, masks) in examples.items():
+        for k, (image, mask) in enumerate(zip(images, masks, strict=True)):
+            for label, url in (
+                (f"image {k + 1}", image_url(image)),
+                (f"mask {k + 1}", image_url(mask, robust=False)),
+            ):
+                rows.append({"domain": domain, "row": label, "url": url})
+                row_order += [label] if label not in row_order else []
+    order = domain_order(examples)
+    chart = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_image(width=PANEL, height=PANEL)
+        .encode(
+            x=alt.X("domain:O", sort=order, title=axis_title(study), axis=alt.Axis(orient="top", labelAngle=0)),
+            y=alt.Y("row:O", sort=row_order, title=None),
+            url="url:N",
+        )
+        .properties(width=alt.Step(PANEL + 8), height=alt.Step(PANEL + 8))
+    )  # fmt: skip
+    return chart.properties(
+        title=alt.Title(
+            "Example validation images and masks",
+            subtitle="images scaled 1-99 percentile; masks 0 (black) to 1 (white)",
+            anchor="start",
+        )
+    )
