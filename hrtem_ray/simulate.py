@@ -3,8 +3,8 @@
 Pipeline for one structure (:func:`simulate_structure`):
 
 1. Plane-wave multislice (:func:`exit_waves`) of the full structure and of the
-   particles alone in the same cell, keeping the exit wave of every frozen-phonon
-   configuration, at ``sampling_angstrom``.
+   particles alone in vacuum with the same exit plane (:func:`particle_spectra`),
+   keeping the exit wave of every frozen-phonon configuration.
 2. Fourier cropping of the waves to ``output_sampling_angstrom``
    (:func:`wave_spectra`); everything after works at the output sampling.
 3. Ground-truth mask from the phase of the particles-in-vacuum exit wave
@@ -83,6 +83,7 @@ __all__ = [
     "image_intensity",
     "load_fftw_wisdom",
     "output_gpts",
+    "particle_spectra",
     "phase_mask",
     "save_fftw_wisdom",
     "simulate_structure",
@@ -264,7 +265,12 @@ def _abtem_single_threaded() -> Iterator[None]:
 # --------------------------------------------------------------------------- multislice
 
 
-def exit_waves(atoms: Atoms, params: SimulationParams, seed: int) -> np.ndarray:
+def exit_waves(
+    atoms: Atoms,
+    params: SimulationParams,
+    seed: int,
+    slice_thicknesses_angstrom: Sequence[float] | None = None,
+) -> np.ndarray:
     """Plane-wave multislice exit waves of every frozen-phonon configuration.
 
     Parameters
@@ -275,6 +281,9 @@ def exit_waves(atoms: Atoms, params: SimulationParams, seed: int) -> np.ndarray:
         Energy, sampling, slice thickness, phonon count and displacement std.
     seed : int
         Seed of the phonon displacements.
+    slice_thicknesses_angstrom : sequence of float, optional
+        Explicit slices (summing to the cell height). By default abTEM splits the
+        cell into ``ceil(c / slice_thickness_angstrom)`` equal slices.
 
     Returns
     -------
@@ -293,11 +302,60 @@ def exit_waves(atoms: Atoms, params: SimulationParams, seed: int) -> np.ndarray:
         potential = abtem.Potential(
             phonons,
             sampling=params.sampling_angstrom,
-            slice_thickness=params.slice_thickness_angstrom,
+            slice_thickness=(
+                params.slice_thickness_angstrom
+                if slice_thicknesses_angstrom is None
+                else tuple(slice_thicknesses_angstrom)
+            ),
         )
         waves = abtem.PlaneWave(energy=params.energy_kev * 1e3).multislice(potential)
         array = waves.compute(scheduler="synchronous").array
     return np.asarray(array, dtype=np.complex64).reshape((params.n_phonons,) + array.shape[-2:])
+
+
+def particle_spectra(
+    structure: Structure, params: SimulationParams, seed: int, gpts: tuple[int, int]
+) -> np.ndarray:
+    """Cropped spectra of the particles-in-vacuum exit waves at the structure's exit plane.
+
+    Multislice runs through the particle layer only, on the same slices as the full
+    cell (abTEM splits a cell of height c into ``n = ceil(c / dz)`` equal slices;
+    the first slices down to one slice below the lowest particle atom are kept);
+    the vacuum left down to the exit plane of the full structure is crossed by
+    exact Fresnel propagation (the CTF at defocus ``-distance``). This saves about
+    ``(T + gap + vacuum) / c`` of the work (measured 3.1 s -> 1.7 s for a 64 A
+    cell at 0.1 A) and equals multislice through the empty slices to about 1e-3
+    in the wave (measured max |difference| 1e-3 at 0.1 A, 4e-3 at 0.2 A sampling:
+    abTEM re-applies its tapered antialias aperture in every empty slice).
+
+    Parameters
+    ----------
+    structure : Structure
+        Structure whose ``particles`` are simulated.
+    params : SimulationParams
+        Multislice parameters.
+    seed : int
+        Seed of the phonon displacements.
+    gpts : tuple of int
+        Output grid (see :func:`wave_spectra`).
+
+    Returns
+    -------
+    np.ndarray
+        complex64 ``(n_phonons, *gpts)`` spectra, as :func:`wave_spectra` of the
+        full-height exit waves.
+    """
+    cell_height = structure.cell_height_angstrom
+    n_slices = int(np.ceil(cell_height / params.slice_thickness_angstrom))
+    thickness = cell_height / n_slices
+    bottom = structure.particles.positions[:, 2].max() + 1.0  # + phonon displacements
+    n_kept = min(n_slices, int(np.ceil(bottom / thickness)) + 1)
+    height = n_kept * thickness
+    particles = structure.particles.copy()
+    particles.set_cell([*particles.cell.lengths()[:2], height])
+    spectra = wave_spectra(exit_waves(particles, params, seed, (thickness,) * n_kept), gpts)
+    pixel_size = float(particles.cell[0, 0]) / gpts[1]
+    return spectra * ctf(gpts, pixel_size, params.energy_kev, height - cell_height, 0.0)
 
 
 def warm_fftw_wisdom(cell_angstrom: float, params: SimulationParams) -> None:
@@ -614,16 +672,16 @@ def simulate_structure(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     full = exit_waves(structure.atoms, params, _derived_seed(seed, _STREAM_PHONONS_FULL))
-    alone = exit_waves(structure.particles, params, _derived_seed(seed, _STREAM_PHONONS_PARTICLES))
-    timings["multislice"] = time.perf_counter() - start
-
-    start = time.perf_counter()
     cell_angstrom = float(structure.atoms.cell[0, 0])
     n_out = output_gpts(cell_angstrom, params)
     pixel_size = cell_angstrom / n_out
     full_spectra = wave_spectra(full, (n_out, n_out))
-    alone_spectra = wave_spectra(alone, (n_out, n_out))
-    del full, alone
+    del full
+    particle_seed = _derived_seed(seed, _STREAM_PHONONS_PARTICLES)
+    alone_spectra = particle_spectra(structure, params, particle_seed, (n_out, n_out))
+    timings["multislice"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     mask = phase_mask(spectra_to_waves(alone_spectra), pixel_size, structure.lattice, params)
     timings["mask"] = time.perf_counter() - start
 

@@ -23,6 +23,7 @@ from hrtem_ray.simulate import (
     fourier_crop,
     image_intensity,
     output_gpts,
+    particle_spectra,
     phase_mask,
     simulate_structure,
     spectra_to_waves,
@@ -137,6 +138,19 @@ def test_exit_waves_bit_identical_across_processes(tmp_path, monkeypatch):
     assert np.angle(here).max() > 0.1  # the atoms scatter
     assert not np.array_equal(here[0], here[1])  # two phonon configurations
     assert digests == [hashlib.sha256(here.tobytes()).hexdigest()] * 2
+
+
+def test_particle_spectra_equal_full_height_multislice(structure):
+    """Cut cell + Fresnel propagation = multislice through the empty slices."""
+    n = output_gpts(SMALL.cell_angstrom, FAST)
+    full_height = spectra_to_waves(wave_spectra(exit_waves(structure.particles, FAST, 3), (n, n)))
+    spectra = particle_spectra(structure, FAST, 3, (n, n))
+    cut = spectra_to_waves(spectra)
+    assert np.abs(full_height - 1).max() > 0.3  # the particle scatters strongly
+    assert np.abs(cut - full_height).max() < 0.01
+    # the tolerance is tight: an exit plane off by 5 A fails it by far
+    off = spectra_to_waves(spectra * ctf((n, n), 0.2, 300.0, 5.0, 0.0))
+    assert np.abs(off - full_height).max() > 0.1
 
 
 def test_calibrated_zero_near_particle_centre(simulated, structure):
