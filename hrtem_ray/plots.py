@@ -22,13 +22,14 @@ import altair as alt
 import numpy as np
 import polars as pl
 
-from hrtem_ray.analysis import ALL, domain_order, format_value
+from hrtem_ray.analysis import ALL, domain_order, format_value, sort_domains
 
 UNITS = {"defocus": "defocus (nm)", "dose": "dose (e/Å²)", "structure": "structure"}
 SELECTION_DEFAULTS = {"sel_reduce": "median"}
 SEQUENTIAL = "viridis"
 DIVERGING = "redblue"
 CELL = 30
+SIGNIFICANT_DIGITS = 5
 PANEL = 96
 
 
@@ -78,6 +79,26 @@ def _values(frame: pl.DataFrame) -> list[dict[str, Any]]:
     """JSON-ready rows (NaN as null)."""
     floats = [c for c, t in frame.schema.items() if t.is_float()]
     return frame.with_columns(pl.col(floats).fill_nan(None)).to_dicts()
+
+
+def compact_selections(frame: pl.DataFrame, digits: int = SIGNIFICANT_DIGITS) -> pl.DataFrame:
+    """Shrink a selection table for embedding: round floats, drop idle ``sel_*`` columns.
+
+    A ``sel_*`` column is idle when every one of its values selects the same rows (the
+    pretrain matrix does not depend on the freezing filter, for example); only its
+    default rows are kept and the chart then ignores that control.
+    """
+    floats = [c for c, t in frame.schema.items() if t.is_float()]
+    frame = frame.with_columns(pl.col(floats).round_sig_figs(digits))
+    for column in selection_columns(frame):
+        default = frame.filter(pl.col(column) == SELECTION_DEFAULTS.get(column, ALL))
+        n_values = frame.get_column(column).n_unique()
+        if (
+            frame.height == default.height * n_values
+            and frame.drop(column).unique().height == default.height
+        ):
+            frame = default.drop(column)
+    return frame
 
 
 def _base(frame: pl.DataFrame, name: str) -> alt.Chart:
@@ -132,6 +153,7 @@ def _heatmap(
     legend: str,
     fmt: str = ".3f",
     extra_tooltip: Sequence[alt.Tooltip] = (),
+    legend_values: Sequence[float] | None = None,
 ) -> alt.LayerChart:
     """Rect + value-label heatmap; label colour flips on dark cells.
 
@@ -158,7 +180,13 @@ def _heatmap(
         x=x, y=y
     )
     rect = layered.mark_rect().encode(
-        color=alt.Color(value, type="quantitative", scale=scale, title=legend),
+        color=alt.Color(
+            value,
+            type="quantitative",
+            scale=scale,
+            title=legend,
+            legend=alt.Legend(values=list(legend_values)) if legend_values else alt.Undefined,
+        ),
         tooltip=[*tooltip, *extra_tooltip],
     )
     text = layered.mark_text(fontSize=8).encode(
@@ -166,6 +194,13 @@ def _heatmap(
         color=alt.condition(dark, alt.value("white"), alt.value("black")),
     )
     return alt.layer(rect, text)
+
+
+def _log_ticks(low: float, high: float, n: int = 5) -> list[float]:
+    """About ``n`` log-spaced legend values between ``low`` and ``high``, 2 significant digits."""
+    if not (0 < low < high):
+        return []
+    return sorted({float(f"{v:.2g}") for v in np.geomspace(low, high, n)})
 
 
 def _domain_axes(study: str, order: list[str], x: str, y: str, x_role: str, y_role: str):
@@ -200,11 +235,16 @@ def pair_heatmaps(pairs: pl.DataFrame, study: str = "defocus") -> alt.HConcatCha
     x, y = _domain_axes(study, order, "target_domain", "pretrain_domain", "target", "pretraining")
     positive = pairs.filter(pl.col("loss") > 0).get_column("loss")
     floor = float(positive.min()) if positive.len() else 1e-3
+    top = float(positive.max()) if positive.len() else 1.0
     scale = alt.Scale(type="log", scheme=SEQUENTIAL, domainMin=floor)
     titles = {"pretrain": "after pretraining", "transfer": "after transfer"}
     panels = []
+    datasets = {
+        f"pairs_{phase}": compact_selections(pairs.filter(pl.col("phase") == phase))
+        for phase in titles
+    }
     for phase, title in titles.items():
-        cells = _base(pairs, "pairs").transform_filter(f"datum.phase == '{phase}'")
+        cells = _base(datasets[f"pairs_{phase}"], f"pairs_{phase}")
         heat = _heatmap(
             cells.transform_calculate(loss_shown=f"max(datum.loss, {floor})"),
             "loss_shown",
@@ -213,6 +253,7 @@ def pair_heatmaps(pairs: pl.DataFrame, study: str = "defocus") -> alt.HConcatCha
             y,
             "excess loss",
             fmt=".3f",
+            legend_values=_log_ticks(floor, top),
             extra_tooltip=[alt.Tooltip("loss:Q", format=".5g"), "n_models:Q", "from_pretrain:N"],
         )
         layers = [heat]
@@ -225,7 +266,7 @@ def pair_heatmaps(pairs: pl.DataFrame, study: str = "defocus") -> alt.HConcatCha
     chart = alt.hconcat(*panels).resolve_scale(color="shared")
     return _finalize(
         chart,
-        {"pairs": pairs},
+        datasets,
         "Loss on the target domain",
         "excess cross-entropy (0 is perfect), log colour scale; dashed outline: no transfer "
         "model, pretrain value shown",
@@ -242,6 +283,7 @@ def ood_spread_chart(ood: pl.DataFrame, study: str = "defocus") -> alt.HConcatCh
     study
         Study name, for the axis titles.
     """
+    ood = compact_selections(ood)
     order = _order(ood, ["pretrain_domain", "target_domain"])
     x, y = _domain_axes(study, order, "target_domain", "pretrain_domain", "target", "pretraining")
     before = (
@@ -310,6 +352,7 @@ def asymmetry_chart(
         Domain highlighted in the summary; ``"0"`` (in focus) when present, else the
         first pretraining domain.
     """
+    asymmetry, summary = compact_selections(asymmetry), compact_selections(summary)
     order = _order(asymmetry, ["pretrain_domain", "target_domain"])
     domains = _order(summary, ["domain"])
     if domain is None:
@@ -375,22 +418,29 @@ def baseline_chart(
     ----------
     comparison
         :func:`~hrtem_ray.analysis.baseline_comparison` rows with ``source`` and
-        ``target`` columns (several pairs: a select widget picks one).
+        ``target`` columns (several pairs: a select widget picks one; only the pairs
+        with both methods are kept when there are any). A ``sel_n_transfer`` column is
+        reduced to its ``all`` rows: the x axis already is the number of target images.
     study
         Study name.
     default_pair
-        Pair shown first; by default the first pair with both methods, preferring
-        the in-focus source ``"0"``.
+        Pair shown first; by default the pair with the most points, preferring the
+        in-focus source ``"0"``.
     """
-    comparison = comparison.with_columns(
+    if "sel_n_transfer" in comparison.columns:  # the x axis is the number of target images
+        comparison = comparison.filter(pl.col("sel_n_transfer") == ALL).drop("sel_n_transfer")
+    comparison = compact_selections(comparison).with_columns(
         pair=pl.concat_str(pl.col("source"), pl.lit(" → "), pl.col("target"))
     )
-    pairs = comparison.select("source", "target", "pair").unique()
-    pairs = pairs.sort(
-        [pl.col("source").cast(pl.Float64, strict=False), "source",
-         pl.col("target").cast(pl.Float64, strict=False), "target"], nulls_last=True,
-    )  # fmt: skip
+    methods = comparison.group_by("pair").agg(pl.col("method").n_unique())
+    complete = methods.filter(pl.col("method") == 2).get_column("pair")
+    if complete.len():  # only the pairs with both methods are worth comparing
+        comparison = comparison.filter(pl.col("pair").is_in(complete.to_list()))
+    pairs = sort_domains(
+        comparison.select("source", "target", "pair").unique(), ["source", "target"]
+    )
     labels = pairs.get_column("pair").to_list()
+    comparison = comparison.drop("source", "target")  # named by `pair`
     if default_pair is not None:
         default = f"{default_pair[0]} → {default_pair[1]}"
     else:
@@ -468,7 +518,7 @@ def hyperparameter_chart(
     for name, title in HYPERPARAMETER_TITLES.items():
         if name not in tables:
             continue
-        frame = _group_labels(tables[name], name)
+        frame = _group_labels(compact_selections(tables[name]), name)
         frames[f"hyperparameters_{name}"] = frame
         groups = frame.get_column("group").unique(maintain_order=True).to_list()
         if name == "n_transfer":
@@ -476,9 +526,8 @@ def hyperparameter_chart(
         x = alt.X("group:N", sort=groups, title=title, axis=alt.Axis(labelAngle=0))
         base = _base(frame, f"hyperparameters_{name}").encode(x=x)
         tooltip = ["group:N", "count:Q", *(alt.Tooltip(f"{q}:Q", format=".4g") for q in ("q05", "q25", "q50", "q75", "q95", "mean"))]  # fmt: skip
-        whisker = base.mark_rule().encode(
-            y=alt.Y("q05:Q", title="excess loss on target"), y2="q95:Q"
-        )
+        y = alt.Y("q05:Q", title="excess loss on target", scale=alt.Scale(zero=False))
+        whisker = base.mark_rule().encode(y=y, y2="q95:Q")
         box = base.mark_bar(size=22, color="#7fa7d6").encode(y="q25:Q", y2="q75:Q", tooltip=tooltip)
         median = base.mark_tick(color="black", size=22, thickness=2).encode(y="q50:Q")
         mean = base.mark_point(color="#d62728", filled=True, size=30).encode(y="mean:Q")
