@@ -142,6 +142,12 @@ def check_report_in_browser(path: Path, screenshot: Path) -> dict:
             svg = _chart_svg(driver, chart_id)
             assert "<svg" in svg and "mark-" in svg, f"{chart_id} did not render"
 
+        # Screenshot of the whole page at the default selection.
+        height = driver.execute_script("return document.documentElement.scrollHeight;")
+        driver.set_window_size(1400, min(int(height) + 100, 12000))
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(screenshot))
+
         # A filter change must update the charts: pick the last option of each control
         # whose chart SVG changes (reduce "max" always differs from "median").
         before = {c: _chart_svg(driver, c) for c in charts}
@@ -165,10 +171,6 @@ def check_report_in_browser(path: Path, screenshot: Path) -> dict:
         freeze_changed = [c for c in charts if filtered[c] != after[c]]
         assert freeze_changed, f"freeze={options[-1]} changed no chart"
 
-        height = driver.execute_script("return document.documentElement.scrollHeight;")
-        driver.set_window_size(1400, min(int(height) + 100, 12000))
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(screenshot))
         logs = driver.get_log("browser")
         errors = [entry for entry in logs if entry["level"] == "SEVERE"]
         assert not errors, errors
