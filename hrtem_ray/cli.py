@@ -65,7 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     slurm.add_argument("spec")
     slurm.add_argument("--out", default=None)
-    slurm.add_argument("--command", choices=("run", "sweep", "simulate"), default="run")
+    slurm.add_argument(
+        "--command", dest="study_command", choices=("run", "sweep", "simulate"), default="run"
+    )
+    slurm.add_argument("--head-ip", default=None, help="head node address (default: resolved)")
+    slurm.add_argument("--temp-dir", default=None, help="Ray temp dir on every node")
     slurm.add_argument("--port", type=int, default=6379)
     slurm.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return parser
@@ -141,7 +145,12 @@ COMMANDS = {"simulate": _simulate, "sweep": _sweep, "run": _run, "report": _repo
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hrtem-ray`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `hrtem-ray slurm SPEC [options] -- EXTRA...`: EXTRA goes to the study command
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     args = _parser().parse_args(argv)
+    args.extra = extra
     try:
         return COMMANDS[args.command](args)
     except SpecError as exc:

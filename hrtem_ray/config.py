@@ -312,11 +312,12 @@ def _format_errors(source: str, error: ValidationError, prefix: str = "") -> str
     lines = [f"invalid study spec {source}:"]
     for err in error.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
-        loc = ".".join(p for p in (prefix, loc) if p) or "(top level)"
+        loc = ".".join(p for p in (prefix, loc) if p)
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         shown = "" if isinstance(got, Mapping) or got is None else f" (got {got!r})"
-        lines.append(f"  {loc}: {msg}{shown}")
+        # whole-section checks name their fields in the message itself
+        lines.append(f"  {loc}: {msg}{shown}" if loc and loc != prefix else f"  {msg}")
     return "\n".join(lines)
 
 

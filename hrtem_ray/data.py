@@ -17,6 +17,8 @@ simulates the shards without a manifest entry.
 from __future__ import annotations
 
 import hashlib
+import os
+import resource
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -192,7 +194,13 @@ def simulate_and_write(spec: DatasetSpec, root: str, task: ShardTask) -> dict:
     """Simulate and write one shard; returns a small record for progress reporting."""
     start = time.perf_counter()
     n_images = write_shard(root, spec, task, simulate_shard(spec, task))
-    return {"key": task.key, "images": n_images, "seconds": time.perf_counter() - start}
+    return {
+        "key": task.key,
+        "images": n_images,
+        "seconds": time.perf_counter() - start,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "pid": os.getpid(),
+    }
 
 
 def completed_shards(root: str) -> set[str]:
@@ -236,7 +244,7 @@ def _simulate_batch(batch: dict[str, np.ndarray], spec_json: str, root: str) -> 
         )
         for i in range(len(batch["key"]))
     ]
-    return {name: [r[name] for r in records] for name in ("key", "images", "seconds")}
+    return {name: [r[name] for r in records] for name in records[0]}
 
 
 def simulate_dataset(

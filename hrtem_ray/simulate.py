@@ -59,11 +59,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-import abtem
 import numpy as np
-import pyfftw
 import scipy.fft
-from abtem.core.energy import energy2wavelength
 from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.ndimage import gaussian_filter
@@ -224,6 +221,8 @@ def load_fftw_wisdom(path: Path | None = None) -> bool:
         wisdom = pickle.loads(path.read_bytes())
     except (FileNotFoundError, pickle.UnpicklingError, EOFError):
         return False
+    import pyfftw
+
     pyfftw.import_wisdom(wisdom)
     return True
 
@@ -234,6 +233,8 @@ def save_fftw_wisdom(path: Path | None = None) -> None:
     Wisdom already on disk is imported first, so that plans another process saved
     earlier are kept.
     """
+    import pyfftw
+
     path = fftw_wisdom_path() if path is None else path
     load_fftw_wisdom(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,6 +246,9 @@ def save_fftw_wisdom(path: Path | None = None) -> None:
 @contextmanager
 def _abtem_single_threaded() -> Iterator[None]:
     """abTEM configured for one worker core: FFTW, one thread, wisdom cached on disk."""
+    import abtem  # imported here: training workers that only read the spec never load abTEM
+    import pyfftw
+
     load_fftw_wisdom()
     before = pyfftw.export_wisdom()
     settings = {
@@ -291,6 +295,8 @@ def exit_waves(
         complex64 ``(n_phonons, ny, nx)`` at ``sampling_angstrom`` (abTEM rounds the
         grid up to whole points), unit incident amplitude.
     """
+    import abtem
+
     with _abtem_single_threaded():
         phonons = abtem.FrozenPhonons(
             atoms,
@@ -441,6 +447,8 @@ def ctf(
     np.ndarray
         complex64 ``gpts`` array in unshifted frequency order.
     """
+    from abtem.core.energy import energy2wavelength
+
     wavelength = energy2wavelength(energy_kev * 1e3)
     k2 = _k2(tuple(gpts), float(pixel_size_angstrom))
     phase = (np.pi * wavelength * defocus_angstrom * k2).astype(np.float32)

@@ -18,7 +18,12 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Ray's helper processes look up cloud metadata hosts (169.254.169.254, DNS) even with the
+# dashboard off; a dead loopback proxy keeps every such request on this machine.
+for _var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+    os.environ[_var] = "http://127.0.0.1:9"
+for _var in ("no_proxy", "NO_PROXY"):
+    os.environ[_var] = "127.0.0.1,localhost"
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
