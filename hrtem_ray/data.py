@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from hrtem_ray import storage
 from hrtem_ray.config import SPLITS, DatasetSpec, DomainGroup
-from hrtem_ray.simulate import simulate_structure
+from hrtem_ray.simulate import simulate_structure, warm_fftw_wisdom
 from hrtem_ray.structures import random_structure
 
 MANIFEST_DIR = "_manifest"
@@ -271,6 +271,9 @@ def simulate_dataset(
     start = time.perf_counter()
     images = 0
     if todo:
+        # Plan the FFTs once here so that every worker on this node loads the same wisdom.
+        for cell in sorted({g.structures.cell_angstrom for g in spec.groups()}):
+            warm_fftw_wisdom(cell, spec.simulation)
         ctx = DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False
