@@ -185,9 +185,25 @@ def write_shard(root: str, spec: DatasetSpec, task: ShardTask, tables: dict[str,
         path = shard_path(root, spec.study, domain, task.split, task.key)
         storage.write_parquet_atomic(table, path)
         files[domain] = {"path": path.removeprefix(root).lstrip("/"), "rows": table.num_rows}
-    entry = {"task": asdict(task), "files": files}
+    entry = {"task": asdict(task), "files": files, "node_id": current_node_id()}
     storage.write_json_atomic(storage.join(root, MANIFEST_DIR, f"{task.key}.json"), entry)
     return sum(t.num_rows for t in tables.values())
+
+
+def current_node_id() -> str:
+    """The Ray node id of this process, or the host name outside a Ray session.
+
+    Recorded in each shard's manifest entry, so a multi-node run shows where
+    every shard was simulated.
+    """
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - no Ray, or no runtime context: fall back to the host
+        pass
+    return os.uname().nodename
 
 
 def simulate_and_write(spec: DatasetSpec, root: str, task: ShardTask) -> dict:
