@@ -204,6 +204,21 @@ def read_failures(root: str) -> list[dict]:
     ]
 
 
+def write_last_error(root: str, model_id: str, error: BaseException) -> None:
+    """Note the error of a trial's latest attempt (read when it fails for good)."""
+    text = f"{type(error).__name__}: {error}"
+    storage.write_bytes_atomic(
+        storage.join(root, FAILURES_DIR, f"{model_id}.last_error"), text.encode()
+    )
+
+
+def read_last_error(root: str, model_id: str) -> str | None:
+    """The error noted by a trial's latest failed attempt, if any."""
+    path = storage.join(root, FAILURES_DIR, f"{model_id}.last_error")
+    return storage.read_bytes(path).decode() if storage.exists(path) else None
+
+
 def clear_failure(root: str, model_id: str) -> None:
-    """Forget a failure record (the trial is being run again)."""
+    """Forget a failure record and error note (the trial is being run again)."""
     storage.remove(failure_path(root, model_id))
+    storage.remove(storage.join(root, FAILURES_DIR, f"{model_id}.last_error"))

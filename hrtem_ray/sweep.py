@@ -142,6 +142,10 @@ def _tune_trial(config: dict, context: TrialContext) -> None:
         results.write_failure(context.root, trial, f"NonFiniteLossError: {exc}", attempts=1)
         tune.report({"finished": True, "failed": True, "error": str(exc)})
         return
+    except Exception as exc:
+        results.write_last_error(context.root, trial.model_id, exc)
+        raise
+    results.clear_failure(context.root, trial.model_id)  # an earlier attempt may have failed
     tune.report(
         {
             "finished": True,
@@ -213,18 +217,14 @@ def _failure_recorder(root: str):
             self.recoveries[trial.trial_id] = self.recoveries.get(trial.trial_id, 0) + 1
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            error = trial.get_error()
-            text = f"{type(error).__name__}: {error}" if error is not None else "unknown error"
-            lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-            summary = next(
-                (ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else text
-            )
-            results.write_failure(
-                root,
-                Trial.from_dict(trial.config["trial"]),
-                summary.strip(),
-                attempts=self.recoveries.get(trial.trial_id, 0) + 1,
-            )
+            record = Trial.from_dict(trial.config["trial"])
+            # the trainable notes its own exception; a lost worker or node leaves only Tune's
+            summary = results.read_last_error(root, record.model_id)
+            if summary is None:
+                error = trial.get_error()
+                summary = f"{type(error).__name__}: {error}" if error is not None else "worker lost"
+            attempts = self.recoveries.get(trial.trial_id, 0) + 1
+            results.write_failure(root, record, summary.strip(), attempts=attempts)
 
     return RecordFailures()
 
