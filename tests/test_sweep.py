@@ -258,3 +258,59 @@ def test_killed_driver_resumes_without_missing_or_duplicate_rows(tiny_dataset_ro
     assert table.height == len(plan.all()) * 3
     assert table.select("model_id", "eval_domain").n_unique() == table.height
     assert set(table["model_id"]) == {t.model_id for t in plan.all()}
+
+
+def test_gpu_request_without_gpus_falls_back_to_cpu(ray_cluster, tiny_dataset_root, tmp_path):
+    study = tiny_study(
+        tmp_path,
+        tiny_dataset_root,
+        domains={"pretrain": ["0"], "transfer": ["0"]},
+        transfer=None,
+        baseline=None,
+        resources={"cpu": 1, "gpu": 0.25},
+    )
+    lines: list[str] = []
+    report = study.sweep(echo=lines.append)
+    assert any("no GPU" in line and "on CPU" in line for line in lines), lines
+    assert report.completed == 1 and study.results().height == 3
+
+
+@pytest.mark.slow
+def test_fractional_gpus_pack_trials(tiny_dataset_root, tmp_path):
+    """Two trials at 0.5 GPU share one (logical) GPU of a fresh cluster and overlap in time."""
+    spec_file = tmp_path / "gpu.yaml"
+    raw = {
+        **TINY_STUDY,
+        "dataset": {**TINY_DATASET, "path": str(tiny_dataset_root)},
+        "domains": {"pretrain": ["-10", "0"]},
+        "transfer": None,
+        "baseline": None,
+        "training": {"epochs": 3, "batch_size": 4},
+        "resources": {"cpu": 0.5, "gpu": 0.5},
+    }
+    spec_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "study"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hrtem_ray.cli",
+            "sweep",
+            str(spec_file),
+            "--out",
+            str(out),
+            "--num-cpus",
+            "1",
+            "--num-gpus",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 at a time, 0.5 CPU / 0.5 GPU each" in proc.stderr
+    table = results.read_results(str(out)).unique("model_id").sort("started_at")
+    assert table.height == 2
+    first, second = table.iter_rows(named=True)
+    assert second["started_at"] < first["finished_at"], "the two 0.5-GPU trials should run together"
