@@ -18,13 +18,12 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from collections.abc import Callable
 from typing import Any
 
+import common
 import numpy as np
 import pandas as pd
 import polars as pl
@@ -230,10 +229,9 @@ def best_time(fn: Callable[[], Any], repeat: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, "one repeat instead of --repeat (< 1 minute)")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="one repeat instead of --repeat")
     args = parser.parse_args(argv)
     rows, repeat = args.rows, 1 if args.quick else args.repeat
 
@@ -258,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "polars_version": pl.__version__,
         "pandas_version": pd.__version__,
     }
-    print(json.dumps(result, indent=2))
+    common.emit(result, args.out)
     return result
 
 

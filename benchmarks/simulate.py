@@ -17,12 +17,11 @@ peak_memory_per_worker_mib
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 import time
 
+import common
 import numpy as np
 
 from hrtem_ray.config import parse_dataset_spec
@@ -63,14 +62,16 @@ def time_split(spec, n_structures: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small run (< 1 minute)")
-    parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser = common.parser(__doc__, "small run (< 1 minute)")
     args = parser.parse_args()
 
     n_train, n_split = (10, 2) if args.quick else (24, 8)
     spec = parse_dataset_spec(
-        {**LAPTOP_DATASET, "n_structures": {"train": n_train, "val": n_split}, "structures_per_shard": 1}
+        {
+            **LAPTOP_DATASET,
+            "n_structures": {"train": n_train, "val": n_split},
+            "structures_per_shard": 1,
+        }
     )
     report: dict = {"quick": args.quick, "cores": os.cpu_count(), "structures": n_train + n_split}
     report["per_structure_s"] = time_split(spec, 2 if args.quick else 4)
@@ -80,7 +81,9 @@ def main() -> None:
         records: list[dict] = []
         with ray_session(None, num_cpus=os.cpu_count(), object_store_memory_bytes=256 * 1024**2):
             # warm the workers (imports, FFTW wisdom) on a throwaway dataset first
-            warm = parse_dataset_spec({**LAPTOP_DATASET, "n_structures": {"train": 2, "val": 1}, "seed": 99})
+            warm = parse_dataset_spec(
+                {**LAPTOP_DATASET, "n_structures": {"train": 2, "val": 1}, "seed": 99}
+            )
             simulate_dataset(warm, os.path.join(tmp, "warm"))
             pipeline = simulate_dataset(spec, os.path.join(tmp, "ray"), on_shard=records.append)
     report["images"] = serial.images
@@ -91,11 +94,7 @@ def main() -> None:
     report["pipeline_speedup_vs_serial"] = serial.seconds / pipeline.seconds
     report["peak_memory_per_worker_mib"] = float(np.max([r["peak_rss_mib"] for r in records]))
     report["workers_used"] = len({r["pid"] for r in records})
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    common.emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ pipelined_vs_barrier_makespan
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 import time
+
+import common
 
 from hrtem_ray.config import parse_dataset_spec, parse_study_spec
 from hrtem_ray.data import simulate_dataset
@@ -68,7 +68,9 @@ def overhead(data_root: str, tmp: str, epochs: int, k: int) -> dict:
     trials = plan_trials(spec).pretrain
     start = time.perf_counter()
     for trial in trials:
-        execute_trial(spec, trial, data_root=data_root, root=os.path.join(tmp, "direct"), num_threads=1)
+        execute_trial(
+            spec, trial, data_root=data_root, root=os.path.join(tmp, "direct"), num_threads=1
+        )
     direct = time.perf_counter() - start
     start = time.perf_counter()
     Study(spec, out=os.path.join(tmp, "tune")).sweep(echo=silent)
@@ -111,9 +113,7 @@ def makespans(data_root: str, tmp: str, epochs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short trials (< 2 minutes)")
-    parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser = common.parser(__doc__, "short trials (< 2 minutes)")
     args = parser.parse_args()
     overhead_epochs, k, study_epochs = (3, 2, 2) if args.quick else (12, 3, 4)
     report: dict = {"quick": args.quick, "cores": os.cpu_count()}
@@ -123,11 +123,7 @@ def main() -> None:
             simulate_dataset(parse_dataset_spec(DATASET), data_root)
             report.update(overhead(data_root, tmp, overhead_epochs, k))
             report.update(makespans(data_root, tmp, study_epochs))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    common.emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
 
+import common
 import torch
 
 from hrtem_ray.model import ModelSpec, build_model, count_parameters, freeze
@@ -64,11 +63,9 @@ def median_step_seconds(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer sizes and steps (< 1 min)")
+    parser = common.parser(__doc__, "fewer sizes and steps (< 1 min)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--device", default=None, help="default: CUDA if available, else CPU")
-    parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -124,11 +121,7 @@ def main() -> None:
                     )["none"]
                 )
     report["benchmark_seconds"] = time.perf_counter() - t_start
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    common.emit(report, args.out)
 
 
 if __name__ == "__main__":
