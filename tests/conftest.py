@@ -7,8 +7,10 @@ a real Ray cluster) at small sizes.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +95,36 @@ def tiny_dataset(tiny_dataset_root):
         selection = read_images(tiny_dataset_root, domain, "train")
         out[domain] = (selection.images, selection.masks)
     return out
+
+
+CLI = [sys.executable, "-m", "hrtem_ray.cli"]
+
+
+def run_cli(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``hrtem-ray ARGS`` in a subprocess, as a user would, capturing its output."""
+    return subprocess.run(
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def kill_cli_when(args, condition, timeout: float = 240) -> None:
+    """Start ``hrtem-ray ARGS``, SIGKILL its whole process group once ``condition()`` holds."""
+    proc = subprocess.Popen(
+        [*CLI, *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and not condition() and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(1.0)  # let orphaned workers of the killed cluster exit
 
 
 @dataclass(frozen=True)

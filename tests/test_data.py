@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import polars as pl
 import pyarrow.dataset as pads
 import pytest
 import yaml
-from conftest import TINY_DATASET, tiny_dataset_spec
+from conftest import TINY_DATASET, kill_cli_when, run_cli, tiny_dataset_spec
 
 from hrtem_ray import data
 from hrtem_ray.config import SpecError, load_dataset_spec, parse_dataset_spec
@@ -38,12 +32,16 @@ def test_ray_data_pipeline_matches_the_serial_loop(ray_cluster, tiny_dataset_roo
 
 
 def test_parquet_round_trip_without_ray(tiny_dataset_root):
-    table = pads.dataset(tiny_dataset_root / "study=defocus", format="parquet", partitioning=None).to_table()
+    table = pads.dataset(
+        tiny_dataset_root / "study=defocus", format="parquet", partitioning=None
+    ).to_table()
     assert table.num_rows == 27
     assert str(table.schema.field("image").type).startswith("extension<arrow.fixed_shape_tensor")
     images = table.column("image").combine_chunks().to_numpy_ndarray()
     assert images.shape == (27, 64, 64) and images.dtype == np.float32
-    frame = pl.read_parquet(str(tiny_dataset_root / "study=defocus" / "**" / "*.parquet"), hive_partitioning=False)
+    frame = pl.read_parquet(
+        str(tiny_dataset_root / "study=defocus" / "**" / "*.parquet"), hive_partitioning=False
+    )
     assert set(frame["domain"]) == {"-10", "0", "10"}
     assert frame.filter(pl.col("split") == "val").height == 9
     # the jittered defocus scatters around the nominal value (sigma 1.5 nm)
@@ -75,31 +73,34 @@ def test_other_spec_refuses_to_overwrite(tiny_dataset_root):
     assert _files(tiny_dataset_root) == before
 
 
-def test_killed_run_leaves_no_complete_looking_shard_and_rerun_completes(tiny_dataset_root, tmp_path):
+def test_killed_run_leaves_no_complete_looking_shard_and_rerun_completes(
+    tiny_dataset_root, tmp_path
+):
     spec = {**TINY_DATASET, "n_structures": {"train": 24, "val": 3}, "structures_per_shard": 1}
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump({"dataset": spec}))
     out = tmp_path / "ds"
-    cmd = [sys.executable, "-m", "hrtem_ray.cli", "simulate", str(spec_file), "--out", str(out), "--num-cpus", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and len(data.completed_shards(str(out))) < 3:
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    time.sleep(1.0)
+    args = ["simulate", spec_file, "--out", out, "--num-cpus", 2]
+    kill_cli_when(args, lambda: len(data.completed_shards(str(out))) >= 3, timeout=180)
     n_total = len(data.plan_shards(load_dataset_spec(spec_file)))
     done = data.completed_shards(str(out))
-    assert 3 <= len(done) < n_total, f"the run should be killed part-way ({len(done)} of {n_total} shards)"
+    assert 3 <= len(done) < n_total, (
+        f"the run should be killed part-way ({len(done)} of {n_total} shards)"
+    )
     # whatever the manifest lists is complete and readable
     for domain in ("-10", "0", "10"):
         data.read_table(out, [domain])
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    rerun = run_cli(*args)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert len(data.completed_shards(str(out))) == n_total
     counts = data.summarize(out)
     assert counts == {d: {"train": 24, "val": 3} for d in ("-10", "0", "10")}
-    frame = pl.concat([pl.from_arrow(data.read_table(out, [d]).drop_columns(["image", "mask"])) for d in ("-10", "0", "10")])
+    frame = pl.concat(
+        [
+            pl.from_arrow(data.read_table(out, [d]).drop_columns(["image", "mask"]))
+            for d in ("-10", "0", "10")
+        ]
+    )
     assert frame.select("domain", "structure_id").n_unique() == frame.height == 81
 
 
@@ -121,14 +122,11 @@ def test_invalid_dataset_specs_name_the_field(override, message):
 
 def test_cli_rejects_bad_spec_before_writing(tmp_path):
     spec_file = tmp_path / "bad.yaml"
-    spec_file.write_text(yaml.safe_dump({"dataset": {**TINY_DATASET, "dose_e_per_angstrom2": [30, 60]}}))
-    out = tmp_path / "never"
-    proc = subprocess.run(
-        [sys.executable, "-m", "hrtem_ray.cli", "simulate", str(spec_file), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    spec_file.write_text(
+        yaml.safe_dump({"dataset": {**TINY_DATASET, "dose_e_per_angstrom2": [30, 60]}})
     )
+    out = tmp_path / "never"
+    proc = run_cli("simulate", spec_file, "--out", out, timeout=120)
     assert proc.returncode == 2
     assert "dose_e_per_angstrom2 must be a single value" in proc.stderr
     assert not out.exists()

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +10,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, TINY_DATASET
+from conftest import REPO, TINY_DATASET, kill_cli_when, run_cli
 
 from hrtem_ray import results, storage
 from hrtem_ray.config import SpecError, load_study_spec, parse_study_spec
@@ -179,12 +174,7 @@ def test_invalid_specs_fail_before_any_compute(tmp_path):
     spec_file = tmp_path / "bad.yaml"
     spec_file.write_text(yaml.safe_dump({**TINY_STUDY, "resources": {"cpu": 0}}))
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "hrtem_ray.cli", "sweep", str(spec_file), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("sweep", spec_file, "--out", out, timeout=120)
     assert proc.returncode == 2
     assert "resources.cpu" in proc.stderr and "greater than 0" in proc.stderr
     assert not out.exists()
@@ -202,12 +192,7 @@ def test_invalid_specs_fail_before_any_compute(tmp_path):
 def test_dry_run_counts_of_the_paper_presets(preset, counts):
     spec_path = REPO / "sweeps" / f"{preset}.yaml"
     assert plan_trials(load_study_spec(spec_path)).counts() == counts
-    proc = subprocess.run(
-        [sys.executable, "-m", "hrtem_ray.cli", "sweep", str(spec_path), "--dry-run"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("sweep", spec_path, "--dry-run", timeout=120)
     assert proc.returncode == 0, proc.stderr
     for phase, n in counts.items():
         assert f"{n} {phase}" in proc.stdout
@@ -220,38 +205,14 @@ def test_killed_driver_resumes_without_missing_or_duplicate_rows(tiny_dataset_ro
         yaml.safe_dump({**TINY_STUDY, "dataset": {**TINY_DATASET, "path": str(tiny_dataset_root)}})
     )
     out = tmp_path / "study"
-    cmd = [
-        sys.executable,
-        "-m",
-        "hrtem_ray.cli",
-        "sweep",
-        str(spec_file),
-        "--out",
-        str(out),
-        "--num-cpus",
-        "2",
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    driver = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and len(results.finished_ids(str(out))) < 3:
-        time.sleep(0.2)
-    done_before_kill = results.finished_ids(str(out))
-    assert 3 <= len(done_before_kill) < 13, "the driver should be killed in the middle of the study"
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait(timeout=30)
-    time.sleep(2)  # let orphaned workers of the killed cluster exit
+    args = ["sweep", spec_file, "--out", out, "--num-cpus", 2]
+    kill_cli_when(args, lambda: len(results.finished_ids(str(out))) >= 3)
+    done_at_kill = results.finished_ids(str(out))
+    assert 3 <= len(done_at_kill) < 13, "the driver should be killed in the middle of the study"
 
-    resumed = subprocess.run(
-        [*cmd, "--resume"], capture_output=True, text=True, timeout=600, env=env
-    )
+    resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert (
-        f"{len(done_before_kill)} were already done" in resumed.stderr
-        or "already done" in resumed.stderr
-    )
+    assert f"({len(done_at_kill)} already done)" in resumed.stderr
     study = Study(load_study_spec(spec_file), out=out)
     table = study.results()
     plan = plan_trials(study.spec)
@@ -290,24 +251,7 @@ def test_fractional_gpus_pack_trials(tiny_dataset_root, tmp_path):
     }
     spec_file.write_text(yaml.safe_dump(raw))
     out = tmp_path / "study"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hrtem_ray.cli",
-            "sweep",
-            str(spec_file),
-            "--out",
-            str(out),
-            "--num-cpus",
-            "1",
-            "--num-gpus",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_cli("sweep", spec_file, "--out", out, "--num-cpus", 1, "--num-gpus", 1)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 at a time, 0.5 CPU / 0.5 GPU each" in proc.stderr
     table = results.read_results(str(out)).unique("model_id").sort("started_at")
