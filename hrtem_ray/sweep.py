@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
 import sys
 import time
@@ -326,6 +327,8 @@ def run_sweep(
             log_to_file=True,
         ),
     )
+    # Our own progress lines replace Tune's tables (its "new output" prints even at verbose=0).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Results live in the study's storage, not in Tune's result grid: silence its loader.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     tuner.fit()
