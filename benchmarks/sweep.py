@@ -88,9 +88,10 @@ def makespans(data_root: str, tmp: str, epochs: int) -> dict:
     raw = {
         "name": "uneven",
         "dataset": {**DATASET, "path": data_root},
-        "domains": {"pretrain": ["-10", "0"], "transfer": ["-10", "0", "10"]},
+        # one short and one long pretrain model (2 and 24 images), 12 children each
+        "domains": {"pretrain": ["-10"], "transfer": ["-10", "0", "10"]},
         "pretrain": {"lr": [1e-3], "n_images": [2, 24], "seeds": [0]},
-        "transfer": {"lr": [1e-4], "n_images": [2], "freeze": ["none", "encoder", "decoder"]},
+        "transfer": {"lr": [1e-4, 1e-5], "n_images": [2], "freeze": ["none", "encoder", "decoder"]},
         "training": {"epochs": epochs},
         "resources": {"cpu": 1},
     }
@@ -115,7 +116,7 @@ def makespans(data_root: str, tmp: str, epochs: int) -> dict:
 def main() -> None:
     parser = common.parser(__doc__, "short trials (< 2 minutes)")
     args = parser.parse_args()
-    overhead_epochs, k, study_epochs = (3, 2, 2) if args.quick else (12, 3, 4)
+    overhead_epochs, k, study_epochs = (3, 2, 2) if args.quick else (12, 3, 6)
     report: dict = {"quick": args.quick, "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         with ray_session(None, num_cpus=os.cpu_count(), object_store_memory_bytes=256 * 1024**2):

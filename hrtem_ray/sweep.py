@@ -44,16 +44,22 @@ class TrialContext:
 class DependentTrialSearcher:
     """Hands out pretrain trials, then transfer trials whose parent is done, then baselines.
 
-    A Ray Tune searcher (the Tune base class is mixed in by :func:`make_searcher`
+    Within the pretrain and baseline queues the largest training sets go first
+    (longest-first: the long pretrain models, which gate the most work, start
+    early, and short ones fill the gaps). A Ray Tune searcher (the Tune base class is mixed in by :func:`make_searcher`
     so that this module imports without Ray Tune). Transfer trials of a parent
     that failed for good are not run; they are listed in :attr:`skipped`.
     """
 
     def _setup(self, plan: TrialPlan, done: set[str]) -> None:
         children = plan.children()
-        self._pretrain: deque[Trial] = deque(t for t in plan.pretrain if t.model_id not in done)
+        def longest_first(trials: list[Trial]) -> deque[Trial]:
+            todo = [t for t in trials if t.model_id not in done]
+            return deque(sorted(todo, key=lambda t: -t.n_train_images))
+
+        self._pretrain = longest_first(plan.pretrain)
         self._ready: deque[Trial] = deque()
-        self._baseline: deque[Trial] = deque(t for t in plan.baseline if t.model_id not in done)
+        self._baseline = longest_first(plan.baseline)
         self._waiting: dict[str, list[Trial]] = {}
         for parent in plan.pretrain:
             kids = [t for t in children.get(parent.model_id, []) if t.model_id not in done]
