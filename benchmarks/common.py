@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+LAPTOP_SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "laptop.yaml"
+
+
+def laptop_dataset(**overrides: Any) -> dict[str, Any]:
+    """The ``dataset`` section of ``sweeps/laptop.yaml`` with top-level keys replaced."""
+    raw = yaml.safe_load(LAPTOP_SPEC.read_text())["dataset"]
+    return {**raw, **overrides}
 
 
 def parser(doc: str, quick_help: str) -> argparse.ArgumentParser:

@@ -30,20 +30,6 @@ from hrtem_ray.runtime import ray_session
 from hrtem_ray.simulate import simulate_structure
 from hrtem_ray.structures import random_structure
 
-LAPTOP_DATASET = {
-    "study": "defocus",
-    "defocus_nm": [-25, -20, -15, -10, -5, 0, 5, 10, 15, 20, 25],
-    "dose_e_per_angstrom2": 400,
-    "structures": {
-        "cell_angstrom": 51.2,
-        "substrate_thickness_angstrom": [10, 30],
-        "radius_angstrom": [8, 14],
-        "n_particles": [1, 3],
-    },
-    "simulation": {"sampling_angstrom": 0.2, "n_phonons": 2, "output_sampling_angstrom": 0.4},
-    "seed": 0,
-}
-
 
 def time_split(spec, n_structures: int) -> dict[str, float]:
     """Mean per-structure seconds of each simulation step."""
@@ -69,7 +55,7 @@ def main() -> None:
     n_train, n_split, per_shard = (12, 4, 2) if args.quick else (24, 8, 4)
     spec = parse_dataset_spec(
         {
-            **LAPTOP_DATASET,
+            **common.laptop_dataset(),
             "n_structures": {"train": n_train, "val": n_split},
             "structures_per_shard": per_shard,
         }
@@ -88,7 +74,7 @@ def main() -> None:
         with ray_session(None, num_cpus=os.cpu_count(), object_store_memory_bytes=256 * 1024**2):
             # warm the workers (imports, FFTW wisdom) on a throwaway dataset first
             warm = parse_dataset_spec(
-                {**LAPTOP_DATASET, "n_structures": {"train": 2, "val": 1}, "seed": 99}
+                {**common.laptop_dataset(), "n_structures": {"train": 2, "val": 1}, "seed": 99}
             )
             simulate_dataset(warm, os.path.join(tmp, "warm"))
             pipeline = simulate_dataset(spec, os.path.join(tmp, "ray"), on_shard=records.append)

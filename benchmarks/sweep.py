@@ -32,21 +32,14 @@ from hrtem_ray.runtime import ray_session
 from hrtem_ray.study import Study
 from hrtem_ray.trials import plan_trials
 
-DATASET = {
-    "study": "defocus",
-    "defocus_nm": [-10, 0, 10],
-    "dose_e_per_angstrom2": 400,
-    "structures": {
-        "cell_angstrom": 51.2,
-        "substrate_thickness_angstrom": [10, 30],
-        "radius_angstrom": [8, 14],
-        "n_particles": [1, 3],
-    },
-    "simulation": {"sampling_angstrom": 0.2, "n_phonons": 1, "output_sampling_angstrom": 0.4},
-    "n_structures": {"train": 24, "val": 4},
-    "seed": 3,
-    "structures_per_shard": 2,
-}
+# the laptop dataset, three of its defoci, one phonon configuration
+DATASET = common.laptop_dataset(
+    defocus_nm=[-10, 0, 10],
+    n_structures={"train": 24, "val": 4},
+    seed=3,
+    structures_per_shard=2,
+)
+DATASET["simulation"] = {**DATASET["simulation"], "n_phonons": 1}
 
 
 def silent(_line: str) -> None:

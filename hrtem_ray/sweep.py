@@ -53,6 +53,7 @@ class DependentTrialSearcher:
 
     def _setup(self, plan: TrialPlan, done: set[str]) -> None:
         children = plan.children()
+
         def longest_first(trials: list[Trial]) -> deque[Trial]:
             todo = [t for t in trials if t.model_id not in done]
             return deque(sorted(todo, key=lambda t: -t.n_train_images))
