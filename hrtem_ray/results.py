@@ -178,14 +178,22 @@ def read_history(root: str) -> pl.DataFrame:
     return _read_folder(root, [HISTORY_DIR])
 
 
-def write_failure(root: str, trial: Trial, error: str, attempts: int | None = None) -> None:
-    """Record a trial that failed for good."""
+def write_failure(
+    root: str, trial: Trial, error: str, attempts: int | None = None, kind: str = "trial"
+) -> None:
+    """Record a trial that failed for good.
+
+    ``kind`` is ``trial`` (its own code failed: not run again automatically),
+    ``infrastructure`` (its worker or node was lost) or ``skipped`` (its parent failed).
+    """
     storage.write_json_atomic(
         failure_path(root, trial.model_id),
         {
             "model_id": trial.model_id,
             "trial": trial.describe(),
             "phase": trial.phase,
+            "parent_id": trial.parent_id,
+            "kind": kind,
             "error": error,
             "attempts": attempts,
         },

@@ -20,6 +20,7 @@ import os
 import pickle
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,11 +52,11 @@ class DependentTrialSearcher:
     that failed for good are not run; they are listed in :attr:`skipped`.
     """
 
-    def _setup(self, plan: TrialPlan, done: set[str]) -> None:
+    def _setup(self, plan: TrialPlan, done: set[str], excluded: set[str]) -> None:
         children = plan.children()
 
         def longest_first(trials: list[Trial]) -> deque[Trial]:
-            todo = [t for t in trials if t.model_id not in done]
+            todo = [t for t in trials if t.model_id not in done | excluded]
             return deque(sorted(todo, key=lambda t: -t.n_train_images))
 
         self._pretrain = longest_first(plan.pretrain)
@@ -63,7 +64,11 @@ class DependentTrialSearcher:
         self._baseline = longest_first(plan.baseline)
         self._waiting: dict[str, list[Trial]] = {}
         for parent in plan.pretrain:
-            kids = [t for t in children.get(parent.model_id, []) if t.model_id not in done]
+            if parent.model_id in excluded:
+                continue
+            kids = [
+                t for t in children.get(parent.model_id, []) if t.model_id not in done | excluded
+            ]
             if parent.model_id in done:
                 self._ready.extend(kids)
             elif kids:
@@ -110,14 +115,18 @@ class DependentTrialSearcher:
             self.__dict__.update(pickle.load(fh))
 
 
-def make_searcher(plan: TrialPlan, done: set[str]):
-    """A Ray Tune :class:`~ray.tune.search.Searcher` for ``plan``, skipping ``done`` model ids."""
+def make_searcher(plan: TrialPlan, done: set[str], excluded: set[str] = frozenset()):
+    """A Ray Tune :class:`~ray.tune.search.Searcher` for ``plan``.
+
+    ``done`` trials are skipped (their children run); ``excluded`` trials are
+    skipped together with their children.
+    """
     from ray.tune.search import Searcher
 
     class _Searcher(DependentTrialSearcher, Searcher):
         def __init__(self) -> None:
             Searcher.__init__(self)
-            self._setup(plan, done)
+            self._setup(plan, set(done), set(excluded))
 
     return _Searcher()
 
@@ -228,11 +237,13 @@ def _failure_recorder(root: str):
             record = Trial.from_dict(trial.config["trial"])
             # the trainable notes its own exception; a lost worker or node leaves only Tune's
             summary = results.read_last_error(root, record.model_id)
-            if summary is None:
+            kind = "trial"
+            if summary is None:  # the trial's own code raised nothing: its worker or node was lost
                 error = trial.get_error()
                 summary = f"{type(error).__name__}: {error}" if error is not None else "worker lost"
+                kind = "infrastructure"
             attempts = self.recoveries.get(trial.trial_id, 0) + 1
-            results.write_failure(root, record, summary.strip(), attempts=attempts)
+            results.write_failure(root, record, summary.strip(), attempts=attempts, kind=kind)
 
     return RecordFailures()
 
@@ -284,8 +295,6 @@ def run_sweep(
     echo
         Where progress lines go.
     """
-    from ray import tune
-
     start = time.time()
     plan = plan_trials(spec)
     done = results.finished_ids(root)
@@ -294,15 +303,54 @@ def run_sweep(
     if not todo:
         echo(f"all {len(plan.all())} trials already done in {root}")
         return report
-    for trial in todo:
-        results.clear_failure(root, trial.model_id)
     resources = trial_resources(spec, echo)
     concurrency = max_concurrency(spec, resources)
-    searcher = make_searcher(plan, done)
     echo(
         f"sweep {spec.name}: {len(todo)} trials to run ({report.already_done} already done), "
         f"{concurrency} at a time, {resources['cpu']:g} CPU / {resources['gpu']:g} GPU each"
     )
+    excluded: set[str] = set()
+    for round_index in range(1 + INFRASTRUCTURE_ROUNDS):
+        done = results.finished_ids(root)
+        remaining = [t for t in plan.all() if t.model_id not in done | excluded]
+        if not remaining:
+            break
+        if round_index:
+            echo(
+                f"{len(remaining)} trials lost their worker or node (or depend on one that did): "
+                f"running them again (round {round_index + 1} of {1 + INFRASTRUCTURE_ROUNDS})"
+            )
+        for trial in remaining:
+            results.clear_failure(root, trial.model_id)
+        searcher = make_searcher(plan, done, excluded)
+        _fit(spec, plan, searcher, resources, concurrency, root, data_root, len(done), echo)
+        for trial, reason in searcher.skipped:
+            results.write_failure(root, trial, f"not run: {reason}", attempts=0, kind="skipped")
+        excluded = _final_failures(results.read_failures(root))
+        if not any(f["kind"] == "infrastructure" for f in results.read_failures(root)):
+            break
+    finished = results.finished_ids(root)
+    report.completed = len([t for t in todo if t.model_id in finished])
+    report.failed = results.read_failures(root)
+    report.seconds = time.time() - start
+    return report
+
+
+# Extra Tune runs for trials whose worker or node was lost (each with fresh actors): Tune's own
+# retries can all land on an actor whose node has died but is not yet known to be dead.
+INFRASTRUCTURE_ROUNDS = 2
+
+
+def _final_failures(failures: list[dict]) -> set[str]:
+    """Trials not to run again: their own code failed, or their parent's did."""
+    own = {f["model_id"] for f in failures if f.get("kind") == "trial"}
+    return own | {f["model_id"] for f in failures if f.get("parent_id") in own}
+
+
+def _fit(spec, plan, searcher, resources, concurrency, root, data_root, n_done, echo) -> None:
+    """One Ray Tune run of the trials ``searcher`` hands out."""
+    from ray import tune
+
     context = TrialContext(
         spec_json=spec.model_dump_json(),
         data_root=data_root,
@@ -322,13 +370,13 @@ def run_sweep(
             trial_name_creator=lambda t: t.config["trial"]["model_id"],
         ),
         run_config=tune.RunConfig(
-            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
             storage_path=tune_path,
             storage_filesystem=tune_fs,
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             callbacks=[
                 _failure_recorder(root),
-                _progress_callback(len(plan.all()), report.already_done, searcher, echo),
+                _progress_callback(len(plan.all()), n_done, searcher, echo),
             ],
             verbose=0,
             log_to_file=True,
@@ -339,13 +387,6 @@ def run_sweep(
     # Results live in the study's storage, not in Tune's result grid: silence its loader.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     tuner.fit()
-    for trial, reason in searcher.skipped:
-        results.write_failure(root, trial, f"not run: {reason}", attempts=0)
-    finished = results.finished_ids(root)
-    report.completed = len([t for t in todo if t.model_id in finished])
-    report.failed = results.read_failures(root)
-    report.seconds = time.time() - start
-    return report
 
 
 def format_failures(failures: list[dict]) -> str:

@@ -391,14 +391,20 @@ def kill_node_by_pid(node) -> list[int]:
 
 
 def retried_trials(out: Path) -> dict[str, int]:
-    """Model id -> failures of every trial Tune had to retry (from its experiment state)."""
+    """Model id -> failures of every trial Tune had to retry (from its experiment states).
+
+    A sweep may take several Tune runs (a trial that lost its node is run again in
+    a fresh one), so the failures of every run are added up.
+    """
     states = sorted(out.glob("tune/*/experiment_state-*.json"))
     assert states, "no Tune experiment state"
-    retried = {}
-    for state, runtime in json.loads(states[-1].read_text())["trial_data"]:
-        failures = json.loads(runtime)["num_failures"]
-        if failures:
-            retried[json.loads(state)["custom_trial_name"]] = failures
+    retried: dict[str, int] = {}
+    for path in states:
+        for state, runtime in json.loads(path.read_text())["trial_data"]:
+            failures = json.loads(runtime)["num_failures"]
+            if failures:
+                name = json.loads(state)["custom_trial_name"]
+                retried[name] = retried.get(name, 0) + failures
     return retried
 
 
