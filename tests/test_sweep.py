@@ -258,3 +258,40 @@ def test_fractional_gpus_pack_trials(tiny_dataset_root, tmp_path):
     assert table.height == 2
     first, second = table.iter_rows(named=True)
     assert second["started_at"] < first["finished_at"], "the two 0.5-GPU trials should run together"
+
+
+def test_lost_trials_are_run_again_but_failed_ones_and_their_children_are_not():
+    from hrtem_ray.sweep import DependentTrialSearcher, _final_failures
+
+    plan = plan_trials(parse_study_spec(TINY_STUDY))
+    broken, lost = plan.pretrain
+    children = plan.children()
+    failures = [
+        {"model_id": broken.model_id, "kind": "trial", "parent_id": None},
+        {"model_id": lost.model_id, "kind": "infrastructure", "parent_id": None},
+        *(
+            {"model_id": c.model_id, "kind": "skipped", "parent_id": c.parent_id}
+            for c in plan.transfer
+        ),
+    ]
+    excluded = _final_failures(failures)
+    assert excluded == {broken.model_id} | {c.model_id for c in children[broken.model_id]}
+
+    searcher = DependentTrialSearcher()
+    searcher.FINISHED = "FINISHED"
+    searcher._setup(plan, done=set(), excluded=excluded)
+    first = searcher.suggest("t0")["trial"]
+    assert first["model_id"] == lost.model_id  # the lost pretrain model runs again
+    handed = [searcher.suggest(f"b{i}")["trial"]["model_id"] for i in range(len(plan.baseline))]
+    assert set(handed) == {b.model_id for b in plan.baseline}
+    assert searcher.suggest("wait") is None  # its children wait for it
+    searcher.on_trial_complete("t0", {"finished": True, "failed": False})
+    for i in range(len(plan.baseline)):
+        searcher.on_trial_complete(f"b{i}", {"finished": True, "failed": False})
+    kids = [
+        searcher.suggest(f"k{i}")["trial"]["model_id"] for i in range(len(children[lost.model_id]))
+    ]
+    assert set(kids) == {c.model_id for c in children[lost.model_id]}
+    for i in range(len(kids)):
+        searcher.on_trial_complete(f"k{i}", {"finished": True, "failed": False})
+    assert searcher.suggest("end") == "FINISHED"
