@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +127,55 @@ def kill_cli_when(args, condition, timeout: float = 240) -> None:
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(1.0)  # let orphaned workers of the killed cluster exit
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """An S3-compatible moto server on loopback for the whole session."""
+    server_mod = pytest.importorskip("moto.server")
+    port = _free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def make_bucket(endpoint: str) -> str:
+    """Create a fresh bucket on the moto server and return its name."""
+    import pyarrow.fs as pafs
+
+    bucket = f"hrtem-{uuid.uuid4().hex[:12]}"
+    pafs.S3FileSystem(
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        scheme="http",
+        endpoint_override=endpoint.split("://", 1)[1],
+        allow_bucket_creation=True,
+    ).create_dir(bucket)
+    return bucket
+
+
+def s3_env(endpoint: str, no_files_dir: Path) -> dict[str, str]:
+    """Environment that points hrtem-ray (and pyarrow) at the moto server, and nowhere else."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "HRTEM_RAY_S3_ENDPOINT": endpoint,
+        # Never fall back to instance metadata or the user's AWS files.
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(no_files_dir / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(no_files_dir / "no-aws-credentials"),
+    }
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ import polars as pl
 import psutil
 import pytest
 import yaml
-from conftest import ARTIFACTS, TINY_DATASET
+from conftest import ARTIFACTS, TINY_DATASET, make_bucket, s3_env
 from test_sweep import TINY_STUDY
 
 from hrtem_ray import data, results, storage
@@ -60,12 +58,6 @@ MULTINODE_STUDY = {**TINY_STUDY, "dataset": {**TINY_DATASET, "structures_per_sha
 
 
 # ------------------------------------------------------------------------- helpers
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -234,40 +226,10 @@ def manifest_nodes(data_root: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def moto_s3(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """A moto S3 server on 127.0.0.1 with one bucket; yields the environment that reaches it."""
-    server_mod = pytest.importorskip("moto.server")
-    import pyarrow.fs as pafs
-
-    port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    bucket = f"hrtem-{uuid.uuid4().hex[:12]}"
-    pafs.S3FileSystem(
-        access_key="testing",
-        secret_key="testing",
-        region="us-east-1",
-        scheme="http",
-        endpoint_override=endpoint.split("://", 1)[1],
-        allow_bucket_creation=True,
-    ).create_dir(bucket)
-    no_files = tmp_path_factory.mktemp("no-aws")
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "HRTEM_RAY_S3_ENDPOINT": endpoint,
-        # Never fall back to instance metadata or the user's AWS files.
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": str(no_files / "config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(no_files / "credentials"),
-        "HRTEM_TEST_BUCKET": bucket,
-    }
-    try:
-        yield env
-    finally:
-        server.stop()
+def moto_s3(moto_endpoint, tmp_path_factory) -> dict[str, str]:
+    """One bucket on the moto S3 server; the environment that reaches it."""
+    env = s3_env(moto_endpoint, tmp_path_factory.mktemp("no-aws"))
+    return {**env, "HRTEM_TEST_BUCKET": make_bucket(moto_endpoint)}
 
 
 @pytest.fixture(scope="module")

@@ -7,38 +7,17 @@ stopped at the end of the session; no other address is contacted.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
+from conftest import make_bucket, s3_env
 
 from hrtem_ray import storage
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """An S3-compatible moto server on loopback for the whole session."""
-    server_mod = pytest.importorskip("moto.server")
-    port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -46,25 +25,9 @@ def s3_root(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> st
     """A fresh bucket on the moto server, with the environment pointing at it."""
     for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("HRTEM_RAY_S3_ENDPOINT", moto_endpoint)
-    # Never fall back to instance metadata or the user's AWS files.
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    bucket = f"hrtem-{uuid.uuid4().hex[:12]}"
-    fs = pafs.S3FileSystem(
-        access_key="testing",
-        secret_key="testing",
-        region="us-east-1",
-        scheme="http",
-        endpoint_override=moto_endpoint.split("://", 1)[1],
-        allow_bucket_creation=True,
-    )
-    fs.create_dir(bucket)
-    return f"s3://{bucket}/study"
+    for key, value in s3_env(moto_endpoint, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{make_bucket(moto_endpoint)}/study"
 
 
 @pytest.fixture(params=["path", "file", "s3"])
