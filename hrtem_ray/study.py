@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,11 +129,25 @@ class Study:
 
         return read_results(self.root)
 
-    def report(self, out_dir: str | None = None) -> Path:
-        """Write the HTML report (with figures and tables) of the results so far."""
+    def report(self, out_dir: str | None = None) -> str:
+        """Write the HTML report (with figures and tables) of the results so far.
+
+        The report is built locally; for a remote ``out_dir`` (e.g. ``s3://``) it is
+        built in a temporary folder and uploaded. Returns the location of ``report.html``.
+        """
         from hrtem_ray.report import write_report
 
-        return write_report(self.results_dir, out_dir or self.report_dir, data_dir=self.data_root)
+        target = out_dir or self.report_dir
+        if storage.is_local(target) and storage.is_local(self.root):
+            local = storage.local_path(target)
+            return str(write_report(storage.local_path(self.results_dir), local, self.data_root))
+        with tempfile.TemporaryDirectory(prefix="hrtem-report-") as tmp:
+            results_copy = Path(tmp) / "results"
+            results_copy.mkdir()
+            self.results().write_parquet(results_copy / "results.parquet")
+            write_report(results_copy, Path(tmp) / "report", data_dir=self.data_root)
+            storage.upload_dir(Path(tmp) / "report", target)
+        return storage.join(target, "report.html")
 
     def run(
         self,

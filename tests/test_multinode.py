@@ -466,6 +466,11 @@ def test_study_on_s3_storage(cluster, moto_s3, tmp_path, monkeypatch):
         f"{root}/results/*/*.parquet", storage_options=storage.polars_storage_options()
     )
     assert direct.sort("model_id", "eval_domain").equals(table.sort("model_id", "eval_domain"))
+    # The report of an S3 study is built locally and uploaded next to its results.
+    location = study.report()
+    assert location == f"{root}/report/report.html"
+    assert storage.read_bytes(location).startswith(b"<!DOCTYPE html>")
+    assert storage.exists(f"{root}/report/tables")
 
 
 def test_study_on_file_uri_storage(multinode_run, cluster, moto_s3, tmp_path):
