@@ -20,7 +20,7 @@ import hashlib
 import os
 import resource
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -446,11 +446,3 @@ def summarize(root: str | Path) -> dict[str, dict[str, int]]:
             split = entry["task"]["split"]
             split_counts[split] = split_counts.get(split, 0) + int(info["rows"])
     return counts
-
-
-def select_mixture(
-    root: str | Path, parts: Sequence[tuple[str, int]], split: str = "train"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate the first ``n`` images of each ``(domain, n)`` part (baseline mixtures)."""
-    sets = [read_images(root, domain, split, n) for domain, n in parts if n > 0]
-    return np.concatenate([s.images for s in sets]), np.concatenate([s.masks for s in sets])

@@ -193,14 +193,8 @@ def execute_trial(
     )
 
 
-def clear_local_cache() -> None:
-    """Forget cached images (after a dataset changed on disk)."""
-    _images.cache_clear()
-
-
 __all__ = [
     "TrialOutcome",
-    "clear_local_cache",
     "execute_trial",
     "state_digest",
     "training_set",

@@ -17,11 +17,6 @@ import ray
 _LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 
-def local_ray_env() -> dict[str, str]:
-    """Environment variables hrtem-ray sets before starting a local cluster."""
-    return dict(_LOCAL_ENV)
-
-
 @contextmanager
 def ray_session(
     address: str | None = None,
