@@ -367,6 +367,46 @@ def test_load_results_directory_glob_and_file(table, tmp_path):
     assert an.load_results(str(tmp_path / "results" / "**" / "*.parquet")).height == table.height
     with pytest.raises(FileNotFoundError):
         an.load_results(tmp_path / "nothing")
+    assert loaded.schema["eval_domain"] == pl.Categorical()
+    assert loaded.schema["phase"] == pl.Categorical()
+    plain = an.load_results(tmp_path / "results", categorical=False)
+    assert plain.schema["eval_domain"] == pl.String
+
+
+def _every_function(results) -> list[pl.DataFrame]:
+    filters = {"freeze": ["none", "encoder"], "pretrain_lr": 1e-3}
+    return [
+        an.pair_matrix(results, "pretrain"),
+        an.pair_matrix(results, "transfer", reduce="mean", **filters),
+        an.ood_spread(results),
+        an.ood_spread(results, reduce="max", exclude_eval_domains=(), seed=[0, 1]),
+        an.transfer_asymmetry(results),
+        an.asymmetry_summary(results, "0", n_transfer=64),
+        an.baseline_comparison(results, "0", "5"),
+        an.hyperparameter_effects(results, "freeze"),
+        an.hyperparameter_effects(results, ("pretrain_lr", "transfer_lr"), **filters),
+    ]
+
+
+def test_categorical_labels_give_the_same_tables(table):
+    encoded = an.encode_labels(table)
+    assert all(encoded.schema[c] == pl.Categorical() for c in an.LABEL_COLUMNS)
+    # one domain column categorical, the others strings: falls back to strings
+    mixed = table.with_columns(pl.col("eval_domain").cast(pl.Categorical))
+    want = _every_function(table)
+    for results in (encoded, encoded.lazy(), mixed):
+        for got, expected in zip(_every_function(results), want, strict=True):
+            assert got.schema == expected.schema
+            assert_frame_equal(got, expected)
+    bad = encoded.with_columns(
+        phase=pl.when(pl.col("model_id") == "T50").then(pl.lit("finetune")).otherwise("phase")
+    ).with_columns(pl.col("phase").cast(pl.Categorical))
+    with pytest.raises(ValueError, match="finetune"):
+        an.ood_spread(bad)
+    tables, _ = an.selection_tables(table)
+    encoded_tables, _ = an.selection_tables(encoded)
+    for name, frame in tables.items():
+        assert_frame_equal(encoded_tables[name], frame)
 
 
 # ----------------------------------------------------------------------------- selection tables
