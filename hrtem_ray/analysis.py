@@ -4,6 +4,10 @@ Every public function takes the results table (one row per trained model and
 evaluation domain) as a :class:`polars.DataFrame` or :class:`polars.LazyFrame`
 and returns a long-form :class:`polars.DataFrame` ready for Altair.
 
+Label columns may be strings or categoricals (:func:`load_results` returns
+categoricals, see :func:`encode_labels`); either gives the same tables, whose label
+columns are always strings.
+
 Filters
 -------
 All metric functions accept the keyword filters ``pretrain_lr``, ``transfer_lr``,
