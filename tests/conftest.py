@@ -138,9 +138,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """An S3-compatible moto server on loopback for the whole session."""
-    server_mod = pytest.importorskip("moto.server")
+    from moto.server import ThreadedMotoServer
+
     port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
         yield f"http://127.0.0.1:{port}"

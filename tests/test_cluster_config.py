@@ -13,11 +13,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
-
-util = pytest.importorskip("ray.autoscaler._private.util")
-jsonschema = pytest.importorskip("jsonschema")
+from ray.autoscaler._private import util
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
 

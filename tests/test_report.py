@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -91,17 +90,17 @@ def test_default_selection_picks_median_and_all():
 
 # ----------------------------------------------------------------------------- browser
 def _chromium():
-    """A headless Chromium session through chromedriver (skips if not installed)."""
-    webdriver = pytest.importorskip("selenium.webdriver")
+    """A headless Chromium session through chromedriver (fails if either is missing)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if not binary or not driver_path:
-        message = "chromium and chromedriver are needed (Debian: chromium chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; .ci/run installs them")  # never a silent skip in CI
-        pytest.skip(message)
-    from selenium.webdriver.chrome.service import Service
-
+        pytest.fail(
+            "chromium and chromedriver are needed (Debian: apt install chromium chromium-driver;"
+            " .ci/run installs them)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for flag in CHROMIUM_FLAGS:
