@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         table.write_parquet(f"{tmp}/results.parquet")
         load_polars, loaded = best_time(lambda: analysis.load_results(tmp), repeat)
-        _, strings = best_time(lambda: analysis.load_results(tmp, categorical=False), 1)
+        strings = analysis.load_results(tmp, categorical=False)
         load_pandas, frame = best_time(lambda: pd.read_parquet(tmp), repeat)
     polars_all(loaded)  # warm-up
     all_functions, _ = best_time(lambda: polars_all(loaded), repeat)
