@@ -1,14 +1,17 @@
 """Tests for hrtem_ray.slurm without a Slurm cluster.
 
-Nothing here starts ``ray start`` or resolves a host name: the plan is a pure
-function of the environment, and :func:`hrtem_ray.slurm.run` is exercised with
-fake processes.
+Slurm's own programs are not on this machine: the tests put small stand-ins for
+``scontrol show hostnames`` and ``srun`` on ``PATH`` (each answers for the fake
+3-node allocation below and records how it was called). The plan is a pure
+function of the environment, so the exact commands are checked as they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -32,68 +35,67 @@ FAKE_ENV = {
     "SLURM_GPUS_PER_NODE": "2",
     "SLURM_JOB_CPUS_PER_NODE": "16(x3)",
 }
+HOSTLISTS = {
+    "gpu[07-09]": ["gpu07", "gpu08", "gpu09"],
+    "n[1-3]": ["n1", "n2", "n3"],
+    "solo": ["solo"],
+}
 
-EXPECTED_HEAD = (
-    "srun --nodes=1 --ntasks=1 --cpus-per-task=16 --nodelist=gpu07 "
-    "ray start --head --node-ip-address=10.0.0.7 --port=6379 --num-cpus=16 --num-gpus=2 "
-    "--temp-dir=/tmp/ray-812345 --disable-usage-stats --block"
-)
-EXPECTED_WORKERS = [
-    f"srun --nodes=1 --ntasks=1 --cpus-per-task=16 --nodelist={host} "
-    "ray start --address=10.0.0.7:6379 --num-cpus=16 --num-gpus=2 "
-    "--temp-dir=/tmp/ray-812345 --disable-usage-stats --block"
-    for host in ("gpu08", "gpu09")
-]
 EXPECTED_STUDY = "hrtem-ray run sweeps/baseline_paper.yaml --address 10.0.0.7:6379"
+EXPECTED_STEPS = [
+    f"srun --nodes=1 --ntasks=1 --nodelist={host} --cpus-per-task=16 "
+    "--export=ALL,RAY_SYMMETRIC_RUN_CLUSTER_WAIT_TIMEOUT=300 "
+    "ray symmetric-run --address=10.0.0.7:6379 --min-nodes=3 --num-cpus=16 --num-gpus=2 "
+    f"--temp-dir=/tmp/ray-812345 --disable-usage-stats -- {EXPECTED_STUDY}"
+    for host in ("gpu07", "gpu08", "gpu09")
+]
+
+FAKE_SCONTROL = f"""#!{sys.executable}
+import json, sys
+lists = json.loads({json.dumps(json.dumps(HOSTLISTS))})
+if sys.argv[1:3] != ["show", "hostnames"] or sys.argv[3] not in lists:
+    sys.exit("scontrol: error: Invalid hostlist: " + " ".join(sys.argv[3:]))
+print("\\n".join(lists[sys.argv[3]]))
+"""
+FAKE_SRUN = f"""#!{sys.executable}
+import json, os, sys
+with open(os.environ["FAKE_SRUN_LOG"], "a") as fh:
+    fh.write(json.dumps(sys.argv[1:]) + "\\n")
+head = "--nodelist=" + os.environ["FAKE_SRUN_HEAD"]
+sys.exit(int(os.environ["FAKE_STUDY_STATUS"]) if head in sys.argv else 0)
+"""
 
 
-# --------------------------------------------------------------------------- hostlists
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``scontrol`` and ``srun`` stand-ins first on PATH; returns the srun call log."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
+        (bindir / name).write_text(text)
+        (bindir / name).chmod((bindir / name).stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    log = tmp_path / "srun.log"
+    monkeypatch.setenv("FAKE_SRUN_LOG", str(log))
+    monkeypatch.setenv("FAKE_SRUN_HEAD", "gpu07")
+    monkeypatch.setenv("FAKE_STUDY_STATUS", "0")
+    return log
 
 
-@pytest.mark.parametrize(
-    ("hostlist", "hosts"),
-    [
-        ("node[01-03]", ["node01", "node02", "node03"]),
-        ("gpu[1,3-4]", ["gpu1", "gpu3", "gpu4"]),
-        ("login1", ["login1"]),
-        ("a1,b[2-3],c", ["a1", "b2", "b3", "c"]),
-        ("node[8-10]", ["node8", "node9", "node10"]),
-        ("node[008-010]", ["node008", "node009", "node010"]),
-        ("cn[1-2],gpu[01-02]", ["cn1", "cn2", "gpu01", "gpu02"]),
-        ("rack[1-2]-n[1-2]", ["rack1-n1", "rack1-n2", "rack2-n1", "rack2-n2"]),
-        ("n[1-2]-ib", ["n1-ib", "n2-ib"]),
-        ("n[1-3],n2", ["n1", "n2", "n3"]),  # duplicates dropped, order kept
-        (" node[1-2] ", ["node1", "node2"]),
-    ],
-)
-def test_expand_hostlist(hostlist: str, hosts: list[str]) -> None:
-    assert slurm.expand_hostlist(hostlist) == hosts
+def test_hostnames_from_scontrol(fake_slurm) -> None:
+    assert slurm.hostnames("gpu[07-09]") == ["gpu07", "gpu08", "gpu09"]
+    with pytest.raises(slurm.SlurmEnvError, match="Invalid hostlist"):
+        slurm.hostnames("gpu[07-")
 
 
-@pytest.mark.parametrize(
-    ("hostlist", "message"),
-    [
-        ("", "empty hostlist"),
-        ("node[1-3", "unbalanced '\\['"),
-        ("node1-3]", "unbalanced '\\]'"),
-        ("node[[1-2]]", "nested"),
-        ("node[3-1]", "descending"),
-        ("node[a-b]", "bad range"),
-        ("node[]", "bad range"),
-        ("a,,b", "empty entry"),
-    ],
-)
-def test_expand_hostlist_rejects(hostlist: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        slurm.expand_hostlist(hostlist)
+def test_without_scontrol_the_error_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(slurm.SlurmEnvError, match="scontrol not found"):
+        slurm.allocation_from_env(FAKE_ENV)
 
 
-# --------------------------------------------------------------------------- allocation
-
-
-def test_allocation_from_env() -> None:
-    alloc = slurm.allocation_from_env(FAKE_ENV)
-    assert alloc == slurm.SlurmAllocation(
+def test_allocation_from_env(fake_slurm) -> None:
+    assert slurm.allocation_from_env(FAKE_ENV) == slurm.SlurmAllocation(
         job_id="812345", nodes=("gpu07", "gpu08", "gpu09"), cpus=(16, 16, 16), gpus=2
     )
 
@@ -111,13 +113,13 @@ def test_allocation_from_env() -> None:
         ({}, (None, None, None), 0),
     ],
 )
-def test_allocation_counts(env: dict[str, str], cpus: tuple, gpus: int) -> None:
+def test_allocation_counts(fake_slurm, env: dict[str, str], cpus: tuple, gpus: int) -> None:
     alloc = slurm.allocation_from_env({"SLURM_JOB_NODELIST": "n[1-3]", **env})
     assert (alloc.cpus, alloc.gpus) == (cpus, gpus)
 
 
-def test_old_nodelist_variable_is_accepted() -> None:
-    assert slurm.allocation_from_env({"SLURM_NODELIST": "n[1-2]"}).nodes == ("n1", "n2")
+def test_old_nodelist_variable_is_accepted(fake_slurm) -> None:
+    assert slurm.allocation_from_env({"SLURM_NODELIST": "n[1-3]"}).nodes == ("n1", "n2", "n3")
 
 
 @pytest.mark.parametrize(
@@ -126,49 +128,38 @@ def test_old_nodelist_variable_is_accepted() -> None:
         ({}, "SLURM_JOB_NODELIST"),
         ({"SLURM_JOB_ID": "1", "SLURM_CPUS_PER_TASK": "4"}, "SLURM_JOB_NODELIST"),
         ({"SLURM_JOB_NODELIST": "n[1-"}, "SLURM_JOB_NODELIST"),
-        ({"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_CPUS_PER_TASK": "many"}, "SLURM_CPUS_PER_TASK"),
+        ({"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_CPUS_PER_TASK": "many"}, "SLURM_CPUS_PER_TASK"),
         (
-            {"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_CPUS_PER_NODE": "8(x3)"},
+            {"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_JOB_CPUS_PER_NODE": "8(x2)"},
             "SLURM_JOB_CPUS_PER_NODE",
         ),
-        ({"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_GPUS_ON_NODE": "a100"}, "SLURM_GPUS_ON_NODE"),
+        ({"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_GPUS_ON_NODE": "a100"}, "SLURM_GPUS_ON_NODE"),
     ],
 )
-def test_bad_env_names_the_variable(env: dict[str, str], variable: str) -> None:
+def test_bad_env_names_the_variable(fake_slurm, env: dict[str, str], variable: str) -> None:
     with pytest.raises(slurm.SlurmEnvError, match=variable):
         slurm.plan_commands("spec.yaml", env)
 
 
-# --------------------------------------------------------------------------- plan
-
-
-def test_plan_exact_commands_for_three_nodes() -> None:
+def test_plan_exact_commands_for_three_nodes(fake_slurm) -> None:
     plan = slurm.plan_commands("sweeps/baseline_paper.yaml", FAKE_ENV, head_ip="10.0.0.7")
-    assert (plan.head_host, plan.worker_hosts) == ("gpu07", ("gpu08", "gpu09"))
-    assert plan.address == "10.0.0.7:6379" and plan.n_nodes == 3
-    assert " ".join(plan.head_srun) == EXPECTED_HEAD
-    assert [" ".join(w) for w in plan.worker_sruns] == EXPECTED_WORKERS
+    assert plan.address == "10.0.0.7:6379"
+    assert [" ".join(step) for step in plan.steps] == EXPECTED_STEPS
     assert " ".join(plan.study) == EXPECTED_STUDY
-    # The srun wrapper ends with the bare `ray start` argv.
-    assert plan.head_srun[-len(plan.head_start) :] == plan.head_start
-    assert plan.head_start[:3] == ("ray", "start", "--head")
-
     assert plan.render() == "\n".join(
         [
-            "# Slurm job 812345: 3 node(s), head gpu07, workers gpu08 gpu09",
-            "# per node: CPUs 16, GPUs 2; Ray address 10.0.0.7:6379",
-            "# 1. Ray head",
-            EXPECTED_HEAD + " &",
-            "# 2. Ray workers (after the head answers on its port)",
-            *(w + " &" for w in EXPECTED_WORKERS),
-            "# 3. study (after 3 node(s) joined)",
-            EXPECTED_STUDY,
+            "# Slurm job 812345: 3 node(s), head gpu07; per node: CPUs 16, GPUs 2; "
+            "Ray address 10.0.0.7:6379",
+            EXPECTED_STEPS[1] + " &",
+            EXPECTED_STEPS[2] + " &",
+            EXPECTED_STEPS[0],
         ]
     )
 
 
-def test_plan_options() -> None:
-    env = {**FAKE_ENV, "HRTEM_RAY_HEAD_IP": "192.168.5.1"}
+def test_plan_options(fake_slurm) -> None:
+    env = {**FAKE_ENV, "HRTEM_RAY_HEAD_IP": "192.168.5.1", "SLURM_JOB_CPUS_PER_NODE": "32(x2),16"}
+    env.pop("SLURM_CPUS_PER_TASK")
     plan = slurm.plan_commands(
         "s.yaml",
         env,
@@ -177,27 +168,28 @@ def test_plan_options() -> None:
         temp_dir="/local/ray",
         out="s3://bucket/study",
         extra_args=["--resume"],
-        num_gpus=1,
         hrtem_ray_executable="/opt/venv/bin/hrtem-ray",
     )
     assert plan.study == (
-        "/opt/venv/bin/hrtem-ray",
-        "sweep",
-        "s.yaml",
-        "--address",
-        "192.168.5.1:6400",
-        "--out",
-        "s3://bucket/study",
-        "--resume",
+        "/opt/venv/bin/hrtem-ray", "sweep", "s.yaml", "--address", "192.168.5.1:6400",
+        "--out", "s3://bucket/study", "--resume",
+    )  # fmt: skip
+    # Per-node CPU counts on heterogeneous nodes; every step runs the same study.
+    assert [[a for a in s if a.startswith("--num-cpus")] for s in plan.steps] == [
+        ["--num-cpus=32"],
+        ["--num-cpus=32"],
+        ["--num-cpus=16"],
+    ]
+    assert all(s[-len(plan.study) :] == plan.study for s in plan.steps)
+    assert all(
+        "--temp-dir=/local/ray" in s and "--address=192.168.5.1:6400" in s for s in plan.steps
     )
-    assert "--port=6400" in plan.head_start and "--num-gpus=1" in plan.head_start
-    assert all("--temp-dir=/local/ray" in w for w in plan.worker_starts)
-    # Without an IP the head host name is used (run() resolves it first).
+    # Without an IP the head host name is used (main_from_cli resolves it first).
     assert slurm.plan_commands("s.yaml", FAKE_ENV).address == "gpu07:6379"
-    # Unknown CPU count: no --num-cpus, no --cpus-per-task; single node: no workers.
+    # Unknown CPU count: no --num-cpus, no --cpus-per-task; one node: one step.
     single = slurm.plan_commands("s.yaml", {"SLURM_JOB_NODELIST": "solo"})
-    assert single.worker_sruns == () and single.temp_dir == "/tmp/ray-slurm"
-    assert not any(a.startswith(("--num-cpus", "--cpus-per-task")) for a in single.head_srun)
+    assert len(single.steps) == 1 and "--temp-dir=/tmp/ray-slurm" in single.steps[0]
+    assert not any(a.startswith(("--num-cpus", "--cpus-per-task")) for a in single.steps[0])
     with pytest.raises(ValueError, match="command"):
         slurm.plan_commands("s.yaml", FAKE_ENV, command="train")
     with pytest.raises(ValueError, match="port"):
@@ -205,51 +197,58 @@ def test_plan_options() -> None:
 
 
 def _args(**kw) -> argparse.Namespace:
-    base = {"spec": "sweeps/baseline_paper.yaml", "port": 6379, "out": None, "dry_run": True}
-    return argparse.Namespace(**{**base, **kw})
+    parser = argparse.ArgumentParser()
+    slurm.add_arguments(parser)
+    args = parser.parse_args(["sweeps/baseline_paper.yaml", "--dry-run"])
+    for key, value in kw.items():
+        setattr(args, key, value)
+    return args
 
 
-def test_dry_run_from_cli_args(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(slurm, "resolve_head_ip", lambda host: "10.0.0.7")
-    monkeypatch.setattr(slurm, "run", lambda plan: pytest.fail("dry run must not run"))
-    assert slurm.main_from_cli(_args(command="slurm"), env=FAKE_ENV) == 0
+def test_dry_run_prints_every_command(fake_slurm, capsys) -> None:
+    assert slurm.main_from_cli(_args(head_ip="10.0.0.7"), env=FAKE_ENV) == 0
     out = capsys.readouterr().out.splitlines()
-    assert EXPECTED_HEAD + " &" in out
-    assert [w + " &" for w in EXPECTED_WORKERS] == [o for o in out if "--nodelist=gpu0" in o][1:]
-    assert out[-1] == EXPECTED_STUDY
-
-    # `study_command` (the lead's CLI dest) and unresolvable head names.
-    def unresolvable(host: str) -> str:
-        raise OSError("unknown host")
-
-    monkeypatch.setattr(slurm, "resolve_head_ip", unresolvable)
+    assert out[1:] == [EXPECTED_STEPS[1] + " &", EXPECTED_STEPS[2] + " &", EXPECTED_STEPS[0]]
+    assert not fake_slurm.exists()  # nothing ran
+    # An unresolvable head name is shown as it is in a dry run, and is an error otherwise.
     assert slurm.main_from_cli(_args(study_command="sweep"), env=FAKE_ENV) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("# note: gpu07 not resolvable")
-    assert out[-1] == "hrtem-ray sweep sweeps/baseline_paper.yaml --address gpu07:6379"
+    assert out[-1].endswith("-- hrtem-ray sweep sweeps/baseline_paper.yaml --address gpu07:6379")
+    assert slurm.main_from_cli(_args(dry_run=False), env=FAKE_ENV) == 2
+    assert "cannot resolve head node gpu07" in capsys.readouterr().err
 
 
 def test_cli_without_allocation_is_a_clear_error(capsys) -> None:
     assert slurm.main_from_cli(_args(), env={"PATH": "/usr/bin"}) == 2
-    err = capsys.readouterr().err
-    assert "SLURM_JOB_NODELIST is not set" in err
+    assert "SLURM_JOB_NODELIST is not set" in capsys.readouterr().err
 
 
-def test_module_entry_point_dry_run() -> None:
-    """`python -m hrtem_ray.slurm` as the sbatch script calls it."""
+@pytest.mark.parametrize("status", [0, 3])
+def test_run_starts_every_step_and_returns_the_study_status(
+    fake_slurm, status, monkeypatch
+) -> None:
+    monkeypatch.setenv("FAKE_STUDY_STATUS", str(status))
+    plan = slurm.plan_commands("sweeps/baseline_paper.yaml", FAKE_ENV, head_ip="10.0.0.7")
+    assert slurm.run(plan) == status
+    calls = [json.loads(line) for line in fake_slurm.read_text().splitlines()]
+    assert sorted(" ".join(["srun", *c]) for c in calls) == sorted(EXPECTED_STEPS)
+
+
+def test_module_entry_point_and_hrtem_ray_slurm_share_options(fake_slurm) -> None:
+    """`python -m hrtem_ray.slurm` as the sbatch script calls it, and `hrtem-ray slurm`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "HRTEM_RAY_HEAD"))}
     env.update(FAKE_ENV, HRTEM_RAY_HEAD_IP="10.0.0.7")
-    proc = subprocess.run(
-        [sys.executable, "-m", "hrtem_ray.slurm", "sweeps/baseline_paper.yaml", "--dry-run",
-         "--command", "sweep", "--", "--resume"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert EXPECTED_HEAD + " &" in lines
-    assert lines[-1] == (
-        "hrtem-ray sweep sweeps/baseline_paper.yaml --address 10.0.0.7:6379 --resume"
-    )
+    args = ["sweeps/baseline_paper.yaml", "--dry-run", "--command", "sweep", "--", "--resume"]
+    for prefix in (["-m", "hrtem_ray.slurm"], ["-m", "hrtem_ray.cli", "slurm"]):
+        proc = subprocess.run(
+            [sys.executable, *prefix, *args],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[-1].endswith(
+            "-- hrtem-ray sweep sweeps/baseline_paper.yaml --address 10.0.0.7:6379 --resume"
+        )
     env.pop("SLURM_JOB_NODELIST")
     proc = subprocess.run(
         [sys.executable, "-m", "hrtem_ray.slurm", "spec.yaml", "--dry-run"],
@@ -264,81 +263,3 @@ def test_sbatch_script_calls_the_tested_code() -> None:
     assert "#SBATCH --ntasks-per-node=1" in text
     assert 'exec python -m hrtem_ray.slurm "$@"' in text
     assert subprocess.run(["bash", "-n", str(REPO / "sweeps" / "slurm.sbatch")]).returncode == 0
-
-
-# --------------------------------------------------------------------------- run (fake processes)
-
-
-class FakeProc:
-    """Stands in for a subprocess.Popen of an srun step."""
-
-    def __init__(self, argv: list[str], log: list[str], dies: bool = False) -> None:
-        self.node = next(a for a in argv if a.startswith("--nodelist="))
-        self.log, self.returncode = log, (1 if dies else None)
-        log.append("start " + self.node)
-
-    def poll(self):
-        return self.returncode
-
-    def send_signal(self, sig) -> None:
-        self.log.append(f"signal {self.node}")
-        self.returncode = -sig
-
-    def wait(self, timeout=None):
-        return self.returncode
-
-    def kill(self) -> None:
-        self.returncode = -9
-
-
-def _fake_run(plan, *, head_dies=False, workers_fail=False, study_rc=0):
-    log: list[str] = []
-
-    def popen(argv):
-        return FakeProc(argv, log, dies=head_dies and "--head" in argv)
-
-    def wait_head(p, alive):
-        log.append("wait head")
-        if not alive():
-            raise RuntimeError("the Ray head step exited")
-
-    def wait_workers(p):
-        log.append(f"wait {p.n_nodes} nodes")
-        if workers_fail:
-            raise TimeoutError("only 2 of 3 Ray nodes joined")
-
-    def run_study(argv):
-        log.append("study " + " ".join(argv))
-        return study_rc
-
-    rc = slurm.run(
-        plan, popen=popen, wait_head=wait_head, wait_workers=wait_workers, run_study=run_study
-    )
-    return rc, log
-
-
-def test_run_sequence_and_cleanup() -> None:
-    plan = slurm.plan_commands("sweeps/baseline_paper.yaml", FAKE_ENV, head_ip="10.0.0.7")
-    rc, log = _fake_run(plan, study_rc=3)
-    assert rc == 3  # the study's status is the job's status
-    assert log == [
-        "start --nodelist=gpu07",
-        "wait head",
-        "start --nodelist=gpu08",
-        "start --nodelist=gpu09",
-        "wait 3 nodes",
-        "study " + EXPECTED_STUDY,
-        "signal --nodelist=gpu09",
-        "signal --nodelist=gpu08",
-        "signal --nodelist=gpu07",
-    ]
-
-
-def test_run_failures_still_stop_ray(capsys) -> None:
-    plan = slurm.plan_commands("s.yaml", FAKE_ENV, head_ip="10.0.0.7")
-    rc, log = _fake_run(plan, head_dies=True)
-    assert rc == 1 and log == ["start --nodelist=gpu07", "wait head"]
-    rc, log = _fake_run(plan, workers_fail=True)
-    assert rc == 1 and not any(line.startswith("study") for line in log)
-    assert sum(line.startswith("signal") for line in log) == 3
-    assert "only 2 of 3" in capsys.readouterr().err
