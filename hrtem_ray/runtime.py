@@ -1,8 +1,24 @@
 """Starting and joining Ray clusters.
 
 Laptop mode starts a private local cluster (``address="local"``) kept on
-loopback, with token authentication and the dashboard off; a cluster address
-(``"auto"``, ``"ray://host:10001"`` or ``"host:6379"``) joins an existing one.
+loopback (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) with the dashboard off; a
+cluster address (``"auto"``, ``"ray://host:10001"`` or ``"host:6379"``) joins an
+existing one.
+
+Authentication
+--------------
+The local cluster runs **without authentication**: Ray's token authentication
+is switched off (``RAY_AUTH_MODE=disabled``, unless the variable is already
+set). Its ports listen on 127.0.0.1 only, so other machines cannot reach it,
+but on a shared host any local user who can connect to the loopback ports (the
+GCS, raylet and object-manager ports of the running cluster) can submit tasks
+and actors to it while it runs; they would run as the user who started the
+study, with that user's files and environment, including any cloud
+credentials in it. On a machine you share with untrusted users, run studies in
+a container or VM of your own, or set ``RAY_AUTH_MODE`` yourself (for example
+to ``token``) before starting: this module never overrides a value that is
+already set. Joining an existing cluster uses whatever that cluster was
+started with.
 """
 
 from __future__ import annotations
@@ -13,7 +29,8 @@ from contextlib import contextmanager
 
 import ray
 
-# Set before Ray starts: keep a local cluster on 127.0.0.1 and skip token auth.
+# Set before Ray starts (unless already set): keep a local cluster on 127.0.0.1 and
+# switch Ray's token authentication off (see the module docstring for what that means).
 _LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 

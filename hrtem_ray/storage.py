@@ -17,7 +17,12 @@ Supported forms
 
   ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (and optional ``AWS_SESSION_TOKEN``)
       Credentials. If unset, the AWS default chain applies (``~/.aws``, instance
-      profile on EC2, ...).
+      profile on EC2, ...). Credentials are never put into a filesystem object:
+      every client (pyarrow, boto3, the AWS SDK inside Ray workers) reads them
+      from that chain on the node where it runs, so nothing that Ray pickles or
+      persists (Tune's ``tuner.pkl``, experiment and searcher state) holds a
+      secret. On a multi-node cluster every node needs the credentials in its
+      environment or an instance profile.
   ``AWS_REGION`` or ``AWS_DEFAULT_REGION``
       Region of the bucket (default ``us-east-1``).
   ``HRTEM_RAY_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``
@@ -26,6 +31,13 @@ Supported forms
 
 Atomicity
 ---------
+:func:`create_exclusive` creates a file only if nothing is there (``os.link``
+locally, a conditional ``PUT`` with ``If-None-Match: *`` on S3);
+:func:`replace_if_unchanged` and :func:`delete_if_unchanged` are the matching
+compare-and-swap operations (an ``flock``-serialised check and rename locally,
+``If-Match: ETAG`` on S3). The study lock (:mod:`hrtem_ray.lock`) and the
+dataset claim are built on them.
+
 Local writes go to a hidden temporary file in the destination directory and are
 moved into place with :func:`os.replace`. On S3 the object is uploaded in a
 single PUT from memory, and S3 never exposes a partially uploaded object, so a
@@ -34,13 +46,14 @@ reader sees either the old object, the new one, or nothing.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
 import posixpath
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,6 +73,11 @@ __all__ = [
     "listdir",
     "remove",
     "write_bytes_atomic",
+    "create_exclusive",
+    "replace_if_unchanged",
+    "delete_if_unchanged",
+    "StorageError",
+    "check_writable_root",
     "read_bytes",
     "write_json_atomic",
     "read_json",
@@ -68,6 +86,7 @@ __all__ = [
     "upload_dir",
     "download_dir",
     "pyarrow_filesystem_for_ray",
+    "keep_credentials_out_of_ray_tune",
     "polars_storage_options",
     "is_local",
     "local_path",
@@ -109,7 +128,9 @@ class S3Settings:
     Attributes
     ----------
     access_key, secret_key, session_token : str or None
-        Explicit credentials; ``None`` lets the AWS default chain decide.
+        Credentials seen in the environment (``None`` when the AWS default chain
+        decides). Only checked and used to tell settings apart; they are never
+        passed to a client or filesystem object, and hidden from ``repr``.
     region : str
         Bucket region.
     endpoint_override : str or None
@@ -120,9 +141,9 @@ class S3Settings:
         The endpoint as given (with scheme), for clients that want a URL.
     """
 
-    access_key: str | None
-    secret_key: str | None
-    session_token: str | None
+    access_key: str | None = field(repr=False)
+    secret_key: str | None = field(repr=False)
+    session_token: str | None = field(repr=False)
     region: str
     endpoint_override: str | None
     scheme: str
@@ -180,19 +201,23 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     """Build an S3 filesystem from settings (no network traffic happens here).
 
     Cached per settings, so that successive calls share one client and its
-    connection pool (a new client costs about 0.4 ms and new connections).
+    connection pool (a new client costs about 0.4 ms and new connections). The
+    filesystem carries no credentials (see the comment below), so pickling it,
+    as Ray does, never writes a secret.
     """
     # allow_delayed_open: a stream closed before its first part fills is sent as
     # one PutObject instead of a multipart upload (one request, atomic).
+    #
+    # No access_key / secret_key / session_token, ever: Ray Tune pickles the
+    # filesystem it is given into tuner.pkl and its experiment and searcher state
+    # files, so explicit keys would be written into the study's storage. Without
+    # them the AWS SDK reads the credentials from its default chain (environment,
+    # ~/.aws, instance profile) wherever the filesystem is used or unpickled.
     kwargs: dict[str, Any] = {
         "region": settings.region,
         "scheme": settings.scheme,
         "allow_delayed_open": True,
     }
-    if settings.access_key is not None:
-        kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
-        if settings.session_token:
-            kwargs["session_token"] = settings.session_token
     if settings.endpoint_override:
         kwargs["endpoint_override"] = settings.endpoint_override
     return pafs.S3FileSystem(**kwargs)
@@ -381,6 +406,293 @@ def write_bytes_atomic(uri: str | os.PathLike[str], data: bytes) -> None:
         _put_object(loc, data)
 
 
+# ----------------------------------------------------------------- atomic create / compare-and-swap
+
+
+def _s3_bucket_key(loc: StorageLocation) -> tuple[str, str]:
+    """Split an S3 location's ``bucket/key`` path into its two parts."""
+    bucket, _, key = loc.path.partition("/")
+    if not key:
+        raise ValueError(f"S3 URI needs a key below the bucket: {loc.uri}")
+    return bucket, key
+
+
+@functools.lru_cache(maxsize=8)
+def _boto3_client_cached(settings: S3Settings) -> Any:
+    """A boto3 S3 client for ``settings`` (see :func:`_boto3_client`)."""
+    import boto3
+    from botocore.config import Config
+
+    endpoint_url = None
+    addressing = "auto"
+    if settings.endpoint_override:
+        endpoint_url = f"{settings.scheme}://{settings.endpoint_override}"
+        addressing = "path"  # what pyarrow uses for a custom endpoint (MinIO, moto)
+    # Credentials are left to boto3's default chain (environment, instance profile),
+    # exactly as for the pyarrow filesystem.
+    return boto3.session.Session().client(
+        "s3",
+        region_name=settings.region,
+        endpoint_url=endpoint_url,
+        config=Config(s3={"addressing_style": addressing}, retries={"max_attempts": 5}),
+    )
+
+
+def _boto3_client(settings: S3Settings | None = None) -> Any:
+    """A boto3 S3 client built from the same settings as the pyarrow filesystem.
+
+    Region, endpoint URL (with its scheme) and path-style addressing for custom
+    endpoints follow :func:`s3_settings_from_env`; credentials come from boto3's
+    default chain. Clients are cached per settings (the settings include the
+    credentials seen in the environment, so a change of credentials gets a new
+    client; nothing here is ever persisted).
+    """
+    return _boto3_client_cached(s3_settings_from_env() if settings is None else settings)
+
+
+def _client_error_code(exc: BaseException) -> tuple[str, int]:
+    """``(code, http_status)`` of a botocore ``ClientError``."""
+    response = getattr(exc, "response", {}) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+def _is_precondition_failure(exc: BaseException) -> bool:
+    """Whether a botocore error says a conditional request's condition did not hold."""
+    code, status = _client_error_code(exc)
+    # 409 ConditionalRequestConflict: a concurrent conditional write won on AWS.
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (412, 409)
+
+
+def _is_missing(exc: BaseException) -> bool:
+    """Whether a botocore error says the object does not exist."""
+    code, status = _client_error_code(exc)
+    return code in ("NoSuchKey", "NotFound", "404") or status == 404
+
+
+def _s3_get(loc: StorageLocation) -> tuple[bytes, str] | None:
+    """``(body, etag)`` of an S3 object, or ``None`` if it does not exist."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = _s3_bucket_key(loc)
+    try:
+        response = _boto3_client().get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if _is_missing(exc):
+            return None
+        raise
+    return response["Body"].read(), response["ETag"]
+
+
+def create_exclusive(uri: str | os.PathLike[str], data: bytes) -> bool:
+    """Create a file only if nothing exists at ``uri``.
+
+    Exactly one of any number of concurrent callers (processes or hosts) gets
+    ``True``; the file never appears partially written.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike
+        Destination (local path, ``file://`` or ``s3://``); local parent
+        directories are created.
+    data : bytes
+        Content of the new file.
+
+    Returns
+    -------
+    bool
+        ``True`` if this call created the file, ``False`` if something existed.
+
+    Notes
+    -----
+    Locally the content is written and fsynced to a hidden temporary sibling,
+    then hard-linked onto the final name with :func:`os.link`, which fails
+    atomically if the name exists. On S3 it is one conditional PUT with
+    ``If-None-Match: *``; a ``412 Precondition Failed`` means another writer won.
+    AWS S3 (since 2024), MinIO and moto honour it; a store that ignores the
+    header would make every caller win.
+    """
+    loc = resolve(uri)
+    if loc.is_local:
+        return _create_exclusive_local(loc.path, data)
+    from botocore.exceptions import ClientError
+
+    bucket, key = _s3_bucket_key(loc)
+    try:
+        _boto3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as exc:
+        if _is_precondition_failure(exc):
+            return False
+        raise
+    return True
+
+
+def _create_exclusive_local(path: str, data: bytes) -> bool:
+    """Local :func:`create_exclusive`: fsynced temporary sibling, then ``os.link``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        _fsync_dir(os.path.dirname(path))
+        return True
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(directory: str) -> None:
+    """Flush a directory entry to disk (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _LocalCasMutex:
+    """An exclusive ``flock`` on a hidden sibling, serialising local compare-and-swaps.
+
+    The lock is released by the kernel if its holder dies, so it can never be
+    left stale. Only :func:`replace_if_unchanged` and :func:`delete_if_unchanged`
+    take it; the file at ``path`` itself is never absent during a swap, so a
+    concurrent :func:`create_exclusive` cannot slip in.
+    """
+
+    def __init__(self, path: str) -> None:
+        head, tail = os.path.split(path)
+        self._mutex = os.path.join(head, f".{tail.lstrip('.')}.cas-mutex")
+        self._fd = -1
+
+    def __enter__(self) -> _LocalCasMutex:
+        self._fd = os.open(self._mutex, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def _read_local(path: str) -> bytes | None:
+    """Content of a local file, or ``None`` if it does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        return None
+
+
+def _local_if_unchanged(path: str, expected: bytes, action: Callable[[], object]) -> bool:
+    """Run ``action()`` under the file's ``flock`` mutex if ``path`` still holds ``expected``."""
+    if not os.path.isdir(os.path.dirname(path)):
+        return False
+    with _LocalCasMutex(path):
+        if _read_local(path) != expected:
+            return False
+        action()
+        return True
+
+
+def replace_if_unchanged(uri: str | os.PathLike[str], data: bytes, expected: bytes) -> bool:
+    """Compare-and-swap: replace the file at ``uri`` only if it still holds ``expected``.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike
+        An existing file (local path, ``file://`` or ``s3://``).
+    data : bytes
+        New content.
+    expected : bytes
+        The content the caller last saw.
+
+    Returns
+    -------
+    bool
+        ``True`` if the content was ``expected`` and is now ``data``; ``False``
+        if the file is missing or holds anything else (nothing is changed then).
+
+    Notes
+    -----
+    Locally the check and an atomic :func:`os.replace` run under an exclusive
+    ``flock`` of a hidden sibling (``.NAME.cas-mutex``, kept), so concurrent swaps
+    are serialised and the file is never absent. On S3 the object is read with
+    its ETag and overwritten with a conditional PUT (``If-Match: ETAG``); a
+    ``412`` means someone changed it in between.
+    """
+    loc = resolve(uri)
+    if loc.is_local:
+        return _local_if_unchanged(loc.path, expected, lambda: write_bytes_atomic(loc.path, data))
+    from botocore.exceptions import ClientError
+
+    current = _s3_get(loc)
+    if current is None or current[0] != expected:
+        return False
+    bucket, key = _s3_bucket_key(loc)
+    try:
+        _boto3_client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=current[1])
+    except ClientError as exc:
+        if _is_precondition_failure(exc) or _is_missing(exc):
+            return False
+        raise
+    return True
+
+
+def delete_if_unchanged(uri: str | os.PathLike[str], expected: bytes) -> bool:
+    """Delete the file at ``uri`` only if it still holds ``expected``.
+
+    Returns
+    -------
+    bool
+        ``True`` if this call deleted it, ``False`` if it was missing or different.
+
+    Notes
+    -----
+    Locally under the same ``flock`` as :func:`replace_if_unchanged`. On S3 a
+    conditional ``DELETE`` with ``If-Match: ETAG``; a store that does not support
+    conditional deletes gets a plain delete right after the content check (a
+    window of one round trip).
+    """
+    loc = resolve(uri)
+    if loc.is_local:
+        return _local_if_unchanged(loc.path, expected, lambda: os.unlink(loc.path))
+    from botocore.exceptions import ClientError
+
+    current = _s3_get(loc)
+    if current is None or current[0] != expected:
+        return False
+    bucket, key = _s3_bucket_key(loc)
+    client = _boto3_client()
+    try:
+        client.delete_object(Bucket=bucket, Key=key, IfMatch=current[1])
+    except ClientError as exc:
+        if _is_precondition_failure(exc):
+            return False
+        if _is_missing(exc):
+            return False
+        code, status = _client_error_code(exc)
+        if code not in ("NotImplemented", "InvalidArgument", "InvalidRequest") and status != 501:
+            raise
+        client.delete_object(Bucket=bucket, Key=key)
+    return True
+
+
 def read_bytes(uri: str | os.PathLike[str]) -> bytes:
     """Read a whole file.
 
@@ -483,6 +795,106 @@ def download_dir(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str])
     )
 
 
+# ----------------------------------------------------------------- output-path check
+
+
+class StorageError(ValueError):
+    """A storage root that cannot be used (a file, read-only, a missing bucket, ...)."""
+
+
+def _probe_local_dir(directory: str) -> None:
+    """Create and delete a hidden file in ``directory``; raise ``OSError`` if impossible.
+
+    A real write rather than :func:`os.access`, which says yes to root even on a
+    read-only mount or an immutable directory.
+    """
+    fd, probe = _open_probe(directory)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _open_probe(directory: str) -> tuple[int, str]:
+    """Create a hidden, uniquely named probe file in ``directory``."""
+    probe = os.path.join(directory, f".hrtem-ray-write-probe-{uuid.uuid4().hex}")
+    return os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), probe
+
+
+def _check_local_root(path: str) -> None:
+    """Local part of :func:`check_writable_root`."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise StorageError(f"{path}: exists and is not a directory (use a directory for --out)")
+    existing = path
+    while not os.path.isdir(existing):
+        parent = os.path.dirname(existing)
+        if os.path.lexists(existing) and not os.path.isdir(existing):
+            raise StorageError(
+                f"{path}: cannot create the directory, {existing} is a file, not a directory"
+            )
+        if parent == existing:
+            break
+        existing = parent
+    try:
+        _probe_local_dir(existing)
+    except OSError as exc:
+        what = "the directory" if existing == path else f"its parent {existing}"
+        raise StorageError(f"{path}: {what} is not writable ({exc.strerror or exc})") from exc
+
+
+def _check_s3_root(loc: StorageLocation) -> None:
+    """S3 part of :func:`check_writable_root`: one probe object written and deleted."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = loc.path.partition("/")
+    key = posixpath.join(prefix, f".hrtem-ray-write-probe-{uuid.uuid4().hex}")
+    client = _boto3_client()
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+        client.delete_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        code, status = _client_error_code(exc)
+        if code == "NoSuchBucket":
+            why = f"bucket {bucket!r} does not exist"
+        elif code in ("AccessDenied", "AllAccessDisabled") or status == 403:
+            why = f"no permission to write to bucket {bucket!r} ({code or status})"
+        else:
+            why = f"a test write failed ({code or status}: {exc})"
+        raise StorageError(f"{loc.uri}: {why}") from exc
+    except BotoCoreError as exc:  # no credentials, endpoint unreachable, ...
+        raise StorageError(f"{loc.uri}: cannot write to S3 ({exc})") from exc
+
+
+def check_writable_root(uri: str | os.PathLike[str]) -> None:
+    """Check that a study (or data) root can be created and written, before any compute.
+
+    Parameters
+    ----------
+    uri : str or os.PathLike
+        The root: local path, ``file://`` or ``s3://bucket/prefix``.
+
+    Raises
+    ------
+    StorageError
+        With a message naming the path and why: it is an existing file; a
+        parent is a file; the directory (or its nearest existing parent) is not
+        writable, tested by creating and deleting a hidden probe file; the S3
+        bucket does not exist or refuses a probe write (one tiny object, written
+        and deleted); or the URI itself is invalid.
+
+    Notes
+    -----
+    Nothing is created: a missing local root is checked through its nearest
+    existing parent, and the S3 probe object is deleted again.
+    """
+    try:
+        loc = resolve(uri)
+    except ValueError as exc:
+        raise StorageError(str(exc)) from exc
+    if loc.is_local:
+        _check_local_root(loc.path)
+    else:
+        _check_s3_root(loc)
+
+
 def pyarrow_filesystem_for_ray(
     uri: str | os.PathLike[str],
 ) -> tuple[pafs.FileSystem | None, str]:
@@ -501,27 +913,56 @@ def pyarrow_filesystem_for_ray(
         ``(None, "/abs/path")`` for local storage, so Ray uses its own local
         handling; for S3 the configured :class:`pyarrow.fs.S3FileSystem` and the
         ``bucket/key`` path without scheme, as Ray requires when a custom
-        filesystem is given.
+        filesystem is given. The filesystem holds region, endpoint and scheme
+        but no credentials, because Tune pickles it into the storage.
+
+    Notes
+    -----
+    Also calls :func:`keep_credentials_out_of_ray_tune`, so that the Tune run
+    this is meant for does not copy AWS credentials into Ray's session logs.
     """
+    keep_credentials_out_of_ray_tune()
     loc = resolve(uri)
     if loc.is_local:
         return None, loc.path
     return loc.fs, loc.path
 
 
+def keep_credentials_out_of_ray_tune() -> None:
+    """Stop Ray Tune from copying AWS credentials into its trainables' ``runtime_env``.
+
+    Ray Tune 2.60 copies ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_SESSION_TOKEN`` and ``AWS_SECURITY_TOKEN`` from the driver's
+    environment into the ``runtime_env`` of every trainable actor
+    (``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``). Ray then holds
+    them in the cluster's metadata and its runtime-env agent writes them, in
+    plain text, into ``logs/runtime_env_agent.log`` of the Ray session folder on
+    every node. This drops the ``AWS_*`` names from that set (idempotent; a
+    no-op if Ray's internals differ). Trainables then read credentials from
+    their node's environment or instance profile, like every other client here;
+    on a local cluster the workers inherit the driver's environment.
+    """
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # pragma: no cover - another Ray layout: nothing to patch
+        return
+    names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    if isinstance(names, (set, frozenset)):
+        class_cache.ENV_VARS_TO_PROPAGATE = type(names)(
+            n for n in names if not n.upper().startswith("AWS_")
+        )
+
+
 def polars_storage_options(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """``storage_options`` for ``polars.scan_parquet("s3://...")`` from the same settings.
 
-    Always sets the region; credentials and endpoint only when configured, so
-    that polars otherwise falls back to its own AWS default chain.
+    Sets the region and, when configured, the endpoint. Credentials are never
+    included: polars reads them from the environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) or its own AWS default
+    chain, so the returned options are safe to log, pickle or store.
     """
     s = s3_settings_from_env(env)
     opts: dict[str, str] = {"aws_region": s.region}
-    if s.access_key is not None:
-        opts["aws_access_key_id"] = s.access_key
-        opts["aws_secret_access_key"] = s.secret_key or ""
-    if s.session_token:
-        opts["aws_session_token"] = s.session_token
     if s.endpoint_override:
         opts["aws_endpoint_url"] = f"{s.scheme}://{s.endpoint_override}"
         if s.scheme == "http":

@@ -54,6 +54,19 @@ TINY_DATASET = {
 }
 
 
+# One pretrain and one transfer model on the tiny dataset, one epoch (end-to-end fault tests).
+TWO_MODEL_STUDY = {
+    "name": "two-models",
+    "dataset": TINY_DATASET,
+    "domains": {"pretrain": ["0"], "transfer": ["10"], "eval": ["0", "10"]},
+    "pretrain": {"lr": [1e-3], "n_images": [4], "seeds": [0]},
+    "transfer": {"lr": [1e-4], "n_images": [2], "freeze": ["none"]},
+    "training": {"epochs": 1, "batch_size": 4},
+    "model": {"size": "small"},
+    "resources": {"cpu": 1, "max_failures": 0},
+}
+
+
 def tiny_dataset_spec(**overrides):
     """The tiny dataset spec used across tests (64 x 64 px images, 3 defoci)."""
     from hrtem_ray.config import parse_dataset_spec

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import polars as pl
 import pyarrow as pa
@@ -242,19 +243,125 @@ def test_s3_failed_serialisation_uploads_nothing(s3_root: str) -> None:
     assert len(storage.read_bytes(storage.join(s3_root, "big.bin"))) == 6 << 20
 
 
+# --------------------------------------------------------------------- atomic create / CAS
+
+
+def test_create_exclusive_creates_once(root: str) -> None:
+    f = storage.join(root, "claims", "owner.json")
+    assert storage.create_exclusive(f, b"first")
+    assert not storage.create_exclusive(f, b"second")
+    assert storage.read_bytes(f) == b"first"
+    if storage.is_local(root):  # no temporary sibling is left behind
+        assert sorted(os.listdir(storage.local_path(storage.join(root, "claims")))) == [
+            "owner.json"
+        ]
+
+
+def test_replace_and_delete_if_unchanged(root: str) -> None:
+    f = storage.join(root, "lock.json")
+    assert not storage.replace_if_unchanged(f, b"new", expected=b"old")  # missing
+    assert not storage.delete_if_unchanged(f, expected=b"old")
+    assert storage.create_exclusive(f, b"v1")
+    assert not storage.replace_if_unchanged(f, b"v2", expected=b"stale")
+    assert storage.read_bytes(f) == b"v1"
+    assert storage.replace_if_unchanged(f, b"v2", expected=b"v1")
+    assert storage.read_bytes(f) == b"v2"
+    assert not storage.replace_if_unchanged(f, b"v3", expected=b"v1")  # lost the race
+    assert not storage.delete_if_unchanged(f, expected=b"v1")
+    assert storage.read_bytes(f) == b"v2"
+    assert storage.delete_if_unchanged(f, expected=b"v2")
+    assert not storage.exists(f)
+    assert storage.create_exclusive(f, b"again")
+
+
+_RACE_CODE = """
+import os, sys, time
+from hrtem_ray import storage
+target, go, me = sys.argv[1], sys.argv[2], sys.argv[3]
+if not storage.is_local(target):
+    storage._boto3_client()  # build the S3 client before the start, not during the race
+open(go + ".ready-" + me, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.002)
+{call}
+"""
+
+
+def _race(tmp_path, target: str, call: str, n: int = 20) -> dict[str, bool]:
+    """Start ``n`` processes that run ``call`` at the same instant; their printed results."""
+    go = tmp_path / "go"
+    code = _RACE_CODE.format(call=call)
+    procs = {
+        f"writer-{i:02d}": subprocess.Popen(
+            [sys.executable, "-c", code, target, str(go), f"writer-{i:02d}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    }
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("go.ready-*"))) < n:  # every racer waits at the barrier
+        assert time.time() < deadline and all(p.poll() is None for p in procs.values())
+        time.sleep(0.05)
+    go.touch()
+    results = {}
+    for me, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results[me] = out.strip() == "True"
+    return results
+
+
+@pytest.fixture(params=["path", "s3"])
+def race_root(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A local and an S3 root (``file://`` takes the same code path as a path)."""
+    if request.param == "path":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("s3_root")
+
+
+def test_create_exclusive_race_20_processes(race_root: str, tmp_path) -> None:
+    """20 processes create one file with different content at once: exactly one wins."""
+    target = storage.join(race_root, "race", "claim.txt")
+    results = _race(tmp_path, target, "print(storage.create_exclusive(target, me.encode()))")
+    winners = [me for me, won in results.items() if won]
+    assert len(winners) == 1, results
+    assert storage.read_bytes(target) == winners[0].encode()
+
+
+def test_replace_if_unchanged_race_20_processes(race_root: str, tmp_path) -> None:
+    """20 processes swap the same old content at once: exactly one swap succeeds."""
+    target = storage.join(race_root, "race", "lock.txt")
+    assert storage.create_exclusive(target, b"stale")
+    results = _race(
+        tmp_path,
+        target,
+        "print(storage.replace_if_unchanged(target, me.encode(), expected=b'stale'))",
+    )
+    winners = [me for me, won in results.items() if won]
+    assert len(winners) == 1, results
+    assert storage.read_bytes(target) == winners[0].encode()
+
+
 # --------------------------------------------------------------------- Ray on S3 storage
 
 
-@pytest.mark.slow
-def test_ray_tune_and_data_on_s3_storage(ray_cluster, s3_root: str, tmp_path) -> None:
-    """What pyarrow_filesystem_for_ray returns is what Tune and Ray Data accept."""
-    from ray import tune
+_TUNE_ON_S3 = """
+import json, os, sys, tempfile
+import ray
+from ray import tune
+import ray.data
+import pyarrow as pa
+from hrtem_ray import storage
 
+s3_root, local_ckpt = sys.argv[1], sys.argv[2]
+ray.init(address="local", num_cpus=2, object_store_memory=256 * 1024**2,
+         include_dashboard=False, configure_logging=False)
+try:
     fs, path = storage.pyarrow_filesystem_for_ray(storage.join(s3_root, "tune"))
 
     def trainable(config):
-        import tempfile
-
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "weights.bin"), "wb") as fh:
                 fh.write(bytes([config["x"]]) * 1000)
@@ -266,17 +373,59 @@ def test_ray_tune_and_data_on_s3_storage(ray_cluster, s3_root: str, tmp_path) ->
         run_config=tune.RunConfig(name="exp", storage_path=path, storage_filesystem=fs, verbose=0),
     )
     results = tuner.fit()
-    assert sorted(r.metrics["score"] for r in results) == [1, 2]
-    assert all(r.checkpoint.path.startswith(path) for r in results)
-    assert storage.exists(storage.join(s3_root, "tune", "exp"))
-    # A checkpoint on S3 comes back through download_dir.
-    ckpt_uri = "s3://" + results[0].checkpoint.path
-    storage.download_dir(ckpt_uri, tmp_path / "ckpt")
-    assert (tmp_path / "ckpt" / "weights.bin").stat().st_size == 1000
-
-    import ray.data
-
+    checkpoints = [r.checkpoint.path for r in results]
+    storage.download_dir("s3://" + checkpoints[0], local_ckpt)
     data_fs, data_path = storage.pyarrow_filesystem_for_ray(storage.join(s3_root, "data"))
-    ray.data.from_arrow(_table(6)).write_parquet(data_path, filesystem=data_fs)
+    table = pa.table({"model_id": [f"m{i}" for i in range(6)]})
+    ray.data.from_arrow(table).write_parquet(data_path, filesystem=data_fs)
     back = ray.data.read_parquet(data_path, filesystem=data_fs).to_arrow_refs()
-    assert sum(ray.get(ref).num_rows for ref in back) == 6
+    print(json.dumps({
+        "scores": sorted(r.metrics["score"] for r in results),
+        "checkpoints": checkpoints,
+        "path": path,
+        "rows": sum(ray.get(ref).num_rows for ref in back),
+    }))
+finally:
+    ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_ray_tune_and_data_on_s3_storage(s3_root: str, tmp_path) -> None:
+    """What pyarrow_filesystem_for_ray returns is what Tune and Ray Data accept.
+
+    Runs in a process of its own that starts Ray after the S3 settings are in its
+    environment, as the command line does: the filesystem carries no credentials
+    and Tune no longer copies them to its trainables, so workers read them from
+    the environment they inherit.
+    """
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _TUNE_ON_S3, s3_root, str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["scores"] == [1, 2]
+    assert all(c.startswith(summary["path"]) for c in summary["checkpoints"])
+    assert storage.exists(storage.join(s3_root, "tune", "exp"))
+    # A checkpoint on S3 came back through download_dir.
+    assert (tmp_path / "ckpt" / "weights.bin").stat().st_size == 1000
+    assert summary["rows"] == 6
+
+
+def test_ray_tune_no_longer_copies_aws_credentials(s3_root: str) -> None:
+    """Tune's trainables get no AWS_* variables in their runtime_env (Ray would log them)."""
+    from ray.tune.execution import class_cache
+
+    storage.pyarrow_filesystem_for_ray(storage.join(s3_root, "tune"))
+    assert os.environ["AWS_SECRET_ACCESS_KEY"]  # set by the fixture ...
+    env_vars = {}
+    for name in class_cache.ENV_VARS_TO_PROPAGATE:  # ... but not propagated
+        if name in os.environ:
+            env_vars[name] = os.environ[name]
+    assert not [n for n in env_vars if n.startswith("AWS_")]
+    assert "RAY_CHDIR_TO_TRIAL_DIR" in class_cache.ENV_VARS_TO_PROPAGATE  # the rest is kept
