@@ -4,7 +4,20 @@ A study is one YAML file (see ``sweeps/``) with a ``dataset`` section, read by
 ``hrtem-ray simulate``, and the sweep sections (domains, grids, training, model,
 resources, storage) read by ``hrtem-ray sweep``. Every field is validated here,
 before any compute starts; :class:`SpecError` names the offending field and,
-where there is a fixed choice, the allowed values.
+where there is a fixed choice, the allowed values or range.
+
+Validation covers what would otherwise fail only after Ray started:
+
+* names that become path components follow one rule (:data:`SAFE_NAME_PATTERN`,
+  :func:`check_safe_name`): the study ``name``, structure-domain keys, the
+  domain labels (also those derived from numbers) and ``domains.*`` entries;
+* every number is finite (no NaN or infinity anywhere) and within a physical
+  range (:data:`MAX_ABS_DEFOCUS_NM`, :data:`MAX_DOSE_E_PER_ANGSTROM2`, the bounds
+  of :class:`~hrtem_ray.simulate.SimulationParams` and
+  :class:`~hrtem_ray.structures.StructureParams`), lists are non-empty;
+* the multislice grid has at most :data:`MAX_MULTISLICE_GPTS` points per side,
+  and :func:`check_resources` compares the estimated memory of one simulation
+  worker with this machine's memory (call it before Ray starts).
 """
 
 from __future__ import annotations
@@ -12,16 +25,24 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hrtem_ray.model import ModelSpec
-from hrtem_ray.simulate import ImagingCondition, SimulationParams
+from hrtem_ray.simulate import (
+    ImagingCondition,
+    SimulationParams,
+    estimate_worker_memory_bytes,
+    multislice_gpts,
+    output_gpts,
+)
 from hrtem_ray.structures import LATTICES, StructureParams
 
 StudyAxis = Literal["defocus", "dose", "structure"]
@@ -29,8 +50,94 @@ Freeze = Literal["none", "encoder", "decoder"]
 SPLITS = ("train", "val")
 
 
+#: Version of what a seed produces (structures, multislice, imaging, masks). Part of
+#: :meth:`DatasetSpec.content_hash`: raise it with every code change that changes the
+#: images or masks simulated from the same spec, so that such a dataset gets a new
+#: hash and an existing directory is never extended with shards of another generator.
+GENERATOR_VERSION = 1
+
+#: The one rule for names that become path components (file and folder names under a
+#: study root): ASCII letters, digits and ``. _ + -``, not starting with ``.`` or
+#: ``_``, at most :data:`SAFE_NAME_MAX_LENGTH` characters, and no ``..`` anywhere.
+#: Numeric domain labels such as ``-10``, ``2.5`` or ``1e+06`` match it.
+SAFE_NAME_PATTERN = r"[A-Za-z0-9+-][A-Za-z0-9._+-]*"
+SAFE_NAME_MAX_LENGTH = 128
+_SAFE_NAME = re.compile(SAFE_NAME_PATTERN)
+
+#: Largest |defocus| in nm of a domain (abTEM convention, relative to the calibrated
+#: zero). HRTEM defocus series span tens of nm (the study: -25 to 25 nm); beyond a
+#: micrometre the image is a far-field shadow, not an HRTEM image.
+MAX_ABS_DEFOCUS_NM = 1000.0
+#: Largest electron dose in e/A^2. Real HRTEM doses are 10 to 1e5 e/A^2 (the study:
+#: 30 to 600); 1e7 e/A^2 keeps the noisy counts of any pixel size exact in float32.
+MAX_DOSE_E_PER_ANGSTROM2 = 1e7
+#: Largest multislice grid side, ``ceil(cell_angstrom / sampling_angstrom)`` points
+#: (the paper: 1280). One complex64 wave of 16384^2 points is 2 GiB.
+MAX_MULTISLICE_GPTS = 16384
+#: Smallest output image side in pixels.
+MIN_OUTPUT_GPTS = 16
+#: The U-Net halves the image five times: trained images must be multiples of this.
+MODEL_STRIDE_PX = 32
+
+
 class SpecError(ValueError):
     """A study specification is invalid; the message names the field(s)."""
+
+
+def safe_name_problem(value: object) -> str | None:
+    """Why ``value`` is not a safe path component (see :data:`SAFE_NAME_PATTERN`), or None.
+
+    Parameters
+    ----------
+    value
+        Candidate name (anything; only a ``str`` can be safe).
+
+    Returns
+    -------
+    str or None
+        A message without the field name, e.g. ``"'../x' contains '..'"``.
+    """
+    allowed = (
+        f"allowed: {SAFE_NAME_PATTERN} (letters, digits, '.', '_', '+', '-'; "
+        f"not starting with '.' or '_'), at most {SAFE_NAME_MAX_LENGTH} characters, no '..'"
+    )
+    if not isinstance(value, str):
+        return f"{value!r} is not a string; {allowed}"
+    if not value:
+        return f"empty name; {allowed}"
+    if len(value) > SAFE_NAME_MAX_LENGTH:
+        return f"{value[:40]!r}... has {len(value)} characters; {allowed}"
+    if ".." in value:
+        return f"{value!r} contains '..'; {allowed}"
+    if not _SAFE_NAME.fullmatch(value):
+        return f"{value!r} is not a safe name; {allowed}"
+    return None
+
+
+def is_safe_name(value: object) -> bool:
+    """Whether ``value`` may become a path component (see :data:`SAFE_NAME_PATTERN`)."""
+    return safe_name_problem(value) is None
+
+
+def check_safe_name(value: object, field: str) -> str:
+    """Return ``value`` if it is a safe path component, else raise :class:`SpecError`.
+
+    Parameters
+    ----------
+    value
+        The name, e.g. a domain label read from a table.
+    field
+        What the name is, for the message, e.g. ``"domains.pretrain"``.
+
+    Raises
+    ------
+    SpecError
+        ``"<field>: '<value>' ...; allowed: ..."``.
+    """
+    problem = safe_name_problem(value)
+    if problem is not None:
+        raise SpecError(f"{field}: {problem}")
+    return value  # type: ignore[return-value]
 
 
 def domain_label(value: float) -> str:
@@ -38,8 +145,21 @@ def domain_label(value: float) -> str:
     return format(float(value), "g")
 
 
+def machine_memory_bytes() -> int:
+    """Physical memory of this machine (``SC_PAGE_SIZE * SC_PHYS_PAGES``)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _safe_name_value(value: str) -> str:
+    """``value`` if it is a safe name, else ValueError (pydantic adds the field)."""
+    problem = safe_name_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
 
 
 class StructureDomain(_Spec):
@@ -47,6 +167,14 @@ class StructureDomain(_Spec):
 
     lattice: str
     radius_angstrom: tuple[float, float]
+
+    @field_validator("radius_angstrom")
+    @classmethod
+    def _positive_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError(f"need 0 < low <= high, got {list(value)}")
+        return value
 
     @field_validator("lattice")
     @classmethod
@@ -99,8 +227,91 @@ class DatasetSpec(_Spec):
     structures: StructureParams = Field(default_factory=StructureParams)
     simulation: SimulationParams = Field(default_factory=SimulationParams)
     n_structures: SplitCounts = Field(default_factory=lambda: SplitCounts(train=16, val=8))
-    seed: int = Field(default=0, ge=0)
-    structures_per_shard: int = Field(default=2, ge=1)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    structures_per_shard: int = Field(default=2, ge=1, le=10_000)
+
+    @field_validator("defocus_nm")
+    @classmethod
+    def _physical_defocus(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ValueError("needs at least one value")
+        bad = [v for v in values if abs(v) > MAX_ABS_DEFOCUS_NM]
+        if bad:
+            raise ValueError(
+                f"{bad} outside the allowed range -{MAX_ABS_DEFOCUS_NM:g} to "
+                f"{MAX_ABS_DEFOCUS_NM:g} nm"
+            )
+        return value
+
+    @field_validator("dose_e_per_angstrom2")
+    @classmethod
+    def _physical_dose(cls, value: float | list[float] | None) -> float | list[float] | None:
+        if value is None:
+            return value
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ValueError("needs at least one value")
+        bad = [v for v in values if not 0 < v <= MAX_DOSE_E_PER_ANGSTROM2]
+        if bad:
+            raise ValueError(
+                f"{bad} outside the allowed range: > 0 and <= {MAX_DOSE_E_PER_ANGSTROM2:g} "
+                "e/A^2 (null for noiseless images)"
+            )
+        return value
+
+    @field_validator("structure_domains")
+    @classmethod
+    def _safe_domain_keys(cls, value: dict[str, StructureDomain]) -> dict[str, StructureDomain]:
+        for key in value:
+            problem = safe_name_problem(key)
+            if problem is not None:
+                raise ValueError(f"key {problem}")
+        return value
+
+    @model_validator(mode="after")
+    def _grid_fits(self) -> DatasetSpec:
+        for _, params in self.groups_structures():
+            side = multislice_gpts(params.cell_angstrom, self.simulation)
+            if side > MAX_MULTISLICE_GPTS:
+                raise ValueError(
+                    f"dataset.structures.cell_angstrom / dataset.simulation.sampling_angstrom: "
+                    f"{params.cell_angstrom:g} / {self.simulation.sampling_angstrom:g} A gives a "
+                    f"multislice grid of {side} points per side; at most {MAX_MULTISLICE_GPTS}"
+                )
+            out = output_gpts(params.cell_angstrom, self.simulation)
+            if out < MIN_OUTPUT_GPTS:
+                raise ValueError(
+                    f"dataset.structures.cell_angstrom / dataset.simulation."
+                    f"output_sampling_angstrom: {params.cell_angstrom:g} / "
+                    f"{self.simulation.output_sampling_angstrom:g} A gives images of {out} px; "
+                    f"at least {MIN_OUTPUT_GPTS}"
+                )
+        return self
+
+    def groups_structures(self) -> list[tuple[str, StructureParams]]:
+        """Structure parameters of each simulation group, validated (see :meth:`groups`).
+
+        Raises
+        ------
+        ValueError
+            A structure domain's radius range does not fit the cell (naming the domain).
+        """
+        if self.study != "structure":
+            return [("all", self.structures)]
+        out = []
+        for label, domain in self.structure_domains.items():
+            merged = {
+                **self.structures.model_dump(),
+                "lattices": (domain.lattice,),
+                "radius_angstrom": domain.radius_angstrom,
+            }
+            try:
+                out.append((label, StructureParams.model_validate(merged)))
+            except ValidationError as exc:
+                msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                raise ValueError(f"dataset.structure_domains.{label}: {msg}") from None
+        return out
 
     @model_validator(mode="after")
     def _axis_consistent(self) -> DatasetSpec:
@@ -126,6 +337,15 @@ class DatasetSpec(_Spec):
         labels = [domain_label(v) for v in values] if self.study != "structure" else values
         if len(set(labels)) != len(labels):
             raise ValueError(f"duplicate domains in the {self.study} axis: {labels}")
+        field = {
+            "defocus": "dataset.defocus_nm",
+            "dose": "dataset.dose_e_per_angstrom2",
+            "structure": "dataset.structure_domains",
+        }[self.study]
+        for label in labels:
+            problem = safe_name_problem(label)
+            if problem is not None:
+                raise ValueError(f"{field}: domain label {problem}")
         if self.study == "dose" and any(v <= 0 for v in values):
             raise ValueError("dose_e_per_angstrom2 values must be > 0")
         return self
@@ -150,14 +370,12 @@ class DatasetSpec(_Spec):
             return [
                 DomainGroup(
                     name=label,
-                    structures=self.structures.model_copy(
-                        update={"lattices": (d.lattice,), "radius_angstrom": d.radius_angstrom}
-                    ),
+                    structures=params,
                     conditions=(
                         ImagingCondition(label, float(self.defocus_nm), self._scalar_dose()),
                     ),
                 )
-                for label, d in self.structure_domains.items()
+                for label, params in self.groups_structures()
             ]
         if self.study == "defocus":
             conds = tuple(
@@ -180,9 +398,21 @@ class DatasetSpec(_Spec):
         return getattr(self.n_structures, split)
 
     def content_hash(self) -> str:
-        """Hash of everything that determines the images (not ``path``)."""
-        payload = self.model_dump(mode="json", exclude={"path", "structures_per_shard"})
-        return _hash(payload)
+        """Hash of everything that determines what is written and where (not ``path``).
+
+        Covers every field but ``path`` (where the dataset lives, not what it is),
+        including ``structures_per_shard`` (shard keys and files), and
+        :data:`GENERATOR_VERSION`. 16 hex digits.
+        """
+        return _hash(self.hash_payload())
+
+    def hash_payload(self) -> dict[str, Any]:
+        """What :meth:`content_hash` hashes: the spec without ``path``, plus the generator version.
+
+        ``{"generator_version": GENERATOR_VERSION, **spec as JSON}``.
+        """
+        payload = self.model_dump(mode="json", exclude={"path"})
+        return {"generator_version": GENERATOR_VERSION, **payload}
 
 
 class DomainsSpec(_Spec):
@@ -192,16 +422,33 @@ class DomainsSpec(_Spec):
     transfer: list[str] | None = None
     eval: list[str] | None = None
 
+    @field_validator("pretrain", "transfer", "eval")
+    @classmethod
+    def _non_empty_safe(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("needs at least one domain (omit the field for all domains)")
+        for label in value:
+            _safe_name_value(label)
+        if len(set(value)) != len(value):
+            raise ValueError(f"duplicate domains in {value}")
+        return value
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+
 
 class PretrainGrid(_Spec):
     lr: list[float] = Field(default_factory=lambda: [1e-3, 1e-4], min_length=1)
-    n_images: list[int] = Field(default_factory=lambda: [512], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    n_images: list[PositiveInt] = Field(default_factory=lambda: [512], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
 
 
 class TransferGrid(_Spec):
     lr: list[float] = Field(default_factory=lambda: [1e-4, 1e-5], min_length=1)
-    n_images: list[int] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1)
+    n_images: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1)
     freeze: list[Freeze] = Field(
         default_factory=lambda: ["none", "encoder", "decoder"], min_length=1
     )
@@ -210,11 +457,11 @@ class TransferGrid(_Spec):
 class BaselineGrid(_Spec):
     """Single-stage training on mixtures ``(n_source, n_target)`` of two domains."""
 
-    mixtures: list[tuple[int, int]] = Field(
+    mixtures: list[tuple[PositiveInt, PositiveInt]] = Field(
         default_factory=lambda: [(128, 384), (256, 256), (384, 128)], min_length=1
     )
     lr: list[float] = Field(default_factory=lambda: [1e-3, 1e-4], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
 
 
 class TrainingSpec(_Spec):
@@ -251,9 +498,7 @@ class StudySpec(_Spec):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not value or any(c in value for c in "/\\ "):
-            raise ValueError("name must be non-empty without '/', '\\' or spaces")
-        return value
+        return _safe_name_value(value)
 
     @model_validator(mode="after")
     def _grids_fit_dataset(self) -> StudySpec:
@@ -291,6 +536,15 @@ class StudySpec(_Spec):
         for grid in (self.pretrain, self.transfer, self.baseline):
             if grid is not None and any(not (lr > 0 and math.isfinite(lr)) for lr in grid.lr):
                 raise ValueError("learning rates must be finite and > 0")
+        if self.pretrain is not None or self.baseline is not None:
+            for _, params in self.dataset.groups_structures():
+                side = output_gpts(params.cell_angstrom, self.dataset.simulation)
+                if side % MODEL_STRIDE_PX:
+                    raise ValueError(
+                        "dataset.structures.cell_angstrom / dataset.simulation."
+                        f"output_sampling_angstrom: images of {side} px; the U-Net needs a "
+                        f"multiple of {MODEL_STRIDE_PX} px (e.g. {_nearest_multiple(side)})"
+                    )
         return self
 
     def domains_for(self, role: Literal["pretrain", "transfer", "eval"]) -> list[str]:
@@ -303,15 +557,72 @@ class StudySpec(_Spec):
         return self.model_copy(update={"storage": str(storage)})
 
 
+def _nearest_multiple(side: int) -> int:
+    return max(MODEL_STRIDE_PX, MODEL_STRIDE_PX * round(side / MODEL_STRIDE_PX))
+
+
+def check_resources(spec: DatasetSpec | StudySpec, memory_bytes: int | None = None) -> int:
+    """Check that one simulation worker fits in this machine's memory; call before Ray starts.
+
+    Parameters
+    ----------
+    spec
+        A dataset spec, or a study spec (its ``dataset``).
+    memory_bytes
+        Memory available to one worker; default :func:`machine_memory_bytes`.
+
+    Returns
+    -------
+    int
+        The estimate (bytes) of the largest simulation group, from
+        :func:`hrtem_ray.simulate.estimate_worker_memory_bytes`.
+
+    Raises
+    ------
+    SpecError
+        The estimate exceeds ``memory_bytes``; the message gives both and the fields
+        that set the memory.
+    """
+    dataset = spec.dataset if isinstance(spec, StudySpec) else spec
+    memory = machine_memory_bytes() if memory_bytes is None else int(memory_bytes)
+    estimate = max(
+        estimate_worker_memory_bytes(params, dataset.simulation)
+        for _, params in dataset.groups_structures()
+    )
+    if estimate > memory:
+        sim, cell = dataset.simulation, dataset.structures.cell_angstrom
+        raise SpecError(
+            "dataset: one simulation worker needs an estimated "
+            f"{estimate / 2**30:.1f} GiB, more than this machine's {memory / 2**30:.1f} GiB "
+            f"(dataset.structures.cell_angstrom {cell:g}, dataset.simulation.sampling_angstrom "
+            f"{sim.sampling_angstrom:g}, dataset.simulation.n_phonons {sim.n_phonons}); "
+            "use a smaller cell, a coarser sampling or fewer phonons"
+        )
+    return estimate
+
+
 def _hash(payload: Any) -> str:
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _is_union_tag(part: str) -> bool:
+    """Whether a pydantic error location part names a validator or a union member."""
+    return part.startswith("function-") or part in ("float", "int", "str", "none") or "[" in part
+
+
 def _format_errors(source: str, error: ValidationError, prefix: str = "") -> str:
     lines = [f"invalid study spec {source}:"]
-    for err in error.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    located = [
+        (".".join(str(p) for p in err["loc"] if not _is_union_tag(str(p))), err)
+        for err in error.errors()
+    ]
+    for loc, err in located:
+        # a union member's type error is noise when another member names a deeper field
+        if err["type"].endswith("_type") and any(
+            other.startswith(f"{loc}.") for other, _ in located
+        ):
+            continue
         loc = ".".join(p for p in (prefix, loc) if p)
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")

@@ -12,25 +12,53 @@ One Parquet row is one image: ``image`` and ``mask`` as Arrow
 its files are written first and its manifest entry last, each atomically, so a
 killed run never leaves a shard that looks complete, and a rerun only
 simulates the shards without a manifest entry.
+
+Integrity
+---------
+* One dataset per directory: ``dataset.json`` is created exclusively
+  (:func:`hrtem_ray.storage.create_exclusive`), so of any number of concurrent
+  :func:`prepare_root` calls exactly one claims an empty directory; a spec with
+  another :meth:`~hrtem_ray.config.DatasetSpec.content_hash` is refused with a
+  :class:`DatasetError` naming each differing field (:func:`check_dataset_root`
+  does the same check without writing).
+* Only the current dataset is read: every manifest entry records the
+  ``dataset_hash`` it was written for, and readers (:func:`read_images`,
+  :func:`read_table`, :func:`shard_files`, :func:`summarize`,
+  :func:`completed_shards`) use only entries of the hash in ``dataset.json``;
+  other, unreadable or incomplete entries are ignored with a
+  :class:`DatasetWarning` naming their files.
+* Shards heal: each entry records the ``rows``, ``bytes`` and ``sha256`` of its
+  files. :func:`verify_shards` lists the shards that do not match, and the
+  simulation re-simulates them (bit-identical, the simulation being seeded).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import posixpath
 import resource
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hrtem_ray import storage
-from hrtem_ray.config import SPLITS, DatasetSpec, DomainGroup
+from hrtem_ray.config import (
+    GENERATOR_VERSION,
+    SPLITS,
+    DatasetSpec,
+    DomainGroup,
+    check_resources,
+)
 from hrtem_ray.simulate import simulate_structure, warm_fftw_wisdom
 from hrtem_ray.structures import random_structure
 
@@ -53,7 +81,36 @@ ROW_COLUMNS = (
 
 
 class DatasetError(RuntimeError):
-    """A dataset root is missing, incomplete or was written from another spec."""
+    """A dataset root is missing, incomplete, damaged or was written from another spec."""
+
+
+class DatasetWarning(UserWarning):
+    """A manifest entry or shard file of a dataset root was ignored or is re-simulated."""
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    """A shard whose manifest entry or files do not match (see :func:`verify_shards`).
+
+    Attributes
+    ----------
+    key : str
+        Shard key (the manifest file's stem).
+    path : str
+        The damaged file, or the ignored manifest entry.
+    problem : str
+        What is wrong, e.g. ``"missing"``, ``"sha256 differs from the manifest"``
+        or ``"manifest entry of dataset 1a2b..., not the current 3c4d..."``.
+    kind : str
+        ``"file"``: a shard file of the current dataset (re-simulated by the next
+        simulation); ``"manifest"``: a manifest entry that readers ignore (another
+        dataset, unreadable, missing fields; safe to move away).
+    """
+
+    key: str
+    path: str
+    problem: str
+    kind: Literal["file", "manifest"] = "file"
 
 
 @dataclass(frozen=True)
@@ -179,14 +236,36 @@ def shard_path(root: str, study: str, domain: str, split: str, key: str) -> str:
     )
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table serialised as one Parquet file (what :func:`write_shard` stores)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
 def write_shard(root: str, spec: DatasetSpec, task: ShardTask, tables: dict[str, pa.Table]) -> int:
-    """Write a shard's files, then its manifest entry (each atomically); returns images written."""
+    """Write a shard's files, then its manifest entry (each atomically); returns images written.
+
+    The entry records the dataset hash and, per file, its ``rows``, ``bytes`` and
+    ``sha256``, so that :func:`verify_shards` can tell a damaged file.
+    """
     files = {}
     for domain, table in tables.items():
         path = shard_path(root, spec.study, domain, task.split, task.key)
-        storage.write_parquet_atomic(table, path)
-        files[domain] = {"path": path.removeprefix(root).lstrip("/"), "rows": table.num_rows}
-    entry = {"task": asdict(task), "files": files, "node_id": current_node_id()}
+        payload = parquet_bytes(table)
+        storage.write_bytes_atomic(path, payload)
+        files[domain] = {
+            "path": path.removeprefix(root).lstrip("/"),
+            "rows": table.num_rows,
+            "bytes": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
+    entry = {
+        "dataset_hash": spec.content_hash(),
+        "task": asdict(task),
+        "files": files,
+        "node_id": current_node_id(),
+    }
     storage.write_json_atomic(storage.join(root, MANIFEST_DIR, f"{task.key}.json"), entry)
     return sum(t.num_rows for t in tables.values())
 
@@ -222,29 +301,340 @@ def simulate_and_write(spec: DatasetSpec, root: str, task: ShardTask) -> dict:
     }
 
 
-def completed_shards(root: str) -> set[str]:
-    """Keys of the shards whose manifest entry exists."""
-    manifest = storage.join(root, MANIFEST_DIR)
-    if not storage.exists(manifest):
-        return set()
-    return {Path(name).stem for name in storage.listdir(manifest) if name.endswith(".json")}
+# --- the dataset record and the manifest ------------------------------------------------
+
+
+def dataset_record(spec: DatasetSpec) -> dict[str, Any]:
+    """What ``dataset.json`` holds: the content hash, the generator version and the spec."""
+    return {
+        "content_hash": spec.content_hash(),
+        "generator_version": GENERATOR_VERSION,
+        "spec": spec.model_dump(mode="json"),
+    }
+
+
+def _read_record(root: str) -> dict[str, Any] | None:
+    """``dataset.json`` of a root, None if there is none; DatasetError if unreadable."""
+    spec_path = storage.join(root, SPEC_FILE)
+    if not storage.exists(spec_path):
+        return None
+    try:
+        record = storage.read_json(spec_path)
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise DatasetError(f"{spec_path} is unreadable ({exc}); delete the dataset root") from None
+    if not isinstance(record, dict) or not isinstance(record.get("content_hash"), str):
+        raise DatasetError(f"{spec_path} has no content_hash; it is not a dataset record")
+    return record
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    """Nested mappings as ``{"a.b.c": leaf}``; lists and scalars are leaves."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key in value:
+            out.update(_flatten(value[key], f"{prefix}.{key}"))
+        return out
+    return {prefix: value}
+
+
+def _show(value: Any) -> str:
+    """A stored or spec value for a message: ``400`` for 400.0, JSON otherwise."""
+    if value is _ABSENT:
+        return "<absent>"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return json.dumps(value, sort_keys=True)
+
+
+_ABSENT = object()
+
+
+def spec_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
+    """Fields of a stored dataset record that differ from ``spec`` (``path`` ignored).
+
+    Parameters
+    ----------
+    stored
+        The content of ``dataset.json`` (see :func:`dataset_record`).
+    spec
+        The spec to compare with.
+
+    Returns
+    -------
+    list of str
+        e.g. ``["dataset.dose_e_per_angstrom2: stored 400, spec 300"]``, sorted.
+    """
+    ours = _flatten(spec.model_dump(mode="json"), "dataset")
+    theirs = _flatten(stored.get("spec") or {}, "dataset")
+    lines = [
+        f"{name}: stored {_show(theirs.get(name, _ABSENT))}, spec {_show(ours.get(name, _ABSENT))}"
+        for name in sorted(set(ours) | set(theirs))
+        if name != "dataset.path" and theirs.get(name, _ABSENT) != ours.get(name, _ABSENT)
+    ]
+    version = stored.get("generator_version", _ABSENT)
+    if version != GENERATOR_VERSION:
+        lines.append(f"generator_version: stored {_show(version)}, spec {GENERATOR_VERSION}")
+    return lines
+
+
+def _mismatch_error(root: str, stored: dict[str, Any], spec: DatasetSpec) -> DatasetError:
+    diffs = spec_differences(stored, spec) or [
+        f"content_hash: stored {stored.get('content_hash')}, spec {spec.content_hash()} "
+        "(written by another version of hrtem-ray)"
+    ]
+    listing = "\n".join(f"  {line}" for line in diffs)
+    return DatasetError(
+        f"{root} holds a dataset simulated from another spec:\n{listing}\n"
+        "choose another output directory, or delete that one"
+    )
+
+
+def check_dataset_root(spec: DatasetSpec, root: str | Path) -> None:
+    """Check, without writing anything, that ``root`` is empty or holds this spec's dataset.
+
+    Call it before Ray starts; :func:`prepare_root` makes the same check when it
+    claims the directory.
+
+    Raises
+    ------
+    DatasetError
+        The root holds another dataset (each differing field named, e.g.
+        ``dataset.dose_e_per_angstrom2: stored 400, spec 300``), its
+        ``dataset.json`` is unreadable, or the root is a file.
+    """
+    root = str(root)
+    _check_not_a_file(root)
+    stored = _read_record(root)
+    if stored is not None and stored["content_hash"] != spec.content_hash():
+        raise _mismatch_error(root, stored, spec)
+
+
+def _check_not_a_file(root: str) -> None:
+    import pyarrow.fs as pafs
+
+    loc = storage.resolve(root)
+    if loc.fs.get_file_info(loc.path).type == pafs.FileType.File:
+        raise DatasetError(f"dataset root {loc.uri} is a file, not a directory")
 
 
 def prepare_root(spec: DatasetSpec, root: str) -> None:
-    """Create a dataset root or check that an existing one was written from the same spec."""
-    spec_path = storage.join(root, SPEC_FILE)
-    if storage.exists(spec_path):
-        stored = storage.read_json(spec_path)
-        if stored.get("content_hash") != spec.content_hash():
-            raise DatasetError(
-                f"{root} holds a dataset simulated from another spec "
-                f"(hash {stored.get('content_hash')} != {spec.content_hash()}); "
-                "choose another output directory or delete it"
-            )
+    """Claim a dataset root for ``spec``, or check that it already holds ``spec``'s dataset.
+
+    ``dataset.json`` is created with :func:`hrtem_ray.storage.create_exclusive`: of
+    any number of concurrent callers exactly one creates it, and every other one
+    compares its spec with the stored one.
+
+    Raises
+    ------
+    DatasetError
+        As :func:`check_dataset_root`, or the root cannot be written.
+    """
+    record = dataset_record(spec)
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    _check_not_a_file(root)
+    try:
+        if storage.is_local(root):
+            storage.makedirs(root)
+        if storage.create_exclusive(storage.join(root, SPEC_FILE), text.encode()):
+            return
+    except PermissionError as exc:
+        raise DatasetError(f"cannot write the dataset root {root}: {exc}") from None
+    check_dataset_root(spec, root)
+
+
+@dataclass
+class _ManifestScan:
+    """Manifest entries of one dataset root: those of the current hash, and the rest."""
+
+    dataset_hash: str | None
+    entries: dict[str, dict] = field(default_factory=dict)
+    ignored: list[ShardProblem] = field(default_factory=list)
+
+
+_TASK_FIELDS = {"key": str, "group": str, "split": str, "start": int, "stop": int}
+_FILE_FIELDS = {"path": str, "rows": int, "bytes": int, "sha256": str}
+
+
+def _entry_problem(entry: Any, key: str, dataset_hash: str) -> str | None:
+    """Why a parsed manifest entry is not a usable entry of ``dataset_hash``, or None."""
+    if not isinstance(entry, dict):
+        return "not a manifest entry (not a JSON object)"
+    found = entry.get("dataset_hash")
+    if found is None:
+        return "manifest entry without dataset_hash (missing fields)"
+    if found != dataset_hash:
+        return f"manifest entry of dataset {found}, not the current {dataset_hash}"
+    task, files = entry.get("task"), entry.get("files")
+    if not isinstance(task, dict) or any(
+        not isinstance(task.get(name), kind) for name, kind in _TASK_FIELDS.items()
+    ):
+        return f"manifest entry with missing or invalid task fields ({', '.join(_TASK_FIELDS)})"
+    if task["key"] != key or task["split"] not in SPLITS:
+        return f"manifest entry for shard {task['key']!r} split {task['split']!r}"
+    if not isinstance(files, dict) or not files:
+        return "manifest entry without files"
+    for info in files.values():
+        if not isinstance(info, dict) or any(
+            not isinstance(info.get(name), kind) for name, kind in _FILE_FIELDS.items()
+        ):
+            return f"manifest entry with missing or invalid file fields ({', '.join(_FILE_FIELDS)})"
+        path = info["path"]
+        if path.startswith("/") or ".." in path.split("/") or posixpath.normpath(path) != path:
+            return f"manifest entry with a file outside the dataset root: {path!r}"
+    return None
+
+
+def _scan_manifest(root: str) -> _ManifestScan:
+    """Read the manifest of the dataset in ``root``: usable entries and ignored ones.
+
+    Entries are usable when they parse, have every field and were written for the
+    hash in ``dataset.json``. Files whose name does not start with the current
+    hash's shard-key tag are ignored without being read.
+    """
+    record = _read_record(root)
+    if record is None:
+        return _ManifestScan(None)
+    scan = _ManifestScan(record["content_hash"])
+    manifest = storage.join(root, MANIFEST_DIR)
+    if not storage.exists(manifest):
+        return scan
+    tag = f"{scan.dataset_hash[:8]}-"
+    for name in storage.listdir(manifest):
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        path, key = storage.join(manifest, name), name[: -len(".json")]
+        if not key.startswith(tag):
+            problem = f"manifest entry not of the current dataset {tag[:-1]}"
+            scan.ignored.append(ShardProblem(key, path, problem, "manifest"))
+            continue
+        try:
+            entry = storage.read_json(path)
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            problem = f"unreadable manifest entry ({exc})"
+            scan.ignored.append(ShardProblem(key, path, problem, "manifest"))
+            continue
+        problem = _entry_problem(entry, key, scan.dataset_hash)
+        if problem is None:
+            scan.entries[key] = entry
+        else:
+            scan.ignored.append(ShardProblem(key, path, problem, "manifest"))
+    return scan
+
+
+def _warn_ignored(root: str, ignored: list[ShardProblem], limit: int = 10) -> None:
+    """One :class:`DatasetWarning` naming the ignored manifest entries (the first ``limit``)."""
+    if not ignored:
         return
-    storage.makedirs(root)
-    payload = {"content_hash": spec.content_hash(), "spec": spec.model_dump(mode="json")}
-    storage.write_json_atomic(spec_path, payload)
+    shown = "; ".join(f"{p.path}: {p.problem}" for p in ignored[:limit])
+    more = f"; and {len(ignored) - limit} more" if len(ignored) > limit else ""
+    warnings.warn(
+        f"{root}: ignoring {len(ignored)} manifest entries that are not of its current "
+        f"dataset: {shown}{more}",
+        DatasetWarning,
+        stacklevel=3,
+    )
+
+
+def manifest_entries(root: str | Path) -> dict[str, dict]:
+    """Usable manifest entries of the current dataset of ``root``, by shard key.
+
+    Others (another dataset hash, unparsable, missing fields) are ignored with a
+    :class:`DatasetWarning` that names their files. Empty without ``dataset.json``.
+    """
+    root = str(root)
+    scan = _scan_manifest(root)
+    _warn_ignored(root, scan.ignored)
+    return scan.entries
+
+
+def completed_shards(root: str | Path) -> set[str]:
+    """Keys of the shards of the current dataset whose manifest entry exists (not verified)."""
+    return set(manifest_entries(root))
+
+
+def _sha256_of(uri: str, chunk_bytes: int = 8 << 20) -> str:
+    loc = storage.resolve(uri)
+    digest = hashlib.sha256()
+    with loc.fs.open_input_stream(loc.path) as stream:
+        while chunk := stream.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_problems(root: str, entries: dict[str, dict]) -> list[ShardProblem]:
+    """Files of usable entries that are missing or differ from their size or sha256.
+
+    Reads no more than needed: the size first (one metadata request), the content
+    (sha256) only when the size matches. A file whose sha256 matches has the
+    recorded rows.
+    """
+    import pyarrow.fs as pafs
+
+    problems = []
+    for key in sorted(entries):
+        for info in entries[key]["files"].values():
+            uri = storage.join(root, info["path"])
+            loc = storage.resolve(uri)
+            meta = loc.fs.get_file_info(loc.path)
+            if meta.type != pafs.FileType.File:
+                problem = "missing"
+            elif meta.size != info["bytes"]:
+                problem = f"{meta.size} bytes, the manifest records {info['bytes']}"
+            elif _sha256_of(uri) != info["sha256"]:
+                problem = "sha256 differs from the manifest"
+            else:
+                continue
+            problems.append(ShardProblem(key, uri, problem))
+    return problems
+
+
+def verify_shards(root: str | Path) -> list[ShardProblem]:
+    """Every problem of the shards in a dataset root, without changing anything.
+
+    Parameters
+    ----------
+    root
+        Dataset root (directory or URI) with a ``dataset.json``.
+
+    Returns
+    -------
+    list of ShardProblem
+        Ignored manifest entries (another dataset hash, unparsable, missing
+        fields: ``path`` is the entry), then files of the current dataset's
+        entries that are missing or differ from the recorded size or sha256
+        (``path`` is the file). Empty when every listed shard is intact.
+
+    Raises
+    ------
+    DatasetError
+        No dataset at ``root`` (no ``dataset.json``), or it is unreadable.
+    """
+    root = str(root)
+    scan = _scan_manifest(root)
+    if scan.dataset_hash is None:
+        raise DatasetError(f"no dataset at {root} (missing {SPEC_FILE})")
+    return scan.ignored + _file_problems(root, scan.entries)
+
+
+def shards_to_simulate(spec: DatasetSpec, root: str) -> tuple[list[ShardTask], list[ShardTask]]:
+    """``(all planned shards, those to simulate)``: missing, or not matching their manifest.
+
+    Every complete shard is verified (:func:`_file_problems`); a damaged one is
+    re-simulated with a :class:`DatasetWarning` naming its file. Call after
+    :func:`prepare_root`.
+    """
+    tasks = plan_shards(spec)
+    scan = _scan_manifest(root)
+    _warn_ignored(root, scan.ignored)
+    damaged = _file_problems(root, scan.entries)
+    for problem in damaged:
+        warnings.warn(
+            f"shard {problem.key}: {problem.path}: {problem.problem}; re-simulating the shard",
+            DatasetWarning,
+            stacklevel=3,
+        )
+    done = set(scan.entries) - {p.key for p in damaged}
+    return tasks, [t for t in tasks if t.key not in done]
 
 
 def _simulate_batch(batch: dict[str, np.ndarray], spec_json: str, root: str) -> dict[str, list]:
@@ -306,17 +696,21 @@ def simulate_dataset(
     """Simulate the shards of ``spec`` not yet in ``root``, in parallel with Ray Data.
 
     Uses the running Ray session (see :func:`hrtem_ray.runtime.ray_session`).
-    Idempotent: shards with a manifest entry are skipped, so rerunning the same
-    spec writes nothing and an interrupted run is completed.
+    Idempotent: shards with a manifest entry whose files match it are skipped, so
+    rerunning the same spec writes nothing and an interrupted run is completed;
+    damaged shards are re-simulated (see :func:`shards_to_simulate`).
+
+    Raises
+    ------
+    DatasetError
+        ``root`` holds another dataset (see :func:`prepare_root`).
     """
     import ray
     from ray.data import DataContext
 
     root = str(root)
     prepare_root(spec, root)
-    tasks = plan_shards(spec)
-    done = completed_shards(root)
-    todo = [t for t in tasks if t.key not in done]
+    tasks, todo = shards_to_simulate(spec, root)
     start = time.perf_counter()
     images = 0
     if todo:
@@ -345,13 +739,21 @@ def simulate_dataset(
 
 
 def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSummary:
-    """The same as :func:`simulate_dataset` in a plain loop in this process (no Ray)."""
+    """The same as :func:`simulate_dataset` in a plain loop in this process (no Ray).
+
+    Raises
+    ------
+    SpecError
+        One worker would need more memory than this machine has
+        (:func:`hrtem_ray.config.check_resources`); nothing is written.
+    DatasetError
+        As :func:`simulate_dataset`.
+    """
+    check_resources(spec)
     root = str(root)
     prepare_root(spec, root)
-    tasks = plan_shards(spec)
-    done = completed_shards(root)
+    tasks, todo = shards_to_simulate(spec, root)
     start = time.perf_counter()
-    todo = [t for t in tasks if t.key not in done]
     images = sum(simulate_and_write(spec, root, t)["images"] for t in todo)
     return SimulationSummary(root, images, len(tasks), len(todo), time.perf_counter() - start)
 
@@ -361,39 +763,70 @@ def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSu
 
 def dataset_spec(root: str | Path) -> DatasetSpec:
     """The spec a dataset root was simulated from."""
-    spec_path = storage.join(str(root), SPEC_FILE)
-    if not storage.exists(spec_path):
+    record = _read_record(str(root))
+    if record is None:
         raise DatasetError(f"no dataset at {root} (missing {SPEC_FILE}); run `hrtem-ray simulate`")
-    return DatasetSpec.model_validate(storage.read_json(spec_path)["spec"])
+    return DatasetSpec.model_validate(record["spec"])
+
+
+def _selected_files(
+    root: str, domains: Iterable[str] | None, split: str | None
+) -> list[tuple[str, str, int]]:
+    """``(shard key, file URI, rows)`` of the current dataset's shards, optionally selected."""
+    if _read_record(root) is None:
+        raise DatasetError(f"no dataset at {root} (missing {SPEC_FILE}); run `hrtem-ray simulate`")
+    wanted = None if domains is None else set(domains)
+    files = []
+    entries = manifest_entries(root)
+    for key in sorted(entries):
+        entry = entries[key]
+        if split is not None and entry["task"]["split"] != split:
+            continue
+        for domain, info in entry["files"].items():
+            if wanted is None or domain in wanted:
+                files.append((key, storage.join(root, info["path"]), int(info["rows"])))
+    return files
 
 
 def shard_files(
     root: str | Path, domains: Iterable[str] | None = None, split: str | None = None
 ) -> list[str]:
-    """Files of the complete shards (those with a manifest entry), optionally selected."""
-    root = str(root)
-    wanted = None if domains is None else set(domains)
-    files = []
-    for key in sorted(completed_shards(root)):
-        entry = storage.read_json(storage.join(root, MANIFEST_DIR, f"{key}.json"))
-        if split is not None and entry["task"]["split"] != split:
-            continue
-        for domain, info in entry["files"].items():
-            if wanted is None or domain in wanted:
-                files.append(storage.join(root, info["path"]))
-    return files
+    """Files of the current dataset's complete shards (manifest entries), optionally selected."""
+    return [uri for _, uri, _ in _selected_files(str(root), domains, split)]
+
+
+def _read_shard_file(key: str, uri: str, rows: int) -> pa.Table:
+    """One listed shard file; DatasetError naming it if it is damaged."""
+    loc = storage.resolve(uri)
+    try:
+        table = pq.read_table(loc.path, filesystem=loc.fs)
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(
+            f"shard file {uri} (shard {key}) is damaged or missing ({exc}); rerun "
+            "`hrtem-ray simulate` with the same spec to re-simulate it"
+        ) from None
+    if table.num_rows != rows:
+        raise DatasetError(
+            f"shard file {uri} (shard {key}) has {table.num_rows} rows, its manifest {rows}; "
+            "rerun `hrtem-ray simulate` with the same spec to re-simulate it"
+        )
+    return table
 
 
 def read_table(
     root: str | Path, domains: Iterable[str] | None = None, split: str | None = None
 ) -> pa.Table:
-    """Rows of the complete shards as one Arrow table, ordered by domain and structure id."""
-    files = shard_files(root, domains, split)
+    """Rows of the current dataset's complete shards, ordered by domain and structure id.
+
+    Raises
+    ------
+    DatasetError
+        No dataset at ``root``, or a listed file is missing or damaged (named).
+    """
+    files = _selected_files(str(root), domains, split)
     if not files:
         return pa.table({})
-    fs = storage.resolve(str(root)).fs
-    paths = [storage.resolve(f).path for f in files]
-    table = pa.concat_tables([pq.read_table(p, filesystem=fs) for p in paths])
+    table = pa.concat_tables([_read_shard_file(*f) for f in files])
     return table.sort_by([("domain", "ascending"), ("structure_id", "ascending")])
 
 
@@ -436,13 +869,11 @@ def read_images(
 
 
 def summarize(root: str | Path) -> dict[str, dict[str, int]]:
-    """Images per domain and split in the complete shards of a dataset."""
+    """Images per domain and split in the current dataset's complete shards (from the manifest)."""
     counts: dict[str, dict[str, int]] = {}
-    root = str(root)
-    for key in completed_shards(root):
-        entry = storage.read_json(storage.join(root, MANIFEST_DIR, f"{key}.json"))
+    for entry in manifest_entries(root).values():
+        split = entry["task"]["split"]
         for domain, info in entry["files"].items():
             split_counts = counts.setdefault(domain, {})
-            split = entry["task"]["split"]
             split_counts[split] = split_counts.get(split, 0) + int(info["rows"])
     return counts

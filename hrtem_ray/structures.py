@@ -121,41 +121,54 @@ LATTICES: dict[str, LatticeSpec] = {
 }
 
 
+#: Upper bound of the substrate-thickness and radius ranges (angstrom).
+MAX_LENGTH_RANGE_ANGSTROM = 1000.0
+#: Upper bound of the particle-count range.
+MAX_PARTICLES = 1000
+
+
 class StructureParams(BaseModel):
     """Parameters of the random structure generator (all lengths in angstrom).
 
-    Ranges are ``(low, high)`` tuples, drawn uniformly (integers inclusive).
+    Ranges are ``(low, high)`` tuples, drawn uniformly (integers inclusive). Every
+    number must be finite and within the bounds given per field (e.g. a cell of 5
+    to 2000 A, at most 4 stacking faults, whose random draw otherwise may take
+    very long to find fault layers two bilayers apart).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    cell_angstrom: float = Field(128.0, gt=0, description="Side L of the square cell (x, y).")
+    cell_angstrom: float = Field(
+        128.0, ge=5, le=2000, description="Side L of the square cell (x, y)."
+    )
     substrate_thickness_angstrom: tuple[float, float] = (20.0, 80.0)
     lattices: tuple[str, ...] = ("CdSe",)
     radius_angstrom: tuple[float, float] = (15.0, 25.0)
     n_particles: tuple[int, int] = (1, 5)
-    max_stacking_faults: int = Field(2, ge=0, description="Wurtzite only: 0..max I1 faults.")
-    min_separation_angstrom: float = Field(10.0, ge=0, description="Surface to surface.")
+    max_stacking_faults: int = Field(2, ge=0, le=4, description="Wurtzite only: 0..max I1 faults.")
+    min_separation_angstrom: float = Field(10.0, ge=0, le=1000, description="Surface to surface.")
     carbon_density_per_angstrom3: float = Field(0.11, gt=0, le=0.3)
-    carbon_min_distance_angstrom: float = Field(1.4, gt=0)
-    vacuum_angstrom: float = Field(2.0, ge=0, description="Vacuum above and below.")
-    particle_gap_angstrom: float = Field(1.5, ge=0, description="Particle to substrate.")
-    max_placement_attempts: int = Field(200, ge=1)
+    carbon_min_distance_angstrom: float = Field(1.4, gt=0, le=5)
+    vacuum_angstrom: float = Field(2.0, ge=0, le=1000, description="Vacuum above and below.")
+    particle_gap_angstrom: float = Field(1.5, ge=0, le=100, description="Particle to substrate.")
+    max_placement_attempts: int = Field(200, ge=1, le=100_000)
 
     @field_validator("substrate_thickness_angstrom", "radius_angstrom")
     @classmethod
     def _positive_range(cls, value: tuple[float, float]) -> tuple[float, float]:
         low, high = value
-        if not 0 < low <= high:
-            raise ValueError(f"need 0 < low <= high, got {value}")
+        if not 0 < low <= high <= MAX_LENGTH_RANGE_ANGSTROM:
+            raise ValueError(
+                f"need 0 < low <= high <= {MAX_LENGTH_RANGE_ANGSTROM:g}, got {list(value)}"
+            )
         return value
 
     @field_validator("n_particles")
     @classmethod
     def _count_range(cls, value: tuple[int, int]) -> tuple[int, int]:
         low, high = value
-        if not 1 <= low <= high:
-            raise ValueError(f"need 1 <= low <= high, got {value}")
+        if not 1 <= low <= high <= MAX_PARTICLES:
+            raise ValueError(f"need 1 <= low <= high <= {MAX_PARTICLES}, got {list(value)}")
         return value
 
     @field_validator("lattices")

@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import TINY_DATASET, kill_cli_when, run_cli, tiny_dataset_spec
+from conftest import TINY_DATASET, kill_cli_when, make_bucket, run_cli, s3_env, tiny_dataset_spec
 
-from hrtem_ray import data
+from hrtem_ray import data, storage
 from hrtem_ray.config import SpecError, load_dataset_spec, parse_dataset_spec
+
+TESTS = Path(__file__).resolve().parent
 
 
 def _files(root):
     return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def _copy(root: Path, tmp_path: Path) -> Path:
+    """A private copy of a dataset root (tests that damage or extend it)."""
+    return Path(shutil.copytree(root, tmp_path / "copy"))
+
+
+def _all_images(root) -> dict:
+    """``{(domain, split): ImageSet}`` of the tiny dataset."""
+    return {
+        (domain, split): data.read_images(root, domain, split)
+        for domain in ("-10", "0", "10")
+        for split in ("train", "val")
+    }
 
 
 def test_ray_data_pipeline_matches_the_serial_loop(ray_cluster, tiny_dataset_root, tmp_path):
@@ -73,6 +98,283 @@ def test_other_spec_refuses_to_overwrite(tiny_dataset_root):
     assert _files(tiny_dataset_root) == before
 
 
+def test_mismatch_names_every_differing_field_without_writing(tiny_dataset_root, tmp_path):
+    other = tiny_dataset_spec(
+        dose_e_per_angstrom2=300, seed=8, simulation={**TINY_DATASET["simulation"], "n_phonons": 2}
+    )
+    before = {p: p.stat().st_mtime_ns for p in tiny_dataset_root.rglob("*")}
+    with pytest.raises(data.DatasetError) as info:
+        data.check_dataset_root(other, tiny_dataset_root)
+    lines = str(info.value).splitlines()
+    assert lines[1:4] == [
+        "  dataset.dose_e_per_angstrom2: stored 400, spec 300",
+        "  dataset.seed: stored 7, spec 8",
+        "  dataset.simulation.n_phonons: stored 1, spec 2",
+    ]
+    assert len(lines) == 5, lines
+    with pytest.raises(data.DatasetError, match=r"dataset\.seed: stored 7, spec 8"):
+        data.prepare_root(other, str(tiny_dataset_root))
+    assert {p: p.stat().st_mtime_ns for p in tiny_dataset_root.rglob("*")} == before
+    # the spec itself, another path, and an empty directory pass without writing anything
+    data.check_dataset_root(tiny_dataset_spec(path="/elsewhere"), tiny_dataset_root)
+    data.check_dataset_root(other, tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()
+
+
+_RACE = """
+import json, os, sys, time
+sys.path.insert(0, sys.argv[3])
+from conftest import tiny_dataset_spec
+from hrtem_ray import data, storage
+root, workdir, seeds = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[4:]]
+go = os.path.join(workdir, "go")
+children = []
+for seed in seeds:  # forked after the imports: every racer starts within milliseconds
+    pid = os.fork()
+    if pid == 0:
+        spec = tiny_dataset_spec(seed=seed)
+        open(os.path.join(workdir, f"ready{seed}"), "w").close()
+        while not os.path.exists(go):
+            time.sleep(0.0002)
+        try:
+            data.prepare_root(spec, root)
+            outcome = "won"
+        except data.DatasetError as exc:
+            outcome = "refused " + " | ".join(str(exc).splitlines())
+        with open(os.path.join(workdir, f"out{seed}"), "w") as handle:
+            handle.write(outcome)
+        os._exit(0)
+    children.append(pid)
+deadline = time.time() + 60
+while sum(os.path.exists(os.path.join(workdir, f"ready{s}")) for s in seeds) < len(seeds):
+    assert time.time() < deadline, "racers did not start"
+    time.sleep(0.01)
+open(go, "w").close()
+for pid in children:
+    os.waitpid(pid, 0)
+print(json.dumps({s: open(os.path.join(workdir, f"out{s}")).read() for s in seeds}))
+"""
+
+
+def test_twenty_processes_racing_for_one_directory_one_wins(tmp_path):
+    root, workdir = tmp_path / "ds", tmp_path / "race"
+    workdir.mkdir()
+    seeds = [str(seed) for seed in range(100, 120)]
+    proc = subprocess.run(
+        [sys.executable, "-c", _RACE, str(root), str(workdir), str(TESTS), *seeds],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcomes = {int(seed): out for seed, out in json.loads(proc.stdout).items()}
+    assert len(outcomes) == 20
+    winners = [seed for seed, out in outcomes.items() if out == "won"]
+    assert len(winners) == 1, outcomes
+    (winner,) = winners
+    assert data.dataset_spec(root).seed == winner
+    for seed, out in outcomes.items():
+        if seed != winner:
+            assert out.startswith(f"refused {root} holds a dataset simulated from another spec")
+            assert f"dataset.seed: stored {winner}, spec {seed}" in out, out
+    assert sorted(p.name for p in root.iterdir()) == ["dataset.json"]
+
+
+def test_changed_structures_per_shard_never_mixes_shards(tiny_dataset_root, tmp_path):
+    """The duplicate-image bug: structures_per_shard 3 -> 2 on the same directory."""
+    root = _copy(tiny_dataset_root, tmp_path)
+    before = _files(root)
+    two = tiny_dataset_spec(structures_per_shard=2)
+    with pytest.raises(data.DatasetError, match=r"dataset\.structures_per_shard: stored 3, spec 2"):
+        data.simulate_dataset_serial(two, root)
+    assert _files(root) == before
+    # Shards of the other spec in the directory anyway (e.g. copied in by hand): never read.
+    elsewhere = tmp_path / "two"
+    data.simulate_dataset_serial(
+        tiny_dataset_spec(structures_per_shard=2, n_structures={"train": 2, "val": 1}), elsewhere
+    )
+    for path in _files(elsewhere):
+        if path.name != "dataset.json":
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(elsewhere / path, root / path)
+    with pytest.warns(data.DatasetWarning, match=r"ignoring 2 manifest entries") as record:
+        selection = data.read_images(root, "0", "train", n=4)
+    assert selection.structure_ids == [f"train-{i:05d}" for i in range(4)]
+    assert all(str(root / "_manifest") in str(w.message) for w in record)
+    with pytest.warns(data.DatasetWarning):
+        assert data.summarize(root) == {d: {"train": 6, "val": 3} for d in ("-10", "0", "10")}
+
+
+def test_manifest_records_the_dataset_hash_and_each_files_rows_and_sha256(tiny_dataset_root):
+    spec = tiny_dataset_spec()
+    entries = data.manifest_entries(tiny_dataset_root)
+    assert set(entries) == {t.key for t in data.plan_shards(spec)}
+    for entry in entries.values():
+        assert entry["dataset_hash"] == spec.content_hash()
+        assert set(entry["files"]) == {"-10", "0", "10"}
+        for info in entry["files"].values():
+            payload = (tiny_dataset_root / info["path"]).read_bytes()
+            assert info["bytes"] == len(payload)
+            assert info["sha256"] == hashlib.sha256(payload).hexdigest()
+            rows = pq.read_metadata(tiny_dataset_root / info["path"]).num_rows
+            assert info["rows"] == rows == entry["task"]["stop"] - entry["task"]["start"]
+    assert data.verify_shards(tiny_dataset_root) == []
+
+
+def test_foreign_unreadable_and_incomplete_manifests_are_ignored_and_named(
+    tiny_dataset_root, tmp_path
+):
+    root = _copy(tiny_dataset_root, tmp_path)
+    manifest = root / "_manifest"
+    entries = data.manifest_entries(root)
+    key = sorted(entries)[0]
+    tag = key.split("-")[0]
+    entry = entries[key]
+    # the same structures under other keys: another dataset's hash, inside and in the name
+    strays = {
+        "deadbeef-all-train-00000-00003": {**entry, "dataset_hash": "deadbeef00000000"},
+        f"{tag}-all-train-90000-90003": {**entry, "dataset_hash": "0" * 16},
+        f"{tag}-all-train-80000-80003": {k: v for k, v in entry.items() if k != "dataset_hash"},
+        f"{tag}-all-train-70000-70003": {**entry, "files": {"0": {"path": "x.parquet"}}},
+        f"{tag}-all-train-60000-60003": {
+            **entry,
+            "task": {**entry["task"], "key": f"{tag}-all-train-60000-60003"},
+            "files": {"0": {**entry["files"]["0"], "path": "../../outside.parquet"}},
+        },
+    }
+    for name, stray in strays.items():
+        stray = json.loads(json.dumps(stray))
+        stray.setdefault("task", {})["key"] = name
+        (manifest / f"{name}.json").write_text(json.dumps(stray))
+    (manifest / f"{tag}-garbage.json").write_text("{not json")
+    names = [*strays, f"{tag}-garbage"]
+    with pytest.warns(data.DatasetWarning) as record:
+        selection = data.read_images(root, "0", "train")
+    assert selection.structure_ids == [f"train-{i:05d}" for i in range(6)]
+    message = str(record[0].message)
+    assert f"ignoring {len(names)} manifest entries" in message
+    for name in names:
+        assert str(manifest / f"{name}.json") in message, name
+    assert "not the current" in message and "unreadable" in message
+    assert "missing or invalid file fields" in message and "outside the dataset root" in message
+    with pytest.warns(data.DatasetWarning):
+        assert data.completed_shards(root) == set(entries)
+    with pytest.warns(data.DatasetWarning):
+        assert len(data.shard_files(root)) == 3 * len(entries)
+    problems = data.verify_shards(root)
+    assert sorted(p.key for p in problems) == sorted(names)
+    assert all(p.path == str(manifest / f"{p.key}.json") for p in problems)
+    assert {p.kind for p in problems} == {"manifest"}
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _scramble(path: Path) -> None:
+    payload = bytearray(path.read_bytes())
+    middle = len(payload) // 2
+    payload[middle : middle + 64] = bytes(255 - b for b in payload[middle : middle + 64])
+    path.write_bytes(bytes(payload))
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem", "runner"),
+    [
+        (_truncate, r"\d+ bytes, the manifest records \d+", "serial"),
+        (_scramble, r"sha256 differs from the manifest", "serial"),
+        (Path.unlink, r"missing", "ray"),
+    ],
+    ids=["truncated", "scrambled", "missing-ray"],
+)
+def test_damaged_shard_is_reported_refused_and_re_simulated_bit_identical(
+    damage, problem, runner, tiny_dataset_root, tmp_path, request
+):
+    root = _copy(tiny_dataset_root, tmp_path)
+    original = _all_images(tiny_dataset_root)
+    entries = data.manifest_entries(root)
+    key = sorted(entries)[1]
+    target = root / entries[key]["files"]["0"]["path"]
+    intact = target.read_bytes()
+    damage(target)
+
+    problems = data.verify_shards(root)
+    assert [(p.key, p.path, p.kind) for p in problems] == [(key, str(target), "file")]
+    assert re.fullmatch(problem, problems[0].problem), problems[0].problem
+    if damage is not _scramble:  # a scrambled page may still decode: only the sha256 tells
+        with pytest.raises(data.DatasetError, match=f"shard file {target} .*rerun"):
+            data.read_table(root, ["0"])
+
+    spec = tiny_dataset_spec()
+    with pytest.warns(data.DatasetWarning, match=rf"shard {key}: {target}: .*re-simulating"):
+        if runner == "ray":
+            request.getfixturevalue("ray_cluster")
+            summary = data.simulate_dataset(spec, root)
+        else:
+            summary = data.simulate_dataset_serial(spec, root)
+    assert summary.shards_written == 1 and summary.images == 3 * 3
+    assert data.verify_shards(root) == []
+    assert target.read_bytes() == intact  # seeded: the same bytes again
+    for selection_key, healed in _all_images(root).items():
+        np.testing.assert_array_equal(healed.images, original[selection_key].images)
+        np.testing.assert_array_equal(healed.masks, original[selection_key].masks)
+        assert healed.structure_ids == original[selection_key].structure_ids
+
+
+def test_a_file_is_not_a_dataset_root_and_a_too_large_worker_writes_nothing(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(data.DatasetError, match=r"is a file, not a directory"):
+        data.check_dataset_root(tiny_dataset_spec(), a_file)
+    with pytest.raises(data.DatasetError, match=r"is a file, not a directory"):
+        data.prepare_root(tiny_dataset_spec(), str(a_file))
+    huge = tiny_dataset_spec(
+        structures={**TINY_DATASET["structures"], "cell_angstrom": 1600},
+        simulation={**TINY_DATASET["simulation"], "sampling_angstrom": 0.1, "n_phonons": 256},
+    )
+    with pytest.raises(SpecError, match=r"one simulation worker needs an estimated \d+"):
+        data.simulate_dataset_serial(huge, tmp_path / "huge")
+    assert not (tmp_path / "huge").exists()
+
+
+def test_claim_verify_and_read_on_s3(tiny_dataset_root, moto_endpoint, monkeypatch, tmp_path):
+    """The same guarantees on ``s3://`` (a loopback moto server): conditional claim,
+    only the current dataset read, a damaged object found by verify_shards."""
+    for key, value in s3_env(moto_endpoint, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    root = f"s3://{make_bucket(moto_endpoint)}/ds"
+    spec = tiny_dataset_spec()
+    data.prepare_root(spec, root)  # claims the empty prefix
+    with pytest.raises(data.DatasetError, match=r"dataset\.seed: stored 7, spec 8"):
+        data.prepare_root(tiny_dataset_spec(seed=8), root)
+    with pytest.raises(data.DatasetError, match=r"dataset\.seed: stored 7, spec 8"):
+        data.check_dataset_root(tiny_dataset_spec(seed=8), root)
+    for path in _files(tiny_dataset_root):
+        if path.name != "dataset.json":
+            storage.write_bytes_atomic(
+                storage.join(root, str(path)), (tiny_dataset_root / path).read_bytes()
+            )
+    assert data.verify_shards(root) == []
+    expected = data.read_images(tiny_dataset_root, "10", "val")
+    np.testing.assert_array_equal(data.read_images(root, "10", "val").images, expected.images)
+    entries = data.manifest_entries(root)
+    key = sorted(entries)[0]
+    damaged = storage.join(root, entries[key]["files"]["10"]["path"])
+    storage.write_bytes_atomic(damaged, storage.read_bytes(damaged)[:100])
+    (problem,) = data.verify_shards(root)
+    assert (problem.key, problem.path) == (key, damaged)
+    with pytest.raises(data.DatasetError, match=f"shard file {damaged} "):
+        data.read_table(root, ["10"])
+
+
+def test_readers_need_a_dataset_record(tmp_path):
+    with pytest.raises(data.DatasetError, match=r"no dataset at .* \(missing dataset\.json\)"):
+        data.read_images(tmp_path, "0", "train")
+    with pytest.raises(data.DatasetError, match=r"no dataset at"):
+        data.verify_shards(tmp_path)
+    assert data.completed_shards(tmp_path / "nothing") == set()
+
+
 def test_killed_run_leaves_no_complete_looking_shard_and_rerun_completes(
     tiny_dataset_root, tmp_path
 ):
@@ -120,13 +422,24 @@ def test_invalid_dataset_specs_name_the_field(override, message):
         parse_dataset_spec({**TINY_DATASET, **override}, source="test")
 
 
-def test_cli_rejects_bad_spec_before_writing(tmp_path):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"dose_e_per_angstrom2": [30, 60]}, "dose_e_per_angstrom2 must be a single value"),
+        ({"defocus_nm": []}, "dataset.defocus_nm: needs at least one value"),
+        (
+            {"structures": {**TINY_DATASET["structures"], "cell_angstrom": 100000}},
+            "dataset.structures.cell_angstrom: Input should be less than or equal to 2000",
+        ),
+    ],
+    ids=["dose-list", "no-defocus", "huge-cell"],
+)
+def test_cli_rejects_bad_spec_before_writing(tmp_path, override, message):
     spec_file = tmp_path / "bad.yaml"
-    spec_file.write_text(
-        yaml.safe_dump({"dataset": {**TINY_DATASET, "dose_e_per_angstrom2": [30, 60]}})
-    )
+    spec_file.write_text(yaml.safe_dump({"dataset": {**TINY_DATASET, **override}}))
     out = tmp_path / "never"
     proc = run_cli("simulate", spec_file, "--out", out, timeout=120)
     assert proc.returncode == 2
-    assert "dose_e_per_angstrom2 must be a single value" in proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not out.exists()

@@ -1,6 +1,7 @@
 """Tests of the HRTEM simulation (real abTEM multislice at small sizes)."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -14,11 +15,13 @@ from pydantic import ValidationError
 
 from hrtem_ray.simulate import (
     WISDOM_ENV,
+    WORKER_BASE_MIB,
     ImagingCondition,
     SimulationParams,
     apply_dose,
     calibrate_zero_defocus,
     ctf,
+    estimate_worker_memory_bytes,
     exit_waves,
     fourier_crop,
     image_intensity,
@@ -266,8 +269,78 @@ def test_default_mask_area_matches_particle_disc(lattice, radius):
         ({"output_sampling_angstrom": 0.05}, "output_sampling_angstrom"),
         ({"defocus_jitter_nm": -1.0}, "defocus_jitter_nm"),
         ({"energy_kv": 300.0}, "energy_kv"),
+        # non-physical or non-finite values (issue 10: refused before any compute)
+        ({"sampling_angstrom": 0.001}, r"sampling_angstrom\n.*greater than or equal to 0\.01"),
+        ({"energy_kev": float("nan")}, r"energy_kev\n.*finite number"),
+        ({"energy_kev": 1e6}, r"energy_kev\n.*less than or equal to 3000"),
+        ({"n_phonons": 10_000}, r"n_phonons\n.*less than or equal to 256"),
+        ({"focal_spread_angstrom": float("inf")}, r"focal_spread_angstrom\n.*finite number"),
+        (
+            {"calibration_coarse_step_angstrom": 0.1, "calibration_fine_step_angstrom": 0.5},
+            r"need fine <= coarse <= 1000 \* fine",
+        ),
     ],
 )
 def test_invalid_simulation_params_name_the_field(kwargs, field):
     with pytest.raises(ValidationError, match=field):
         SimulationParams(**kwargs)
+
+
+_MEASURE_PEAK = """
+import json, sys
+from hrtem_ray.simulate import ImagingCondition, SimulationParams, simulate_structure
+from hrtem_ray.structures import StructureParams, random_structure
+import abtem, dask, pyarrow, pyfftw  # what a simulation worker has imported
+import hrtem_ray.data
+
+def status_bytes(field):
+    # VmRSS: resident now; VmHWM: peak of this process image. (ru_maxrss would keep the
+    # parent's peak across fork and exec: pytest's own RSS.)
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+structures = StructureParams.model_validate_json(sys.argv[1])
+params = SimulationParams.model_validate_json(sys.argv[2])
+before = status_bytes("VmRSS")
+structure = random_structure(structures, 5)
+simulate_structure(structure, params, [ImagingCondition("0", 0.0, 400.0)], 5)
+print(json.dumps({"before": before, "after": status_bytes("VmHWM")}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("cell_angstrom", "sampling_angstrom", "n_phonons"),
+    [(25.6, 0.2, 1), (51.2, 0.1, 4)],
+    ids=["tiny-128px-grid", "512px-grid-4-phonons"],
+)
+def test_memory_estimate_covers_the_measured_peak(cell_angstrom, sampling_angstrom, n_phonons):
+    """The estimate's simulation part covers the measured peak-RSS increase, within 2x."""
+    structures = StructureParams(
+        cell_angstrom=cell_angstrom,
+        substrate_thickness_angstrom=(20.0, 20.0),
+        radius_angstrom=(8.0, 8.0),
+        n_particles=(1, 1),
+    )
+    params = SimulationParams(
+        sampling_angstrom=sampling_angstrom, n_phonons=n_phonons, output_sampling_angstrom=0.4
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _MEASURE_PEAK,
+            structures.model_dump_json(),
+            params.model_dump_json(),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rss = json.loads(proc.stdout)
+    measured = rss["after"] - rss["before"]
+    estimate = estimate_worker_memory_bytes(structures, params)
+    simulation_part = estimate - WORKER_BASE_MIB * 2**20
+    assert measured <= simulation_part <= 2 * measured, (measured / 2**20, simulation_part / 2**20)
+    # the base covers what the imports cost here (a Ray worker adds about 95 MiB)
+    assert rss["before"] < WORKER_BASE_MIB * 2**20

@@ -1,0 +1,408 @@
+"""Study-spec validation: safe names, impossible specs, the dataset hash, the memory check."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_DATASET, tiny_dataset_spec
+
+from hrtem_ray import config
+from hrtem_ray.config import (
+    SpecError,
+    check_resources,
+    check_safe_name,
+    is_safe_name,
+    load_study_spec,
+    parse_dataset_spec,
+    parse_study_spec,
+)
+from hrtem_ray.simulate import (
+    SIMULATION_FIXED_MIB,
+    WORKER_BASE_MIB,
+    SimulationParams,
+    estimate_worker_memory_bytes,
+)
+from hrtem_ray.structures import StructureParams
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = sorted((REPO / "sweeps").glob("*.yaml"))
+
+STRUCTURE_DATASET = {
+    **TINY_DATASET,
+    "study": "structure",
+    "defocus_nm": -10,
+    "structure_domains": {
+        "CdSe-small": {"lattice": "CdSe", "radius_angstrom": [5, 6]},
+        "Cu-small": {"lattice": "Cu", "radius_angstrom": [5, 6]},
+    },
+}
+
+
+def _study(**sections) -> dict:
+    """A small valid study on the tiny dataset, with sections replaced."""
+    study = {
+        "name": "tiny",
+        "dataset": copy.deepcopy(TINY_DATASET),
+        "pretrain": {"lr": [1e-3], "n_images": [4], "seeds": [0]},
+        "transfer": {"lr": [1e-3], "n_images": [2], "freeze": ["none"]},
+        "training": {"epochs": 1, "batch_size": 2},
+    }
+    study.update(sections)
+    return study
+
+
+def _with(mapping: dict, dotted: str, value) -> dict:
+    """A deep copy of ``mapping`` with the field at a dotted path set to ``value``."""
+    out = copy.deepcopy(mapping)
+    *parents, leaf = dotted.split(".")
+    node = out
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- safe names
+
+
+@pytest.mark.parametrize("name", ["-10", "1e+06", "0.5", "-2.5", "CdSe-small", "laptop", "a_b"])
+def test_safe_names_accept_domain_labels_and_ordinary_names(name):
+    assert check_safe_name(name, "field") == name
+    assert is_safe_name(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "..", "a..b", ".hidden", "_manifest", "a/b", "a\\b", "", " x", "a b", "x=1", "é"]
+    + ["a" * 129, "a\nb"],
+)
+def test_unsafe_names_are_refused_with_the_field(name):
+    assert not is_safe_name(name)
+    with pytest.raises(SpecError, match=r"^report\.study: .*allowed: "):
+        check_safe_name(name, "report.study")
+
+
+def test_numeric_domain_labels_stay_valid():
+    spec = parse_dataset_spec(
+        {**TINY_DATASET, "study": "dose", "defocus_nm": -10, "dose_e_per_angstrom2": [1e6, 30]}
+    )
+    assert spec.domains == ["1e+06", "30"]
+    assert parse_dataset_spec({**TINY_DATASET, "defocus_nm": [-10, -2.5]}).domains == [
+        "-10",
+        "-2.5",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (_study(name="../x"), "name"),
+        (_study(name="../../etc"), "name"),
+        (_study(domains={"pretrain": ["../x"]}), "domains.pretrain"),
+        (_study(domains={"transfer": ["-10", "../x"]}), "domains.transfer"),
+        (_study(domains={"eval": ["../../x"]}), "domains.eval"),
+        (
+            _study(
+                dataset={
+                    **STRUCTURE_DATASET,
+                    "structure_domains": {
+                        "../../../../x": {"lattice": "CdSe", "radius_angstrom": [5, 6]}
+                    },
+                }
+            ),
+            "dataset.structure_domains",
+        ),
+    ],
+)
+def test_path_escaping_names_are_refused_naming_the_field(raw, field):
+    with pytest.raises(SpecError) as info:
+        parse_study_spec(raw, source="test")
+    message = str(info.value)
+    assert f"  {field}: " in message, message
+    assert "../" in message and "allowed" in message
+
+
+def test_structure_domain_key_refused_by_the_dataset_section_alone():
+    bad = {
+        **STRUCTURE_DATASET,
+        "structure_domains": {"../x": STRUCTURE_DATASET["structure_domains"]["Cu-small"]},
+    }
+    with pytest.raises(
+        SpecError, match=r"dataset\.structure_domains: key '\.\./x' contains '\.\.'"
+    ):
+        parse_dataset_spec(bad, source="test")
+
+
+# ------------------------------------------------------------------------- impossible specs
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "structures.cell_angstrom",
+            100000,
+            r"dataset\.structures\.cell_angstrom: .*less than or equal to 2000",
+        ),
+        ("structures.cell_angstrom", float("nan"), r"dataset\.structures\.cell_angstrom: .*finite"),
+        ("defocus_nm", [], r"dataset\.defocus_nm: needs at least one value"),
+        (
+            "defocus_nm",
+            [1e6],
+            r"dataset\.defocus_nm: \[1000000\.0\] outside the allowed range -1000 to 1000 nm",
+        ),
+        (
+            "defocus_nm",
+            [-10, float("nan")],
+            r"dataset\.defocus_nm\.1: Input should be a finite number",
+        ),
+        ("defocus_nm", [float("inf")], r"dataset\.defocus_nm\.0: Input should be a finite number"),
+        (
+            "dose_e_per_angstrom2",
+            0,
+            r"dataset\.dose_e_per_angstrom2: \[0\.0\] outside the allowed range: > 0",
+        ),
+        ("dose_e_per_angstrom2", -5, r"dataset\.dose_e_per_angstrom2: .*outside the allowed range"),
+        ("dose_e_per_angstrom2", 1e12, r"dataset\.dose_e_per_angstrom2: .*<= 1e\+07 e/A\^2"),
+        ("dose_e_per_angstrom2", float("nan"), r"dataset\.dose_e_per_angstrom2: .*finite"),
+        (
+            "simulation.sampling_angstrom",
+            0.001,
+            r"dataset\.simulation\.sampling_angstrom: .*greater than or equal to 0\.01",
+        ),
+        (
+            "simulation.sampling_angstrom",
+            0.0,
+            r"dataset\.simulation\.sampling_angstrom: .*greater than or equal to 0\.01",
+        ),
+        ("simulation.energy_kev", float("inf"), r"dataset\.simulation\.energy_kev: .*finite"),
+        (
+            "simulation.energy_kev",
+            1e6,
+            r"dataset\.simulation\.energy_kev: .*less than or equal to 3000",
+        ),
+        (
+            "simulation.n_phonons",
+            10_000,
+            r"dataset\.simulation\.n_phonons: .*less than or equal to 256",
+        ),
+        (
+            "simulation.focal_spread_angstrom",
+            float("nan"),
+            r"dataset\.simulation\.focal_spread_angstrom: .*finite",
+        ),
+        (
+            "simulation.calibration_coarse_step_angstrom",
+            1e-9,
+            r"calibration_coarse_step_angstrom: .*greater than or equal to 0\.01",
+        ),
+        (
+            "structures.radius_angstrom",
+            [float("nan"), 5],
+            r"dataset\.structures\.radius_angstrom\.0: .*finite",
+        ),
+        (
+            "structures.substrate_thickness_angstrom",
+            [5, 1e6],
+            r"dataset\.structures\.substrate_thickness_angstrom: need 0 < low <= high <= 1000",
+        ),
+        (
+            "structures.n_particles",
+            [1, 10**6],
+            r"dataset\.structures\.n_particles: need 1 <= low <= high <= 1000",
+        ),
+        (
+            "structures.max_stacking_faults",
+            50,
+            r"dataset\.structures\.max_stacking_faults: .*less than or equal to 4",
+        ),
+        ("n_structures.train", 0, r"dataset\.n_structures\.train: .*greater than or equal to 1"),
+        ("seed", -1, r"dataset\.seed: .*greater than or equal to 0"),
+    ],
+)
+def test_impossible_dataset_specs_fail_naming_field_and_range(field, value, message):
+    with pytest.raises(SpecError, match=message):
+        parse_dataset_spec(_with(TINY_DATASET, field, value), source="test")
+
+
+def test_grid_too_large_for_any_machine_is_refused():
+    # 2000 A at 0.1 A: 20000 points per side (one wave 3 GiB)
+    raw = _with(
+        _with(TINY_DATASET, "structures.cell_angstrom", 2000), "simulation.sampling_angstrom", 0.1
+    )
+    with pytest.raises(SpecError, match=r"multislice grid of 20000 points per side; at most 16384"):
+        parse_dataset_spec(raw, source="test")
+
+
+def test_tiny_output_images_are_refused():
+    raw = _with(TINY_DATASET, "simulation.output_sampling_angstrom", 5.0)
+    with pytest.raises(
+        SpecError, match=r"output_sampling_angstrom: 25\.6 / 5 A gives images of 5 px; at least 16"
+    ):
+        parse_dataset_spec(raw, source="test")
+
+
+def test_structure_domain_radius_must_fit_the_cell():
+    raw = copy.deepcopy(STRUCTURE_DATASET)
+    raw["structure_domains"]["Cu-small"]["radius_angstrom"] = [5, 20]
+    with pytest.raises(
+        SpecError, match=r"dataset\.structure_domains\.Cu-small: radius_angstrom .* does not fit"
+    ):
+        parse_dataset_spec(raw, source="test")
+    raw["structure_domains"]["Cu-small"]["radius_angstrom"] = [6, 5]
+    with pytest.raises(
+        SpecError,
+        match=r"dataset\.structure_domains\.Cu-small\.radius_angstrom: need 0 < low <= high",
+    ):
+        parse_dataset_spec(raw, source="test")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            _study(
+                dataset={
+                    **TINY_DATASET,
+                    "study": "dose",
+                    "defocus_nm": -10,
+                    "dose_e_per_angstrom2": [],
+                }
+            ),
+            r"dataset\.dose_e_per_angstrom2: needs at least one value",
+        ),
+        (
+            _study(dataset={**STRUCTURE_DATASET, "structure_domains": {}}),
+            r"study 'structure' needs structure_domains",
+        ),
+        (_study(domains={"pretrain": []}), r"domains\.pretrain: needs at least one domain"),
+        (_study(domains={"eval": []}), r"domains\.eval: needs at least one domain"),
+        (
+            _study(pretrain={"lr": [], "n_images": [4], "seeds": [0]}),
+            r"pretrain\.lr: List should have at least 1 item",
+        ),
+        (
+            _study(pretrain={"lr": [1e-3], "n_images": [0], "seeds": [0]}),
+            r"pretrain\.n_images\.0: .*greater than or equal to 1",
+        ),
+        (
+            _study(transfer={"lr": [1e-3], "n_images": [2], "freeze": []}),
+            r"transfer\.freeze: List should have at least 1 item",
+        ),
+        (
+            _study(pretrain={"lr": [float("nan")], "n_images": [4], "seeds": [0]}),
+            r"pretrain\.lr\.0: Input should be a finite number",
+        ),
+        (
+            _study(training={"epochs": 1, "lr_decay": float("nan")}),
+            r"training\.lr_decay: Input should be a finite number",
+        ),
+        (
+            _study(resources={"cpu": float("inf")}),
+            r"resources\.cpu: Input should be a finite number",
+        ),
+        (
+            _study(baseline={"mixtures": [[0, 2]], "lr": [1e-3], "seeds": [0]}),
+            r"baseline\.mixtures\.0\.0: .*greater than or equal to 1",
+        ),
+        (
+            _study(
+                dataset=_with(
+                    _with(TINY_DATASET, "structures.cell_angstrom", 24.0),
+                    "structures.radius_angstrom",
+                    [5, 6],
+                )
+            ),
+            r"images of 60 px; the U-Net needs a multiple of 32 px \(e\.g\. 64\)",
+        ),
+    ],
+)
+def test_impossible_study_specs_fail_naming_the_field(raw, message):
+    with pytest.raises(SpecError, match=message):
+        parse_study_spec(raw, source="test")
+
+
+def test_a_simulation_only_spec_may_have_any_image_size():
+    raw = _with(
+        _with(TINY_DATASET, "structures.cell_angstrom", 24.0), "structures.radius_angstrom", [5, 6]
+    )
+    assert parse_dataset_spec(raw).domains == ["-10", "0", "10"]
+
+
+# ------------------------------------------------------------------------------ memory check
+
+
+def test_memory_estimate_grows_with_grid_and_phonons():
+    small = StructureParams(cell_angstrom=25.6, radius_angstrom=(5, 6))
+    large = StructureParams(cell_angstrom=51.2, radius_angstrom=(5, 6))
+    coarse = SimulationParams(sampling_angstrom=0.2, output_sampling_angstrom=0.4, n_phonons=2)
+    fine = coarse.model_copy(update={"sampling_angstrom": 0.1})
+    more = coarse.model_copy(update={"n_phonons": 8})
+    base = estimate_worker_memory_bytes(small, coarse)
+    assert base < estimate_worker_memory_bytes(large, coarse)
+    assert base < estimate_worker_memory_bytes(small, fine)
+    assert base < estimate_worker_memory_bytes(small, more)
+    # a 4x larger grid adds 4x the grid-dependent memory
+    fixed = (WORKER_BASE_MIB + SIMULATION_FIXED_MIB) * 2**20
+    assert estimate_worker_memory_bytes(large, coarse) - fixed == 4 * (base - fixed)
+
+
+def test_check_resources_refuses_a_worker_larger_than_the_memory():
+    paper = load_study_spec(REPO / "sweeps" / "defocus_paper.yaml")
+    estimate = check_resources(paper, memory_bytes=64 * 2**30)
+    assert 1.0 * 2**30 < estimate < 1.2 * 2**30  # 425 MiB of grids above the worker's 680 MiB
+    with pytest.raises(
+        SpecError, match=r"needs an estimated 1\.1 GiB, more than this machine's 1\.0 GiB"
+    ):
+        check_resources(paper, memory_bytes=2**30)
+    with pytest.raises(
+        SpecError,
+        match=r"cell_angstrom 128, dataset\.simulation\.sampling_angstrom 0\.1, dataset\.simulation\.n_phonons 8",
+    ):
+        check_resources(paper.dataset, memory_bytes=2**30)
+
+
+def test_check_resources_uses_this_machines_memory():
+    machine = config.machine_memory_bytes()
+    assert machine > 2**30
+    assert check_resources(tiny_dataset_spec()) < machine
+    # 16000^2 points x 256 phonons: about 1.5 TiB, beyond any single machine here
+    huge = _with(TINY_DATASET, "structures.cell_angstrom", 1600)
+    huge = _with(_with(huge, "simulation.sampling_angstrom", 0.1), "simulation.n_phonons", 256)
+    spec = parse_dataset_spec(huge)
+    assert estimate_worker_memory_bytes(spec.structures, spec.simulation) > machine
+    with pytest.raises(SpecError, match=rf"more than this machine's {machine / 2**30:.1f} GiB"):
+        check_resources(spec)
+
+
+# ------------------------------------------------------------------------------ dataset hash
+
+
+def test_dataset_hash_is_pinned():
+    """A change of this hash means every existing dataset is re-simulated: make it on purpose
+    (raise GENERATOR_VERSION when the images a seed gives change) and update the literal."""
+    assert config.GENERATOR_VERSION == 1
+    assert tiny_dataset_spec().content_hash() == "5ee49bc0d9e49bc2"
+
+
+def test_dataset_hash_covers_shards_and_generator_but_not_path(monkeypatch):
+    spec = tiny_dataset_spec()
+    assert tiny_dataset_spec(structures_per_shard=2).content_hash() != spec.content_hash()
+    assert tiny_dataset_spec(path="/elsewhere").content_hash() == spec.content_hash()
+    assert tiny_dataset_spec(dose_e_per_angstrom2=300).content_hash() != spec.content_hash()
+    before = spec.content_hash()
+    monkeypatch.setattr(config, "GENERATOR_VERSION", 2)
+    assert spec.content_hash() != before
+    assert spec.hash_payload()["generator_version"] == 2
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_presets_validate_and_fit_a_64_gib_worker(preset):
+    spec = load_study_spec(preset)
+    assert check_resources(spec, memory_bytes=64 * 2**30) > 0
+    assert not math.isnan(spec.dataset.simulation.sampling_angstrom)
+    assert yaml.safe_load(preset.read_text())["name"] == spec.name
