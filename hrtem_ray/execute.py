@@ -10,6 +10,7 @@ Ray Tune trial; the benchmark calls it directly.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -90,25 +91,83 @@ def _node_id() -> str:
     return os.uname().nodename
 
 
-def _load_parent(root: str, parent_id: str) -> tuple[torch.nn.Module, dict]:
+class ParentCheckpointError(RuntimeError):
+    """A transfer trial's parent checkpoint is missing, incomplete or cannot be loaded.
+
+    The parent's result has been quarantined, so the next sweep trains the parent
+    again and then this trial.
+    """
+
+
+def _invalid_parent(
+    root: str, parent_id: str, problem: str, child_id: str
+) -> ParentCheckpointError:
+    """Invalidate a parent whose checkpoint is unusable; the error for the child to raise."""
+    moved = results.invalidate_result(
+        root, parent_id, f"{problem} (found by transfer trial {child_id})"
+    )
+    action = (
+        "its result was quarantined: rerun the sweep to train it again, then its children"
+        if moved
+        else "rerun the sweep to train it again, then its children"
+    )
+    return ParentCheckpointError(f"{problem}; parent {parent_id}: {action}")
+
+
+def _load_parent(root: str, parent_id: str, child_id: str = "?") -> tuple[torch.nn.Module, dict]:
+    """Load a parent's checkpoint, or invalidate the parent if the checkpoint is unusable.
+
+    Raises
+    ------
+    ParentCheckpointError
+        If the checkpoint is missing or incomplete (:func:`results.checkpoint_problem`),
+        or fails to load and a full check of its files confirms the damage.
+    """
+    problem = results.checkpoint_problem(root, parent_id)
+    if problem is not None:
+        raise _invalid_parent(root, parent_id, problem, child_id)
     location = results.checkpoint_path(root, parent_id)
-    if not storage.exists(storage.join(location, "metadata.json")):
-        raise FileNotFoundError(f"parent checkpoint {location} is missing or incomplete")
-    with tempfile.TemporaryDirectory(prefix="hrtem-ckpt-") as tmp:
-        storage.download_dir(location, tmp)
-        return load_checkpoint(tmp)
+    try:
+        with tempfile.TemporaryDirectory(prefix="hrtem-ckpt-") as tmp:
+            storage.download_dir(location, tmp)
+            return load_checkpoint(tmp)
+    except Exception as exc:
+        # a transient read error is not damage: invalidate only what a full check confirms
+        problem = results.checkpoint_problem(root, parent_id, deep=True)
+        if problem is None:
+            raise
+        raise _invalid_parent(root, parent_id, problem, child_id) from exc
+
+
+def _file_listing(folder: Path) -> dict[str, dict]:
+    """Size and SHA-256 of every file below ``folder`` (relative POSIX path -> record)."""
+    listing = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        listing[path.relative_to(folder).as_posix()] = {
+            "bytes": path.stat().st_size,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        }
+    return listing
 
 
 def _store_checkpoint(root: str, model_id: str, model, optimizer, metadata: dict) -> None:
-    """Store a checkpoint so that readers never see it half written: metadata.json goes last."""
+    """Store a checkpoint so that readers never see it half written: metadata.json goes last.
+
+    ``metadata.json`` lists every other file with its size and SHA-256 (``files``), so
+    that a missing, truncated or altered file is found without loading the model
+    (:func:`hrtem_ray.results.checkpoint_problem`).
+    """
     target = results.checkpoint_path(root, model_id)
     with tempfile.TemporaryDirectory(prefix="hrtem-ckpt-") as tmp:
-        save_checkpoint(Path(tmp) / "ckpt", model, optimizer, metadata)
-        meta = (Path(tmp) / "ckpt" / "metadata.json").read_bytes()
-        (Path(tmp) / "ckpt" / "metadata.json").unlink()
+        folder = Path(tmp) / "ckpt"
+        save_checkpoint(folder, model, optimizer, metadata)
+        meta = json.loads((folder / "metadata.json").read_text())
+        (folder / "metadata.json").unlink()
+        meta["files"] = _file_listing(folder)
         storage.remove(storage.join(target, "metadata.json"))
-        storage.upload_dir(Path(tmp) / "ckpt", target)
-        storage.write_bytes_atomic(storage.join(target, "metadata.json"), meta)
+        storage.upload_dir(folder, target)
+        text = json.dumps(meta, indent=2, sort_keys=True, default=str)
+        storage.write_bytes_atomic(storage.join(target, "metadata.json"), text.encode())
 
 
 def execute_trial(
@@ -127,12 +186,15 @@ def execute_trial(
     ------
     hrtem_ray.train.NonFiniteLossError
         If the loss becomes NaN or infinite (nothing is written).
+    ParentCheckpointError
+        If a transfer trial's parent checkpoint is unusable (the parent's result is
+        then quarantined, so that the next sweep trains the parent again first).
     """
     started_at = time.time()
     train_images, train_masks = training_set(trial, data_root)
     val_sets = validation_sets(spec, trial, data_root)
     if trial.phase == "transfer":
-        model, _ = _load_parent(root, str(trial.parent_id))
+        model, _ = _load_parent(root, str(trial.parent_id), trial.model_id)
     else:
         model = build_model(spec.model, seed=trial.seed)
     initial_digest = state_digest(model)
@@ -194,6 +256,7 @@ def execute_trial(
 
 
 __all__ = [
+    "ParentCheckpointError",
     "TrialOutcome",
     "execute_trial",
     "state_digest",

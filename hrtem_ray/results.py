@@ -6,18 +6,38 @@ Layout under a study's storage root (a directory or a URI)::
     history/<model_id>.parquet             per-epoch train / validation loss of the stage
     checkpoints/<model_id>/                model state of the best epoch (pretrain models)
     failures/<model_id>.json               a trial that failed for good, with its error
+    quarantine/<relative path>             damaged files moved aside, each with a
+                                           ``<name>.quarantine.json`` note (reason, time)
 
 Every file is keyed by the stable ``model_id`` and written atomically, so a
 trial that runs twice (at-least-once delivery after a crash) overwrites its own
 rows instead of duplicating them.
+
+Validity
+--------
+A model is *done* (:func:`finished_ids`) only when its result file is a valid
+Parquet file: its footer reads, it has rows, the contract's columns with the
+right types, and its ``model_id`` statistics name the file's own model. Only the
+footer is read (a few kB per file, see :func:`result_problem`): files are written
+atomically, so damage shows as a footer that does not parse. Files found valid
+are remembered per process by (path, size, modification time), so the repeated
+calls of one sweep read each footer once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as _dt
+import hashlib
+import json
+import posixpath
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from hrtem_ray import __version__, storage
@@ -27,6 +47,8 @@ RESULTS_DIR = "results"
 HISTORY_DIR = "history"
 CHECKPOINT_DIR = "checkpoints"
 FAILURES_DIR = "failures"
+QUARANTINE_DIR = "quarantine"
+QUARANTINE_NOTE_SUFFIX = ".quarantine.json"
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -134,48 +156,465 @@ def write_history(root: str, model_id: str, history: list[dict], metadata: dict)
     storage.write_parquet_atomic(table, history_path(root, model_id))
 
 
+# ---------------------------------------------------------------------------------------------
+# validity of result and history files (footer only)
+
+# The columns of the results contract (../shared/results_schema.md); the extra columns of
+# RESULT_SCHEMA are optional.
+RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names[:21])
+HISTORY_COLUMNS: tuple[str, ...] = ("model_id", "epoch", "train_loss", "val_loss")
+
+# Remote footers are read by this many threads at once (each read is a round trip or two).
+_REMOTE_THREADS = 16
+# Files found valid, keyed by (uri, size, mtime): the footer of each is read once per process.
+_VALID: set[tuple[str, int, int]] = set()
+_VALID_LIMIT = 1_000_000
+
+
+class DamagedFileWarning(UserWarning):
+    """A result or history file could not be read and was skipped."""
+
+
+@dataclass(frozen=True)
+class ParquetFile:
+    """A Parquet file found by a listing.
+
+    Attributes
+    ----------
+    uri
+        Its location (a path or URI under the study root).
+    model_id
+        The model the file belongs to (its name without ``.parquet``).
+    info
+        The listing's :class:`pyarrow.fs.FileInfo` (size, modification time).
+    """
+
+    uri: str
+    model_id: str
+    info: pafs.FileInfo
+
+
+@dataclass(frozen=True)
+class DamagedFile:
+    """A file that is not what it should be, and why."""
+
+    uri: str
+    model_id: str
+    reason: str
+
+
+def _kind_of(dtype: pa.DataType) -> str:
+    """A coarse type class, so that ``string`` and ``large_string`` compare equal."""
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return "string"
+    if pa.types.is_integer(dtype):
+        return "integer"
+    if pa.types.is_floating(dtype):
+        return "float"
+    if pa.types.is_null(dtype):
+        return "null"
+    return str(dtype)
+
+
+_RESULT_KINDS = {name: _kind_of(RESULT_SCHEMA.field(name).type) for name in RESULT_COLUMNS}
+
+
+def schema_problem(
+    schema: pa.Schema, num_rows: int, required: Mapping[str, str] | Iterable[str]
+) -> str | None:
+    """Why a table with ``schema`` and ``num_rows`` rows is not acceptable, or None.
+
+    Parameters
+    ----------
+    schema
+        The table's Arrow schema.
+    num_rows
+        Its row count (zero rows is a problem).
+    required
+        Column names, or a mapping of column name -> type class (see ``_kind_of``);
+        an all-null column (``null`` type) passes any type class.
+    """
+    if num_rows <= 0:
+        return "it has no rows"
+    names = set(schema.names)
+    missing = [c for c in required if c not in names]
+    if missing:
+        return f"missing column(s) {', '.join(missing)}"
+    if isinstance(required, Mapping):
+        wrong = [
+            f"{c} is {schema.field(c).type}"
+            for c, kind in required.items()
+            if _kind_of(schema.field(c).type) not in (kind, "null")
+        ]
+        if wrong:
+            return f"wrong column type(s): {', '.join(wrong)}"
+    return None
+
+
+def _stats_model_ids(meta: pq.FileMetaData) -> set[str] | None:
+    """The ``model_id`` values named by the row-group statistics (None when unknown)."""
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if "model_id" not in names:
+        return None
+    column = names.index("model_id")
+    values: set[str] = set()
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        values |= {stats.min, stats.max}
+    return values
+
+
+def _footer_problem(
+    fs: pafs.FileSystem, entry: ParquetFile, required: Mapping[str, str] | Iterable[str]
+) -> str | None:
+    """Read one file's footer and say what is wrong with it, or None."""
+    key = (entry.uri, entry.info.size, entry.info.mtime_ns or 0)
+    if key in _VALID:
+        return None
+    # pyarrow's open_input_file takes a path string only (a FileInfo raises TypeError)
+    source = entry.info.path
+    try:
+        with fs.open_input_file(source) as handle:
+            meta = pq.ParquetFile(handle).metadata
+            schema = meta.schema.to_arrow_schema()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return f"unreadable Parquet ({type(exc).__name__}: {exc})"
+    problem = schema_problem(schema, meta.num_rows, required)
+    if problem is None:
+        ids = _stats_model_ids(meta)
+        if ids is not None and ids != {entry.model_id}:
+            problem = f"it holds model_id {sorted(ids)}, not {entry.model_id}"
+    if problem is None:
+        if len(_VALID) > _VALID_LIMIT:
+            _VALID.clear()
+        _VALID.add(key)
+    return problem
+
+
+def list_parquet(folder: str) -> list[ParquetFile]:
+    """The ``*.parquet`` files directly in ``folder`` (none if it does not exist), by name."""
+    loc = storage.resolve(folder)
+    selector = pafs.FileSelector(loc.path, allow_not_found=True, recursive=False)
+    found = []
+    for info in loc.fs.get_file_info(selector):
+        name = posixpath.basename(info.path)
+        if info.type == pafs.FileType.File and name.endswith(".parquet"):
+            if not name.startswith("."):
+                found.append(
+                    ParquetFile(storage.join(folder, name), name.removesuffix(".parquet"), info)
+                )
+    return sorted(found, key=lambda f: f.uri)
+
+
+def _map_files(loc: storage.StorageLocation, fn: Callable, files: list[ParquetFile]) -> list:
+    """``[fn(f) for f in files]``; on remote storage in a thread pool (requests overlap)."""
+    if loc.is_local or len(files) == 1:
+        return [fn(f) for f in files]
+    with ThreadPoolExecutor(min(_REMOTE_THREADS, len(files))) as pool:
+        return list(pool.map(fn, files))
+
+
+def check_parquet_files(
+    files: list[ParquetFile], required: Mapping[str, str] | Iterable[str]
+) -> tuple[list[ParquetFile], list[DamagedFile]]:
+    """Split ``files`` into valid ones and damaged ones by reading their footers.
+
+    Remote footers are read by a thread pool; local ones in this thread.
+    """
+    if not files:
+        return [], []
+    loc = storage.resolve(files[0].uri)
+    problems = _map_files(loc, lambda entry: _footer_problem(loc.fs, entry, required), files)
+    valid = [f for f, p in zip(files, problems, strict=True) if p is None]
+    damaged = [DamagedFile(f.uri, f.model_id, p) for f, p in zip(files, problems, strict=True) if p]
+    return valid, damaged
+
+
+def scan_results(root: str) -> tuple[dict[str, str], list[DamagedFile]]:
+    """Valid result files (model id -> path) and damaged ones, reading footers only."""
+    files = [f for phase in PHASES for f in list_parquet(storage.join(root, RESULTS_DIR, phase))]
+    valid, damaged = check_parquet_files(files, _RESULT_KINDS)
+    return {f.model_id: f.uri for f in valid}, damaged
+
+
+def scan_histories(root: str) -> tuple[dict[str, str], list[DamagedFile]]:
+    """Valid history files (model id -> path) and damaged ones, reading footers only."""
+    files = list_parquet(storage.join(root, HISTORY_DIR))
+    valid, damaged = check_parquet_files(files, HISTORY_COLUMNS)
+    return {f.model_id: f.uri for f in valid}, damaged
+
+
+def result_problem(uri: str) -> str | None:
+    """Why the result file at ``uri`` is not valid (missing, unreadable, ...), or None."""
+    return _single_problem(uri, _RESULT_KINDS)
+
+
+def history_problem(uri: str) -> str | None:
+    """Why the history file at ``uri`` is not valid, or None."""
+    return _single_problem(uri, HISTORY_COLUMNS)
+
+
+def _single_problem(uri: str, required: Mapping[str, str] | Iterable[str]) -> str | None:
+    loc = storage.resolve(uri)
+    info = loc.fs.get_file_info(loc.path)
+    if info.type != pafs.FileType.File:
+        return "it does not exist"
+    name = posixpath.basename(loc.path).removesuffix(".parquet")
+    return _footer_problem(loc.fs, ParquetFile(uri, name, info), required)
+
+
 def finished_ids(root: str) -> set[str]:
-    """Model ids whose results are written (the trial is done)."""
-    done = set()
-    for phase in PHASES:
-        folder = storage.join(root, RESULTS_DIR, phase)
-        if storage.exists(folder):
-            done |= {
-                n.removesuffix(".parquet")
-                for n in storage.listdir(folder)
-                if n.endswith(".parquet")
-            }
-    return done
+    """Model ids whose result file is valid (the trial is done).
+
+    A damaged result file does not count (see :func:`scan_results`); the sweep moves
+    it to ``quarantine/`` before it starts (:func:`hrtem_ray.check.heal_before_sweep`).
+    """
+    return set(scan_results(root)[0])
 
 
-def _read_folder(root: str, folders: list[str]) -> pl.DataFrame:
-    files = []
-    for folder in folders:
-        path = storage.join(root, folder)
-        if storage.exists(path):
-            files += [
-                storage.join(path, n)
-                for n in sorted(storage.listdir(path))
-                if n.endswith(".parquet")
-            ]
+# ---------------------------------------------------------------------------------------------
+# reading tables
+
+
+def _read_one(
+    fs: pafs.FileSystem, entry: ParquetFile, required: Mapping[str, str] | Iterable[str]
+) -> tuple[pa.Table | None, str | None]:
+    """One file's table, or None and why it cannot be used."""
+    try:
+        table = pq.read_table(storage.resolve(entry.uri).path, filesystem=fs)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return None, f"unreadable Parquet ({type(exc).__name__}: {exc})"
+    problem = schema_problem(table.schema, table.num_rows, required)
+    if problem is None and "model_id" in table.schema.names:
+        ids = set(table["model_id"].unique().to_pylist())
+        if ids != {entry.model_id}:
+            problem = f"it holds model_id {sorted(map(str, ids))}, not {entry.model_id}"
+    return (None, problem) if problem else (table, None)
+
+
+def _read_folder(
+    root: str, folders: list[str], required: Mapping[str, str] | Iterable[str] = ()
+) -> pl.DataFrame:
+    """Concatenate the Parquet files of ``folders``, skipping (with a warning) unusable ones.
+
+    Remote files are read by a thread pool, local ones in this thread.
+    """
+    files = [f for folder in folders for f in list_parquet(storage.join(root, folder))]
     if not files:
         return pl.DataFrame()
-    fs = storage.resolve(root).fs
-    tables = [pq.read_table(storage.resolve(f).path, filesystem=fs) for f in files]
+    loc = storage.resolve(root)
+    outcomes = _map_files(loc, lambda entry: _read_one(loc.fs, entry, required), files)
+    tables = []
+    for entry, (table, problem) in zip(files, outcomes, strict=True):
+        if problem is not None:
+            warnings.warn(
+                f"skipping damaged file {entry.uri}: {problem} "
+                f"(`hrtem-ray check {root} --repair` quarantines it; the next sweep retrains it)",
+                DamagedFileWarning,
+                stacklevel=3,
+            )
+        else:
+            tables.append(table)
+    if not tables:
+        return pl.DataFrame()
     return pl.from_arrow(pa.concat_tables(tables, promote_options="default"))
 
 
 def read_results(root: str) -> pl.DataFrame:
-    """The study's results table (empty with the schema's columns if nothing is done yet)."""
-    frame = _read_folder(root, [f"{RESULTS_DIR}/{p}" for p in PHASES])
+    """The study's results table (empty with the schema's columns if nothing is done yet).
+
+    Files that cannot be read, or lack the contract's columns, are skipped with a
+    :class:`DamagedFileWarning` naming them.
+    """
+    frame = _read_folder(root, [f"{RESULTS_DIR}/{p}" for p in PHASES], _RESULT_KINDS)
     if frame.is_empty():
         return pl.from_arrow(RESULT_SCHEMA.empty_table())
     return frame
 
 
 def read_history(root: str) -> pl.DataFrame:
-    """Per-epoch histories of every finished trial."""
-    return _read_folder(root, [HISTORY_DIR])
+    """Per-epoch histories of every finished trial (damaged files skipped with a warning)."""
+    return _read_folder(root, [HISTORY_DIR], HISTORY_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def checkpoint_files(root: str, model_id: str) -> dict[str, int]:
+    """Files of a stored checkpoint (path relative to it -> bytes); empty when there is none."""
+    loc = storage.resolve(checkpoint_path(root, model_id))
+    selector = pafs.FileSelector(loc.path, allow_not_found=True, recursive=True)
+    prefix = loc.path.rstrip("/") + "/"
+    return {
+        info.path[len(prefix) :]: info.size
+        for info in loc.fs.get_file_info(selector)
+        if info.type == pafs.FileType.File
+    }
+
+
+def file_digest(uri: str) -> str:
+    """SHA-256 of a stored file, streamed."""
+    loc = storage.resolve(uri)
+    digest = hashlib.sha256()
+    with loc.fs.open_input_stream(loc.path) as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_problem(root: str, model_id: str, deep: bool = False) -> str | None:
+    """Why a model's stored checkpoint cannot be used, or None when it is complete.
+
+    Parameters
+    ----------
+    root
+        The study's storage root.
+    model_id
+        The model whose checkpoint (``checkpoints/<model_id>/``) is checked.
+    deep
+        Also read every file: compare SHA-256 digests with those in ``metadata.json``,
+        or, for a checkpoint written without them, load it with torch.
+
+    Notes
+    -----
+    Without ``deep`` only a listing and ``metadata.json`` are read: the checkpoint must
+    have ``metadata.json`` (written last) and every file it lists with the listed size
+    (checkpoints written before the listing existed: a non-empty ``model.pt``).
+    """
+    location = checkpoint_path(root, model_id)
+    files = checkpoint_files(root, model_id)
+    if not files:
+        return f"checkpoint {location} is missing"
+    if "metadata.json" not in files:
+        return f"checkpoint {location} is incomplete (no metadata.json)"
+    try:
+        meta = storage.read_json(storage.join(location, "metadata.json"))
+        listed = dict(meta.get("files") or {"model.pt": {}})
+    except Exception as exc:  # noqa: BLE001 - unparsable metadata
+        return f"checkpoint {location} has an unreadable metadata.json ({exc})"
+    for name, expected in listed.items():
+        if name not in files:
+            return f"checkpoint {location} is incomplete ({name} is missing)"
+        size = expected.get("bytes")
+        if (size is not None and files[name] != size) or files[name] == 0:
+            return f"checkpoint {location} is damaged ({name} has {files[name]} bytes, expected {size})"
+    if deep:
+        return _deep_checkpoint_problem(location, meta, listed)
+    return None
+
+
+def _deep_checkpoint_problem(location: str, meta: dict, listed: dict) -> str | None:
+    """Digests of every listed file, or (no digests stored) a trial load with torch."""
+    if all("sha256" in v for v in listed.values()):
+        for name, expected in listed.items():
+            if file_digest(storage.join(location, name)) != expected["sha256"]:
+                return f"checkpoint {location} is damaged ({name} does not match its digest)"
+        return None
+    import tempfile
+
+    from hrtem_ray.train import load_checkpoint
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="hrtem-ckpt-check-") as tmp:
+            storage.download_dir(location, tmp)
+            load_checkpoint(tmp)
+    except Exception as exc:  # noqa: BLE001 - any load error: unusable
+        return f"checkpoint {location} cannot be loaded ({type(exc).__name__}: {exc})"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# quarantine
+
+
+def _relative(root: str, uri: str) -> str:
+    """``uri``'s path relative to ``root`` (both under the same storage)."""
+    base = storage.resolve(root).path.rstrip("/")
+    path = storage.resolve(uri).path
+    if not path.startswith(base + "/"):
+        raise ValueError(f"{uri} is not under {root}")
+    return path[len(base) + 1 :]
+
+
+def _move(fs: pafs.FileSystem, src: str, dst: str) -> None:
+    """Move a file or a folder onto ``dst`` (replacing what is there) on one filesystem."""
+    kind = fs.get_file_info(dst).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(dst)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(dst)
+    fs.create_dir(posixpath.dirname(dst), recursive=True)
+    is_dir = fs.get_file_info(src).type == pafs.FileType.Directory
+    if is_dir and not isinstance(fs, pafs.LocalFileSystem):
+        # object stores move files, not folders
+        for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+            if info.type == pafs.FileType.File:
+                fs.move(info.path, dst + info.path[len(src) :])
+        fs.delete_dir(src)
+    else:
+        fs.move(src, dst)
+
+
+def quarantine(root: str, uri: str, reason: str) -> str | None:
+    """Move a damaged file or folder to ``<root>/quarantine/<its relative path>``.
+
+    A note ``<that path>.quarantine.json`` records where it came from, why and when.
+    A file that is already gone (moved by another process) is not an error.
+
+    Returns
+    -------
+    str or None
+        The new location, or None when there was nothing to move.
+    """
+    loc = storage.resolve(uri)
+    if loc.fs.get_file_info(loc.path).type == pafs.FileType.NotFound:
+        return None
+    target = storage.join(root, QUARANTINE_DIR, _relative(root, uri))
+    try:
+        _move(loc.fs, loc.path, storage.resolve(target).path)
+    except FileNotFoundError:
+        return None
+    note = {
+        "path": uri,
+        "moved_to": target,
+        "reason": reason,
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    storage.write_json_atomic(target.rstrip("/") + QUARANTINE_NOTE_SUFFIX, note)
+    _VALID.difference_update({k for k in _VALID if k[0] == uri})
+    return target
+
+
+def invalidate_result(root: str, model_id: str, reason: str) -> list[str]:
+    """Quarantine a model's result file(s), so that the next sweep trains it again.
+
+    Returns
+    -------
+    list of str
+        The quarantined locations (empty when the model had no result file).
+    """
+    moved = []
+    for phase in PHASES:
+        uri = storage.join(root, RESULTS_DIR, phase, f"{model_id}.parquet")
+        target = quarantine(root, uri, reason)
+        if target is not None:
+            moved.append(target)
+    return moved
+
+
+def read_quarantine_notes(root: str) -> list[dict]:
+    """The notes of everything quarantined under ``root`` (oldest first)."""
+    loc = storage.resolve(storage.join(root, QUARANTINE_DIR))
+    selector = pafs.FileSelector(loc.path, allow_not_found=True, recursive=True)
+    notes = []
+    for info in loc.fs.get_file_info(selector):
+        if info.type == pafs.FileType.File and info.path.endswith(QUARANTINE_NOTE_SUFFIX):
+            with loc.fs.open_input_stream(info.path) as fh:
+                notes.append(json.loads(fh.read()))
+    return sorted(notes, key=lambda n: n.get("time", ""))
 
 
 def write_failure(
