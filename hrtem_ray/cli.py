@@ -7,7 +7,35 @@ import sys
 from collections.abc import Sequence
 
 from hrtem_ray import __version__
+from hrtem_ray import slurm as slurm_options
 from hrtem_ray.config import SpecError
+
+# Exit codes (documented in ``--help`` and the README's "Exit codes" table).
+EXIT_OK = 0
+"""Every planned shard and model is done (``report``: the report is written)."""
+EXIT_ERROR = 1
+"""An unexpected error (a bug, or an infrastructure failure): a traceback is printed."""
+EXIT_BAD_INPUT = 2
+"""Bad input or refused before Ray starts: spec error, dataset mismatch, lock held,
+unusable output path, nothing to report; one ``error: ...`` line, no traceback."""
+EXIT_FAILED = 3
+"""The run ended, but some trials failed for good (the failure table is printed)."""
+EXIT_PROBLEMS = 4
+"""``check`` found damaged or stray files (``--repair`` quarantines them)."""
+EXIT_INTERRUPTED = 130
+"""Interrupted by SIGINT (Ctrl-C) or SIGTERM; rerun the same command to resume."""
+
+EXIT_CODES_HELP = f"""\
+exit codes:
+  {EXIT_OK}    done: every planned shard and model is done (report: written)
+  {EXIT_ERROR}    unexpected error (traceback printed)
+  {EXIT_BAD_INPUT}    bad input, refused before Ray starts: spec error, dataset mismatch,
+       study lock held, unusable output path, nothing to report
+  {EXIT_FAILED}    trials failed for good (failure table printed; `run` writes a report
+       marked "partial")
+  {EXIT_PROBLEMS}    check: damaged or stray files found (--repair quarantines them)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C / SIGTERM): rerun the same command to resume
+"""
 
 
 def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -21,19 +49,35 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _subparser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` ends with the exit codes."""
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hrtem-ray", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hrtem-ray",
+        description=__doc__,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"hrtem-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sim = sub.add_parser("simulate", help="simulate a study's dataset into Parquet shards")
+    sim = _subparser(sub, "simulate", "simulate a study's dataset into Parquet shards")
     sim.add_argument("spec", help="study spec YAML (only its 'dataset' section is read)")
     sim.add_argument(
         "--out", default=None, help="dataset directory or URI (default: <storage>/data)"
     )
     _add_cluster_args(sim)
 
-    sweep = sub.add_parser("sweep", help="run a study's pretrain / transfer / baseline trials")
+    sweep = _subparser(sub, "sweep", "run a study's pretrain / transfer / baseline trials")
     sweep.add_argument("spec")
     sweep.add_argument(
         "--out", default=None, help="study output directory or URI (default: storage)"
@@ -49,29 +93,53 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_cluster_args(sweep)
 
-    run = sub.add_parser("run", help="simulate + sweep + analyse + report in one go")
+    run = _subparser(sub, "run", "simulate + sweep + analyse + report in one go")
     run.add_argument("spec")
     run.add_argument("--out", default=None, help="study output directory or URI (default: storage)")
     run.add_argument("--num-gpus", type=int, default=None)
+    run.add_argument(
+        "--all-results",
+        action="store_true",
+        help="report rows of other configurations in results/ too (default: current spec only)",
+    )
     _add_cluster_args(run)
 
-    rep = sub.add_parser("report", help="write the HTML report of a results directory")
-    rep.add_argument("results_dir")
-    rep.add_argument("--data", default=None, help="dataset directory (for the example-image panel)")
+    rep = _subparser(sub, "report", "write the HTML report of a study or a results directory")
+    rep.add_argument(
+        "results_dir",
+        help="a study directory (its results/ and study.json), a results directory, file or glob",
+    )
+    rep.add_argument(
+        "--data",
+        default=None,
+        help="dataset directory for the example-image panel (default for a study: its data/)",
+    )
     rep.add_argument("-o", "--out", required=True, help="report output directory")
+    rep.add_argument(
+        "--all-results",
+        action="store_true",
+        help="for a study: also report rows of other configurations (default: current spec only)",
+    )
 
-    slurm = sub.add_parser(
-        "slurm", help="inside a Slurm allocation: start Ray on its nodes and run a study"
+    slurm = _subparser(
+        sub, "slurm", "inside a Slurm allocation: start Ray on its nodes and run a study"
     )
-    slurm.add_argument("spec")
-    slurm.add_argument("--out", default=None)
-    slurm.add_argument(
-        "--command", dest="study_command", choices=("run", "sweep", "simulate"), default="run"
+    slurm_options.add_arguments(slurm)
+
+    check = _subparser(
+        sub,
+        "check",
+        "report damaged results, histories, checkpoints, shards, temp files (runs nothing)",
     )
-    slurm.add_argument("--head-ip", default=None, help="head node address (default: resolved)")
-    slurm.add_argument("--temp-dir", default=None, help="Ray temp dir on every node")
-    slurm.add_argument("--port", type=int, default=6379)
-    slurm.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    check.add_argument("out", help="study output directory or URI")
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="quarantine and invalidate, so that the next run redoes them",
+    )
+    check.add_argument("--spec", default=None, help="study spec (default: OUT/study.json)")
+    check.add_argument("--data", default=None, help="dataset (default: the spec's, else OUT/data)")
+    check.add_argument("--deep", action="store_true", help="also read needed checkpoints in full")
     return parser
 
 
@@ -81,57 +149,107 @@ def _study(args):
     return Study.from_yaml(args.spec, out=args.out)
 
 
+def _say(line: str) -> None:
+    """A line for the user on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def interrupted_message(done: int, total: int, unit: str = "models") -> str:
+    """The line printed when a command was interrupted."""
+    return f"interrupted: {done} of {total} {unit} done; rerun the same command to resume"
+
+
+def _interrupted_models(study) -> int:
+    progress = study.progress()
+    _say(interrupted_message(progress.done, progress.total))
+    return EXIT_INTERRUPTED
+
+
 def _simulate(args) -> int:
-    from tqdm import tqdm
+    from hrtem_ray.study import Study
 
-    from hrtem_ray.config import load_dataset_spec
-    from hrtem_ray.data import completed_shards, plan_shards, simulate_dataset
-    from hrtem_ray.runtime import ray_session
-    from hrtem_ray.study import Study, _absolute
-
-    spec = load_dataset_spec(args.spec)
-    if args.out is not None:
-        root = _absolute(args.out)
-    else:
-        root = Study.from_yaml(args.spec).data_root
-    todo = len(plan_shards(spec)) - len(completed_shards(root))
-    with tqdm(total=max(todo, 0), unit="shard", desc="simulate", file=sys.stderr) as bar:
-        with ray_session(
-            args.address, num_cpus=args.num_cpus, object_store_memory_bytes=512 * 1024**2
-        ):
-            summary = simulate_dataset(spec, root, on_shard=lambda record: bar.update(1))
+    # --out is the dataset directory itself (not a study root)
+    study = Study.for_dataset(args.spec, data=args.out)
+    try:
+        summary = study.simulate(address=args.address, num_cpus=args.num_cpus)
+    except KeyboardInterrupt:
+        done, total = study.shard_progress()
+        _say(interrupted_message(done, total, "shards"))
+        return EXIT_INTERRUPTED
+    done, total = study.shard_progress()
     print(
         f"dataset {summary.root}: {summary.images} images written in {summary.shards_written} of "
         f"{summary.shards} shards, {summary.seconds:.1f} s, {summary.images_per_second:.2f} images/s"
     )
-    return 0
+    if done < total:  # a shard that was not written (Ray Data reported no error)
+        _say(f"error: {total - done} of {total} shards are missing in {study.data_root}")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _sweep_outcome(study, args) -> int | None:
+    """Run the sweep; return the exit code if the command must stop here, else ``None``."""
+    try:
+        report = study.sweep(address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    except KeyboardInterrupt:
+        return _interrupted_models(study)
+    if report.finished:
+        return None
+    if report.interrupted or report.unaccounted:
+        # stopped by a signal, or (Tune having handled it) models neither done nor failed
+        _say(interrupted_message(report.done, report.total))
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED
 
 
 def _sweep(args) -> int:
     study = _study(args)
     if args.dry_run:
         print(study.dry_run())
-        return 0
-    report = study.sweep(address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    print(f"results: {study.results_dir} ({study.results().height} rows)")
-    return 1 if report.failed else 0
+        return EXIT_OK
+    code = _sweep_outcome(study, args)
+    selection = study.result_selection()
+    if selection.note():
+        _say(selection.note())
+    print(f"results: {study.results_dir} ({selection.table.height} rows)")
+    return EXIT_OK if code is None else code
 
 
 def _run(args) -> int:
+    from hrtem_ray.report import ReportError
+
     study = _study(args)
-    table = study.run(address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
-    print(
-        f"results: {study.results_dir} ({table.height} rows); report: {study.report_dir}/report.html"
-    )
-    return 0
+    study.preflight(args.address)  # before the lock creates anything
+    with study.lock("hrtem-ray run"):  # one lock over the sweep and the report
+        code = _sweep_outcome(study, args)
+        if code == EXIT_INTERRUPTED:
+            _say("no report written: the study is not finished")
+            return code
+        try:
+            path = study.report(all_results=args.all_results, echo=_say)
+        except ReportError as error:  # every trial failed: nothing to report
+            _say(f"no report written: {error}")
+            return EXIT_FAILED if code is None else code
+    table = study.results(all_results=args.all_results)
+    print(f"results: {study.results_dir} ({table.height} rows); report: {path}")
+    return EXIT_OK if code is None else code
 
 
 def _report(args) -> int:
-    from hrtem_ray.report import write_report
+    from hrtem_ray.report import locate_results, write_report
 
-    path = write_report(args.results_dir, args.out, data_dir=args.data)
+    location = locate_results(args.results_dir, data_dir=args.data, all_results=args.all_results)
+    for note in location.notes:
+        _say(note)
+    path = write_report(
+        location.results,
+        args.out,
+        data_dir=location.data_dir,
+        notes=location.notes,
+        source=location.source,
+    )
     print(f"report: {path}")
-    return 0
+    return EXIT_OK
 
 
 def _slurm(args) -> int:
@@ -140,22 +258,64 @@ def _slurm(args) -> int:
     return slurm.main_from_cli(args)
 
 
-COMMANDS = {"simulate": _simulate, "sweep": _sweep, "run": _run, "report": _report, "slurm": _slurm}
+def _check(args) -> int:
+    from hrtem_ray import check
+
+    return check.main_from_cli(args)
+
+
+COMMANDS = {
+    "simulate": _simulate,
+    "sweep": _sweep,
+    "run": _run,
+    "report": _report,
+    "slurm": _slurm,
+    "check": _check,
+}
+
+
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or a refusal (exit 2), imported lazily."""
+    from hrtem_ray.data import DatasetError
+    from hrtem_ray.report import ReportError
+
+    errors: list[type[BaseException]] = [SpecError, DatasetError, ReportError]
+    try:
+        from hrtem_ray.lock import LockHeldError
+
+        errors.append(LockHeldError)
+    except ImportError:  # pragma: no cover - lock.py is optional in older trees
+        pass
+    try:
+        from hrtem_ray.storage import StorageError
+
+        errors.append(StorageError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``hrtem-ray`` console script."""
+    """Entry point of the ``hrtem-ray`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # `hrtem-ray slurm SPEC [options] -- EXTRA...`: EXTRA goes to the study command
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     args = _parser().parse_args(argv)
     args.extra = extra
+    from hrtem_ray.study import sigterm_interrupts
+
     try:
-        return COMMANDS[args.command](args)
-    except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        # SIGTERM stops a command like Ctrl-C (the study re-arms this once Ray has started)
+        with sigterm_interrupts():
+            return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        # interrupted outside the commands' own handling (while reading, starting Ray...)
+        _say("interrupted; rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    except _bad_input_errors() as exc:
+        _say(f"error: {exc}")
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -12,16 +12,25 @@
 - ``tables/<study>_<table>.csv``: the tables at the default selection, and
   ``tables/<study>_<table>_all_selections.csv``: the same for every selection (the
   ``sel_*`` columns name it).
+
+``<study>`` is the table's ``study`` value made safe as a file name
+(:func:`safe_name`): a table is data, and no value read from it can place a file
+outside ``out_dir``. Nothing is created before the input is known to be usable
+(:class:`ReportError` otherwise). :func:`locate_results` says what a path given to
+``hrtem-ray report`` holds: a study root, a study's ``results/``, or any results
+table.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import html
 import json
 import logging
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,9 +76,75 @@ TITLES = {
 }
 
 
+# Columns a table needs to be reported (the analysis reads them all).
+REQUIRED_COLUMNS = ("phase", "pretrain_domain", "transfer_domain", "eval_domain", "loss")
+
+
+# Longest file-name stem made from a table value (file systems allow 255 bytes in all).
+MAX_NAME = 100
+
+
+class ReportError(ValueError):
+    """The report cannot be built from what it was given (nothing was written)."""
+
+
+def safe_name(value: object) -> str:
+    """A file-name-safe version of a table value (a ``study`` label).
+
+    Characters outside ``[A-Za-z0-9._+-]`` become ``_``, runs of dots become ``_``
+    (no ``..``), leading dots and dashes are dropped, and the name is cut to
+    :data:`MAX_NAME` characters; an empty result is ``_``.
+
+    >>> safe_name("../../x")
+    '_x'
+    >>> safe_name("defocus")
+    'defocus'
+    """
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
+    name = re.sub(r"\.{2,}", "_", name)
+    name = re.sub(r"_{2,}", "_", name).lstrip(".-")[:MAX_NAME]
+    return name or "_"
+
+
+def unique_safe_names(values: Sequence[object]) -> dict[object, str]:
+    """:func:`safe_name` of each value, made distinct with ``-2``, ``-3``... suffixes.
+
+    Names are compared without case, for case-insensitive file systems.
+    """
+    names: dict[object, str] = {}
+    used: set[str] = set()
+    for value in values:
+        base = candidate = safe_name(value)
+        n = 1
+        while candidate.lower() in used:
+            n += 1
+            candidate = f"{base}-{n}"
+        used.add(candidate.lower())
+        names[value] = candidate
+    return names
+
+
+def output_path(out_dir: Path, *parts: str) -> Path:
+    """``out_dir / parts``, refusing any path that would leave ``out_dir``.
+
+    Raises
+    ------
+    ReportError
+        If the resolved path is not inside ``out_dir``.
+    """
+    root = out_dir.resolve()
+    path = root.joinpath(*parts).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise ReportError(f"refusing to write {path}: outside the report directory {root}")
+    return path
+
+
 @dataclass
 class StudySection:
-    """Charts, tables and control choices of one study of the results table."""
+    """Charts, tables and control choices of one study of the results table.
+
+    ``key`` is the file-safe name of ``study`` used in file names and element ids.
+    """
 
     study: str
     charts: dict[str, alt.TopLevelMixin]
@@ -78,6 +153,11 @@ class StudySection:
     summary: pl.DataFrame
     static_charts: dict[str, alt.TopLevelMixin] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = safe_name(self.study)
 
 
 def default_selection(table: pl.DataFrame) -> pl.DataFrame:
@@ -194,7 +274,7 @@ def _controls_html(section: StudySection) -> str:
         )
         widgets.append(
             f'<label>{CONTROL_LABELS[dim]} <select class="control" data-study='
-            f'"{html.escape(section.study)}" data-param="{param}" id="{section.study}-{param}">'
+            f'"{html.escape(section.study)}" data-param="{param}" id="{section.key}-{param}">'
             f"{items}</select></label>"
         )
     return f'<div class="controls">{"".join(widgets)}</div>'
@@ -213,7 +293,7 @@ def _section_html(section: StudySection, specs: Mapping[str, str]) -> str:
     """HTML of one study: summary, controls and one figure block per chart."""
     blocks = []
     for name in section.charts:
-        key = f"{section.study}_{name}"
+        key = f"{section.key}_{name}"
         blocks.append(
             f'<section class="figure"><h3>{TITLES[name]}</h3><p>{CAPTIONS[name]}</p>'
             f'<div class="chart" id="chart-{key}" data-study="{html.escape(section.study)}" '
@@ -223,7 +303,7 @@ def _section_html(section: StudySection, specs: Mapping[str, str]) -> str:
             f'<script type="application/json" id="spec-{key}">{specs[key]}</script></section>'
         )
     tables = " · ".join(
-        f'<a href="tables/{section.study}_{name}.csv">{name}</a>' for name in section.tables
+        f'<a href="tables/{section.key}_{name}.csv">{name}</a>' for name in section.tables
     )
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in section.notes)
     return (
@@ -272,21 +352,33 @@ h1 { margin-bottom: 0.2rem; } .meta { color: #666; margin-top: 0; }
 .controls label { font-size: 0.9rem; } .controls select { margin-left: 0.3rem; }
 .figure { margin: 1.5rem 0 2.5rem; } .figure p { max-width: 60rem; color: #444; }
 .files { font-size: 0.85rem; color: #666; } .note { color: #a33; }
+.study-notes { border: 2px solid #a33; background: #fff4f4; padding: 0.4rem 0.8rem; }
+.study-notes p { margin: 0.3rem 0; font-weight: 600; color: #a33; }
 table.summary { border-collapse: collapse; font-size: 0.9rem; }
 table.summary td, table.summary th { border: 1px solid #ccd; padding: 0.2rem 0.6rem; text-align: right; }
 """
 
 
-def render_page(sections: list[StudySection], specs: Mapping[str, str], source: str) -> str:
-    """The complete HTML document, with the Vega libraries inlined."""
+def render_page(
+    sections: list[StudySection],
+    specs: Mapping[str, str],
+    source: str,
+    notes: Sequence[str] = (),
+) -> str:
+    """The complete HTML document, with the Vega libraries inlined.
+
+    ``notes`` (e.g. ``partial: 3 of 13 models``) are shown at the top of the page.
+    """
     bundle = vlc.javascript_bundle().replace("</script", "<\\/script")
     body = "".join(_section_html(s, specs) for s in sections)
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    top = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+    top = f'<div class="study-notes" id="study-notes">{top}</div>' if notes else ""
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         "<title>hrtem-ray report</title>"
         f"<style>{PAGE_STYLE}</style><script>{bundle}</script></head><body>"
-        f'<h1>hrtem-ray report</h1><p class="meta">results: {html.escape(source)} · '
+        f'<h1>hrtem-ray report</h1>{top}<p class="meta">results: {html.escape(source)} · '
         f"generated {created}</p>{body}<script>{PAGE_SCRIPT}</script></body></html>"
     )
 
@@ -298,54 +390,216 @@ def _write_outputs(section: StudySection, out_dir: Path) -> dict[str, str]:
     """
     specs = {}
     for name, chart in section.charts.items():
-        key = f"{section.study}_{name}"
+        key = f"{section.key}_{name}"
         specs[key] = _script_json(plots.chart_spec(chart))
         static = plots.chart_spec(section.static_charts.get(name, chart))
-        (out_dir / "figures" / f"{key}.svg").write_text(vlc.vegalite_to_svg(static))
-        (out_dir / "figures" / f"{key}.png").write_bytes(vlc.vegalite_to_png(static, scale=2))
+        output_path(out_dir, "figures", f"{key}.svg").write_text(vlc.vegalite_to_svg(static))
+        output_path(out_dir, "figures", f"{key}.png").write_bytes(
+            vlc.vegalite_to_png(static, scale=2)
+        )
     for name, table in section.tables.items():
-        default_selection(table).write_csv(out_dir / "tables" / f"{section.study}_{name}.csv")
-        table.write_csv(out_dir / "tables" / f"{section.study}_{name}_all_selections.csv")
+        stem = f"{section.key}_{name}"
+        default_selection(table).write_csv(output_path(out_dir, "tables", f"{stem}.csv"))
+        table.write_csv(output_path(out_dir, "tables", f"{stem}_all_selections.csv"))
     return specs
 
 
+def load_table(results: str | os.PathLike[str] | pl.DataFrame) -> pl.DataFrame:
+    """The results table to report, checked to be one (see :func:`write_report`).
+
+    Raises
+    ------
+    ReportError
+        If there are no rows, or the table lacks a column the analysis needs.
+    """
+    if isinstance(results, pl.DataFrame):
+        table = analysis.encode_labels(results)
+        where = "the results table"
+    else:
+        try:
+            table = analysis.load_results(results)
+        except FileNotFoundError:
+            raise ReportError(f"no results yet in {os.fspath(results)}") from None
+        where = os.fspath(results)
+    if table.is_empty():
+        raise ReportError(f"no results yet in {where}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ReportError(
+            f"{where} is not a results table (missing columns: {', '.join(missing)}); "
+            "give a study directory or its results/ folder"
+        )
+    return table
+
+
 def write_report(
-    results_dir: str | os.PathLike[str],
+    results: str | os.PathLike[str] | pl.DataFrame,
     out_dir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
+    *,
+    notes: Sequence[str] = (),
+    source: str | None = None,
 ) -> Path:
-    """Write the HTML report, figures and tables of a results directory.
+    """Write the HTML report, figures and tables of a results table.
+
+    Nothing is created before the table has been read and checked.
 
     Parameters
     ----------
-    results_dir
-        Results table: a directory of Parquet files, a file or a glob (see
-        :func:`hrtem_ray.analysis.load_results`).
+    results
+        Results table: a directory of Parquet files, a file or a glob (read exactly as
+        :func:`hrtem_ray.analysis.load_results` reads it), or a table in memory.
     out_dir
         Output directory (created): ``report.html``, ``figures/``, ``tables/``.
     data_dir
         Optional dataset root; when given, a panel of example validation images
         and masks is added (the report is written without it if it cannot be read).
+    notes
+        Lines shown at the top of the page (e.g. ``partial: 3 of 13 models``).
+    source
+        Where the results came from, as shown on the page (default: ``results``).
 
     Returns
     -------
     pathlib.Path
         Path of ``report.html``.
+
+    Raises
+    ------
+    ReportError
+        No rows, not a results table, or a file name that would leave ``out_dir``.
     """
+    table = load_table(results)
+    if source is None:
+        source = "results table" if isinstance(results, pl.DataFrame) else os.fspath(results)
+    if "study" in table.columns:
+        studies = analysis.domain_order(table.get_column("study").unique().to_list())
+    else:
+        studies = ["results"]
+        table = table.with_columns(study=pl.lit("results"))
+    keys = unique_safe_names(studies)
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    results = analysis.load_results(results_dir)
-    if "study" in results.columns:
-        studies = analysis.domain_order(results.get_column("study").unique().to_list())
-    else:
-        studies = ["results"]
-        results = results.with_columns(study=pl.lit("results"))
     sections, specs = [], {}
     for study in studies:
-        section = build_section(results.filter(pl.col("study") == study), study, data_dir)
+        rows = table.filter(pl.col("study").cast(pl.String) == str(study))
+        section = build_section(rows, str(study), data_dir)
+        section.key = keys[study]
         specs.update(_write_outputs(section, out))
         sections.append(section)
-    path = out / "report.html"
-    path.write_text(render_page(sections, specs, os.fspath(results_dir)), encoding="utf-8")
+    path = output_path(out, "report.html")
+    path.write_text(render_page(sections, specs, source, notes), encoding="utf-8")
     return path
+
+
+@dataclass(frozen=True)
+class ResultsLocation:
+    """What a path given to ``hrtem-ray report`` holds (see :func:`locate_results`).
+
+    Attributes
+    ----------
+    results
+        The table to report: a path for :func:`write_report`, or the current plan's rows.
+    data_dir
+        The dataset of the example-image panel (a study's own, unless given).
+    notes
+        Lines for the top of the report and the terminal (partial study, rows left out).
+    source
+        Where the results came from, for the page.
+    """
+
+    results: str | pl.DataFrame
+    data_dir: str | None
+    notes: tuple[str, ...] = ()
+    source: str = ""
+
+
+def _is_study_root(path: str) -> bool:
+    from hrtem_ray import storage
+
+    return storage.exists(storage.join(path, "study.json")) or storage.exists(
+        storage.join(path, "results")
+    )
+
+
+def locate_results(
+    path: str | os.PathLike[str], data_dir: str | None = None, all_results: bool = False
+) -> ResultsLocation:
+    """Find the results table behind ``path``, checking it before anything is written.
+
+    - a study root (``study.json`` or ``results/`` inside), or a study's ``results/``
+      folder: its results, restricted to the models of its latest spec
+      (``study.json``) unless ``all_results``; ``data_dir`` defaults to its dataset;
+    - a dataset root: refused (it holds images, not results);
+    - any other directory, Parquet file or glob: read as given.
+
+    Raises
+    ------
+    ReportError
+        ``path`` does not exist, is a dataset, or holds no results yet.
+    """
+    from hrtem_ray import storage
+
+    raw = os.fspath(path)
+    is_glob = "://" not in raw and any(c in raw for c in "*?[")
+    if is_glob:
+        if not glob.glob(raw, recursive=True):
+            raise ReportError(f"no results yet: nothing matches {raw}")
+        return ResultsLocation(raw, data_dir, source=raw)
+    try:
+        present = storage.exists(raw)
+    except (OSError, ValueError) as error:
+        raise ReportError(f"cannot read {raw}: {error}") from None
+    if not present:
+        raise ReportError(f"{raw} does not exist")
+    root = None
+    if _is_study_root(raw):
+        root = raw
+    elif Path(raw.rstrip("/")).name == "results":
+        parent = raw.rstrip("/").rsplit("/", 1)[0]
+        if storage.exists(storage.join(parent, "study.json")):
+            root = parent
+    if root is not None:
+        return _locate_study(root, data_dir, all_results)
+    if storage.exists(storage.join(raw, "dataset.json")):
+        raise ReportError(
+            f"{raw} is a dataset, not results: give a study directory or its results/ folder"
+        )
+    if not storage.is_local(raw):
+        raise ReportError(f"{raw} is not a study directory (no study.json or results/ inside)")
+    return ResultsLocation(raw, data_dir, source=raw)
+
+
+def _locate_study(root: str, data_dir: str | None, all_results: bool) -> ResultsLocation:
+    """:class:`ResultsLocation` of a study root (see :func:`locate_results`)."""
+    from hrtem_ray import storage
+    from hrtem_ray.study import Study
+
+    results_dir = storage.join(root, "results")
+    try:
+        study = Study.from_root(root)
+    except FileNotFoundError:  # results written before study.json existed: read them all
+        data = data_dir or storage.join(root, "data")
+        if not storage.is_local(results_dir):
+            raise ReportError(f"{root} has no study.json: run the study's sweep again") from None
+        table = _results_or_none(results_dir)
+        if table is None:
+            raise ReportError(f"no results yet in {results_dir}") from None
+        note = f"no study.json in {root}: every row of results/ is reported"
+        return ResultsLocation(table, data, (note,), results_dir)
+    selection = study.result_selection(all_results)
+    if selection.table.is_empty():
+        extra = f" ({selection.note()})" if selection.note() else ""
+        raise ReportError(f"no results yet in {results_dir}{extra}")
+    notes = tuple(study.report_notes(selection))
+    return ResultsLocation(selection.table, data_dir or study.data_root, notes, results_dir)
+
+
+def _results_or_none(results_dir: str) -> pl.DataFrame | None:
+    """Every row under a local ``results/`` folder, or ``None`` if it holds none."""
+    try:
+        table = analysis.load_results(results_dir, categorical=False)
+    except FileNotFoundError:
+        return None
+    return None if table.is_empty() else table

@@ -13,21 +13,38 @@ Layout of a study's output directory (``--out``, or ``storage`` in the spec)::
     failures/      trials that failed for good
     tune/          Ray Tune's experiment folders
     report/        the HTML report, figures and tables
+    study.json     the spec of the latest sweep: the plan that results and reports follow
+
+Results and reports follow the current plan: rows of models that the spec no longer
+plans (another ``training.epochs``, another learning rate...) stay on disk but are
+left out, and counted (:meth:`Study.result_selection`); ``all_results=True`` keeps them.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
 
 from hrtem_ray import storage
-from hrtem_ray.config import StudySpec, load_study_spec
+from hrtem_ray.config import (
+    StudySpec,
+    check_resources,
+    load_dataset_spec,
+    load_study_spec,
+    parse_study_spec,
+)
+from hrtem_ray.lock import study_lock
 from hrtem_ray.runtime import ray_session
+from hrtem_ray.trials import TrialPlan, plan_trials
 
 
 def _echo(line: str) -> None:
@@ -39,6 +56,94 @@ def _absolute(location: str) -> str:
     return location if "://" in location else str(Path(location).expanduser().resolve())
 
 
+@dataclass(frozen=True)
+class StudyProgress:
+    """How far the current plan is: models done and failed for good, read from storage."""
+
+    total: int
+    done: int
+    failed: int
+
+    @property
+    def finished(self) -> bool:
+        """Every model of the plan is done."""
+        return self.done >= self.total
+
+    def partial_note(self) -> str | None:
+        """``partial: N of M models ...`` when the plan is not finished, else ``None``."""
+        if self.finished:
+            return None
+        failed = f", {self.failed} failed (see failures/)" if self.failed else ""
+        return f"partial: {self.done} of {self.total} models{failed}"
+
+
+@dataclass(frozen=True)
+class ResultSelection:
+    """The results table of the current plan, and what was left out of it.
+
+    Attributes
+    ----------
+    table
+        Rows of models in the current plan, matched by ``model_id`` and
+        ``config_hash`` (all rows with ``all_results=True``).
+    other_rows, other_models
+        Rows and models in ``results/`` from other configurations.
+    all_results
+        Whether the other configurations' rows are included in :attr:`table`.
+    """
+
+    table: pl.DataFrame
+    other_rows: int = 0
+    other_models: int = 0
+    all_results: bool = False
+
+    def note(self) -> str | None:
+        """A line on the other configurations' rows (``None`` when there are none)."""
+        if not self.other_rows:
+            return None
+        what = f"{self.other_rows} rows of {self.other_models} models from other configurations"
+        if self.all_results:
+            return f"included {what} in results/ (--all-results)"
+        return f"ignored {what} in results/ (--all-results to include them)"
+
+
+def select_plan_rows(
+    table: pl.DataFrame, plan: TrialPlan, all_results: bool = False
+) -> ResultSelection:
+    """Split a results table into the rows of ``plan``'s models and the others.
+
+    Parameters
+    ----------
+    table
+        A results table (``model_id`` and ``config_hash`` columns).
+    plan
+        The current plan (:func:`hrtem_ray.trials.plan_trials`).
+    all_results
+        Keep every row in the returned table (the others are still counted).
+
+    Returns
+    -------
+    ResultSelection
+    """
+    keys = pl.DataFrame(
+        {
+            "model_id": [t.model_id for t in plan.all()],
+            "config_hash": [t.config_hash for t in plan.all()],
+        },
+        schema={"model_id": pl.String, "config_hash": pl.String},
+    )
+    key_columns = ["model_id", "config_hash"]
+    typed = table.with_columns(pl.col(key_columns).cast(pl.String))
+    others = typed.join(keys, on=key_columns, how="anti")
+    current = typed.join(keys, on=key_columns, how="semi")
+    return ResultSelection(
+        table=table if all_results else current,
+        other_rows=others.height,
+        other_models=others.get_column("model_id").n_unique() if others.height else 0,
+        all_results=all_results,
+    )
+
+
 class Study:
     """A transfer-learning study: its validated spec and where it writes.
 
@@ -48,23 +153,110 @@ class Study:
         The validated study (see :func:`hrtem_ray.config.load_study_spec`).
     out
         Output directory or storage URI; defaults to the spec's ``storage``.
+    data
+        Dataset directory or URI overriding ``dataset.path`` and ``<out>/data``
+        (``hrtem-ray simulate --out``).
     """
 
-    def __init__(self, spec: StudySpec, out: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        spec: StudySpec,
+        out: str | os.PathLike | None = None,
+        *,
+        data: str | os.PathLike | None = None,
+    ) -> None:
         self.spec = spec if out is None else spec.with_storage(str(out))
         self.root = _absolute(self.spec.storage)
+        self._data = None if data is None else _absolute(os.fspath(data))
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, out: str | os.PathLike | None = None) -> Study:
+    def from_yaml(
+        cls,
+        path: str | os.PathLike,
+        out: str | os.PathLike | None = None,
+        *,
+        data: str | os.PathLike | None = None,
+    ) -> Study:
         """Read and validate a study spec file (see ``sweeps/``)."""
-        return cls(load_study_spec(path), out)
+        return cls(load_study_spec(path), out, data=data)
+
+    @classmethod
+    def for_dataset(
+        cls, path: str | os.PathLike, *, data: str | os.PathLike | None = None
+    ) -> Study:
+        """The study of a spec file's ``dataset`` section alone (``hrtem-ray simulate``).
+
+        Only ``dataset`` is validated (with ``name`` and ``storage``, which say where
+        ``<storage>/data`` is); the grids are dropped, so a file holding nothing but a
+        ``dataset`` section works too.
+        """
+        import yaml
+
+        dataset = load_dataset_spec(path)
+        raw = yaml.safe_load(Path(path).read_text())
+        spec = {
+            "dataset": dataset.model_dump(mode="json"),
+            "pretrain": None,
+            "transfer": None,
+            "baseline": None,
+            **{key: raw[key] for key in ("name", "storage") if raw.get(key) is not None},
+        }
+        return cls(parse_study_spec(spec, source=os.fspath(path)), data=data)
+
+    @classmethod
+    def from_root(cls, root: str | os.PathLike) -> Study:
+        """The study whose latest sweep wrote ``<root>/study.json``.
+
+        Its dataset is ``<root>/data``, or the dataset directory that sweep read when
+        the spec names one (``dataset.path``).
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``root`` holds no ``study.json`` (no sweep started there yet).
+        hrtem_ray.config.SpecError
+            If the stored spec is no longer valid.
+        """
+        from hrtem_ray.sweep import study_file
+
+        root = _absolute(os.fspath(root))
+        path = study_file(root)
+        if not storage.exists(path):
+            raise FileNotFoundError(f"no study.json in {root}")
+        stored = storage.read_json(path)
+        spec = parse_study_spec(stored["spec"], source=path)
+        data = stored.get("data_root") if spec.dataset.path else None
+        return cls(spec, out=root, data=data)
 
     @property
     def data_root(self) -> str:
-        """The dataset: ``dataset.path`` if given, else ``<out>/data``."""
+        """The dataset: the ``data`` override, else ``dataset.path``, else ``<out>/data``."""
+        if self._data is not None:
+            return self._data
         if self.spec.dataset.path:
             return _absolute(self.spec.dataset.path)
         return storage.join(self.root, "data")
+
+    @cached_property
+    def plan(self) -> TrialPlan:
+        """The trials of the spec (:func:`hrtem_ray.trials.plan_trials`)."""
+        return plan_trials(self.spec)
+
+    def progress(self) -> StudyProgress:
+        """Models of the current plan done and failed for good, as the storage says now."""
+        from hrtem_ray import results
+
+        planned = {t.model_id for t in self.plan.all()}
+        done = results.finished_ids(self.root) & planned
+        failed = {f.get("model_id") for f in results.read_failures(self.root)}
+        return StudyProgress(len(planned), len(done), len((failed & planned) - done))
+
+    def shard_progress(self) -> tuple[int, int]:
+        """``(done, planned)`` dataset shards of the spec in :attr:`data_root`."""
+        from hrtem_ray.data import completed_shards, plan_shards
+
+        planned = {t.key for t in plan_shards(self.spec.dataset)}
+        return len(completed_shards(self.data_root) & planned), len(planned)
 
     @property
     def results_dir(self) -> str:
@@ -80,6 +272,35 @@ class Study:
 
         return dry_run(self.spec)
 
+    def check_dataset(self) -> None:
+        """Refuse a data root that holds another spec's dataset, before Ray starts.
+
+        Raises
+        ------
+        hrtem_ray.data.DatasetError
+            Naming each field that differs (:func:`hrtem_ray.data.check_dataset_root`).
+        """
+        from hrtem_ray.data import check_dataset_root
+
+        check_dataset_root(self.spec.dataset, self.data_root)
+
+    def preflight(self, address: str | None = None, *, simulate: bool | None = None) -> None:
+        """The checks that run before Ray starts and before anything is written.
+
+        The data root must hold this spec's dataset or none (:meth:`check_dataset`), and,
+        when this study simulates (default: it has no ``dataset.path``) on a private local
+        cluster, one simulation worker must fit in this machine's memory.
+
+        Raises
+        ------
+        hrtem_ray.data.DatasetError, hrtem_ray.config.SpecError
+        """
+        self.check_dataset()
+        if simulate is None:
+            simulate = self._data is None and not self.spec.dataset.path
+        if simulate:
+            _check_local_memory(self.spec, address)
+
     def simulate(
         self,
         *,
@@ -87,13 +308,24 @@ class Study:
         num_cpus: int | None = None,
         echo: Callable[[str], None] = _echo,
     ):
-        """Simulate the dataset shards that are missing (idempotent)."""
+        """Simulate the dataset shards that are missing (idempotent).
+
+        Holds the study lock of :attr:`data_root` (checked writable first) for
+        the whole run, taken before Ray starts (:mod:`hrtem_ray.lock`).
+        """
         from hrtem_ray.data import simulate_dataset
 
-        with ray_session(
-            address, num_cpus=num_cpus, object_store_memory_bytes=_object_store(address)
-        ):
-            return simulate_dataset(self.spec.dataset, self.data_root, on_shard=_shard_echo(echo))
+        self.preflight(address, simulate=True)
+        with _locked_roots([self.data_root], f"hrtem-ray simulate ({self.spec.name})"):
+            with (
+                ray_session(
+                    address, num_cpus=num_cpus, object_store_memory_bytes=_object_store(address)
+                ),
+                sigterm_interrupts(),
+            ):
+                return simulate_dataset(
+                    self.spec.dataset, self.data_root, on_shard=_shard_echo(echo)
+                )
 
     def sweep(
         self,
@@ -105,47 +337,94 @@ class Study:
     ):
         """Run every trial not yet done (resumes a previous run); returns a :class:`SweepReport`."""
         from hrtem_ray.data import simulate_dataset
-        from hrtem_ray.sweep import format_failures, run_sweep
+        from hrtem_ray.sweep import format_failures, format_outcome, run_sweep
 
-        with ray_session(
-            address,
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            object_store_memory_bytes=_object_store(address),
+        simulate = self._data is None and not self.spec.dataset.path
+        # The study root's lock (and the data root's, when this sweep writes the
+        # dataset) is held for the whole sweep, taken before Ray starts.
+        roots = [self.root, self.data_root] if simulate else [self.root]
+        self.preflight(address, simulate=simulate)
+        with (
+            _locked_roots(roots, f"hrtem-ray sweep ({self.spec.name})"),
+            ray_session(
+                address,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                object_store_memory_bytes=_object_store(address),
+            ),
+            sigterm_interrupts(),
         ):
-            if not self.spec.dataset.path:
+            if simulate:
                 simulate_dataset(self.spec.dataset, self.data_root, on_shard=_shard_echo(echo))
             report = run_sweep(self.spec, root=self.root, data_root=self.data_root, echo=echo)
-        echo(
-            f"sweep finished: {report.completed} trials run, {report.already_done} were already done, "
-            f"{len(report.failed)} failed, {report.seconds:.0f} s"
-        )
-        echo(format_failures(report.failed))
+        echo(format_outcome(report))
+        if report.failed:
+            echo(format_failures(report.failed))
         return report
 
-    def results(self) -> pl.DataFrame:
-        """The results table written so far."""
+    def lock(self, command: str):
+        """Hold the study lock of :attr:`root` (checked writable first), e.g. over a
+        sweep and its report; re-entrant within this process (:mod:`hrtem_ray.lock`)."""
+        return _locked_roots([self.root], f"{command} ({self.spec.name})")
+
+    def results(self, all_results: bool = False) -> pl.DataFrame:
+        """The results table of the current plan written so far.
+
+        Parameters
+        ----------
+        all_results
+            Also keep rows of models from other configurations (an earlier spec written
+            to the same storage); by default they are left out (see
+            :meth:`result_selection` for their count).
+        """
+        return self.result_selection(all_results).table
+
+    def result_selection(self, all_results: bool = False) -> ResultSelection:
+        """The results table of the current plan, with the count of other configurations' rows."""
         from hrtem_ray.results import read_results
 
-        return read_results(self.root)
+        return select_plan_rows(read_results(self.root), self.plan, all_results)
 
-    def report(self, out_dir: str | None = None) -> str:
-        """Write the HTML report (with figures and tables) of the results so far.
+    def report_notes(self, selection: ResultSelection) -> list[str]:
+        """Lines at the top of a report: ``partial: N of M models`` and rows left out."""
+        return [
+            note for note in (self.progress().partial_note(), selection.note()) if note is not None
+        ]
 
-        The report is built locally; for a remote ``out_dir`` (e.g. ``s3://``) it is
-        built in a temporary folder and uploaded. Returns the location of ``report.html``.
+    def report(
+        self,
+        out_dir: str | None = None,
+        *,
+        all_results: bool = False,
+        echo: Callable[[str], None] = _echo,
+    ) -> str:
+        """Write the HTML report (with figures and tables) of the current plan's results so far.
+
+        A study whose plan is not finished gets ``partial: N of M models`` at the top of
+        the report; rows of other configurations are left out (``all_results=True``
+        keeps them), and both notes are also echoed. The report is built locally; for a
+        remote ``out_dir`` (e.g. ``s3://``) it is built in a temporary folder and
+        uploaded. Returns the location of ``report.html``.
+
+        Raises
+        ------
+        hrtem_ray.report.ReportError
+            If the study has no result rows (of the current plan) yet.
         """
-        from hrtem_ray.report import write_report
+        from hrtem_ray.report import ReportError, write_report
 
+        selection = self.result_selection(all_results)
+        notes = self.report_notes(selection)
+        for note in notes:
+            echo(note)
+        if selection.table.is_empty():
+            raise ReportError(f"no results yet in {self.results_dir}")
         target = out_dir or self.report_dir
-        if storage.is_local(target) and storage.is_local(self.root):
-            local = storage.local_path(target)
-            return str(write_report(storage.local_path(self.results_dir), local, self.data_root))
+        build = {"data_dir": self.data_root, "notes": notes, "source": self.results_dir}
+        if storage.is_local(target):
+            return str(write_report(selection.table, storage.local_path(target), **build))
         with tempfile.TemporaryDirectory(prefix="hrtem-report-") as tmp:
-            results_copy = Path(tmp) / "results"
-            results_copy.mkdir()
-            self.results().write_parquet(results_copy / "results.parquet")
-            write_report(results_copy, Path(tmp) / "report", data_dir=self.data_root)
+            write_report(selection.table, Path(tmp) / "report", **build)
             storage.upload_dir(Path(tmp) / "report", target)
         return storage.join(target, "report.html")
 
@@ -158,12 +437,74 @@ class Study:
         report: bool = True,
         echo: Callable[[str], None] = _echo,
     ) -> pl.DataFrame:
-        """Simulate, sweep, analyse and report in one go; returns the results table."""
-        self.sweep(address=address, num_cpus=num_cpus, num_gpus=num_gpus, echo=echo)
-        if report:
-            path = self.report()
-            echo(f"report: {path}")
-        return self.results()
+        """Simulate, sweep, analyse and report in one go; returns the results table.
+
+        An interrupted sweep (SIGINT / SIGTERM) writes no report; a sweep with failed
+        trials writes one marked ``partial: N of M models``.
+        """
+        with self.lock("hrtem-ray run"):  # the sweep re-enters it
+            outcome = self.sweep(address=address, num_cpus=num_cpus, num_gpus=num_gpus, echo=echo)
+            if report and (outcome.finished or not outcome.interrupted) and outcome.done:
+                path = self.report(echo=echo)
+                echo(f"report: {path}")
+            return self.results()
+
+
+def _check_local_memory(spec: StudySpec, address: str | None) -> None:
+    """On a private local cluster, refuse a simulation worker larger than this machine.
+
+    A joined cluster's workers run on other machines, whose memory the driver does not
+    know before Ray starts; Ray's own memory monitor guards them.
+
+    Raises
+    ------
+    hrtem_ray.config.SpecError
+        With the estimate, the machine's memory and the fields that set it.
+    """
+    if address in (None, "local"):
+        check_resources(spec)
+
+
+@contextmanager
+def _locked_roots(roots: list[str], command: str) -> Iterator[None]:
+    """Check that each root is writable, then hold its study lock (in order).
+
+    Raises
+    ------
+    hrtem_ray.storage.StorageError
+        If a root cannot be written (before any lock is taken).
+    hrtem_ray.lock.LockHeldError
+        If another live process holds one of the locks.
+    """
+    unique = list(dict.fromkeys(roots))
+    for root in unique:
+        storage.check_writable_root(root)
+    with ExitStack() as stack:
+        for root in unique:
+            stack.enter_context(study_lock(root, command))
+        yield
+
+
+def _raise_interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`KeyboardInterrupt` like Ctrl-C (main thread only).
+
+    Enter it after Ray has started: ``ray.init`` installs a handler of its own that
+    ends the process at once on SIGTERM, without cleanup or a message.
+    """
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _object_store(address: str | None) -> int | None:

@@ -18,11 +18,14 @@ import logging
 import math
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -176,20 +179,150 @@ def _tune_trial(config: dict, context: TrialContext) -> None:
 
 @dataclass
 class SweepReport:
-    """Counts and failures of a finished sweep."""
+    """What a sweep did, counted over the models of the current plan only.
+
+    Attributes
+    ----------
+    planned
+        Models of the plan per phase.
+    already_done
+        Models of the plan that were done before this sweep started.
+    completed
+        Models of the plan this sweep finished.
+    failed
+        Failure records (``failures/*.json``) of plan models that are not done.
+    seconds
+        Wall time of the sweep.
+    done
+        Models of the plan done when the sweep ended.
+    interrupted
+        ``True`` when SIGINT / SIGTERM stopped the sweep before it ended.
+    """
 
     planned: dict[str, int]
     already_done: int
     completed: int = 0
     failed: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    done: int = 0
+    interrupted: bool = False
+
+    @property
+    def total(self) -> int:
+        """Models in the plan."""
+        return sum(self.planned.values())
+
+    @property
+    def unaccounted(self) -> int:
+        """Models of the plan neither done nor recorded as failed (an interrupted sweep)."""
+        return max(0, self.total - self.done - len(self.failed))
+
+    @property
+    def finished(self) -> bool:
+        """Every model of the plan is done."""
+        return self.done >= self.total
+
+
+class StopRequest:
+    """SIGINT / SIGTERM during a Ray Tune run: the first stops the sweep, a second aborts it.
+
+    Ray Tune's own SIGINT handler is switched off (``TUNE_DISABLE_SIGINT_HANDLER``):
+    it swallows the signal, lets ``Tuner.fit`` return normally and suggests
+    ``Tuner.restore``, which hrtem-ray does not use. Instead the first signal sets
+    :attr:`signum`, which :func:`_signal_stopper` turns into a stop of every trial
+    at Tune's next step; a second signal raises :class:`KeyboardInterrupt`.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop signal arrived."""
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    @contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        """Handle SIGINT and SIGTERM with :meth:`_handle` (main thread only) while inside."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        saved_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for signum in saved:
+            signal.signal(signum, self._handle)
+        try:
+            yield self
+        finally:
+            for signum, handler in saved.items():
+                signal.signal(signum, handler)
+            if saved_env is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
+
+
+def _signal_stopper(stop: StopRequest):
+    """A Ray Tune stopper that ends the whole run once ``stop`` is requested."""
+    from ray.tune import Stopper
+
+    class StopOnSignal(Stopper):
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return stop.requested
+
+    return StopOnSignal()
+
+
+# Ray Tune messages that would mislead a user of hrtem-ray (it resumes from results/, not
+# from Tune's experiment state): the restore hint, and the list of trials an interruption
+# stopped.
+_HIDDEN_TUNE_MESSAGES = (
+    "Tuner.restore",
+    "Resume experiment with",
+    "Resume training with",
+    "Trials did not complete",
+    "Stop signal received",
+)
+
+
+class _HideTuneMessages(logging.Filter):
+    """Drops Ray Tune log records that name :data:`_HIDDEN_TUNE_MESSAGES`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(hidden in text for hidden in _HIDDEN_TUNE_MESSAGES)
+
+
+@contextmanager
+def _tune_messages_hidden() -> Iterator[None]:
+    """Filter :data:`_HIDDEN_TUNE_MESSAGES` out of ``ray.tune.tune``'s log while inside."""
+    logger = logging.getLogger("ray.tune.tune")
+    hide = _HideTuneMessages()
+    logger.addFilter(hide)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hide)
 
 
 def _progress_callback(total: int, done_before: int, searcher, echo: Callable[[str], None]):
     from ray.tune import Callback
 
     class Progress(Callback):
-        """One line per finished trial and a done/running/pending summary."""
+        """One line per finished trial of the plan and a done/running/pending summary.
+
+        ``done_before`` counts only models of the current plan, and every trial of a
+        Tune run belongs to the plan, so the counter cannot pass ``total``.
+        """
 
         def __init__(self) -> None:
             self.finished = done_before
@@ -212,8 +345,10 @@ def _progress_callback(total: int, done_before: int, searcher, echo: Callable[[s
             )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            failed = (trial.last_result or {}).get("failed")
-            self._line(trials, trial, "FAILED (non-finite loss)" if failed else "done")
+            last = trial.last_result or {}
+            if not last.get("finished"):
+                return  # stopped by an interruption, not done
+            self._line(trials, trial, "FAILED (non-finite loss)" if last.get("failed") else "done")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._line(trials, trial, "FAILED")
@@ -297,9 +432,16 @@ def run_sweep(
     """
     start = time.time()
     plan = plan_trials(spec)
-    done = results.finished_ids(root)
+    planned_ids = {t.model_id for t in plan.all()}
+    write_study_spec(root, spec, data_root)
+    from hrtem_ray.check import heal_before_sweep  # damaged files: quarantined, retrained
+
+    heal_before_sweep(root, plan, echo)
+    done = results.finished_ids(root) & planned_ids
     todo = [t for t in plan.all() if t.model_id not in done]
-    report = SweepReport(planned=plan.counts(), already_done=len(plan.all()) - len(todo))
+    report = SweepReport(
+        planned=plan.counts(), already_done=len(plan.all()) - len(todo), done=len(done)
+    )
     if not todo:
         echo(f"all {len(plan.all())} trials already done in {root}")
         return report
@@ -310,8 +452,9 @@ def run_sweep(
         f"{concurrency} at a time, {resources['cpu']:g} CPU / {resources['gpu']:g} GPU each"
     )
     excluded: set[str] = set()
+    stop = StopRequest()
     for round_index in range(1 + INFRASTRUCTURE_ROUNDS):
-        done = results.finished_ids(root)
+        done = results.finished_ids(root) & planned_ids
         remaining = [t for t in plan.all() if t.model_id not in done | excluded]
         if not remaining:
             break
@@ -323,17 +466,56 @@ def run_sweep(
         for trial in remaining:
             results.clear_failure(root, trial.model_id)
         searcher = make_searcher(plan, done, excluded)
-        _fit(spec, plan, searcher, resources, concurrency, root, data_root, len(done), echo)
+        with stop.installed():
+            _fit(spec, plan, searcher, resources, concurrency, root, data_root, done, stop, echo)
+        if stop.requested:
+            report.interrupted = True
+            break
         for trial, reason in searcher.skipped:
             results.write_failure(root, trial, f"not run: {reason}", attempts=0, kind="skipped")
         excluded = _final_failures(results.read_failures(root))
         if not any(f["kind"] == "infrastructure" for f in results.read_failures(root)):
             break
-    finished = results.finished_ids(root)
+    finished = results.finished_ids(root) & planned_ids
     report.completed = len([t for t in todo if t.model_id in finished])
-    report.failed = results.read_failures(root)
+    report.done = len(finished)
+    report.failed = [
+        f
+        for f in results.read_failures(root)
+        if f.get("model_id") in planned_ids and f.get("model_id") not in finished
+    ]
+    if report.interrupted:
+        # trials stopped by the interruption are not failures: the rerun runs them
+        report.failed = [f for f in report.failed if f.get("kind") == "trial"]
     report.seconds = time.time() - start
     return report
+
+
+STUDY_FILE = "study.json"
+
+
+def study_file(root: str) -> str:
+    """Where a study root keeps the spec of its latest sweep (``<root>/study.json``)."""
+    return storage.join(root, STUDY_FILE)
+
+
+def write_study_spec(root: str, spec: StudySpec, data_root: str) -> None:
+    """Store the spec being swept, and where its dataset is, at the study root (atomically).
+
+    ``hrtem-ray report STUDY_DIR`` reads it (:meth:`hrtem_ray.study.Study.from_root`)
+    to know the current plan, so that rows of models from other configurations are
+    left out of the report.
+    """
+    from hrtem_ray import __version__
+
+    storage.write_json_atomic(
+        study_file(root),
+        {
+            "spec": spec.model_dump(mode="json"),
+            "data_root": data_root,
+            "hrtem_ray_version": __version__,
+        },
+    )
 
 
 # Extra Tune runs for trials whose worker or node was lost (each with fresh actors): Tune's own
@@ -347,8 +529,11 @@ def _final_failures(failures: list[dict]) -> set[str]:
     return own | {f["model_id"] for f in failures if f.get("parent_id") in own}
 
 
-def _fit(spec, plan, searcher, resources, concurrency, root, data_root, n_done, echo) -> None:
-    """One Ray Tune run of the trials ``searcher`` hands out."""
+def _fit(spec, plan, searcher, resources, concurrency, root, data_root, done, stop, echo) -> None:
+    """One Ray Tune run of the trials ``searcher`` hands out; ends early when ``stop`` is set.
+
+    ``done`` holds the plan's models finished before this run (the progress counter's start).
+    """
     from ray import tune
 
     context = TrialContext(
@@ -374,9 +559,10 @@ def _fit(spec, plan, searcher, resources, concurrency, root, data_root, n_done, 
             storage_path=tune_path,
             storage_filesystem=tune_fs,
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+            stop=_signal_stopper(stop),
             callbacks=[
                 _failure_recorder(root),
-                _progress_callback(len(plan.all()), n_done, searcher, echo),
+                _progress_callback(len(plan.all()), len(done), searcher, echo),
             ],
             verbose=0,
             log_to_file=True,
@@ -386,7 +572,26 @@ def _fit(spec, plan, searcher, resources, concurrency, root, data_root, n_done, 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Results live in the study's storage, not in Tune's result grid: silence its loader.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    tuner.fit()
+    with _tune_messages_hidden():
+        tuner.fit()
+
+
+def format_outcome(report: SweepReport) -> str:
+    """One line on how a sweep ended, counted over the current plan's models."""
+    if report.finished:
+        return (
+            f"sweep finished: all {report.total} models done ({report.completed} run now, "
+            f"{report.already_done} were already done), {report.seconds:.0f} s"
+        )
+    if report.interrupted:
+        return (
+            f"sweep interrupted after {report.seconds:.0f} s: "
+            f"{report.done} of {report.total} models done"
+        )
+    return (
+        f"sweep ended: {report.done} of {report.total} models done, "
+        f"{len(report.failed)} failed, {report.seconds:.0f} s"
+    )
 
 
 def format_failures(failures: list[dict]) -> str:

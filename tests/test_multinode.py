@@ -280,7 +280,7 @@ def test_simulation_and_trials_ran_on_several_nodes(multinode_run):
     assert trial_nodes <= multinode_run.nodes
     assert len(trial_nodes) >= 2, "all trials ran on one node"
     assert results.read_failures(study.root) == []
-    assert "sweep finished: 13 trials run" in multinode_run.log
+    assert "sweep finished: all 13 models done (13 run now" in multinode_run.log
 
 
 def test_transfer_trials_load_parent_checkpoints_across_nodes(multinode_run):
@@ -453,7 +453,14 @@ def test_study_on_s3_storage(cluster, moto_s3, tmp_path, monkeypatch):
 
     study = Study.from_yaml(spec_file, out=root)
     assert study.root == root and study.data_root == f"{root}/data"
-    assert sorted(storage.listdir(root)) == ["checkpoints", "data", "history", "results", "tune"]
+    assert sorted(storage.listdir(root)) == [
+        "checkpoints",
+        "data",
+        "history",
+        "results",
+        "study.json",
+        "tune",
+    ]
     assert len(set(manifest_nodes(study.data_root))) >= 2
     assert data.summarize(study.data_root) == {
         d: {"train": 6, "val": 3} for d in ("-10", "0", "10")
@@ -489,7 +496,7 @@ def test_study_on_file_uri_storage(multinode_run, cluster, moto_s3, tmp_path):
         driver_env(moto_s3),
         cwd=tmp_path,
     )
-    assert "sweep finished: 13 trials run" in log
+    assert "sweep finished: all 13 models done (13 run now" in log
     assert not (tmp_path / "file:").exists()
     table = Study.from_yaml(spec_file, out=root).results()
     assert_complete_table(table, parse_study_spec(raw, source="tests"))

@@ -77,6 +77,79 @@ def test_write_report_files(tmp_path):
     assert {"sel_reduce", "sel_freeze", "sel_n_transfer"} <= set(every.columns)
 
 
+def _rename(directory: Path, **values: str) -> Path:
+    """The results table of ``directory`` with label columns replaced by ``values``."""
+    table = pl.read_parquet(directory / "part-0.parquet")
+    replace = {"0": values.get("domain", "0")}
+    table = table.with_columns(
+        study=pl.lit(values.get("study", "defocus")),
+        pretrain_domain=pl.col("pretrain_domain").replace(replace),
+        transfer_domain=pl.col("transfer_domain").replace(replace),
+        eval_domain=pl.col("eval_domain").replace(replace),
+    )
+    table.write_parquet(directory / "part-0.parquet")
+    return directory
+
+
+def _files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("study", ["../../x", ".hidden/.."])
+def test_names_from_the_table_cannot_leave_the_output_dir(tmp_path, study):
+    results = _rename(_results(tmp_path), study=study, domain="../y")
+    out = tmp_path / "deep" / "er" / "report"
+    before = _files_under(tmp_path)
+    path = report.write_report(results, out)
+    written = _files_under(tmp_path) - before
+    assert written and all(out in f.parents for f in written), sorted(written)
+    key = report.safe_name(study)
+    assert ".." not in key and "/" not in key and not key.startswith(".")
+    assert (out / "figures" / f"{key}_pair_matrix.svg").stat().st_size > 1000
+    assert (out / "tables" / f"{key}_pair_matrix.csv").is_file()
+    page = path.read_text()
+    assert f'id="chart-{key}_pair_matrix"' in page
+    assert "../y" in pl.read_csv(out / "tables" / f"{key}_pair_matrix.csv")["target_domain"]
+
+
+def test_distinct_studies_with_the_same_safe_name_get_distinct_files(tmp_path):
+    first = _rename(_results(tmp_path), study="a/b")
+    second = pl.read_parquet(first / "part-0.parquet").with_columns(study=pl.lit("a_b"))
+    second.write_parquet(first / "part-1.parquet")
+    report.write_report(first, tmp_path / "out")
+    svgs = sorted(p.name for p in (tmp_path / "out" / "figures").glob("*_pair_matrix.svg"))
+    assert svgs == ["a_b-2_pair_matrix.svg", "a_b_pair_matrix.svg"]
+
+
+def test_output_path_stays_inside(tmp_path):
+    assert report.output_path(tmp_path, "figures", "a.svg") == tmp_path / "figures" / "a.svg"
+    for parts in (("..", "x.svg"), ("figures", "../../x.svg"), ("/etc/passwd",)):
+        with pytest.raises(report.ReportError, match="outside the report directory"):
+            report.output_path(tmp_path, *parts)
+
+
+def test_nothing_is_created_before_the_input_is_checked(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(report.ReportError, match="no results yet"):
+        report.write_report(empty, tmp_path / "out")
+    not_results = tmp_path / "shards"
+    not_results.mkdir()
+    pl.DataFrame({"image": [1.0]}).write_parquet(not_results / "x.parquet")
+    with pytest.raises(report.ReportError, match="not a results table.*phase"):
+        report.write_report(not_results, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_notes_are_shown_at_the_top_of_the_report(tmp_path):
+    table = analysis.load_results(_results(tmp_path))
+    notes = ["partial: 5 of 6 models", "ignored 3 rows of 1 models from other configurations"]
+    page = report.write_report(table, tmp_path / "out", notes=notes).read_text()
+    top = page.split('class="meta"', 1)[0]
+    assert all(note in top for note in notes)
+    assert "partial:" not in report.write_report(table, tmp_path / "plain").read_text()
+
+
 def test_default_selection_picks_median_and_all():
     table = pl.DataFrame(
         {
