@@ -16,7 +16,18 @@ default) and ``pandas.read_parquet``. Prints JSON with
   the Polars time of the same functions on theirs;
 - ``speedup_vs_pandas_with_load``: the same ratio with each side's load time added;
 - ``speedup_vs_pandas_string_labels``: the ratio when Polars gets the labels as
-  plain strings (``load_results(..., categorical=False)``), as pandas does.
+  plain strings (``load_results(..., categorical=False)``), as pandas does;
+- ``seconds_ci_all_functions_1m_rows``: every public analysis function once with
+  ``ci=0.95, n_boot=1000`` (bootstrap intervals over models), best of ``--repeat``,
+  scaled to 1 M rows;
+- ``cpu_seconds_ci_all_functions_1m_rows``: the process CPU time (all threads) of
+  one such call, scaled to 1 M rows: on a shared machine, a measure of the work that
+  does not count the time other processes hold the cores;
+- ``ci_speedup_vs_pandas``: a straightforward pandas/numpy bootstrap of the same
+  intervals of ``pair_matrix`` (both phases), ``ood_spread`` and
+  ``transfer_asymmetry`` (per group: a pivot to a model x eval-domain matrix, an
+  index matrix of resampled models, ``np.median`` over it; timed once) divided by
+  the time of the same functions with ``ci``.
 
 Usage::
 
@@ -227,6 +238,108 @@ def pandas_pair_ood(df: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
     return merged, ood
 
 
+CI = {"ci": 0.95, "n_boot": 1000}
+
+
+def polars_ci_all(table: pl.DataFrame) -> None:
+    """Every public analysis function once, with bootstrap intervals."""
+    analysis.pair_matrix(table, "pretrain", **CI)
+    analysis.pair_matrix(table, "transfer", **CI)
+    analysis.ood_spread(table, **CI)
+    analysis.transfer_asymmetry(table, **CI)
+    analysis.asymmetry_summary(table, "0", **CI)
+    analysis.baseline_comparison(table, "0", "10", **CI)
+    analysis.hyperparameter_effects(table, "n_transfer", **CI)
+    analysis.hyperparameter_effects(table, "freeze", freeze=["none", "encoder"], **CI)
+    analysis.hyperparameter_effects(table, ("pretrain_lr", "transfer_lr"), **CI)
+
+
+def polars_ci_subset(table: pl.DataFrame) -> None:
+    """The functions with intervals that the pandas reference implements."""
+    analysis.pair_matrix(table, "pretrain", **CI)
+    analysis.pair_matrix(table, "transfer", **CI)
+    analysis.ood_spread(table, **CI)
+    analysis.transfer_asymmetry(table, **CI)
+
+
+def _matrices(frame: pd.DataFrame, groups: list[str]) -> dict[Any, pd.DataFrame]:
+    """Per group, its model x eval-domain loss matrix (a model's duplicate rows averaged)."""
+    pivot = frame.pivot_table(
+        index=[*groups, "model_id"], columns="eval_domain", values="loss", aggfunc="mean"
+    )
+    levels = list(range(len(groups)))
+    return {
+        key[0] if len(groups) == 1 else key: group.droplevel(levels)
+        for key, group in pivot.groupby(level=levels)
+    }
+
+
+def _boot_medians(matrix: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """Medians of ``n_boot`` resamples of the models (rows): ``(n_boot, n_columns)``."""
+    draws = rng.integers(0, len(matrix), (n_boot, len(matrix)))
+    return np.median(matrix[draws], axis=1)
+
+
+def _bounds(replicates: np.ndarray, ci: float) -> tuple[float, float]:
+    """Percentile interval, null (NaN) for a single model."""
+    tail = 100 * (1 - ci) / 2
+    return tuple(np.percentile(replicates, [tail, 100 - tail]))
+
+
+def pandas_ci(df: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> dict:
+    """Straightforward pandas/numpy bootstrap (over models) of the intervals of
+    pair_matrix (both phases), ood_spread and transfer_asymmetry, median reduce."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    pre = _matrices(df[df["phase"] == "pretrain"], ["pretrain_domain"])
+    own = df[(df["phase"] == "transfer") & (df["eval_domain"] == df["transfer_domain"])]
+    tr_own = _matrices(own, ["pretrain_domain", "transfer_domain"])
+
+    def pretrain_reps() -> dict:
+        return {a: pd.DataFrame(_boot_medians(m.to_numpy(), rng, n_boot), columns=m.columns)
+                for a, m in pre.items()}  # fmt: skip
+
+    def transfer_reps() -> dict:
+        return {(a, b): _boot_medians(m[[b]].to_numpy(), rng, n_boot)[:, 0]
+                for (a, b), m in tr_own.items()}  # fmt: skip
+
+    # pair_matrix, pretrain and transfer (fallback: the pretrain cell's interval)
+    p_reps = pretrain_reps()
+    out["pretrain"] = {(a, e): _bounds(r[e], ci) for a, r in p_reps.items() for e in r.columns}
+    p_reps, t_reps = pretrain_reps(), transfer_reps()
+    cells = {(a, e): _bounds(r[e], ci) for a, r in p_reps.items() for e in r.columns}
+    cells.update({pair: _bounds(r, ci) for pair, r in t_reps.items()})
+    out["transfer"] = cells
+
+    # ood_spread: each group resampled jointly over the eval domains kept
+    kept = df[df["eval_domain"] != "0"]
+    p_kept = _matrices(kept[kept["phase"] == "pretrain"], ["pretrain_domain"])
+    t_kept = _matrices(kept[kept["phase"] == "transfer"], ["pretrain_domain", "transfer_domain"])
+    std_pre = {a: _boot_medians(m.to_numpy(), rng, n_boot).std(axis=1) for a, m in p_kept.items()}
+    ood = {}
+    for (a, b), m in t_kept.items():
+        std_tr = _boot_medians(m.to_numpy(), rng, n_boot).std(axis=1)
+        ood[a, b] = [_bounds(x, ci) for x in (std_pre[a], std_tr, std_tr - std_pre[a])]
+    out["ood"] = ood
+
+    # transfer_asymmetry: T(a,b) - P(b,b) - (T(b,a) - P(a,a)), groups resampled independently
+    p_reps, t_reps = pretrain_reps(), transfer_reps()
+    domains = list(p_reps)
+
+    def t_or_p(a: str, b: str) -> np.ndarray:
+        return t_reps[a, b] if (a, b) in t_reps else p_reps[a][b].to_numpy()
+
+    asym = {}
+    for a in domains:
+        for b in domains:
+            if a != b:
+                gap_ab = t_or_p(a, b) - p_reps[b][b].to_numpy()
+                gap_ba = t_or_p(b, a) - p_reps[a][a].to_numpy()
+                asym[a, b] = [_bounds(x, ci) for x in (gap_ab, gap_ba, gap_ab - gap_ba)]
+    out["asymmetry"] = asym
+    return out
+
+
 def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     """Best wall time of ``repeat`` calls, and the last call's return value."""
     times = []
@@ -257,6 +370,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     polars_subset, _ = best_time(lambda: polars_pair_ood(loaded), repeat)
     polars_strings, _ = best_time(lambda: polars_pair_ood(strings), repeat)
     pandas_subset, _ = best_time(lambda: pandas_pair_ood(frame), repeat)
+    polars_ci_all(loaded)  # warm-up
+    ci_all, _ = best_time(lambda: polars_ci_all(loaded), repeat)
+    cpu_start = time.process_time()
+    polars_ci_all(loaded)
+    ci_cpu = time.process_time() - cpu_start
+    ci_subset, _ = best_time(lambda: polars_ci_subset(loaded), repeat)
+    pandas_ci_subset, _ = best_time(lambda: pandas_ci(frame), 1)
     result = {
         "rows": table.height,
         "quick": args.quick,
@@ -274,6 +394,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             (load_pandas + pandas_subset) / (load_polars + polars_subset), 2
         ),
         "speedup_vs_pandas_string_labels": round(pandas_subset / polars_strings, 2),
+        "seconds_ci_all_functions_1m_rows": round(ci_all * 1_000_000 / table.height, 3),
+        "seconds_ci_all_functions": round(ci_all, 3),
+        "cpu_seconds_ci_all_functions_1m_rows": round(ci_cpu * 1_000_000 / table.height, 3),
+        "seconds_polars_ci_pair_ood_asymmetry": round(ci_subset, 3),
+        "seconds_pandas_ci_pair_ood_asymmetry": round(pandas_ci_subset, 3),
+        "ci_speedup_vs_pandas": round(pandas_ci_subset / ci_subset, 2),
         "polars_version": pl.__version__,
         "pandas_version": pd.__version__,
     }
