@@ -246,8 +246,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=6379)
     parser.add_argument("--head-ip", default=None, help="head address (default: resolved)")
     parser.add_argument("--temp-dir", default=None, help="Ray temp dir (default /tmp/ray-<jobid>)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.epilog = "Arguments after -- go to the study command, e.g. -- --resume."
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the commands, run nothing (arguments after -- go to the study command)",
+    )
 
 
 def main_from_cli(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
