@@ -236,7 +236,8 @@ def _run(args) -> int:
 
 
 def _report(args) -> int:
-    from hrtem_ray.report import locate_results, write_report
+    from hrtem_ray.report import write_report
+    from hrtem_ray.study import locate_results
 
     location = locate_results(args.results_dir, data_dir=args.data, all_results=args.all_results)
     for note in location.notes:

@@ -22,6 +22,7 @@ left out, and counted (:meth:`Study.result_selection`); ``all_results=True`` kee
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import sys
@@ -519,3 +520,117 @@ def _shard_echo(echo: Callable[[str], None]) -> Callable[[dict], None]:
         )
 
     return on_shard
+
+
+# --- what a path given to `hrtem-ray report` holds --------------------------------------
+
+
+@dataclass(frozen=True)
+class ResultsLocation:
+    """What a path given to ``hrtem-ray report`` holds (see :func:`locate_results`).
+
+    Attributes
+    ----------
+    results
+        The table to report: a path for :func:`write_report`, or the current plan's rows.
+    data_dir
+        The dataset of the example-image panel (a study's own, unless given).
+    notes
+        Lines for the top of the report and the terminal (partial study, rows left out).
+    source
+        Where the results came from, for the page.
+    """
+
+    results: str | pl.DataFrame
+    data_dir: str | None
+    notes: tuple[str, ...] = ()
+    source: str = ""
+
+
+def _is_study_root(path: str) -> bool:
+    return storage.exists(storage.join(path, "study.json")) or storage.exists(
+        storage.join(path, "results")
+    )
+
+
+def locate_results(
+    path: str | os.PathLike[str], data_dir: str | None = None, all_results: bool = False
+) -> ResultsLocation:
+    """Find the results table behind ``path``, checking it before anything is written.
+
+    - a study root (``study.json`` or ``results/`` inside), or a study's ``results/``
+      folder: its results, restricted to the models of its latest spec
+      (``study.json``) unless ``all_results``; ``data_dir`` defaults to its dataset;
+    - a dataset root: refused (it holds images, not results);
+    - any other directory, Parquet file or glob: read as given.
+
+    Raises
+    ------
+    hrtem_ray.report.ReportError
+        ``path`` does not exist, is a dataset, or holds no results yet.
+    """
+    from hrtem_ray.report import ReportError
+
+    raw = os.fspath(path)
+    is_glob = "://" not in raw and any(c in raw for c in "*?[")
+    if is_glob:
+        if not glob.glob(raw, recursive=True):
+            raise ReportError(f"no results yet: nothing matches {raw}")
+        return ResultsLocation(raw, data_dir, source=raw)
+    try:
+        present = storage.exists(raw)
+    except (OSError, ValueError) as error:
+        raise ReportError(f"cannot read {raw}: {error}") from None
+    if not present:
+        raise ReportError(f"{raw} does not exist")
+    root = None
+    if _is_study_root(raw):
+        root = raw
+    elif Path(raw.rstrip("/")).name == "results":
+        parent = raw.rstrip("/").rsplit("/", 1)[0]
+        if storage.exists(storage.join(parent, "study.json")):
+            root = parent
+    if root is not None:
+        return _locate_study(root, data_dir, all_results)
+    if storage.exists(storage.join(raw, "dataset.json")):
+        raise ReportError(
+            f"{raw} is a dataset, not results: give a study directory or its results/ folder"
+        )
+    if not storage.is_local(raw):
+        raise ReportError(f"{raw} is not a study directory (no study.json or results/ inside)")
+    return ResultsLocation(raw, data_dir, source=raw)
+
+
+def _locate_study(root: str, data_dir: str | None, all_results: bool) -> ResultsLocation:
+    """:class:`ResultsLocation` of a study root (see :func:`locate_results`)."""
+    from hrtem_ray.report import ReportError
+
+    results_dir = storage.join(root, "results")
+    try:
+        study = Study.from_root(root)
+    except FileNotFoundError:  # results written before study.json existed: read them all
+        data = data_dir or storage.join(root, "data")
+        if not storage.is_local(results_dir):
+            raise ReportError(f"{root} has no study.json: run the study's sweep again") from None
+        table = _results_or_none(results_dir)
+        if table is None:
+            raise ReportError(f"no results yet in {results_dir}") from None
+        note = f"no study.json in {root}: every row of results/ is reported"
+        return ResultsLocation(table, data, (note,), results_dir)
+    selection = study.result_selection(all_results)
+    if selection.table.is_empty():
+        extra = f" ({selection.note()})" if selection.note() else ""
+        raise ReportError(f"no results yet in {results_dir}{extra}")
+    notes = tuple(study.report_notes(selection))
+    return ResultsLocation(selection.table, data_dir or study.data_root, notes, results_dir)
+
+
+def _results_or_none(results_dir: str) -> pl.DataFrame | None:
+    """Every row under a local ``results/`` folder, or ``None`` if it holds none."""
+    from hrtem_ray.analysis import load_results
+
+    try:
+        table = load_results(results_dir, categorical=False)
+    except FileNotFoundError:
+        return None
+    return None if table.is_empty() else table
