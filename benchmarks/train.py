@@ -23,7 +23,8 @@ from collections.abc import Callable
 import common
 import torch
 
-from hrtem_ray.model import ModelSpec, build_model, count_parameters, freeze
+from hrtem_ray.model import build_model, count_parameters, freeze
+from hrtem_ray.specs import ModelSpec
 from hrtem_ray.train import prepare_model, select_device, train_step
 
 BATCH = 16

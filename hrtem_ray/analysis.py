@@ -71,7 +71,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-PHASES = ("pretrain", "transfer", "baseline")
+from hrtem_ray.specs import PHASES
+
 REDUCE_MODES = ("median", "mean", "min", "max")
 FILTERS = ("pretrain_lr", "transfer_lr", "n_transfer", "freeze", "seed")
 TRANSFER_FILTERS = ("transfer_lr", "n_transfer", "freeze")
@@ -988,38 +989,48 @@ def _ci_columns(columns: Sequence[str], stats: Sequence[str], ci: float | None) 
     return out if "n_models" in out else [*out, "n_models"]
 
 
-def _group_sizes(replicates: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Models per pretrain domain (``n_pre``) and per transfer pair (``n_tr``).
+def _group_sizes(
+    replicates: pl.LazyFrame, keys: Sequence[str] = ()
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Models per pretrain domain (``n_pre``) and per transfer pair (``n_tr``), per ``keys``.
 
     Read from a table of :func:`_replicated_results` (its ``_n`` column), i.e. the
     models that enter the statistics.
     """
+    keys = list(keys)
     first = replicates.filter(pl.col("rep") == 0)
     n = pl.col("_n").first().cast(pl.Int64)
-    pretrain = first.filter(pl.col("phase") == "pretrain").group_by("pretrain_domain").agg(n_pre=n)
+    pretrain = (
+        first.filter(pl.col("phase") == "pretrain")
+        .group_by([*keys, "pretrain_domain"])
+        .agg(n_pre=n)
+    )
     transfer = (
         first.filter(pl.col("phase") == "transfer")
-        .group_by("pretrain_domain", "transfer_domain")
+        .group_by([*keys, "pretrain_domain", "transfer_domain"])
         .agg(n_tr=n)
         .rename({"transfer_domain": "target_domain"})
     )
     return pretrain, transfer
 
 
-def _pair_sizes(replicates: pl.LazyFrame, pairs: pl.LazyFrame) -> pl.LazyFrame:
+def _pair_sizes(
+    replicates: pl.LazyFrame, pairs: pl.LazyFrame, keys: Sequence[str] = ()
+) -> pl.LazyFrame:
     """For (a, b) ``pairs``: ``n_pre_a``, ``n_pre_b``, ``n_tr_ab`` and ``n_tr_ba`` (0 if none)."""
-    pretrain, transfer = _group_sizes(replicates)
+    keys = list(keys)
+    pretrain, transfer = _group_sizes(replicates, keys)
     swap = {"pretrain_domain": "target_domain", "target_domain": "pretrain_domain"}
     return (
-        pairs.select(_PAIR)
-        .join(pretrain.rename({"n_pre": "n_pre_a"}), on="pretrain_domain", how="left")
+        pairs.select(*keys, *_PAIR)
+        .join(pretrain.rename({"n_pre": "n_pre_a"}), on=[*keys, "pretrain_domain"], how="left")
         .join(
             pretrain.rename({"pretrain_domain": "target_domain", "n_pre": "n_pre_b"}),
-            on="target_domain",
+            on=[*keys, "target_domain"],
             how="left",
         )
-        .join(transfer.rename({"n_tr": "n_tr_ab"}), on=_PAIR, how="left")
-        .join(transfer.rename({**swap, "n_tr": "n_tr_ba"}), on=_PAIR, how="left")
+        .join(transfer.rename({"n_tr": "n_tr_ab"}), on=[*keys, *_PAIR], how="left")
+        .join(transfer.rename({**swap, "n_tr": "n_tr_ba"}), on=[*keys, *_PAIR], how="left")
         .with_columns(pl.col("n_pre_a", "n_pre_b", "n_tr_ab", "n_tr_ba").fill_null(0))
     )
 
@@ -1027,19 +1038,29 @@ def _pair_sizes(replicates: pl.LazyFrame, pairs: pl.LazyFrame) -> pl.LazyFrame:
 _OTHER_GROUPS = pl.col("n_pre_b") + pl.col("n_tr_ab") + pl.col("n_tr_ba")
 
 
-def _asymmetry_sizes(replicates: pl.LazyFrame, pairs: pl.LazyFrame) -> pl.LazyFrame:
+def _asymmetry_sizes(
+    replicates: pl.LazyFrame, pairs: pl.LazyFrame, keys: Sequence[str] = ()
+) -> pl.LazyFrame:
     """``n_models`` of each asymmetry pair: the pretrain models of a and b, transfers both ways."""
-    sizes = _pair_sizes(replicates, pairs)
-    return sizes.select(*_PAIR, n_models=pl.col("n_pre_a") + _OTHER_GROUPS)
+    sizes = _pair_sizes(replicates, pairs, keys)
+    return sizes.select(*keys, *_PAIR, n_models=pl.col("n_pre_a") + _OTHER_GROUPS)
 
 
-def _summary_sizes(replicates: pl.LazyFrame, domain: str) -> pl.LazyFrame:
-    """``n_models`` of :func:`asymmetry_summary`: every group of every pair (domain, b)."""
+def _summary_sizes(
+    replicates: pl.LazyFrame, domain: str | None, keys: Sequence[str] = ()
+) -> pl.LazyFrame:
+    """``n_models`` of :func:`asymmetry_summary`: every group of every pair (domain, b).
+
+    ``domain`` of ``None``: every pretraining domain.
+    """
+    keys = list(keys)
     cells = replicates.filter(pl.col("rep") == 0)  # one replicate: a table of the cells
-    pairs = _transfer_asymmetry(cells, "mean", []).filter(pl.col("pretrain_domain") == domain)
+    pairs = _transfer_asymmetry(cells, "mean", keys)
+    if domain is not None:
+        pairs = pairs.filter(pl.col("pretrain_domain") == domain)
     return (
-        _pair_sizes(replicates, pairs)
-        .group_by(domain="pretrain_domain")
+        _pair_sizes(replicates, pairs, keys)
+        .group_by(*keys, domain="pretrain_domain")
         .agg(n_models=pl.col("n_pre_a").first() + _OTHER_GROUPS.sum())
     )
 
@@ -1490,12 +1511,140 @@ def _expand_selections(
     return lf, choices
 
 
+def _distinct_selections(expanded: pl.LazyFrame, keys: list[str]) -> pl.DataFrame:
+    """Map every selection to the first selection holding exactly the same models.
+
+    Filters act on model attributes, so two selections with the same set of model ids
+    hold the same rows and give the same tables (with one value per dimension,
+    ``"all"`` and that value select the same models). Returns the ``keys`` columns
+    and, for each key ``k``, ``_of_k``: the key of its representative selection.
+    """
+    fingerprints = (
+        expanded.group_by(keys)
+        .agg(_ids=pl.col("model_id").cast(pl.String).unique().sort().str.join("\n"))
+        .sort(keys)
+        .collect(engine=_ENGINE)
+    )
+    first = fingerprints.unique("_ids", keep="first", maintain_order=True)
+    of = {k: f"_of_{k}" for k in keys}
+    return fingerprints.join(first.rename(of), on="_ids", how="left").drop("_ids")
+
+
+def _for_every_selection(
+    intervals: pl.LazyFrame, selections: pl.DataFrame, keys: list[str]
+) -> pl.LazyFrame:
+    """Interval rows of the representative selections, copied to every selection they stand for."""
+    of = {k: f"_of_{k}" for k in keys}
+    return (
+        selections.lazy()
+        .join(intervals.rename(of), on=list(of.values()), how="inner")
+        .drop(of.values())
+    )
+
+
+def _selection_intervals(
+    expanded: pl.LazyFrame,
+    reduce: str,
+    keys: list[str],
+    exclude: Sequence[str],
+    ci: float,
+    n_boot: int,
+    boot_seed: int,
+) -> dict[str, tuple[pl.LazyFrame, list[str]]]:
+    """Intervals (and sizes) of the reduced tables of one mode of :func:`selection_tables`.
+
+    One replicate table of the pretrain and transfer cells (every eval domain the
+    pair matrices, spreads and asymmetries read) serves all of them, per selection
+    ``keys``; the statistics are recomputed per replicate by the building blocks, as
+    in the public functions.
+
+    Returns
+    -------
+    dict
+        Table name -> (its interval columns, plus ``n_models`` where the table has
+        none, keyed by ``keys`` and the table's row labels; those join columns).
+    """
+    cells = _OWN_CELLS | ~pl.col("eval_domain").is_in(list(exclude))
+    reps = _replicated_results(expanded, cells, reduce, keys, n_boot, boot_seed)
+    reps = reps.collect(engine=_ENGINE).lazy()
+    rep_keys = [*keys, "rep"]
+    own = reps.filter(_OWN_CELLS)
+    on = [*keys, *_PAIR]
+    pairs = pl.concat(
+        [
+            _pair_matrix(own, phase, "mean", rep_keys).with_columns(phase=pl.lit(phase))
+            for phase in ("pretrain", "transfer")
+        ]
+    )
+    ood = _interval(_ood_spread(reps, "mean", exclude, rep_keys), on, OOD_COLUMNS[2:], ci)
+    ood_sizes = _pair_sizes(reps, ood, keys).select(
+        *on, n_models=pl.col("n_pre_a") + pl.col("n_tr_ab")
+    )
+    asym = _interval(_transfer_asymmetry(own, "mean", rep_keys), on, ASYMMETRY_COLUMNS[2:], ci)
+    on_domain = [*keys, "domain"]
+    summary = _interval(
+        _asymmetry_summary(own, "mean", rep_keys), on_domain, SUMMARY_COLUMNS[1:], ci
+    )
+    models = _baseline_models(expanded, keys, None, None).filter(_ON_TARGET | _ON_SOURCE)
+    groups = [*keys, *_BASELINE_GROUP]
+    baseline = _bootstrap_cells(
+        models, groups, "eval_domain", {"loss": _stat_of(reduce)}, n_boot, boot_seed
+    )
+    baseline = _reduce_baseline(
+        baseline.lazy().with_columns(model_id=pl.lit("")), "mean", rep_keys
+    )
+    return {
+        "pair_matrix": (_interval(pairs, [*on, "phase"], ["loss"], ci), [*on, "phase"]),
+        "ood_spread": (ood.join(ood_sizes, on=on, how="left"), on),
+        "transfer_asymmetry": (asym.join(_asymmetry_sizes(reps, asym, keys), on=on), on),
+        "asymmetry_summary": (
+            summary.join(_summary_sizes(own, None, keys), on=on_domain, how="left"),
+            on_domain,
+        ),
+        "baseline_comparison": (_interval(baseline, groups, BASELINE_COLUMNS[2:4], ci), groups),
+    }
+
+
+def _hyperparameter_intervals(
+    expanded: pl.LazyFrame,
+    by: list[str],
+    exclude: Sequence[str],
+    keys: list[str],
+    ci: float,
+    n_boot: int,
+    boot_seed: int,
+) -> pl.LazyFrame:
+    """Intervals and ``n_models`` of a hyperparameter table of :func:`selection_tables`."""
+    stats = HYPER_STATS[1:]
+    quantiles = dict(zip(stats, (*QUANTILES, "mean"), strict=True))
+    groups = [*keys, *by]
+    rows = _own_domain_rows(expanded, exclude)
+    reps = _bootstrap_cells(rows, groups, None, quantiles, n_boot, boot_seed).lazy()
+    n = reps.filter(pl.col("rep") == 0).select(*groups, n_models=pl.col("_n"))
+    return _interval(reps, groups, stats, ci).join(n, on=groups, how="left", nulls_equal=True)
+
+
+def _join_intervals(
+    table: pl.LazyFrame,
+    intervals: pl.LazyFrame,
+    on: list[str],
+    selections: pl.DataFrame,
+    keys: list[str],
+) -> pl.LazyFrame:
+    """A selection table with the intervals of its representative selections joined on."""
+    intervals = _for_every_selection(intervals, selections, keys)
+    return table.join(intervals, on=on, how="left", nulls_equal=True)
+
+
 def selection_tables(
     results: Results,
     dims: Sequence[str] = SELECTION_DIMS,
     reduce_modes: Sequence[str] = REDUCE_MODES,
     exclude_eval_domains: Sequence[str] = ("0",),
     exclude_target_domains: Sequence[str] = ("0",),
+    ci: float | None = None,
+    n_boot: int = 1000,
+    boot_seed: int = 0,
 ) -> tuple[dict[str, pl.DataFrame], dict[str, list[str]]]:
     """Every analysis table for every reduce mode and filter selection, in long form.
 
@@ -1509,6 +1658,12 @@ def selection_tables(
         Reduce modes to compute.
     exclude_eval_domains, exclude_target_domains
         As in :func:`ood_spread` and :func:`hyperparameter_effects`.
+    ci, n_boot, boot_seed
+        Intervals, as in the public functions: every statistic column gets its
+        ``_ci_low`` / ``_ci_high`` columns and every table an ``n_models`` column.
+        Each selection is bootstrapped on its own (its groups draw from their own
+        random streams), so an interval equals the public function's in
+        distribution, not bit for bit.
 
     Returns
     -------
@@ -1524,6 +1679,7 @@ def selection_tables(
     """
     for mode in reduce_modes:
         _check_reduce(mode)
+    _check_ci(ci, n_boot)
     lf = _select(results, _BASELINE_REQUIRED, {})
     present = lf.collect_schema()
     dims = [d for d in dims if d in present]
@@ -1531,6 +1687,11 @@ def selection_tables(
     expanded = expanded.collect(engine=_ENGINE).lazy()
     choices["reduce"] = list(reduce_modes)
     keys = [f"sel_{d}" for d in dims]
+    if ci is not None:  # bootstrap each distinct set of models once
+        selections = _distinct_selections(expanded, keys)
+        of = [pl.col(f"_of_{k}") for k in keys]
+        representatives = selections.filter(pl.all_horizontal(pl.col(k) == o for k, o in zip(keys, of)))
+        distinct = expanded.join(representatives.lazy().select(keys), on=keys, how="semi")
     exclude_eval = [str(d) for d in exclude_eval_domains]
     exclude_target = [str(d) for d in exclude_target_domains]
 
@@ -1548,15 +1709,31 @@ def selection_tables(
             "asymmetry_summary": _asymmetry_summary(expanded, mode, keys),
             "baseline_comparison": _baseline_comparison(expanded, mode, keys, None, None),
         }
+        if ci is not None:
+            intervals = _selection_intervals(
+                distinct, mode, keys, exclude_eval, ci, n_boot, boot_seed
+            )
+            tagged = {
+                name: _join_intervals(frame, *intervals[name], selections, keys)
+                for name, frame in tagged.items()
+            }
         for name, frame in tagged.items():
             reduced.setdefault(name, []).append(frame.with_columns(sel_reduce=pl.lit(mode)))
     layout = {
-        "pair_matrix": (["phase", *PAIR_COLUMNS], PAIR_COLUMNS[:2], ()),
-        "ood_spread": (OOD_COLUMNS, OOD_COLUMNS[:2], ()),
-        "transfer_asymmetry": (ASYMMETRY_COLUMNS, ASYMMETRY_COLUMNS[:2], ()),
-        "asymmetry_summary": (SUMMARY_COLUMNS, ("domain",), ()),
+        "pair_matrix": (["phase", *_ci_columns(PAIR_COLUMNS, ["loss"], ci)], PAIR_COLUMNS[:2], ()),
+        "ood_spread": (_ci_columns(OOD_COLUMNS, OOD_COLUMNS[2:], ci), OOD_COLUMNS[:2], ()),
+        "transfer_asymmetry": (
+            _ci_columns(ASYMMETRY_COLUMNS, ASYMMETRY_COLUMNS[2:], ci),
+            ASYMMETRY_COLUMNS[:2],
+            (),
+        ),
+        "asymmetry_summary": (
+            _ci_columns(SUMMARY_COLUMNS, SUMMARY_COLUMNS[1:], ci),
+            ("domain",),
+            (),
+        ),
         "baseline_comparison": (
-            ("source", "target", *BASELINE_COLUMNS),
+            ("source", "target", *_ci_columns(BASELINE_COLUMNS, BASELINE_COLUMNS[2:4], ci)),
             ("source", "target"),
             ("method", "n_target_images"),
         ),
@@ -1570,8 +1747,15 @@ def selection_tables(
     }
     for label, by in hyper_by.items():
         names.append(f"hyperparameters_{label}")
-        lazies.append(_hyperparameter_effects(expanded, by, exclude_target, keys))
-        layout[f"hyperparameters_{label}"] = ([*by, *HYPER_STATS], (), tuple(by))
+        frame = _hyperparameter_effects(expanded, by, exclude_target, keys)
+        if ci is not None:
+            intervals = _hyperparameter_intervals(
+                distinct, by, exclude_target, keys, ci, n_boot, boot_seed
+            )
+            frame = _join_intervals(frame, intervals, [*keys, *by], selections, keys)
+        lazies.append(frame)
+        columns = _ci_columns([*by, *HYPER_STATS], HYPER_STATS[1:], ci)
+        layout[f"hyperparameters_{label}"] = (columns, (), tuple(by))
     frames = pl.collect_all(lazies, engine=_ENGINE)
     tables = {}
     for name, frame in zip(names, frames, strict=True):

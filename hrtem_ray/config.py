@@ -13,8 +13,8 @@ Validation covers what would otherwise fail only after Ray started:
   domain labels (also those derived from numbers) and ``domains.*`` entries;
 * every number is finite (no NaN or infinity anywhere) and within a physical
   range (:data:`MAX_ABS_DEFOCUS_NM`, :data:`MAX_DOSE_E_PER_ANGSTROM2`, the bounds
-  of :class:`~hrtem_ray.simulate.SimulationParams` and
-  :class:`~hrtem_ray.structures.StructureParams`), lists are non-empty;
+  of :class:`~hrtem_ray.specs.SimulationParams` and
+  :class:`~hrtem_ray.specs.StructureParams`), lists are non-empty;
 * the multislice grid has at most :data:`MAX_MULTISLICE_GPTS` points per side,
   and :func:`check_resources` compares the estimated memory of one simulation
   worker with this machine's memory (call it before Ray starts).
@@ -35,19 +35,19 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hrtem_ray.model import ModelSpec
-from hrtem_ray.simulate import (
+from hrtem_ray.specs import (
+    LATTICES,
+    Freeze,
     ImagingCondition,
+    ModelSpec,
     SimulationParams,
+    StructureParams,
     estimate_worker_memory_bytes,
     multislice_gpts,
     output_gpts,
 )
-from hrtem_ray.structures import LATTICES, StructureParams
 
 StudyAxis = Literal["defocus", "dose", "structure"]
-Freeze = Literal["none", "encoder", "decoder"]
-SPLITS = ("train", "val")
 
 
 #: Version of what a seed produces (structures, multislice, imaging, masks). Part of
@@ -575,7 +575,7 @@ def check_resources(spec: DatasetSpec | StudySpec, memory_bytes: int | None = No
     -------
     int
         The estimate (bytes) of the largest simulation group, from
-        :func:`hrtem_ray.simulate.estimate_worker_memory_bytes`.
+        :func:`hrtem_ray.specs.estimate_worker_memory_bytes`.
 
     Raises
     ------

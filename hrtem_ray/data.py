@@ -54,12 +54,12 @@ import pyarrow.parquet as pq
 from hrtem_ray import storage
 from hrtem_ray.config import (
     GENERATOR_VERSION,
-    SPLITS,
     DatasetSpec,
     DomainGroup,
     check_resources,
 )
 from hrtem_ray.simulate import simulate_structure, warm_fftw_wisdom
+from hrtem_ray.specs import SPLITS
 from hrtem_ray.structures import random_structure
 
 MANIFEST_DIR = "_manifest"

@@ -33,61 +33,11 @@ buffers), and its output does not depend on the batch composition.
 
 from __future__ import annotations
 
-from typing import Literal
-
-import pydantic
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Part = Literal["none", "encoder", "decoder"]
-
-_PRESETS: dict[str, dict[str, tuple[int, ...] | int]] = {
-    "full": {
-        "stem_channels": 64,
-        "encoder_channels": (64, 128, 256, 512),
-        "encoder_depths": (2, 2, 2, 2),
-        "decoder_channels": (256, 128, 64, 32, 16),
-    },
-    "small": {
-        "stem_channels": 16,
-        "encoder_channels": (16, 32, 64, 128),
-        "encoder_depths": (1, 1, 1, 1),
-        "decoder_channels": (32, 16, 16, 8, 8),
-    },
-}
-
-
-class ModelSpec(pydantic.BaseModel):
-    """Architecture of a :class:`UNet`.
-
-    Parameters
-    ----------
-    size
-        ``"full"`` (smp ``Unet("resnet18")`` layout, 14.3 M parameters) or ``"small"``
-        (laptop option, 395,330 parameters).
-    stem_channels, encoder_channels, encoder_depths, decoder_channels
-        Optional overrides of the preset widths: stem output channels, the output channels
-        and number of residual blocks of the four encoder stages, and the output channels of
-        the five decoder blocks.
-    """
-
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
-
-    size: Literal["full", "small"] = "small"
-    stem_channels: int | None = pydantic.Field(default=None, ge=1)
-    encoder_channels: tuple[int, int, int, int] | None = None
-    encoder_depths: tuple[int, int, int, int] | None = None
-    decoder_channels: tuple[int, int, int, int, int] | None = None
-
-    def resolved(self) -> dict[str, tuple[int, ...] | int]:
-        """Return the widths and depths with the preset filled in where not overridden."""
-        out = dict(_PRESETS[self.size])
-        for key in out:
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        return out
+from hrtem_ray.specs import Freeze, ModelSpec
 
 
 class BasicBlock(nn.Module):
@@ -210,7 +160,7 @@ class UNet(nn.Module):
         self.segmentation_head = nn.Sequential(
             nn.Conv2d(cfg["decoder_channels"][-1], classes, 3, padding=1)
         )
-        self.frozen: Part = "none"
+        self.frozen: Freeze = "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images ``(N, C, H, W)`` to class logits ``(N, classes, H, W)``."""
@@ -253,7 +203,7 @@ def build_model(
         return UNet(spec, in_channels=in_channels, classes=classes)
 
 
-def freeze(model: UNet, part: Part) -> int:
+def freeze(model: UNet, part: Freeze) -> int:
     """Freeze the encoder or the decoder of ``model`` in place (``"none"`` unfreezes all).
 
     The frozen part's parameters get ``requires_grad=False``; the segmentation head always

@@ -41,7 +41,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from hrtem_ray import __version__, storage
-from hrtem_ray.trials import PHASES, Trial
+from hrtem_ray.specs import PHASES
+from hrtem_ray.trials import Trial
 
 RESULTS_DIR = "results"
 HISTORY_DIR = "history"

@@ -57,15 +57,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import scipy.fft
 from ase import Atoms
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.ndimage import gaussian_filter
 
-from hrtem_ray.structures import LATTICES, Structure, StructureParams
+from hrtem_ray.specs import (
+    LATTICES,
+    ImagingCondition,
+    SimulationParams,
+    estimate_worker_memory_bytes,
+    multislice_gpts,
+    output_gpts,
+)
+from hrtem_ray.structures import Structure
 
 __all__ = [
     "ImagingCondition",
@@ -98,88 +104,6 @@ WISDOM_ENV = "HRTEM_RAY_FFTW_WISDOM"
 _STREAM_PHONONS_FULL = 0
 _STREAM_PHONONS_PARTICLES = 1
 _STREAM_CONDITION = 2
-
-
-class SimulationParams(BaseModel):
-    """Multislice, ground-truth and imaging parameters (paper values by default).
-
-    Every number must be finite and within physical bounds (given per field:
-    e.g. 10 to 3000 keV, a multislice sampling of 0.01 to 1 A, at most 256
-    phonon configurations); the memory a worker needs is estimated by
-    :func:`estimate_worker_memory_bytes`.
-
-    Mask recipes (see :func:`phase_mask`) are applied to the phase of the
-    phonon-averaged particles-in-vacuum exit wave at the output sampling:
-
-    ``"paper"``
-        Binary ``phase > paper_threshold_rad`` (pi/16), blurred by the lattice's
-        blur (1 A for C, Fe and Co3O4, 1.6 A otherwise) or ``mask_blur_angstrom``.
-    ``"smoothed"`` (default)
-        Phase smoothed by a Gaussian of ``smoothed_phase_sigma_angstrom`` first,
-        then binary ``> smoothed_threshold_rad``, then the same blur.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    energy_kev: float = Field(300.0, ge=10, le=3000, description="Beam energy (TEMs: 20-1250).")
-    sampling_angstrom: float = Field(
-        0.1, ge=0.01, le=1.0, description="Multislice real-space sampling (paper: 0.1)."
-    )
-    slice_thickness_angstrom: float = Field(2.0, ge=0.1, le=100)
-    n_phonons: int = Field(8, ge=1, le=256, description="Frozen-phonon configurations.")
-    phonon_sigma_angstrom: float = Field(
-        0.1, ge=0, le=1, description="Displacement std per Cartesian direction, all elements."
-    )
-    output_sampling_angstrom: float = Field(0.2, gt=0, le=10, description="Image pixel size.")
-    focal_spread_angstrom: float = Field(10.0, ge=0, le=1000, description="abTEM 1/e focal spread.")
-    defocus_jitter_nm: float = Field(1.5, ge=0, le=100, description="Std of the per-image jitter.")
-    mask_recipe: Literal["smoothed", "paper"] = "smoothed"
-    paper_threshold_rad: float = Field(np.pi / 16, gt=0, le=np.pi)
-    smoothed_phase_sigma_angstrom: float = Field(1.0, ge=0, le=100)
-    smoothed_threshold_rad: float = Field(np.pi / 64, gt=0, le=np.pi)
-    mask_blur_angstrom: float | None = Field(
-        None, ge=0, le=100, description="Mask blur std; None = per lattice (1 or 1.6 A)."
-    )
-    calibration_window_angstrom: float = Field(
-        15.0, gt=0, le=1000, description="Search margin around the particle-centre distances."
-    )
-    calibration_coarse_step_angstrom: float = Field(1.0, ge=0.01, le=100)
-    calibration_fine_step_angstrom: float = Field(0.1, ge=0.001, le=100)
-
-    @model_validator(mode="after")
-    def _output_not_finer(self) -> SimulationParams:
-        if self.output_sampling_angstrom < self.sampling_angstrom:
-            raise ValueError(
-                f"output_sampling_angstrom {self.output_sampling_angstrom} is finer than "
-                f"sampling_angstrom {self.sampling_angstrom}"
-            )
-        coarse, fine = self.calibration_coarse_step_angstrom, self.calibration_fine_step_angstrom
-        if not fine <= coarse <= 1000 * fine:
-            raise ValueError(
-                f"calibration_fine_step_angstrom {fine} and calibration_coarse_step_angstrom "
-                f"{coarse}: need fine <= coarse <= 1000 * fine"
-            )
-        return self
-
-
-@dataclass(frozen=True)
-class ImagingCondition:
-    """One imaging domain.
-
-    Attributes
-    ----------
-    domain : str
-        Label, e.g. ``"-10"``.
-    defocus_nm : float
-        Nominal defocus relative to the calibrated zero (abTEM sign: positive =
-        underfocus).
-    dose_e_per_angstrom2 : float or None
-        Electron dose; None for noiseless normalised intensity.
-    """
-
-    domain: str
-    defocus_nm: float
-    dose_e_per_angstrom2: float | None
 
 
 @dataclass
@@ -393,80 +317,6 @@ def warm_fftw_wisdom(cell_angstrom: float, params: SimulationParams) -> None:
 # --------------------------------------------------------------------------- Fourier space
 
 
-def multislice_gpts(cell_angstrom: float, params: SimulationParams) -> int:
-    """Multislice grid side in points: ``ceil(cell_angstrom / sampling_angstrom)`` (abTEM's)."""
-    return int(np.ceil(cell_angstrom / params.sampling_angstrom))
-
-
-#: Resident memory of a simulation worker before it simulates (MiB): hrtem_ray, torch,
-#: abTEM and pyarrow imported, measured 534 MiB in a plain process; a Ray Data worker
-#: adds about 95 MiB (laptop preset: 569 MiB peak in a plain process, 663 MiB in a Ray
-#: worker, ``benchmarks/results/simulate.json``).
-WORKER_BASE_MIB = 640
-#: Grid-independent memory of the first structure simulated (abTEM, dask and FFTW
-#: state): measured 28 MiB at a 128^2 grid; 40 leaves a margin.
-SIMULATION_FIXED_MIB = 40
-#: complex64 grids of the multislice working set (potential slices, transmission
-#: function, propagator, FFTW buffers) and per frozen-phonon configuration (exit
-#: wave kept, its FFT, dask's concatenation), fitted to the measurements below.
-GRIDS_FIXED = 10
-GRIDS_PER_PHONON = 3
-
-
-def estimate_worker_memory_bytes(structures: StructureParams, params: SimulationParams) -> int:
-    """Estimated peak memory (bytes) of one worker simulating structures of these parameters.
-
-    ``(WORKER_BASE_MIB + SIMULATION_FIXED_MIB) MiB + 8 n^2 (GRIDS_FIXED +
-    GRIDS_PER_PHONON * n_phonons)`` bytes, ``n`` being :func:`multislice_gpts`: the
-    multislice grid, the exit waves of every phonon configuration (kept until their
-    Fourier cropping), the potential slices and the particles-only pass (which runs
-    after the full structure's waves are freed, on the same grid). The substrate
-    thickness changes the time (slices), not the memory.
-
-    Calibrated with ``resource.getrusage`` (``ru_maxrss``: peak RSS of one fresh
-    process started from a small parent, simulating one structure, minus the RSS
-    after its imports, 534 MiB; also ``VmRSS``/``VmHWM`` of ``/proc/self/status``):
-
-    ========================  =====  =======  ==============  =========
-    preset / variant          grid   phonons  measured (MiB)  estimate
-    ========================  =====  =======  ==============  =========
-    tests' tiny dataset       128    1        28              42
-    laptop (51.2 A, 0.2 A)    256    2        34 to 35        48
-    laptop at 0.1 A           512    2        55              72
-    laptop at 0.1 A           512    4        60 to 65        84
-    laptop at 0.1 A           512    8        81              108
-    102.4 A at 0.1 A          1024   2        133 to 148      168
-    102.4 A at 0.1 A          1024   4        164 to 169      216
-    102.4 A at 0.1 A          1024   8        237 to 277      312
-    paper (128 A, 0.1 A)      1280   8        396             465
-    ========================  =====  =======  ==============  =========
-
-    The ranges are repeated runs (other structures, another machine load).
-    ``tests/test_simulate.py`` measures the 128 and the 512 (4 phonons) rows again.
-
-    Parameters
-    ----------
-    structures : StructureParams
-        Sets the cell side.
-    params : SimulationParams
-        Sets the sampling and the phonon count.
-
-    Returns
-    -------
-    int
-        Bytes, including the worker's base memory (:data:`WORKER_BASE_MIB`).
-    """
-    side = multislice_gpts(structures.cell_angstrom, params)
-    grid_bytes = 8 * side * side
-    grids = GRIDS_FIXED + GRIDS_PER_PHONON * params.n_phonons
-    return (WORKER_BASE_MIB + SIMULATION_FIXED_MIB) * 2**20 + grid_bytes * grids
-
-
-def output_gpts(cell_angstrom: float, params: SimulationParams) -> int:
-    """Output image side in pixels; the pixel size is ``cell_angstrom / output_gpts``."""
-    return int(round(cell_angstrom / params.output_sampling_angstrom))
-
-
 def fourier_crop(spectra: np.ndarray, gpts: tuple[int, int]) -> np.ndarray:
     """Keep the lowest ``gpts`` spatial frequencies of unshifted 2D spectra.
 
@@ -613,7 +463,7 @@ def phase_mask(
     pixel_size_angstrom : float
         Pixel size of ``particle_waves``.
     lattice : str
-        Key of :data:`hrtem_ray.structures.LATTICES` (selects the paper blur).
+        Key of :data:`hrtem_ray.specs.LATTICES` (selects the paper blur).
     params : SimulationParams
         Recipe and its parameters.
 

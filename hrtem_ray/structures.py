@@ -28,9 +28,10 @@ from functools import cache
 import numpy as np
 from ase import Atoms
 from ase.spacegroup import crystal
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
+
+from hrtem_ray.specs import LATTICES, WURTZITE_U, LatticeSpec, StructureParams
 
 __all__ = [
     "LATTICES",
@@ -50,145 +51,6 @@ __all__ = [
 _STREAM_LAYOUT = 0
 _STREAM_SUBSTRATE = 1
 _STREAM_PARTICLE = 2  # + particle index
-
-
-@dataclass(frozen=True)
-class LatticeSpec:
-    """A crystal lattice of the study, as input to :func:`ase.spacegroup.crystal`.
-
-    Attributes
-    ----------
-    spacegroup : int
-        International space-group number (227 uses ASE's default origin choice 1).
-    a_angstrom, c_angstrom : float
-        Lattice parameters; ``c_angstrom`` is None for cubic lattices.
-    symbols : tuple of str
-        Element of each Wyckoff position in ``basis``.
-    basis : tuple of (float, float, float)
-        Fractional coordinates of the asymmetric unit.
-    paper_mask_blur_angstrom : float
-        Gaussian blur of the study's literal ground-truth recipe for this lattice
-        (1 A for C, Fe and Co3O4, 1.6 A for the others).
-    """
-
-    spacegroup: int
-    a_angstrom: float
-    c_angstrom: float | None
-    symbols: tuple[str, ...]
-    basis: tuple[tuple[float, float, float], ...]
-    paper_mask_blur_angstrom: float
-
-    @property
-    def is_wurtzite(self) -> bool:
-        """True for the hexagonal (space group 186) lattices, which can carry faults."""
-        return self.spacegroup == 186
-
-    @property
-    def cellpar(self) -> list[float]:
-        """Cell parameters ``[a, b, c, alpha, beta, gamma]`` for ASE."""
-        if self.c_angstrom is None:
-            return [self.a_angstrom] * 3 + [90.0] * 3
-        return [self.a_angstrom, self.a_angstrom, self.c_angstrom, 90.0, 90.0, 120.0]
-
-
-#: Ideal wurtzite internal parameter u (anion at z = u above the cation).
-WURTZITE_U = 3.0 / 8.0
-
-
-def _wurtzite(cation: str, anion: str, a: float, c: float) -> LatticeSpec:
-    basis = ((1 / 3, 2 / 3, 0.0), (1 / 3, 2 / 3, WURTZITE_U))
-    return LatticeSpec(186, a, c, (cation, anion), basis, 1.6)
-
-
-def _spinel(cation: str, a: float, x_origin1: float, blur: float) -> LatticeSpec:
-    # Origin choice 1: A (8a) at 0,0,0; B (16d) at 5/8,5/8,5/8; O (32e) at x,x,x
-    # with x = u + 1/8, u being the usual origin-choice-2 oxygen parameter.
-    basis = ((0.0, 0.0, 0.0), (5 / 8, 5 / 8, 5 / 8), (x_origin1,) * 3)
-    return LatticeSpec(227, a, None, (cation, cation, "O"), basis, blur)
-
-
-#: The 9 lattices of the study (space groups and parameters from the study table).
-LATTICES: dict[str, LatticeSpec] = {
-    "ZnS": _wurtzite("Zn", "S", 3.8227, 6.2607),
-    "CdSe": _wurtzite("Cd", "Se", 4.2985, 7.0152),
-    "Cu": LatticeSpec(225, 3.6157, None, ("Cu",), ((0.0, 0.0, 0.0),), 1.6),
-    "Ag": LatticeSpec(225, 4.0782, None, ("Ag",), ((0.0, 0.0, 0.0),), 1.6),
-    "C": LatticeSpec(227, 3.5673, None, ("C",), ((0.0, 0.0, 0.0),), 1.0),
-    "Si": LatticeSpec(227, 5.430, None, ("Si",), ((0.0, 0.0, 0.0),), 1.6),
-    "Fe3O4": _spinel("Fe", 8.394, 0.2549 + 1 / 8, 1.6),
-    "Co3O4": _spinel("Co", 8.065, 0.2631 + 1 / 8, 1.0),
-    "Fe": LatticeSpec(229, 2.866, None, ("Fe",), ((0.0, 0.0, 0.0),), 1.0),
-}
-
-
-#: Upper bound of the substrate-thickness and radius ranges (angstrom).
-MAX_LENGTH_RANGE_ANGSTROM = 1000.0
-#: Upper bound of the particle-count range.
-MAX_PARTICLES = 1000
-
-
-class StructureParams(BaseModel):
-    """Parameters of the random structure generator (all lengths in angstrom).
-
-    Ranges are ``(low, high)`` tuples, drawn uniformly (integers inclusive). Every
-    number must be finite and within the bounds given per field (e.g. a cell of 5
-    to 2000 A, at most 4 stacking faults, whose random draw otherwise may take
-    very long to find fault layers two bilayers apart).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    cell_angstrom: float = Field(
-        128.0, ge=5, le=2000, description="Side L of the square cell (x, y)."
-    )
-    substrate_thickness_angstrom: tuple[float, float] = (20.0, 80.0)
-    lattices: tuple[str, ...] = ("CdSe",)
-    radius_angstrom: tuple[float, float] = (15.0, 25.0)
-    n_particles: tuple[int, int] = (1, 5)
-    max_stacking_faults: int = Field(2, ge=0, le=4, description="Wurtzite only: 0..max I1 faults.")
-    min_separation_angstrom: float = Field(10.0, ge=0, le=1000, description="Surface to surface.")
-    carbon_density_per_angstrom3: float = Field(0.11, gt=0, le=0.3)
-    carbon_min_distance_angstrom: float = Field(1.4, gt=0, le=5)
-    vacuum_angstrom: float = Field(2.0, ge=0, le=1000, description="Vacuum above and below.")
-    particle_gap_angstrom: float = Field(1.5, ge=0, le=100, description="Particle to substrate.")
-    max_placement_attempts: int = Field(200, ge=1, le=100_000)
-
-    @field_validator("substrate_thickness_angstrom", "radius_angstrom")
-    @classmethod
-    def _positive_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0 < low <= high <= MAX_LENGTH_RANGE_ANGSTROM:
-            raise ValueError(
-                f"need 0 < low <= high <= {MAX_LENGTH_RANGE_ANGSTROM:g}, got {list(value)}"
-            )
-        return value
-
-    @field_validator("n_particles")
-    @classmethod
-    def _count_range(cls, value: tuple[int, int]) -> tuple[int, int]:
-        low, high = value
-        if not 1 <= low <= high <= MAX_PARTICLES:
-            raise ValueError(f"need 1 <= low <= high <= {MAX_PARTICLES}, got {list(value)}")
-        return value
-
-    @field_validator("lattices")
-    @classmethod
-    def _known_lattices(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("at least one lattice is required")
-        unknown = [name for name in value if name not in LATTICES]
-        if unknown:
-            raise ValueError(f"unknown lattice(s) {unknown}; allowed: {sorted(LATTICES)}")
-        return value
-
-    @model_validator(mode="after")
-    def _particles_fit(self) -> StructureParams:
-        if 2 * self.radius_angstrom[1] >= self.cell_angstrom:
-            raise ValueError(
-                f"radius_angstrom {self.radius_angstrom} does not fit in cell_angstrom "
-                f"{self.cell_angstrom}"
-            )
-        return self
 
 
 @dataclass(frozen=True)

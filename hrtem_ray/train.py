@@ -48,8 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrtem_ray import __version__
-from hrtem_ray.model import ModelSpec, Part, build_model, count_parameters
+from hrtem_ray.model import build_model, count_parameters
 from hrtem_ray.model import freeze as freeze_part
+from hrtem_ray.specs import Freeze, ModelSpec
 from hrtem_ray.trainsets import (
     augment,
     epoch_order,
@@ -325,7 +326,7 @@ def train_stage(
     batch_size: int = 16,
     lr_decay: float = 0.99,
     seed: int = 0,
-    freeze: Part = "none",
+    freeze: Freeze = "none",
     augment_data: bool = True,
     device: str | torch.device | None = None,
     num_threads: int | None = None,

@@ -11,12 +11,19 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 from hrtem_ray.config import StudySpec
+from hrtem_ray.specs import PHASES, Freeze, Phase
 
-Phase = Literal["pretrain", "transfer", "baseline"]
-PHASES: tuple[Phase, ...] = ("pretrain", "transfer", "baseline")
+__all__ = [
+    "PHASES",
+    "Phase",
+    "Trial",
+    "TrialPlan",
+    "baseline_pairs",
+    "plan_trials",
+    "trial_context",
+]
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,7 @@ class Trial:
     transfer_lr: float | None
     n_pretrain: int
     n_transfer: int | None
-    freeze: str
+    freeze: Freeze
     seed: int
     parent_id: str | None
     config_hash: str = field(default="", compare=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,13 +22,13 @@ from hrtem_ray.config import (
     parse_dataset_spec,
     parse_study_spec,
 )
-from hrtem_ray.simulate import (
+from hrtem_ray.specs import (
     SIMULATION_FIXED_MIB,
     WORKER_BASE_MIB,
     SimulationParams,
+    StructureParams,
     estimate_worker_memory_bytes,
 )
-from hrtem_ray.structures import StructureParams
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "sweeps").glob("*.yaml"))
@@ -406,3 +408,14 @@ def test_presets_validate_and_fit_a_64_gib_worker(preset):
     assert check_resources(spec, memory_bytes=64 * 2**30) > 0
     assert not math.isnan(spec.dataset.simulation.sampling_angstrom)
     assert yaml.safe_load(preset.read_text())["name"] == spec.name
+
+
+def test_spec_layer_imports_nothing_heavy():
+    """Reading specs, planning trials and analysing results load no torch, abTEM, ASE or Ray."""
+    code = (
+        "import sys; import hrtem_ray.config, hrtem_ray.specs, hrtem_ray.trials, "
+        "hrtem_ray.results, hrtem_ray.analysis; "
+        "print(sorted(m for m in ('torch', 'abtem', 'ase', 'ray') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -15,24 +15,27 @@ from pydantic import ValidationError
 
 from hrtem_ray.simulate import (
     WISDOM_ENV,
-    WORKER_BASE_MIB,
-    ImagingCondition,
-    SimulationParams,
     apply_dose,
     calibrate_zero_defocus,
     ctf,
-    estimate_worker_memory_bytes,
     exit_waves,
     fourier_crop,
     image_intensity,
-    output_gpts,
     particle_spectra,
     phase_mask,
     simulate_structure,
     spectra_to_waves,
     wave_spectra,
 )
-from hrtem_ray.structures import StructureParams, random_structure
+from hrtem_ray.specs import (
+    WORKER_BASE_MIB,
+    ImagingCondition,
+    SimulationParams,
+    StructureParams,
+    estimate_worker_memory_bytes,
+    output_gpts,
+)
+from hrtem_ray.structures import random_structure
 
 FAST = SimulationParams(sampling_angstrom=0.2, n_phonons=2)
 SMALL = StructureParams(
@@ -121,7 +124,8 @@ def test_exit_waves_bit_identical_across_processes(tmp_path, monkeypatch):
         """
         import hashlib
         from ase import Atoms
-        from hrtem_ray.simulate import SimulationParams, exit_waves
+        from hrtem_ray.simulate import exit_waves
+        from hrtem_ray.specs import SimulationParams
         atoms = Atoms("CdSe", positions=[[5, 5, 1], [12, 9, 3]], cell=[24, 24, 6])
         waves = exit_waves(atoms, SimulationParams(sampling_angstrom=0.1, n_phonons=2), 3)
         print(hashlib.sha256(waves.tobytes()).hexdigest())
@@ -288,8 +292,9 @@ def test_invalid_simulation_params_name_the_field(kwargs, field):
 
 _MEASURE_PEAK = """
 import json, sys
-from hrtem_ray.simulate import ImagingCondition, SimulationParams, simulate_structure
-from hrtem_ray.structures import StructureParams, random_structure
+from hrtem_ray.simulate import simulate_structure
+from hrtem_ray.specs import ImagingCondition, SimulationParams, StructureParams
+from hrtem_ray.structures import random_structure
 import abtem, dask, pyarrow, pyfftw  # what a simulation worker has imported
 import hrtem_ray.data
 

@@ -5,9 +5,8 @@ import pytest
 from pydantic import ValidationError
 from scipy.spatial import cKDTree
 
+from hrtem_ray.specs import LATTICES, StructureParams
 from hrtem_ray.structures import (
-    LATTICES,
-    StructureParams,
     amorphous_carbon_positions,
     lattice_unit_cell,
     random_structure,

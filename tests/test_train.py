@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from hrtem_ray.model import ModelSpec, build_model
+from hrtem_ray.model import build_model
+from hrtem_ray.specs import ModelSpec
 from hrtem_ray.train import (
     EvalMetrics,
     NonFiniteLossError,

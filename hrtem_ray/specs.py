@@ -1,0 +1,409 @@
+"""The typed specifications of every stage: pydantic and dataclasses only, no heavy imports.
+
+This is the bottom layer of hrtem-ray: the structure generator, the multislice
+simulation, the U-Net and the study configuration (:mod:`hrtem_ray.config`) all take
+their parameters as the classes defined here, so that reading and validating a spec
+loads neither torch, abTEM, ASE nor Ray. Each shared type and constant has its one
+definition here:
+
+* :data:`LATTICES` and :class:`StructureParams`: the random structure generator
+  (:mod:`hrtem_ray.structures`);
+* :class:`SimulationParams`, :class:`ImagingCondition` and the grid sizes and
+  memory estimate derived from them (:mod:`hrtem_ray.simulate`);
+* :class:`ModelSpec` and :data:`Freeze` (:mod:`hrtem_ray.model`);
+* :data:`Phase` / :data:`PHASES` and :data:`SPLITS` (trials, results and analysis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "Freeze",
+    "FREEZE_OPTIONS",
+    "GRIDS_FIXED",
+    "GRIDS_PER_PHONON",
+    "ImagingCondition",
+    "LATTICES",
+    "LatticeSpec",
+    "MAX_LENGTH_RANGE_ANGSTROM",
+    "MAX_PARTICLES",
+    "ModelSpec",
+    "PHASES",
+    "Phase",
+    "SIMULATION_FIXED_MIB",
+    "SPLITS",
+    "SimulationParams",
+    "StructureParams",
+    "WORKER_BASE_MIB",
+    "WURTZITE_U",
+    "estimate_worker_memory_bytes",
+    "multislice_gpts",
+    "output_gpts",
+]
+
+#: A part of the U-Net kept frozen during a transfer stage (``none``: train everything).
+Freeze = Literal["none", "encoder", "decoder"]
+FREEZE_OPTIONS: tuple[Freeze, ...] = ("none", "encoder", "decoder")
+#: What a trained model is: pretrained, transferred from a pretrain model, or a
+#: single-stage baseline on a mixture of two domains.
+Phase = Literal["pretrain", "transfer", "baseline"]
+PHASES: tuple[Phase, ...] = ("pretrain", "transfer", "baseline")
+#: The splits of a dataset.
+SPLITS = ("train", "val")
+
+
+# --------------------------------------------------------------------------- structures
+
+
+@dataclass(frozen=True)
+class LatticeSpec:
+    """A crystal lattice of the study, as input to :func:`ase.spacegroup.crystal`.
+
+    Attributes
+    ----------
+    spacegroup : int
+        International space-group number (227 uses ASE's default origin choice 1).
+    a_angstrom, c_angstrom : float
+        Lattice parameters; ``c_angstrom`` is None for cubic lattices.
+    symbols : tuple of str
+        Element of each Wyckoff position in ``basis``.
+    basis : tuple of (float, float, float)
+        Fractional coordinates of the asymmetric unit.
+    paper_mask_blur_angstrom : float
+        Gaussian blur of the study's literal ground-truth recipe for this lattice
+        (1 A for C, Fe and Co3O4, 1.6 A for the others).
+    """
+
+    spacegroup: int
+    a_angstrom: float
+    c_angstrom: float | None
+    symbols: tuple[str, ...]
+    basis: tuple[tuple[float, float, float], ...]
+    paper_mask_blur_angstrom: float
+
+    @property
+    def is_wurtzite(self) -> bool:
+        """True for the hexagonal (space group 186) lattices, which can carry faults."""
+        return self.spacegroup == 186
+
+    @property
+    def cellpar(self) -> list[float]:
+        """Cell parameters ``[a, b, c, alpha, beta, gamma]`` for ASE."""
+        if self.c_angstrom is None:
+            return [self.a_angstrom] * 3 + [90.0] * 3
+        return [self.a_angstrom, self.a_angstrom, self.c_angstrom, 90.0, 90.0, 120.0]
+
+
+#: Ideal wurtzite internal parameter u (anion at z = u above the cation).
+WURTZITE_U = 3.0 / 8.0
+
+
+def _wurtzite(cation: str, anion: str, a: float, c: float) -> LatticeSpec:
+    basis = ((1 / 3, 2 / 3, 0.0), (1 / 3, 2 / 3, WURTZITE_U))
+    return LatticeSpec(186, a, c, (cation, anion), basis, 1.6)
+
+
+def _spinel(cation: str, a: float, x_origin1: float, blur: float) -> LatticeSpec:
+    # Origin choice 1: A (8a) at 0,0,0; B (16d) at 5/8,5/8,5/8; O (32e) at x,x,x
+    # with x = u + 1/8, u being the usual origin-choice-2 oxygen parameter.
+    basis = ((0.0, 0.0, 0.0), (5 / 8, 5 / 8, 5 / 8), (x_origin1,) * 3)
+    return LatticeSpec(227, a, None, (cation, cation, "O"), basis, blur)
+
+
+#: The 9 lattices of the study (space groups and parameters from the study table).
+LATTICES: dict[str, LatticeSpec] = {
+    "ZnS": _wurtzite("Zn", "S", 3.8227, 6.2607),
+    "CdSe": _wurtzite("Cd", "Se", 4.2985, 7.0152),
+    "Cu": LatticeSpec(225, 3.6157, None, ("Cu",), ((0.0, 0.0, 0.0),), 1.6),
+    "Ag": LatticeSpec(225, 4.0782, None, ("Ag",), ((0.0, 0.0, 0.0),), 1.6),
+    "C": LatticeSpec(227, 3.5673, None, ("C",), ((0.0, 0.0, 0.0),), 1.0),
+    "Si": LatticeSpec(227, 5.430, None, ("Si",), ((0.0, 0.0, 0.0),), 1.6),
+    "Fe3O4": _spinel("Fe", 8.394, 0.2549 + 1 / 8, 1.6),
+    "Co3O4": _spinel("Co", 8.065, 0.2631 + 1 / 8, 1.0),
+    "Fe": LatticeSpec(229, 2.866, None, ("Fe",), ((0.0, 0.0, 0.0),), 1.0),
+}
+
+
+#: Upper bound of the substrate-thickness and radius ranges (angstrom).
+MAX_LENGTH_RANGE_ANGSTROM = 1000.0
+#: Upper bound of the particle-count range.
+MAX_PARTICLES = 1000
+
+
+class StructureParams(BaseModel):
+    """Parameters of the random structure generator (all lengths in angstrom).
+
+    Ranges are ``(low, high)`` tuples, drawn uniformly (integers inclusive). Every
+    number must be finite and within the bounds given per field (e.g. a cell of 5
+    to 2000 A, at most 4 stacking faults, whose random draw otherwise may take
+    very long to find fault layers two bilayers apart).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    cell_angstrom: float = Field(
+        128.0, ge=5, le=2000, description="Side L of the square cell (x, y)."
+    )
+    substrate_thickness_angstrom: tuple[float, float] = (20.0, 80.0)
+    lattices: tuple[str, ...] = ("CdSe",)
+    radius_angstrom: tuple[float, float] = (15.0, 25.0)
+    n_particles: tuple[int, int] = (1, 5)
+    max_stacking_faults: int = Field(2, ge=0, le=4, description="Wurtzite only: 0..max I1 faults.")
+    min_separation_angstrom: float = Field(10.0, ge=0, le=1000, description="Surface to surface.")
+    carbon_density_per_angstrom3: float = Field(0.11, gt=0, le=0.3)
+    carbon_min_distance_angstrom: float = Field(1.4, gt=0, le=5)
+    vacuum_angstrom: float = Field(2.0, ge=0, le=1000, description="Vacuum above and below.")
+    particle_gap_angstrom: float = Field(1.5, ge=0, le=100, description="Particle to substrate.")
+    max_placement_attempts: int = Field(200, ge=1, le=100_000)
+
+    @field_validator("substrate_thickness_angstrom", "radius_angstrom")
+    @classmethod
+    def _positive_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= MAX_LENGTH_RANGE_ANGSTROM:
+            raise ValueError(
+                f"need 0 < low <= high <= {MAX_LENGTH_RANGE_ANGSTROM:g}, got {list(value)}"
+            )
+        return value
+
+    @field_validator("n_particles")
+    @classmethod
+    def _count_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1 <= low <= high <= MAX_PARTICLES:
+            raise ValueError(f"need 1 <= low <= high <= {MAX_PARTICLES}, got {list(value)}")
+        return value
+
+    @field_validator("lattices")
+    @classmethod
+    def _known_lattices(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one lattice is required")
+        unknown = [name for name in value if name not in LATTICES]
+        if unknown:
+            raise ValueError(f"unknown lattice(s) {unknown}; allowed: {sorted(LATTICES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _particles_fit(self) -> StructureParams:
+        if 2 * self.radius_angstrom[1] >= self.cell_angstrom:
+            raise ValueError(
+                f"radius_angstrom {self.radius_angstrom} does not fit in cell_angstrom "
+                f"{self.cell_angstrom}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+class SimulationParams(BaseModel):
+    """Multislice, ground-truth and imaging parameters (paper values by default).
+
+    Every number must be finite and within physical bounds (given per field:
+    e.g. 10 to 3000 keV, a multislice sampling of 0.01 to 1 A, at most 256
+    phonon configurations); the memory a worker needs is estimated by
+    :func:`estimate_worker_memory_bytes`.
+
+    Mask recipes (see :func:`phase_mask`) are applied to the phase of the
+    phonon-averaged particles-in-vacuum exit wave at the output sampling:
+
+    ``"paper"``
+        Binary ``phase > paper_threshold_rad`` (pi/16), blurred by the lattice's
+        blur (1 A for C, Fe and Co3O4, 1.6 A otherwise) or ``mask_blur_angstrom``.
+    ``"smoothed"`` (default)
+        Phase smoothed by a Gaussian of ``smoothed_phase_sigma_angstrom`` first,
+        then binary ``> smoothed_threshold_rad``, then the same blur.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    energy_kev: float = Field(300.0, ge=10, le=3000, description="Beam energy (TEMs: 20-1250).")
+    sampling_angstrom: float = Field(
+        0.1, ge=0.01, le=1.0, description="Multislice real-space sampling (paper: 0.1)."
+    )
+    slice_thickness_angstrom: float = Field(2.0, ge=0.1, le=100)
+    n_phonons: int = Field(8, ge=1, le=256, description="Frozen-phonon configurations.")
+    phonon_sigma_angstrom: float = Field(
+        0.1, ge=0, le=1, description="Displacement std per Cartesian direction, all elements."
+    )
+    output_sampling_angstrom: float = Field(0.2, gt=0, le=10, description="Image pixel size.")
+    focal_spread_angstrom: float = Field(10.0, ge=0, le=1000, description="abTEM 1/e focal spread.")
+    defocus_jitter_nm: float = Field(1.5, ge=0, le=100, description="Std of the per-image jitter.")
+    mask_recipe: Literal["smoothed", "paper"] = "smoothed"
+    paper_threshold_rad: float = Field(np.pi / 16, gt=0, le=np.pi)
+    smoothed_phase_sigma_angstrom: float = Field(1.0, ge=0, le=100)
+    smoothed_threshold_rad: float = Field(np.pi / 64, gt=0, le=np.pi)
+    mask_blur_angstrom: float | None = Field(
+        None, ge=0, le=100, description="Mask blur std; None = per lattice (1 or 1.6 A)."
+    )
+    calibration_window_angstrom: float = Field(
+        15.0, gt=0, le=1000, description="Search margin around the particle-centre distances."
+    )
+    calibration_coarse_step_angstrom: float = Field(1.0, ge=0.01, le=100)
+    calibration_fine_step_angstrom: float = Field(0.1, ge=0.001, le=100)
+
+    @model_validator(mode="after")
+    def _output_not_finer(self) -> SimulationParams:
+        if self.output_sampling_angstrom < self.sampling_angstrom:
+            raise ValueError(
+                f"output_sampling_angstrom {self.output_sampling_angstrom} is finer than "
+                f"sampling_angstrom {self.sampling_angstrom}"
+            )
+        coarse, fine = self.calibration_coarse_step_angstrom, self.calibration_fine_step_angstrom
+        if not fine <= coarse <= 1000 * fine:
+            raise ValueError(
+                f"calibration_fine_step_angstrom {fine} and calibration_coarse_step_angstrom "
+                f"{coarse}: need fine <= coarse <= 1000 * fine"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class ImagingCondition:
+    """One imaging domain.
+
+    Attributes
+    ----------
+    domain : str
+        Label, e.g. ``"-10"``.
+    defocus_nm : float
+        Nominal defocus relative to the calibrated zero (abTEM sign: positive =
+        underfocus).
+    dose_e_per_angstrom2 : float or None
+        Electron dose; None for noiseless normalised intensity.
+    """
+
+    domain: str
+    defocus_nm: float
+    dose_e_per_angstrom2: float | None
+
+
+def multislice_gpts(cell_angstrom: float, params: SimulationParams) -> int:
+    """Multislice grid side in points: ``ceil(cell_angstrom / sampling_angstrom)`` (abTEM's)."""
+    return int(np.ceil(cell_angstrom / params.sampling_angstrom))
+
+
+#: Resident memory of a simulation worker before it simulates (MiB): hrtem_ray, torch,
+#: abTEM and pyarrow imported, measured 534 MiB in a plain process; a Ray Data worker
+#: adds about 95 MiB (laptop preset: 569 MiB peak in a plain process, 663 MiB in a Ray
+#: worker, ``benchmarks/results/simulate.json``).
+WORKER_BASE_MIB = 640
+#: Grid-independent memory of the first structure simulated (abTEM, dask and FFTW
+#: state): measured 28 MiB at a 128^2 grid; 40 leaves a margin.
+SIMULATION_FIXED_MIB = 40
+#: complex64 grids of the multislice working set (potential slices, transmission
+#: function, propagator, FFTW buffers) and per frozen-phonon configuration (exit
+#: wave kept, its FFT, dask's concatenation), fitted to the measurements below.
+GRIDS_FIXED = 10
+GRIDS_PER_PHONON = 3
+
+
+def estimate_worker_memory_bytes(structures: StructureParams, params: SimulationParams) -> int:
+    """Estimated peak memory (bytes) of one worker simulating structures of these parameters.
+
+    ``(WORKER_BASE_MIB + SIMULATION_FIXED_MIB) MiB + 8 n^2 (GRIDS_FIXED +
+    GRIDS_PER_PHONON * n_phonons)`` bytes, ``n`` being :func:`multislice_gpts`: the
+    multislice grid, the exit waves of every phonon configuration (kept until their
+    Fourier cropping), the potential slices and the particles-only pass (which runs
+    after the full structure's waves are freed, on the same grid). The substrate
+    thickness changes the time (slices), not the memory.
+
+    Calibrated with ``resource.getrusage`` (``ru_maxrss``: peak RSS of one fresh
+    process started from a small parent, simulating one structure, minus the RSS
+    after its imports, 534 MiB; also ``VmRSS``/``VmHWM`` of ``/proc/self/status``):
+
+    ========================  =====  =======  ==============  =========
+    preset / variant          grid   phonons  measured (MiB)  estimate
+    ========================  =====  =======  ==============  =========
+    tests' tiny dataset       128    1        28              42
+    laptop (51.2 A, 0.2 A)    256    2        34 to 35        48
+    laptop at 0.1 A           512    2        55              72
+    laptop at 0.1 A           512    4        60 to 65        84
+    laptop at 0.1 A           512    8        81              108
+    102.4 A at 0.1 A          1024   2        133 to 148      168
+    102.4 A at 0.1 A          1024   4        164 to 169      216
+    102.4 A at 0.1 A          1024   8        237 to 277      312
+    paper (128 A, 0.1 A)      1280   8        396             465
+    ========================  =====  =======  ==============  =========
+
+    The ranges are repeated runs (other structures, another machine load).
+    ``tests/test_simulate.py`` measures the 128 and the 512 (4 phonons) rows again.
+
+    Parameters
+    ----------
+    structures : StructureParams
+        Sets the cell side.
+    params : SimulationParams
+        Sets the sampling and the phonon count.
+
+    Returns
+    -------
+    int
+        Bytes, including the worker's base memory (:data:`WORKER_BASE_MIB`).
+    """
+    side = multislice_gpts(structures.cell_angstrom, params)
+    grid_bytes = 8 * side * side
+    grids = GRIDS_FIXED + GRIDS_PER_PHONON * params.n_phonons
+    return (WORKER_BASE_MIB + SIMULATION_FIXED_MIB) * 2**20 + grid_bytes * grids
+
+
+def output_gpts(cell_angstrom: float, params: SimulationParams) -> int:
+    """Output image side in pixels; the pixel size is ``cell_angstrom / output_gpts``."""
+    return int(round(cell_angstrom / params.output_sampling_angstrom))
+
+
+# --------------------------------------------------------------------------- model
+
+
+_PRESETS: dict[str, dict[str, tuple[int, ...] | int]] = {
+    "full": {
+        "stem_channels": 64,
+        "encoder_channels": (64, 128, 256, 512),
+        "encoder_depths": (2, 2, 2, 2),
+        "decoder_channels": (256, 128, 64, 32, 16),
+    },
+    "small": {
+        "stem_channels": 16,
+        "encoder_channels": (16, 32, 64, 128),
+        "encoder_depths": (1, 1, 1, 1),
+        "decoder_channels": (32, 16, 16, 8, 8),
+    },
+}
+
+
+class ModelSpec(BaseModel):
+    """Architecture of a :class:`UNet`.
+
+    Parameters
+    ----------
+    size
+        ``"full"`` (smp ``Unet("resnet18")`` layout, 14.3 M parameters) or ``"small"``
+        (laptop option, 395,330 parameters).
+    stem_channels, encoder_channels, encoder_depths, decoder_channels
+        Optional overrides of the preset widths: stem output channels, the output channels
+        and number of residual blocks of the four encoder stages, and the output channels of
+        the five decoder blocks.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: Literal["full", "small"] = "small"
+    stem_channels: int | None = Field(default=None, ge=1)
+    encoder_channels: tuple[int, int, int, int] | None = None
+    encoder_depths: tuple[int, int, int, int] | None = None
+    decoder_channels: tuple[int, int, int, int, int] | None = None
+
+    def resolved(self) -> dict[str, tuple[int, ...] | int]:
+        """Return the widths and depths with the preset filled in where not overridden."""
+        out = dict(_PRESETS[self.size])
+        for key in out:
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
