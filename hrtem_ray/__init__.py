@@ -2,9 +2,35 @@
 
 >>> import hrtem_ray
 >>> study = hrtem_ray.Study.from_yaml("sweeps/laptop.yaml")  # doctest: +SKIP
+
+Modules, top layer first (each imports only from the layers below it; the contract is
+``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports``):
+
+* ``cli``: the hrtem-ray command line: parses arguments, maps outcomes to exit codes
+* ``slurm``: hrtem-ray slurm: one ray symmetric-run step per node of a Slurm allocation
+* ``study``: the Python API (Study): preflight, lock, simulate, sweep, current-plan results, report
+* ``sweep``: the study's trials on Ray Tune: dependent-trial searcher, callbacks, retry rounds, dry run
+* ``check``: hrtem-ray check: finds and repairs damaged results, histories, checkpoints, shards
+* ``execute``: one trial without Ray: load data, train, evaluate, store checkpoint, history and rows
+* ``report``: the self-contained HTML report, PNG/SVG figures and CSV tables of a results table
+* ``results``: the results table, histories, checkpoints, failure records and quarantine on storage
+* ``train``: the training loop of one stage, evaluation and checkpoints (plain torch)
+* ``data``: simulated datasets: Ray Data simulation into Parquet shards, manifests, readers
+* ``model``: the U-Net (ResNet encoder) in plain torch, and freezing its parts
+* ``simulate``: abTEM multislice of one structure: exit waves, zero-defocus calibration, CTF, dose, masks
+* ``plots``: the Altair charts of the analysis tables
+* ``trials``: pure planning: a study's pretrain, transfer and baseline trials with stable ids
+* ``structures``: random nanoparticles on amorphous carbon with ASE, a pure function of a seed
+* ``analysis``: the analysis contract in Polars (docs/results_schema.md), with bootstrap intervals
+* ``trainsets``: standardisation, soft labels and dihedral augmentation of training images
+* ``lock``: one driver per study: the lock file with heartbeat and stale takeover
+* ``runtime``: starting a private local Ray cluster or joining one
+* ``config``: the study spec (YAML → typed, validated once) and its pre-compute checks
+* ``specs``: the spec classes and shared types of every stage (pydantic only: the bottom layer)
+* ``storage``: local, file:// and s3:// storage: atomic writes, exclusive create, compare-and-swap
 """
 
-__version__ = "0.1.0"
+from hrtem_ray._version import __version__
 
 __all__ = ["Study", "__version__", "load_study_spec"]
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from hrtem_ray import __version__
 from hrtem_ray import slurm as slurm_options
+from hrtem_ray._version import __version__
 from hrtem_ray.config import SpecError
 
 # Exit codes (documented in ``--help`` and the README's "Exit codes" table).

@@ -40,7 +40,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hrtem_ray import __version__, storage
+from hrtem_ray import storage
+from hrtem_ray._version import __version__
 from hrtem_ray.specs import PHASES
 from hrtem_ray.trials import Trial
 

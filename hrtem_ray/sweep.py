@@ -506,7 +506,7 @@ def write_study_spec(root: str, spec: StudySpec, data_root: str) -> None:
     to know the current plan, so that rows of models from other configurations are
     left out of the report.
     """
-    from hrtem_ray import __version__
+    from hrtem_ray._version import __version__
 
     storage.write_json_atomic(
         study_file(root),

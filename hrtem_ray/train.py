@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrtem_ray import __version__
+from hrtem_ray._version import __version__
 from hrtem_ray.model import build_model, count_parameters
 from hrtem_ray.model import freeze as freeze_part
 from hrtem_ray.specs import Freeze, ModelSpec
