@@ -40,7 +40,7 @@ def time_split(spec, n_structures: int) -> dict[str, float]:
         structure = random_structure(group.structures, 1000 + seed)
         totals["structure"] = totals.get("structure", 0.0) + time.perf_counter() - start
         result = simulate_structure(structure, spec.simulation, group.conditions, 1000 + seed)
-        for key, value in result.timings_s.items():
+        for key, value in result.timings_seconds.items():
             totals[key] = totals.get(key, 0.0) + value
     out = {k: v / n_structures for k, v in totals.items()}
     out["imaging_per_defocus"] = out.pop("imaging") / len(group.conditions)

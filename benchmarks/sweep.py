@@ -62,7 +62,11 @@ def overhead(data_root: str, tmp: str, epochs: int, k: int) -> dict:
     start = time.perf_counter()
     for trial in trials:
         execute_trial(
-            spec, trial, data_root=data_root, root=os.path.join(tmp, "direct"), num_threads=1
+            spec,
+            trial,
+            dataset_root=data_root,
+            study_root=os.path.join(tmp, "direct"),
+            num_threads=1,
         )
     direct = time.perf_counter() - start
     start = time.perf_counter()

@@ -1,7 +1,9 @@
 """hrtem-ray: a Ray-distributed sweep engine for transfer-learning studies on simulated HRTEM images.
 
 >>> import hrtem_ray
->>> study = hrtem_ray.Study.from_yaml("sweeps/laptop.yaml")  # doctest: +SKIP
+>>> study = hrtem_ray.Study.from_yaml("sweeps/laptop.yaml")
+>>> print(study.dry_run().splitlines()[0])
+study laptop (defocus): 3 pretrain, 24 transfer, 9 baseline, 36 models in all
 
 Modules, top layer first (each imports only from the layers below it; the contract is
 ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports``):
@@ -9,20 +11,22 @@ Modules, top layer first (each imports only from the layers below it; the contra
 * ``cli``: the hrtem-ray command line: parses arguments, maps outcomes to exit codes
 * ``slurm``: hrtem-ray slurm: one ray symmetric-run step per node of a Slurm allocation
 * ``study``: the Python API (Study): preflight, lock, simulate, sweep, current-plan results, report
-* ``sweep``: the study's trials on Ray Tune: dependent-trial searcher, callbacks, retry rounds, dry run
+* ``sweep``: the study's trials on Ray Tune: resources, retry rounds, interruption, outcome
 * ``check``: hrtem-ray check: finds and repairs damaged results, histories, checkpoints, shards
+* ``tune_adapter``: Ray Tune glue (imported lazily): the searcher, trainable, progress and failure callbacks
 * ``execute``: one trial without Ray: load data, train, evaluate, store checkpoint, history and rows
 * ``report``: the self-contained HTML report, PNG/SVG figures and CSV tables of a results table
 * ``results``: the results table, histories, checkpoints, failure records and quarantine on storage
 * ``train``: the training loop of one stage, evaluation and checkpoints (plain torch)
+* ``schedule``: pure scheduling: longest-first queues, children released when their parent is done
 * ``data``: simulated datasets: Ray Data simulation into Parquet shards, manifests, readers
 * ``model``: the U-Net (ResNet encoder) in plain torch, and freezing its parts
 * ``simulate``: abTEM multislice of one structure: exit waves, zero-defocus calibration, CTF, dose, masks
 * ``plots``: the Altair charts of the analysis tables
-* ``trials``: pure planning: a study's pretrain, transfer and baseline trials with stable ids
+* ``trials``: pure planning: a study's pretrain, transfer and baseline trials with stable ids, dry run
 * ``structures``: random nanoparticles on amorphous carbon with ASE, a pure function of a seed
 * ``analysis``: the analysis contract in Polars (docs/results_schema.md), with bootstrap intervals
-* ``trainsets``: standardisation, soft labels and dihedral augmentation of training images
+* ``augment``: standardisation, soft labels and dihedral augmentation of training images
 * ``lock``: one driver per study: the lock file with heartbeat and stale takeover
 * ``runtime``: starting a private local Ray cluster or joining one
 * ``config``: the study spec (YAML → typed, validated once) and its pre-compute checks

@@ -19,7 +19,7 @@ kind           problem                                           repair
                manifest, or a stale manifest entry                entry: the next simulation writes the
                (:func:`hrtem_ray.data.verify_shards`)             shard again
 ``temp``       a temporary file of an interrupted write,          delete it
-               older than :data:`STRAY_TEMP_AGE_S`
+               older than :data:`STRAY_TEMP_AGE_SECONDS`
 =============  ================================================  =========================================
 
 Quarantined files go to ``<root>/quarantine/<their relative path>`` with a
@@ -51,11 +51,11 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from hrtem_ray import results, storage
-from hrtem_ray.config import SpecError, StudySpec, load_study_spec, parse_study_spec
+from hrtem_ray.config import SpecError, StudySpec, load_study_spec, parse_stored_study_spec
 from hrtem_ray.trials import TrialPlan, plan_trials
 
 # A temporary file is stray (not a write in progress) when it is older than this.
-STRAY_TEMP_AGE_S = 600.0
+STRAY_TEMP_AGE_SECONDS = 600.0
 # Folders of a study root where interrupted writes may leave temporary files.
 TEMP_SCAN_DIRS = (
     results.RESULTS_DIR,
@@ -163,7 +163,7 @@ def stored_spec(root: str) -> StudySpec | None:
     path = storage.join(root, STUDY_FILE)
     if not storage.exists(path):
         return None
-    return parse_study_spec(storage.read_json(path)["spec"], source=path)
+    return parse_stored_study_spec(storage.read_json(path)["spec"], source=path)
 
 
 def is_study_root(root: str) -> bool:
@@ -238,8 +238,8 @@ def _is_temp_name(name: str) -> bool:
     return name.startswith(".") and (".tmp-" in name or name.endswith(".tmp"))
 
 
-def stray_temp_files(root: str, older_than_s: float = STRAY_TEMP_AGE_S) -> list[str]:
-    """Temporary files of interrupted writes under ``root`` older than ``older_than_s``."""
+def stray_temp_files(root: str, older_than_seconds: float = STRAY_TEMP_AGE_SECONDS) -> list[str]:
+    """Temporary files of interrupted writes under ``root`` older than ``older_than_seconds``."""
     loc = storage.resolve(root)
     found: list[str] = []
     infos = list(loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True)))
@@ -248,7 +248,7 @@ def stray_temp_files(root: str, older_than_s: float = STRAY_TEMP_AGE_S) -> list[
             posixpath.join(loc.path, folder), allow_not_found=True, recursive=True
         )
         infos += loc.fs.get_file_info(selector)
-    cutoff = time.time() - older_than_s
+    cutoff = time.time() - older_than_seconds
     for info in infos:
         if info.type != pafs.FileType.File or not _is_temp_name(posixpath.basename(info.path)):
             continue
@@ -468,7 +468,7 @@ __all__ = [
     "CheckReport",
     "EXIT_PROBLEMS",
     "Problem",
-    "STRAY_TEMP_AGE_S",
+    "STRAY_TEMP_AGE_SECONDS",
     "heal_before_sweep",
     "inspect_study",
     "is_study_root",

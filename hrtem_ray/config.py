@@ -49,6 +49,10 @@ from hrtem_ray.specs import (
 
 StudyAxis = Literal["defocus", "dose", "structure"]
 
+#: Spec fields hashed under their former name (:meth:`DatasetSpec.hash_payload`): a
+#: rename of a field must not change the content hash of an existing dataset.
+HASH_KEYS = {"axis": "study"}
+
 
 #: Version of what a seed produces (structures, multislice, imaging, masks). Part of
 #: :meth:`DatasetSpec.content_hash`: raise it with every code change that changes the
@@ -209,7 +213,7 @@ class DatasetSpec(_Spec):
 
     Attributes
     ----------
-    study
+    axis
         The study axis: ``defocus`` (a list of ``defocus_nm``), ``dose`` (a list
         of ``dose_e_per_angstrom2``) or ``structure`` (``structure_domains``).
     defocus_nm
@@ -219,7 +223,7 @@ class DatasetSpec(_Spec):
         Electron dose; a list for a dose study; ``null`` for noiseless images.
     """
 
-    study: StudyAxis = "defocus"
+    axis: StudyAxis = "defocus"
     path: str | None = None
     defocus_nm: float | list[float] = -10.0
     dose_e_per_angstrom2: float | list[float] | None = 400.0
@@ -229,6 +233,13 @@ class DatasetSpec(_Spec):
     n_structures: SplitCounts = Field(default_factory=lambda: SplitCounts(train=16, val=8))
     seed: int = Field(default=0, ge=0, lt=2**63)
     structures_per_shard: int = Field(default=2, ge=1, le=10_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "study" in data:
+            raise ValueError("dataset.study: renamed to dataset.axis (defocus, dose or structure)")
+        return data
 
     @field_validator("defocus_nm")
     @classmethod
@@ -297,7 +308,7 @@ class DatasetSpec(_Spec):
         ValueError
             A structure domain's radius range does not fit the cell (naming the domain).
         """
-        if self.study != "structure":
+        if self.axis != "structure":
             return [("all", self.structures)]
         out = []
         for label, domain in self.structure_domains.items():
@@ -320,53 +331,53 @@ class DatasetSpec(_Spec):
             "dose": isinstance(self.dose_e_per_angstrom2, list),
             "structure": bool(self.structure_domains),
         }
-        if not listed[self.study]:
+        if not listed[self.axis]:
             need = {
                 "defocus": "defocus_nm as a list",
                 "dose": "dose_e_per_angstrom2 as a list",
                 "structure": "structure_domains",
-            }[self.study]
-            raise ValueError(f"study {self.study!r} needs {need}")
+            }[self.axis]
+            raise ValueError(f"axis {self.axis!r} needs {need}")
         for axis, is_listed in listed.items():
-            if axis != self.study and is_listed and axis != "structure":
+            if axis != self.axis and is_listed and axis != "structure":
                 field = "defocus_nm" if axis == "defocus" else "dose_e_per_angstrom2"
-                raise ValueError(f"{field} must be a single value in a {self.study!r} study")
-        if self.study != "structure" and self.structure_domains:
+                raise ValueError(f"{field} must be a single value in a {self.axis!r} study")
+        if self.axis != "structure" and self.structure_domains:
             raise ValueError("structure_domains is only allowed in a 'structure' study")
         values = self._axis_values()
-        labels = [domain_label(v) for v in values] if self.study != "structure" else values
+        labels = [domain_label(v) for v in values] if self.axis != "structure" else values
         if len(set(labels)) != len(labels):
-            raise ValueError(f"duplicate domains in the {self.study} axis: {labels}")
+            raise ValueError(f"duplicate domains in the {self.axis} axis: {labels}")
         field = {
             "defocus": "dataset.defocus_nm",
             "dose": "dataset.dose_e_per_angstrom2",
             "structure": "dataset.structure_domains",
-        }[self.study]
+        }[self.axis]
         for label in labels:
             problem = safe_name_problem(label)
             if problem is not None:
                 raise ValueError(f"{field}: domain label {problem}")
-        if self.study == "dose" and any(v <= 0 for v in values):
+        if self.axis == "dose" and any(v <= 0 for v in values):
             raise ValueError("dose_e_per_angstrom2 values must be > 0")
         return self
 
     def _axis_values(self) -> list:
-        if self.study == "defocus":
+        if self.axis == "defocus":
             return list(self.defocus_nm)
-        if self.study == "dose":
+        if self.axis == "dose":
             return list(self.dose_e_per_angstrom2)
         return list(self.structure_domains)
 
     @property
     def domains(self) -> list[str]:
         """Domain labels in spec order."""
-        if self.study == "structure":
+        if self.axis == "structure":
             return list(self.structure_domains)
         return [domain_label(v) for v in self._axis_values()]
 
     def groups(self) -> list[DomainGroup]:
         """The simulation groups of this dataset (see :class:`DomainGroup`)."""
-        if self.study == "structure":
+        if self.axis == "structure":
             return [
                 DomainGroup(
                     name=label,
@@ -377,7 +388,7 @@ class DatasetSpec(_Spec):
                 )
                 for label, params in self.groups_structures()
             ]
-        if self.study == "defocus":
+        if self.axis == "defocus":
             conds = tuple(
                 ImagingCondition(domain_label(v), float(v), self._scalar_dose())
                 for v in self.defocus_nm
@@ -409,9 +420,12 @@ class DatasetSpec(_Spec):
     def hash_payload(self) -> dict[str, Any]:
         """What :meth:`content_hash` hashes: the spec without ``path``, plus the generator version.
 
-        ``{"generator_version": GENERATOR_VERSION, **spec as JSON}``.
+        ``{"generator_version": GENERATOR_VERSION, **spec as JSON}``, with ``axis``
+        under its former key ``study`` (see :data:`HASH_KEYS`), so that renaming a
+        spec field leaves the hash, and every existing dataset, as it was.
         """
         payload = self.model_dump(mode="json", exclude={"path"})
+        payload = {HASH_KEYS.get(key, key): value for key, value in payload.items()}
         return {"generator_version": GENERATOR_VERSION, **payload}
 
 
@@ -628,7 +642,8 @@ def _format_errors(source: str, error: ValidationError, prefix: str = "") -> str
         got = err.get("input")
         shown = "" if isinstance(got, Mapping) or got is None else f" (got {got!r})"
         # whole-section checks name their fields in the message itself
-        lines.append(f"  {loc}: {msg}{shown}" if loc and loc != prefix else f"  {msg}")
+        named = not loc or loc == prefix or msg.startswith(f"{loc}.")
+        lines.append(f"  {msg}" if named else f"  {loc}: {msg}{shown}")
     return "\n".join(lines)
 
 
@@ -663,6 +678,29 @@ def parse_study_spec(raw: Mapping[str, Any], source: str = "<dict>") -> StudySpe
         return StudySpec.model_validate(dict(raw))
     except ValidationError as exc:
         raise SpecError(_format_errors(source, exc)) from None
+
+
+def current_dataset_keys(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``dataset`` section hrtem-ray stored itself, with renamed fields under their new names.
+
+    ``dataset.json`` and ``study.json`` written before ``dataset.study`` became
+    ``dataset.axis`` hold ``study`` (see :data:`HASH_KEYS`); a user's spec with the
+    old key is refused, a stored one is read as before (its content hash is unchanged).
+    """
+    current = dict(dataset)
+    for new, old in HASH_KEYS.items():
+        if old in current and new not in current:
+            current[new] = current.pop(old)
+    return current
+
+
+def parse_stored_study_spec(raw: Mapping[str, Any], source: str = "<dict>") -> StudySpec:
+    """Validate a study spec hrtem-ray stored itself (``study.json``), also one stored
+    before a field rename (see :func:`current_dataset_keys`)."""
+    raw = dict(raw)
+    if isinstance(raw.get("dataset"), Mapping):
+        raw["dataset"] = current_dataset_keys(raw["dataset"])
+    return parse_study_spec(raw, source=source)
 
 
 def load_dataset_spec(path: str | Path) -> DatasetSpec:

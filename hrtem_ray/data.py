@@ -57,7 +57,9 @@ from hrtem_ray.config import (
     DatasetSpec,
     DomainGroup,
     check_resources,
+    current_dataset_keys,
 )
+from hrtem_ray.runtime import node_id
 from hrtem_ray.simulate import simulate_structure, warm_fftw_wisdom
 from hrtem_ray.specs import SPLITS
 from hrtem_ray.structures import random_structure
@@ -198,7 +200,7 @@ def simulate_shard(spec: DatasetSpec, task: ShardTask) -> dict[str, pa.Table]:
         for k, cond in enumerate(group.conditions):
             rows[cond.domain].append(
                 {
-                    "study": spec.study,
+                    "study": spec.axis,
                     "domain": cond.domain,
                     "split": task.split,
                     "structure_id": structure_id(task.group, task.split, index),
@@ -229,10 +231,10 @@ def _rows_to_table(rows: list[dict]) -> pa.Table:
     return table.append_column("mask", _tensor_column(np.stack([r["mask"] for r in rows])))
 
 
-def shard_path(root: str, study: str, domain: str, split: str, key: str) -> str:
-    """Where one domain's file of a shard lives."""
+def shard_path(dataset_root: str, axis: str, domain: str, split: str, key: str) -> str:
+    """Where one domain's file of a shard lives (the folder ``study=<axis>`` keeps its name)."""
     return storage.join(
-        root, f"study={study}", f"domain={domain}", f"split={split}", f"{key}.parquet"
+        dataset_root, f"study={axis}", f"domain={domain}", f"split={split}", f"{key}.parquet"
     )
 
 
@@ -251,7 +253,7 @@ def write_shard(root: str, spec: DatasetSpec, task: ShardTask, tables: dict[str,
     """
     files = {}
     for domain, table in tables.items():
-        path = shard_path(root, spec.study, domain, task.split, task.key)
+        path = shard_path(root, spec.axis, domain, task.split, task.key)
         payload = parquet_bytes(table)
         storage.write_bytes_atomic(path, payload)
         files[domain] = {
@@ -264,26 +266,10 @@ def write_shard(root: str, spec: DatasetSpec, task: ShardTask, tables: dict[str,
         "dataset_hash": spec.content_hash(),
         "task": asdict(task),
         "files": files,
-        "node_id": current_node_id(),
+        "node_id": node_id(),
     }
     storage.write_json_atomic(storage.join(root, MANIFEST_DIR, f"{task.key}.json"), entry)
     return sum(t.num_rows for t in tables.values())
-
-
-def current_node_id() -> str:
-    """The Ray node id of this process, or the host name outside a Ray session.
-
-    Recorded in each shard's manifest entry, so a multi-node run shows where
-    every shard was simulated.
-    """
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - no Ray, or no runtime context: fall back to the host
-        pass
-    return os.uname().nodename
 
 
 def simulate_and_write(spec: DatasetSpec, root: str, task: ShardTask) -> dict:
@@ -365,7 +351,7 @@ def spec_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
         e.g. ``["dataset.dose_e_per_angstrom2: stored 400, spec 300"]``, sorted.
     """
     ours = _flatten(spec.model_dump(mode="json"), "dataset")
-    theirs = _flatten(stored.get("spec") or {}, "dataset")
+    theirs = _flatten(current_dataset_keys(stored.get("spec") or {}), "dataset")
     lines = [
         f"{name}: stored {_show(theirs.get(name, _ABSENT))}, spec {_show(ours.get(name, _ABSENT))}"
         for name in sorted(set(ours) | set(theirs))
@@ -535,21 +521,21 @@ def _warn_ignored(root: str, ignored: list[ShardProblem], limit: int = 10) -> No
     )
 
 
-def manifest_entries(root: str | Path) -> dict[str, dict]:
-    """Usable manifest entries of the current dataset of ``root``, by shard key.
+def manifest_entries(dataset_root: str | Path) -> dict[str, dict]:
+    """Usable manifest entries of the current dataset of ``dataset_root``, by shard key.
 
     Others (another dataset hash, unparsable, missing fields) are ignored with a
     :class:`DatasetWarning` that names their files. Empty without ``dataset.json``.
     """
-    root = str(root)
-    scan = _scan_manifest(root)
-    _warn_ignored(root, scan.ignored)
+    dataset_root = str(dataset_root)
+    scan = _scan_manifest(dataset_root)
+    _warn_ignored(dataset_root, scan.ignored)
     return scan.entries
 
 
-def completed_shards(root: str | Path) -> set[str]:
+def completed_shards(dataset_root: str | Path) -> set[str]:
     """Keys of the shards of the current dataset whose manifest entry exists (not verified)."""
-    return set(manifest_entries(root))
+    return set(manifest_entries(dataset_root))
 
 
 def _sha256_of(uri: str, chunk_bytes: int = 8 << 20) -> str:
@@ -588,12 +574,12 @@ def _file_problems(root: str, entries: dict[str, dict]) -> list[ShardProblem]:
     return problems
 
 
-def verify_shards(root: str | Path) -> list[ShardProblem]:
+def verify_shards(dataset_root: str | Path) -> list[ShardProblem]:
     """Every problem of the shards in a dataset root, without changing anything.
 
     Parameters
     ----------
-    root
+    dataset_root
         Dataset root (directory or URI) with a ``dataset.json``.
 
     Returns
@@ -607,13 +593,13 @@ def verify_shards(root: str | Path) -> list[ShardProblem]:
     Raises
     ------
     DatasetError
-        No dataset at ``root`` (no ``dataset.json``), or it is unreadable.
+        No dataset at ``dataset_root`` (no ``dataset.json``), or it is unreadable.
     """
-    root = str(root)
-    scan = _scan_manifest(root)
+    dataset_root = str(dataset_root)
+    scan = _scan_manifest(dataset_root)
     if scan.dataset_hash is None:
-        raise DatasetError(f"no dataset at {root} (missing {SPEC_FILE})")
-    return scan.ignored + _file_problems(root, scan.entries)
+        raise DatasetError(f"no dataset at {dataset_root} (missing {SPEC_FILE})")
+    return scan.ignored + _file_problems(dataset_root, scan.entries)
 
 
 def shards_to_simulate(spec: DatasetSpec, root: str) -> tuple[list[ShardTask], list[ShardTask]]:
@@ -761,12 +747,14 @@ def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSu
 # --- reading, without Ray -------------------------------------------------------------------
 
 
-def dataset_spec(root: str | Path) -> DatasetSpec:
+def dataset_spec(dataset_root: str | Path) -> DatasetSpec:
     """The spec a dataset root was simulated from."""
-    record = _read_record(str(root))
+    record = _read_record(str(dataset_root))
     if record is None:
-        raise DatasetError(f"no dataset at {root} (missing {SPEC_FILE}); run `hrtem-ray simulate`")
-    return DatasetSpec.model_validate(record["spec"])
+        raise DatasetError(
+            f"no dataset at {dataset_root} (missing {SPEC_FILE}); run `hrtem-ray simulate`"
+        )
+    return DatasetSpec.model_validate(current_dataset_keys(record["spec"]))
 
 
 def _selected_files(
@@ -789,10 +777,10 @@ def _selected_files(
 
 
 def shard_files(
-    root: str | Path, domains: Iterable[str] | None = None, split: str | None = None
+    dataset_root: str | Path, domains: Iterable[str] | None = None, split: str | None = None
 ) -> list[str]:
     """Files of the current dataset's complete shards (manifest entries), optionally selected."""
-    return [uri for _, uri, _ in _selected_files(str(root), domains, split)]
+    return [uri for _, uri, _ in _selected_files(str(dataset_root), domains, split)]
 
 
 def _read_shard_file(key: str, uri: str, rows: int) -> pa.Table:
@@ -814,16 +802,16 @@ def _read_shard_file(key: str, uri: str, rows: int) -> pa.Table:
 
 
 def read_table(
-    root: str | Path, domains: Iterable[str] | None = None, split: str | None = None
+    dataset_root: str | Path, domains: Iterable[str] | None = None, split: str | None = None
 ) -> pa.Table:
     """Rows of the current dataset's complete shards, ordered by domain and structure id.
 
     Raises
     ------
     DatasetError
-        No dataset at ``root``, or a listed file is missing or damaged (named).
+        No dataset at ``dataset_root``, or a listed file is missing or damaged (named).
     """
-    files = _selected_files(str(root), domains, split)
+    files = _selected_files(str(dataset_root), domains, split)
     if not files:
         return pa.table({})
     table = pa.concat_tables([_read_shard_file(*f) for f in files])
@@ -835,13 +823,13 @@ def _tensor_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def read_images(
-    root: str | Path, domain: str, split: str = "train", n: int | None = None
+    dataset_root: str | Path, domain: str, split: str = "train", n: int | None = None
 ) -> ImageSet:
     """The first ``n`` images (by structure id) of a domain and split.
 
     Parameters
     ----------
-    root
+    dataset_root
         Dataset root (directory or URI).
     domain
         Domain label, e.g. ``"-10"``.
@@ -852,11 +840,12 @@ def read_images(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    table = read_table(root, [domain], split)
+    table = read_table(dataset_root, [domain], split)
     available = table.num_rows
     if available == 0 or (n is not None and available < n):
         raise DatasetError(
-            f"{root}: domain {domain!r} split {split!r} has {available} images, {n or 'some'} requested"
+            f"{dataset_root}: domain {domain!r} split {split!r} has {available} images, "
+            f"{n or 'some'} requested"
         )
     if n is not None:
         table = table.slice(0, n)
@@ -868,10 +857,10 @@ def read_images(
     )
 
 
-def summarize(root: str | Path) -> dict[str, dict[str, int]]:
+def summarize(dataset_root: str | Path) -> dict[str, dict[str, int]]:
     """Images per domain and split in the current dataset's complete shards (from the manifest)."""
     counts: dict[str, dict[str, int]] = {}
-    for entry in manifest_entries(root).values():
+    for entry in manifest_entries(dataset_root).values():
         split = entry["task"]["split"]
         for domain, info in entry["files"].items():
             split_counts = counts.setdefault(domain, {})

@@ -1,17 +1,17 @@
-"""Running one trial of a study: plain functions, no Ray.
+"""Running one trial of a study: plain functions, usable without a Ray session.
 
 :func:`execute_trial` loads the trial's images from the dataset, builds the
 model (or loads the parent's checkpoint for a transfer trial), trains the
 stage, evaluates it on every eval domain and writes the checkpoint, history
 and result rows to the study's storage. The sweep engine calls it inside a
-Ray Tune trial; the benchmark calls it directly.
+Ray Tune trial; the benchmark calls it directly. The only Ray call is the node id
+recorded with the result (:func:`hrtem_ray.runtime.node_id`: the host name outside Ray).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +25,7 @@ import torch
 from hrtem_ray import data, results, storage
 from hrtem_ray.config import StudySpec
 from hrtem_ray.model import build_model
+from hrtem_ray.runtime import node_id
 from hrtem_ray.train import evaluate, load_checkpoint, save_checkpoint, train_stage
 from hrtem_ray.trials import Trial
 
@@ -41,34 +42,36 @@ class TrialOutcome:
 
 
 @lru_cache(maxsize=64)
-def _images(root: str, domain: str, split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _images(
+    dataset_root: str, domain: str, split: str, n: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Images of a selection, cached per worker process (trials reuse their workers)."""
-    selection = data.read_images(root, domain, split, n)
+    selection = data.read_images(dataset_root, domain, split, n)
     return selection.images, selection.masks
 
 
-def training_set(trial: Trial, data_root: str) -> tuple[np.ndarray, np.ndarray]:
+def training_set(trial: Trial, dataset_root: str) -> tuple[np.ndarray, np.ndarray]:
     """The images a trial trains on: the first n of its domain(s), by structure id."""
     if trial.phase == "pretrain":
-        return _images(data_root, trial.pretrain_domain, "train", trial.n_pretrain)
+        return _images(dataset_root, trial.pretrain_domain, "train", trial.n_pretrain)
     if trial.phase == "transfer":
-        return _images(data_root, str(trial.transfer_domain), "train", trial.n_transfer)
+        return _images(dataset_root, str(trial.transfer_domain), "train", trial.n_transfer)
     parts = [
         (trial.pretrain_domain, trial.n_pretrain),
         (str(trial.transfer_domain), trial.n_transfer),
     ]
-    sets = [_images(data_root, d, "train", n) for d, n in parts if n]
+    sets = [_images(dataset_root, d, "train", n) for d, n in parts if n]
     return np.concatenate([s[0] for s in sets]), np.concatenate([s[1] for s in sets])
 
 
 def validation_sets(
-    spec: StudySpec, trial: Trial, data_root: str
+    spec: StudySpec, trial: Trial, dataset_root: str
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Validation sets of every eval domain, plus the trial's own training domain."""
     domains = list(spec.domains_for("eval"))
     if trial.train_domain not in domains:
         domains.append(trial.train_domain)
-    return {d: _images(data_root, d, "val", spec.training.n_val) for d in domains}
+    return {d: _images(dataset_root, d, "val", spec.training.n_val) for d in domains}
 
 
 def state_digest(model: torch.nn.Module) -> str:
@@ -78,17 +81,6 @@ def state_digest(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def _node_id() -> str:
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray there is no node id
-        pass
-    return os.uname().nodename
 
 
 class ParentCheckpointError(RuntimeError):
@@ -174,8 +166,8 @@ def execute_trial(
     spec: StudySpec,
     trial: Trial,
     *,
-    data_root: str,
-    root: str,
+    dataset_root: str,
+    study_root: str,
     num_threads: int | None = None,
     device: str | None = None,
     on_epoch: Callable[[dict], None] | None = None,
@@ -191,10 +183,10 @@ def execute_trial(
         then quarantined, so that the next sweep trains the parent again first).
     """
     started_at = time.time()
-    train_images, train_masks = training_set(trial, data_root)
-    val_sets = validation_sets(spec, trial, data_root)
+    train_images, train_masks = training_set(trial, dataset_root)
+    val_sets = validation_sets(spec, trial, dataset_root)
     if trial.phase == "transfer":
-        model, _ = _load_parent(root, str(trial.parent_id), trial.model_id)
+        model, _ = _load_parent(study_root, str(trial.parent_id), trial.model_id)
     else:
         model = build_model(spec.model, seed=trial.seed)
     initial_digest = state_digest(model)
@@ -223,7 +215,7 @@ def execute_trial(
         device=device,
     )
     finished_at = time.time()
-    node = _node_id()
+    node = node_id()
     metadata = {
         "model_id": trial.model_id,
         "parent_id": trial.parent_id,
@@ -236,11 +228,11 @@ def execute_trial(
         "finished_at": finished_at,
     }
     if trial.phase == "pretrain" or spec.keep_checkpoints == "all":
-        _store_checkpoint(root, trial.model_id, model, stage.optimizer, metadata)
-    results.write_history(root, trial.model_id, stage.history, metadata)
+        _store_checkpoint(study_root, trial.model_id, model, stage.optimizer, metadata)
+    results.write_history(study_root, trial.model_id, stage.history, metadata)
     rows = results.result_rows(
         trial,
-        study=spec.dataset.study,
+        study=spec.dataset.axis,
         epochs=spec.training.epochs,
         metrics=metrics,
         best_epoch=stage.best_epoch,
@@ -249,7 +241,7 @@ def execute_trial(
         started_at=started_at,
         finished_at=finished_at,
     )
-    results.write_result(root, trial, rows)
+    results.write_result(study_root, trial, rows)
     return TrialOutcome(
         trial.model_id, stage.best_epoch, stage.best_val_loss, stage.train_seconds, node
     )

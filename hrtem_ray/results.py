@@ -161,7 +161,7 @@ def write_history(root: str, model_id: str, history: list[dict], metadata: dict)
 # ---------------------------------------------------------------------------------------------
 # validity of result and history files (footer only)
 
-# The columns of the results contract (../shared/results_schema.md); the extra columns of
+# The columns of the results contract (docs/results_schema.md); the extra columns of
 # RESULT_SCHEMA are optional.
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names[:21])
 HISTORY_COLUMNS: tuple[str, ...] = ("model_id", "epoch", "train_loss", "val_loss")
@@ -495,7 +495,7 @@ def checkpoint_problem(root: str, model_id: str, deep: bool = False) -> str | No
     try:
         meta = storage.read_json(storage.join(location, "metadata.json"))
         listed = dict(meta.get("files") or {"model.pt": {}})
-    except Exception as exc:  # noqa: BLE001 - unparsable metadata
+    except Exception as exc:  # unparsable metadata
         return f"checkpoint {location} has an unreadable metadata.json ({exc})"
     for name, expected in listed.items():
         if name not in files:
@@ -523,7 +523,7 @@ def _deep_checkpoint_problem(location: str, meta: dict, listed: dict) -> str | N
         with tempfile.TemporaryDirectory(prefix="hrtem-ckpt-check-") as tmp:
             storage.download_dir(location, tmp)
             load_checkpoint(tmp)
-    except Exception as exc:  # noqa: BLE001 - any load error: unusable
+    except Exception as exc:  # any load error: unusable
         return f"checkpoint {location} cannot be loaded ({type(exc).__name__}: {exc})"
     return None
 

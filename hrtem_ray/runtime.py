@@ -34,6 +34,20 @@ import ray
 _LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 
+def node_id() -> str:
+    """The Ray node id of this process, or the host name outside a Ray session.
+
+    Recorded with every dataset shard and trained model, so that a multi-node run
+    shows where each was made.
+    """
+    try:
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # no runtime context (e.g. a plain thread): fall back to the host
+        pass
+    return os.uname().nodename
+
+
 @contextmanager
 def ray_session(
     address: str | None = None,

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import time
 import warnings
 import zlib
@@ -63,7 +62,9 @@ import scipy.fft
 from ase import Atoms
 from scipy.ndimage import gaussian_filter
 
+from hrtem_ray import storage
 from hrtem_ray.specs import (
+    ANGSTROM_PER_NM,
     LATTICES,
     ImagingCondition,
     SimulationParams,
@@ -124,7 +125,7 @@ class StructureImages:
         Calibrated zero, absolute abTEM defocus relative to the exit plane.
     pixel_size_angstrom : float
         Output pixel size.
-    timings_s : dict of str to float
+    timings_seconds : dict of str to float
         Wall-clock seconds of "multislice", "mask", "calibration" and "imaging".
     """
 
@@ -133,7 +134,7 @@ class StructureImages:
     defocus_nm: np.ndarray
     zero_defocus_angstrom: float
     pixel_size_angstrom: float
-    timings_s: dict[str, float]
+    timings_seconds: dict[str, float]
 
 
 # --------------------------------------------------------------------------- FFTW wisdom
@@ -176,10 +177,7 @@ def save_fftw_wisdom(path: Path | None = None) -> None:
 
     path = fftw_wisdom_path() if path is None else path
     load_fftw_wisdom(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
-        pickle.dump(pyfftw.export_wisdom(), handle)
-    os.replace(handle.name, path)
+    storage.write_bytes_atomic(path, pickle.dumps(pyfftw.export_wisdom()))
 
 
 @contextmanager
@@ -638,7 +636,8 @@ def simulate_structure(
     for index, condition in enumerate(conditions):
         rng = condition_rng(seed, condition)
         defocus_nm[index] = condition.defocus_nm + rng.normal(0.0, params.defocus_jitter_nm)
-        intensity = image_intensity(full_spectra, pixel_size, zero + 10 * defocus_nm[index], params)
+        defocus_angstrom = zero + ANGSTROM_PER_NM * defocus_nm[index]
+        intensity = image_intensity(full_spectra, pixel_size, defocus_angstrom, params)
         images[index] = apply_dose(intensity, condition.dose_e_per_angstrom2, pixel_size, rng)
     timings["imaging"] = time.perf_counter() - start
 
@@ -648,5 +647,5 @@ def simulate_structure(
         defocus_nm=defocus_nm,
         zero_defocus_angstrom=zero,
         pixel_size_angstrom=pixel_size,
-        timings_s=timings,
+        timings_seconds=timings,
     )

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "ANGSTROM_PER_NM",
     "Freeze",
     "FREEZE_OPTIONS",
     "GRIDS_FIXED",
@@ -33,6 +34,7 @@ __all__ = [
     "MAX_LENGTH_RANGE_ANGSTROM",
     "MAX_PARTICLES",
     "ModelSpec",
+    "N_SYMMETRIES",
     "PHASES",
     "Phase",
     "SIMULATION_FIXED_MIB",
@@ -53,8 +55,12 @@ FREEZE_OPTIONS: tuple[Freeze, ...] = ("none", "encoder", "decoder")
 #: single-stage baseline on a mixture of two domains.
 Phase = Literal["pretrain", "transfer", "baseline"]
 PHASES: tuple[Phase, ...] = ("pretrain", "transfer", "baseline")
+#: Training images are augmented by the 8 symmetries of the square (the dihedral group D4).
+N_SYMMETRIES = 8
 #: The splits of a dataset.
 SPLITS = ("train", "val")
+#: Angstrom per nanometre: the spec gives defocus in nm, abTEM takes angstrom.
+ANGSTROM_PER_NM = 10.0
 
 
 # --------------------------------------------------------------------------- structures
@@ -314,26 +320,8 @@ def estimate_worker_memory_bytes(structures: StructureParams, params: Simulation
     after the full structure's waves are freed, on the same grid). The substrate
     thickness changes the time (slices), not the memory.
 
-    Calibrated with ``resource.getrusage`` (``ru_maxrss``: peak RSS of one fresh
-    process started from a small parent, simulating one structure, minus the RSS
-    after its imports, 534 MiB; also ``VmRSS``/``VmHWM`` of ``/proc/self/status``):
-
-    ========================  =====  =======  ==============  =========
-    preset / variant          grid   phonons  measured (MiB)  estimate
-    ========================  =====  =======  ==============  =========
-    tests' tiny dataset       128    1        28              42
-    laptop (51.2 A, 0.2 A)    256    2        34 to 35        48
-    laptop at 0.1 A           512    2        55              72
-    laptop at 0.1 A           512    4        60 to 65        84
-    laptop at 0.1 A           512    8        81              108
-    102.4 A at 0.1 A          1024   2        133 to 148      168
-    102.4 A at 0.1 A          1024   4        164 to 169      216
-    102.4 A at 0.1 A          1024   8        237 to 277      312
-    paper (128 A, 0.1 A)      1280   8        396             465
-    ========================  =====  =======  ==============  =========
-
-    The ranges are repeated runs (other structures, another machine load).
-    ``tests/test_simulate.py`` measures the 128 and the 512 (4 phonons) rows again.
+    The constants are calibrated against peak memory measured per grid size and phonon
+    count (README, "Benchmarks"); ``tests/test_simulate.py`` measures two sizes again.
 
     Parameters
     ----------

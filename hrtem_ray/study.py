@@ -1,8 +1,9 @@
 """The Python API: a :class:`Study` simulates its dataset, runs its sweep and writes its report.
 
 >>> from hrtem_ray import Study
->>> study = Study.from_yaml("sweeps/laptop.yaml", out="out/laptop")   # doctest: +SKIP
->>> table = study.run()                                              # doctest: +SKIP
+>>> study = Study.from_yaml("sweeps/laptop.yaml", out="out/laptop")
+>>> len(study.plan.all())  # study.run() simulates, trains 36 models and reports
+36
 
 Layout of a study's output directory (``--out``, or ``storage`` in the spec)::
 
@@ -41,6 +42,7 @@ from hrtem_ray.config import (
     check_resources,
     load_dataset_spec,
     load_study_spec,
+    parse_stored_study_spec,
     parse_study_spec,
 )
 from hrtem_ray.lock import study_lock
@@ -225,7 +227,7 @@ class Study:
         if not storage.exists(path):
             raise FileNotFoundError(f"no study.json in {root}")
         stored = storage.read_json(path)
-        spec = parse_study_spec(stored["spec"], source=path)
+        spec = parse_stored_study_spec(stored["spec"], source=path)
         data = stored.get("data_root") if spec.dataset.path else None
         return cls(spec, out=root, data=data)
 
@@ -269,7 +271,7 @@ class Study:
 
     def dry_run(self) -> str:
         """Trial counts and training-set sizes, without running anything."""
-        from hrtem_ray.sweep import dry_run
+        from hrtem_ray.trials import dry_run
 
         return dry_run(self.spec)
 

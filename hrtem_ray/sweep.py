@@ -2,9 +2,11 @@
 
 Pretrain and baseline trials start at once; every transfer trial is handed
 out as soon as its own parent has finished and stored its checkpoint (no
-barrier between the stages), by :class:`DependentTrialSearcher`. Trials read
-their parent's checkpoint from the study's storage, so parent and child may run
-on different nodes.
+barrier between the stages), by :class:`hrtem_ray.schedule.DependentTrialSchedule`
+(pure scheduling) through :mod:`hrtem_ray.tune_adapter` (the Ray Tune searcher,
+trainable and callbacks, imported only when Tune runs). Trials read their
+parent's checkpoint from the study's storage, so parent and child may run on
+different nodes.
 
 Resuming is driven by what the storage holds: a trial whose result file
 exists is done and never runs again; a pretrain model that is done releases its
@@ -17,164 +19,24 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import signal
 import sys
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from hrtem_ray import results, storage
 from hrtem_ray.config import StudySpec
-from hrtem_ray.trials import Trial, TrialPlan, plan_trials
+from hrtem_ray.trials import TrialPlan, plan_trials
 
-
-@dataclass(frozen=True)
-class TrialContext:
-    """What every trial needs besides its own configuration (shipped once per worker)."""
-
-    spec_json: str
-    data_root: str
-    root: str
-    num_threads: int
-
-
-class DependentTrialSearcher:
-    """Hands out pretrain trials, then transfer trials whose parent is done, then baselines.
-
-    Within the pretrain and baseline queues the largest training sets go first
-    (longest-first: the long pretrain models, which gate the most work, start
-    early, and short ones fill the gaps). A Ray Tune searcher (the Tune base class is mixed in by :func:`make_searcher`
-    so that this module imports without Ray Tune). Transfer trials of a parent
-    that failed for good are not run; they are listed in :attr:`skipped`.
-    """
-
-    def _setup(self, plan: TrialPlan, done: set[str], excluded: set[str]) -> None:
-        children = plan.children()
-
-        def longest_first(trials: list[Trial]) -> deque[Trial]:
-            todo = [t for t in trials if t.model_id not in done | excluded]
-            return deque(sorted(todo, key=lambda t: -t.n_train_images))
-
-        self._pretrain = longest_first(plan.pretrain)
-        self._ready: deque[Trial] = deque()
-        self._baseline = longest_first(plan.baseline)
-        self._waiting: dict[str, list[Trial]] = {}
-        for parent in plan.pretrain:
-            if parent.model_id in excluded:
-                continue
-            kids = [
-                t for t in children.get(parent.model_id, []) if t.model_id not in done | excluded
-            ]
-            if parent.model_id in done:
-                self._ready.extend(kids)
-            elif kids:
-                self._waiting[parent.model_id] = kids
-        self._live: dict[str, Trial] = {}
-        self.skipped: list[tuple[Trial, str]] = []
-
-    @property
-    def pending(self) -> int:
-        """Trials not yet handed out."""
-        return (
-            len(self._pretrain)
-            + len(self._ready)
-            + len(self._baseline)
-            + sum(len(k) for k in self._waiting.values())
-        )
-
-    def suggest(self, trial_id: str):  # noqa: D102 - Tune API
-        for queue in (self._pretrain, self._ready, self._baseline):
-            if queue:
-                trial = queue.popleft()
-                self._live[trial_id] = trial
-                return {"trial": trial.to_dict()}
-        if self._live or self._waiting:
-            return None
-        return self.FINISHED
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):  # noqa: D102
-        trial = self._live.pop(trial_id, None)
-        if trial is None:
-            return
-        kids = self._waiting.pop(trial.model_id, [])
-        if error or (result or {}).get("failed"):
-            self.skipped.extend((k, f"parent {trial.model_id} failed") for k in kids)
-        else:
-            self._ready.extend(kids)
-
-    def save(self, checkpoint_path: str) -> None:  # noqa: D102
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.__dict__, fh)
-
-    def restore(self, checkpoint_path: str) -> None:  # noqa: D102
-        with open(checkpoint_path, "rb") as fh:
-            self.__dict__.update(pickle.load(fh))
-
-
-def make_searcher(plan: TrialPlan, done: set[str], excluded: set[str] = frozenset()):
-    """A Ray Tune :class:`~ray.tune.search.Searcher` for ``plan``.
-
-    ``done`` trials are skipped (their children run); ``excluded`` trials are
-    skipped together with their children.
-    """
-    from ray.tune.search import Searcher
-
-    class _Searcher(DependentTrialSearcher, Searcher):
-        def __init__(self) -> None:
-            Searcher.__init__(self)
-            self._setup(plan, set(done), set(excluded))
-
-    return _Searcher()
-
-
-def _tune_trial(config: dict, context: TrialContext) -> None:
-    """The Ray Tune trainable: run one trial, report per epoch, record NaN failures."""
-    import torch
-    from ray import tune
-
-    from hrtem_ray.execute import execute_trial
-    from hrtem_ray.train import NonFiniteLossError
-
-    trial = Trial.from_dict(config["trial"])
-    if storage.exists(results.result_path(context.root, trial)):
-        tune.report({"finished": True, "failed": False, "skipped_existing": True})
-        return
-    spec = StudySpec.model_validate_json(context.spec_json)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        outcome = execute_trial(
-            spec,
-            trial,
-            data_root=context.data_root,
-            root=context.root,
-            num_threads=context.num_threads,
-            device=device,
-            on_epoch=lambda record: tune.report({**record, "finished": False}),
-        )
-    except NonFiniteLossError as exc:
-        results.write_failure(context.root, trial, f"NonFiniteLossError: {exc}", attempts=1)
-        tune.report({"finished": True, "failed": True, "error": str(exc)})
-        return
-    except Exception as exc:
-        results.write_last_error(context.root, trial.model_id, exc)
-        raise
-    results.clear_failure(context.root, trial.model_id)  # an earlier attempt may have failed
-    tune.report(
-        {
-            "finished": True,
-            "failed": False,
-            "best_val_loss": outcome.best_val_loss,
-            "best_epoch": outcome.best_epoch,
-            "node_id": outcome.node_id,
-        }
-    )
+if TYPE_CHECKING:  # the adapter imports Ray Tune: only inside the functions that run it
+    from hrtem_ray.tune_adapter import DependentTrialSearcher
 
 
 @dataclass
@@ -229,7 +91,7 @@ class StopRequest:
     Ray Tune's own SIGINT handler is switched off (``TUNE_DISABLE_SIGINT_HANDLER``):
     it swallows the signal, lets ``Tuner.fit`` return normally and suggests
     ``Tuner.restore``, which hrtem-ray does not use. Instead the first signal sets
-    :attr:`signum`, which :func:`_signal_stopper` turns into a stop of every trial
+    :attr:`signum`, which :class:`hrtem_ray.tune_adapter.StopOnSignal` turns into a stop of every trial
     at Tune's next step; a second signal raises :class:`KeyboardInterrupt`.
     """
 
@@ -266,121 +128,6 @@ class StopRequest:
                 os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
             else:
                 os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
-
-
-def _signal_stopper(stop: StopRequest):
-    """A Ray Tune stopper that ends the whole run once ``stop`` is requested."""
-    from ray.tune import Stopper
-
-    class StopOnSignal(Stopper):
-        def __call__(self, trial_id: str, result: dict) -> bool:
-            return False
-
-        def stop_all(self) -> bool:
-            return stop.requested
-
-    return StopOnSignal()
-
-
-# Ray Tune messages that would mislead a user of hrtem-ray (it resumes from results/, not
-# from Tune's experiment state): the restore hint, and the list of trials an interruption
-# stopped.
-_HIDDEN_TUNE_MESSAGES = (
-    "Tuner.restore",
-    "Resume experiment with",
-    "Resume training with",
-    "Trials did not complete",
-    "Stop signal received",
-)
-
-
-class _HideTuneMessages(logging.Filter):
-    """Drops Ray Tune log records that name :data:`_HIDDEN_TUNE_MESSAGES`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not any(hidden in text for hidden in _HIDDEN_TUNE_MESSAGES)
-
-
-@contextmanager
-def _tune_messages_hidden() -> Iterator[None]:
-    """Filter :data:`_HIDDEN_TUNE_MESSAGES` out of ``ray.tune.tune``'s log while inside."""
-    logger = logging.getLogger("ray.tune.tune")
-    hide = _HideTuneMessages()
-    logger.addFilter(hide)
-    try:
-        yield
-    finally:
-        logger.removeFilter(hide)
-
-
-def _progress_callback(total: int, done_before: int, searcher, echo: Callable[[str], None]):
-    from ray.tune import Callback
-
-    class Progress(Callback):
-        """One line per finished trial of the plan and a done/running/pending summary.
-
-        ``done_before`` counts only models of the current plan, and every trial of a
-        Tune run belongs to the plan, so the counter cannot pass ``total``.
-        """
-
-        def __init__(self) -> None:
-            self.finished = done_before
-            self.started = time.time()
-
-        def _line(self, trials, trial, status: str) -> None:
-            self.finished += 1
-            running = sum(t.status == "RUNNING" for t in trials)
-            desc = Trial.from_dict(trial.config["trial"]).describe()
-            last = trial.last_result or {}
-            metric = (
-                f" best val loss {last['best_val_loss']:.4f} (epoch {last['best_epoch']})"
-                if "best_val_loss" in last
-                else ""
-            )
-            echo(
-                f"[{self.finished}/{total}] {status} {desc}{metric} | "
-                f"done {self.finished} running {running} pending {searcher.pending} "
-                f"| {time.time() - self.started:.0f}s"
-            )
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            last = trial.last_result or {}
-            if not last.get("finished"):
-                return  # stopped by an interruption, not done
-            self._line(trials, trial, "FAILED (non-finite loss)" if last.get("failed") else "done")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._line(trials, trial, "FAILED")
-
-    return Progress()
-
-
-def _failure_recorder(root: str):
-    from ray.tune import Callback
-
-    class RecordFailures(Callback):
-        """Writes a failure record, with the attempts made, for trials that failed for good."""
-
-        def __init__(self) -> None:
-            self.recoveries: dict[str, int] = {}
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            self.recoveries[trial.trial_id] = self.recoveries.get(trial.trial_id, 0) + 1
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            record = Trial.from_dict(trial.config["trial"])
-            # the trainable notes its own exception; a lost worker or node leaves only Tune's
-            summary = results.read_last_error(root, record.model_id)
-            kind = "trial"
-            if summary is None:  # the trial's own code raised nothing: its worker or node was lost
-                error = trial.get_error()
-                summary = f"{type(error).__name__}: {error}" if error is not None else "worker lost"
-                kind = "infrastructure"
-            attempts = self.recoveries.get(trial.trial_id, 0) + 1
-            results.write_failure(root, record, summary.strip(), attempts=attempts, kind=kind)
-
-    return RecordFailures()
 
 
 def trial_resources(spec: StudySpec, echo: Callable[[str], None]) -> dict[str, float]:
@@ -465,7 +212,9 @@ def run_sweep(
             )
         for trial in remaining:
             results.clear_failure(root, trial.model_id)
-        searcher = make_searcher(plan, done, excluded)
+        from hrtem_ray.tune_adapter import DependentTrialSearcher
+
+        searcher = DependentTrialSearcher(plan, done, excluded)
         with stop.installed():
             _fit(spec, plan, searcher, resources, concurrency, root, data_root, done, stop, echo)
         if stop.requested:
@@ -529,12 +278,32 @@ def _final_failures(failures: list[dict]) -> set[str]:
     return own | {f["model_id"] for f in failures if f.get("parent_id") in own}
 
 
-def _fit(spec, plan, searcher, resources, concurrency, root, data_root, done, stop, echo) -> None:
+def _fit(
+    spec: StudySpec,
+    plan: TrialPlan,
+    searcher: DependentTrialSearcher,
+    resources: dict[str, float],
+    concurrency: int,
+    root: str,
+    data_root: str,
+    done: set[str],
+    stop: StopRequest,
+    echo: Callable[[str], None],
+) -> None:
     """One Ray Tune run of the trials ``searcher`` hands out; ends early when ``stop`` is set.
 
     ``done`` holds the plan's models finished before this run (the progress counter's start).
     """
     from ray import tune
+
+    from hrtem_ray.tune_adapter import (
+        Progress,
+        RecordFailures,
+        StopOnSignal,
+        TrialContext,
+        tune_messages_hidden,
+        tune_trial,
+    )
 
     context = TrialContext(
         spec_json=spec.model_dump_json(),
@@ -542,7 +311,7 @@ def _fit(spec, plan, searcher, resources, concurrency, root, data_root, done, st
         root=root,
         num_threads=max(1, int(resources["cpu"])),
     )
-    trainable = tune.with_resources(tune.with_parameters(_tune_trial, context=context), resources)
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, context=context), resources)
     tune_fs, tune_path = storage.pyarrow_filesystem_for_ray(storage.join(root, "tune"))
     tuner = tune.Tuner(
         trainable,
@@ -559,10 +328,10 @@ def _fit(spec, plan, searcher, resources, concurrency, root, data_root, done, st
             storage_path=tune_path,
             storage_filesystem=tune_fs,
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-            stop=_signal_stopper(stop),
+            stop=StopOnSignal(stop),
             callbacks=[
-                _failure_recorder(root),
-                _progress_callback(len(plan.all()), len(done), searcher, echo),
+                RecordFailures(root),
+                Progress(len(plan.all()), len(done), searcher, echo),
             ],
             verbose=0,
             log_to_file=True,
@@ -572,7 +341,7 @@ def _fit(spec, plan, searcher, resources, concurrency, root, data_root, done, st
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Results live in the study's storage, not in Tune's result grid: silence its loader.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    with _tune_messages_hidden():
+    with tune_messages_hidden():
         tuner.fit()
 
 
@@ -601,31 +370,3 @@ def format_failures(failures: list[dict]) -> str:
     frame = pl.DataFrame(failures).select("model_id", "trial", "attempts", "error")
     with pl.Config(tbl_rows=len(frame), fmt_str_lengths=100, tbl_width_chars=200):
         return f"{len(failures)} failed trials:\n{frame}"
-
-
-def dry_run(spec: StudySpec) -> str:
-    """Trial counts per phase and the images each trial trains on, without running anything."""
-    plan = plan_trials(spec)
-    lines = [
-        f"study {spec.name} ({spec.dataset.study}): "
-        + ", ".join(f"{n} {phase}" for phase, n in plan.counts().items())
-        + f", {len(plan.all())} models in all",
-        f"each model is evaluated on {len(spec.domains_for('eval'))} eval domains: "
-        f"{len(plan.all()) * len(spec.domains_for('eval'))} result rows",
-    ]
-    for phase in ("pretrain", "transfer", "baseline"):
-        trials = getattr(plan, phase)
-        if not trials:
-            continue
-        sizes = pl.DataFrame({"images": [t.n_train_images for t in trials]})
-        counts = sizes.group_by("images").len().sort("images")
-        detail = ", ".join(
-            f"{row['len']} x {row['images']}" for row in counts.iter_rows(named=True)
-        )
-        epochs = spec.training.epochs
-        total = int(sizes["images"].sum()) * 8 * epochs
-        lines.append(
-            f"{phase}: {len(trials)} trials training on images per trial: {detail} "
-            f"({total:,} augmented image passes over {epochs} epochs)"
-        )
-    return "\n".join(lines)

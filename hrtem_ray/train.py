@@ -34,6 +34,7 @@ layers use and keep the parent's running statistics.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -47,17 +48,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrtem_ray import storage
 from hrtem_ray._version import __version__
-from hrtem_ray.model import build_model, count_parameters
-from hrtem_ray.model import freeze as freeze_part
-from hrtem_ray.specs import Freeze, ModelSpec
-from hrtem_ray.trainsets import (
+from hrtem_ray.augment import (
     augment,
     epoch_order,
     label_entropy_floor,
     soft_labels,
     standardize,
 )
+from hrtem_ray.model import build_model, count_parameters
+from hrtem_ray.model import freeze as freeze_part
+from hrtem_ray.specs import Freeze, ModelSpec
 
 __all__ = [
     "EvalMetrics",
@@ -71,6 +73,7 @@ __all__ = [
     "save_checkpoint",
     "select_device",
     "standardize",
+    "train_epoch",
     "train_stage",
     "train_step",
 ]
@@ -314,6 +317,64 @@ def train_step(
     return loss.detach()
 
 
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    batch_size: int,
+    rng: np.random.Generator,
+    augment_data: bool = True,
+    epoch: int = 1,
+) -> float:
+    """One epoch of training steps over every image (and symmetry); the mean cross-entropy.
+
+    The model is put in train mode. The visiting order (and each visit's dihedral symmetry)
+    comes from :func:`~hrtem_ray.augment.epoch_order` with ``rng``; batches of ``batch_size``
+    go through :func:`train_step`. The loss is checked for NaN/inf every ``_CHECK_EVERY``
+    steps and after the last one (one host sync each).
+
+    Parameters
+    ----------
+    model, optimizer
+        The model on the device of ``images``, and its optimizer (learning rate already set).
+    images, masks
+        Standardised images and masks, ``(N, 1, H, W)`` tensors on the model's device.
+    batch_size
+        Samples per step.
+    rng
+        Generator of the data order; advanced by one :func:`epoch_order` call.
+    augment_data
+        If False, one identity pass over the images instead of all symmetries.
+    epoch
+        1-based epoch number, for error messages.
+
+    Returns
+    -------
+    float
+        Mean soft-label cross-entropy over the epoch's samples (train mode, augmented).
+
+    Raises
+    ------
+    NonFiniteLossError
+        When a step's loss is NaN or infinite (names the epoch and the step).
+    """
+    model.train()
+    idx, ks = epoch_order(len(images), rng, augment=augment_data)
+    loss_sum, pending, n_steps = 0.0, [], 0
+    for start in range(0, len(idx), batch_size):
+        sel = torch.as_tensor(idx[start : start + batch_size], device=images.device)
+        xb, mb = augment(images[sel], masks[sel], ks[start : start + batch_size])
+        loss = train_step(model, optimizer, xb, mb)
+        pending.append(loss * len(xb))
+        n_steps += 1
+        if len(pending) == _CHECK_EVERY or start + batch_size >= len(idx):
+            loss_sum += _check_finite(pending, n_steps - len(pending) + 1, epoch)
+            pending = []
+    return loss_sum / len(idx)
+
+
 def train_stage(
     model: nn.Module,
     train_images: np.ndarray,
@@ -396,18 +457,16 @@ def train_stage(
             epoch_lr = lr * lr_decay ** (epoch - 1)
             for group in optimizer.param_groups:
                 group["lr"] = epoch_lr
-            model.train()
-            idx, ks = epoch_order(len(x_train), rng, augment=augment_data)
-            loss_sum, pending, n_steps = 0.0, [], 0
-            for start in range(0, len(idx), batch_size):
-                sel = torch.as_tensor(idx[start : start + batch_size], device=device)
-                xb, mb = augment(x_train[sel], m_train[sel], ks[start : start + batch_size])
-                loss = train_step(model, optimizer, xb, mb)
-                pending.append(loss * len(xb))
-                n_steps += 1
-                if len(pending) == _CHECK_EVERY or start + batch_size >= len(idx):
-                    loss_sum += _check_finite(pending, n_steps - len(pending) + 1, epoch)
-                    pending = []
+            train_ce = train_epoch(
+                model,
+                optimizer,
+                x_train,
+                m_train,
+                batch_size=batch_size,
+                rng=rng,
+                augment_data=augment_data,
+                epoch=epoch,
+            )
             model.eval()
             val_ce, val_iou = _evaluate_tensors(model, x_val, m_val, batch_size, device)
             if not math.isfinite(val_ce):
@@ -416,7 +475,7 @@ def train_stage(
                 torch.cuda.synchronize(device)
             record = {
                 "epoch": epoch,
-                "train_loss": loss_sum / len(idx) - train_floor,
+                "train_loss": train_ce - train_floor,
                 "val_loss": val_ce - val_floor,
                 "val_cross_entropy": val_ce,
                 "val_iou": val_iou,
@@ -441,11 +500,11 @@ def train_stage(
     )
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` via a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def _torch_bytes(obj) -> bytes:
+    """``obj`` as :func:`torch.save` writes it."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def _to_cpu(obj):
@@ -473,10 +532,10 @@ def save_checkpoint(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path / "model.pt", lambda p: torch.save(_cpu_state(model), p))
+    storage.write_bytes_atomic(path / "model.pt", _torch_bytes(_cpu_state(model)))
     if optimizer is not None:
         state = _to_cpu(optimizer.state_dict())
-        _atomic_write(path / "optimizer.pt", lambda p: torch.save(state, p))
+        storage.write_bytes_atomic(path / "optimizer.pt", _torch_bytes(state))
     meta = dict(metadata or {})
     spec = getattr(model, "spec", None)
     if isinstance(spec, ModelSpec):
@@ -487,7 +546,7 @@ def save_checkpoint(
     meta["hrtem_ray_version"] = __version__
     meta["parameters"] = count_parameters(model)
     text = json.dumps(meta, indent=2, sort_keys=True, default=str)
-    _atomic_write(path / "metadata.json", lambda p: p.write_text(text))
+    storage.write_bytes_atomic(path / "metadata.json", text.encode())
 
 
 def load_checkpoint(

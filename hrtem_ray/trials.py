@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from hrtem_ray.config import StudySpec
-from hrtem_ray.specs import PHASES, Freeze, Phase
+from hrtem_ray.specs import N_SYMMETRIES, PHASES, Freeze, Phase
 
 __all__ = [
     "PHASES",
@@ -21,6 +22,7 @@ __all__ = [
     "Trial",
     "TrialPlan",
     "baseline_pairs",
+    "dry_run",
     "plan_trials",
     "trial_context",
 ]
@@ -28,7 +30,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Trial:
-    """One model to train. Field meanings follow the results table (results_schema.md)."""
+    """One model to train. Field meanings follow the results table (docs/results_schema.md)."""
 
     phase: Phase
     pretrain_domain: str
@@ -118,7 +120,7 @@ def trial_context(spec: StudySpec) -> dict:
     """Everything besides the trial's own fields that determines the trained model."""
     return {
         "study": spec.name,
-        "axis": spec.dataset.study,
+        "axis": spec.dataset.axis,
         "dataset": spec.dataset.content_hash(),
         "model": spec.model.model_dump(mode="json"),
         "training": spec.training.model_dump(mode="json"),
@@ -196,3 +198,43 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
                 )
             )
     return TrialPlan(pretrain, transfer, baseline)
+
+
+def dry_run(spec: StudySpec) -> str:
+    """Trial counts per phase and the images each trial trains on, without running anything.
+
+    Parameters
+    ----------
+    spec
+        The validated study.
+
+    Returns
+    -------
+    str
+        Lines: ``study NAME (AXIS): N pretrain, N transfer, N baseline, N models in all``,
+        the result rows, then per phase the training-set sizes (``count x images``) and the
+        augmented image passes (images x dihedral symmetries x epochs).
+    """
+    # Lazy: the constant's module imports torch, and planning stays import-light.
+
+    plan = plan_trials(spec)
+    n_eval = len(spec.domains_for("eval"))
+    lines = [
+        f"study {spec.name} ({spec.dataset.axis}): "
+        + ", ".join(f"{n} {phase}" for phase, n in plan.counts().items())
+        + f", {len(plan.all())} models in all",
+        f"each model is evaluated on {n_eval} eval domains: {len(plan.all()) * n_eval} result rows",
+    ]
+    epochs = spec.training.epochs
+    for phase in PHASES:
+        trials = getattr(plan, phase)
+        if not trials:
+            continue
+        sizes = Counter(t.n_train_images for t in trials)
+        detail = ", ".join(f"{count} x {images}" for images, count in sorted(sizes.items()))
+        passes = sum(t.n_train_images for t in trials) * N_SYMMETRIES * epochs
+        lines.append(
+            f"{phase}: {len(trials)} trials training on images per trial: {detail} "
+            f"({passes:,} augmented image passes over {epochs} epochs)"
+        )
+    return "\n".join(lines)

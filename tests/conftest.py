@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
 
 TINY_DATASET = {
-    "study": "defocus",
+    "axis": "defocus",
     "defocus_nm": [-10, 0, 10],
     "dose_e_per_angstrom2": 400,
     "structures": {

@@ -20,6 +20,7 @@ from hrtem_ray.config import (
     is_safe_name,
     load_study_spec,
     parse_dataset_spec,
+    parse_stored_study_spec,
     parse_study_spec,
 )
 from hrtem_ray.specs import (
@@ -35,7 +36,7 @@ PRESETS = sorted((REPO / "sweeps").glob("*.yaml"))
 
 STRUCTURE_DATASET = {
     **TINY_DATASET,
-    "study": "structure",
+    "axis": "structure",
     "defocus_nm": -10,
     "structure_domains": {
         "CdSe-small": {"lattice": "CdSe", "radius_angstrom": [5, 6]},
@@ -90,7 +91,7 @@ def test_unsafe_names_are_refused_with_the_field(name):
 
 def test_numeric_domain_labels_stay_valid():
     spec = parse_dataset_spec(
-        {**TINY_DATASET, "study": "dose", "defocus_nm": -10, "dose_e_per_angstrom2": [1e6, 30]}
+        {**TINY_DATASET, "axis": "dose", "defocus_nm": -10, "dose_e_per_angstrom2": [1e6, 30]}
     )
     assert spec.domains == ["1e+06", "30"]
     assert parse_dataset_spec({**TINY_DATASET, "defocus_nm": [-10, -2.5]}).domains == [
@@ -270,7 +271,7 @@ def test_structure_domain_radius_must_fit_the_cell():
             _study(
                 dataset={
                     **TINY_DATASET,
-                    "study": "dose",
+                    "axis": "dose",
                     "defocus_nm": -10,
                     "dose_e_per_angstrom2": [],
                 }
@@ -279,7 +280,7 @@ def test_structure_domain_radius_must_fit_the_cell():
         ),
         (
             _study(dataset={**STRUCTURE_DATASET, "structure_domains": {}}),
-            r"study 'structure' needs structure_domains",
+            r"axis 'structure' needs structure_domains",
         ),
         (_study(domains={"pretrain": []}), r"domains\.pretrain: needs at least one domain"),
         (_study(domains={"eval": []}), r"domains\.eval: needs at least one domain"),
@@ -400,6 +401,32 @@ def test_dataset_hash_covers_shards_and_generator_but_not_path(monkeypatch):
     monkeypatch.setattr(config, "GENERATOR_VERSION", 2)
     assert spec.content_hash() != before
     assert spec.hash_payload()["generator_version"] == 2
+
+
+def test_dataset_axis_is_hashed_under_its_former_key():
+    """``dataset.study`` was renamed to ``dataset.axis``; existing datasets keep their hash."""
+    payload = tiny_dataset_spec().hash_payload()
+    assert payload["study"] == "defocus" and "axis" not in payload
+
+
+def test_study_spec_stored_before_the_axis_rename_still_reads():
+    """``study.json`` of an existing study root may hold ``dataset.study``."""
+    current = parse_study_spec(_study())
+    stored = current.model_dump(mode="json")
+    stored["dataset"]["study"] = stored["dataset"].pop("axis")
+    assert parse_stored_study_spec(stored) == current
+    assert parse_stored_study_spec(current.model_dump(mode="json")) == current
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["dataset", "study"])
+def test_former_dataset_study_key_names_its_new_name(wrap):
+    raw = {**TINY_DATASET, "study": "defocus"}
+    raw.pop("axis")
+    with pytest.raises(SpecError, match=r"\n  dataset\.study: renamed to dataset\.axis"):
+        if wrap:
+            parse_study_spec(_study(dataset=raw))
+        else:
+            parse_dataset_spec(raw)
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)

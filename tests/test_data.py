@@ -91,6 +91,26 @@ def test_rerun_writes_nothing(tiny_dataset_root):
     assert after == before
 
 
+def test_dataset_stored_before_the_axis_rename_is_still_current(tiny_dataset_root, tmp_path):
+    """A ``dataset.json`` holding ``study`` (before ``dataset.axis``) is neither refused
+    nor simulated again: the hash is unchanged and the stored spec reads as ``axis``."""
+    root = tmp_path / "old"
+    shutil.copytree(tiny_dataset_root, root)
+    record = json.loads((root / data.SPEC_FILE).read_text())
+    record["spec"] = {("study" if k == "axis" else k): v for k, v in record["spec"].items()}
+    (root / data.SPEC_FILE).write_text(json.dumps(record))
+    spec = tiny_dataset_spec()
+    data.check_dataset_root(spec, root)
+    assert data.dataset_spec(root) == spec
+    assert data.simulate_dataset_serial(spec, root).shards_written == 0
+    assert "study" in json.loads((root / data.SPEC_FILE).read_text())["spec"]
+    other = tiny_dataset_spec(seed=8)
+    with pytest.raises(data.DatasetError) as info:
+        data.check_dataset_root(other, root)
+    assert "dataset.seed: stored 7, spec 8" in str(info.value)
+    assert "axis" not in str(info.value) and "study" not in str(info.value)
+
+
 def test_other_spec_refuses_to_overwrite(tiny_dataset_root):
     before = _files(tiny_dataset_root)
     with pytest.raises(data.DatasetError, match="another spec"):
@@ -409,8 +429,8 @@ def test_killed_run_leaves_no_complete_looking_shard_and_rerun_completes(
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"study": "angle"}, r"dataset\.study: Input should be 'defocus', 'dose' or 'structure'"),
-        ({"defocus_nm": -10}, r"study 'defocus' needs defocus_nm as a list"),
+        ({"axis": "angle"}, r"dataset\.axis: Input should be 'defocus', 'dose' or 'structure'"),
+        ({"defocus_nm": -10}, r"axis 'defocus' needs defocus_nm as a list"),
         ({"structures": {"lattices": ["Au"]}}, r"dataset\.structures\.lattices.*Au.*allowed"),
         ({"n_structures": {"train": 0, "val": 2}}, r"dataset\.n_structures\.train"),
         ({"simulation": {"n_phonons": 0}}, r"dataset\.simulation\.n_phonons"),

@@ -89,7 +89,7 @@ def test_output_shapes_and_types(simulated, structure):
     assert 0.0 <= simulated.mask.min() and simulated.mask.max() <= 1.0
     assert simulated.defocus_nm.dtype == np.float64
     assert simulated.pixel_size_angstrom == pytest.approx(0.2)
-    assert set(simulated.timings_s) == {"multislice", "mask", "calibration", "imaging"}
+    assert set(simulated.timings_seconds) == {"multislice", "mask", "calibration", "imaging"}
     # noiseless images are normalised intensities (vacuum = 1); dosed ones are counts
     assert simulated.images[1].mean() == pytest.approx(1.0, abs=0.02)
     electrons = 400.0 * 0.2**2

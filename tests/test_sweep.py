@@ -88,16 +88,51 @@ def test_transfer_starts_from_its_parents_best_weights(finished_tiny):
         assert ckpt_meta["best_digest"] == parent["best_digest"]
 
 
-def test_transfer_trials_do_not_wait_for_all_pretraining(finished_tiny):
-    study, _ = finished_tiny
+def test_a_child_starts_before_a_longer_parent_has_finished(
+    ray_cluster, tiny_dataset_root, tmp_path
+):
+    """The child of a short pretrain model starts while a long pretrain model still trains.
+
+    Two pretrain trials of clearly unequal length (1 vs 6 training images, x 8
+    symmetries, 12 epochs: about 1 s vs 6 s of training steps on one core, plus about
+    1.5 s of loading and evaluation each) share the 2 CPUs (1 CPU each, so 2 at a time),
+    one child each. Longest-first, both parents start at once; the short one ends about
+    5 s before the long one (the child starts about 0.1 s after its parent's end).
+
+    - Pipelined (what the sweep does): the short parent's child is handed out as soon
+      as the short parent is done and takes its freed CPU, so it starts while the long
+      parent is still training: ``child.started_at < long.finished_at``.
+    - Barrier (all pretraining first): no child is handed out before the long parent's
+      trial has ended, which is after its ``finished_at`` (its checkpoint and results are
+      written after that instant), so ``child.started_at > long.finished_at`` and the
+      assertion fails. It fails whatever the concurrency: even with one trial at a time a
+      barrier starts no child before the last parent ends.
+    """
+    study = tiny_study(
+        tmp_path,
+        tiny_dataset_root,
+        domains={"pretrain": ["0"], "transfer": ["10"], "eval": ["10"]},
+        pretrain={"lr": [1e-3], "n_images": [1, 6], "seeds": [0]},
+        transfer={"lr": [1e-4], "n_images": [1], "freeze": ["none"]},
+        baseline=None,
+        training={"epochs": 12, "batch_size": 4},
+        resources={"cpu": 1, "max_failures": 0, "max_concurrent_trials": 2},
+    )
+    report = study.sweep(echo=quiet)
+    assert report.finished, report
     table = study.results().unique("model_id")
-    last_pretrain_end = table.filter(pl.col("phase") == "pretrain")["finished_at"].max()
-    first_transfer_start = table.filter(pl.col("phase") == "transfer")["started_at"].min()
-    # Two CPUs, two pretrain trials of equal size: the first child starts as soon as
-    # the first parent is done, while the second parent may still be training.
-    parent_ends = table.filter(pl.col("phase") == "pretrain")["finished_at"].sort()
-    assert first_transfer_start >= parent_ends[0]
-    assert first_transfer_start < last_pretrain_end + 5.0
+    rows = {row["model_id"]: row for row in table.iter_rows(named=True)}
+    short, long = sorted(
+        (r for r in rows.values() if r["phase"] == "pretrain"), key=lambda r: r["n_pretrain"]
+    )
+    (child,) = [r for r in rows.values() if r["parent_id"] == short["model_id"]]
+    timeline = (
+        f"short parent {short['started_at']:.1f}-{short['finished_at']:.1f}, "
+        f"long parent {long['started_at']:.1f}-{long['finished_at']:.1f}, "
+        f"child of short starts {child['started_at']:.1f}"
+    )
+    assert short["finished_at"] <= child["started_at"], timeline
+    assert child["started_at"] < long["finished_at"], timeline
 
 
 def test_rerun_runs_nothing_and_duplicates_nothing(finished_tiny):
@@ -168,8 +203,8 @@ def test_invalid_specs_fail_before_any_compute(tmp_path):
     bad = {**TINY_STUDY, "pretrain": {"lr": [1e-3], "n_images": [64], "seeds": [0]}}
     with pytest.raises(SpecError, match=r"pretrain\.n_images.*dataset\.n_structures\.train"):
         parse_study_spec(bad)
-    bad = {**TINY_STUDY, "dataset": {**TINY_DATASET, "study": "focus"}}
-    with pytest.raises(SpecError, match=r"dataset\.study.*'defocus', 'dose' or 'structure'"):
+    bad = {**TINY_STUDY, "dataset": {**TINY_DATASET, "axis": "focus"}}
+    with pytest.raises(SpecError, match=r"dataset\.axis.*'defocus', 'dose' or 'structure'"):
         parse_study_spec(bad)
     spec_file = tmp_path / "bad.yaml"
     spec_file.write_text(yaml.safe_dump({**TINY_STUDY, "resources": {"cpu": 0}}))
@@ -261,7 +296,10 @@ def test_fractional_gpus_pack_trials(tiny_dataset_root, tmp_path):
 
 
 def test_lost_trials_are_run_again_but_failed_ones_and_their_children_are_not():
-    from hrtem_ray.sweep import DependentTrialSearcher, _final_failures
+    from ray.tune.search import Searcher
+
+    from hrtem_ray.sweep import _final_failures
+    from hrtem_ray.tune_adapter import DependentTrialSearcher
 
     plan = plan_trials(parse_study_spec(TINY_STUDY))
     broken, lost = plan.pretrain
@@ -277,9 +315,7 @@ def test_lost_trials_are_run_again_but_failed_ones_and_their_children_are_not():
     excluded = _final_failures(failures)
     assert excluded == {broken.model_id} | {c.model_id for c in children[broken.model_id]}
 
-    searcher = DependentTrialSearcher()
-    searcher.FINISHED = "FINISHED"
-    searcher._setup(plan, done=set(), excluded=excluded)
+    searcher = DependentTrialSearcher(plan, done=set(), excluded=excluded)
     first = searcher.suggest("t0")["trial"]
     assert first["model_id"] == lost.model_id  # the lost pretrain model runs again
     handed = [searcher.suggest(f"b{i}")["trial"]["model_id"] for i in range(len(plan.baseline))]
@@ -294,4 +330,21 @@ def test_lost_trials_are_run_again_but_failed_ones_and_their_children_are_not():
     assert set(kids) == {c.model_id for c in children[lost.model_id]}
     for i in range(len(kids)):
         searcher.on_trial_complete(f"k{i}", {"finished": True, "failed": False})
-    assert searcher.suggest("end") == "FINISHED"
+    assert searcher.suggest("end") == Searcher.FINISHED
+    assert searcher.skipped == []
+
+
+def test_searcher_skips_the_children_of_a_trial_that_reported_failure(tmp_path):
+    from hrtem_ray.tune_adapter import DependentTrialSearcher
+
+    plan = plan_trials(parse_study_spec(TINY_STUDY))
+    searcher = DependentTrialSearcher(plan)
+    first = searcher.suggest("p0")["trial"]["model_id"]
+    searcher.suggest("p1")
+    searcher.on_trial_complete("p0", {"finished": True, "failed": True})  # e.g. a NaN loss
+    assert {t.model_id for t, _ in searcher.skipped} == {c.model_id for c in plan.children()[first]}
+    # Tune's experiment state: save and restore carry the queues over
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = DependentTrialSearcher(plan)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.pending == searcher.pending and len(restored.skipped) == 4

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from hrtem_ray.augment import augment, dihedral, epoch_order, soft_labels
 from hrtem_ray.model import build_model
 from hrtem_ray.specs import ModelSpec
 from hrtem_ray.train import (
@@ -24,11 +25,9 @@ from hrtem_ray.train import (
     load_checkpoint,
     predict,
     save_checkpoint,
-    select_device,
     standardize,
     train_stage,
 )
-from hrtem_ray.trainsets import augment, dihedral, epoch_order, soft_labels
 
 TINY = ModelSpec(
     size="small",
@@ -220,12 +219,6 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path) -> None:
     assert opt_state["param_groups"][0]["lr"] == pytest.approx(1e-3)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path)
-
-
-def test_select_device() -> None:
-    assert select_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert select_device().type == expected
 
 
 def test_rejects_bad_shapes() -> None:

@@ -12,8 +12,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-N_SYMMETRIES = 8
-"""Order of the dihedral group of the square: 4 rotations, each with or without a flip."""
+from hrtem_ray.specs import N_SYMMETRIES  # 4 rotations of the square, each with or without a flip
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -113,8 +112,9 @@ def epoch_order(
     """Shuffled sample order of one epoch.
 
     With augmentation an epoch visits every (image, symmetry) pair once, i.e.
-    ``8 * n_images`` samples, as in the reference study (its dataset sizes count images
-    before the 8x dihedral augmentation); without, every image once with the identity.
+    ``N_SYMMETRIES * n_images`` (8 x) samples, as in the reference study (its dataset sizes
+    count images before the dihedral augmentation); without, every image once with the
+    identity.
 
     Returns
     -------
