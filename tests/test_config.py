@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_DATASET, tiny_dataset_spec
+from helpers import TINY_DATASET, tiny_dataset_spec
 
 from hrtem_ray import config
 from hrtem_ray.config import (

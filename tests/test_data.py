@@ -16,7 +16,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import TINY_DATASET, kill_cli_when, make_bucket, run_cli, s3_env, tiny_dataset_spec
+from helpers import TINY_DATASET, kill_cli_when, make_bucket, run_cli, s3_env, tiny_dataset_spec
 
 from hrtem_ray import data, storage
 from hrtem_ray.config import SpecError, load_dataset_spec, parse_dataset_spec
@@ -144,7 +144,7 @@ def test_mismatch_names_every_differing_field_without_writing(tiny_dataset_root,
 _RACE = """
 import json, os, sys, time
 sys.path.insert(0, sys.argv[3])
-from conftest import tiny_dataset_spec
+from helpers import tiny_dataset_spec
 from hrtem_ray import data, storage
 root, workdir, seeds = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[4:]]
 go = os.path.join(workdir, "go")

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_DATASET, make_bucket, run_cli, s3_env
+from helpers import TINY_DATASET, make_bucket, run_cli, s3_env
 
 from hrtem_ray import results, storage
 from hrtem_ray.check import heal_before_sweep, inspect_study, repair
@@ -465,7 +465,7 @@ def test_quarantine_of_a_folder_on_s3_moves_every_file(moto_endpoint, monkeypatc
 def test_check_finds_a_truncated_shard_and_repair_leaves_it_to_the_simulation(
     tiny_dataset_root, tmp_path
 ):
-    from conftest import tiny_dataset_spec
+    from helpers import tiny_dataset_spec
 
     from hrtem_ray import data
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CLI, TINY_DATASET, TWO_MODEL_STUDY, make_bucket, run_cli, s3_env
+from helpers import CLI, TINY_DATASET, TWO_MODEL_STUDY, make_bucket, run_cli, s3_env
 
 from hrtem_ray import lock as study_lock_module
 from hrtem_ray import storage
@@ -290,7 +290,7 @@ def test_second_run_on_the_same_out_refuses_at_once(tiny_dataset_root, tmp_path:
 
 @pytest.mark.slow
 def test_killed_holder_is_taken_over_by_the_next_run(tiny_dataset_root, tmp_path: Path) -> None:
-    from conftest import kill_cli_when
+    from helpers import kill_cli_when
 
     spec_file = _lock_spec(tmp_path, tiny_dataset_root)
     out = tmp_path / "study"

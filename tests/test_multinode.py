@@ -35,8 +35,7 @@ import polars as pl
 import psutil
 import pytest
 import yaml
-from conftest import ARTIFACTS, TINY_DATASET, make_bucket, s3_env
-from test_sweep import TINY_STUDY
+from helpers import ARTIFACTS, TINY_DATASET, TINY_STUDY, make_bucket, s3_env
 
 from hrtem_ray import data, results, storage
 from hrtem_ray.config import parse_study_spec

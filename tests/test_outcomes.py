@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import CLI, REPO, TINY_DATASET, run_cli
+from helpers import CLI, REPO, TINY_DATASET, run_cli
 
 from hrtem_ray import cli, results, storage
 from hrtem_ray.config import parse_study_spec

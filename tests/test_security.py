@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CLI, TWO_MODEL_STUDY, make_bucket, run_cli, s3_env
+from helpers import CLI, TWO_MODEL_STUDY, make_bucket, run_cli, s3_env
 
 from hrtem_ray import storage
 

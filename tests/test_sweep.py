@@ -10,23 +10,12 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, TINY_DATASET, kill_cli_when, run_cli
+from helpers import REPO, TINY_DATASET, TINY_STUDY, kill_cli_when, run_cli
 
 from hrtem_ray import results, storage
 from hrtem_ray.config import SpecError, load_study_spec, parse_study_spec
 from hrtem_ray.study import Study
 from hrtem_ray.trials import plan_trials
-
-TINY_STUDY = {
-    "name": "tiny",
-    "dataset": TINY_DATASET,
-    "domains": {"pretrain": ["-10", "0"], "transfer": ["-10", "0", "10"]},
-    "pretrain": {"lr": [1e-3], "n_images": [4], "seeds": [0]},
-    "transfer": {"lr": [1e-4], "n_images": [2], "freeze": ["none", "encoder"]},
-    "baseline": {"mixtures": [[2, 2]], "lr": [1e-3], "seeds": [0]},
-    "training": {"epochs": 2, "batch_size": 4},
-    "resources": {"cpu": 1, "max_failures": 1},
-}
 
 
 def tiny_study(tmp_path: Path, dataset_root: Path | None = None, **overrides) -> Study:
