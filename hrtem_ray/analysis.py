@@ -70,7 +70,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.fs as pafs
 
+from hrtem_ray import storage
 from hrtem_ray.specs import PHASES
 
 REDUCE_MODES = ("median", "mean", "min", "max")
@@ -97,10 +99,10 @@ Results = pl.DataFrame | pl.LazyFrame
 # --------------------------------------------------------------------------- #
 # loading, validation, ordering
 # --------------------------------------------------------------------------- #
-def _read_named(file: str) -> pl.DataFrame:
+def _read_named(file: str, options: dict[str, str] | None = None) -> pl.DataFrame:
     """One Parquet file; an unreadable one raises an error that names it."""
     try:
-        return pl.read_parquet(file, hive_partitioning=False)
+        return pl.read_parquet(file, hive_partitioning=False, storage_options=options)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise ValueError(f"cannot read {file}: {exc}") from exc
 
@@ -112,7 +114,8 @@ def load_results(path: str | os.PathLike[str], categorical: bool = True) -> pl.D
     ----------
     path
         A directory (all ``**/*.parquet`` below it are read), one Parquet file, or
-        a glob pattern.
+        a glob pattern; a local path, ``file://`` or ``s3://`` URI (read with
+        :func:`hrtem_ray.storage.polars_storage_options`).
     categorical
         Return the label columns (``study``, ``phase``, the domains, ``freeze``) as
         :class:`polars.Categorical`, which the analysis functions group about twice
@@ -130,22 +133,36 @@ def load_results(path: str | os.PathLike[str], categorical: bool = True) -> pl.D
     FileNotFoundError
         If no Parquet file matches.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
-    else:
-        files = sorted(glob.glob(path, recursive=True))
-    if not files:
-        raise FileNotFoundError(f"no Parquet files found at {path!r}")
+    files, options = _parquet_files(os.fspath(path))
     try:
-        table = pl.read_parquet(files, hive_partitioning=False)
+        table = pl.read_parquet(files, hive_partitioning=False, storage_options=options)
     except (pl.exceptions.PolarsError, OSError):
         # Differing per-file schemas: combine by column name and supertype.
-        table = pl.concat(
-            [_read_named(f) for f in files],
-            how="diagonal_relaxed",
-        )
+        table = pl.concat([_read_named(f, options) for f in files], how="diagonal_relaxed")
     return encode_labels(table) if categorical else table
+
+
+def _parquet_files(path: str) -> tuple[list[str], dict[str, str] | None]:
+    """The Parquet files ``path`` names, and polars ``storage_options`` for remote ones."""
+    if storage.is_local(path):
+        path = storage.resolve(path).path
+        pattern = os.path.join(path, "**", "*.parquet") if os.path.isdir(path) else path
+        files = sorted(glob.glob(pattern, recursive=True))
+        options = None
+    else:
+        loc = storage.resolve(path)
+        kind = loc.fs.get_file_info(loc.path).type
+        if kind == pafs.FileType.Directory:
+            selector = pafs.FileSelector(loc.path, recursive=True)
+            infos = loc.fs.get_file_info(selector)
+            names = [i.path for i in infos if i.is_file and i.path.endswith(".parquet")]
+        else:
+            names = [loc.path] if kind == pafs.FileType.File else []
+        files = sorted(f"s3://{name}" for name in names)
+        options = storage.polars_storage_options()
+    if not files:
+        raise FileNotFoundError(f"no Parquet files found at {path!r}")
+    return files, options
 
 
 def encode_labels(results: Results) -> Results:
@@ -1511,13 +1528,22 @@ def _expand_selections(
     return lf, choices
 
 
-def _distinct_selections(expanded: pl.LazyFrame, keys: list[str]) -> pl.DataFrame:
-    """Map every selection to the first selection holding exactly the same models.
+def _distinct_selections(
+    expanded: pl.LazyFrame, keys: list[str]
+) -> tuple[pl.DataFrame, pl.LazyFrame]:
+    """Number the distinct sets of models among the selections, to bootstrap each once.
 
     Filters act on model attributes, so two selections with the same set of model ids
     hold the same rows and give the same tables (with one value per dimension,
-    ``"all"`` and that value select the same models). Returns the ``keys`` columns
-    and, for each key ``k``, ``_of_k``: the key of its representative selection.
+    ``"all"`` and that value select the same models).
+
+    Returns
+    -------
+    selections
+        The ``keys`` of every selection and ``_sel``, the number of its set of models.
+    distinct
+        The rows of the first selection of each set, with ``_sel`` in place of ``keys``
+        (one integer key groups faster than the ``sel_*`` strings).
     """
     fingerprints = (
         expanded.group_by(keys)
@@ -1525,21 +1551,13 @@ def _distinct_selections(expanded: pl.LazyFrame, keys: list[str]) -> pl.DataFram
         .sort(keys)
         .collect(engine=_ENGINE)
     )
-    first = fingerprints.unique("_ids", keep="first", maintain_order=True)
-    of = {k: f"_of_{k}" for k in keys}
-    return fingerprints.join(first.rename(of), on="_ids", how="left").drop("_ids")
-
-
-def _for_every_selection(
-    intervals: pl.LazyFrame, selections: pl.DataFrame, keys: list[str]
-) -> pl.LazyFrame:
-    """Interval rows of the representative selections, copied to every selection they stand for."""
-    of = {k: f"_of_{k}" for k in keys}
-    return (
-        selections.lazy()
-        .join(intervals.rename(of), on=list(of.values()), how="inner")
-        .drop(of.values())
+    selections = fingerprints.with_columns(
+        _sel=pl.col("_ids").rank("dense").cast(pl.Int64),
+        _first=pl.col("_ids").is_first_distinct(),
     )
+    first = selections.filter("_first").select(*keys, "_sel").lazy()
+    distinct = expanded.join(first, on=keys, how="inner").drop(keys)
+    return selections.select(*keys, "_sel"), distinct
 
 
 def _selection_intervals(
@@ -1590,9 +1608,7 @@ def _selection_intervals(
     baseline = _bootstrap_cells(
         models, groups, "eval_domain", {"loss": _stat_of(reduce)}, n_boot, boot_seed
     )
-    baseline = _reduce_baseline(
-        baseline.lazy().with_columns(model_id=pl.lit("")), "mean", rep_keys
-    )
+    baseline = _reduce_baseline(baseline.lazy().with_columns(model_id=pl.lit("")), "mean", rep_keys)
     return {
         "pair_matrix": (_interval(pairs, [*on, "phase"], ["loss"], ci), [*on, "phase"]),
         "ood_spread": (ood.join(ood_sizes, on=on, how="left"), on),
@@ -1628,11 +1644,18 @@ def _join_intervals(
     table: pl.LazyFrame,
     intervals: pl.LazyFrame,
     on: list[str],
-    selections: pl.DataFrame,
+    selections: pl.DataFrame | None,
     keys: list[str],
 ) -> pl.LazyFrame:
-    """A selection table with the intervals of its representative selections joined on."""
-    intervals = _for_every_selection(intervals, selections, keys)
+    """A selection table with intervals joined on ``on``.
+
+    ``intervals`` are keyed by ``_sel``, the set of models of
+    :func:`_distinct_selections` (its numbering is ``selections``), and are copied to
+    every selection ``keys`` holding that set; ``selections`` of ``None``: no keys.
+    """
+    if selections is not None:
+        intervals = selections.lazy().join(intervals, on="_sel", how="inner").drop("_sel")
+        on = [*keys, *(c for c in on if c != "_sel")]
     return table.join(intervals, on=on, how="left", nulls_equal=True)
 
 
@@ -1687,11 +1710,10 @@ def selection_tables(
     expanded = expanded.collect(engine=_ENGINE).lazy()
     choices["reduce"] = list(reduce_modes)
     keys = [f"sel_{d}" for d in dims]
-    if ci is not None:  # bootstrap each distinct set of models once
-        selections = _distinct_selections(expanded, keys)
-        of = [pl.col(f"_of_{k}") for k in keys]
-        representatives = selections.filter(pl.all_horizontal(pl.col(k) == o for k, o in zip(keys, of)))
-        distinct = expanded.join(representatives.lazy().select(keys), on=keys, how="semi")
+    selections, distinct, ci_keys = None, expanded, []
+    if ci is not None and keys:  # bootstrap each distinct set of models once
+        selections, distinct = _distinct_selections(expanded, keys)
+        ci_keys = ["_sel"]
     exclude_eval = [str(d) for d in exclude_eval_domains]
     exclude_target = [str(d) for d in exclude_target_domains]
 
@@ -1711,7 +1733,7 @@ def selection_tables(
         }
         if ci is not None:
             intervals = _selection_intervals(
-                distinct, mode, keys, exclude_eval, ci, n_boot, boot_seed
+                distinct, mode, ci_keys, exclude_eval, ci, n_boot, boot_seed
             )
             tagged = {
                 name: _join_intervals(frame, *intervals[name], selections, keys)
@@ -1750,9 +1772,9 @@ def selection_tables(
         frame = _hyperparameter_effects(expanded, by, exclude_target, keys)
         if ci is not None:
             intervals = _hyperparameter_intervals(
-                distinct, by, exclude_target, keys, ci, n_boot, boot_seed
+                distinct, by, exclude_target, ci_keys, ci, n_boot, boot_seed
             )
-            frame = _join_intervals(frame, intervals, [*keys, *by], selections, keys)
+            frame = _join_intervals(frame, intervals, [*ci_keys, *by], selections, keys)
         lazies.append(frame)
         columns = _ci_columns([*by, *HYPER_STATS], HYPER_STATS[1:], ci)
         layout[f"hyperparameters_{label}"] = (columns, (), tuple(by))

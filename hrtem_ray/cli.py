@@ -71,7 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = _subparser(sub, "simulate", "simulate a study's dataset into Parquet shards")
-    sim.add_argument("spec", help="study spec YAML (its 'dataset' section; 'name' and 'storage' for the default --out)")
+    sim.add_argument(
+        "spec",
+        help="study spec YAML (its 'dataset' section; 'name' and 'storage' for the default --out)",
+    )
     sim.add_argument(
         "--out", default=None, help="dataset directory or URI (default: <storage>/data)"
     )

@@ -8,6 +8,12 @@ mode and filter selection), the chart gets one Vega-Lite parameter per column
 the rows of the current selection: the report drives these parameters from its
 controls. Tables of a single selection (the public analysis functions' output) are
 plotted as they are.
+
+Intervals: where a table carries the ``<x>_ci_low`` / ``<x>_ci_high`` columns of an
+analysis function called with ``ci`` (and ``n_models``), heatmap tooltips show them,
+bars and lines get error bars (Vega marks named ``errorbar_*``), and asymmetry cells
+whose interval excludes 0 are outlined (marks named ``significant_*``). Tables
+without intervals are drawn without these layers.
 """
 
 from __future__ import annotations
@@ -22,7 +28,14 @@ import altair as alt
 import numpy as np
 import polars as pl
 
-from hrtem_ray.analysis import ALL, domain_order, format_value, sort_domains
+from hrtem_ray.analysis import (
+    ALL,
+    CI_SUFFIXES,
+    domain_order,
+    format_value,
+    significant,
+    sort_domains,
+)
 
 UNITS = {"defocus": "defocus (nm)", "dose": "dose (e/Å²)", "structure": "structure"}
 SELECTION_DEFAULTS = {"sel_reduce": "median"}
@@ -140,6 +153,54 @@ def chart_spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
     return spec
 
 
+def has_interval(frame: pl.DataFrame, column: str) -> bool:
+    """Whether ``frame`` holds the interval columns of ``column``."""
+    return all(column + suffix in frame.columns for suffix in CI_SUFFIXES)
+
+
+def interval_tooltips(frame: pl.DataFrame, *columns: str) -> list[alt.Tooltip]:
+    """Tooltips of the intervals of ``columns`` (those present) and of ``n_models``."""
+    tips = [
+        alt.Tooltip(column + suffix, type="quantitative", format=".4g")
+        for column in columns
+        if has_interval(frame, column)
+        for suffix in CI_SUFFIXES
+    ]
+    if "n_models" in frame.columns:
+        tips.append(alt.Tooltip("n_models", type="quantitative"))
+    return tips
+
+
+def with_significance(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Add ``<column>_significant`` (:func:`hrtem_ray.analysis.significant`) if it has an interval."""
+    if not has_interval(frame, column):
+        return frame
+    return frame.with_columns(significant(frame, column).fill_null(False))
+
+
+def error_bars(
+    base: alt.Chart, column: str, name: str, horizontal: bool = False, **encodings: Any
+) -> alt.Chart:
+    """Error bars from ``<column>_ci_low`` to ``<column>_ci_high`` (vertical by default).
+
+    Rows without an interval (one model) draw nothing. ``name`` names the Vega mark
+    (``errorbar_<name>``; Altair may append an index); ``encodings`` add e.g. the
+    other position or the colour channel.
+    """
+    low, high = (column + suffix for suffix in CI_SUFFIXES)
+    axis = "x" if horizontal else "y"
+    return (
+        base.transform_filter(f"isValid(datum.{low}) && isValid(datum.{high})")
+        .mark_rule(strokeWidth=1.5)
+        .encode(
+            **{axis: f"{low}:Q", f"{axis}2": f"{high}:Q"},
+            tooltip=[alt.Tooltip(f"{low}:Q", format=".4g"), alt.Tooltip(f"{high}:Q", format=".4g")],
+            **encodings,
+        )
+        .properties(name=f"errorbar_{name}")
+    )
+
+
 def _order(frame: pl.DataFrame, columns: Sequence[str]) -> list[str]:
     return domain_order(v for c in columns for v in frame.get_column(c).to_list())
 
@@ -254,7 +315,11 @@ def pair_heatmaps(pairs: pl.DataFrame, study: str = "defocus") -> alt.HConcatCha
             "excess loss",
             fmt=".3f",
             legend_values=_log_ticks(floor, top),
-            extra_tooltip=[alt.Tooltip("loss:Q", format=".5g"), "n_models:Q", "from_pretrain:N"],
+            extra_tooltip=[
+                alt.Tooltip("loss:Q", format=".5g"),
+                *interval_tooltips(datasets[f"pairs_{phase}"], "loss"),
+                "from_pretrain:N",
+            ],
         )
         layers = [heat]
         if phase == "transfer":
@@ -269,7 +334,7 @@ def pair_heatmaps(pairs: pl.DataFrame, study: str = "defocus") -> alt.HConcatCha
         datasets,
         "Loss on the target domain",
         "excess cross-entropy (0 is perfect), log colour scale; dashed outline: no transfer "
-        "model, pretrain value shown",
+        "model, pretrain value shown; tooltips: interval and number of models",
     )
 
 
@@ -286,17 +351,24 @@ def ood_spread_chart(ood: pl.DataFrame, study: str = "defocus") -> alt.HConcatCh
     ood = compact_selections(ood)
     order = _order(ood, ["pretrain_domain", "target_domain"])
     x, y = _domain_axes(study, order, "target_domain", "pretrain_domain", "target", "pretraining")
-    before = (
-        _base(ood, "ood")
-        .transform_aggregate(std_pretrain="mean(std_pretrain)", groupby=["pretrain_domain"])
-        .mark_bar()
-        .encode(
-            y=alt.Y("pretrain_domain:O", sort=order, title=axis_title(study, "pretraining")),
-            x=alt.X("std_pretrain:Q", title="std of loss across eval domains"),
-            tooltip=["pretrain_domain:O", alt.Tooltip("std_pretrain:Q", format=".4g")],
-        )
-        .properties(title="after pretraining", width=160, height=alt.Step(CELL))
+    pretrain_stats = ["std_pretrain", *(f"std_pretrain{s}" for s in CI_SUFFIXES)]
+    pretrain_stats = [c for c in pretrain_stats if c in ood.columns]
+    per_domain = _base(ood, "ood").transform_aggregate(
+        **{c: f"mean({c})" for c in pretrain_stats}, groupby=["pretrain_domain"]
     )
+    y_domain = alt.Y("pretrain_domain:O", sort=order, title=axis_title(study, "pretraining"))
+    before = per_domain.mark_bar().encode(
+        y=y_domain,
+        x=alt.X("std_pretrain:Q", title="std of loss across eval domains"),
+        tooltip=[
+            "pretrain_domain:O",
+            *(alt.Tooltip(f"{c}:Q", format=".4g") for c in pretrain_stats),
+        ],
+    )
+    if has_interval(ood, "std_pretrain"):
+        bars = error_bars(per_domain, "std_pretrain", "std_pretrain", horizontal=True, y=y_domain)
+        before = alt.layer(before, bars)
+    before = before.properties(title="after pretraining", width=160, height=alt.Step(CELL))
     after = _heatmap(
         _base(ood, "ood"),
         "std_transfer",
@@ -304,6 +376,7 @@ def ood_spread_chart(ood: pl.DataFrame, study: str = "defocus") -> alt.HConcatCh
         x,
         y,
         "std after transfer",
+        extra_tooltip=interval_tooltips(ood, "std_transfer"),
     ).properties(title="after transfer", width=alt.Step(CELL), height=alt.Step(CELL))
     shift = _heatmap(
         _base(ood, "ood"),
@@ -313,6 +386,7 @@ def ood_spread_chart(ood: pl.DataFrame, study: str = "defocus") -> alt.HConcatCh
         y,
         "shift",
         fmt="+.3f",
+        extra_tooltip=interval_tooltips(ood, "shift"),
     ).properties(title="shift (red: spread grew)", width=alt.Step(CELL), height=alt.Step(CELL))
     chart = alt.hconcat(before, after, shift).resolve_scale(color="independent")
     return _finalize(
@@ -320,7 +394,7 @@ def ood_spread_chart(ood: pl.DataFrame, study: str = "defocus") -> alt.HConcatCh
         {"ood": ood},
         "Out-of-distribution spread",
         "population std of the loss across evaluation domains (excluded domains left out); "
-        "shift = after transfer - after pretraining",
+        "shift = after transfer - after pretraining; bars: interval where there is one",
     )
 
 
@@ -352,7 +426,8 @@ def asymmetry_chart(
         Domain highlighted in the summary; ``"0"`` (in focus) when present, else the
         first pretraining domain.
     """
-    asymmetry, summary = compact_selections(asymmetry), compact_selections(summary)
+    asymmetry = with_significance(compact_selections(asymmetry), "asymmetry")
+    summary = compact_selections(summary)
     order = _order(asymmetry, ["pretrain_domain", "target_domain"])
     domains = _order(summary, ["domain"])
     if domain is None:
@@ -367,25 +442,29 @@ def asymmetry_chart(
         "asymmetry",
         fmt="+.3f",
         extra_tooltip=[
+            *interval_tooltips(asymmetry, "asymmetry"),
             alt.Tooltip("gap_ab:Q", format=".4g"),
             alt.Tooltip("gap_ba:Q", format=".4g"),
+            *(["asymmetry_significant:N"] if "asymmetry_significant" in asymmetry.columns else []),
         ],
-    ).properties(
+    )
+    if "asymmetry_significant" in asymmetry.columns:
+        outline = (
+            _base(asymmetry, "asymmetry")
+            .transform_filter("datum.asymmetry_significant")
+            .mark_rect(fillOpacity=0, stroke="black", strokeWidth=2.5)
+            .encode(x=x, y=y)
+            .properties(name="significant_asymmetry")
+        )
+        matrix = alt.layer(matrix, outline)
+    matrix = matrix.properties(
         title="asymmetry(a, b) = gap(a→b) - gap(b→a)", width=alt.Step(CELL), height=alt.Step(CELL)
     )
     highlight = alt.condition(
         f"datum.domain == '{domain}'", alt.value("#d62728"), alt.value("#9e9e9e")
     )
     bars = [
-        _base(summary, "summary")
-        .mark_bar()
-        .encode(
-            x=alt.X("domain:O", sort=domains, title=axis_title(study, "pretraining")),
-            y=alt.Y(f"{metric}:Q", title="loss" if metric != "transfer_asymmetry" else "asymmetry"),
-            color=highlight,
-            tooltip=["domain:O", alt.Tooltip(f"{metric}:Q", format=".4g")],
-        )
-        .properties(title=label, width=alt.Step(18), height=150)
+        _summary_bars(summary, metric, label, domains, highlight, study)
         for metric, label in SUMMARY_METRICS.items()
     ]
     chart = alt.hconcat(matrix, *bars).resolve_scale(color="independent")
@@ -394,8 +473,38 @@ def asymmetry_chart(
         {"asymmetry": asymmetry, "summary": summary},
         "Transfer asymmetry",
         f"gap(a→b) = T(a,b) - P(b,b); negative asymmetry: a transfers to b better than the "
-        f"reverse. Red bars: {axis_title(study, 'pretraining')} = {domain}",
+        f"reverse; black outline: interval excludes 0. Red bars: "
+        f"{axis_title(study, 'pretraining')} = {domain}; whiskers: interval",
     )
+
+
+def _summary_bars(
+    summary: pl.DataFrame,
+    metric: str,
+    label: str,
+    domains: list[str],
+    highlight: alt.Color,
+    study: str,
+) -> alt.LayerChart | alt.Chart:
+    """One bar panel of the asymmetry summary, with error bars where there are intervals."""
+    x = alt.X("domain:O", sort=domains, title=axis_title(study, "pretraining"))
+    bars = (
+        _base(summary, "summary")
+        .mark_bar()
+        .encode(
+            x=x,
+            y=alt.Y(f"{metric}:Q", title="loss" if metric != "transfer_asymmetry" else "asymmetry"),
+            color=highlight,
+            tooltip=[
+                "domain:O",
+                alt.Tooltip(f"{metric}:Q", format=".4g"),
+                *interval_tooltips(summary, metric),
+            ],
+        )
+    )
+    if has_interval(summary, metric):
+        bars = alt.layer(bars, error_bars(_base(summary, "summary"), metric, metric, x=x))
+    return bars.properties(title=label, width=alt.Step(18), height=150)
 
 
 def _richest_pair(comparison: pl.DataFrame, labels: list[str]) -> str:
@@ -407,6 +516,32 @@ def _richest_pair(comparison: pl.DataFrame, labels: list[str]) -> str:
         default = default.filter(pl.col(column) == SELECTION_DEFAULTS.get(column, ALL))
     counts = dict(default.group_by("pair").len().iter_rows())
     return max(labels, key=lambda p: (counts.get(p, 0), p.startswith("0 → "), -labels.index(p)))
+
+
+METHODS = alt.Scale(domain=["transfer", "mixture"])
+
+
+def _baseline_panel(comparison: pl.DataFrame, column: str, title: str) -> alt.LayerChart:
+    """Lines of one loss of the baseline comparison per method, with error bars."""
+    base = _base(comparison, "comparison").transform_filter("datum.pair == pair")
+    x = alt.X("n_target_images:Q", title="target images in training")
+    color = alt.Color("method:N", title="method", scale=METHODS)
+    lines = base.mark_line(point=True).encode(
+        x=x,
+        y=alt.Y(f"{column}:Q", title="excess loss", scale=alt.Scale(zero=False)),
+        color=color,
+        strokeDash=alt.StrokeDash("method:N", scale=METHODS),
+        tooltip=[
+            "method:N",
+            "n_target_images:Q",
+            alt.Tooltip(f"{column}:Q", format=".4g"),
+            *interval_tooltips(comparison, column),
+        ],
+    )
+    layers = [lines]
+    if has_interval(comparison, column):
+        layers.append(error_bars(base, column, column, x=x, color=color))
+    return alt.layer(*layers).properties(title=title, width=260, height=200)
 
 
 def baseline_chart(
@@ -453,17 +588,7 @@ def baseline_chart(
         ),
     )
     panels = [
-        _base(comparison, "comparison")
-        .transform_filter("datum.pair == pair")
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("n_target_images:Q", title="target images in training"),
-            y=alt.Y(f"{column}:Q", title="excess loss", scale=alt.Scale(zero=False)),
-            color=alt.Color("method:N", title="method", scale=alt.Scale(domain=["transfer", "mixture"])),
-            strokeDash=alt.StrokeDash("method:N", scale=alt.Scale(domain=["transfer", "mixture"])),
-            tooltip=["method:N", "n_target_images:Q", alt.Tooltip(f"{column}:Q", format=".4g"), "n_models:Q"],
-        )
-        .properties(title=title, width=260, height=200)
+        _baseline_panel(comparison, column, title)
         for column, title in (("loss_on_target", "loss on target"), ("loss_on_source", "loss on source"))
     ]  # fmt: skip
     chart = alt.hconcat(*panels).add_params(pair)
@@ -472,7 +597,7 @@ def baseline_chart(
         {"comparison": comparison},
         "Transfer learning versus training on a mixture",
         "transfer: pretrain on source, then train on n target images; mixture: one stage on "
-        "source + target images (0: source only, max: target only)",
+        "source + target images (0: source only, max: target only); whiskers: interval",
     )
 
 
@@ -525,22 +650,27 @@ def hyperparameter_chart(
             groups = domain_order(groups)
         x = alt.X("group:N", sort=groups, title=title, axis=alt.Axis(labelAngle=0))
         base = _base(frame, f"hyperparameters_{name}").encode(x=x)
-        tooltip = ["group:N", "count:Q", *(alt.Tooltip(f"{q}:Q", format=".4g") for q in ("q05", "q25", "q50", "q75", "q95", "mean"))]  # fmt: skip
+        tooltip = ["group:N", "count:Q", *(alt.Tooltip(f"{q}:Q", format=".4g") for q in ("q05", "q25", "q50", "q75", "q95", "mean")), *interval_tooltips(frame, "q50")]  # fmt: skip
         y = alt.Y("q05:Q", title="excess loss on target", scale=alt.Scale(zero=False))
         whisker = base.mark_rule().encode(y=y, y2="q95:Q")
         box = base.mark_bar(size=22, color="#7fa7d6").encode(y="q25:Q", y2="q75:Q", tooltip=tooltip)
         median = base.mark_tick(color="black", size=22, thickness=2).encode(y="q50:Q")
         mean = base.mark_point(color="#d62728", filled=True, size=30).encode(y="mean:Q")
-        panels.append(
-            alt.layer(whisker, box, median, mean).properties(width=alt.Step(48), height=200)
-        )
+        layers = [whisker, box, median, mean]
+        if has_interval(frame, "q50"):
+            layers.append(
+                error_bars(base, "q50", f"median_{name}").mark_rule(
+                    strokeWidth=5, opacity=0.45, color="black"
+                )
+            )
+        panels.append(alt.layer(*layers).properties(width=alt.Step(48), height=200))
     chart = alt.hconcat(*panels).resolve_scale(y="shared")
     return _finalize(
         chart,
         frames,
         "Hyperparameters of the transfer stage",
         f"loss of transfer models on their own target {axis_title(study)}; whiskers 5-95 %, "
-        "box 25-75 %, tick median, dot mean",
+        "box 25-75 %, tick median (grey bar: its interval), dot mean",
     )
 
 

@@ -6,7 +6,18 @@
   inlined); its controls (reduce mode, freezing, transfer size, learning rates)
   re-filter every chart in the browser. The charts embed the long-form tables of
   :func:`hrtem_ray.analysis.selection_tables`, i.e. the analysis results of every
-  control combination, so no computation happens in the page;
+  control combination with their :data:`CI` bootstrap intervals over models
+  (:data:`N_BOOT` replicates) and ``n_models``, so no computation happens in the page.
+  Heatmap tooltips show the intervals, bars and lines draw them as error bars, and
+  asymmetry cells whose interval excludes 0 are outlined;
+- at the top, a findings block per study (:func:`study_findings`,
+  :func:`headline_findings`): the hardest evaluation domain, the domain with the best
+  out-of-distribution loss, the largest transfer asymmetry and transfer versus mixture
+  at equal target data, as sentences generated from the tables at the default
+  selection, each with its interval and whether it is significant. Each chart section
+  opens with the question it answers and the generated answer; for a defocus study,
+  the reference study's finding on that question follows, with whether this study's
+  data agree, disagree or cannot decide;
 - ``figures/<study>_<chart>.png`` and ``.svg``: every chart at its default
   selection (median, no filter), rendered with vl-convert;
 - ``tables/<study>_<table>.csv``: the tables at the default selection, and
@@ -53,16 +64,6 @@ EXAMPLE_DOMAINS = 7
 EXAMPLE_IMAGES = 2
 
 CAPTIONS = {
-    "pair_matrix": "Finding 1: after transfer the loss on the target barely depends on the "
-    "pretraining domain; after pretraining alone it depends strongly on it.",
-    "ood_spread": "Finding 4: the spread of the loss across evaluation domains can grow or "
-    "shrink after transfer, depending on the pair.",
-    "asymmetry": "Finding 2: the in-focus domain is the hardest, yet models pretrained on it "
-    "generalise and transfer better than the reverse (negative asymmetry, lower OOD loss).",
-    "baseline": "Finding 3: transfer with a small target set approaches single-stage training "
-    "on a mixture with the same amount of target data.",
-    "hyperparameters": "Finding 5: freezing the decoder costs little; freezing the encoder "
-    "costs a little accuracy for far fewer trainable parameters.",
     "examples": "A few validation images of the dataset with their particle masks.",
 }
 TITLES = {
@@ -153,6 +154,7 @@ class StudySection:
     static_charts: dict[str, alt.TopLevelMixin] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     key: str = ""
+    findings: dict[str, list[Finding]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -222,18 +224,433 @@ def example_images(
     for domain in ordered:
         try:
             selection = read_images(data_dir, domain, split="val", n=n)
-        except Exception as error:  # noqa: BLE001 - a missing domain must not stop the report
+        except Exception as error:  # a missing domain must not stop the report
             log.warning("example images of domain %s unavailable: %s", domain, error)
             continue
         examples[domain] = (selection.images, selection.masks)
     return examples
 
 
+# --------------------------------------------------------------------------- #
+# findings: questions answered from the study's own tables
+# --------------------------------------------------------------------------- #
+CI = 0.95
+# 1000 replicates for every selection table: about 2 s of CPU time for the laptop study's
+# 36 models (distinct filter selections are bootstrapped once, see selection_tables).
+N_BOOT = 1000
+IN_FOCUS = "0"
+
+
+@dataclass
+class Finding:
+    """One generated answer to a question the report asks of the study's data.
+
+    Attributes
+    ----------
+    question
+        The question, e.g. ``"Is the in-focus domain the hardest?"``.
+    answer
+        Sentences generated from the tables, with the intervals.
+    significant
+        Whether the comparison is significant at the report's confidence level;
+        ``None`` when the table gives no interval (or nothing to compare).
+    reference
+        The reference study's finding on this question, when it applies to the study.
+    agrees
+        Whether this study's data agree with ``reference`` (``None``: they cannot decide,
+        for lack of intervals).
+    """
+
+    question: str
+    answer: str
+    significant: bool | None = None
+    reference: str | None = None
+    agrees: bool | None = None
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def interval_text(value: float | None, low: float | None, high: float | None) -> str:
+    """``0.16 [95% CI 0.158, 0.163]``, or the value with ``no interval`` when it has none."""
+    if low is None or high is None:
+        return f"{_number(value)} (no interval: a group of one model)"
+    return f"{_number(value)} [{CI:.0%} CI {_number(low)}, {_number(high)}]"
+
+
+def _stat(row: Mapping[str, Any], column: str) -> str:
+    """:func:`interval_text` of ``column`` in a table row."""
+    return interval_text(row.get(column), row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high"))
+
+
+def intervals_apart(
+    first: Mapping[str, Any], second: Mapping[str, Any], column: str
+) -> bool | None:
+    """Whether the intervals of ``column`` in two rows do not overlap (``None``: no interval).
+
+    Non-overlapping 95% intervals imply a significant difference of the two (a
+    conservative test: overlapping intervals may still differ significantly).
+    """
+    bounds = [row.get(f"{column}{s}") for row in (first, second) for s in analysis.CI_SUFFIXES]
+    if any(b is None for b in bounds):
+        return None
+    low_1, high_1, low_2, high_2 = bounds
+    return high_1 < low_2 or high_2 < low_1
+
+
+def _verdict(significant: bool | None, how: str = "the intervals do not overlap") -> str:
+    if significant is None:
+        return "Significance unknown (no interval)."
+    return f"Significant ({how})." if significant else "Not significant."
+
+
+def _has_in_focus(domains: pl.Series, study: str) -> bool:
+    """Whether a defocus study's ``domains`` include the in-focus one."""
+    return study == "defocus" and IN_FOCUS in domains.to_list()
+
+
+def _label(study: str, domain: str) -> str:
+    unit = {"defocus": " nm", "dose": " e/Å²"}.get(study, "")
+    return f"{domain}{unit}"
+
+
+def hardest_domain(pairs: pl.DataFrame, study: str) -> Finding:
+    """Which evaluation domain is hardest: the highest loss even for its best in-domain models.
+
+    Per target domain b, the cells of models trained on b (the pretrain diagonal
+    P(b, b) and the transfers a -> b) are compared, and the lowest loss kept (the best
+    training route to b); the hardest domain is the one where that is highest. The
+    comparison with the runner-up is significant when their intervals do not overlap.
+    """
+    question = (
+        "Is the in-focus domain the hardest?"
+        if _has_in_focus(pairs.get_column("target_domain"), study)
+        else "Which evaluation domain is the hardest?"
+    )
+    own = pairs.filter(
+        (pl.col("phase") == "transfer")
+        & (~pl.col("from_pretrain") | (pl.col("pretrain_domain") == pl.col("target_domain")))
+    )
+    best = own.sort("loss").group_by("target_domain", maintain_order=True).first().sort("loss")
+    if best.height < 2:
+        return Finding(question, "Fewer than two domains with in-domain models: no comparison.")
+    hardest, runner = best.row(-1, named=True), best.row(-2, named=True)
+    significant = intervals_apart(hardest, runner, "loss")
+    source = hardest["pretrain_domain"]
+    route = (
+        "pretrained on it"
+        if source == hardest["target_domain"]
+        else f"pretrained on {_label(study, source)}, then transferred"
+    )
+    answer = (
+        f"The hardest domain is {_label(study, hardest['target_domain'])}: even its best "
+        f"in-domain models ({route}) reach a loss of {_stat(hardest, 'loss')}, against "
+        f"{_stat(runner, 'loss')} on the next hardest, {_label(study, runner['target_domain'])}. "
+        f"{_verdict(significant)}"
+    )
+    return _with_reference(
+        Finding(question, answer, significant),
+        study,
+        "the in-focus (0 nm) dataset is the hardest",
+        hardest["target_domain"] == IN_FOCUS,
+        pairs,
+    )
+
+
+def best_ood_domain(summary: pl.DataFrame, study: str) -> Finding:
+    """Which pretraining domain's models have the lowest out-of-distribution loss."""
+    question = (
+        "Do models pretrained on the in-focus domain generalise best out of distribution?"
+        if _has_in_focus(summary.get_column("domain"), study)
+        else "Models pretrained on which domain generalise best out of distribution?"
+    )
+    ranked = summary.drop_nulls("ood_from_domain").sort("ood_from_domain")
+    if ranked.height < 2:
+        return Finding(question, "Fewer than two pretraining domains: no comparison.")
+    best, runner = ranked.row(0, named=True), ranked.row(1, named=True)
+    significant = intervals_apart(best, runner, "ood_from_domain")
+    answer = (
+        f"Models pretrained on {_label(study, best['domain'])} have the lowest mean loss on the "
+        f"other pretraining domains, {_stat(best, 'ood_from_domain')}; next: "
+        f"{_label(study, runner['domain'])}, {_stat(runner, 'ood_from_domain')}. "
+        f"{_verdict(significant)}"
+    )
+    return _with_reference(
+        Finding(question, answer, significant),
+        study,
+        "models pretrained on the in-focus domain generalise better out of distribution",
+        best["domain"] == IN_FOCUS,
+        summary.rename({"domain": "target_domain"}),
+    )
+
+
+def largest_asymmetry(asymmetry: pl.DataFrame, study: str, transfers: bool = True) -> Finding:
+    """The pair with the largest transfer asymmetry, and whether its interval excludes 0.
+
+    ``transfers`` of ``False`` (no transfer model in the table, every T(a, b) a pretrain
+    fallback): there is no transfer to compare.
+    """
+    question = "Which pair of domains transfers most asymmetrically?"
+    if not transfers:
+        return Finding(question, "No transfer models: no transfer asymmetry to compute.")
+    rows = asymmetry.filter(pl.col("asymmetry") <= 0).sort("asymmetry")
+    if rows.is_empty():
+        return Finding(question, "Fewer than two pretraining domains: no asymmetry to compute.")
+    row = rows.row(0, named=True)
+    significant = None
+    if "asymmetry_ci_low" in rows.columns:
+        significant = analysis.significant(rows.head(1), "asymmetry").item()
+    a, b = _label(study, row["pretrain_domain"]), _label(study, row["target_domain"])
+    answer = (
+        f"Pretraining on {a} and transferring to {b} beats the reverse by the most: "
+        f"asymmetry {_stat(row, 'asymmetry')} (gap {a}→{b} {_number(row['gap_ab'])}, "
+        f"{b}→{a} {_number(row['gap_ba'])}). {_verdict(significant, 'the interval excludes 0')}"
+    )
+    return Finding(question, answer, significant)
+
+
+def in_focus_asymmetry(summary: pl.DataFrame, study: str) -> Finding | None:
+    """Whether the in-focus domain transfers better than the reverse (``None`` without it)."""
+    rows = summary.filter(pl.col("domain") == IN_FOCUS).drop_nulls("transfer_asymmetry")
+    if study != "defocus" or rows.is_empty():
+        return None
+    row = rows.row(0, named=True)
+    significant = None
+    if "transfer_asymmetry_ci_low" in rows.columns:
+        significant = analysis.significant(rows, "transfer_asymmetry").item()
+    answer = (
+        "Mean transfer asymmetry of the in-focus domain against the other pretraining "
+        f"domains: {_stat(row, 'transfer_asymmetry')} (negative: it transfers better than "
+        f"the reverse). {_verdict(significant, 'the interval excludes 0')}"
+    )
+    return _with_reference(
+        Finding("Does the in-focus domain transfer better than the reverse?", answer, significant),
+        study,
+        "models pretrained on the in-focus domain transfer better to other defoci than the "
+        "reverse (negative asymmetry)",
+        row["transfer_asymmetry"] < 0,
+        summary.rename({"domain": "target_domain"}),
+    )
+
+
+def transfer_vs_mixture(comparison: pl.DataFrame, study: str) -> Finding:
+    """Transfer against mixture training at equal target data: the largest difference."""
+    question = (
+        "Does transfer with a small target set approach training on a mixture with the same "
+        "amount of target data?"
+    )
+    key = ["source", "target", "n_target_images"]
+    on_target = ["loss_on_target", "loss_on_target_ci_low", "loss_on_target_ci_high"]
+    present = [c for c in on_target if c in comparison.columns]
+    transfer = comparison.filter(pl.col("method") == "transfer").select(*key, *present)
+    mixture = comparison.filter(pl.col("method") == "mixture").select(*key, *present)
+    both = transfer.join(mixture, on=key, suffix="_mix").drop_nulls(
+        ["loss_on_target", "loss_on_target_mix"]
+    )
+    if both.is_empty():
+        return Finding(
+            question,
+            "No pair has both transfer models and mixture baselines with the same number of "
+            "target images: the comparison cannot be made from this table.",
+        )
+    both = both.with_columns(diff=pl.col("loss_on_target") - pl.col("loss_on_target_mix"))
+    row = both.sort(pl.col("diff").abs(), descending=True).row(0, named=True)
+    mix = {c.removesuffix("_mix"): v for c, v in row.items() if c.endswith("_mix")}
+    significant = intervals_apart(row, mix, "loss_on_target")
+    lower = int((both.get_column("diff") < 0).sum())
+    answer = (
+        f"In {both.height} comparison(s) at equal target data, transfer reached a lower target "
+        f"loss in {lower}. Largest difference: {_label(study, row['source'])} → "
+        f"{_label(study, row['target'])} with {row['n_target_images']} target images, transfer "
+        f"{_stat(row, 'loss_on_target')} against mixture {_stat(mix, 'loss_on_target')}. "
+        f"{_verdict(significant)}"
+    )
+    return _with_reference(
+        Finding(question, answer, significant),
+        study,
+        "transfer with a small target set approaches single-stage training on a mixture "
+        "with the same amount of target data",
+        None if significant is None else (not significant or row["diff"] < 0),
+        None,
+    )
+
+
+def pretrain_dependence(pairs: pl.DataFrame, study: str) -> Finding:
+    """How much the loss on a target depends on the pretraining domain, before and after transfer.
+
+    Per target domain reached by transfers from at least two pretraining domains, the
+    range (max - min) of the loss across those pretraining domains, after pretraining
+    alone and after transfer; averaged over the targets.
+    """
+    question = "After transfer, does the loss on a target still depend on the pretraining domain?"
+    transfer = pairs.filter((pl.col("phase") == "transfer") & ~pl.col("from_pretrain"))
+    targets = transfer.group_by("target_domain").len().filter(pl.col("len") >= 2)
+    cells = transfer.select("pretrain_domain", "target_domain").join(
+        targets.select("target_domain"), on="target_domain"
+    )
+    if cells.is_empty():
+        return Finding(
+            question,
+            "No target domain was reached from two or more pretraining domains: no comparison.",
+        )
+    ranges = {}
+    for phase in ("pretrain", "transfer"):
+        ranges[phase] = (
+            pairs.filter(pl.col("phase") == phase)
+            .join(cells, on=["pretrain_domain", "target_domain"])
+            .group_by("target_domain")
+            .agg(spread=pl.col("loss").max() - pl.col("loss").min())
+            .get_column("spread")
+            .mean()
+        )
+    answer = (
+        f"Over {targets.height} target domain(s) reached from several pretraining domains, the "
+        f"loss varies across pretraining domains by {_number(ranges['pretrain'])} on average "
+        f"after pretraining alone and by {_number(ranges['transfer'])} after transfer "
+        "(ranges of medians; the interval of every cell is in the heatmap tooltips)."
+    )
+    return _with_reference(
+        Finding(question, answer),
+        study,
+        "after transfer the target loss barely depends on the pretraining domain; after "
+        "pretraining alone it depends strongly",
+        bool(ranges["transfer"] < ranges["pretrain"]),
+        None,
+    )
+
+
+def ood_shift(ood: pl.DataFrame, study: str) -> Finding:
+    """How often transfer widens or narrows the out-of-distribution spread, and significantly."""
+    question = "Does transfer widen or narrow the out-of-distribution spread?"
+    pairs = ood.filter(pl.col("pretrain_domain") != pl.col("target_domain")).filter(
+        pl.col("shift") != 0
+    )
+    if pairs.is_empty():
+        return Finding(question, "No transfer pairs: no shift to report.")
+    grew, shrank = int((pairs["shift"] > 0).sum()), int((pairs["shift"] < 0).sum())
+    counted = "no intervals"
+    significant = None
+    if "shift_ci_low" in pairs.columns:
+        flags = analysis.significant(pairs, "shift")
+        significant = bool(flags.any()) if flags.null_count() < len(flags) else None
+        counted = f"{int(flags.sum())} with an interval excluding 0, {flags.null_count()} without interval"
+    row = pairs.sort(pl.col("shift").abs(), descending=True).row(0, named=True)
+    answer = (
+        f"The spread grew after transfer for {grew} pair(s) and shrank for {shrank} "
+        f"({counted}). Largest shift: {_label(study, row['pretrain_domain'])} → "
+        f"{_label(study, row['target_domain'])}, {_stat(row, 'shift')}."
+    )
+    return _with_reference(
+        Finding(question, answer, significant),
+        study,
+        "the spread can grow or shrink after transfer, depending on the pair",
+        grew > 0 and shrank > 0,
+        None,
+    )
+
+
+def freezing_cost(hyper: pl.DataFrame, study: str) -> Finding:
+    """Median loss on the target per frozen part, against no freezing."""
+    question = "What does freezing part of the network cost?"
+    rows = {r["freeze"]: r for r in hyper.iter_rows(named=True)}
+    if "none" not in rows or len(rows) < 2:
+        return Finding(question, "The study does not vary freezing: no comparison.")
+    parts, flags = [], []
+    for part, row in rows.items():
+        if part == "none":
+            continue
+        apart = intervals_apart(row, rows["none"], "q50")
+        flags.append(apart)
+        parts.append(f"frozen {part}: {_stat(row, 'q50')} ({_verdict(apart).rstrip('.').lower()})")
+    answer = (
+        f"Median loss of transfer models on their target: no freezing {_stat(rows['none'], 'q50')}; "
+        + "; ".join(parts)
+        + "."
+    )
+    significant = None if None in flags else any(flags)
+    encoder = rows.get("encoder")
+    return _with_reference(
+        Finding(question, answer, significant),
+        study,
+        "freezing the decoder costs little; freezing the encoder costs a little accuracy",
+        None if encoder is None else bool(encoder["q50"] >= rows["none"]["q50"]),
+        None,
+    )
+
+
+def _with_reference(
+    finding: Finding,
+    study: str,
+    claim: str,
+    agrees: bool | None,
+    domains: pl.DataFrame | None,
+) -> Finding:
+    """Attach the reference study's claim to a finding of a defocus study.
+
+    Claims about the in-focus domain apply only when the table has one (``domains``:
+    a table with a ``target_domain`` column, or ``None`` for claims about any pairs).
+    ``agrees`` of ``None``: the data cannot decide.
+    """
+    if study != "defocus":
+        return finding
+    if domains is not None and IN_FOCUS not in domains.get_column("target_domain").to_list():
+        return finding
+    finding.reference = claim
+    finding.agrees = agrees
+    return finding
+
+
+def study_findings(tables: Mapping[str, pl.DataFrame], study: str) -> dict[str, list[Finding]]:
+    """The generated findings of a study, per report section, at the default selection.
+
+    Parameters
+    ----------
+    tables
+        The selection tables of :func:`hrtem_ray.analysis.selection_tables` (with
+        intervals); the default selection (median, no filter) is used.
+    study
+        The study name (``defocus`` enables the comparison with the reference study).
+
+    Returns
+    -------
+    dict
+        Section name -> findings, in order; :func:`headline_findings` picks the ones shown in
+        the findings block at the top.
+    """
+    t = {name: default_selection(frame) for name, frame in tables.items()}
+    transfers = (
+        not t["pair_matrix"]
+        .filter((pl.col("phase") == "transfer") & ~pl.col("from_pretrain"))
+        .is_empty()
+    )
+    asymmetry = [
+        hardest_domain(t["pair_matrix"], study),
+        best_ood_domain(t["asymmetry_summary"], study),
+        largest_asymmetry(t["transfer_asymmetry"], study, transfers),
+    ]
+    focus = in_focus_asymmetry(t["asymmetry_summary"], study) if transfers else None
+    findings = {
+        "pair_matrix": [pretrain_dependence(t["pair_matrix"], study)],
+        "ood_spread": [ood_shift(t["ood_spread"], study)],
+        "asymmetry": asymmetry + ([focus] if focus else []),
+        "baseline": [transfer_vs_mixture(t["baseline_comparison"], study)],
+    }
+    if "hyperparameters_freeze" in t:
+        findings["hyperparameters"] = [freezing_cost(t["hyperparameters_freeze"], study)]
+    return findings
+
+
+def headline_findings(findings: Mapping[str, list[Finding]]) -> list[Finding]:
+    """The findings block: hardest domain, best OOD loss, largest asymmetry, transfer vs mixture."""
+    return [*findings.get("asymmetry", [])[:3], *findings.get("baseline", [])]
+
+
 def build_section(
     results: pl.DataFrame, study: str, data_dir: str | os.PathLike[str] | None = None
 ) -> StudySection:
-    """Compute the tables and charts of one study."""
-    tables, choices = analysis.selection_tables(results)
+    """Compute the tables, charts and findings of one study (intervals: :data:`CI`)."""
+    tables, choices = analysis.selection_tables(results, ci=CI, n_boot=N_BOOT)
     charts = study_charts(tables, study)
     static = study_charts({name: default_selection(t) for name, t in tables.items()}, study)
     notes = []
@@ -241,7 +658,7 @@ def build_section(
         try:
             domains = results.get_column("eval_domain").unique().to_list()
             examples = example_images(data_dir, domains)
-        except Exception as error:  # noqa: BLE001 - the report works without the dataset
+        except Exception as error:  # the report works without the dataset
             examples = {}
             notes.append(f"example images unavailable: {error}")
         if examples:
@@ -249,7 +666,9 @@ def build_section(
         elif not notes:
             notes.append(f"no example images found in {data_dir}")
     summary = model_summary(results)
-    return StudySection(study, charts, tables, choices, summary, static, notes)
+    section = StudySection(study, charts, tables, choices, summary, static, notes)
+    section.findings = study_findings(tables, study)
+    return section
 
 
 def _script_json(value: Any) -> str:
@@ -288,13 +707,65 @@ def _summary_html(section: StudySection) -> str:
     return f'<table class="summary"><tr>{header}</tr>{rows}</table>'
 
 
+REFERENCE_VERDICT = {
+    True: "This study's data agree",
+    False: "This study's data disagree with the reference study",
+    None: "This study's data cannot decide (no interval)",
+}
+# how sure the verdict is: the finding's own significance
+VERDICT_QUALIFIER = {True: ".", False: " (not significantly).", None: " (point estimates only)."}
+SIGNIFICANCE = {True: "significant", False: "not significant", None: "no interval"}
+
+
+def reference_verdict(finding: Finding) -> str:
+    """Whether the data agree with the reference study, qualified by the finding's significance."""
+    if finding.agrees is None:
+        return REFERENCE_VERDICT[None] + "."
+    return REFERENCE_VERDICT[finding.agrees] + VERDICT_QUALIFIER[finding.significant]
+
+
+def _reference_html(finding: Finding) -> str:
+    """The reference study's claim on a finding and whether this study's data agree."""
+    if finding.reference is None:
+        return ""
+    verdict = {True: "agree", False: "disagree", None: "undecided"}[finding.agrees]
+    return (
+        f'<p class="reference {verdict}">Reference study: {html.escape(finding.reference)}. '
+        f"<b>{html.escape(reference_verdict(finding))}</b></p>"
+    )
+
+
+def _finding_html(finding: Finding) -> str:
+    """A question, its generated answer and the reference study's view, as paragraphs."""
+    significance = SIGNIFICANCE[finding.significant]
+    return (
+        f'<div class="finding" data-significant="{significance}">'
+        f'<p class="question">{html.escape(finding.question)}</p>'
+        f'<p class="answer">{html.escape(finding.answer)}</p>{_reference_html(finding)}</div>'
+    )
+
+
+def findings_html(section: StudySection) -> str:
+    """The findings block of a study: its headline comparisons (:func:`headline_findings`)."""
+    items = "".join(_finding_html(f) for f in headline_findings(section.findings))
+    return (
+        f'<section class="findings" id="findings-{section.key}"><h2>Findings: '
+        f'{html.escape(section.study)}</h2><p class="meta">Generated from this study\'s tables '
+        f"(median over models, no filter); intervals: {CI:.0%} percentile bootstrap over "
+        f"models ({N_BOOT} replicates).</p>{items}</section>"
+    )
+
+
 def _section_html(section: StudySection, specs: Mapping[str, str]) -> str:
     """HTML of one study: summary, controls and one figure block per chart."""
     blocks = []
     for name in section.charts:
         key = f"{section.key}_{name}"
+        caption = "".join(_finding_html(f) for f in section.findings.get(name, []))
+        if name in CAPTIONS:
+            caption += f"<p>{CAPTIONS[name]}</p>"
         blocks.append(
-            f'<section class="figure"><h3>{TITLES[name]}</h3><p>{CAPTIONS[name]}</p>'
+            f'<section class="figure"><h3>{TITLES[name]}</h3>{caption}'
             f'<div class="chart" id="chart-{key}" data-study="{html.escape(section.study)}" '
             f'data-spec="spec-{key}"></div>'
             f'<p class="files"><a href="figures/{key}.png">PNG</a> · '
@@ -353,6 +824,10 @@ h1 { margin-bottom: 0.2rem; } .meta { color: #666; margin-top: 0; }
 .files { font-size: 0.85rem; color: #666; } .note { color: #a33; }
 .study-notes { border: 2px solid #a33; background: #fff4f4; padding: 0.4rem 0.8rem; }
 .study-notes p { margin: 0.3rem 0; font-weight: 600; color: #a33; }
+.findings { border: 1px solid #ccd; background: #f8f9fc; padding: 0.4rem 1rem; margin: 1rem 0; }
+.finding { margin: 0.6rem 0; max-width: 60rem; } .finding p { margin: 0.15rem 0; }
+.question { font-weight: 600; } .reference { font-size: 0.9rem; color: #555; }
+.reference.disagree b { color: #a33; }
 table.summary { border-collapse: collapse; font-size: 0.9rem; }
 table.summary td, table.summary th { border: 1px solid #ccd; padding: 0.2rem 0.6rem; text-align: right; }
 """
@@ -370,6 +845,7 @@ def render_page(
     """
     bundle = vlc.javascript_bundle().replace("</script", "<\\/script")
     body = "".join(_section_html(s, specs) for s in sections)
+    findings = "".join(findings_html(s) for s in sections)
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     top = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
     top = f'<div class="study-notes" id="study-notes">{top}</div>' if notes else ""
@@ -378,7 +854,7 @@ def render_page(
         "<title>hrtem-ray report</title>"
         f"<style>{PAGE_STYLE}</style><script>{bundle}</script></head><body>"
         f'<h1>hrtem-ray report</h1>{top}<p class="meta">results: {html.escape(source)} · '
-        f"generated {created}</p>{body}<script>{PAGE_SCRIPT}</script></body></html>"
+        f"generated {created}</p>{findings}{body}<script>{PAGE_SCRIPT}</script></body></html>"
     )
 
 

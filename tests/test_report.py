@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import shutil
 import tempfile
@@ -161,6 +163,205 @@ def test_default_selection_picks_median_and_all():
     assert report.default_selection(table).to_dict(as_series=False) == {"x": [1]}
 
 
+# ----------------------------------------------------------------------------- intervals, findings
+HARD_IN_FOCUS = {"0": 0.30, "5": 0.10, "10": 0.12}  # the reference study's pattern
+HARD_OUT_OF_FOCUS = {"0": 0.06, "5": 0.30, "10": 0.12}  # in focus is the easiest
+
+
+def _seeded_results(tmp_path: Path, hardness: dict[str, float], baselines: bool = True) -> Path:
+    """A results directory with 3 seeds per configuration, so that intervals exist.
+
+    The loss of every model on an eval domain is ``hardness[eval]`` plus a penalty
+    for training on another domain (large for pretrain models of ``"5"``, which
+    makes transfers from ``"5"`` markedly worse than the reverse: a significant
+    asymmetry) plus a small seed-dependent term.
+    """
+    domains = list(hardness)
+    rows = []
+
+    def add(model_id, phase, a, b, n_pre, n_tr, seed, penalty):
+        for e in domains:
+            loss = hardness[e] + penalty(e) + 0.002 * seed
+            rows.append(
+                {"study": "defocus", "model_id": model_id, "phase": phase, "parent_id": None,
+                 "pretrain_domain": a, "transfer_domain": b, "eval_domain": e,
+                 "pretrain_lr": 1e-3, "transfer_lr": None if phase != "transfer" else 1e-4,
+                 "n_pretrain": n_pre, "n_transfer": n_tr, "freeze": "none", "seed": seed,
+                 "epochs": 2, "loss": loss, "cross_entropy": loss + 0.3, "iou": 0.5,
+                 "best_epoch": 1, "train_seconds": 1.0, "config_hash": model_id,
+                 "hrtem_ray_version": "test"}
+            )  # fmt: skip
+
+    for seed in range(3):
+        for a in domains:
+            far = 0.2 if a == "5" else 0.05
+            add(
+                f"p{a}-{seed}",
+                "pretrain",
+                a,
+                None,
+                64,
+                None,
+                seed,
+                lambda e, a=a, f=far: f * (e != a),
+            )
+            for b in domains:
+                if b != a:
+                    carry = 0.08 if a == "5" else 0.0
+                    add(f"t{a}{b}-{seed}", "transfer", a, b, 64, 16, seed,
+                        lambda e, b=b, c=carry: c + 0.03 * (e != b))  # fmt: skip
+        if baselines:
+            add(f"b-{seed}", "baseline", "0", "10", 48, 16, seed, lambda e: 0.01)
+    directory = tmp_path / "results"
+    directory.mkdir()
+    pl.DataFrame(rows).write_parquet(directory / "part-0.parquet")
+    return directory
+
+
+def _findings_block(page: str) -> str:
+    start = page.index('<section class="findings"')
+    return page[start : page.index("</section>", start)]
+
+
+def _text(fragment: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", " ", fragment))
+
+
+def _spec(page: str, key: str) -> dict:
+    """The Vega-Lite spec of a chart, as embedded in the page."""
+    match = re.search(rf'<script type="application/json" id="spec-{key}">(.*?)</script>', page)
+    return json.loads(match.group(1).replace("<\\/", "</"))
+
+
+def _walk(node):
+    """Every dict inside a spec."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_findings_block_states_intervals_from_the_tables(tmp_path):
+    results = _seeded_results(tmp_path, HARD_IN_FOCUS)
+    page = report.write_report(results, tmp_path / "out").read_text()
+    block = _findings_block(page)
+    assert page.index(block) < page.index("<h2>Study:"), "findings must open the report"
+    findings = re.findall(r'<div class="finding".*?</div>', block)
+    assert len(findings) == 4, _text(block)
+    for finding in findings:  # every headline comparison carries an interval and a verdict
+        assert re.search(r"\[95% CI -?[\d.e-]+, -?[\d.e-]+\]", _text(finding)), _text(finding)
+        assert re.search(r"(Significant|Not significant)", _text(finding)), _text(finding)
+    text = _text(block)
+    # the sentences are generated from the tables: the OOD winner and its interval
+    summary = pl.concat(
+        analysis.asymmetry_summary(analysis.load_results(results), d, ci=0.95)
+        for d in HARD_IN_FOCUS
+    ).sort("ood_from_domain")
+    best = summary.row(0, named=True)
+    assert f"Models pretrained on {best['domain']} nm have the lowest" in text
+    assert f"{best['ood_from_domain']:.3g} [95% CI" in text
+    assert "The hardest domain is 0 nm" in text
+    assert "In 1 comparison(s) at equal target data" in text
+    # section captions ask questions; no reference finding is stated as fact any more
+    assert "Is the in-focus domain the hardest?" in page
+    assert "Finding 2" not in page and "Finding 1" not in page
+    assert "This study's data agree." in text
+
+
+def test_report_says_when_the_data_disagree_with_the_reference_study(tmp_path):
+    results = _seeded_results(tmp_path, HARD_OUT_OF_FOCUS)
+    page = report.write_report(results, tmp_path / "out").read_text()
+    hardest = next(
+        f for f in re.findall(r'<div class="finding".*?</div>', _findings_block(page))
+        if "Is the in-focus domain the hardest?" in f
+    )  # fmt: skip
+    assert "The hardest domain is 5 nm" in _text(hardest)
+    assert 'class="reference disagree"' in hardest
+    assert "disagree with the reference study" in _text(hardest)
+
+
+def test_transfer_vs_mixture_without_baselines_says_it_cannot_compare(tmp_path):
+    results = _seeded_results(tmp_path, HARD_IN_FOCUS, baselines=False)
+    block = _text(_findings_block(report.write_report(results, tmp_path / "out").read_text()))
+    assert "the comparison cannot be made from this table" in block
+
+
+def test_heatmap_tooltips_carry_the_interval_and_the_number_of_models(tmp_path):
+    page = report.write_report(_seeded_results(tmp_path, HARD_IN_FOCUS), tmp_path / "out")
+    page = page.read_text()
+    expected = {
+        "pair_matrix": {"loss_ci_low", "loss_ci_high", "n_models"},
+        "ood_spread": {"shift_ci_low", "shift_ci_high", "n_models"},
+        "asymmetry": {"asymmetry_ci_low", "asymmetry_ci_high", "n_models"},
+    }
+    for chart, fields in expected.items():
+        spec = _spec(page, f"defocus_{chart}")
+        rects = [
+            n for n in _walk(spec)
+            if n.get("mark") in ("rect", {"type": "rect"}) and "tooltip" in n.get("encoding", {})
+        ]  # fmt: skip
+        assert rects, chart
+        shown = {t["field"] for r in rects for t in r["encoding"]["tooltip"]}
+        assert fields <= shown, (chart, shown)
+        # ... and the embedded rows hold those values (not all null)
+        data = [row for rows in spec["datasets"].values() for row in rows]
+        for field in fields:
+            assert any(row.get(field) is not None for row in data), (chart, field)
+
+
+def test_significant_asymmetry_cells_are_marked(tmp_path):
+    results = _seeded_results(tmp_path, HARD_IN_FOCUS)
+    out = tmp_path / "out"
+    page = report.write_report(results, out).read_text()
+    expected = analysis.transfer_asymmetry(analysis.load_results(results), ci=0.95)
+    expected = expected.with_columns(analysis.significant(expected, "asymmetry"))
+    marked = expected.filter("asymmetry_significant")
+    assert 0 < marked.height < expected.height  # the hand-made table has both kinds
+    spec = _spec(page, "defocus_asymmetry")
+    default = [
+        row for row in spec["datasets"]["asymmetry"]
+        if all(row.get(k, v) == v for k, v in (("sel_reduce", "median"), ("sel_freeze", "all")))
+    ]  # fmt: skip
+    flagged = {
+        (r["pretrain_domain"], r["target_domain"]) for r in default if r["asymmetry_significant"]
+    }
+    assert flagged == set(marked.select("pretrain_domain", "target_domain").iter_rows())
+    outline = [n for n in _walk(spec) if str(n.get("name")).startswith("significant_asymmetry")]
+    assert outline and outline[0]["transform"][-1] == {"filter": "datum.asymmetry_significant"}
+    # the static figure draws one outlined cell per significant pair
+    svg = (out / "figures" / "defocus_asymmetry.svg").read_text()
+    group = re.search(
+        r'<g class="mark-rect role-mark significant_asymmetry[^"]*"[^>]*>(.*?)</g>', svg
+    )
+    assert group and group.group(1).count("<path") == marked.height
+
+
+def test_bar_and_line_charts_draw_error_bars(tmp_path):
+    out = tmp_path / "out"
+    report.write_report(_seeded_results(tmp_path, HARD_IN_FOCUS), out)
+    for chart in ("asymmetry", "baseline", "hyperparameters", "ood_spread"):
+        svg = (out / "figures" / f"defocus_{chart}.svg").read_text()
+        bars = re.findall(r'<g class="mark-rule role-mark errorbar_[^"]*"[^>]*>(.*?)</g>', svg)
+        assert bars and sum(b.count("<line") for b in bars) > 0, chart
+
+
+def test_selection_tables_carry_intervals_for_every_selection(tmp_path):
+    table = analysis.load_results(_seeded_results(tmp_path, HARD_IN_FOCUS))
+    tables, _ = analysis.selection_tables(table, ci=0.95, n_boot=200)
+    pairs = report.default_selection(tables["pair_matrix"]).filter(pl.col("phase") == "transfer")
+    public = analysis.pair_matrix(table, "transfer", ci=0.95, n_boot=200)
+    assert pairs.get_column("n_models").to_list() == public.get_column("n_models").to_list()
+    # same statistic, independent bootstrap streams: close, not identical
+    for bound in ("loss_ci_low", "loss_ci_high"):
+        assert pairs[bound].to_list() == pytest.approx(public[bound].to_list(), abs=0.01)
+    for name, frame in tables.items():
+        assert "n_models" in frame.columns, name
+        assert any(c.endswith("_ci_low") for c in frame.columns), name
+
+
 # ----------------------------------------------------------------------------- browser
 def _chromium():
     """A headless Chromium session through chromedriver (fails if either is missing)."""
@@ -199,11 +400,25 @@ def _chart_svg(driver, chart_id: str) -> str:
     )
 
 
+def _visible_findings(driver) -> list[str]:
+    """The rendered text of the findings block's items, checked to be shown above the charts."""
+    block = driver.find_element("css selector", "section.findings")
+    first_chart = driver.find_element("css selector", ".chart")
+    assert block.is_displayed() and block.location["y"] < first_chart.location["y"]
+    items = [e.text for e in block.find_elements("css selector", ".finding")]
+    assert len(items) == 4, items
+    assert all(item.strip() for item in items), items
+    assert any("95% CI" in item for item in items), items  # intervals are shown
+    return items
+
+
 def check_report_in_browser(path: Path, screenshot: Path) -> dict:
     """Open a report in headless Chromium and check it; return what was seen.
 
-    Checks that every chart rendered an SVG, that the browser logged no error, and that
-    changing a filter control changes the rendered charts. Saves a full-page screenshot.
+    Checks that every chart rendered an SVG, that the findings block is visible at the
+    top with its generated sentences, that error bars (intervals) are drawn, that the
+    browser logged no error, and that changing a filter control changes the rendered
+    charts. Saves a full-page screenshot.
     """
     driver = _chromium()
     try:
@@ -217,6 +432,11 @@ def check_report_in_browser(path: Path, screenshot: Path) -> dict:
         for chart_id in charts:
             svg = _chart_svg(driver, chart_id)
             assert "<svg" in svg and "mark-" in svg, f"{chart_id} did not render"
+        findings = _visible_findings(driver)
+        error_bars = driver.execute_script(
+            "return document.querySelectorAll('.chart g[class*=\"errorbar_\"] line').length;"
+        )
+        assert error_bars > 0, "no interval drawn in any chart"
 
         # Screenshot of the whole page at the default selection.
         height = driver.execute_script("return document.documentElement.scrollHeight;")
@@ -255,6 +475,8 @@ def check_report_in_browser(path: Path, screenshot: Path) -> dict:
             "changed_by_reduce": changed,
             "changed_by_freeze": freeze_changed,
             "screenshot": str(screenshot),
+            "findings": findings,
+            "error_bars": error_bars,
             "warnings": [e["message"] for e in logs if e["level"] == "WARNING"],
         }
     finally:
@@ -268,5 +490,6 @@ def test_report_renders_in_chromium(laptop_run, tmp_path):
     screenshot = ARTIFACTS / "report_laptop.png"
     seen = check_report_in_browser(path, screenshot)
     assert "chart-defocus_examples" in seen["charts"]  # the dataset panel is there
+    assert any("The hardest domain is" in item for item in seen["findings"]), seen["findings"]
     assert screenshot.stat().st_size > 10_000
     print(f"report screenshot: {screenshot}")

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
-from conftest import make_bucket, s3_env
+from helpers import make_bucket, s3_env
 
 from hrtem_ray import storage
 
@@ -169,6 +169,20 @@ def test_polars_scan_s3_with_storage_options(s3_root: str) -> None:
     storage.write_parquet_atomic(_table(3), uri)
     df = pl.scan_parquet(uri, storage_options=storage.polars_storage_options()).collect()
     assert df["model_id"].to_list() == ["m0", "m1", "m2"]
+
+
+def test_load_results_reads_every_storage_kind(root: str) -> None:
+    """analysis.load_results reads a results directory (or one file) on a path, file:// or s3://."""
+    from hrtem_ray.analysis import load_results
+
+    for phase, n in (("pretrain", 2), ("transfer", 3)):
+        storage.write_parquet_atomic(_table(n), storage.join(root, "results", phase, "a.parquet"))
+    table = load_results(storage.join(root, "results"), categorical=False)
+    assert sorted(table["model_id"].to_list()) == ["m0", "m0", "m1", "m1", "m2"]
+    one = load_results(storage.join(root, "results", "transfer", "a.parquet"))
+    assert one["model_id"].to_list() == ["m0", "m1", "m2"]
+    with pytest.raises(FileNotFoundError):
+        load_results(storage.join(root, "nothing-here"))
 
 
 def test_upload_download_dir(root: str, tmp_path) -> None:
