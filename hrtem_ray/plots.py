@@ -630,7 +630,8 @@ def hyperparameter_chart(
         :func:`~hrtem_ray.analysis.hyperparameter_effects` tables keyed by
         ``n_transfer``, ``freeze`` and ``lr`` (grouped by the two learning rates).
     study
-        Study name (unused in the axes; kept for a uniform signature).
+        Study axis (``defocus``, ``dose``, ``structure``): names the target domain in
+        the chart title (:func:`axis_title`).
 
     Returns
     -------
