@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_DATASET, tiny_dataset_spec
+from helpers import TINY_DATASET, TINY_STUDY, run_cli, tiny_dataset_spec
+from pydantic import ValidationError
 
 from hrtem_ray import config
 from hrtem_ray.config import (
@@ -446,3 +447,99 @@ def test_spec_layer_imports_nothing_heavy():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+# --- spec validation tests moved here from the stage test files ----------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"axis": "angle"}, r"dataset\.axis: Input should be 'defocus', 'dose' or 'structure'"),
+        ({"defocus_nm": -10}, r"axis 'defocus' needs defocus_nm as a list"),
+        ({"structures": {"lattices": ["Au"]}}, r"dataset\.structures\.lattices.*Au.*allowed"),
+        ({"n_structures": {"train": 0, "val": 2}}, r"dataset\.n_structures\.train"),
+        ({"simulation": {"n_phonons": 0}}, r"dataset\.simulation\.n_phonons"),
+        ({"shards": 3}, r"dataset\.shards: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_dataset_specs_name_the_field(override, message):
+    with pytest.raises(SpecError, match=message):
+        parse_dataset_spec({**TINY_DATASET, **override}, source="test")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"n_phonons": 0}, "n_phonons"),
+        ({"sampling_angstrom": -0.1}, "sampling_angstrom"),
+        ({"mask_recipe": "otsu"}, "mask_recipe"),
+        ({"output_sampling_angstrom": 0.05}, "output_sampling_angstrom"),
+        ({"defocus_jitter_nm": -1.0}, "defocus_jitter_nm"),
+        ({"energy_kv": 300.0}, "energy_kv"),
+        # non-physical or non-finite values (issue 10: refused before any compute)
+        ({"sampling_angstrom": 0.001}, r"sampling_angstrom\n.*greater than or equal to 0\.01"),
+        ({"energy_kev": float("nan")}, r"energy_kev\n.*finite number"),
+        ({"energy_kev": 1e6}, r"energy_kev\n.*less than or equal to 3000"),
+        ({"n_phonons": 10_000}, r"n_phonons\n.*less than or equal to 256"),
+        ({"focal_spread_angstrom": float("inf")}, r"focal_spread_angstrom\n.*finite number"),
+        (
+            {"calibration_coarse_step_angstrom": 0.1, "calibration_fine_step_angstrom": 0.5},
+            r"need fine <= coarse <= 1000 \* fine",
+        ),
+    ],
+)
+def test_invalid_simulation_params_name_the_field(kwargs, field):
+    with pytest.raises(ValidationError, match=field):
+        SimulationParams(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"lattices": ("Au",)}, "lattices"),
+        ({"radius_angstrom": (20.0, 10.0)}, "radius_angstrom"),
+        ({"n_particles": (0, 2)}, "n_particles"),
+        ({"cell_angstrom": -1.0}, "cell_angstrom"),
+        ({"max_stacking_faults": -1}, "max_stacking_faults"),
+        ({"unknown_field": 1}, "unknown_field"),
+        # non-physical or non-finite values (issue 10: refused before any compute)
+        ({"cell_angstrom": 100000.0}, r"cell_angstrom\n.*less than or equal to 2000"),
+        ({"cell_angstrom": float("nan")}, r"cell_angstrom\n.*finite number"),
+        ({"substrate_thickness_angstrom": (5.0, float("inf"))}, r"substrate_thickness_angstrom\.1"),
+        ({"substrate_thickness_angstrom": (5.0, 5000.0)}, r"need 0 < low <= high <= 1000"),
+        ({"n_particles": (1, 10**6)}, r"n_particles\n.*need 1 <= low <= high <= 1000"),
+        ({"max_stacking_faults": 50}, r"max_stacking_faults\n.*less than or equal to 4"),
+        ({"carbon_min_distance_angstrom": float("nan")}, r"carbon_min_distance_angstrom"),
+    ],
+)
+def test_invalid_structure_params_name_the_field(kwargs, field):
+    with pytest.raises(ValidationError, match=field):
+        StructureParams(**kwargs)
+
+
+def test_unknown_lattice_error_lists_allowed_values():
+    with pytest.raises(ValidationError, match="CdSe"):
+        StructureParams(lattices=("Au",))
+
+
+def test_invalid_specs_fail_before_any_compute(tmp_path):
+    bad = {**TINY_STUDY, "transfer": {"lr": [1e-4], "n_images": [2], "freeze": ["everything"]}}
+    with pytest.raises(SpecError, match=r"transfer\.freeze\.0.*'none', 'encoder' or 'decoder'"):
+        parse_study_spec(bad)
+    bad = {**TINY_STUDY, "domains": {"pretrain": ["-10", "7"]}}
+    with pytest.raises(SpecError, match=r"domains\.pretrain.*'7'.*allowed: -10, 0, 10"):
+        parse_study_spec(bad)
+    bad = {**TINY_STUDY, "pretrain": {"lr": [1e-3], "n_images": [64], "seeds": [0]}}
+    with pytest.raises(SpecError, match=r"pretrain\.n_images.*dataset\.n_structures\.train"):
+        parse_study_spec(bad)
+    bad = {**TINY_STUDY, "dataset": {**TINY_DATASET, "axis": "focus"}}
+    with pytest.raises(SpecError, match=r"dataset\.axis.*'defocus', 'dose' or 'structure'"):
+        parse_study_spec(bad)
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text(yaml.safe_dump({**TINY_STUDY, "resources": {"cpu": 0}}))
+    out = tmp_path / "out"
+    proc = run_cli("sweep", spec_file, "--out", out, timeout=120)
+    assert proc.returncode == 2
+    assert "resources.cpu" in proc.stderr and "greater than 0" in proc.stderr
+    assert not out.exists()

@@ -19,7 +19,7 @@ import yaml
 from helpers import TINY_DATASET, kill_cli_when, make_bucket, run_cli, s3_env, tiny_dataset_spec
 
 from hrtem_ray import data, storage
-from hrtem_ray.config import SpecError, load_dataset_spec, parse_dataset_spec
+from hrtem_ray.config import SpecError, load_dataset_spec
 
 TESTS = Path(__file__).resolve().parent
 
@@ -424,22 +424,6 @@ def test_killed_run_leaves_no_complete_looking_shard_and_rerun_completes(
         ]
     )
     assert frame.select("domain", "structure_id").n_unique() == frame.height == 81
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ({"axis": "angle"}, r"dataset\.axis: Input should be 'defocus', 'dose' or 'structure'"),
-        ({"defocus_nm": -10}, r"axis 'defocus' needs defocus_nm as a list"),
-        ({"structures": {"lattices": ["Au"]}}, r"dataset\.structures\.lattices.*Au.*allowed"),
-        ({"n_structures": {"train": 0, "val": 2}}, r"dataset\.n_structures\.train"),
-        ({"simulation": {"n_phonons": 0}}, r"dataset\.simulation\.n_phonons"),
-        ({"shards": 3}, r"dataset\.shards: Extra inputs are not permitted"),
-    ],
-)
-def test_invalid_dataset_specs_name_the_field(override, message):
-    with pytest.raises(SpecError, match=message):
-        parse_dataset_spec({**TINY_DATASET, **override}, source="test")
 
 
 @pytest.mark.parametrize(
