@@ -6,12 +6,17 @@ Fixtures live in ``conftest.py``; everything a test module imports lives here.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
@@ -129,3 +134,17 @@ def s3_env(endpoint: str, no_files_dir: Path) -> dict[str, str]:
         "AWS_CONFIG_FILE": str(no_files_dir / "no-aws-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(no_files_dir / "no-aws-credentials"),
     }
+
+
+def poison_domain(dataset_root: Path, target: Path, domain: str) -> Path:
+    """A copy of the dataset whose training images of ``domain`` hold a NaN pixel (a NaN loss)."""
+    shutil.copytree(dataset_root, target)
+    for path in (target / "study=defocus" / f"domain={domain}" / "split=train").glob("*.parquet"):
+        table = pq.read_table(path)
+        images = table.column("image").combine_chunks().to_numpy_ndarray().copy()
+        images[:, 0, 0] = np.nan
+        column = pa.FixedShapeTensorArray.from_numpy_ndarray(images)
+        pq.write_table(
+            table.set_column(table.schema.get_field_index("image"), "image", column), path
+        )
+    return target

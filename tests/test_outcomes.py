@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import CLI, REPO, TINY_DATASET, run_cli
+from helpers import CLI, REPO, TINY_DATASET, poison_domain, run_cli
 
 from hrtem_ray import cli, results, storage
 from hrtem_ray.config import parse_study_spec
@@ -271,25 +267,11 @@ def test_sigterm_stops_simulate_with_130_and_the_rerun_completes(tmp_path):
     assert len(list(manifests.glob("*.json"))) == 4
 
 
-def _poison_domain(dataset_root: Path, target: Path, domain: str) -> Path:
-    """A copy of the dataset whose training images of ``domain`` hold a NaN pixel."""
-    shutil.copytree(dataset_root, target)
-    for path in (target / "study=defocus" / f"domain={domain}" / "split=train").glob("*.parquet"):
-        table = pq.read_table(path)
-        images = table.column("image").combine_chunks().to_numpy_ndarray().copy()
-        images[:, 0, 0] = np.nan
-        column = pa.FixedShapeTensorArray.from_numpy_ndarray(images)
-        pq.write_table(
-            table.set_column(table.schema.get_field_index("image"), "image", column), path
-        )
-    return target
-
-
 @pytest.mark.slow
 def test_failed_trials_exit_3_with_the_failure_table_and_a_partial_report(
     tiny_dataset_root, tmp_path
 ):
-    data = _poison_domain(tiny_dataset_root, tmp_path / "poisoned", "0")
+    data = poison_domain(tiny_dataset_root, tmp_path / "poisoned", "0")
     spec_file = write_spec(tmp_path / "study.yaml", data, **SMALL)
     out = tmp_path / "out"
     proc = run_cli("run", spec_file, "--out", out, "--num-cpus", 2)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 import pytest
 import yaml
-from helpers import REPO, TINY_DATASET, TINY_STUDY, kill_cli_when, run_cli
+from helpers import REPO, TINY_DATASET, TINY_STUDY, kill_cli_when, poison_domain, run_cli
 
 from hrtem_ray import results, storage
 from hrtem_ray.config import load_study_spec, parse_study_spec
@@ -156,19 +154,7 @@ def test_failing_trial_is_retried_then_recorded(ray_cluster, tiny_dataset_root, 
 
 
 def test_nan_loss_marks_the_trial_failed(ray_cluster, tiny_dataset_root, tmp_path):
-    corrupt = tmp_path / "nan-data"
-    shutil.copytree(tiny_dataset_root, corrupt)
-    # Put a NaN pixel into every training image of domain "0".
-    for path in (corrupt / "study=defocus" / "domain=0" / "split=train").glob("*.parquet"):
-        table = pq.read_table(path)
-        images = table.column("image").combine_chunks().to_numpy_ndarray().copy()
-        images[:, 0, 0] = np.nan
-        import pyarrow as pa
-
-        column = pa.FixedShapeTensorArray.from_numpy_ndarray(images)
-        pq.write_table(
-            table.set_column(table.schema.get_field_index("image"), "image", column), path
-        )
+    corrupt = poison_domain(tiny_dataset_root, tmp_path / "nan-data", "0")
     study = tiny_study(
         tmp_path,
         corrupt,

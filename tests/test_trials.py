@@ -14,6 +14,8 @@ import pytest
 from hrtem_ray.config import parse_study_spec
 from hrtem_ray.trials import Trial, baseline_pairs, dry_run, plan_trials
 
+# A literal copy of the tiny dataset, not helpers.TINY_DATASET: the pinned model id below
+# must not move when shared test data changes.
 DATASET = {
     "axis": "defocus",
     "defocus_nm": [-10, 0, 10],
