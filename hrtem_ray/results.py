@@ -18,7 +18,7 @@ Validity
 A model is *done* (:func:`finished_ids`) only when its result file is a valid
 Parquet file: its footer reads, it has rows, the contract's columns with the
 right types, and its ``model_id`` statistics name the file's own model. Only the
-footer is read (a few kB per file, see :func:`result_problem`): files are written
+footer is read (a few kB per file, see :func:`check_parquet_files`): files are written
 atomically, so damage shows as a footer that does not parse. Files found valid
 are remembered per process by (path, size, modification time), so the repeated
 calls of one sweep read each footer once.
@@ -346,25 +346,6 @@ def scan_histories(root: str) -> tuple[dict[str, str], list[DamagedFile]]:
     files = list_parquet(storage.join(root, HISTORY_DIR))
     valid, damaged = check_parquet_files(files, HISTORY_COLUMNS)
     return {f.model_id: f.uri for f in valid}, damaged
-
-
-def result_problem(uri: str) -> str | None:
-    """Why the result file at ``uri`` is not valid (missing, unreadable, ...), or None."""
-    return _single_problem(uri, _RESULT_KINDS)
-
-
-def history_problem(uri: str) -> str | None:
-    """Why the history file at ``uri`` is not valid, or None."""
-    return _single_problem(uri, HISTORY_COLUMNS)
-
-
-def _single_problem(uri: str, required: Mapping[str, str] | Iterable[str]) -> str | None:
-    loc = storage.resolve(uri)
-    info = loc.fs.get_file_info(loc.path)
-    if info.type != pafs.FileType.File:
-        return "it does not exist"
-    name = posixpath.basename(loc.path).removesuffix(".parquet")
-    return _footer_problem(loc.fs, ParquetFile(uri, name, info), required)
 
 
 def finished_ids(root: str) -> set[str]:
