@@ -183,6 +183,10 @@ def polars_all(table: pl.DataFrame) -> None:
     analysis.hyperparameter_effects(table, "n_transfer")
     analysis.hyperparameter_effects(table, "freeze", freeze=["none", "encoder"])
     analysis.hyperparameter_effects(table, ("pretrain_lr", "transfer_lr"))
+    analysis.generalization_gap(table, "pretrain")
+    analysis.generalization_gap(table, "transfer")
+    analysis.training_time(table)
+    analysis.transfer_mixture_models(table)
 
 
 def polars_pair_ood(table: pl.DataFrame) -> None:
@@ -252,6 +256,9 @@ def polars_ci_all(table: pl.DataFrame) -> None:
     analysis.hyperparameter_effects(table, "n_transfer", **CI)
     analysis.hyperparameter_effects(table, "freeze", freeze=["none", "encoder"], **CI)
     analysis.hyperparameter_effects(table, ("pretrain_lr", "transfer_lr"), **CI)
+    analysis.generalization_gap(table, "pretrain", **CI)
+    analysis.generalization_gap(table, "transfer", **CI)
+    analysis.training_time(table, **CI)
 
 
 def polars_ci_subset(table: pl.DataFrame) -> None:

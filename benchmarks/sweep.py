@@ -42,10 +42,6 @@ DATASET = common.laptop_dataset(
 DATASET["simulation"] = {**DATASET["simulation"], "n_phonons": 1}
 
 
-def silent(_line: str) -> None:
-    pass
-
-
 def overhead(data_root: str, tmp: str, epochs: int, k: int) -> dict:
     """K equal pretrain trials, one at a time: through Tune vs direct calls."""
     raw = {
@@ -70,7 +66,7 @@ def overhead(data_root: str, tmp: str, epochs: int, k: int) -> dict:
         )
     direct = time.perf_counter() - start
     start = time.perf_counter()
-    Study(spec, out=os.path.join(tmp, "tune")).sweep(echo=silent)
+    Study(spec, out=os.path.join(tmp, "tune")).sweep()
     tuned = time.perf_counter() - start
     return {
         "trials": k,
@@ -94,12 +90,12 @@ def makespans(data_root: str, tmp: str, epochs: int) -> dict:
     }
     spec = parse_study_spec(raw)
     start = time.perf_counter()
-    Study(spec, out=os.path.join(tmp, "pipelined")).sweep(echo=silent)
+    Study(spec, out=os.path.join(tmp, "pipelined")).sweep()
     pipelined = time.perf_counter() - start
     barrier_out = os.path.join(tmp, "barrier")
     start = time.perf_counter()
-    Study(spec.model_copy(update={"transfer": None}), out=barrier_out).sweep(echo=silent)
-    Study(spec, out=barrier_out).sweep(echo=silent)  # the pretrain models are done: transfer only
+    Study(spec.model_copy(update={"transfer": None}), out=barrier_out).sweep()
+    Study(spec, out=barrier_out).sweep()  # the pretrain models are done: transfer only
     barrier = time.perf_counter() - start
     counts = plan_trials(spec).counts()
     return {

@@ -3,7 +3,7 @@
 >>> import hrtem_ray
 >>> study = hrtem_ray.Study.from_yaml("sweeps/laptop.yaml")
 >>> print(study.dry_run().splitlines()[0])
-study laptop (defocus): 3 pretrain, 24 transfer, 9 baseline, 36 models in all
+study laptop (defocus): 3 pretrain, 72 transfer, 27 baseline, 102 models in all
 
 Modules, top layer first (each imports only from the layers below it; the contract is
 ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports``):
@@ -15,13 +15,16 @@ Modules, top layer first (each imports only from the layers below it; the contra
 * ``check``: hrtem-ray check: finds and repairs damaged results, histories, checkpoints, shards
 * ``tune_adapter``: Ray Tune glue (imported lazily): the searcher, trainable, progress and failure callbacks
 * ``execute``: one trial without Ray: load data, train, evaluate, store checkpoint, history and rows
+* ``inference``: hrtem-ray predict: tiled, blended segmentation of micrographs, masks, particle tables
 * ``report``: the self-contained HTML report, PNG/SVG figures and CSV tables of a results table
 * ``results``: the results table, histories, checkpoints, failure records and quarantine on storage
+* ``micrographs``: hrtem-ray import: microscope files read, calibrated, resampled, tiled into domains
 * ``train``: the training loop of one stage, evaluation and checkpoints (plain torch)
 * ``schedule``: pure scheduling: longest-first queues, children released when their parent is done
 * ``data``: simulated datasets: Ray Data simulation into Parquet shards, manifests, readers
 * ``model``: the U-Net (ResNet encoder) in plain torch, and freezing its parts
 * ``simulate``: abTEM multislice of one structure: exit waves, zero-defocus calibration, CTF, dose, masks
+* ``waves``: the exit-wave store: every structure's cropped exit waves as crash-safe Parquet shards
 * ``plots``: the Altair charts of the analysis tables
 * ``trials``: pure planning: a study's pretrain, transfer and baseline trials with stable ids, dry run
 * ``structures``: random nanoparticles on amorphous carbon with ASE, a pure function of a seed
@@ -36,7 +39,7 @@ Modules, top layer first (each imports only from the layers below it; the contra
 
 from hrtem_ray._version import __version__
 
-__all__ = ["Study", "__version__", "load_study_spec"]
+__all__ = ["Study", "__version__", "load_study_spec", "predict"]
 
 
 def __getattr__(name: str):
@@ -45,6 +48,10 @@ def __getattr__(name: str):
         from hrtem_ray.study import Study
 
         return Study
+    if name == "predict":  # the function, not the module (hrtem_ray.inference.predict)
+        from hrtem_ray.inference import predict
+
+        return predict
     if name == "load_study_spec":
         from hrtem_ray.config import load_study_spec
 

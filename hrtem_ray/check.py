@@ -41,11 +41,11 @@ finished pretrain model's checkpoint is checked.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import posixpath
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
@@ -65,11 +65,7 @@ TEMP_SCAN_DIRS = (
 )
 STUDY_FILE = "study.json"
 
-Echo = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -363,36 +359,32 @@ def _repair_one(root: str, data_root: str | None, problem: Problem) -> list[str]
     return done
 
 
-def repair(report: CheckReport, echo: Echo | None = None) -> list[str]:
+def repair(report: CheckReport) -> list[str]:
     """Quarantine and invalidate what ``report`` found, so that the next run redoes exactly that.
 
     Parameters
     ----------
     report
         From :func:`inspect_study` (or the start of a sweep).
-    echo
-        Called with one line per action taken.
 
     Returns
     -------
     list of str
         The actions taken, one line each.
     """
-    actions: list[str] = []
-    for problem in report.problems:
-        for line in _repair_one(report.root, report.data_root, problem):
-            actions.append(line)
-            if echo is not None:
-                echo(line)
-    return actions
+    return [
+        line
+        for problem in report.problems
+        for line in _repair_one(report.root, report.data_root, problem)
+    ]
 
 
-def heal_before_sweep(root: str, plan: TrialPlan, echo: Echo = _stderr) -> list[str]:
+def heal_before_sweep(root: str, plan: TrialPlan) -> list[str]:
     """At the start of a sweep: quarantine damaged result / history files, invalidate parents.
 
     Checks what decides which trials run (results, histories, checkpoints of finished
     pretrain models with children still to run; footers and listings only, not the
-    dataset or temporary files) and repairs it, echoing a warning per action, so that
+    dataset or temporary files) and repairs it, logging a warning per action, so that
     the sweep that follows trains the damaged models again, parents first.
 
     Parameters
@@ -401,8 +393,6 @@ def heal_before_sweep(root: str, plan: TrialPlan, echo: Echo = _stderr) -> list[
         The study's storage root.
     plan
         The sweep's plan.
-    echo
-        Where the warnings go.
 
     Returns
     -------
@@ -411,7 +401,10 @@ def heal_before_sweep(root: str, plan: TrialPlan, echo: Echo = _stderr) -> list[
     """
     report = CheckReport(root=root)
     report.problems = _model_problems(root, plan, False, report.checked)
-    return repair(report, echo=lambda line: echo(f"warning: damaged storage: {line}"))
+    actions = repair(report)
+    for line in actions:
+        log.warning(f"warning: damaged storage: {line}")
+    return actions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +448,9 @@ def main_from_cli(args: argparse.Namespace) -> int:
     if not args.repair:
         print(f"run `hrtem-ray check {args.out} --repair` to quarantine and invalidate them")
         return EXIT_PROBLEMS
-    actions = repair(report, echo=print)
+    actions = repair(report)
+    for line in actions:
+        print(line)
     left = inspect_study(root, spec, report.data_root, deep=args.deep)
     if not left.healthy:
         print(f"{len(left.problems)} problem(s) remain:\n{left.format()}")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from hrtem_ray import slurm as slurm_options
+from hrtem_ray import slurm
 from hrtem_ray._version import __version__
 from hrtem_ray.config import SpecError
 
@@ -124,10 +126,10 @@ def _parser() -> argparse.ArgumentParser:
         help="for a study: also report rows of other configurations (default: current spec only)",
     )
 
-    slurm = _subparser(
+    slurm_parser = _subparser(
         sub, "slurm", "inside a Slurm allocation: start Ray on its nodes and run a study"
     )
-    slurm_options.add_arguments(slurm)
+    slurm.add_arguments(slurm_parser)
 
     check = _subparser(
         sub,
@@ -157,6 +159,35 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+class _StderrLines(logging.Handler):
+    """Prints each record's message as one line on the current ``sys.stderr`` (see :func:`_say`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _say(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def progress_printed() -> Iterator[None]:
+    """While inside, the ``hrtem_ray`` loggers' INFO and above are printed to stderr.
+
+    The one place where progress reaches the terminal: the library logs its progress
+    lines (shards, trials, outcomes, notes) and warnings, and the command prints each
+    message as it is, one line each, as :func:`_say` prints the command's own lines.
+    """
+    logger = logging.getLogger("hrtem_ray")
+    handler, level = _StderrLines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def interrupted_message(done: int, total: int, unit: str = "models") -> str:
     """The line printed when a command was interrupted."""
     return f"interrupted: {done} of {total} {unit} done; rerun the same command to resume"
@@ -182,10 +213,12 @@ def _simulate(args) -> int:
     done, total = study.shard_progress()
     print(
         f"dataset {summary.root}: {summary.images} images written in {summary.shards_written} of "
-        f"{summary.shards} shards, {summary.seconds:.1f} s, {summary.images_per_second:.2f} images/s"
+        f"{summary.shards} shards, {summary.seconds:.1f} s, {summary.images_per_second:.2f} images/s "
+        f"({summary.structures_from_store} structures from the exit-wave store, "
+        f"{summary.structures_simulated} simulated)"
     )
     if done < total:  # a shard that was not written (Ray Data reported no error)
-        _say(f"error: {total - done} of {total} shards are missing in {study.data_root}")
+        _say(f"error: {total - done} of {total} shards are missing in {study.dataset_root}")
         return EXIT_ERROR
     return EXIT_OK
 
@@ -229,7 +262,7 @@ def _run(args) -> int:
             _say("no report written: the study is not finished")
             return code
         try:
-            path = study.report(all_results=args.all_results, echo=_say)
+            path = study.report(all_results=args.all_results)
         except ReportError as error:  # every trial failed: nothing to report
             _say(f"no report written: {error}")
             return EXIT_FAILED if code is None else code
@@ -256,12 +289,6 @@ def _report(args) -> int:
     return EXIT_OK
 
 
-def _slurm(args) -> int:
-    from hrtem_ray import slurm
-
-    return slurm.main_from_cli(args)
-
-
 def _check(args) -> int:
     from hrtem_ray import check
 
@@ -273,7 +300,7 @@ COMMANDS = {
     "sweep": _sweep,
     "run": _run,
     "report": _report,
-    "slurm": _slurm,
+    "slurm": slurm.main_from_cli,
     "check": _check,
 }
 
@@ -301,17 +328,13 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hrtem-ray`` console script; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     # `hrtem-ray slurm SPEC [options] -- EXTRA...`: EXTRA goes to the study command
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    args = _parser().parse_args(argv)
-    args.extra = extra
+    args = slurm.parse_args(_parser(), sys.argv[1:] if argv is None else argv)
     from hrtem_ray.study import sigterm_interrupts
 
     try:
         # SIGTERM stops a command like Ctrl-C (the study re-arms this once Ray has started)
-        with sigterm_interrupts():
+        with sigterm_interrupts(), progress_printed():
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         # interrupted outside the commands' own handling (while reading, starting Ray...)

@@ -22,6 +22,7 @@ Validation covers what would otherwise fail only after Ray started:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -33,10 +34,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hrtem_ray.specs import (
     LATTICES,
+    MULTISLICE_FIELDS,
     Freeze,
     ImagingCondition,
     ModelSpec,
@@ -47,11 +57,61 @@ from hrtem_ray.specs import (
     output_gpts,
 )
 
-StudyAxis = Literal["defocus", "dose", "structure"]
+StudyAxis = Literal["defocus", "dose", "structure", "focal_spread_angstrom", "cs_mm"]
+
+#: The unit of each study axis's domain values (report labels: ``f"{axis} ({unit})"``
+#: where the unit is not empty, see :func:`axis_label`).
+AXIS_UNITS: dict[str, str] = {
+    "defocus": "nm",
+    "dose": "e/Å²",
+    "structure": "",
+    "focal_spread_angstrom": "Å",
+    "cs_mm": "mm",
+}
+
+#: The human name of each study axis (report labels, see :func:`axis_label`).
+AXIS_NAMES: dict[str, str] = {
+    "defocus": "defocus",
+    "dose": "dose",
+    "structure": "structure",
+    "focal_spread_angstrom": "focal spread",
+    "cs_mm": "spherical aberration Cs",
+}
+
+
+def axis_label(axis: str) -> str:
+    """An axis with its unit for a report, e.g. ``"spherical aberration Cs (mm)"``."""
+    unit = AXIS_UNITS.get(axis, "")
+    name = AXIS_NAMES.get(axis, axis)
+    return f"{name} ({unit})" if unit else name
+
+
+#: The :class:`~hrtem_ray.specs.ImagingCondition` field each numeric axis sets.
+_CONDITION_FIELDS = {
+    "defocus": "defocus_nm",
+    "dose": "dose_e_per_angstrom2",
+    "focal_spread_angstrom": "focal_spread_angstrom",
+    "cs_mm": "cs_mm",
+}
+
+#: The dataset fields that are each axis's list of domain values.
+AXIS_FIELDS: dict[str, str] = {
+    "defocus": "defocus_nm",
+    "dose": "dose_e_per_angstrom2",
+    "structure": "structure_domains",
+    "focal_spread_angstrom": "focal_spread_angstrom",
+    "cs_mm": "cs_mm",
+}
 
 #: Spec fields hashed under their former name (:meth:`DatasetSpec.hash_payload`): a
 #: rename of a field must not change the content hash of an existing dataset.
 HASH_KEYS = {"axis": "study"}
+
+#: Dataset fields added after datasets existed, left out of :meth:`DatasetSpec.hash_payload`
+#: at these values (their defaults), so that every existing dataset keeps its hash.
+#: ``keep_exit_waves`` is a storage choice that changes no image: never hashed.
+HASH_OMITTED_AT = {"focal_spread_angstrom": None, "cs_mm": 0.0}
+HASH_NEVER = {"path", "keep_exit_waves"}
 
 
 #: Version of what a seed produces (structures, multislice, imaging, masks). Part of
@@ -75,6 +135,15 @@ MAX_ABS_DEFOCUS_NM = 1000.0
 #: Largest electron dose in e/A^2. Real HRTEM doses are 10 to 1e5 e/A^2 (the study:
 #: 30 to 600); 1e7 e/A^2 keeps the noisy counts of any pixel size exact in float32.
 MAX_DOSE_E_PER_ANGSTROM2 = 1e7
+#: Largest |Cs| in mm: uncorrected objective lenses have 0.5 to 5 mm, corrected ones
+#: tens of micrometres either sign.
+MAX_ABS_CS_MM = 10.0
+#: Largest |value| and unit of the numeric imaging fields (focal spread: also >= 0).
+_ABS_LIMITS = {
+    "defocus_nm": (MAX_ABS_DEFOCUS_NM, "nm"),
+    "cs_mm": (MAX_ABS_CS_MM, "mm"),
+    "focal_spread_angstrom": (1000.0, "A"),
+}
 #: Largest multislice grid side, ``ceil(cell_angstrom / sampling_angstrom)`` points
 #: (the paper: 1280). One complex64 wave of 16384^2 points is 2 GiB.
 MAX_MULTISLICE_GPTS = 16384
@@ -221,12 +290,24 @@ class DatasetSpec(_Spec):
         (abTEM convention: positive is underfocus); a list for a defocus study.
     dose_e_per_angstrom2
         Electron dose; a list for a dose study; ``null`` for noiseless images.
+    focal_spread_angstrom
+        The domains of a ``focal_spread_angstrom`` study (abTEM 1/e width); in any
+        other study the whole dataset's is ``simulation.focal_spread_angstrom``.
+    cs_mm
+        Spherical aberration C30 in mm (abTEM's ``Cs`` in angstrom is ``1e7 *
+        cs_mm``); a list for a ``cs_mm`` study.
+    keep_exit_waves
+        Keep every structure's exit waves (:mod:`hrtem_ray.waves`) so that new
+        imaging domains need no multislice; ``false`` saves the storage.
     """
 
     axis: StudyAxis = "defocus"
     path: str | None = None
     defocus_nm: float | list[float] = -10.0
     dose_e_per_angstrom2: float | list[float] | None = 400.0
+    focal_spread_angstrom: list[Annotated[float, Field(ge=0, le=1000)]] | None = None
+    cs_mm: float | list[float] = 0.0
+    keep_exit_waves: bool = True
     structure_domains: dict[str, StructureDomain] = Field(default_factory=dict)
     structures: StructureParams = Field(default_factory=StructureParams)
     simulation: SimulationParams = Field(default_factory=SimulationParams)
@@ -241,18 +322,20 @@ class DatasetSpec(_Spec):
             raise ValueError("dataset.study: renamed to dataset.axis (defocus, dose or structure)")
         return data
 
-    @field_validator("defocus_nm")
+    @field_validator("defocus_nm", "cs_mm", "focal_spread_angstrom")
     @classmethod
-    def _physical_defocus(cls, value: float | list[float]) -> float | list[float]:
+    def _within_limits(
+        cls, value: float | list[float] | None, info: ValidationInfo
+    ) -> float | list[float] | None:
+        if value is None:
+            return value
         values = value if isinstance(value, list) else [value]
         if not values:
             raise ValueError("needs at least one value")
-        bad = [v for v in values if abs(v) > MAX_ABS_DEFOCUS_NM]
+        limit, unit = _ABS_LIMITS[info.field_name]
+        bad = [v for v in values if abs(v) > limit]
         if bad:
-            raise ValueError(
-                f"{bad} outside the allowed range -{MAX_ABS_DEFOCUS_NM:g} to "
-                f"{MAX_ABS_DEFOCUS_NM:g} nm"
-            )
+            raise ValueError(f"{bad} outside the allowed range -{limit:g} to {limit:g} {unit}")
         return value
 
     @field_validator("dose_e_per_angstrom2")
@@ -330,29 +413,25 @@ class DatasetSpec(_Spec):
             "defocus": isinstance(self.defocus_nm, list),
             "dose": isinstance(self.dose_e_per_angstrom2, list),
             "structure": bool(self.structure_domains),
+            "focal_spread_angstrom": self.focal_spread_angstrom is not None,
+            "cs_mm": isinstance(self.cs_mm, list),
         }
         if not listed[self.axis]:
-            need = {
-                "defocus": "defocus_nm as a list",
-                "dose": "dose_e_per_angstrom2 as a list",
-                "structure": "structure_domains",
-            }[self.axis]
+            need = AXIS_FIELDS[self.axis] + ("" if self.axis == "structure" else " as a list")
             raise ValueError(f"axis {self.axis!r} needs {need}")
         for axis, is_listed in listed.items():
-            if axis != self.axis and is_listed and axis != "structure":
-                field = "defocus_nm" if axis == "defocus" else "dose_e_per_angstrom2"
-                raise ValueError(f"{field} must be a single value in a {self.axis!r} study")
-        if self.axis != "structure" and self.structure_domains:
-            raise ValueError("structure_domains is only allowed in a 'structure' study")
+            if axis != self.axis and is_listed and axis in ("defocus", "dose", "cs_mm"):
+                raise ValueError(
+                    f"{AXIS_FIELDS[axis]} must be a single value in a {self.axis!r} study"
+                )
+        for axis in ("structure", "focal_spread_angstrom"):
+            if self.axis != axis and listed[axis]:
+                raise ValueError(f"{AXIS_FIELDS[axis]} is only allowed in a {axis!r} study")
         values = self._axis_values()
         labels = [domain_label(v) for v in values] if self.axis != "structure" else values
         if len(set(labels)) != len(labels):
             raise ValueError(f"duplicate domains in the {self.axis} axis: {labels}")
-        field = {
-            "defocus": "dataset.defocus_nm",
-            "dose": "dataset.dose_e_per_angstrom2",
-            "structure": "dataset.structure_domains",
-        }[self.axis]
+        field = f"dataset.{AXIS_FIELDS[self.axis]}"
         for label in labels:
             problem = safe_name_problem(label)
             if problem is not None:
@@ -362,11 +441,7 @@ class DatasetSpec(_Spec):
         return self
 
     def _axis_values(self) -> list:
-        if self.axis == "defocus":
-            return list(self.defocus_nm)
-        if self.axis == "dose":
-            return list(self.dose_e_per_angstrom2)
-        return list(self.structure_domains)
+        return list(getattr(self, AXIS_FIELDS[self.axis]))
 
     @property
     def domains(self) -> list[str]:
@@ -382,27 +457,26 @@ class DatasetSpec(_Spec):
                 DomainGroup(
                     name=label,
                     structures=params,
-                    conditions=(
-                        ImagingCondition(label, float(self.defocus_nm), self._scalar_dose()),
-                    ),
+                    conditions=(self._condition(label),),
                 )
                 for label, params in self.groups_structures()
             ]
-        if self.axis == "defocus":
-            conds = tuple(
-                ImagingCondition(domain_label(v), float(v), self._scalar_dose())
-                for v in self.defocus_nm
-            )
-        else:
-            conds = tuple(
-                ImagingCondition(domain_label(v), float(self.defocus_nm), float(v))
-                for v in self.dose_e_per_angstrom2
-            )
+        conds = tuple(
+            self._condition(domain_label(v), **{_CONDITION_FIELDS[self.axis]: float(v)})
+            for v in self._axis_values()
+        )
         return [DomainGroup(name="all", structures=self.structures, conditions=conds)]
 
-    def _scalar_dose(self) -> float | None:
+    def _condition(self, label: str, **axis_value: float) -> ImagingCondition:
+        """The imaging condition of a domain: the dataset's imaging, the axis value replaced."""
         dose = self.dose_e_per_angstrom2
-        return None if dose is None else float(dose)
+        whole = {
+            "defocus_nm": float(self.defocus_nm) if self.axis != "defocus" else 0.0,
+            "dose_e_per_angstrom2": None if dose is None or self.axis == "dose" else float(dose),
+            "focal_spread_angstrom": self.simulation.focal_spread_angstrom,
+            "cs_mm": float(self.cs_mm) if self.axis != "cs_mm" else 0.0,
+        }
+        return ImagingCondition(label, **{**whole, **axis_value})
 
     def images_per_domain(self, split: str) -> int:
         """Images available per domain in a split."""
@@ -422,11 +496,56 @@ class DatasetSpec(_Spec):
 
         ``{"generator_version": GENERATOR_VERSION, **spec as JSON}``, with ``axis``
         under its former key ``study`` (see :data:`HASH_KEYS`), so that renaming a
-        spec field leaves the hash, and every existing dataset, as it was.
+        spec field leaves the hash, and every existing dataset, as it was. Fields
+        added later are left out at their defaults (:data:`HASH_OMITTED_AT`), and
+        ``keep_exit_waves`` always (:data:`HASH_NEVER`), for the same reason.
         """
-        payload = self.model_dump(mode="json", exclude={"path"})
-        payload = {HASH_KEYS.get(key, key): value for key, value in payload.items()}
+        payload = self.model_dump(mode="json", exclude=HASH_NEVER)
+        payload = {
+            HASH_KEYS.get(key, key): value
+            for key, value in payload.items()
+            if key not in HASH_OMITTED_AT or value != HASH_OMITTED_AT[key]
+        }
         return {"generator_version": GENERATOR_VERSION, **payload}
+
+    def waves_payload(self, group: str) -> dict[str, Any]:
+        """What the exit waves of a group depend on (:mod:`hrtem_ray.waves`).
+
+        The group's structures, the multislice physics
+        (:data:`~hrtem_ray.specs.MULTISLICE_FIELDS`), the seed, the structure
+        counts, the shard size and :data:`GENERATOR_VERSION`; not the imaging
+        (defocus, dose, focal spread, Cs, output sampling, jitter, mask, calibration).
+        """
+        structures = dict(self.groups_structures())[group]
+        return {
+            "generator_version": GENERATOR_VERSION,
+            "group": group,
+            "structures": structures.model_dump(mode="json"),
+            "multislice": {name: getattr(self.simulation, name) for name in MULTISLICE_FIELDS},
+            "seed": self.seed,
+            "n_structures": self.n_structures.model_dump(mode="json"),
+            "structures_per_shard": self.structures_per_shard,
+        }
+
+    def waves_hash(self, group: str) -> str:
+        """Identity of a group's exit waves (:meth:`waves_payload`). 16 hex digits."""
+        return _hash(self.waves_payload(group))
+
+    def images_hash(self, group: str, condition: ImagingCondition) -> str:
+        """Identity of the images of one domain: its waves, its condition and the imaging.
+
+        Two specs that give a domain the same hash give it the same images, so a
+        domain already simulated is kept when other domains are added. 16 hex digits.
+        """
+        imaging = self.simulation.model_dump(mode="json", exclude=set(MULTISLICE_FIELDS))
+        return _hash(
+            {
+                "waves": self.waves_hash(group),
+                "axis": self.axis,
+                "condition": dataclasses.asdict(condition),
+                "imaging": imaging,
+            }
+        )
 
 
 class DomainsSpec(_Spec):
@@ -435,6 +554,15 @@ class DomainsSpec(_Spec):
     pretrain: list[str] | None = None
     transfer: list[str] | None = None
     eval: list[str] | None = None
+    #: Domains imported with ``hrtem-ray import`` that the roles above may name; checked
+    #: against the dataset directory (present, with masks, enough tiles) before a sweep
+    #: (:func:`hrtem_ray.micrographs.check_spec_imports`).
+    imported: list[str] = Field(default_factory=list)
+
+    @field_validator("imported")
+    @classmethod
+    def _imported_safe(cls, value: list[str]) -> list[str]:
+        return cls._non_empty_safe(value) if value else value
 
     @field_validator("pretrain", "transfer", "eval")
     @classmethod
@@ -454,6 +582,19 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
+#: Loss functions of a training stage (``training.loss``): ``cross_entropy`` on the logits
+#: (the default), or ``softmax_cross_entropy``, the reference study's: cross-entropy applied
+#: to the network's softmax outputs ("double softmax", floor ln(1 + e^-1) for hard labels).
+#: See :func:`hrtem_ray.train.loss_floor`.
+LossFunction = Literal["cross_entropy", "softmax_cross_entropy"]
+LOSS_FUNCTIONS: tuple[str, ...] = ("cross_entropy", "softmax_cross_entropy")
+#: Pretraining protocols of transfer models (``transfer.parents``): ``shared``, one pretrain
+#: model per pretrain-grid configuration whose checkpoint all its transfer children start
+#: from; ``per_model``, the reference study's, a pretraining run of its own (own seed, see
+#: :func:`hrtem_ray.trials.per_model_seed`) for every transfer model.
+ParentsProtocol = Literal["shared", "per_model"]
+
+
 class PretrainGrid(_Spec):
     lr: list[float] = Field(default_factory=lambda: [1e-3, 1e-4], min_length=1)
     n_images: list[PositiveInt] = Field(default_factory=lambda: [512], min_length=1)
@@ -461,11 +602,29 @@ class PretrainGrid(_Spec):
 
 
 class TransferGrid(_Spec):
+    """Transfer trials: every target domain x ``lr`` x ``n_images`` x ``freeze`` per parent.
+
+    Attributes
+    ----------
+    parents
+        ``shared`` (default): the children of one pretrain-grid configuration all start
+        from its one pretrain model. ``per_model`` (the reference study's protocol): every
+        transfer model gets a pretraining run of its own, with its own seed
+        (:func:`hrtem_ray.trials.per_model_seed`); the pretrain count then equals the
+        transfer count, and a pretrain configuration without children keeps its grid model.
+    delete_parent_checkpoints
+        Delete a parent's checkpoint once all its children's results are stored.
+        ``None`` (default): on for ``per_model`` (one checkpoint per transfer model would
+        pile up), off for ``shared``; never with ``keep_checkpoints: all``.
+    """
+
     lr: list[float] = Field(default_factory=lambda: [1e-4, 1e-5], min_length=1)
     n_images: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1)
     freeze: list[Freeze] = Field(
         default_factory=lambda: ["none", "encoder", "decoder"], min_length=1
     )
+    parents: ParentsProtocol = "shared"
+    delete_parent_checkpoints: bool | None = None
 
 
 class BaselineGrid(_Spec):
@@ -479,10 +638,13 @@ class BaselineGrid(_Spec):
 
 
 class TrainingSpec(_Spec):
+    """How every stage trains; ``loss`` is one of :data:`LOSS_FUNCTIONS` (see :data:`LossFunction`)."""
+
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=16, ge=1)
     lr_decay: float = Field(default=0.99, gt=0, le=1)
     n_val: int | None = Field(default=None, ge=1)
+    loss: LossFunction = "cross_entropy"
 
 
 class ResourcesSpec(_Spec):
@@ -516,13 +678,17 @@ class StudySpec(_Spec):
 
     @model_validator(mode="after")
     def _grids_fit_dataset(self) -> StudySpec:
-        allowed = self.dataset.domains
+        clash = [d for d in self.domains.imported if d in self.dataset.domains]
+        if clash:
+            raise ValueError(f"domains.imported: {clash} are simulated domains of the dataset")
+        allowed = [*self.dataset.domains, *self.domains.imported]
         for role in ("pretrain", "transfer", "eval"):
             chosen = getattr(self.domains, role)
             unknown = [d for d in chosen or [] if d not in allowed]
             if unknown:
                 raise ValueError(
-                    f"domains.{role}: unknown domains {unknown}; allowed: {', '.join(allowed)}"
+                    f"domains.{role}: unknown domains {unknown}; allowed: {', '.join(allowed)} "
+                    "(name imported domains in domains.imported too)"
                 )
         if self.transfer is not None and self.pretrain is None:
             raise ValueError(
@@ -550,6 +716,15 @@ class StudySpec(_Spec):
         for grid in (self.pretrain, self.transfer, self.baseline):
             if grid is not None and any(not (lr > 0 and math.isfinite(lr)) for lr in grid.lr):
                 raise ValueError("learning rates must be finite and > 0")
+        if (
+            self.transfer is not None
+            and self.transfer.delete_parent_checkpoints
+            and self.keep_checkpoints == "all"
+        ):
+            raise ValueError(
+                "transfer.delete_parent_checkpoints: true contradicts keep_checkpoints: all; "
+                "drop one of them"
+            )
         if self.pretrain is not None or self.baseline is not None:
             for _, params in self.dataset.groups_structures():
                 side = output_gpts(params.cell_angstrom, self.dataset.simulation)
@@ -560,6 +735,19 @@ class StudySpec(_Spec):
                         f"multiple of {MODEL_STRIDE_PX} px (e.g. {_nearest_multiple(side)})"
                     )
         return self
+
+    @property
+    def deletes_parent_checkpoints(self) -> bool:
+        """Whether a parent's checkpoint is deleted once its children are stored.
+
+        ``transfer.delete_parent_checkpoints`` when set; by default true for
+        ``transfer.parents: per_model`` (unless ``keep_checkpoints: all``), false otherwise.
+        """
+        if self.transfer is None:
+            return False
+        if self.transfer.delete_parent_checkpoints is not None:
+            return self.transfer.delete_parent_checkpoints
+        return self.transfer.parents == "per_model" and self.keep_checkpoints != "all"
 
     def domains_for(self, role: Literal["pretrain", "transfer", "eval"]) -> list[str]:
         """Domains of a role, defaulting to every dataset domain, in dataset order."""

@@ -5,27 +5,43 @@ Layout of a dataset root (a local directory or a storage URI)::
     dataset.json                                   the spec and its content hash
     study=<axis>/domain=<label>/split=<split>/<shard>.parquet
     _manifest/<shard>.json                         written last: the shard is complete
+    waves/...                                      the exit-wave store (:mod:`hrtem_ray.waves`)
 
 One Parquet row is one image: ``image`` and ``mask`` as Arrow
 ``fixed_shape_tensor`` float32 columns plus the metadata columns of
-:data:`ROW_COLUMNS`. A shard is a run of consecutive structures of one split;
-its files are written first and its manifest entry last, each atomically, so a
-killed run never leaves a shard that looks complete, and a rerun only
-simulates the shards without a manifest entry.
+:data:`ROW_COLUMNS`. A shard is one domain's images of a run of consecutive
+structures of one split, keyed by the domain's
+:meth:`~hrtem_ray.config.DatasetSpec.images_hash`; its file is written first and
+its manifest entry last, each atomically, so a killed run never leaves a shard
+that looks complete, and a rerun only simulates the shards without a manifest entry.
+
+New imaging domains from stored waves
+-------------------------------------
+The exit waves of every structure are kept (``keep_exit_waves``, default true),
+written before the images. A spec that differs from the stored one only in its
+imaging (defocus, dose, focal spread, Cs, output sampling within the stored band,
+jitter, mask or calibration parameters; added or removed domains) claims the same
+root: ``dataset.json`` is replaced by the new spec, the shards of domains whose
+images hash is unchanged are kept untouched, and the other domains are imaged
+from the stored waves without multislice. A spec whose exit waves differ
+(structures, multislice physics, seed, counts, shard size, generator version) is
+refused with each such field named.
 
 Integrity
 ---------
 * One dataset per directory: ``dataset.json`` is created exclusively
   (:func:`hrtem_ray.storage.create_exclusive`), so of any number of concurrent
   :func:`prepare_root` calls exactly one claims an empty directory; a spec with
-  another :meth:`~hrtem_ray.config.DatasetSpec.content_hash` is refused with a
-  :class:`DatasetError` naming each differing field (:func:`check_dataset_root`
-  does the same check without writing).
+  other exit waves is refused with a :class:`DatasetError` naming each differing
+  field (:func:`check_dataset_root` does the same check without writing); one
+  that changes only the imaging replaces the spec (see above).
 * Only the current dataset is read: every manifest entry records the
-  ``dataset_hash`` it was written for, and readers (:func:`read_images`,
+  ``images_hash`` it was written for, and readers (:func:`read_images`,
   :func:`read_table`, :func:`shard_files`, :func:`summarize`,
-  :func:`completed_shards`) use only entries of the hash in ``dataset.json``;
-  other, unreadable or incomplete entries are ignored with a
+  :func:`completed_shards`) use only the entries the spec in ``dataset.json``
+  plans, with that hash (and entries of other writers, such as imported
+  micrographs, whose group is no simulation group and whose ``dataset_hash`` is
+  the current content hash); other, unreadable or incomplete entries are ignored with a
   :class:`DatasetWarning` naming their files.
 * Shards heal: each entry records the ``rows``, ``bytes`` and ``sha256`` of its
   files. :func:`verify_shards` lists the shards that do not match, and the
@@ -36,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import resource
@@ -60,9 +77,17 @@ from hrtem_ray.config import (
     current_dataset_keys,
 )
 from hrtem_ray.runtime import node_id
-from hrtem_ray.simulate import simulate_structure, warm_fftw_wisdom
-from hrtem_ray.specs import SPLITS
+from hrtem_ray.simulate import (
+    images_from_waves,
+    structure_waves,
+    warm_fftw_wisdom,
+    with_calibrated_zero,
+)
+from hrtem_ray.specs import MULTISLICE_FIELDS, SPLITS, ImagingCondition, output_gpts
 from hrtem_ray.structures import random_structure
+from hrtem_ray.waves import StoredStructure, read_waves, write_waves
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_DIR = "_manifest"
 SPEC_FILE = "dataset.json"
@@ -76,6 +101,8 @@ ROW_COLUMNS = (
     "nominal_defocus_nm",
     "zero_defocus_angstrom",
     "dose_e_per_angstrom2",
+    "focal_spread_angstrom",
+    "cs_mm",
     "lattice",
     "n_particles",
     "pixel_size_angstrom",
@@ -117,13 +144,29 @@ class ShardProblem:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """A run of consecutive structures ``[start, stop)`` of one group and split."""
+    """One domain's images of the structures ``[start, stop)`` of one group and split."""
 
     key: str
     group: str
     split: str
     start: int
     stop: int
+    domain: str = ""
+
+
+@dataclass(frozen=True)
+class SimulationUnit:
+    """The structures ``[start, stop)`` of one group and split, and the domains to image.
+
+    The unit of work of the simulation: its exit waves are read from the store or
+    simulated once, then imaged in every listed domain.
+    """
+
+    group: str
+    split: str
+    start: int
+    stop: int
+    domains: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -135,6 +178,8 @@ class SimulationSummary:
     shards: int
     shards_written: int
     seconds: float
+    structures_from_store: int = 0
+    structures_simulated: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -166,19 +211,43 @@ def structure_id(group: str, split: str, index: int) -> str:
     return stem if group == "all" else f"{group}/{stem}"
 
 
-def plan_shards(spec: DatasetSpec) -> list[ShardTask]:
-    """Every shard of a dataset, in a fixed order."""
-    tag = spec.content_hash()[:8]
-    tasks = []
+def _ranges(spec: DatasetSpec, split: str) -> list[tuple[int, int]]:
+    n = spec.images_per_domain(split)
+    step = spec.structures_per_shard
+    return [(start, min(n, start + step)) for start in range(0, n, step)]
+
+
+def planned_hashes(spec: DatasetSpec) -> dict[str, tuple[ShardTask, str]]:
+    """Every image shard of a dataset by key, with the images hash its entry must record."""
+    out = {}
     for group in spec.groups():
-        for split in SPLITS:
-            n = spec.images_per_domain(split)
-            for start in range(0, n, spec.structures_per_shard):
-                stop = min(n, start + spec.structures_per_shard)
-                safe_group = group.name.replace("/", "_")
-                key = f"{tag}-{safe_group}-{split}-{start:05d}-{stop:05d}"
-                tasks.append(ShardTask(key, group.name, split, start, stop))
-    return tasks
+        for condition in group.conditions:
+            images_hash = spec.images_hash(group.name, condition)
+            for split in SPLITS:
+                for start, stop in _ranges(spec, split):
+                    key = f"{images_hash[:8]}-{condition.domain}-{split}-{start:05d}-{stop:05d}"
+                    task = ShardTask(key, group.name, split, start, stop, condition.domain)
+                    out[key] = (task, images_hash)
+    return out
+
+
+def plan_shards(spec: DatasetSpec) -> list[ShardTask]:
+    """Every image shard of a dataset (one per domain and run of structures), in a fixed order."""
+    return [task for task, _ in planned_hashes(spec).values()]
+
+
+def waves_key(spec: DatasetSpec, group: str, split: str, start: int, stop: int) -> str:
+    """Key of the exit-wave shard of a run of structures (:mod:`hrtem_ray.waves`)."""
+    safe_group = group.replace("/", "_")
+    return f"{spec.waves_hash(group)[:8]}-{safe_group}-{split}-{start:05d}-{stop:05d}"
+
+
+def simulation_units(tasks: Iterable[ShardTask]) -> list[SimulationUnit]:
+    """The image shards to write, gathered per run of structures (in first-seen order)."""
+    domains: dict[tuple[str, str, int, int], list[str]] = {}
+    for task in tasks:
+        domains.setdefault((task.group, task.split, task.start, task.stop), []).append(task.domain)
+    return [SimulationUnit(*where, tuple(labels)) for where, labels in domains.items()]
 
 
 def _group(spec: DatasetSpec, name: str) -> DomainGroup:
@@ -189,34 +258,71 @@ def _tensor_column(arrays: np.ndarray) -> pa.Array:
     return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(arrays, np.float32))
 
 
-def simulate_shard(spec: DatasetSpec, task: ShardTask) -> dict[str, pa.Table]:
-    """Simulate the structures of one shard: one table of rows per domain (no Ray)."""
-    group = _group(spec, task.group)
-    rows: dict[str, list[dict]] = {c.domain: [] for c in group.conditions}
-    for index in range(task.start, task.stop):
-        seed = structure_seed(spec.seed, task.group, task.split, index)
-        structure = random_structure(group.structures, seed)
-        result = simulate_structure(structure, spec.simulation, group.conditions, seed)
-        for k, cond in enumerate(group.conditions):
+def unit_waves(
+    spec: DatasetSpec, root: str, unit: SimulationUnit
+) -> tuple[list[StoredStructure], bool]:
+    """The exit waves of a unit's structures and whether they came from the store.
+
+    Reads the unit's wave shard when it is complete and holds the output band;
+    otherwise runs the multislice (and stores the waves if ``keep_exit_waves``).
+    """
+    group = _group(spec, unit.group)
+    indices = range(unit.start, unit.stop)
+    key = waves_key(spec, unit.group, unit.split, unit.start, unit.stop)
+    waves_hash = spec.waves_hash(unit.group)
+    stored = read_waves(root, key, waves_hash, list(indices))
+    n_out = output_gpts(group.structures.cell_angstrom, spec.simulation)
+    if stored is not None and all(s.waves.full_spectra.shape[-1] >= n_out for s in stored):
+        return stored, True
+    structures = []
+    for index in indices:
+        seed = structure_seed(spec.seed, unit.group, unit.split, index)
+        waves = structure_waves(random_structure(group.structures, seed), spec.simulation, seed)
+        structures.append(
+            StoredStructure(index, seed, with_calibrated_zero(waves, spec.simulation))
+        )
+    if spec.keep_exit_waves:
+        write_waves(root, key, waves_hash, structures)
+    return structures, False
+
+
+def image_unit(
+    spec: DatasetSpec, unit: SimulationUnit, structures: list[StoredStructure]
+) -> dict[str, pa.Table]:
+    """The images of a unit's structures in its domains: one table of rows per domain."""
+    group = _group(spec, unit.group)
+    conditions = [c for c in group.conditions if c.domain in unit.domains]
+    rows: dict[str, list[dict]] = {c.domain: [] for c in conditions}
+    for stored in structures:
+        result = images_from_waves(stored.waves, spec.simulation, conditions, stored.seed)
+        for k, cond in enumerate(conditions):
             rows[cond.domain].append(
                 {
+                    **_condition_columns(cond),
                     "study": spec.axis,
-                    "domain": cond.domain,
-                    "split": task.split,
-                    "structure_id": structure_id(task.group, task.split, index),
-                    "structure_seed": seed,
+                    "split": unit.split,
+                    "structure_id": structure_id(unit.group, unit.split, stored.index),
+                    "structure_seed": stored.seed,
                     "defocus_nm": float(result.defocus_nm[k]),
-                    "nominal_defocus_nm": float(cond.defocus_nm),
                     "zero_defocus_angstrom": float(result.zero_defocus_angstrom),
-                    "dose_e_per_angstrom2": cond.dose_e_per_angstrom2,
-                    "lattice": structure.lattice,
-                    "n_particles": int(structure.n_particles),
+                    "lattice": stored.waves.lattice,
+                    "n_particles": int(stored.waves.n_particles),
                     "pixel_size_angstrom": float(result.pixel_size_angstrom),
                     "image": result.images[k],
                     "mask": result.mask,
                 }
             )
     return {domain: _rows_to_table(domain_rows) for domain, domain_rows in rows.items()}
+
+
+def _condition_columns(condition: ImagingCondition) -> dict[str, Any]:
+    return {
+        "domain": condition.domain,
+        "nominal_defocus_nm": float(condition.defocus_nm),
+        "dose_e_per_angstrom2": condition.dose_e_per_angstrom2,
+        "focal_spread_angstrom": float(condition.focal_spread_angstrom),
+        "cs_mm": float(condition.cs_mm),
+    }
 
 
 def _rows_to_table(rows: list[dict]) -> pa.Table:
@@ -245,42 +351,56 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_shard(root: str, spec: DatasetSpec, task: ShardTask, tables: dict[str, pa.Table]) -> int:
-    """Write a shard's files, then its manifest entry (each atomically); returns images written.
+def write_shard(
+    root: str, spec: DatasetSpec, task: ShardTask, images_hash: str, table: pa.Table
+) -> int:
+    """Write one domain's shard file, then its manifest entry (each atomically).
 
-    The entry records the dataset hash and, per file, its ``rows``, ``bytes`` and
-    ``sha256``, so that :func:`verify_shards` can tell a damaged file.
+    The entry records the domain's ``images_hash`` and the file's ``rows``,
+    ``bytes`` and ``sha256``, so that :func:`verify_shards` can tell a damaged
+    file. Returns the images written.
     """
-    files = {}
-    for domain, table in tables.items():
-        path = shard_path(root, spec.axis, domain, task.split, task.key)
-        payload = parquet_bytes(table)
-        storage.write_bytes_atomic(path, payload)
-        files[domain] = {
-            "path": path.removeprefix(root).lstrip("/"),
-            "rows": table.num_rows,
-            "bytes": len(payload),
-            "sha256": hashlib.sha256(payload).hexdigest(),
-        }
+    path = shard_path(root, spec.axis, task.domain, task.split, task.key)
+    payload = parquet_bytes(table)
+    storage.write_bytes_atomic(path, payload)
+    info = {
+        "path": path.removeprefix(root).lstrip("/"),
+        "rows": table.num_rows,
+        "bytes": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
     entry = {
-        "dataset_hash": spec.content_hash(),
+        "images_hash": images_hash,
         "task": asdict(task),
-        "files": files,
+        "files": {task.domain: info},
         "node_id": node_id(),
     }
     storage.write_json_atomic(storage.join(root, MANIFEST_DIR, f"{task.key}.json"), entry)
-    return sum(t.num_rows for t in tables.values())
+    return table.num_rows
 
 
-def simulate_and_write(spec: DatasetSpec, root: str, task: ShardTask) -> dict:
-    """Simulate and write one shard; returns a small record for progress reporting."""
+def simulate_and_write(spec: DatasetSpec, root: str, unit: SimulationUnit) -> dict:
+    """Simulate (or read the stored waves of) one unit and write its domains' shards.
+
+    Returns a small record for progress reporting: ``structures_from_store`` and
+    ``structures_simulated`` say where its exit waves came from.
+    """
     start = time.perf_counter()
     started_at = time.time()
-    n_images = write_shard(root, spec, task, simulate_shard(spec, task))
+    structures, from_store = unit_waves(spec, root, unit)
+    tables = image_unit(spec, unit, structures)
+    where = (unit.group, unit.split, unit.start)
+    n_images = 0
+    for task, images_hash in planned_hashes(spec).values():
+        if task.domain in tables and (task.group, task.split, task.start) == where:
+            n_images += write_shard(root, spec, task, images_hash, tables[task.domain])
+    n_structures = unit.stop - unit.start
     return {
-        "key": task.key,
+        "key": waves_key(spec, unit.group, unit.split, unit.start, unit.stop),
         "started_at": started_at,
         "images": n_images,
+        "structures_from_store": n_structures if from_store else 0,
+        "structures_simulated": 0 if from_store else n_structures,
         "seconds": time.perf_counter() - start,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "pid": os.getpid(),
@@ -363,16 +483,63 @@ def spec_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
     return lines
 
 
+#: Spec fields (flattened, see :func:`spec_differences`) that the exit waves depend on
+#: (:meth:`~hrtem_ray.config.DatasetSpec.waves_payload`): a change refuses the root.
+_WAVE_FIELDS = (
+    "dataset.structures.",
+    "dataset.structure_domains.",
+    "dataset.n_structures.",
+    "dataset.seed",
+    "dataset.structures_per_shard",
+    *(f"dataset.simulation.{name}" for name in MULTISLICE_FIELDS),
+)
+
+
+def waves_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
+    """The differences of :func:`spec_differences` that the stored exit waves depend on.
+
+    A structure domain added or removed is no difference of the waves (its group's
+    waves are simulated or left); one changed is. The generator version is one.
+    """
+    lines = []
+    for line in spec_differences(stored, spec):
+        name = line.split(":", 1)[0]
+        both = "<absent>" not in line.split(":", 1)[1]
+        wave_field = name == "generator_version" or (
+            both and any(name == f or (f.endswith(".") and name.startswith(f)) for f in _WAVE_FIELDS)
+        )
+        if wave_field:
+            lines.append(line)
+    return lines
+
+
 def _mismatch_error(root: str, stored: dict[str, Any], spec: DatasetSpec) -> DatasetError:
-    diffs = spec_differences(stored, spec) or [
+    diffs = waves_differences(stored, spec) or [
         f"content_hash: stored {stored.get('content_hash')}, spec {spec.content_hash()} "
         "(written by another version of hrtem-ray)"
     ]
     listing = "\n".join(f"  {line}" for line in diffs)
     return DatasetError(
-        f"{root} holds a dataset simulated from another spec:\n{listing}\n"
-        "choose another output directory, or delete that one"
+        f"{root} holds a dataset simulated from another spec, with other exit waves (the "
+        f"exit-wave store cannot be reused for this spec):\n{listing}\n"
+        "only imaging fields (defocus, dose, focal spread, Cs, output sampling, jitter, "
+        "mask, calibration, domains) may change; choose another output directory, or "
+        "delete that one"
     )
+
+
+def _reusable(stored: dict[str, Any], spec: DatasetSpec) -> bool:
+    """Whether a stored record's exit waves are this spec's (only the imaging differs)."""
+    if stored["content_hash"] == spec.content_hash():
+        return True
+    if waves_differences(stored, spec):
+        return False
+    try:
+        stored_spec = DatasetSpec.model_validate(current_dataset_keys(stored.get("spec") or {}))
+    except ValueError:
+        return False
+    groups = {g.name for g in spec.groups()} & {g.name for g in stored_spec.groups()}
+    return all(stored_spec.waves_hash(g) == spec.waves_hash(g) for g in groups)
 
 
 def check_dataset_root(spec: DatasetSpec, root: str | Path) -> None:
@@ -381,17 +548,20 @@ def check_dataset_root(spec: DatasetSpec, root: str | Path) -> None:
     Call it before Ray starts; :func:`prepare_root` makes the same check when it
     claims the directory.
 
+    A root whose dataset differs only in the imaging is this spec's: its exit
+    waves are reused (see the module docstring).
+
     Raises
     ------
     DatasetError
-        The root holds another dataset (each differing field named, e.g.
-        ``dataset.dose_e_per_angstrom2: stored 400, spec 300``), its
+        The root holds a dataset of other exit waves (each differing field named,
+        e.g. ``dataset.simulation.n_phonons: stored 2, spec 3``), its
         ``dataset.json`` is unreadable, or the root is a file.
     """
     root = str(root)
     _check_not_a_file(root)
     stored = _read_record(root)
-    if stored is not None and stored["content_hash"] != spec.content_hash():
+    if stored is not None and not _reusable(stored, spec):
         raise _mismatch_error(root, stored, spec)
 
 
@@ -408,7 +578,8 @@ def prepare_root(spec: DatasetSpec, root: str) -> None:
 
     ``dataset.json`` is created with :func:`hrtem_ray.storage.create_exclusive`: of
     any number of concurrent callers exactly one creates it, and every other one
-    compares its spec with the stored one.
+    compares its spec with the stored one. A stored spec that differs only in the
+    imaging is replaced by ``spec`` (compare-and-swap: a concurrent change is refused).
 
     Raises
     ------
@@ -426,6 +597,15 @@ def prepare_root(spec: DatasetSpec, root: str) -> None:
     except PermissionError as exc:
         raise DatasetError(f"cannot write the dataset root {root}: {exc}") from None
     check_dataset_root(spec, root)
+    spec_path = storage.join(root, SPEC_FILE)
+    before = storage.read_bytes(spec_path)
+    if json.loads(before)["content_hash"] == spec.content_hash():
+        return
+    if not storage.replace_if_unchanged(spec_path, text.encode(), before):
+        raise DatasetError(f"{spec_path} changed while this spec replaced it; run again")
+    logger.info(
+        "%s: imaging changed (same exit waves); the spec in %s is replaced", root, SPEC_FILE
+    )
 
 
 @dataclass
@@ -441,15 +621,20 @@ _TASK_FIELDS = {"key": str, "group": str, "split": str, "start": int, "stop": in
 _FILE_FIELDS = {"path": str, "rows": int, "bytes": int, "sha256": str}
 
 
-def _entry_problem(entry: Any, key: str, dataset_hash: str) -> str | None:
-    """Why a parsed manifest entry is not a usable entry of ``dataset_hash``, or None."""
+def _entry_problem(entry: Any, key: str, expected: tuple[str, str]) -> str | None:
+    """Why a parsed manifest entry is not usable, or None.
+
+    ``expected`` is ``(field, hash)``: ``("images_hash", h)`` for a planned image
+    shard, ``("dataset_hash", content hash)`` for a shard of another writer.
+    """
     if not isinstance(entry, dict):
         return "not a manifest entry (not a JSON object)"
-    found = entry.get("dataset_hash")
+    name, wanted = expected
+    found = entry.get(name)
     if found is None:
-        return "manifest entry without dataset_hash (missing fields)"
-    if found != dataset_hash:
-        return f"manifest entry of dataset {found}, not the current {dataset_hash}"
+        return f"manifest entry without {name} (missing fields)"
+    if found != wanted:
+        return f"manifest entry of {name} {found}, not the current {wanted}"
     task, files = entry.get("task"), entry.get("files")
     if not isinstance(task, dict) or any(
         not isinstance(task.get(name), kind) for name, kind in _TASK_FIELDS.items()
@@ -473,9 +658,12 @@ def _entry_problem(entry: Any, key: str, dataset_hash: str) -> str | None:
 def _scan_manifest(root: str) -> _ManifestScan:
     """Read the manifest of the dataset in ``root``: usable entries and ignored ones.
 
-    Entries are usable when they parse, have every field and were written for the
-    hash in ``dataset.json``. Files whose name does not start with the current
-    hash's shard-key tag are ignored without being read.
+    Entries are usable when they parse, have every field and are planned by the
+    spec in ``dataset.json`` with the images hash they record; entries of other
+    writers (a group that is no simulation group, e.g. imported micrographs) are
+    usable when they record the current content hash as ``dataset_hash``. Other
+    files are ignored without being read: simulated shards of another spec and
+    those of the old layout (one entry for every domain) alike.
     """
     record = _read_record(root)
     if record is None:
@@ -484,12 +672,19 @@ def _scan_manifest(root: str) -> _ManifestScan:
     manifest = storage.join(root, MANIFEST_DIR)
     if not storage.exists(manifest):
         return scan
+    spec = DatasetSpec.model_validate(current_dataset_keys(record["spec"]))
+    planned = planned_hashes(spec)
+    groups = {g.name.replace("/", "_") for g in spec.groups()}
     tag = f"{scan.dataset_hash[:8]}-"
     for name in storage.listdir(manifest):
         if not name.endswith(".json") or name.startswith("."):
             continue
         path, key = storage.join(manifest, name), name[: -len(".json")]
-        if not key.startswith(tag):
+        if key in planned:
+            expected = ("images_hash", planned[key][1])
+        elif key.startswith(tag) and key[len(tag) :].split("-", 1)[0] not in groups:
+            expected = ("dataset_hash", scan.dataset_hash)
+        else:
             problem = f"manifest entry not of the current dataset {tag[:-1]}"
             scan.ignored.append(ShardProblem(key, path, problem, "manifest"))
             continue
@@ -499,7 +694,7 @@ def _scan_manifest(root: str) -> _ManifestScan:
             problem = f"unreadable manifest entry ({exc})"
             scan.ignored.append(ShardProblem(key, path, problem, "manifest"))
             continue
-        problem = _entry_problem(entry, key, scan.dataset_hash)
+        problem = _entry_problem(entry, key, expected)
         if problem is None:
             scan.entries[key] = entry
         else:
@@ -629,17 +824,30 @@ def _simulate_batch(batch: dict[str, np.ndarray], spec_json: str, root: str) -> 
         simulate_and_write(
             spec,
             root,
-            ShardTask(
-                str(batch["key"][i]),
+            SimulationUnit(
                 str(batch["group"][i]),
                 str(batch["split"][i]),
                 int(batch["start"][i]),
                 int(batch["stop"][i]),
+                tuple(str(batch["domains"][i]).split(",")),
             ),
         )
-        for i in range(len(batch["key"]))
+        for i in range(len(batch["group"]))
     ]
     return {name: [r[name] for r in records] for name in records[0]}
+
+
+def _log_sources(summary: SimulationSummary) -> None:
+    """Say where the exit waves came from (the ``hrtem_ray`` logger, shown by the CLI)."""
+    logger.info(
+        "%s: %d structures from the exit-wave store, %d simulated (multislice); "
+        "%d images in %d new shards",
+        summary.root,
+        summary.structures_from_store,
+        summary.structures_simulated,
+        summary.images,
+        summary.shards_written,
+    )
 
 
 @contextmanager
@@ -698,12 +906,15 @@ def simulate_dataset(
     prepare_root(spec, root)
     tasks, todo = shards_to_simulate(spec, root)
     start = time.perf_counter()
-    images = 0
+    totals = {"images": 0, "structures_from_store": 0, "structures_simulated": 0}
     if todo:
         # Plan the FFTs once here so that every worker on this node loads the same wisdom.
         for cell in sorted({g.structures.cell_angstrom for g in spec.groups()}):
             warm_fftw_wisdom(cell, spec.simulation)
-        items = [asdict(t) for t in todo]
+        items = [
+            {**asdict(unit), "domains": ",".join(unit.domains)}
+            for unit in simulation_units(todo)
+        ]
         with _simulation_data_context(DataContext.get_current()):
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 _simulate_batch,
@@ -712,16 +923,19 @@ def simulate_dataset(
                 fn_kwargs={"spec_json": spec.model_dump_json(), "root": root},
             )
             for record in ds.iter_rows():
-                images += int(record["images"])
+                for name in totals:
+                    totals[name] += int(record[name])
                 if on_shard is not None:
                     on_shard(dict(record))
-    return SimulationSummary(
+    summary = SimulationSummary(
         root=root,
-        images=images,
         shards=len(tasks),
         shards_written=len(todo),
         seconds=time.perf_counter() - start,
+        **totals,
     )
+    _log_sources(summary)
+    return summary
 
 
 def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSummary:
@@ -740,8 +954,18 @@ def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSu
     prepare_root(spec, root)
     tasks, todo = shards_to_simulate(spec, root)
     start = time.perf_counter()
-    images = sum(simulate_and_write(spec, root, t)["images"] for t in todo)
-    return SimulationSummary(root, images, len(tasks), len(todo), time.perf_counter() - start)
+    records = [simulate_and_write(spec, root, unit) for unit in simulation_units(todo)]
+    summary = SimulationSummary(
+        root,
+        sum(r["images"] for r in records),
+        len(tasks),
+        len(todo),
+        time.perf_counter() - start,
+        sum(r["structures_from_store"] for r in records),
+        sum(r["structures_simulated"] for r in records),
+    )
+    _log_sources(summary)
+    return summary
 
 
 # --- reading, without Ray -------------------------------------------------------------------

@@ -6,12 +6,25 @@ stage, evaluates it on every eval domain and writes the checkpoint, history
 and result rows to the study's storage. The sweep engine calls it inside a
 Ray Tune trial; the benchmark calls it directly. The only Ray call is the node id
 recorded with the result (:func:`hrtem_ray.runtime.node_id`: the host name outside Ray).
+
+Parent checkpoints
+------------------
+When the spec deletes parent checkpoints (:attr:`hrtem_ray.config.StudySpec.deletes_parent_checkpoints`,
+on by default for ``transfer.parents: per_model``), a transfer trial deletes its parent's
+checkpoint right after its own result rows are written, once every planned child of that
+parent has its result (:func:`release_parent_checkpoint`). Until then the checkpoint stays,
+so a retried child still finds it. A sweep that later finds a done parent without its
+checkpoint treats it as damage only while a child of it is not done (the check of
+:mod:`hrtem_ray.check` looks only at parents with children still to run): such a parent is
+trained again, then its child.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,8 +39,14 @@ from hrtem_ray import data, results, storage
 from hrtem_ray.config import StudySpec
 from hrtem_ray.model import build_model
 from hrtem_ray.runtime import node_id
-from hrtem_ray.train import evaluate, load_checkpoint, save_checkpoint, train_stage
-from hrtem_ray.trials import Trial
+from hrtem_ray.train import (
+    evaluate,
+    load_checkpoint,
+    save_checkpoint,
+    select_device,
+    train_stage,
+)
+from hrtem_ray.trials import Trial, plan_trials
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,77 @@ def _store_checkpoint(root: str, model_id: str, model, optimizer, metadata: dict
         storage.write_bytes_atomic(storage.join(target, "metadata.json"), text.encode())
 
 
+def device_name(device: str | torch.device | None) -> str:
+    """What a trial's time was measured on: ``"cpu"``, or ``"cuda:N <GPU name>"``.
+
+    Parameters
+    ----------
+    device
+        The trial's device; ``None``: :func:`hrtem_ray.train.select_device`'s choice.
+    """
+    resolved = select_device(device)
+    if resolved.type != "cuda":
+        return resolved.type
+    index = resolved.index if resolved.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+
+
+def node_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` without one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def trials_sharing_device(spec: StudySpec, device: str | torch.device | None) -> int:
+    """The most trials that the spec's resources let share the device a trial trains on.
+
+    On a GPU ``floor(1 / resources.gpu)`` (1 with ``gpu: 0``: a trial given a GPU outside
+    Ray's packing); on the CPU ``floor(node_cpus() / resources.cpu)``; at most
+    ``resources.max_concurrent_trials`` when set; at least 1. Timings of trials with a
+    value above 1 may be slowed by their neighbours.
+    """
+    resources = spec.resources
+    if select_device(device).type == "cuda":
+        most = math.floor(1 / resources.gpu + 1e-9) if resources.gpu > 0 else 1
+    else:
+        most = math.floor(node_cpus() / resources.cpu + 1e-9)
+    if resources.max_concurrent_trials is not None:
+        most = min(most, resources.max_concurrent_trials)
+    return max(1, most)
+
+
+def release_parent_checkpoint(spec: StudySpec, trial: Trial, study_root: str) -> bool:
+    """Delete a transfer trial's parent checkpoint if no planned child needs it any more.
+
+    Call only after ``trial``'s result rows are written. Does nothing unless the spec
+    deletes parent checkpoints (:attr:`~hrtem_ray.config.StudySpec.deletes_parent_checkpoints`).
+    Under ``transfer.parents: per_model`` the trial is its parent's only child; with
+    shared parents the checkpoint goes once every child of the parent in the current plan
+    has its result file (two children finishing together may both keep it: harmless).
+
+    Returns
+    -------
+    bool
+        Whether the checkpoint was deleted.
+    """
+    if trial.phase != "transfer" or trial.parent_id is None or not spec.deletes_parent_checkpoints:
+        return False
+    if spec.transfer is not None and spec.transfer.parents == "shared":
+        siblings = plan_trials(spec).children().get(trial.parent_id, [])
+        pending = [
+            s
+            for s in siblings
+            if s.model_id != trial.model_id
+            and not storage.exists(results.result_path(study_root, s))
+        ]
+        if pending:
+            return False
+    storage.remove(results.checkpoint_path(study_root, trial.parent_id))
+    return True
+
+
 def execute_trial(
     spec: StudySpec,
     trial: Trial,
@@ -171,8 +261,14 @@ def execute_trial(
     num_threads: int | None = None,
     device: str | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    sharing_device: int | None = None,
 ) -> TrialOutcome:
     """Train, evaluate and store one trial; the result rows are written last.
+
+    The rows record the loss function (``training.loss``), the device (:func:`device_name`)
+    and how many trials may share it (``sharing_device``, default
+    :func:`trials_sharing_device`). A transfer trial then releases its parent's checkpoint
+    (:func:`release_parent_checkpoint`).
 
     Raises
     ------
@@ -206,6 +302,7 @@ def execute_trial(
         device=device,
         num_threads=num_threads,
         on_epoch=on_epoch,
+        loss=spec.training.loss,
     )
     eval_domains = spec.domains_for("eval")
     metrics = evaluate(
@@ -213,6 +310,7 @@ def execute_trial(
         {d: val_sets[d] for d in eval_domains},
         batch_size=spec.training.batch_size,
         device=device,
+        loss=spec.training.loss,
     )
     finished_at = time.time()
     node = node_id()
@@ -223,6 +321,7 @@ def execute_trial(
         "best_digest": state_digest(model),
         "best_epoch": stage.best_epoch,
         "trainable_parameters": stage.trainable_parameters,
+        "loss_function": spec.training.loss,
         "node_id": node,
         "started_at": started_at,
         "finished_at": finished_at,
@@ -240,8 +339,14 @@ def execute_trial(
         node_id=node,
         started_at=started_at,
         finished_at=finished_at,
+        loss_function=spec.training.loss,
+        train_device=device_name(device),
+        trials_sharing_device=(
+            sharing_device if sharing_device is not None else trials_sharing_device(spec, device)
+        ),
     )
     results.write_result(study_root, trial, rows)
+    release_parent_checkpoint(spec, trial, study_root)
     return TrialOutcome(
         trial.model_id, stage.best_epoch, stage.best_val_loss, stage.train_seconds, node
     )
@@ -250,8 +355,12 @@ def execute_trial(
 __all__ = [
     "ParentCheckpointError",
     "TrialOutcome",
+    "device_name",
     "execute_trial",
+    "node_cpus",
+    "release_parent_checkpoint",
     "state_digest",
     "training_set",
+    "trials_sharing_device",
     "validation_sets",
 ]

@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -327,7 +326,7 @@ class StudyLock:
             if reason is None:
                 raise LockHeldError(_held_message(self.root, info, self.stale_seconds))
             if storage.replace_if_unchanged(self.uri, mine, expected=found):
-                _notice(f"took over the stale study lock {self.uri}: {reason} ({info.describe()})")
+                log.warning(f"took over the stale study lock {self.uri}: {reason} ({info.describe()})")
                 break
             # Someone else changed it (a takeover or a heartbeat): look again.
         else:
@@ -358,7 +357,6 @@ class StudyLock:
                 f"it; two drivers may now be writing to {self.root}"
             )
             log.error(message)
-            print(f"hrtem-ray: error: {message}", file=sys.stderr, flush=True)
             return False
 
     def _heartbeat_loop(self) -> None:
@@ -385,12 +383,6 @@ class StudyLock:
                     log.warning("study lock %s was no longer ours; left it in place", self.uri)
             except Exception as exc:
                 log.warning("could not remove the study lock %s: %s", self.uri, exc)
-
-
-def _notice(message: str) -> None:
-    """Log a message and print it to stderr (the CLI does not configure logging)."""
-    log.warning(message)
-    print(f"hrtem-ray: {message}", file=sys.stderr, flush=True)
 
 
 @contextmanager

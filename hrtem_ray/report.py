@@ -18,6 +18,10 @@
   opens with the question it answers and the generated answer; for a defocus study,
   the reference study's finding on that question follows, with whether this study's
   data agree, disagree or cannot decide;
+- the reference study's own views (:func:`study_charts`): G_OOD heatmaps, training time
+  and the saving of freezing, Figure 7.2 (transfer versus mixture per pair, each model
+  a point) and, for a structure study, the loss matrices per lattice and particle size;
+  the training-time and Figure 7.2 panels show every model (the controls do not apply);
 - ``figures/<study>_<chart>.png`` and ``.svg``: every chart at its default
   selection (median, no filter), rendered with vl-convert;
 - ``tables/<study>_<table>.csv``: the tables at the default selection, and
@@ -50,6 +54,7 @@ import polars as pl
 import vl_convert as vlc
 
 from hrtem_ray import analysis, plots
+from hrtem_ray.config import AXIS_UNITS
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,10 @@ TITLES = {
     "baseline": "Transfer versus mixture",
     "hyperparameters": "Hyperparameters",
     "examples": "Example images",
+    "generalization_gap": "Generalization gap G_OOD",
+    "transfer_mixture": "Figure 7.2: transfer versus mixture",
+    "training_time": "Training time",
+    "structure": "Structure series per lattice and particle size",
 }
 
 
@@ -170,23 +179,59 @@ def default_selection(table: pl.DataFrame) -> pl.DataFrame:
 
 
 def study_charts(tables: Mapping[str, pl.DataFrame], study: str) -> dict[str, alt.TopLevelMixin]:
-    """The report's charts of one study from its selection tables."""
-    return {
-        "pair_matrix": plots.pair_heatmaps(tables["pair_matrix"], study),
+    """The report's charts of one study from its tables, in page order.
+
+    ``tables`` are the selection tables of :func:`hrtem_ray.analysis.selection_tables`
+    plus, when :func:`study_tables` could compute them, ``training_time`` and
+    ``transfer_mixture`` (Figure 7.2; drawn when some pair has both arms). A
+    ``structure`` study also gets its figure per lattice and particle size.
+    """
+    charts = {"pair_matrix": plots.pair_heatmaps(tables["pair_matrix"], study)}
+    if study == "structure":
+        charts["structure"] = plots.structure_chart(tables["pair_matrix"], study)
+    charts |= {
         "ood_spread": plots.ood_spread_chart(tables["ood_spread"], study),
         "asymmetry": plots.asymmetry_chart(
             tables["transfer_asymmetry"], tables["asymmetry_summary"], study
         ),
+        "generalization_gap": plots.generalization_gap_chart(tables["generalization_gap"], study),
         "baseline": plots.baseline_chart(tables["baseline_comparison"], study),
-        "hyperparameters": plots.hyperparameter_chart(
-            {
-                name.removeprefix("hyperparameters_"): frame
-                for name, frame in tables.items()
-                if name.startswith("hyperparameters_")
-            },
-            study,
-        ),
     }
+    if not tables.get("transfer_mixture", pl.DataFrame()).is_empty():
+        charts["transfer_mixture"] = plots.transfer_mixture_chart(tables["transfer_mixture"], study)
+    charts["hyperparameters"] = plots.hyperparameter_chart(
+        {
+            name.removeprefix("hyperparameters_"): frame
+            for name, frame in tables.items()
+            if name.startswith("hyperparameters_")
+        },
+        study,
+    )
+    if "training_time" in tables:
+        charts["training_time"] = plots.training_time_chart(tables["training_time"], study)
+    return charts
+
+
+def study_tables(results: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], list[str]]:
+    """The tables the report adds to the selection tables, and notes on those it cannot make.
+
+    ``training_time`` (:func:`hrtem_ray.analysis.training_time`, with :data:`CI`
+    intervals) and ``transfer_mixture`` (the per-model points of Figure 7.2,
+    :func:`hrtem_ray.analysis.transfer_mixture_models`). Both show every model of the
+    table: the report's filter controls do not apply to them.
+    """
+    tables, notes = {}, []
+    try:
+        tables["training_time"] = analysis.training_time(results, ci=CI, n_boot=N_BOOT)
+    except ValueError as error:  # e.g. a table without train_seconds: the rest still reports
+        notes.append(f"training time not analysed: {error}")
+    tables["transfer_mixture"] = analysis.transfer_mixture_models(results)
+    if tables["transfer_mixture"].is_empty():
+        notes.append(
+            "Figure 7.2 (transfer versus mixture) not drawn: no pair has both transfer models "
+            "and mixture baselines with the pair's source and target"
+        )
+    return tables, notes
 
 
 def model_summary(results: pl.DataFrame) -> pl.DataFrame:
@@ -311,8 +356,8 @@ def _has_in_focus(domains: pl.Series, study: str) -> bool:
 
 
 def _label(study: str, domain: str) -> str:
-    unit = {"defocus": " nm", "dose": " e/Å²"}.get(study, "")
-    return f"{domain}{unit}"
+    unit = AXIS_UNITS.get(study, "")
+    return f"{domain} {unit}" if unit else domain
 
 
 def hardest_domain(pairs: pl.DataFrame, study: str) -> Finding:
@@ -515,7 +560,7 @@ def pretrain_dependence(pairs: pl.DataFrame, study: str) -> Finding:
         study,
         "after transfer the target loss barely depends on the pretraining domain; after "
         "pretraining alone it depends strongly",
-        bool(ranges["transfer"] < ranges["pretrain"]),
+        None if None in ranges.values() else bool(ranges["transfer"] < ranges["pretrain"]),
         None,
     )
 
@@ -579,6 +624,141 @@ def freezing_cost(hyper: pl.DataFrame, study: str) -> Finding:
     )
 
 
+PHASE_MODELS = {"pretrain": "pretrained models", "transfer": "transferred models"}
+
+
+def generalization_finding(gaps: pl.DataFrame, study: str) -> Finding:
+    """G_OOD after pretraining and after transfer: its mean over pairs and the largest cell.
+
+    ``gaps``: the ``generalization_gap`` table at one selection (with a ``phase``
+    column). Significant when some cell's interval excludes 0.
+    """
+    question = "How much worse are models away from their own training domain (G_OOD)?"
+    sentences, flags = [], []
+    for phase, models in PHASE_MODELS.items():
+        rows = gaps.filter(pl.col("phase") == phase).drop_nulls("gap")
+        if rows.is_empty():
+            continue
+        worst = rows.sort("gap", descending=True).row(0, named=True)
+        sentence = (
+            f"For {models}, G_OOD averages {_number(rows['gap'].mean())} over {rows.height} "
+            f"(training, evaluation) domain pairs; the largest is "
+            f"{_label(study, worst['train_domain'])} → {_label(study, worst['eval_domain'])}, "
+            f"{_stat(worst, 'gap')}"
+        )
+        if "gap_ci_low" in rows.columns:
+            marked = analysis.significant(rows, "gap")
+            flags.append(marked)
+            sentence += (
+                f" ({int(marked.sum())} of {rows.height} pairs with an interval excluding 0, "
+                f"{marked.null_count()} without interval)"
+            )
+        sentences.append(sentence + ".")
+    if not sentences:
+        return Finding(question, "No model has a loss on its own training domain: no G_OOD.")
+    flagged = pl.concat(flags) if flags else pl.Series([], dtype=pl.Boolean)
+    significant = bool(flagged.any()) if flagged.null_count() < len(flagged) else None
+    return Finding(question, " ".join(sentences), significant)
+
+
+def figure_7_2_finding(models: pl.DataFrame, study: str) -> Finding:
+    """Transfer with its fewest target images against the mixture with its fewest, per pair.
+
+    ``models``: the per-model points of Figure 7.2
+    (:func:`hrtem_ray.analysis.transfer_mixture_models`). The comparison is of means
+    over models (the figure's lines); it carries no interval.
+    """
+    question = "Figure 7.2: does transfer with a small target set approach training on a mixture?"
+    means = (
+        models.group_by("source", "target", "method", "n_target_images")
+        .agg(loss=pl.col("loss").mean(), n=pl.len())
+        .sort("n_target_images")
+        .group_by("source", "target", "method", maintain_order=True)
+        .first()
+    )
+    transfer = means.filter(pl.col("method") == "transfer").drop("method")
+    mixture = means.filter(pl.col("method") == "mixture").drop("method")
+    both = _sort_pairs(transfer.join(mixture, on=["source", "target"], suffix="_mix"))
+    if both.is_empty():
+        return Finding(question, "No pair has both arms: Figure 7.2 cannot be drawn.")
+    lower = int((both["loss"] <= both["loss_mix"]).sum())
+    row = both.row(0, named=True)
+    answer = (
+        f"In {lower} of {both.height} pair(s), transfer with its fewest target images reaches a "
+        f"mean target loss no higher than the mixture with its fewest. "
+        f"{_label(study, row['source'])} → {_label(study, row['target'])}: transfer with "
+        f"{row['n_target_images']} target images {_number(row['loss'])} (mean of {row['n']} "
+        f"model(s)), mixture with {row['n_target_images_mix']} {_number(row['loss_mix'])} "
+        f"(mean of {row['n_mix']}). Means over models, no interval: the figure shows each model."
+    )
+    return _with_reference(
+        Finding(question, answer),
+        study,
+        "transfer with a small target set approaches single-stage training on a mixture "
+        "with the same amount of target data",
+        None,
+        None,
+    )
+
+
+def _sort_pairs(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Rows of (``source``, ``target``) pairs, the -10 → 5 pair of Figure 7.2 first."""
+    first = (pl.col("source") == plots.FIGURE_7_2_FIRST[0]) & (
+        pl.col("target") == plots.FIGURE_7_2_FIRST[1]
+    )
+    ordered = analysis.sort_domains(pairs, ["source", "target"])
+    return pl.concat([ordered.filter(first), ordered.filter(~first)])
+
+
+def _device_note(times: pl.DataFrame) -> str:
+    """What the timings were measured on, and whether GPU sharing confounds them."""
+    if "trials_sharing_device" not in times.columns:
+        return (
+            "The table does not record how many trials shared a device: the timings may be "
+            "confounded by sharing."
+        )
+    sharing = times.get_column("trials_sharing_device").drop_nulls()
+    if sharing.len() and sharing.max() > 1:
+        return (
+            f"Up to {sharing.max()} trials shared a device while these times were measured: "
+            "each saving compares models with the same sharing only."
+        )
+    return "No device was shared by several trials while these times were measured."
+
+
+def freezing_time_saving(times: pl.DataFrame, study: str) -> Finding:
+    """The time per epoch saved by freezing part of the network, against no freezing."""
+    question = "How much training time does freezing part of the network save?"
+    rows = times.filter((pl.col("freeze") != "none") & pl.col("saving").is_not_null())
+    if rows.is_empty():
+        return Finding(
+            question,
+            "No frozen model has an unfrozen counterpart of the same phase, size and device: "
+            f"no saving to report. {_device_note(times)}",
+        )
+    parts = [
+        f"frozen {r['freeze']}, {r['phase']} on {r['n_train_images']} images: {_stat(r, 'saving')}"
+        for r in rows.iter_rows(named=True)
+    ]
+    flags = analysis.significant(rows, "saving") if "saving_ci_low" in rows.columns else None
+    significant = None
+    if flags is not None and flags.null_count() < len(flags):
+        significant = bool(flags.any())
+    encoder = rows.filter(pl.col("freeze") == "encoder").get_column("saving")
+    answer = (
+        "Saving of the median time per epoch against no freezing (1 - t / t_none): "
+        + "; ".join(parts)
+        + f". {_device_note(times)}"
+    )
+    return _with_reference(
+        Finding(question, answer, significant),
+        study,
+        "freezing the encoder cuts training time by 15-25%",
+        None if encoder.is_empty() else bool(encoder.median() > 0),
+        None,
+    )
+
+
 def _with_reference(
     finding: Finding,
     study: str,
@@ -638,6 +818,11 @@ def study_findings(tables: Mapping[str, pl.DataFrame], study: str) -> dict[str, 
     }
     if "hyperparameters_freeze" in t:
         findings["hyperparameters"] = [freezing_cost(t["hyperparameters_freeze"], study)]
+    findings["generalization_gap"] = [generalization_finding(t["generalization_gap"], study)]
+    if not t.get("transfer_mixture", pl.DataFrame()).is_empty():
+        findings["transfer_mixture"] = [figure_7_2_finding(t["transfer_mixture"], study)]
+    if "training_time" in t:
+        findings["training_time"] = [freezing_time_saving(t["training_time"], study)]
     return findings
 
 
@@ -651,9 +836,10 @@ def build_section(
 ) -> StudySection:
     """Compute the tables, charts and findings of one study (intervals: :data:`CI`)."""
     tables, choices = analysis.selection_tables(results, ci=CI, n_boot=N_BOOT)
+    extra, notes = study_tables(results)
+    tables |= extra
     charts = study_charts(tables, study)
     static = study_charts({name: default_selection(t) for name, t in tables.items()}, study)
-    notes = []
     if data_dir is not None:
         try:
             domains = results.get_column("eval_domain").unique().to_list()

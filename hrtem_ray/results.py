@@ -79,6 +79,11 @@ RESULT_SCHEMA = pa.schema(
         ("node_id", pa.string()),
         ("started_at", pa.float64()),
         ("finished_at", pa.float64()),
+        # what the loss and the time were measured with (docs/results_schema.md); tables
+        # written before these columns existed lack them: read as cross_entropy / unknown
+        ("loss_function", pa.string()),
+        ("train_device", pa.string()),
+        ("trials_sharing_device", pa.int64()),
     ]
 )
 
@@ -110,10 +115,15 @@ def result_rows(
     node_id: str,
     started_at: float,
     finished_at: float,
+    loss_function: str = "cross_entropy",
+    train_device: str | None = None,
+    trials_sharing_device: int | None = None,
 ) -> pa.Table:
     """Rows of one trained model, one per eval domain.
 
-    ``metrics`` maps eval domain -> an object with ``loss``, ``cross_entropy`` and ``iou``.
+    ``metrics`` maps eval domain -> an object with ``loss``, ``cross_entropy`` and ``iou``;
+    ``loss_function``, ``train_device`` and ``trials_sharing_device`` are recorded as they
+    are (see docs/results_schema.md).
     """
     rows = [
         {
@@ -141,6 +151,9 @@ def result_rows(
             "node_id": node_id,
             "started_at": started_at,
             "finished_at": finished_at,
+            "loss_function": loss_function,
+            "train_device": train_device,
+            "trials_sharing_device": trials_sharing_device,
         }
         for domain, m in metrics.items()
     ]
@@ -361,20 +374,17 @@ def finished_ids(root: str) -> set[str]:
 # reading tables
 
 
-def _read_one(
-    fs: pafs.FileSystem, entry: ParquetFile, required: Mapping[str, str] | Iterable[str]
-) -> tuple[pa.Table | None, str | None]:
-    """One file's table, or None and why it cannot be used."""
-    try:
-        table = pq.read_table(storage.resolve(entry.uri).path, filesystem=fs)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        return None, f"unreadable Parquet ({type(exc).__name__}: {exc})"
+def _table_problem(
+    uri: str, table: pa.Table, required: Mapping[str, str] | Iterable[str]
+) -> str | None:
+    """Why a file's table cannot be used (contract columns, rows, its own model id), or None."""
     problem = schema_problem(table.schema, table.num_rows, required)
     if problem is None and "model_id" in table.schema.names:
+        model_id = posixpath.basename(uri).removesuffix(".parquet")
         ids = set(table["model_id"].unique().to_pylist())
-        if ids != {entry.model_id}:
-            problem = f"it holds model_id {sorted(map(str, ids))}, not {entry.model_id}"
-    return (None, problem) if problem else (table, None)
+        if ids != {model_id}:
+            problem = f"it holds model_id {sorted(map(str, ids))}, not {model_id}"
+    return problem
 
 
 def _read_folder(
@@ -382,27 +392,25 @@ def _read_folder(
 ) -> pl.DataFrame:
     """Concatenate the Parquet files of ``folders``, skipping (with a warning) unusable ones.
 
-    Remote files are read by a thread pool, local ones in this thread.
+    Read by :func:`hrtem_ray.storage.read_parquet_files` (a thread pool).
     """
-    files = [f for folder in folders for f in list_parquet(storage.join(root, folder))]
-    if not files:
+    files = [f.uri for folder in folders for f in list_parquet(storage.join(root, folder))]
+    damaged: list[tuple[str, str]] = []
+    table = storage.read_parquet_files(
+        files,
+        check=lambda uri, table: _table_problem(uri, table, required),
+        on_damaged=lambda uri, problem: damaged.append((uri, problem)),
+    )
+    for uri, problem in damaged:
+        warnings.warn(
+            f"skipping damaged file {uri}: {problem} "
+            f"(`hrtem-ray check {root} --repair` quarantines it; the next sweep retrains it)",
+            DamagedFileWarning,
+            stacklevel=3,
+        )
+    if table.num_columns == 0:
         return pl.DataFrame()
-    loc = storage.resolve(root)
-    outcomes = _map_files(loc, lambda entry: _read_one(loc.fs, entry, required), files)
-    tables = []
-    for entry, (table, problem) in zip(files, outcomes, strict=True):
-        if problem is not None:
-            warnings.warn(
-                f"skipping damaged file {entry.uri}: {problem} "
-                f"(`hrtem-ray check {root} --repair` quarantines it; the next sweep retrains it)",
-                DamagedFileWarning,
-                stacklevel=3,
-            )
-        else:
-            tables.append(table)
-    if not tables:
-        return pl.DataFrame()
-    return pl.from_arrow(pa.concat_tables(tables, promote_options="default"))
+    return pl.from_arrow(table)
 
 
 def read_results(root: str) -> pl.DataFrame:

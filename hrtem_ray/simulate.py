@@ -11,9 +11,15 @@ Pipeline for one structure (:func:`simulate_structure`):
    (:func:`phase_mask`).
 4. Zero defocus calibrated to the minimum-contrast condition of the
    particles-in-vacuum image (:func:`calibrate_zero_defocus`).
-5. For each imaging condition: jittered defocus, CTF with focal spread applied to
-   every phonon configuration, intensities averaged (:func:`image_intensity`),
-   then dose and Poisson noise (:func:`apply_dose`).
+5. For each imaging condition: jittered defocus, CTF with focal spread and
+   spherical aberration applied to every phonon configuration, intensities
+   averaged (:func:`image_intensity`), then dose and Poisson noise (:func:`apply_dose`).
+
+Steps 1-2 (:func:`structure_waves`) are almost all of the cost; their result, a
+:class:`~hrtem_ray.specs.StructureWaves`, is what the exit-wave store keeps
+(:mod:`hrtem_ray.waves`), and steps 3-5 (:func:`images_from_waves`) turn it into
+images for any imaging parameters. :func:`simulate_structure` is the two in one
+pass, so images from stored waves are bit-identical to one-pass images.
 
 Conventions
 -----------
@@ -32,6 +38,10 @@ Focal spread
     Gaussian defocus spread of standard deviation ``Delta / sqrt(2)`` (7.07 A for
     the study's 10 A). It is applied to the wave function (quasi-coherent
     approximation), exactly as ``abtem.CTF(focal_spread=...)`` does.
+Spherical aberration
+    ``cs_mm`` is C30 in mm; abTEM's ``Cs``/``C30`` is in angstrom (``1e7 * cs_mm``).
+    Its phase ``chi = pi/2 C30 lambda^3 k^4`` enters the CTF as ``exp(-i chi)``,
+    as in ``abtem.CTF(Cs=...)`` (positive Cs with underfocus: Scherzer conditions).
 Intensity
     The incident plane wave has unit amplitude, so noiseless images are normalised
     intensities (vacuum = 1); with a dose they are electron counts per pixel.
@@ -46,6 +56,7 @@ Reproducibility
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import time
@@ -68,6 +79,7 @@ from hrtem_ray.specs import (
     LATTICES,
     ImagingCondition,
     SimulationParams,
+    StructureWaves,
     estimate_worker_memory_bytes,
     multislice_gpts,
     output_gpts,
@@ -78,14 +90,17 @@ __all__ = [
     "ImagingCondition",
     "SimulationParams",
     "StructureImages",
+    "StructureWaves",
     "apply_dose",
     "calibrate_zero_defocus",
+    "calibration_key",
     "ctf",
     "estimate_worker_memory_bytes",
     "exit_waves",
     "fftw_wisdom_path",
     "fourier_crop",
     "image_intensity",
+    "images_from_waves",
     "load_fftw_wisdom",
     "multislice_gpts",
     "output_gpts",
@@ -94,9 +109,14 @@ __all__ = [
     "save_fftw_wisdom",
     "simulate_structure",
     "spectra_to_waves",
+    "structure_waves",
     "warm_fftw_wisdom",
     "wave_spectra",
+    "with_calibrated_zero",
 ]
+
+#: Angstrom per millimetre: the spec gives Cs in mm, abTEM takes angstrom.
+ANGSTROM_PER_MM = 1e7
 
 #: Environment variable overriding the FFTW wisdom cache file.
 WISDOM_ENV = "HRTEM_RAY_FFTW_WISDOM"
@@ -367,12 +387,14 @@ def ctf(
     energy_kev: float,
     defocus_angstrom: float,
     focal_spread_angstrom: float,
+    cs_mm: float = 0.0,
 ) -> np.ndarray:
-    """Contrast transfer function with defocus and temporal envelope.
+    """Contrast transfer function with defocus, spherical aberration and temporal envelope.
 
-    ``exp(i pi lambda k^2 defocus) * exp(-(pi Delta lambda k^2 / 2)^2)``, identical to
-    ``abtem.CTF(defocus=defocus, focal_spread=Delta)`` (abTEM sign: positive defocus
-    is underfocus; Delta is a 1/e width, std = Delta / sqrt(2)).
+    ``exp(i pi lambda k^2 defocus - i pi/2 C30 lambda^3 k^4) * exp(-(pi Delta lambda
+    k^2 / 2)^2)`` with ``C30 = 1e7 cs_mm`` angstrom, identical to
+    ``abtem.CTF(defocus=defocus, Cs=C30, focal_spread=Delta)`` (abTEM sign: positive
+    defocus is underfocus; Delta is a 1/e width, std = Delta / sqrt(2)).
 
     Returns
     -------
@@ -383,7 +405,10 @@ def ctf(
 
     wavelength = energy2wavelength(energy_kev * 1e3)
     k2 = _k2(tuple(gpts), float(pixel_size_angstrom))
-    phase = (np.pi * wavelength * defocus_angstrom * k2).astype(np.float32)
+    phase = np.pi * wavelength * defocus_angstrom * k2
+    if cs_mm:  # (the same arithmetic as before Cs existed when it is 0: bit-identical images)
+        phase = phase - 0.5 * np.pi * cs_mm * ANGSTROM_PER_MM * wavelength**3 * k2**2
+    phase = phase.astype(np.float32)
     envelope = np.exp(-((0.5 * np.pi * focal_spread_angstrom * wavelength * k2) ** 2))
     envelope = envelope.astype(np.float32)
     transfer = np.empty(k2.shape, dtype=np.complex64)
@@ -397,6 +422,8 @@ def image_intensity(
     pixel_size_angstrom: float,
     defocus_angstrom: float,
     params: SimulationParams,
+    focal_spread_angstrom: float | None = None,
+    cs_mm: float = 0.0,
 ) -> np.ndarray:
     """Image intensity, averaged over phonon configurations after the CTF.
 
@@ -409,7 +436,11 @@ def image_intensity(
     defocus_angstrom : float
         Absolute abTEM defocus relative to the exit plane.
     params : SimulationParams
-        Energy and focal spread.
+        Energy, and the focal spread unless given.
+    focal_spread_angstrom : float, optional
+        abTEM 1/e focal spread (default ``params.focal_spread_angstrom``).
+    cs_mm : float
+        Spherical aberration C30 in mm.
 
     Returns
     -------
@@ -421,7 +452,8 @@ def image_intensity(
         pixel_size_angstrom,
         params.energy_kev,
         defocus_angstrom,
-        params.focal_spread_angstrom,
+        params.focal_spread_angstrom if focal_spread_angstrom is None else focal_spread_angstrom,
+        cs_mm,
     )
     waves = spectra_to_waves(spectra * transfer)
     return (waves.real**2 + waves.imag**2).mean(axis=0, dtype=np.float64)
@@ -532,11 +564,30 @@ def calibrate_zero_defocus(
     return _argmin_variance(particle_spectra, pixel_size_angstrom, fine, params)
 
 
-def calibration_window(structure: Structure, params: SimulationParams) -> tuple[float, float]:
-    """Search range: the particle-centre-to-exit-plane distances +- the window margin."""
-    depths = structure.center_to_exit_plane_angstrom
+def calibration_window(
+    exit_depths_angstrom: tuple[float, float], params: SimulationParams
+) -> tuple[float, float]:
+    """Search range: the particle-centre-to-exit-plane distance range +- the window margin."""
     margin = params.calibration_window_angstrom
-    return float(depths.min() - margin), float(depths.max() + margin)
+    return float(exit_depths_angstrom[0] - margin), float(exit_depths_angstrom[1] + margin)
+
+
+def calibration_key(params: SimulationParams, gpts: int) -> str:
+    """What the calibrated zero depends on besides the particle waves, as a string.
+
+    The zero is the minimum-contrast defocus with the dataset's focal spread
+    (``params.focal_spread_angstrom``) and no spherical aberration, whatever the
+    domains' focal spread and Cs: a geometric reference (where the particles are),
+    shared by every domain of a structure.
+    """
+    fields = (
+        "energy_kev",
+        "focal_spread_angstrom",
+        "calibration_window_angstrom",
+        "calibration_coarse_step_angstrom",
+        "calibration_fine_step_angstrom",
+    )
+    return "|".join([f"gpts={gpts}"] + [f"{name}={getattr(params, name)!r}" for name in fields])
 
 
 # --------------------------------------------------------------------------- imaging
@@ -586,48 +637,113 @@ def _derived_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
 
 
-def simulate_structure(
-    structure: Structure,
-    params: SimulationParams,
-    conditions: Sequence[ImagingCondition],
-    seed: int,
-) -> StructureImages:
-    """Images of a structure under several imaging conditions, with its ground truth.
+def structure_waves(
+    structure: Structure, params: SimulationParams, seed: int, gpts: int | None = None
+) -> StructureWaves:
+    """The multislice of one structure: cropped exit waves, full and particles alone.
 
     Parameters
     ----------
     structure : Structure
         From :func:`hrtem_ray.structures.random_structure`.
     params : SimulationParams
-        Simulation parameters.
-    conditions : sequence of ImagingCondition
-        Defoci (relative to the calibrated zero) and doses.
+        Multislice parameters (:data:`~hrtem_ray.specs.MULTISLICE_FIELDS`).
     seed : int
-        Seed of the phonons, the defocus jitter and the noise.
+        Structure seed; the phonon seeds of both passes derive from it.
+    gpts : int, optional
+        Side of the stored band (default: :func:`output_gpts` of ``params``).
+
+    Returns
+    -------
+    StructureWaves
+        Without a calibrated zero (see :func:`with_calibrated_zero`).
+    """
+    start = time.perf_counter()
+    cell_angstrom = float(structure.atoms.cell[0, 0])
+    n_out = output_gpts(cell_angstrom, params) if gpts is None else gpts
+    full = exit_waves(structure.atoms, params, _derived_seed(seed, _STREAM_PHONONS_FULL))
+    full_spectra = wave_spectra(full, (n_out, n_out))
+    del full
+    particle_seed = _derived_seed(seed, _STREAM_PHONONS_PARTICLES)
+    depths = structure.center_to_exit_plane_angstrom
+    return StructureWaves(
+        full_spectra=full_spectra,
+        particle_spectra=particle_spectra(structure, params, particle_seed, (n_out, n_out)),
+        cell_angstrom=cell_angstrom,
+        lattice=structure.lattice,
+        n_particles=int(structure.n_particles),
+        exit_depths_angstrom=(float(depths.min()), float(depths.max())),
+        multislice_seconds=time.perf_counter() - start,
+    )
+
+
+def _cropped(waves: StructureWaves, params: SimulationParams) -> StructureWaves:
+    """The waves at the output sampling of ``params``, cropped from the stored band."""
+    n_out = output_gpts(waves.cell_angstrom, params)
+    n_stored = waves.full_spectra.shape[-1]
+    if n_out > n_stored:
+        raise ValueError(
+            f"output_sampling_angstrom {params.output_sampling_angstrom:g} needs {n_out} px; "
+            f"the stored exit waves have {n_stored} px (a finer sampling needs a new multislice)"
+        )
+    if n_out == n_stored:
+        return waves
+    crop = (n_out, n_out)
+    return dataclasses.replace(
+        waves,
+        full_spectra=fourier_crop(waves.full_spectra, crop),
+        particle_spectra=fourier_crop(waves.particle_spectra, crop),
+    )
+
+
+def with_calibrated_zero(waves: StructureWaves, params: SimulationParams) -> StructureWaves:
+    """The waves with their calibrated zero for ``params`` (kept if already calibrated for it)."""
+    n = waves.particle_spectra.shape[-1]
+    key = calibration_key(params, n)
+    if waves.zero_key == key and waves.zero_defocus_angstrom is not None:
+        return waves
+    window = calibration_window(waves.exit_depths_angstrom, params)
+    pixel_size = waves.cell_angstrom / n
+    zero = calibrate_zero_defocus(waves.particle_spectra, pixel_size, window, params)
+    return dataclasses.replace(waves, zero_defocus_angstrom=zero, zero_key=key)
+
+
+def images_from_waves(
+    waves: StructureWaves,
+    params: SimulationParams,
+    conditions: Sequence[ImagingCondition],
+    seed: int,
+) -> StructureImages:
+    """Images of a structure's stored waves under several imaging conditions, and its mask.
+
+    Parameters
+    ----------
+    waves : StructureWaves
+        From :func:`structure_waves` or the exit-wave store, at the output sampling
+        of ``params`` or finer (cropped here).
+    params : SimulationParams
+        Output sampling, mask, calibration, focal spread and jitter.
+    conditions : sequence of ImagingCondition
+        Defoci (relative to the calibrated zero), doses, focal spreads and Cs.
+    seed : int
+        Structure seed (the jitter and noise of each condition derive from it).
 
     Returns
     -------
     StructureImages
     """
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    full = exit_waves(structure.atoms, params, _derived_seed(seed, _STREAM_PHONONS_FULL))
-    cell_angstrom = float(structure.atoms.cell[0, 0])
-    n_out = output_gpts(cell_angstrom, params)
-    pixel_size = cell_angstrom / n_out
-    full_spectra = wave_spectra(full, (n_out, n_out))
-    del full
-    particle_seed = _derived_seed(seed, _STREAM_PHONONS_PARTICLES)
-    alone_spectra = particle_spectra(structure, params, particle_seed, (n_out, n_out))
-    timings["multislice"] = time.perf_counter() - start
+    timings: dict[str, float] = {"multislice": waves.multislice_seconds}
+    waves = _cropped(waves, params)
+    n_out = waves.full_spectra.shape[-1]
+    pixel_size = waves.cell_angstrom / n_out
 
     start = time.perf_counter()
-    mask = phase_mask(spectra_to_waves(alone_spectra), pixel_size, structure.lattice, params)
+    particle_waves = spectra_to_waves(waves.particle_spectra)
+    mask = phase_mask(particle_waves, pixel_size, waves.lattice, params)
     timings["mask"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    window = calibration_window(structure, params)
-    zero = calibrate_zero_defocus(alone_spectra, pixel_size, window, params)
+    zero = float(with_calibrated_zero(waves, params).zero_defocus_angstrom)
     timings["calibration"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -637,7 +753,14 @@ def simulate_structure(
         rng = condition_rng(seed, condition)
         defocus_nm[index] = condition.defocus_nm + rng.normal(0.0, params.defocus_jitter_nm)
         defocus_angstrom = zero + ANGSTROM_PER_NM * defocus_nm[index]
-        intensity = image_intensity(full_spectra, pixel_size, defocus_angstrom, params)
+        intensity = image_intensity(
+            waves.full_spectra,
+            pixel_size,
+            defocus_angstrom,
+            params,
+            condition.focal_spread_angstrom,
+            condition.cs_mm,
+        )
         images[index] = apply_dose(intensity, condition.dose_e_per_angstrom2, pixel_size, rng)
     timings["imaging"] = time.perf_counter() - start
 
@@ -649,3 +772,31 @@ def simulate_structure(
         pixel_size_angstrom=pixel_size,
         timings_seconds=timings,
     )
+
+
+def simulate_structure(
+    structure: Structure,
+    params: SimulationParams,
+    conditions: Sequence[ImagingCondition],
+    seed: int,
+) -> StructureImages:
+    """Images of a structure under several imaging conditions, with its ground truth.
+
+    One pass: :func:`images_from_waves` of :func:`structure_waves`.
+
+    Parameters
+    ----------
+    structure : Structure
+        From :func:`hrtem_ray.structures.random_structure`.
+    params : SimulationParams
+        Simulation parameters.
+    conditions : sequence of ImagingCondition
+        Defoci (relative to the calibrated zero), doses, focal spreads and Cs.
+    seed : int
+        Seed of the phonons, the defocus jitter and the noise.
+
+    Returns
+    -------
+    StructureImages
+    """
+    return images_from_waves(structure_waves(structure, params, seed), params, conditions, seed)

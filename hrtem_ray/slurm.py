@@ -38,12 +38,15 @@ import shlex
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 STUDY_COMMANDS = ("run", "sweep", "simulate")
 # Seconds ray symmetric-run waits for the head (on workers) and for all nodes (on the head).
 CLUSTER_WAIT_SECONDS = 300
+# Where the CPU and GPU counts per node are read from, first set first (see the module docstring).
+CPU_VARIABLES = ("SLURM_CPUS_PER_TASK", "SLURM_JOB_CPUS_PER_NODE", "SLURM_CPUS_ON_NODE")
+GPU_VARIABLES = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
 
 
 class SlurmEnvError(ValueError):
@@ -64,28 +67,19 @@ def hostnames(nodelist: str) -> list[str]:
     return hosts
 
 
-def _count(value: str, var: str) -> int:
-    """A CPU/GPU count such as ``"4"``, ``"a100:4"`` or ``"gpu:a100:4"``."""
-    last = value.strip().split(":")[-1]
-    if not last.isdigit():
-        raise SlurmEnvError(f"cannot read a count from {var}={value!r}")
-    return int(last)
-
-
-def _cpus_per_node(value: str, n_nodes: int) -> list[int]:
-    """``SLURM_JOB_CPUS_PER_NODE`` (``"32(x2),16"``) as one count per node."""
+def _counts(env: Mapping[str, str], var: str, n_nodes: int) -> tuple[int, ...]:
+    """``env[var]`` per node: ``"4"`` or ``"a100:4"`` for all nodes, ``"32(x2),16"`` node by node."""
     counts: list[int] = []
-    for item in value.split(","):
-        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
+    for item in env[var].split(","):
+        m = re.fullmatch(r"\s*(?:[\w.-]+:)*(\d+)(?:\(x(\d+)\))?\s*", item)
         if m is None:
-            raise SlurmEnvError(f"cannot parse SLURM_JOB_CPUS_PER_NODE={value!r}")
-        counts.extend([int(m.group(1))] * int(m.group(2) or 1))
+            raise SlurmEnvError(f"cannot read a count from {var}={env[var]!r}")
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+    if len(counts) == 1 and "(" not in env[var]:
+        return tuple(counts) * n_nodes
     if len(counts) != n_nodes:
-        raise SlurmEnvError(
-            f"SLURM_JOB_CPUS_PER_NODE={value!r} lists {len(counts)} nodes, "
-            f"SLURM_JOB_NODELIST has {n_nodes}"
-        )
-    return counts
+        raise SlurmEnvError(f"{var}={env[var]!r}: {len(counts)} counts for {n_nodes} node(s)")
+    return tuple(counts)
 
 
 @dataclass(frozen=True)
@@ -112,22 +106,10 @@ def allocation_from_env(env: Mapping[str, str]) -> SlurmAllocation:
             "SLURM_JOB_NODELIST is not set: run this inside a Slurm allocation (sbatch or salloc)"
         )
     nodes = tuple(hostnames(nodelist))
-    cpus: tuple[int | None, ...] = (None,) * len(nodes)
-    if env.get("SLURM_CPUS_PER_TASK"):
-        cpus = (_count(env["SLURM_CPUS_PER_TASK"], "SLURM_CPUS_PER_TASK"),) * len(nodes)
-    elif env.get("SLURM_JOB_CPUS_PER_NODE"):
-        cpus = tuple(_cpus_per_node(env["SLURM_JOB_CPUS_PER_NODE"], len(nodes)))
-    elif env.get("SLURM_CPUS_ON_NODE"):
-        cpus = (_count(env["SLURM_CPUS_ON_NODE"], "SLURM_CPUS_ON_NODE"),) * len(nodes)
-    gpu_var = next(
-        (
-            v
-            for v in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
-            if env.get(v)
-        ),
-        None,
-    )
-    gpus = _count(env[gpu_var], gpu_var) if gpu_var else 0
+    cpu_var = next((var for var in CPU_VARIABLES if env.get(var)), None)
+    gpu_var = next((var for var in GPU_VARIABLES if env.get(var)), None)
+    cpus = _counts(env, cpu_var, len(nodes)) if cpu_var else (None,) * len(nodes)
+    gpus = _counts(env, gpu_var, 1)[0] if gpu_var else 0
     return SlurmAllocation(env.get("SLURM_JOB_ID", ""), nodes, cpus, gpus)
 
 
@@ -162,10 +144,10 @@ def plan_commands(
     port: int = 6379,
     *,
     head_ip: str | None = None,
+    resolve_head: Callable[[str], str] | None = None,
     temp_dir: str | None = None,
     out: str | None = None,
     extra_args: Sequence[str] = (),
-    ray_executable: str = "ray",
     hrtem_ray_executable: str = "hrtem-ray",
 ) -> SlurmPlan:
     """The commands that run a study on the allocation described by ``env`` (nothing runs).
@@ -180,23 +162,24 @@ def plan_commands(
         ``hrtem-ray`` subcommand: ``run``, ``sweep`` or ``simulate``.
     port
         GCS port of the Ray head.
-    head_ip
-        Address the nodes reach the head at; default ``HRTEM_RAY_HEAD_IP``, else the
-        head's host name (:func:`main_from_cli` resolves it to an IP first).
+    head_ip, resolve_head
+        Address the nodes reach the head at; default ``HRTEM_RAY_HEAD_IP``, else the head's
+        host name mapped by ``resolve_head`` (:func:`main_from_cli` resolves it to an IP).
     temp_dir
         Node-local Ray temp dir; default ``/tmp/ray-<SLURM_JOB_ID>`` (short: Ray's
         socket paths must stay under 107 bytes).
     out, extra_args
         ``--out`` and further arguments of the study command (e.g. ``["--resume"]``).
-    ray_executable, hrtem_ray_executable
-        Programs to call.
+    hrtem_ray_executable
+        Program that runs the study on the head.
     """
     if command not in STUDY_COMMANDS:
         raise ValueError(f"command must be one of {STUDY_COMMANDS}, got {command!r}")
     if not 0 < port < 65536:
         raise ValueError(f"bad port {port}")
     alloc = allocation_from_env(env)
-    address = f"{head_ip or env.get('HRTEM_RAY_HEAD_IP') or alloc.nodes[0]}:{port}"
+    head = head_ip or env.get("HRTEM_RAY_HEAD_IP") or (resolve_head or str)(alloc.nodes[0])
+    address = f"{head}:{port}"
     study = [hrtem_ray_executable, command, os.fspath(spec_path), "--address", address]
     study += ["--out", out] if out is not None else []
     study += list(extra_args)
@@ -208,7 +191,7 @@ def plan_commands(
         srun = ["srun", "--nodes=1", "--ntasks=1", f"--nodelist={host}"]
         srun += [] if cpus is None else [f"--cpus-per-task={cpus}"]
         srun += [f"--export=ALL,RAY_SYMMETRIC_RUN_CLUSTER_WAIT_TIMEOUT={CLUSTER_WAIT_SECONDS}"]
-        ray = [ray_executable, "symmetric-run", f"--address={address}"]
+        ray = ["ray", "symmetric-run", f"--address={address}"]
         ray += [f"--min-nodes={len(alloc.nodes)}"]
         ray += [] if cpus is None else [f"--num-cpus={cpus}"]
         ray += [f"--num-gpus={alloc.gpus}", f"--temp-dir={tmp}", "--disable-usage-stats"]
@@ -224,59 +207,70 @@ def run(plan: SlurmPlan, stop_grace_seconds: float = 60.0) -> int:
     Worker steps end by themselves once the head's Ray stops; any still running
     ``stop_grace_seconds`` later are terminated.
     """
-    workers = [subprocess.Popen(list(step)) for step in plan.steps[1:]]
-    head = subprocess.Popen(list(plan.steps[0]))
+    procs = [subprocess.Popen(list(step)) for step in plan.steps]
     try:
-        status = head.wait()
+        return procs[0].wait()
     finally:
-        for proc in [head, *workers]:
+        for proc in procs:
             try:
                 proc.wait(timeout=stop_grace_seconds)
             except subprocess.TimeoutExpired:
                 proc.terminate()
                 proc.wait()
-    return status
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``hrtem-ray slurm`` (shared by ``python -m hrtem_ray.slurm``)."""
+    """The options of ``hrtem-ray slurm`` and ``python -m hrtem_ray.slurm`` (one definition).
+
+    Parse with :func:`parse_args`, which passes the arguments after ``--`` to the study command.
+    """
     parser.add_argument("spec", help="study spec YAML")
-    parser.add_argument("--command", dest="study_command", choices=STUDY_COMMANDS, default="run")
+    parser.add_argument(
+        "--command", dest="study_command", choices=STUDY_COMMANDS, default="run",
+        help="hrtem-ray command the head runs once all nodes are up (default: run)",
+    )  # fmt: skip
     parser.add_argument("--out", default=None, help="study output directory or URI")
-    parser.add_argument("--port", type=int, default=6379)
-    parser.add_argument("--head-ip", default=None, help="head address (default: resolved)")
+    parser.add_argument("--port", type=int, default=6379, help="Ray head port (default: 6379)")
+    parser.add_argument(
+        "--head-ip", default=None,
+        help="head address as the nodes reach it (default: $HRTEM_RAY_HEAD_IP, else resolved)",
+    )  # fmt: skip
     parser.add_argument("--temp-dir", default=None, help="Ray temp dir (default /tmp/ray-<jobid>)")
     parser.add_argument(
-        "--dry-run",
-        action="store_true",
+        "--dry-run", action="store_true",
         help="print the commands, run nothing (arguments after -- go to the study command)",
-    )
+    )  # fmt: skip
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv`` up to the first ``--``; what follows it becomes ``args.extra``, the
+    further arguments of the study command (``hrtem-ray slurm SPEC -- --resume``)."""
+    argv = list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    return parser.parse_args(argv[:cut], argparse.Namespace(extra=argv[cut + 1 :]))
+
+
+def _resolve(host: str, dry_run: bool) -> str:
+    """``host``'s IP address; in a dry run, the name itself (with a note) if it does not resolve."""
+    try:
+        return socket.gethostbyname(host)
+    except OSError as exc:
+        if not dry_run:
+            raise SlurmEnvError(f"cannot resolve head node {host}: {exc}") from None
+        print(f"# note: {host} not resolvable here; showing the host name")
+        return host
 
 
 def main_from_cli(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> int:
     """Run ``hrtem-ray slurm`` from parsed arguments: 0 after a dry run, 2 for a bad
     environment, else the study's exit status."""
     env = os.environ if env is None else env
-    head_ip = args.head_ip or env.get("HRTEM_RAY_HEAD_IP")
     try:
-        if head_ip is None:
-            head = allocation_from_env(env).nodes[0]
-            try:
-                head_ip = socket.gethostbyname(head)
-            except OSError as exc:
-                if not args.dry_run:
-                    raise SlurmEnvError(f"cannot resolve head node {head}: {exc}") from None
-                print(f"# note: {head} not resolvable here; showing the host name")
         plan = plan_commands(
-            args.spec,
-            env,
-            command=args.study_command,
-            port=args.port,
-            head_ip=head_ip,
-            temp_dir=args.temp_dir,
-            out=args.out,
-            extra_args=getattr(args, "extra", None) or (),
-        )
+            args.spec, env, args.study_command, args.port, head_ip=args.head_ip,
+            resolve_head=lambda host: _resolve(host, args.dry_run), temp_dir=args.temp_dir,
+            out=args.out, extra_args=args.extra,
+        )  # fmt: skip
     except SlurmEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -284,19 +278,10 @@ def main_from_cli(args: argparse.Namespace, env: Mapping[str, str] | None = None
     return 0 if args.dry_run else run(plan)
 
 
-def _module_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m hrtem_ray.slurm``: the options of ``hrtem-ray slurm``, plus ``-- ARGS``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
+if __name__ == "__main__":  # python -m hrtem_ray.slurm: the options of hrtem-ray slurm
     parser = argparse.ArgumentParser(
         prog="python -m hrtem_ray.slurm",
         description="Start Ray across a Slurm allocation and run a hrtem-ray study.",
     )
     add_arguments(parser)
-    args = parser.parse_args(argv[:cut])
-    args.extra = argv[cut + 1 :]
-    return main_from_cli(args)
-
-
-if __name__ == "__main__":
-    sys.exit(_module_main())
+    sys.exit(main_from_cli(parse_args(parser, sys.argv[1:])))

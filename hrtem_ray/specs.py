@@ -40,7 +40,9 @@ __all__ = [
     "SIMULATION_FIXED_MIB",
     "SPLITS",
     "SimulationParams",
+    "MULTISLICE_FIELDS",
     "StructureParams",
+    "StructureWaves",
     "WORKER_BASE_MIB",
     "WURTZITE_U",
     "estimate_worker_memory_bytes",
@@ -283,11 +285,70 @@ class ImagingCondition:
         underfocus).
     dose_e_per_angstrom2 : float or None
         Electron dose; None for noiseless normalised intensity.
+    focal_spread_angstrom : float or None
+        abTEM 1/e focal spread of this domain; None: ``SimulationParams.focal_spread_angstrom``.
+    cs_mm : float
+        Spherical aberration C30 in mm (abTEM's ``Cs`` is in angstrom: ``1e7 * cs_mm``).
     """
 
     domain: str
     defocus_nm: float
     dose_e_per_angstrom2: float | None
+    focal_spread_angstrom: float | None = None
+    cs_mm: float = 0.0
+
+
+#: The :class:`SimulationParams` fields of the multislice physics: what the exit
+#: waves depend on. The others (output sampling, focal spread, jitter, mask and
+#: calibration) are applied to stored waves (:mod:`hrtem_ray.waves`).
+MULTISLICE_FIELDS = (
+    "energy_kev",
+    "sampling_angstrom",
+    "slice_thickness_angstrom",
+    "n_phonons",
+    "phonon_sigma_angstrom",
+)
+
+
+@dataclass
+class StructureWaves:
+    """The exit waves of one structure and what its ground truth and calibration need.
+
+    Everything after the multislice is a function of this record and the imaging
+    parameters (:func:`hrtem_ray.simulate.images_from_waves`); the exit-wave store
+    (:mod:`hrtem_ray.waves`) keeps it on disk.
+
+    Attributes
+    ----------
+    full_spectra, particle_spectra : np.ndarray
+        complex64 ``(n_phonons, n, n)`` Fourier-cropped spectra (unshifted, see
+        :func:`hrtem_ray.simulate.wave_spectra`) of every frozen-phonon exit wave of
+        the full structure and of the particles alone in vacuum (same exit plane).
+    cell_angstrom : float
+        Side of the square cell; the pixel size is ``cell_angstrom / n``.
+    lattice : str
+        Lattice of the particles (selects the paper mask blur).
+    n_particles : int
+        Number of particles.
+    exit_depths_angstrom : tuple of float
+        Smallest and largest particle-centre-to-exit-plane distance (calibration window).
+    zero_defocus_angstrom : float or None
+        Calibrated zero, valid for the calibration inputs ``zero_key``.
+    zero_key : str
+        The calibration inputs ``zero_defocus_angstrom`` was found with ("" for none).
+    multislice_seconds : float
+        Wall-clock seconds of the multislice (0 when read from the store).
+    """
+
+    full_spectra: np.ndarray
+    particle_spectra: np.ndarray
+    cell_angstrom: float
+    lattice: str
+    n_particles: int
+    exit_depths_angstrom: tuple[float, float]
+    zero_defocus_angstrom: float | None = None
+    zero_key: str = ""
+    multislice_seconds: float = 0.0
 
 
 def multislice_gpts(cell_angstrom: float, params: SimulationParams) -> int:

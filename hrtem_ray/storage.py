@@ -52,7 +52,8 @@ import json
 import os
 import posixpath
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ __all__ = [
     "write_json_atomic",
     "read_json",
     "write_parquet_atomic",
-    "read_parquet",
+    "read_parquet_files",
     "upload_dir",
     "download_dir",
     "pyarrow_filesystem_for_ray",
@@ -745,10 +746,78 @@ def write_parquet_atomic(table: pa.Table, uri: str | os.PathLike[str], **kwargs:
         _put_object(loc, sink.getvalue())
 
 
-def read_parquet(uri: str | os.PathLike[str], **kwargs: Any) -> pa.Table:
-    """Read a Parquet file or a directory of Parquet files into a table."""
-    loc = resolve(uri)
-    return pq.read_table(loc.path, filesystem=loc.fs, **kwargs)
+def read_parquet_files(
+    uris: Sequence[str | os.PathLike[str]],
+    columns: Sequence[str] | None = None,
+    *,
+    check: Callable[[str, pa.Table], str | None] | None = None,
+    on_damaged: Callable[[str, str], None] | None = None,
+) -> pa.Table:
+    """Read a list of Parquet files into one table: the one Parquet reader of hrtem-ray.
+
+    Parameters
+    ----------
+    uris : sequence of str or os.PathLike
+        The files, in the order their rows are wanted: local paths, ``file://`` or
+        ``s3://`` URIs. Each is read as one file (no partition columns from its path).
+    columns : sequence of str, optional
+        Only these columns (default: all).
+    check : callable, optional
+        ``check(uri, table)`` returns why a file's table cannot be used, or ``None``.
+    on_damaged : callable, optional
+        ``on_damaged(uri, reason)`` is called, in order, for each file that cannot be
+        read or fails ``check``, and that file is left out; it may raise. Without it
+        such a file raises :class:`ValueError` naming it.
+
+    Returns
+    -------
+    pyarrow.Table
+        The rows of the usable files. Columns are combined by name: a column missing
+        from a file is null there, and types are promoted (an all-null column takes
+        the others' type). No usable file gives an empty table without columns.
+
+    Notes
+    -----
+    More than one file is read by a thread pool (Parquet decoding and remote
+    requests release the GIL), so many small files or S3 objects overlap.
+    """
+    names = [os.fspath(uri) for uri in uris]
+    # one file: Arrow's own threads decode its columns; several: one file per thread
+    read = functools.partial(_read_parquet_file, columns=columns, use_threads=len(names) == 1)
+    if len(names) > 1:
+        with ThreadPoolExecutor(min(PARQUET_READ_THREADS, len(names))) as pool:
+            outcomes = list(pool.map(read, names))
+    else:
+        outcomes = [read(name) for name in names]
+    tables = []
+    for name, (table, problem) in zip(names, outcomes, strict=True):
+        if problem is None and check is not None:
+            problem = check(name, table)
+        if problem is None:
+            tables.append(table)
+        elif on_damaged is None:
+            raise ValueError(f"cannot read {name}: {problem}")
+        else:
+            on_damaged(name, problem)
+    if not tables:
+        return pa.table({})
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+PARQUET_READ_THREADS = 16
+"""Threads of :func:`read_parquet_files` (at most one per file)."""
+
+
+def _read_parquet_file(
+    uri: str, columns: Sequence[str] | None, use_threads: bool
+) -> tuple[pa.Table | None, str | None]:
+    """One Parquet file's table, or ``None`` and why it cannot be read."""
+    try:
+        loc = resolve(uri)
+        with loc.fs.open_input_file(loc.path) as handle:
+            return pq.read_table(handle, columns=columns, use_threads=use_threads), None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return None, f"unreadable Parquet ({type(exc).__name__}: {exc})"
 
 
 def upload_dir(local_dir: str | os.PathLike[str], uri: str | os.PathLike[str]) -> None:

@@ -2,8 +2,8 @@
 
 >>> from hrtem_ray import Study
 >>> study = Study.from_yaml("sweeps/laptop.yaml", out="out/laptop")
->>> len(study.plan.all())  # study.run() simulates, trains 36 models and reports
-36
+>>> len(study.plan.all())  # study.run() simulates, trains 102 models and reports
+102
 
 Layout of a study's output directory (``--out``, or ``storage`` in the spec)::
 
@@ -24,11 +24,11 @@ left out, and counted (:meth:`Study.result_selection`); ``all_results=True`` kee
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import signal
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -49,9 +49,7 @@ from hrtem_ray.lock import study_lock
 from hrtem_ray.runtime import ray_session
 from hrtem_ray.trials import TrialPlan, plan_trials
 
-
-def _echo(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 def _absolute(location: str) -> str:
@@ -159,6 +157,21 @@ class Study:
     data
         Dataset directory or URI overriding ``dataset.path`` and ``<out>/data``
         (``hrtem-ray simulate --out``).
+
+    Attributes
+    ----------
+    study_root
+        Where the study writes (absolute for a local path): results, histories,
+        checkpoints, failures, ``tune/``, the report and ``study.json``.
+
+    Notes
+    -----
+    :meth:`simulate`, :meth:`sweep`, :meth:`report` and :meth:`run` log their progress
+    lines (simulated shards, finished trials, the outcome) to the ``hrtem_ray`` loggers at
+    level INFO and print nothing; ``logging.basicConfig(level=logging.INFO,
+    format="%(message)s")`` shows them as the ``hrtem-ray`` command does. Warnings
+    (damaged storage repaired, no GPU) are WARNING records, which Python shows on stderr
+    even without configuration.
     """
 
     def __init__(
@@ -169,7 +182,7 @@ class Study:
         data: str | os.PathLike | None = None,
     ) -> None:
         self.spec = spec if out is None else spec.with_storage(str(out))
-        self.root = _absolute(self.spec.storage)
+        self.study_root = _absolute(self.spec.storage)
         self._data = None if data is None else _absolute(os.fspath(data))
 
     @classmethod
@@ -207,22 +220,22 @@ class Study:
         return cls(parse_study_spec(spec, source=os.fspath(path)), data=data)
 
     @classmethod
-    def from_root(cls, root: str | os.PathLike) -> Study:
-        """The study whose latest sweep wrote ``<root>/study.json``.
+    def from_root(cls, study_root: str | os.PathLike) -> Study:
+        """The study whose latest sweep wrote ``<study_root>/study.json``.
 
-        Its dataset is ``<root>/data``, or the dataset directory that sweep read when
+        Its dataset is ``<study_root>/data``, or the dataset directory that sweep read when
         the spec names one (``dataset.path``).
 
         Raises
         ------
         FileNotFoundError
-            If ``root`` holds no ``study.json`` (no sweep started there yet).
+            If ``study_root`` holds no ``study.json`` (no sweep started there yet).
         hrtem_ray.config.SpecError
             If the stored spec is no longer valid.
         """
         from hrtem_ray.sweep import study_file
 
-        root = _absolute(os.fspath(root))
+        root = _absolute(os.fspath(study_root))
         path = study_file(root)
         if not storage.exists(path):
             raise FileNotFoundError(f"no study.json in {root}")
@@ -232,13 +245,13 @@ class Study:
         return cls(spec, out=root, data=data)
 
     @property
-    def data_root(self) -> str:
+    def dataset_root(self) -> str:
         """The dataset: the ``data`` override, else ``dataset.path``, else ``<out>/data``."""
         if self._data is not None:
             return self._data
         if self.spec.dataset.path:
             return _absolute(self.spec.dataset.path)
-        return storage.join(self.root, "data")
+        return storage.join(self.study_root, "data")
 
     @cached_property
     def plan(self) -> TrialPlan:
@@ -250,24 +263,24 @@ class Study:
         from hrtem_ray import results
 
         planned = {t.model_id for t in self.plan.all()}
-        done = results.finished_ids(self.root) & planned
-        failed = {f.get("model_id") for f in results.read_failures(self.root)}
+        done = results.finished_ids(self.study_root) & planned
+        failed = {f.get("model_id") for f in results.read_failures(self.study_root)}
         return StudyProgress(len(planned), len(done), len((failed & planned) - done))
 
     def shard_progress(self) -> tuple[int, int]:
-        """``(done, planned)`` dataset shards of the spec in :attr:`data_root`."""
+        """``(done, planned)`` dataset shards of the spec in :attr:`dataset_root`."""
         from hrtem_ray.data import completed_shards, plan_shards
 
         planned = {t.key for t in plan_shards(self.spec.dataset)}
-        return len(completed_shards(self.data_root) & planned), len(planned)
+        return len(completed_shards(self.dataset_root) & planned), len(planned)
 
     @property
     def results_dir(self) -> str:
-        return storage.join(self.root, "results")
+        return storage.join(self.study_root, "results")
 
     @property
     def report_dir(self) -> str:
-        return storage.join(self.root, "report")
+        return storage.join(self.study_root, "report")
 
     def dry_run(self) -> str:
         """Trial counts and training-set sizes, without running anything."""
@@ -285,7 +298,7 @@ class Study:
         """
         from hrtem_ray.data import check_dataset_root
 
-        check_dataset_root(self.spec.dataset, self.data_root)
+        check_dataset_root(self.spec.dataset, self.dataset_root)
 
     def preflight(self, address: str | None = None, *, simulate: bool | None = None) -> None:
         """The checks that run before Ray starts and before anything is written.
@@ -309,26 +322,23 @@ class Study:
         *,
         address: str | None = None,
         num_cpus: int | None = None,
-        echo: Callable[[str], None] = _echo,
     ):
         """Simulate the dataset shards that are missing (idempotent).
 
-        Holds the study lock of :attr:`data_root` (checked writable first) for
+        Holds the study lock of :attr:`dataset_root` (checked writable first) for
         the whole run, taken before Ray starts (:mod:`hrtem_ray.lock`).
         """
         from hrtem_ray.data import simulate_dataset
 
         self.preflight(address, simulate=True)
-        with _locked_roots([self.data_root], f"hrtem-ray simulate ({self.spec.name})"):
+        with _locked_roots([self.dataset_root], f"hrtem-ray simulate ({self.spec.name})"):
             with (
                 ray_session(
                     address, num_cpus=num_cpus, object_store_memory_bytes=_object_store(address)
                 ),
                 sigterm_interrupts(),
             ):
-                return simulate_dataset(
-                    self.spec.dataset, self.data_root, on_shard=_shard_echo(echo)
-                )
+                return simulate_dataset(self.spec.dataset, self.dataset_root, on_shard=_log_shard)
 
     def sweep(
         self,
@@ -336,16 +346,18 @@ class Study:
         address: str | None = None,
         num_cpus: int | None = None,
         num_gpus: int | None = None,
-        echo: Callable[[str], None] = _echo,
     ):
-        """Run every trial not yet done (resumes a previous run); returns a :class:`SweepReport`."""
+        """Run every trial not yet done (resumes a previous run); returns a :class:`SweepReport`.
+
+        Logs the outcome line, and the failure table when trials failed for good.
+        """
         from hrtem_ray.data import simulate_dataset
         from hrtem_ray.sweep import format_failures, format_outcome, run_sweep
 
         simulate = self._data is None and not self.spec.dataset.path
         # The study root's lock (and the data root's, when this sweep writes the
         # dataset) is held for the whole sweep, taken before Ray starts.
-        roots = [self.root, self.data_root] if simulate else [self.root]
+        roots = [self.study_root, self.dataset_root] if simulate else [self.study_root]
         self.preflight(address, simulate=simulate)
         with (
             _locked_roots(roots, f"hrtem-ray sweep ({self.spec.name})"),
@@ -358,17 +370,19 @@ class Study:
             sigterm_interrupts(),
         ):
             if simulate:
-                simulate_dataset(self.spec.dataset, self.data_root, on_shard=_shard_echo(echo))
-            report = run_sweep(self.spec, root=self.root, data_root=self.data_root, echo=echo)
-        echo(format_outcome(report))
+                simulate_dataset(self.spec.dataset, self.dataset_root, on_shard=_log_shard)
+            report = run_sweep(
+                self.spec, study_root=self.study_root, dataset_root=self.dataset_root
+            )
+        log.info(format_outcome(report))
         if report.failed:
-            echo(format_failures(report.failed))
+            log.info(format_failures(report.failed))
         return report
 
     def lock(self, command: str):
-        """Hold the study lock of :attr:`root` (checked writable first), e.g. over a
+        """Hold the study lock of :attr:`study_root` (checked writable first), e.g. over a
         sweep and its report; re-entrant within this process (:mod:`hrtem_ray.lock`)."""
-        return _locked_roots([self.root], f"{command} ({self.spec.name})")
+        return _locked_roots([self.study_root], f"{command} ({self.spec.name})")
 
     def results(self, all_results: bool = False) -> pl.DataFrame:
         """The results table of the current plan written so far.
@@ -386,7 +400,7 @@ class Study:
         """The results table of the current plan, with the count of other configurations' rows."""
         from hrtem_ray.results import read_results
 
-        return select_plan_rows(read_results(self.root), self.plan, all_results)
+        return select_plan_rows(read_results(self.study_root), self.plan, all_results)
 
     def report_notes(self, selection: ResultSelection) -> list[str]:
         """Lines at the top of a report: ``partial: N of M models`` and rows left out."""
@@ -399,13 +413,12 @@ class Study:
         out_dir: str | None = None,
         *,
         all_results: bool = False,
-        echo: Callable[[str], None] = _echo,
     ) -> str:
         """Write the HTML report (with figures and tables) of the current plan's results so far.
 
         A study whose plan is not finished gets ``partial: N of M models`` at the top of
         the report; rows of other configurations are left out (``all_results=True``
-        keeps them), and both notes are also echoed. The report is built locally; for a
+        keeps them), and both notes are also logged. The report is built locally; for a
         remote ``out_dir`` (e.g. ``s3://``) it is built in a temporary folder and
         uploaded. Returns the location of ``report.html``.
 
@@ -419,11 +432,11 @@ class Study:
         selection = self.result_selection(all_results)
         notes = self.report_notes(selection)
         for note in notes:
-            echo(note)
+            log.info(note)
         if selection.table.is_empty():
             raise ReportError(f"no results yet in {self.results_dir}")
         target = out_dir or self.report_dir
-        build = {"data_dir": self.data_root, "notes": notes, "source": self.results_dir}
+        build = {"data_dir": self.dataset_root, "notes": notes, "source": self.results_dir}
         if storage.is_local(target):
             return str(write_report(selection.table, storage.local_path(target), **build))
         with tempfile.TemporaryDirectory(prefix="hrtem-report-") as tmp:
@@ -438,7 +451,6 @@ class Study:
         num_cpus: int | None = None,
         num_gpus: int | None = None,
         report: bool = True,
-        echo: Callable[[str], None] = _echo,
     ) -> pl.DataFrame:
         """Simulate, sweep, analyse and report in one go; returns the results table.
 
@@ -446,10 +458,10 @@ class Study:
         trials writes one marked ``partial: N of M models``.
         """
         with self.lock("hrtem-ray run"):  # the sweep re-enters it
-            outcome = self.sweep(address=address, num_cpus=num_cpus, num_gpus=num_gpus, echo=echo)
+            outcome = self.sweep(address=address, num_cpus=num_cpus, num_gpus=num_gpus)
             if report and (outcome.finished or not outcome.interrupted) and outcome.done:
-                path = self.report(echo=echo)
-                echo(f"report: {path}")
+                path = self.report()
+                log.info(f"report: {path}")
             return self.results()
 
 
@@ -515,13 +527,11 @@ def _object_store(address: str | None) -> int | None:
     return 512 * 1024**2 if address in (None, "local") else None
 
 
-def _shard_echo(echo: Callable[[str], None]) -> Callable[[dict], None]:
-    def on_shard(record: dict) -> None:
-        echo(
-            f"simulated shard {record['key']}: {record['images']} images in {record['seconds']:.1f} s"
-        )
-
-    return on_shard
+def _log_shard(record: dict) -> None:
+    """The progress line of a simulated shard (``on_shard`` of :func:`simulate_dataset`)."""
+    log.info(
+        f"simulated shard {record['key']}: {record['images']} images in {record['seconds']:.1f} s"
+    )
 
 
 # --- what a path given to `hrtem-ray report` holds --------------------------------------
@@ -624,7 +634,7 @@ def _locate_study(root: str, data_dir: str | None, all_results: bool) -> Results
         extra = f" ({selection.note()})" if selection.note() else ""
         raise ReportError(f"no results yet in {results_dir}{extra}")
     notes = tuple(study.report_notes(selection))
-    return ResultsLocation(selection.table, data_dir or study.data_root, notes, results_dir)
+    return ResultsLocation(selection.table, data_dir or study.dataset_root, notes, results_dir)
 
 
 def _results_or_none(results_dir: str) -> pl.DataFrame | None:

@@ -20,11 +20,10 @@ import logging
 import math
 import os
 import signal
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -37,6 +36,8 @@ from hrtem_ray.trials import TrialPlan, plan_trials
 
 if TYPE_CHECKING:  # the adapter imports Ray Tune: only inside the functions that run it
     from hrtem_ray.tune_adapter import DependentTrialSearcher
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,14 +131,14 @@ class StopRequest:
                 os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = saved_env
 
 
-def trial_resources(spec: StudySpec, echo: Callable[[str], None]) -> dict[str, float]:
-    """CPU and GPU per trial, falling back to CPU (with a message) when the cluster has no GPU."""
+def trial_resources(spec: StudySpec) -> dict[str, float]:
+    """CPU and GPU per trial, falling back to CPU (with a warning) when the cluster has no GPU."""
     import ray
 
     gpus = ray.cluster_resources().get("GPU", 0)
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if spec.resources.gpu > 0 and gpus == 0:
-        echo(
+        log.warning(
             f"resources.gpu = {spec.resources.gpu:g} but the cluster has no GPU: running trials on CPU"
         )
         resources["gpu"] = 0.0
@@ -160,77 +161,79 @@ def max_concurrency(spec: StudySpec, resources: dict[str, float]) -> int:
 def run_sweep(
     spec: StudySpec,
     *,
-    root: str,
-    data_root: str,
-    echo: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    study_root: str,
+    dataset_root: str,
 ) -> SweepReport:
-    """Run every trial of ``spec`` not yet done in ``root`` on the current Ray session.
+    """Run every trial of ``spec`` not yet done in ``study_root`` on the current Ray session.
+
+    Progress lines (one per finished trial, and the sweep's start) are logged at INFO,
+    repairs of damaged storage and a missing GPU at WARNING (logger ``hrtem_ray.*``).
 
     Parameters
     ----------
     spec
         The validated study.
-    root
+    study_root
         The study's storage root (results, histories, checkpoints, failures).
-    data_root
+    dataset_root
         The simulated dataset.
-    echo
-        Where progress lines go.
     """
     start = time.time()
     plan = plan_trials(spec)
     planned_ids = {t.model_id for t in plan.all()}
-    write_study_spec(root, spec, data_root)
+    write_study_spec(study_root, spec, dataset_root)
     from hrtem_ray.check import heal_before_sweep  # damaged files: quarantined, retrained
 
-    heal_before_sweep(root, plan, echo)
-    done = results.finished_ids(root) & planned_ids
+    heal_before_sweep(study_root, plan)
+    done = results.finished_ids(study_root) & planned_ids
     todo = [t for t in plan.all() if t.model_id not in done]
     report = SweepReport(
         planned=plan.counts(), already_done=len(plan.all()) - len(todo), done=len(done)
     )
     if not todo:
-        echo(f"all {len(plan.all())} trials already done in {root}")
+        log.info(f"all {len(plan.all())} trials already done in {study_root}")
         return report
-    resources = trial_resources(spec, echo)
+    resources = trial_resources(spec)
     concurrency = max_concurrency(spec, resources)
-    echo(
+    log.info(
         f"sweep {spec.name}: {len(todo)} trials to run ({report.already_done} already done), "
         f"{concurrency} at a time, {resources['cpu']:g} CPU / {resources['gpu']:g} GPU each"
     )
     excluded: set[str] = set()
     stop = StopRequest()
     for round_index in range(1 + INFRASTRUCTURE_ROUNDS):
-        done = results.finished_ids(root) & planned_ids
+        done = results.finished_ids(study_root) & planned_ids
         remaining = [t for t in plan.all() if t.model_id not in done | excluded]
         if not remaining:
             break
         if round_index:
-            echo(
+            log.info(
                 f"{len(remaining)} trials lost their worker or node (or depend on one that did): "
                 f"running them again (round {round_index + 1} of {1 + INFRASTRUCTURE_ROUNDS})"
             )
         for trial in remaining:
-            results.clear_failure(root, trial.model_id)
+            results.clear_failure(study_root, trial.model_id)
         from hrtem_ray.tune_adapter import DependentTrialSearcher
 
         searcher = DependentTrialSearcher(plan, done, excluded)
         with stop.installed():
-            _fit(spec, plan, searcher, resources, concurrency, root, data_root, done, stop, echo)
+            _fit(spec, plan, searcher, resources, concurrency, study_root, dataset_root, done, stop)
         if stop.requested:
             report.interrupted = True
             break
         for trial, reason in searcher.skipped:
-            results.write_failure(root, trial, f"not run: {reason}", attempts=0, kind="skipped")
-        excluded = _final_failures(results.read_failures(root))
-        if not any(f["kind"] == "infrastructure" for f in results.read_failures(root)):
+            results.write_failure(
+                study_root, trial, f"not run: {reason}", attempts=0, kind="skipped"
+            )
+        excluded = _final_failures(results.read_failures(study_root))
+        if not any(f["kind"] == "infrastructure" for f in results.read_failures(study_root)):
             break
-    finished = results.finished_ids(root) & planned_ids
+    finished = results.finished_ids(study_root) & planned_ids
     report.completed = len([t for t in todo if t.model_id in finished])
     report.done = len(finished)
     report.failed = [
         f
-        for f in results.read_failures(root)
+        for f in results.read_failures(study_root)
         if f.get("model_id") in planned_ids and f.get("model_id") not in finished
     ]
     if report.interrupted:
@@ -243,12 +246,12 @@ def run_sweep(
 STUDY_FILE = "study.json"
 
 
-def study_file(root: str) -> str:
-    """Where a study root keeps the spec of its latest sweep (``<root>/study.json``)."""
-    return storage.join(root, STUDY_FILE)
+def study_file(study_root: str) -> str:
+    """Where a study root keeps the spec of its latest sweep (``<study_root>/study.json``)."""
+    return storage.join(study_root, STUDY_FILE)
 
 
-def write_study_spec(root: str, spec: StudySpec, data_root: str) -> None:
+def write_study_spec(study_root: str, spec: StudySpec, dataset_root: str) -> None:
     """Store the spec being swept, and where its dataset is, at the study root (atomically).
 
     ``hrtem-ray report STUDY_DIR`` reads it (:meth:`hrtem_ray.study.Study.from_root`)
@@ -258,10 +261,10 @@ def write_study_spec(root: str, spec: StudySpec, data_root: str) -> None:
     from hrtem_ray._version import __version__
 
     storage.write_json_atomic(
-        study_file(root),
+        study_file(study_root),
         {
             "spec": spec.model_dump(mode="json"),
-            "data_root": data_root,
+            "data_root": dataset_root,  # the stored key keeps its name: older roots read alike
             "hrtem_ray_version": __version__,
         },
     )
@@ -284,11 +287,10 @@ def _fit(
     searcher: DependentTrialSearcher,
     resources: dict[str, float],
     concurrency: int,
-    root: str,
-    data_root: str,
+    study_root: str,
+    dataset_root: str,
     done: set[str],
     stop: StopRequest,
-    echo: Callable[[str], None],
 ) -> None:
     """One Ray Tune run of the trials ``searcher`` hands out; ends early when ``stop`` is set.
 
@@ -307,12 +309,12 @@ def _fit(
 
     context = TrialContext(
         spec_json=spec.model_dump_json(),
-        data_root=data_root,
-        root=root,
+        dataset_root=dataset_root,
+        study_root=study_root,
         num_threads=max(1, int(resources["cpu"])),
     )
     trainable = tune.with_resources(tune.with_parameters(tune_trial, context=context), resources)
-    tune_fs, tune_path = storage.pyarrow_filesystem_for_ray(storage.join(root, "tune"))
+    tune_fs, tune_path = storage.pyarrow_filesystem_for_ray(storage.join(study_root, "tune"))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -330,8 +332,8 @@ def _fit(
             failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             stop=StopOnSignal(stop),
             callbacks=[
-                RecordFailures(root),
-                Progress(len(plan.all()), len(done), searcher, echo),
+                RecordFailures(study_root),
+                Progress(len(plan.all()), len(done), searcher),
             ],
             verbose=0,
             log_to_file=True,

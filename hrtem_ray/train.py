@@ -9,10 +9,22 @@ One function, :func:`train_stage`, runs every kind of stage of the reference stu
 
 Losses
 ------
-The training loss is the cross-entropy of the logits against the two-class soft labels
-``(1 - mask, mask)``. Reported losses (``train_loss``, ``val_loss``, :class:`EvalMetrics`
-``loss``) are *excess* cross-entropy: cross-entropy minus the set's floor, the mean entropy of
-its soft labels (:func:`label_entropy_floor`), so 0 is perfect.
+Two loss functions (``loss``, the spec's ``training.loss``), both against the two-class soft
+labels ``(1 - mask, mask)``:
+
+``cross_entropy`` (default)
+    Cross-entropy of the logits. Its floor on a set is the mean entropy of the soft labels
+    (:func:`label_entropy_floor`).
+``softmax_cross_entropy``
+    The reference study's: the network's softmax outputs fed to cross-entropy (which applies
+    a softmax again, "double softmax"). With two classes the inner softmax leaves a logit
+    difference ``z = p1 - p0`` in [-1, 1], and the per-pixel loss is
+    ``-y log s(z) - (1 - y) log s(-z)`` (``s`` the logistic function), whose floor is reached
+    at ``z* = clip(logit(y), -1, 1)``: ln(1 + e^-1) = 0.3133 for hard labels, the constant the
+    study subtracted (:func:`softmax_cross_entropy_floor`).
+
+Reported losses (``train_loss``, ``val_loss``, :class:`EvalMetrics` ``loss``) are *excess*
+losses: the loss in use minus its floor on the same set (:func:`loss_floor`), so 0 is perfect.
 
 Devices
 -------
@@ -57,6 +69,7 @@ from hrtem_ray.augment import (
     soft_labels,
     standardize,
 )
+from hrtem_ray.config import LOSS_FUNCTIONS, LossFunction
 from hrtem_ray.model import build_model, count_parameters
 from hrtem_ray.model import freeze as freeze_part
 from hrtem_ray.specs import Freeze, ModelSpec
@@ -68,10 +81,12 @@ __all__ = [
     "evaluate",
     "label_entropy_floor",
     "load_checkpoint",
+    "loss_floor",
     "predict",
     "prepare_model",
     "save_checkpoint",
     "select_device",
+    "softmax_cross_entropy_floor",
     "standardize",
     "train_epoch",
     "train_stage",
@@ -92,10 +107,11 @@ class StageResult:
     Attributes
     ----------
     history
-        One dict per epoch: ``epoch`` (1-based), ``train_loss`` (mean excess cross-entropy of
-        the epoch's steps, train mode, augmented), ``val_loss`` (excess cross-entropy on the
-        validation set, eval mode), ``val_cross_entropy``, ``val_iou``, ``lr`` and
-        ``seconds`` (wall time of the epoch including validation).
+        One dict per epoch: ``epoch`` (1-based), ``train_loss`` (mean excess loss of the
+        epoch's steps, train mode, augmented), ``val_loss`` (excess loss on the validation
+        set, eval mode), ``val_cross_entropy`` (the raw loss in use on the validation set),
+        ``val_iou``, ``lr`` and ``seconds`` (wall time of the epoch including validation).
+        Excess losses are the loss in use minus its floor on the same set (:func:`loss_floor`).
     best_epoch
         Epoch with the lowest ``val_loss`` (the earliest on ties).
     best_state
@@ -125,16 +141,18 @@ class StageResult:
 class EvalMetrics:
     """Metrics of a model on one validation set.
 
-    ``loss`` = ``cross_entropy`` - ``floor`` (excess cross-entropy, 0 is perfect);
-    ``floor`` is the mean soft-label entropy of the set; ``iou`` is the intersection over
-    union of (predicted particle probability > 0.5) and (mask > 0.5) over all pixels of the
-    set, 1.0 when both are empty.
+    ``cross_entropy`` is the mean loss of the loss function in use (``loss_function``, see
+    the module docstring) on the set; ``floor`` is that loss's floor on the set
+    (:func:`loss_floor`); ``loss`` = ``cross_entropy`` - ``floor`` (excess loss, 0 is
+    perfect); ``iou`` is the intersection over union of (predicted particle probability >
+    0.5) and (mask > 0.5) over all pixels of the set, 1.0 when both are empty.
     """
 
     loss: float
     cross_entropy: float
     floor: float
     iou: float
+    loss_function: LossFunction = "cross_entropy"
 
 
 def select_device(prefer: str | torch.device | None = None) -> torch.device:
@@ -187,22 +205,87 @@ def _tensors(
     return x.to(device), m.to(device)
 
 
-def _cross_entropy(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Mean soft-label cross-entropy of ``logits (N, 2, H, W)`` against ``masks (N, 1, H, W)``."""
-    return F.cross_entropy(logits.float(), soft_labels(masks))
+def _check_loss(loss: str) -> None:
+    """Raise ValueError unless ``loss`` is one of :data:`~hrtem_ray.config.LOSS_FUNCTIONS`."""
+    if loss not in LOSS_FUNCTIONS:
+        raise ValueError(f"loss must be one of {', '.join(LOSS_FUNCTIONS)}, got {loss!r}")
+
+
+def _cross_entropy(
+    logits: torch.Tensor, masks: torch.Tensor, loss: LossFunction = "cross_entropy"
+) -> torch.Tensor:
+    """Mean soft-label loss of ``logits (N, 2, H, W)`` against ``masks (N, 1, H, W)``.
+
+    ``cross_entropy`` on the logits, or ``softmax_cross_entropy`` on their softmax (see
+    the module docstring).
+    """
+    scores = logits.float()
+    if loss == "softmax_cross_entropy":
+        scores = torch.softmax(scores, dim=1)
+    return F.cross_entropy(scores, soft_labels(masks))
+
+
+def softmax_cross_entropy_floor(masks: np.ndarray | torch.Tensor) -> float:
+    """The lowest mean ``softmax_cross_entropy`` reachable on ``masks`` (nats).
+
+    Per pixel with soft label ``y`` the loss is ``-y log s(z) - (1 - y) log s(-z)`` with
+    ``z = p1 - p0`` in [-1, 1] (``s`` the logistic function; see the module docstring); it
+    is convex in ``z`` with its minimum at ``z* = clip(logit(y), -1, 1)``. Hard labels give
+    ln(1 + e^-1) = 0.31326 per pixel.
+
+    Parameters
+    ----------
+    masks
+        Particle probabilities in [0, 1], any shape (clipped to [0, 1]).
+
+    Returns
+    -------
+    float
+        The mean of the per-pixel floor over all pixels.
+    """
+    if isinstance(masks, torch.Tensor):
+        masks = masks.detach().cpu().numpy()
+    y = np.clip(np.asarray(masks, dtype=np.float64), 0.0, 1.0)
+    with np.errstate(divide="ignore"):
+        z = np.clip(np.log(y) - np.log1p(-y), -1.0, 1.0)
+    # -log s(z) = log(1 + e^-z) = logaddexp(0, -z)
+    per_pixel = y * np.logaddexp(0.0, -z) + (1.0 - y) * np.logaddexp(0.0, z)
+    return float(per_pixel.mean())
+
+
+def loss_floor(masks: np.ndarray | torch.Tensor, loss: LossFunction = "cross_entropy") -> float:
+    """The floor of the mean ``loss`` on ``masks``: what an excess loss is measured from.
+
+    ``cross_entropy``: :func:`label_entropy_floor` (the mean soft-label entropy);
+    ``softmax_cross_entropy``: :func:`softmax_cross_entropy_floor`.
+
+    Raises
+    ------
+    ValueError
+        For another ``loss``.
+    """
+    _check_loss(loss)
+    if loss == "softmax_cross_entropy":
+        return softmax_cross_entropy_floor(masks)
+    return label_entropy_floor(masks)
 
 
 @torch.no_grad()
 def _evaluate_tensors(
-    model: nn.Module, x: torch.Tensor, m: torch.Tensor, batch_size: int, device: torch.device
+    model: nn.Module,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    loss: LossFunction = "cross_entropy",
 ) -> tuple[float, float]:
-    """Cross-entropy and IoU of ``model`` (in eval mode) on prepared tensors."""
+    """Mean ``loss`` and IoU of ``model`` (in eval mode) on prepared tensors."""
     ce_sum, inter, union = 0.0, 0, 0
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].contiguous(memory_format=torch.channels_last)
         mb = m[i : i + batch_size]
         logits = model(xb)
-        ce_sum += _cross_entropy(logits, mb).item() * len(xb)
+        ce_sum += _cross_entropy(logits, mb, loss).item() * len(xb)
         pred = logits[:, 1] > logits[:, 0]
         true = mb[:, 0] > 0.5
         inter += int((pred & true).sum())
@@ -216,6 +299,7 @@ def evaluate(
     *,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    loss: LossFunction = "cross_entropy",
 ) -> dict[str, EvalMetrics]:
     """Evaluate ``model`` on every validation set (one per domain).
 
@@ -230,12 +314,16 @@ def evaluate(
         Evaluation batch size.
     device
         Device; default :func:`select_device`.
+    loss
+        The loss function measured (``cross_entropy`` or ``softmax_cross_entropy``); the
+        excess ``loss`` is taken over that function's floor (:func:`loss_floor`).
 
     Returns
     -------
     dict
         Domain label -> :class:`EvalMetrics`, in the order of ``val_sets``.
     """
+    _check_loss(loss)
     device = select_device(device)
     prepare_model(model, device)
     was_training = model.training
@@ -244,9 +332,11 @@ def evaluate(
         out = {}
         for domain, (images, masks) in val_sets.items():
             x, m = _tensors(images, masks, device)
-            ce, iou = _evaluate_tensors(model, x, m, batch_size, device)
-            floor = label_entropy_floor(masks)
-            out[domain] = EvalMetrics(loss=ce - floor, cross_entropy=ce, floor=floor, iou=iou)
+            ce, iou = _evaluate_tensors(model, x, m, batch_size, device, loss)
+            floor = loss_floor(masks, loss)
+            out[domain] = EvalMetrics(
+                loss=ce - floor, cross_entropy=ce, floor=floor, iou=iou, loss_function=loss
+            )
         return out
     finally:
         model.train(was_training)
@@ -300,21 +390,26 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    loss: LossFunction = "cross_entropy",
 ) -> torch.Tensor:
     """One optimisation step on a batch; returns the detached loss (no host sync).
 
     ``images`` and ``masks`` are ``(B, 1, H, W)`` tensors on the model's device (standardised
-    images, masks in [0, 1]); bf16 autocast on CUDA, channels_last input.
+    images, masks in [0, 1]); bf16 autocast on CUDA, channels_last input; ``loss`` is the
+    loss function (see the module docstring).
     """
     xb = images.contiguous(memory_format=torch.channels_last)
     with _autocast(images.device):
         logits = model(xb)
-    loss = _cross_entropy(logits, masks)
+    value = _cross_entropy(logits, masks, loss)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    value.backward()
     optimizer.step()
-    return loss.detach()
+    return value.detach()
 
 
 def train_epoch(
@@ -327,8 +422,9 @@ def train_epoch(
     rng: np.random.Generator,
     augment_data: bool = True,
     epoch: int = 1,
+    loss: LossFunction = "cross_entropy",
 ) -> float:
-    """One epoch of training steps over every image (and symmetry); the mean cross-entropy.
+    """One epoch of training steps over every image (and symmetry); the mean loss.
 
     The model is put in train mode. The visiting order (and each visit's dihedral symmetry)
     comes from :func:`~hrtem_ray.augment.epoch_order` with ``rng``; batches of ``batch_size``
@@ -349,11 +445,13 @@ def train_epoch(
         If False, one identity pass over the images instead of all symmetries.
     epoch
         1-based epoch number, for error messages.
+    loss
+        The loss function (see the module docstring).
 
     Returns
     -------
     float
-        Mean soft-label cross-entropy over the epoch's samples (train mode, augmented).
+        Mean soft-label ``loss`` over the epoch's samples (train mode, augmented).
 
     Raises
     ------
@@ -366,8 +464,8 @@ def train_epoch(
     for start in range(0, len(idx), batch_size):
         sel = torch.as_tensor(idx[start : start + batch_size], device=images.device)
         xb, mb = augment(images[sel], masks[sel], ks[start : start + batch_size])
-        loss = train_step(model, optimizer, xb, mb)
-        pending.append(loss * len(xb))
+        value = train_step(model, optimizer, xb, mb, loss)
+        pending.append(value * len(xb))
         n_steps += 1
         if len(pending) == _CHECK_EVERY or start + batch_size >= len(idx):
             loss_sum += _check_finite(pending, n_steps - len(pending) + 1, epoch)
@@ -392,6 +490,7 @@ def train_stage(
     device: str | torch.device | None = None,
     num_threads: int | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    loss: LossFunction = "cross_entropy",
 ) -> StageResult:
     """Train ``model`` for one stage and keep the epoch with the lowest validation loss.
 
@@ -423,6 +522,9 @@ def train_stage(
         CPU threads for torch during the stage (the trial's cores).
     on_epoch
         Called with each epoch's history dict (e.g. to report to Ray Tune).
+    loss
+        The loss function trained and validated with: ``cross_entropy`` (default) or
+        ``softmax_cross_entropy``; ``train_loss`` and ``val_loss`` are taken over its floor.
 
     Returns
     -------
@@ -436,6 +538,7 @@ def train_stage(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    _check_loss(loss)
     t_start = time.perf_counter()
     device = select_device(device)
     rng = np.random.default_rng(seed)
@@ -446,8 +549,8 @@ def train_stage(
     with _threads(num_threads):
         x_train, m_train = _tensors(train_images, train_masks, device)
         x_val, m_val = _tensors(val_images, val_masks, device)
-        train_floor = label_entropy_floor(train_masks)
-        val_floor = label_entropy_floor(val_masks)
+        train_floor = loss_floor(train_masks, loss)
+        val_floor = loss_floor(val_masks, loss)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=lr)
         history: list[dict] = []
@@ -466,9 +569,10 @@ def train_stage(
                 rng=rng,
                 augment_data=augment_data,
                 epoch=epoch,
+                loss=loss,
             )
             model.eval()
-            val_ce, val_iou = _evaluate_tensors(model, x_val, m_val, batch_size, device)
+            val_ce, val_iou = _evaluate_tensors(model, x_val, m_val, batch_size, device, loss)
             if not math.isfinite(val_ce):
                 raise NonFiniteLossError(f"validation loss is {val_ce} after epoch {epoch}")
             if device.type == "cuda":

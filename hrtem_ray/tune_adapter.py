@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -48,8 +48,8 @@ class TrialContext:
     """What every trial needs besides its own configuration (shipped once per worker)."""
 
     spec_json: str
-    data_root: str
-    root: str
+    dataset_root: str
+    study_root: str
     num_threads: int
 
 
@@ -118,7 +118,7 @@ def tune_trial(config: dict, context: TrialContext) -> None:
     from hrtem_ray.train import NonFiniteLossError
 
     trial = Trial.from_dict(config["trial"])
-    if storage.exists(results.result_path(context.root, trial)):
+    if storage.exists(results.result_path(context.study_root, trial)):
         tune.report({"finished": True, "failed": False, "skipped_existing": True})
         return
     spec = StudySpec.model_validate_json(context.spec_json)
@@ -127,20 +127,20 @@ def tune_trial(config: dict, context: TrialContext) -> None:
         outcome = execute_trial(
             spec,
             trial,
-            dataset_root=context.data_root,
-            study_root=context.root,
+            dataset_root=context.dataset_root,
+            study_root=context.study_root,
             num_threads=context.num_threads,
             device=device,
             on_epoch=lambda record: tune.report({**record, "finished": False}),
         )
     except NonFiniteLossError as exc:
-        results.write_failure(context.root, trial, f"NonFiniteLossError: {exc}", attempts=1)
+        results.write_failure(context.study_root, trial, f"NonFiniteLossError: {exc}", attempts=1)
         tune.report({"finished": True, "failed": True, "error": str(exc)})
         return
     except Exception as exc:
-        results.write_last_error(context.root, trial.model_id, exc)
+        results.write_last_error(context.study_root, trial.model_id, exc)
         raise
-    results.clear_failure(context.root, trial.model_id)  # an earlier attempt may have failed
+    results.clear_failure(context.study_root, trial.model_id)  # an earlier attempt may have failed
     tune.report(
         {
             "finished": True,
@@ -157,7 +157,7 @@ class _HasPending(Protocol):
 
 
 class Progress(Callback):
-    """One line per finished trial of the plan and a done/running/pending summary.
+    """One line per finished trial of the plan and a done/running/pending summary, logged at INFO.
 
     ``done_before`` counts only models of the current plan, and every trial of a
     Tune run belongs to the plan, so the counter cannot pass ``total``.
@@ -170,17 +170,12 @@ class Progress(Callback):
         Models of the plan done before this Tune run.
     searcher
         Its ``pending`` count goes into each line.
-    echo
-        Where the lines go.
     """
 
-    def __init__(
-        self, total: int, done_before: int, searcher: _HasPending, echo: Callable[[str], None]
-    ) -> None:
+    def __init__(self, total: int, done_before: int, searcher: _HasPending) -> None:
         self.total = total
         self.finished = done_before
         self.searcher = searcher
-        self.echo = echo
         self.started = time.time()
 
     def _line(self, trials, trial, status: str) -> None:
@@ -194,7 +189,7 @@ class Progress(Callback):
             if "best_val_loss" in last
             else ""
         )
-        self.echo(
+        logging.getLogger(__name__).info(
             f"[{self.finished}/{self.total}] {status} {desc}{metric} | "
             f"done {self.finished} running {running} pending {self.searcher.pending} "
             f"| {time.time() - self.started:.0f}s"

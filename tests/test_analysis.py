@@ -448,3 +448,170 @@ def test_selection_tables_match_the_filtered_functions(table):
             del selection["sel_reduce"]
             got = _selected(tables["hyperparameters_n_transfer"], selection)
             assert_frame_equal(got, an.hyperparameter_effects(table, "n_transfer", **filters))
+
+
+# ----------------------------------------------------------------------------- G_OOD
+def _gap(frame: pl.DataFrame, x: str, x_prime: str, column: str = "gap"):
+    row = frame.filter((pl.col("train_domain") == x) & (pl.col("eval_domain") == x_prime))
+    assert row.height == 1, (x, x_prime, row)
+    return row.item(0, column)
+
+
+def test_generalization_gap_of_pretrain_models(table):
+    g = an.generalization_gap(table, "pretrain")
+    assert list(g.columns) == list(an.GAP_COLUMNS)
+    # per model, L_X' - L_X with X the pretraining domain; no row for X' == X
+    assert g.filter(pl.col("train_domain") == pl.col("eval_domain")).height == 0
+    # X = 0: P0a 0.2 / 0.6, P0b 0.3 / 0.7, P0c 0 / 0 -> medians 0.2, 0.6 of 3 models
+    assert _gap(g, "0", "5") == pytest.approx(0.2)
+    assert _gap(g, "0", "10") == pytest.approx(0.6)
+    assert _gap(g, "0", "5", "n_models") == 3
+    # X = 5: P5a 0.6 / 0.4, P5b 0.7 / 0.5 -> 0.65, 0.45; X = 10: P10 alone, 1.1 and 0.5
+    assert _gap(g, "5", "0") == pytest.approx(0.65)
+    assert _gap(g, "5", "10") == pytest.approx(0.45)
+    assert (_gap(g, "10", "0"), _gap(g, "10", "5")) == pytest.approx((1.1, 0.5))
+    assert _column(g, "train_domain") == ["0", "0", "5", "5", "10", "10"]  # domain order
+    # a median of per-model gaps, not a gap of medians: P(0, 5) - P(0, 0) = 0.5 - 0.3
+    mean = an.generalization_gap(table, "pretrain", reduce="mean")
+    assert _gap(mean, "0", "5") == pytest.approx((0.2 + 0.3 + 0.0) / 3)
+    # filters apply before reducing: without P0c (lr 1e-4), X = 0 has 0.2, 0.3 -> 0.25
+    assert _gap(an.generalization_gap(table, "pretrain", pretrain_lr=1e-3), "0", "5") == (
+        pytest.approx(0.25)
+    )
+
+
+def test_generalization_gap_of_transfer_models_uses_their_transfer_domain(table):
+    g = an.generalization_gap(table, "transfer")
+    # X is the transfer domain: T05a (own 0.15) 0.35 / 0.35, T05b (own 0.25) 0.35 / 0.65
+    assert _gap(g, "5", "0") == pytest.approx(0.35)
+    assert _gap(g, "5", "10") == pytest.approx((0.35 + 0.65) / 2)
+    assert _gap(g, "5", "10", "n_models") == 2
+    # T50 (X = 0, own 0.32) and T010 (X = 10, own 0.30)
+    assert (_gap(g, "0", "5"), _gap(g, "0", "10")) == pytest.approx((0.08, 0.48))
+    assert (_gap(g, "10", "0"), _gap(g, "10", "5")) == pytest.approx((0.30, 0.60))
+    # transfer filters: freeze none keeps T05a only
+    assert _gap(an.generalization_gap(table, "transfer", freeze="none"), "5", "10") == (
+        pytest.approx(0.35)
+    )
+    # a model without a row on its own domain has no gap
+    no_home = table.filter(~((pl.col("model_id") == "T010") & (pl.col("eval_domain") == "10")))
+    assert "10" not in _column(an.generalization_gap(no_home, "transfer"), "train_domain")
+
+
+def test_generalization_gap_errors_and_empty_selection(table):
+    with pytest.raises(ValueError, match="phase"):
+        an.generalization_gap(table, "baseline")
+    with pytest.raises(ValueError, match="reduce"):
+        an.generalization_gap(table, "pretrain", reduce="mode")
+    with pytest.raises(ValueError, match="model_id"):
+        an.generalization_gap(table.drop("model_id"), "pretrain")
+    with pytest.raises(TypeError, match="lr"):
+        an.generalization_gap(table, "pretrain", lr=1e-3)
+    empty = an.generalization_gap(table, "transfer", seed=7)
+    assert empty.height == 0 and list(empty.columns) == list(an.GAP_COLUMNS)
+    encoded = an.generalization_gap(an.encode_labels(table).lazy(), "transfer")
+    assert_frame_equal(encoded, an.generalization_gap(table, "transfer"))
+
+
+def test_selection_tables_hold_the_generalization_gap(table):
+    tables, choices = an.selection_tables(table)
+    gaps = tables["generalization_gap"]
+    for reduce, freeze in itertools.product(("median", "max"), choices["freeze"]):
+        selection = {"sel_reduce": reduce, "sel_freeze": freeze, "sel_n_transfer": "all",
+                     "sel_pretrain_lr": "all", "sel_transfer_lr": "all"}  # fmt: skip
+        filters = {} if freeze == "all" else {"freeze": freeze}
+        for phase in ("pretrain", "transfer"):
+            got = _selected(gaps, selection).filter(pl.col("phase") == phase).drop("phase")
+            assert_frame_equal(got, an.generalization_gap(table, phase, reduce, **filters))
+
+
+# ----------------------------------------------------------------------------- training time
+SECONDS = {"T05a": 20.0, "T50": 30.0, "T010": 40.0, "T05b": 16.0, "T05c": 24.0}
+
+
+def _timed(table: pl.DataFrame) -> pl.DataFrame:
+    """The table plus T05c (0 -> 5, 64 images, encoder frozen), with per-model train_seconds."""
+    extra = pl.DataFrame(
+        _model("T05c", "transfer", "0", "5", (0.5, 0.2, 0.6), tlr=1e-4, n_tr=64, freeze="encoder")
+    )
+    timed = pl.concat([table, extra])
+    seconds = pl.col("model_id").replace_strict(SECONDS, default=pl.col("train_seconds"))
+    return timed.with_columns(train_seconds=seconds)
+
+
+def _time(frame: pl.DataFrame, phase: str, freeze: str, n: int, column: str):
+    row = frame.filter(
+        (pl.col("phase") == phase) & (pl.col("freeze") == freeze) & (pl.col("n_train_images") == n)
+    )
+    assert row.height == 1, (phase, freeze, n, row)
+    return row.item(0, column)
+
+
+def test_training_time_per_epoch_and_saving(table):
+    t = an.training_time(_timed(table))
+    assert list(t.columns) == list(an.TIME_COLUMNS)
+    # one value per model (not per eval row); every stage ran 10 epochs
+    # transfer, 64 images, unfrozen: T05a 2.0, T50 3.0, T010 4.0 s/epoch -> median 3.0
+    assert _time(t, "transfer", "none", 64, "seconds_per_epoch") == pytest.approx(3.0)
+    assert _time(t, "transfer", "none", 64, "n_models") == 3
+    # encoder frozen, 64 images: T05c 2.4 -> saving 1 - 2.4 / 3.0 = 0.2
+    assert _time(t, "transfer", "encoder", 64, "seconds_per_epoch") == pytest.approx(2.4)
+    assert _time(t, "transfer", "encoder", 64, "saving") == pytest.approx(0.2)
+    # 128 images: T05b only, no unfrozen model of that size to compare with
+    assert _time(t, "transfer", "encoder", 128, "saving") is None
+    # pretrain: 6 models of 512 images, 1 s / 10 epochs; baselines: 384 + 128 and 256 + 256
+    assert _time(t, "pretrain", "none", 512, "seconds_per_epoch") == pytest.approx(0.1)
+    assert _time(t, "pretrain", "none", 512, "n_models") == 6
+    assert _time(t, "baseline", "none", 512, "n_models") == 2
+    assert _time(t, "pretrain", "none", 512, "saving") == 0.0
+    # mean and filters
+    mean = an.training_time(_timed(table), reduce="mean", freeze="none")
+    assert _time(mean, "transfer", "none", 64, "seconds_per_epoch") == pytest.approx(3.0)
+    assert mean.filter(pl.col("freeze") == "encoder").height == 0
+
+
+def test_training_time_groups_by_the_device_columns_when_present(table):
+    timed = _timed(table).with_columns(
+        train_device=pl.lit("cuda:0"),
+        trials_sharing_device=pl.when(pl.col("model_id") == "T05c").then(2).otherwise(1),
+    )
+    t = an.training_time(timed)
+    assert list(t.columns) == [*an.TIME_COLUMNS[:3], *an.DEVICE_COLUMNS, *an.TIME_COLUMNS[3:]]
+    encoder = t.filter((pl.col("freeze") == "encoder") & (pl.col("n_train_images") == 64))
+    # T05c shared its GPU with another trial, the unfrozen models did not: not compared
+    assert encoder.get_column("trials_sharing_device").to_list() == [2]
+    assert encoder.get_column("saving").to_list() == [None]
+    same = timed.with_columns(trials_sharing_device=pl.lit(1))
+    shared = an.training_time(same)
+    assert _time(shared, "transfer", "encoder", 64, "saving") == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="train_seconds"):
+        an.training_time(table.drop("train_seconds"))
+
+
+# ----------------------------------------------------------------------------- Figure 7.2
+def test_transfer_mixture_models_keeps_both_arms_of_each_pair(table):
+    f = an.transfer_mixture_models(table)
+    assert list(f.columns) == list(an.FIGURE_7_2_COLUMNS)
+    # pairs with both arms: 0 -> 5 (T05a, T05b / B1) and 5 -> 0 (T50 / B2); 0 -> 10 has no
+    # mixture. Transfer arm: unfrozen models first, so T05b (encoder) is left out
+    assert _column(f, "model_id") == ["B1", "T05a", "B2", "T50"]
+    assert _column(f, "method") == ["mixture", "transfer"] * 2
+    # x: target images; y: loss on the target (B1 on 5: 0.22, T05a on 5: 0.15, B2 on 0: 0.36)
+    assert _column(f, "n_target_images") == [128, 64, 256, 64]
+    assert _column(f, "loss") == pytest.approx([0.22, 0.15, 0.36, 0.32])
+
+
+def test_transfer_mixture_models_prefers_the_papers_learning_rates(table):
+    paper = pl.DataFrame(
+        _model("T05p", "transfer", "0", "5", (0.4, 0.1, 0.5), lr=1e-4, tlr=1e-5, n_tr=64)
+        + _model("B1p", "baseline", "0", "5", (0.3, 0.12, 0.9), lr=1e-4, n_pre=384, n_tr=128)
+    )
+    f = an.transfer_mixture_models(pl.concat([table, paper]))
+    pair = f.filter(pl.col("source") == "0")
+    assert _column(pair, "model_id") == ["B1p", "T05p"]
+    # without the paper's lrs the nearest is kept: lr 1e-3 / 1e-4 (T05a) is
+    # |log10 10| + |log10 10| = 2 from the paper; 1e-3 / 3e-4 would be 1 + 1.48
+    near = _model("T05n", "transfer", "0", "5", (0.4, 0.1, 0.5), tlr=3e-4, n_tr=32)
+    f = an.transfer_mixture_models(pl.concat([table, pl.DataFrame(near)]))
+    assert "T05n" not in _column(f, "model_id") and "T05a" in _column(f, "model_id")
+    assert an.transfer_mixture_models(table, seed=7).height == 0

@@ -297,3 +297,49 @@ def test_bad_ci_arguments():
         an.pair_matrix(table.drop("model_id"), "pretrain", ci=0.95)
     # without ci the model ids are not needed, as before
     assert an.pair_matrix(table.drop("model_id"), "pretrain").height == 4
+
+
+def test_generalization_gap_interval_by_hand():
+    # transfer models into 5 (_two_domains): t05a gaps on 0: 0.7 - 0.1 = 0.6, t05b 0.7 - 0.5
+    # = 0.2; the median of a resample of two is 0.2, 0.4 or 0.6 -> interval [0.2, 0.6]
+    g = an.generalization_gap(_two_domains(), "transfer", ci=0.95, n_boot=2000)
+    row = g.filter(pl.col("train_domain") == "5").row(0, named=True)
+    assert row["gap"] == pytest.approx(0.4)
+    assert (row["gap_ci_low"], row["gap_ci_high"]) == pytest.approx((0.2, 0.6))
+    assert row["n_models"] == 2
+    # t50a and t50b have the same gap (0.4 - 0.3): a zero-width interval from two models
+    same = g.filter(pl.col("train_domain") == "0").row(0, named=True)
+    assert same["gap_ci_low"] == same["gap_ci_high"] == pytest.approx(0.1)
+    # pretrain: p0a 0.4, p0b 0.4 on 5; the point estimates do not change with ci
+    plain = an.generalization_gap(_two_domains(), "pretrain")
+    with_ci = an.generalization_gap(_two_domains(), "pretrain", ci=0.9, n_boot=100)
+    assert_frame_equal(with_ci.select(plain.columns), plain)
+    assert with_ci.columns == ["train_domain", "eval_domain", "gap", "gap_ci_low",
+                               "gap_ci_high", "n_models"]  # fmt: skip
+    with pytest.raises(ValueError, match="n_boot"):
+        an.generalization_gap(_two_domains(), "pretrain", ci=0.95, n_boot=1)
+
+
+def test_training_time_saving_interval_by_hand():
+    # unfrozen transfers at 2 and 4 s/epoch, encoder-frozen at 1.5 and 1.5: the unfrozen
+    # median resamples to 2, 3 or 4, so the saving 1 - 1.5 / t spans [0.25, 0.625]
+    table = _two_domains().with_columns(
+        epochs=pl.lit(10),
+        train_seconds=pl.col("model_id").replace_strict(
+            {"t05a": 20.0, "t05b": 40.0, "t50a": 15.0, "t50b": 15.0}, default=5.0
+        ),
+        freeze=pl.when(pl.col("model_id").str.starts_with("t50")).then(pl.lit("encoder"))
+        .otherwise(pl.lit("none")),
+    )  # fmt: skip
+    t = an.training_time(table, ci=0.95, n_boot=2000)
+    row = t.filter((pl.col("phase") == "transfer") & (pl.col("freeze") == "encoder"))
+    row = row.row(0, named=True)
+    assert row["saving"] == pytest.approx(0.5)
+    assert (row["saving_ci_low"], row["saving_ci_high"]) == pytest.approx((0.25, 0.625))
+    assert row["n_models"] == 2
+    none = t.filter((pl.col("phase") == "transfer") & (pl.col("freeze") == "none")).row(
+        0, named=True
+    )
+    assert (none["seconds_per_epoch_ci_low"], none["seconds_per_epoch_ci_high"]) == (
+        pytest.approx((2.0, 4.0))
+    )

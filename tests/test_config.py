@@ -455,7 +455,11 @@ def test_spec_layer_imports_nothing_heavy():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"axis": "angle"}, r"dataset\.axis: Input should be 'defocus', 'dose' or 'structure'"),
+        (
+            {"axis": "angle"},
+            r"dataset\.axis: Input should be 'defocus', 'dose', 'structure', "
+            r"'focal_spread_angstrom' or 'cs_mm'",
+        ),
         ({"defocus_nm": -10}, r"axis 'defocus' needs defocus_nm as a list"),
         ({"structures": {"lattices": ["Au"]}}, r"dataset\.structures\.lattices.*Au.*allowed"),
         ({"n_structures": {"train": 0, "val": 2}}, r"dataset\.n_structures\.train"),
@@ -534,7 +538,8 @@ def test_invalid_specs_fail_before_any_compute(tmp_path):
     with pytest.raises(SpecError, match=r"pretrain\.n_images.*dataset\.n_structures\.train"):
         parse_study_spec(bad)
     bad = {**TINY_STUDY, "dataset": {**TINY_DATASET, "axis": "focus"}}
-    with pytest.raises(SpecError, match=r"dataset\.axis.*'defocus', 'dose' or 'structure'"):
+    axes = r"dataset\.axis.*'structure', 'focal_spread_angstrom' or 'cs_mm'"
+    with pytest.raises(SpecError, match=axes):
         parse_study_spec(bad)
     spec_file = tmp_path / "bad.yaml"
     spec_file.write_text(yaml.safe_dump({**TINY_STUDY, "resources": {"cpu": 0}}))
@@ -543,3 +548,132 @@ def test_invalid_specs_fail_before_any_compute(tmp_path):
     assert proc.returncode == 2
     assert "resources.cpu" in proc.stderr and "greater than 0" in proc.stderr
     assert not out.exists()
+
+
+def test_protocol_and_loss_options_are_validated_with_their_allowed_values():
+    transfer = TINY_STUDY["transfer"]
+    bad = {**TINY_STUDY, "transfer": {**transfer, "parents": "each"}}
+    with pytest.raises(SpecError, match=r"transfer\.parents.*'shared' or 'per_model'"):
+        parse_study_spec(bad)
+    bad = {**TINY_STUDY, "training": {**TINY_STUDY["training"], "loss": "mse"}}
+    with pytest.raises(SpecError, match=r"training\.loss.*'cross_entropy' or 'softmax_cross_entropy'"):
+        parse_study_spec(bad)
+    bad = {
+        **TINY_STUDY,
+        "transfer": {**transfer, "delete_parent_checkpoints": True},
+        "keep_checkpoints": "all",
+    }
+    with pytest.raises(SpecError, match=r"transfer\.delete_parent_checkpoints.*keep_checkpoints"):
+        parse_study_spec(bad)
+
+
+@pytest.mark.parametrize(
+    ("parents", "delete", "keep", "deletes"),
+    [
+        ("shared", None, "pretrain", False),
+        ("per_model", None, "pretrain", True),
+        ("per_model", None, "all", False),
+        ("per_model", False, "pretrain", False),
+        ("shared", True, "pretrain", True),
+    ],
+)
+def test_parent_checkpoints_are_deleted_by_default_only_for_per_model(
+    parents, delete, keep, deletes
+):
+    transfer = {**TINY_STUDY["transfer"], "parents": parents, "delete_parent_checkpoints": delete}
+    spec = parse_study_spec({**TINY_STUDY, "transfer": transfer, "keep_checkpoints": keep})
+    assert spec.deletes_parent_checkpoints is deletes
+    assert parse_study_spec(TINY_STUDY).training.loss == "cross_entropy"
+
+
+# ------------------------------------------------------------------------------ exit-wave store
+
+
+def test_new_dataset_fields_at_their_defaults_keep_the_pinned_hash():
+    """focal_spread_angstrom, cs_mm and keep_exit_waves came after datasets existed."""
+    spec = tiny_dataset_spec()
+    assert spec.keep_exit_waves is True and spec.cs_mm == 0.0
+    assert tiny_dataset_spec(keep_exit_waves=False).content_hash() == spec.content_hash()
+    assert tiny_dataset_spec(cs_mm=0.5).content_hash() != spec.content_hash()
+
+
+def test_waves_hash_covers_the_multislice_not_the_imaging():
+    spec = tiny_dataset_spec()
+    same_waves = [
+        tiny_dataset_spec(defocus_nm=[-10, 0, 10, 20]),
+        tiny_dataset_spec(dose_e_per_angstrom2=100),
+        tiny_dataset_spec(cs_mm=1.0),
+        tiny_dataset_spec(simulation={**TINY_DATASET["simulation"], "focal_spread_angstrom": 5}),
+        tiny_dataset_spec(
+            simulation={**TINY_DATASET["simulation"], "output_sampling_angstrom": 0.8}
+        ),
+    ]
+    for other in same_waves:
+        assert other.waves_hash("all") == spec.waves_hash("all")
+    other_waves = [
+        tiny_dataset_spec(simulation={**TINY_DATASET["simulation"], "n_phonons": 2}),
+        tiny_dataset_spec(simulation={**TINY_DATASET["simulation"], "energy_kev": 200}),
+        tiny_dataset_spec(seed=8),
+        tiny_dataset_spec(n_structures={"train": 7, "val": 3}),
+    ]
+    for other in other_waves:
+        assert other.waves_hash("all") != spec.waves_hash("all")
+
+
+def test_adding_a_domain_keeps_the_images_hash_of_the_others():
+    spec, wider = tiny_dataset_spec(), tiny_dataset_spec(defocus_nm=[-10, 0, 10, 20])
+    old = {c.domain: spec.images_hash("all", c) for c in spec.groups()[0].conditions}
+    new = {c.domain: wider.images_hash("all", c) for c in wider.groups()[0].conditions}
+    assert {d: new[d] for d in old} == old and "20" in new
+    doses = tiny_dataset_spec(dose_e_per_angstrom2=100)
+    assert all(
+        doses.images_hash("all", c) != old[c.domain] for c in doses.groups()[0].conditions
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"axis": "cs_mm"}, "axis 'cs_mm' needs cs_mm as a list"),
+        ({"axis": "focal_spread_angstrom"}, "needs focal_spread_angstrom as a list"),
+        ({"cs_mm": [0, 1]}, "cs_mm must be a single value in a 'defocus' study"),
+        ({"focal_spread_angstrom": [5, 10]}, "only allowed in a 'focal_spread_angstrom' study"),
+        ({"cs_mm": 20}, r"dataset.cs_mm: .*outside the allowed range -10 to 10 mm"),
+        (
+            {"axis": "focal_spread_angstrom", "defocus_nm": 0, "focal_spread_angstrom": [-1]},
+            r"dataset.focal_spread_angstrom.0: Input should be greater than or equal to 0",
+        ),
+    ],
+    ids=["cs-axis-scalar", "fs-axis-missing", "cs-list", "fs-list", "cs-range", "fs-negative"],
+)
+def test_new_axes_are_validated_naming_the_field(overrides, message):
+    with pytest.raises(SpecError, match=message):
+        tiny_dataset_spec(**overrides)
+
+
+def test_new_axes_give_conditions_with_the_whole_dataset_imaging():
+    cs = tiny_dataset_spec(axis="cs_mm", defocus_nm=5, cs_mm=[0, 1.2])
+    assert [(c.domain, c.defocus_nm, c.cs_mm, c.focal_spread_angstrom) for c in cs.groups()[0].conditions] == [
+        ("0", 5.0, 0.0, 10.0),
+        ("1.2", 5.0, 1.2, 10.0),
+    ]
+    spread = tiny_dataset_spec(
+        axis="focal_spread_angstrom", defocus_nm=5, focal_spread_angstrom=[5, 20], cs_mm=0.5
+    )
+    assert [(c.domain, c.focal_spread_angstrom, c.cs_mm) for c in spread.groups()[0].conditions] == [
+        ("5", 5.0, 0.5),
+        ("20", 20.0, 0.5),
+    ]
+    assert config.axis_label("cs_mm") == "spherical aberration Cs (mm)"
+    assert config.axis_label("focal_spread_angstrom") == "focal spread (Å)"
+    assert set(config.AXIS_UNITS) == set(config.StudyAxis.__args__)
+
+
+def test_waves_and_images_hashes_are_pinned():
+    """The two hashes alongside content_hash (which they leave unchanged): the exit-wave
+    store's identity and each domain's images. A change of either means the stored waves
+    (or that domain's shards) are simulated again: make it on purpose and update these."""
+    spec = tiny_dataset_spec()
+    assert spec.waves_hash("all") == "670ff7657b518ee8"
+    images = [spec.images_hash("all", c) for c in spec.groups()[0].conditions]
+    assert images == ["713820f70f345517", "3d41b16bd724d499", "7777228f963ecd3d"]

@@ -10,6 +10,7 @@ damaged must not be trained again.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -49,11 +50,9 @@ def heal_spec(dataset_root: Path):
     return parse_study_spec(raw, source="tests")
 
 
-class Lines(list):
-    """Collects the sweep's echoed lines."""
-
-    def __call__(self, line: str) -> None:
-        self.append(line)
+def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The WARNING lines the ``hrtem_ray`` loggers emitted (the CLI prints them on stderr)."""
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def comparable(table: pl.DataFrame) -> pl.DataFrame:
@@ -83,11 +82,11 @@ def finished_at(root: str) -> dict[str, float]:
 def reference(ray_cluster, tiny_dataset_root, tmp_path_factory):
     """The undamaged study: its root and its results table."""
     study = Study(heal_spec(tiny_dataset_root), out=tmp_path_factory.mktemp("heal-ref") / "study")
-    report = study.sweep(echo=Lines())
+    report = study.sweep()
     assert report.failed == []
     table = study.results()
     assert table.height == 6 * 3  # 2 pretrain + 4 transfer models, 3 eval domains
-    return study.root, table
+    return study.study_root, table
 
 
 def copy_of(reference, tmp_path: Path, tiny_dataset_root: Path) -> Study:
@@ -109,26 +108,27 @@ def parent_and_children(spec) -> tuple[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_garbage_result_file_is_quarantined_and_retrained(reference, tiny_dataset_root, tmp_path):
+def test_garbage_result_file_is_quarantined_and_retrained(
+    reference, tiny_dataset_root, tmp_path, caplog
+):
     study = copy_of(reference, tmp_path, tiny_dataset_root)
     _, children = parent_and_children(study.spec)
-    before = finished_at(study.root)
-    damaged = Path(study.root) / "results" / "transfer" / f"{children[0]}.parquet"
+    before = finished_at(study.study_root)
+    damaged = Path(study.study_root) / "results" / "transfer" / f"{children[0]}.parquet"
     damaged.write_bytes(b"this is not a parquet file" * 10)
-    assert children[0] not in results.finished_ids(study.root)
+    assert children[0] not in results.finished_ids(study.study_root)
 
-    lines = Lines()
-    report = study.sweep(echo=lines)
+    report = study.sweep()
 
-    warned = [line for line in lines if line.startswith("warning:")]
-    assert any(str(damaged) in line for line in warned), lines
-    moved = Path(study.root) / "quarantine" / "results" / "transfer" / damaged.name
+    warned = [line for line in warnings_logged(caplog) if line.startswith("warning:")]
+    assert any(str(damaged) in line for line in warned), caplog.messages
+    moved = Path(study.study_root) / "quarantine" / "results" / "transfer" / damaged.name
     assert moved.read_bytes().startswith(b"this is not a parquet file")
     note = json.loads(Path(f"{moved}.quarantine.json").read_text())
     assert note["path"] == str(damaged) and "unreadable Parquet" in note["reason"]
     assert report.failed == [] and report.completed == 1
     assert_same_table(study.results(), reference[1])
-    after = finished_at(study.root)
+    after = finished_at(study.study_root)
     assert after[children[0]] > before[children[0]]  # trained again
     assert {m: t for m, t in after.items() if m != children[0]} == {
         m: t for m, t in before.items() if m != children[0]
@@ -136,51 +136,52 @@ def test_garbage_result_file_is_quarantined_and_retrained(reference, tiny_datase
 
 
 @pytest.mark.slow
-def test_truncated_history_file_retrains_its_model(reference, tiny_dataset_root, tmp_path):
+def test_truncated_history_file_retrains_its_model(reference, tiny_dataset_root, tmp_path, caplog):
     study = copy_of(reference, tmp_path, tiny_dataset_root)
     parent, _ = parent_and_children(study.spec)
-    before = finished_at(study.root)
-    history = Path(study.root) / "history" / f"{parent}.parquet"
+    before = finished_at(study.study_root)
+    history = Path(study.study_root) / "history" / f"{parent}.parquet"
     original = pq.read_table(history)
     data = history.read_bytes()
     history.write_bytes(data[: len(data) // 2])
 
-    lines = Lines()
-    report = study.sweep(echo=lines)
+    report = study.sweep()
 
-    assert any(str(history) in line for line in lines if line.startswith("warning:")), lines
-    assert (Path(study.root) / "quarantine" / "history" / history.name).exists()
-    assert (Path(study.root) / "quarantine" / "results" / "pretrain" / f"{parent}.parquet").exists()
+    warned = [line for line in warnings_logged(caplog) if line.startswith("warning:")]
+    assert any(str(history) in line for line in warned), caplog.messages
+    assert (Path(study.study_root) / "quarantine" / "history" / history.name).exists()
+    assert (
+        Path(study.study_root) / "quarantine" / "results" / "pretrain" / f"{parent}.parquet"
+    ).exists()
     assert report.failed == [] and report.completed == 1
     assert_same_table(study.results(), reference[1])
     healed = pq.read_table(history)
     assert healed["val_loss"].to_pylist() == pytest.approx(original["val_loss"].to_pylist())
-    after = finished_at(study.root)
+    after = finished_at(study.study_root)
     assert after[parent] > before[parent]
     assert all(after[m] == t for m, t in before.items() if m != parent)
 
 
 @pytest.mark.slow
 def test_deleted_parent_checkpoint_retrains_parent_then_children(
-    reference, tiny_dataset_root, tmp_path
+    reference, tiny_dataset_root, tmp_path, caplog
 ):
     """Parent done, checkpoint deleted, one child still to run (an interrupted sweep)."""
     study = copy_of(reference, tmp_path, tiny_dataset_root)
     parent, children = parent_and_children(study.spec)
-    before = finished_at(study.root)
-    shutil.rmtree(storage.local_path(results.checkpoint_path(study.root, parent)))
-    (Path(study.root) / "results" / "transfer" / f"{children[0]}.parquet").unlink()
+    before = finished_at(study.study_root)
+    shutil.rmtree(storage.local_path(results.checkpoint_path(study.study_root, parent)))
+    (Path(study.study_root) / "results" / "transfer" / f"{children[0]}.parquet").unlink()
 
-    lines = Lines()
-    report = study.sweep(echo=lines)
+    report = study.sweep()
 
-    checkpoint = results.checkpoint_path(study.root, parent)
-    warned = [line for line in lines if line.startswith("warning:")]
-    assert any(parent in line and "missing" in line for line in warned), lines
+    checkpoint = results.checkpoint_path(study.study_root, parent)
+    warned = [line for line in warnings_logged(caplog) if line.startswith("warning:")]
+    assert any(parent in line and "missing" in line for line in warned), caplog.messages
     assert report.failed == [] and report.completed == 2  # the parent, then its child
-    assert results.checkpoint_problem(study.root, parent, deep=True) is None
+    assert results.checkpoint_problem(study.study_root, parent, deep=True) is None
     assert_same_table(study.results(), reference[1])
-    after = finished_at(study.root)
+    after = finished_at(study.study_root)
     assert before[parent] < after[parent] < after[children[0]]  # parent first, then the child
     untouched = set(before) - {parent, children[0]}
     assert {m: after[m] for m in untouched} == {m: before[m] for m in untouched}
@@ -204,7 +205,7 @@ def test_check_reports_then_repair_lets_the_sweep_redo_exactly_that(
     reference, tiny_dataset_root, tmp_path
 ):
     study = copy_of(reference, tmp_path, tiny_dataset_root)
-    root = Path(study.root)
+    root = Path(study.study_root)
     parent, children = parent_and_children(study.spec)
     other = plan_trials(study.spec).pretrain[1].model_id
     garbage = root / "results" / "transfer" / f"{children[1]}.parquet"
@@ -212,11 +213,11 @@ def test_check_reports_then_repair_lets_the_sweep_redo_exactly_that(
     empty = root / "results" / "pretrain" / f"{other}.parquet"
     pq.write_table(pq.read_table(empty).slice(0, 0), empty)
     (root / "results" / "transfer" / f"{children[0]}.parquet").unlink()
-    (storage.local_path(results.checkpoint_path(study.root, parent)) / "model.pt").unlink()
+    (storage.local_path(results.checkpoint_path(study.study_root, parent)) / "model.pt").unlink()
     stray = _old_temp_file(root / "results" / "pretrain")
     fresh = root / "history" / ".y.parquet.tmp-fresh"  # a write in progress: left alone
     fresh.write_bytes(b"partial")
-    before = finished_at(study.root)
+    before = finished_at(study.study_root)
 
     proc = run_cli("check", root)
     assert proc.returncode == 4, proc.stdout + proc.stderr
@@ -231,14 +232,14 @@ def test_check_reports_then_repair_lets_the_sweep_redo_exactly_that(
     assert (root / "quarantine" / "results" / "transfer" / garbage.name).exists()
     assert (root / "quarantine" / "results" / "pretrain" / f"{parent}.parquet").exists()
     assert (root / "quarantine" / "checkpoints" / parent / "metadata.json").exists()
-    assert results.finished_ids(study.root) == set(before) - {parent, other, *children}
+    assert results.finished_ids(study.study_root) == set(before) - {parent, other, *children}
     proc = run_cli("check", root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    report = study.sweep(echo=Lines())
+    report = study.sweep()
     assert report.failed == [] and report.completed == 4
     assert_same_table(study.results(), reference[1])
-    after = finished_at(study.root)
+    after = finished_at(study.study_root)
     untouched = set(before) - {parent, other, *children}
     assert untouched and {m: after[m] for m in untouched} == {m: before[m] for m in untouched}
 
@@ -391,22 +392,21 @@ def test_every_kind_of_damaged_result_is_not_done_and_is_named(tmp_path, tiny_da
 
 
 def test_heal_before_sweep_invalidates_a_parent_without_checkpoint_only_if_needed(
-    tmp_path, tiny_dataset_root
+    tmp_path, tiny_dataset_root, caplog
 ):
     spec = heal_spec(tiny_dataset_root)
     plan = plan_trials(spec)
     root = str(tmp_path)
     for trial in plan.all():
         results.write_result(root, trial, _result_table(trial))
-    lines = Lines()
     # every child is done: the missing checkpoints are not needed, nothing happens
-    assert heal_before_sweep(root, plan, lines) == [] and lines == []
+    assert heal_before_sweep(root, plan) == [] and warnings_logged(caplog) == []
     parent = plan.pretrain[0].model_id
     child = plan.children()[parent][0]
     Path(results.result_path(root, child)).unlink()
-    actions = heal_before_sweep(root, plan, lines)
+    actions = heal_before_sweep(root, plan)
     assert len(actions) == 1 and parent in actions[0] and "missing" in actions[0]
-    assert lines == [f"warning: damaged storage: {actions[0]}"]
+    assert warnings_logged(caplog) == [f"warning: damaged storage: {actions[0]}"]
     assert results.finished_ids(root) == {t.model_id for t in plan.all()} - {parent, child.model_id}
 
 

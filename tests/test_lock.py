@@ -148,7 +148,7 @@ def test_live_lock_elsewhere_is_respected(root: str) -> None:
     assert read_lock(root) == other
 
 
-def test_dead_holder_on_this_host_is_taken_over(root: str, capfd) -> None:
+def test_dead_holder_on_this_host_is_taken_over(root: str, caplog) -> None:
     _write_lock(
         root,
         host="this-host",
@@ -158,16 +158,16 @@ def test_dead_holder_on_this_host_is_taken_over(root: str, capfd) -> None:
     with study_lock(root, "new") as held:
         assert read_lock(root).pid == os.getpid()
         assert not held.lost
-    err = capfd.readouterr().err
+    err = caplog.text
     assert "took over the stale study lock" in err and "no longer running" in err
 
 
-def test_old_heartbeat_is_taken_over(root: str, capfd, monkeypatch) -> None:
+def test_old_heartbeat_is_taken_over(root: str, caplog, monkeypatch) -> None:
     monkeypatch.setenv("HRTEM_RAY_LOCK_STALE_SECONDS", "120")
     _write_lock(root, heartbeat_at=_iso(600))
     with study_lock(root, "new"):
         assert read_lock(root).pid == os.getpid()
-    assert "heartbeat is 600 s old (older than 120 s" in capfd.readouterr().err
+    assert "heartbeat is 600 s old (older than 120 s" in caplog.text
     # A younger heartbeat than the limit is respected.
     _write_lock(root, heartbeat_at=_iso(60))
     with pytest.raises(LockHeldError, match="last heartbeat 60 s ago"):

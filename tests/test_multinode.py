@@ -268,7 +268,7 @@ def multinode_run(cluster, moto_s3, tmp_path_factory) -> MultiNodeRun:
 
 def test_simulation_and_trials_ran_on_several_nodes(multinode_run):
     study = Study.from_yaml(multinode_run.spec_file, out=multinode_run.out)
-    shard_nodes = manifest_nodes(study.data_root)
+    shard_nodes = manifest_nodes(study.dataset_root)
     assert len(shard_nodes) == 9  # 6 train + 3 val structures, one per shard
     assert set(shard_nodes) <= multinode_run.nodes
     assert len(set(shard_nodes)) >= 2, f"all simulation tasks ran on one node: {shard_nodes}"
@@ -278,13 +278,13 @@ def test_simulation_and_trials_ran_on_several_nodes(multinode_run):
     trial_nodes = set(table["node_id"])
     assert trial_nodes <= multinode_run.nodes
     assert len(trial_nodes) >= 2, "all trials ran on one node"
-    assert results.read_failures(study.root) == []
+    assert results.read_failures(study.study_root) == []
     assert "sweep finished: all 13 models done (13 run now" in multinode_run.log
 
 
 def test_transfer_trials_load_parent_checkpoints_across_nodes(multinode_run):
     study = Study.from_yaml(multinode_run.spec_file, out=multinode_run.out)
-    pairs = checked_handoffs(study.root)
+    pairs = checked_handoffs(study.study_root)
     assert len(pairs) == 8
     cross_node = [(c, p) for c, p in pairs if c["node_id"] != p["node_id"]]
     assert cross_node, "no transfer trial ran on another node than its parent"
@@ -299,7 +299,7 @@ def test_result_table_has_the_shape_of_a_single_node_run(multinode_run, ray_clus
     deterministic, so the metrics agree as well.
     """
     single = Study(parse_study_spec(MULTINODE_STUDY, source="tests"), out=tmp_path / "single")
-    report = single.sweep(echo=lambda _line: None)
+    report = single.sweep()
     assert report.failed == []
     single_table = single.results().sort("model_id", "eval_domain")
     multi = Study.from_yaml(multinode_run.spec_file, out=multinode_run.out)
@@ -411,7 +411,7 @@ def test_killed_worker_node_costs_only_retries(tiny_dataset_root, tmp_path):
 
     study = Study.from_yaml(spec_file, out=out)
     assert len(done_at_kill) < 13, "the node should die in the middle of the study"
-    assert results.read_failures(study.root) == []
+    assert results.read_failures(study.study_root) == []
     table = study.results()
     assert_complete_table(table, study.spec)
     # Nothing finished on the dead node after it died; its lost trials were rerun elsewhere.
@@ -424,9 +424,9 @@ def test_killed_worker_node_costs_only_retries(tiny_dataset_root, tmp_path):
     assert rerun.height == len(retried) * N_EVAL
     assert victim.node_id not in set(rerun["node_id"])
     # One history per model, one row per epoch: a retried trial overwrote its partial run.
-    history = results.read_history(study.root)
+    history = results.read_history(study.study_root)
     assert history.group_by("model_id").len()["len"].to_list() == [6] * 13
-    checked_handoffs(study.root)
+    checked_handoffs(study.study_root)
 
 
 # ------------------------------------------------------------------------- storage by URI
@@ -451,7 +451,7 @@ def test_study_on_s3_storage(cluster, moto_s3, tmp_path, monkeypatch):
     assert list(cwd.iterdir()) == [], "an s3:// study wrote local files"
 
     study = Study.from_yaml(spec_file, out=root)
-    assert study.root == root and study.data_root == f"{root}/data"
+    assert study.study_root == root and study.dataset_root == f"{root}/data"
     assert sorted(storage.listdir(root)) == [
         "checkpoints",
         "data",
@@ -460,8 +460,8 @@ def test_study_on_s3_storage(cluster, moto_s3, tmp_path, monkeypatch):
         "study.json",
         "tune",
     ]
-    assert len(set(manifest_nodes(study.data_root))) >= 2
-    assert data.summarize(study.data_root) == {
+    assert len(set(manifest_nodes(study.dataset_root))) >= 2
+    assert data.summarize(study.dataset_root) == {
         d: {"train": 6, "val": 3} for d in ("-10", "0", "10")
     }
     table = study.results()

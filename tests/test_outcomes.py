@@ -7,6 +7,7 @@ process group as a terminal's Ctrl-C does (or SIGTERM to the main process only).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -20,7 +21,8 @@ import yaml
 from helpers import CLI, REPO, TINY_DATASET, poison_domain, run_cli
 
 from hrtem_ray import cli, results, storage
-from hrtem_ray.config import parse_study_spec
+from hrtem_ray.config import parse_dataset_spec, parse_study_spec
+from hrtem_ray.data import plan_shards
 from hrtem_ray.study import Study, select_plan_rows
 from hrtem_ray.trials import plan_trials
 
@@ -112,6 +114,18 @@ def test_exit_codes_are_documented_in_help_and_readme(capsys):
         assert f"| {code} |" in section
 
 
+def test_the_command_prints_the_library_log_lines_on_stderr(capsys):
+    """The library logs its progress; the command's one handler prints each message as is."""
+    with cli.progress_printed():
+        logging.getLogger("hrtem_ray.sweep").info("[1/2] done pretrain 0")
+        logging.getLogger("hrtem_ray.check").warning("warning: damaged storage: x")
+        logging.getLogger("hrtem_ray.sweep").debug("not shown")
+    logging.getLogger("hrtem_ray.sweep").info("after the command: not printed")
+    captured = capsys.readouterr()
+    assert captured.err == "[1/2] done pretrain 0\nwarning: damaged storage: x\n"
+    assert captured.out == ""
+
+
 def test_report_refuses_bad_paths_without_creating_anything(tmp_path, capsys):
     out = tmp_path / "report-out"
 
@@ -147,8 +161,8 @@ def test_bad_input_exits_2_before_ray_starts(tmp_path, capsys, case):
     overrides = {}
     if case == "spec":
         overrides["training"] = {"epochs": 0}
-    elif case == "dataset":  # the data directory holds another dataset (another dose)
-        prepare_root(parse_dataset_spec({**TINY_DATASET, "dose_e_per_angstrom2": 300}), str(data))
+    elif case == "dataset":  # the data directory holds another dataset (other structures)
+        prepare_root(parse_dataset_spec({**TINY_DATASET, "seed": 8}), str(data))
     else:
         out.write_text("not a directory")
     spec_file = write_spec(tmp_path / "study.yaml", data, **overrides)
@@ -157,7 +171,7 @@ def test_bad_input_exits_2_before_ray_starts(tmp_path, capsys, case):
         err = capsys.readouterr().err
         assert code == 2, err
         assert err.startswith("error: ") and "Traceback" not in err, err
-        expected = {"spec": "training.epochs", "dataset": "dose", "out_is_a_file": str(out)}
+        expected = {"spec": "training.epochs", "dataset": "dataset.seed", "out_is_a_file": str(out)}
         assert expected[case] in err
 
 
@@ -259,12 +273,13 @@ def test_sigterm_stops_simulate_with_130_and_the_rerun_completes(tmp_path):
     )
     match = INTERRUPTED.search(output)
     assert match, output[-3000:]
-    assert match[3] == "shards" and int(match[2]) == 4 and 1 <= int(match[1]) < 4, match[0]
+    planned = len(plan_shards(parse_dataset_spec(dataset)))
+    assert match[3] == "shards" and int(match[2]) == planned and 1 <= int(match[1]) < planned, match[0]
     assert "Traceback" not in output
 
     resumed = run_cli("simulate", spec_file, "--out", data, "--num-cpus", 2)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
-    assert len(list(manifests.glob("*.json"))) == 4
+    assert len(list(manifests.glob("*.json"))) == planned
 
 
 @pytest.mark.slow
@@ -285,16 +300,18 @@ def test_failed_trials_exit_3_with_the_failure_table_and_a_partial_report(
 
 
 @pytest.mark.slow
-def test_results_and_report_follow_the_current_spec(ray_cluster, tiny_dataset_root, tmp_path):
+def test_results_and_report_follow_the_current_spec(
+    ray_cluster, tiny_dataset_root, tmp_path, caplog
+):
     out = tmp_path / "study"
     raw = {**OUTCOME_STUDY, **SMALL, "dataset": {**TINY_DATASET, "path": str(tiny_dataset_root)}}
     first = Study(parse_study_spec(raw), out=out)
-    assert first.sweep(echo=lambda line: None).finished
+    assert first.sweep().finished
     edited = Study(parse_study_spec({**raw, "training": {"epochs": 2, "batch_size": 4}}), out=out)
-    lines: list[str] = []
-    report = edited.sweep(echo=lines.append)
+    caplog.set_level(logging.INFO, logger="hrtem_ray")
+    report = edited.sweep()
     assert report.finished and report.already_done == 0 and report.completed == 4
-    assert_counters_within_total("\n".join(lines))
+    assert_counters_within_total("\n".join(caplog.messages))
 
     table = edited.results()
     assert set(table["model_id"]) == {t.model_id for t in edited.plan.all()}

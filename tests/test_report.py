@@ -12,8 +12,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import vl_convert as vlc
 
-from hrtem_ray import analysis, report
+from hrtem_ray import analysis, plots, report
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
@@ -362,6 +363,139 @@ def test_selection_tables_carry_intervals_for_every_selection(tmp_path):
         assert any(c.endswith("_ci_low") for c in frame.columns), name
 
 
+# ----------------------------------------------------------------------------- G_OOD, time, Fig 7.2
+def test_report_shows_generalization_gap_training_time_and_figure_7_2(tmp_path):
+    results = _seeded_results(tmp_path, HARD_IN_FOCUS)
+    out = tmp_path / "out"
+    page = report.write_report(results, out).read_text()
+    table = analysis.load_results(results)
+    for name, title in (
+        ("generalization_gap", "Generalization gap G_OOD"),
+        ("transfer_mixture", "Figure 7.2: transfer versus mixture"),
+        ("training_time", "Training time"),
+    ):
+        assert f'id="chart-defocus_{name}"' in page and f"<h3>{title}</h3>" in page, name
+        assert (out / "figures" / f"defocus_{name}.svg").stat().st_size > 1000, name
+    # each new section opens with its question and a generated answer
+    text = _text(page)
+    assert "How much worse are models away from their own training domain (G_OOD)?" in text
+    assert "How much training time does freezing part of the network save?" in text
+    assert "Figure 7.2: does transfer with a small target set approach" in text
+    # the G_OOD heatmap embeds the analysis values with their intervals
+    spec = _spec(page, "defocus_generalization_gap")
+    rows = [
+        r for r in spec["datasets"]["gap_pretrain"] if r.get("sel_reduce", "median") == "median"
+    ]
+    rows = [r for r in rows if all(r.get(k, "all") == "all" for k in r if k.startswith("sel_")
+                                   and k != "sel_reduce")]  # fmt: skip
+    want = analysis.generalization_gap(table, "pretrain", ci=0.95)
+    assert sorted(
+        (r["train_domain"], r["eval_domain"], round(r["gap"], 4)) for r in rows
+    ) == sorted(
+        (a, b, round(g, 4)) for a, b, g in want.select("train_domain", "eval_domain", "gap").rows()
+    )
+    assert any(r.get("gap_ci_low") is not None for r in rows)
+    # training time and Figure 7.2 tables are written as CSV
+    times = pl.read_csv(out / "tables" / "defocus_training_time.csv")
+    assert set(times.get_column("phase")) == {"pretrain", "transfer", "baseline"}
+    models = pl.read_csv(out / "tables" / "defocus_transfer_mixture.csv")
+    assert models.height == 6  # 3 transfer models 0 -> 10 and 3 mixtures 0 + 10
+    figure = (out / "figures" / "defocus_transfer_mixture.svg").read_text()
+    points = re.search(r'<g class="mark-symbol role-mark model_points[^"]*"[^>]*>(.*?)</g>', figure)
+    assert points and points.group(1).count("<path") == 6  # one point per model
+
+
+def _figure_models(pairs: list[tuple[str, str]]) -> pl.DataFrame:
+    """Per-model points of Figure 7.2: 2 seeds x 2 sizes per method and pair."""
+    rows = []
+    for source, target in pairs:
+        for method, sizes in (("transfer", (64, 128)), ("mixture", (128, 256))):
+            for n, seed in ((n, seed) for n in sizes for seed in (0, 1)):
+                rows.append(
+                    {"source": source, "target": target, "method": method, "n_target_images": n,
+                     "model_id": f"{source}{target}{method}{n}{seed}", "seed": seed,
+                     "loss": 0.1 + 0.01 * seed + 1 / n, "pretrain_lr": 1e-4,
+                     "transfer_lr": 1e-5 if method == "transfer" else None,
+                     "n_pretrain": 512 if method == "transfer" else None, "freeze": "none"}
+                )  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def test_figure_7_2_draws_the_paper_panel_first_dashed_transfer_solid_mixture(tmp_path):
+    chart = plots.transfer_mixture_chart(_figure_models([("0", "10"), ("-10", "5"), ("-5", "0")]))
+    spec = plots.chart_spec(chart)
+    assert spec["facet"]["sort"] == ["-10 → 5", "-5 → 0", "0 → 10"]
+    dash = next(n["strokeDash"] for n in _walk(spec) if "strokeDash" in n)
+    assert dash["scale"] == {"domain": ["transfer", "mixture"], "range": [[6, 3], [1, 0]]}
+    line = next(n for n in _walk(spec) if n.get("mark") in ("line", {"type": "line"}))
+    assert line["encoding"]["y"]["aggregate"] == "mean"  # the line is the mean over models
+    svg = vlc.vegalite_to_svg(spec)
+    assert svg.count('class="mark-symbol role-mark model_points') == 3  # one layer per panel
+    assert svg.index("-10 → 5") < svg.index("0 → 10")
+    assert 'stroke-dasharray="6,3"' in svg
+
+
+def test_training_time_chart_names_the_device_and_its_sharing():
+    times = pl.DataFrame(
+        {"phase": ["transfer"] * 3, "freeze": ["none", "encoder", "encoder"],
+         "n_train_images": [64, 64, 64], "train_device": ["cuda:0"] * 3,
+         "trials_sharing_device": [1, 1, 4], "seconds_per_epoch": [2.0, 1.6, 3.0],
+         "saving": [0.0, 0.2, None], "n_models": [3, 3, 1]}
+    )  # fmt: skip
+    spec = plots.chart_spec(plots.training_time_chart(times))
+    groups = {row["group"] for row in spec["datasets"]["times"]}
+    assert groups == {
+        "transfer · 64 img · cuda:0 shared by 1",
+        "transfer · 64 img · cuda:0 shared by 4",
+    }
+    finding = report.freezing_time_saving(times, "defocus")
+    assert "frozen encoder, transfer on 64 images: 0.2" in finding.answer
+    assert "Up to 4 trials shared a device" in finding.answer
+    assert finding.reference and finding.agrees is True
+
+
+def _relabelled(directory: Path, study: str, labels: dict[str, str]) -> Path:
+    """The results of ``directory`` as another study, with its domains renamed."""
+    table = pl.read_parquet(directory / "part-0.parquet").with_columns(
+        pl.col(c).replace(labels) for c in ("pretrain_domain", "transfer_domain", "eval_domain")
+    )
+    table.with_columns(study=pl.lit(study)).write_parquet(directory / "part-0.parquet")
+    return directory
+
+
+def test_dose_and_structure_studies_get_the_papers_views(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "s").mkdir()
+    dose = _relabelled(_seeded_results(tmp_path / "d", HARD_IN_FOCUS), "dose",
+                       {"0": "30", "5": "300", "10": "75"})  # fmt: skip
+    page = report.write_report(dose, tmp_path / "dose").read_text()
+    spec = _spec(page, "dose_pair_matrix")
+    titles = {n.get("title") for n in _walk(spec) if isinstance(n.get("title"), str)}
+    assert {"target dose (e/Å²)", "pretraining dose (e/Å²)"} <= titles
+    x = next(n for n in _walk(spec) if n.get("field") == "target_domain" and "sort" in n)
+    assert x["sort"] == ["30", "75", "300"]  # numeric order
+    labels = {"0": "CdSe-small", "5": "ZnS-large", "10": "CdSe-large"}
+    structure = _relabelled(_seeded_results(tmp_path / "s", HARD_IN_FOCUS), "structure", labels)
+    out = tmp_path / "structure"
+    page = report.write_report(structure, out).read_text()
+    assert 'id="chart-structure_structure"' in page
+    spec = _spec(page, "structure_structure")
+    lattice = next(
+        n for n in _walk(spec) if n.get("field") == "target_domain_lattice" and "sort" in n
+    )
+    assert lattice["sort"] == ["ZnS", "CdSe"]  # the reference study's order, not alphabetical
+    rows = spec["datasets"]["structure"]
+    assert {(r["pretrain_domain_size"], r["panel"]) for r in rows} == {
+        (size, f"after {phase} · target {target}") for size in ("small", "large")
+        for phase in ("pretraining", "transfer") for target in ("small", "large")
+    }  # fmt: skip
+    svg = (out / "figures" / "structure_structure.svg").read_text()
+    assert svg.count('class="mark-rect role-mark') == 8  # 2 pretraining x 2 phases x 2 target sizes
+    assert plots.structure_parts(pl.DataFrame({"d": ["Fe3O4-large", "Cu"]}), "d").rows() == [
+        ("Fe3O4-large", "Fe3O4", "large"), ("Cu", "Cu", "")
+    ]  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- browser
 def _chromium():
     """A headless Chromium session through chromedriver (fails if either is missing)."""
@@ -467,6 +601,11 @@ def check_report_in_browser(path: Path, screenshot: Path) -> dict:
         freeze_changed = [c for c in charts if filtered[c] != after[c]]
         assert freeze_changed, f"freeze={options[-1]} changed no chart"
 
+        figure_7_2_points = driver.execute_script(
+            "return document.querySelectorAll("
+            "'#chart-defocus_transfer_mixture g[class*=model_points] path').length;"
+        )
+
         logs = driver.get_log("browser")
         errors = [entry for entry in logs if entry["level"] == "SEVERE"]
         assert not errors, errors
@@ -477,6 +616,7 @@ def check_report_in_browser(path: Path, screenshot: Path) -> dict:
             "screenshot": str(screenshot),
             "findings": findings,
             "error_bars": error_bars,
+            "figure_7_2_points": figure_7_2_points,
             "warnings": [e["message"] for e in logs if e["level"] == "WARNING"],
         }
     finally:
@@ -491,5 +631,26 @@ def test_report_renders_in_chromium(laptop_run, tmp_path):
     seen = check_report_in_browser(path, screenshot)
     assert "chart-defocus_examples" in seen["charts"]  # the dataset panel is there
     assert any("The hardest domain is" in item for item in seen["findings"]), seen["findings"]
+    # the reference study's views: G_OOD, training time and Figure 7.2 rendered in the page
+    for name in ("generalization_gap", "training_time", "transfer_mixture"):
+        assert f"chart-defocus_{name}" in seen["charts"], seen["charts"]
+    assert seen["figure_7_2_points"] > 0
+    tables = path.parent / "tables"
+    times = pl.read_csv(tables / "defocus_training_time.csv")
+    assert set(times.get_column("phase")) == {"pretrain", "transfer", "baseline"}
+    assert (times.get_column("seconds_per_epoch") > 0).all()
+    columns = analysis.load_results(laptop_run.results_dir).columns
+    shown = [c for c in analysis.DEVICE_COLUMNS if c in columns]
+    assert set(shown) <= set(times.columns)  # what the time was measured on is shown
+    gaps = pl.read_csv(tables / "defocus_generalization_gap.csv")
+    assert set(gaps.get_column("phase")) == {"pretrain", "transfer"}
+    # Figure 7.2 out of the box: the laptop preset has 3 transfer sizes for at least one pair
+    figure = pl.read_csv(tables / "defocus_transfer_mixture.csv")
+    sizes = (
+        figure.filter(pl.col("method") == "transfer")
+        .group_by("source", "target")
+        .agg(pl.col("n_target_images").n_unique())
+    )
+    assert sizes.get_column("n_target_images").max() >= 3, sizes
     assert screenshot.stat().st_size > 10_000
     print(f"report screenshot: {screenshot}")

@@ -126,3 +126,32 @@ def test_the_schedule_imports_without_ray_or_torch():
     code = "import sys, hrtem_ray.schedule; print('ray' in sys.modules, 'torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.split() == ["False", "False"]
+
+
+def test_per_model_parents_each_release_only_their_own_child():
+    """``transfer.parents: per_model``: one parent per child, each child released by its own."""
+    from helpers import TINY_STUDY
+
+    from hrtem_ray.config import parse_study_spec
+    from hrtem_ray.trials import plan_trials
+
+    transfer = {**TINY_STUDY["transfer"], "parents": "per_model"}
+    plan = plan_trials(parse_study_spec({**TINY_STUDY, "transfer": transfer}, source="tests"))
+    assert len(plan.pretrain) == len(plan.transfer) == 8
+    parent_of = {t.model_id: t.parent_id for t in plan.transfer}
+    schedule = DependentTrialSchedule(TrialPlan(plan.pretrain, plan.transfer, []))
+    keys = {schedule.next_trial(f"p{i}").model_id: f"p{i}" for i in range(8)}
+    assert set(keys) == set(parent_of.values()) and schedule.next_trial("none") is None
+    released = []
+    for child, parent in parent_of.items():
+        schedule.complete(keys[parent], failed=False)
+        handed = drain(schedule, f"after-{parent}-")
+        assert handed == [child]  # exactly its own child, at once
+        released += handed
+    assert released == list(parent_of) and schedule.pending == 0
+    # a failed parent skips only its own child
+    schedule = DependentTrialSchedule(TrialPlan(plan.pretrain, plan.transfer, []))
+    first = schedule.next_trial("f").model_id
+    schedule.complete("f", failed=True)
+    assert [t.parent_id for t, _ in schedule.skipped] == [first]
+    assert schedule.pending == 7 + 7

@@ -206,6 +206,27 @@ def test_ctf_matches_abtem():
     assert np.abs(ours[0] - theirs).max() < 1e-5
 
 
+@pytest.mark.parametrize("cs_mm", [1.2, -0.03])
+def test_ctf_with_spherical_aberration_matches_abtem(cs_mm):
+    """Cs in mm is abTEM's C30 (angstrom) / 1e7, with abTEM's sign of the aberration phase."""
+    params = SimulationParams(sampling_angstrom=0.2, n_phonons=1, phonon_sigma_angstrom=0.0)
+    waves = _single_atom_waves(20.0, params)
+    transfer = ctf(waves.shape[-2:], 0.2, 300.0, 60.0, 10.0, cs_mm=cs_mm)
+    ours = spectra_to_waves(wave_spectra(waves, waves.shape[-2:]) * transfer)
+    theirs = (
+        abtem.Waves(waves[0], energy=300e3, sampling=0.2)
+        .apply_ctf(abtem.CTF(defocus=60.0, Cs=cs_mm * 1e7, focal_spread=10.0))
+        .compute(scheduler="synchronous")
+        .array
+    )
+    assert np.abs(ours[0] - theirs).max() < 1e-5
+    # Cs changes the image (the test cannot pass with the aberration left out)
+    without = spectra_to_waves(
+        wave_spectra(waves, waves.shape[-2:]) * ctf(waves.shape[-2:], 0.2, 300.0, 60.0, 10.0)
+    )
+    assert np.abs(without[0] - theirs).max() > 1e-2
+
+
 def test_focal_spread_is_one_over_e_width():
     k2_at = np.fft.fftfreq(64, 0.2)[5] ** 2  # spatial frequency of column 5
     transfer = ctf((64, 64), 0.2, 300.0, 0.0, 10.0)

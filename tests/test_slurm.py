@@ -108,6 +108,8 @@ def test_allocation_from_env(fake_slurm) -> None:
         # Heterogeneous nodes: per-node counts.
         ({"SLURM_JOB_CPUS_PER_NODE": "32(x2),16", "SLURM_CPUS_ON_NODE": "32"}, (32, 32, 16), 0),
         ({"SLURM_CPUS_ON_NODE": "48", "SLURM_GPUS_PER_NODE": "a100:4"}, (48, 48, 48), 4),
+        # One count without (xN) holds for every node.
+        ({"SLURM_JOB_CPUS_PER_NODE": "16"}, (16, 16, 16), 0),
         ({"SLURM_GPUS_PER_TASK": "gpu:h100:8"}, (None, None, None), 8),
         ({"SLURM_GPUS_ON_NODE": "1", "SLURM_GPUS_PER_NODE": "4"}, (None, None, None), 1),
         ({}, (None, None, None), 0),
@@ -134,6 +136,10 @@ def test_old_nodelist_variable_is_accepted(fake_slurm) -> None:
             "SLURM_JOB_CPUS_PER_NODE",
         ),
         ({"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_GPUS_ON_NODE": "a100"}, "SLURM_GPUS_ON_NODE"),
+        (
+            {"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_GPUS_PER_NODE": "a100:2,v100:1"},
+            "SLURM_GPUS_PER_NODE",
+        ),
     ],
 )
 def test_bad_env_names_the_variable(fake_slurm, env: dict[str, str], variable: str) -> None:
@@ -199,10 +205,20 @@ def test_plan_options(fake_slurm) -> None:
 def _args(**kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     slurm.add_arguments(parser)
-    args = parser.parse_args(["sweeps/baseline_paper.yaml", "--dry-run"])
+    args = slurm.parse_args(parser, ["sweeps/baseline_paper.yaml", "--dry-run"])
     for key, value in kw.items():
         setattr(args, key, value)
     return args
+
+
+def test_parse_args_passes_what_follows_the_first_separator_to_the_study() -> None:
+    parser = argparse.ArgumentParser()
+    slurm.add_arguments(parser)
+    args = slurm.parse_args(parser, ["s.yaml", "--port", "6400", "--", "--resume", "--", "x"])
+    assert (args.spec, args.port, args.extra) == ("s.yaml", 6400, ["--resume", "--", "x"])
+    assert slurm.parse_args(parser, ["s.yaml"]).extra == []
+    with pytest.raises(SystemExit):  # a study option before the separator is refused
+        slurm.parse_args(parser, ["s.yaml", "--resume"])
 
 
 def test_dry_run_prints_every_command(fake_slurm, capsys) -> None:

@@ -150,7 +150,7 @@ def test_parquet_round_trip_through_same_fs(root: str) -> None:
     table = _table()
     for i in range(2):
         storage.write_parquet_atomic(table, storage.join(root, "results", f"part-{i}.parquet"))
-    back = storage.read_parquet(storage.join(root, "results", "part-0.parquet"))
+    back = storage.read_parquet_files([storage.join(root, "results", "part-0.parquet")])
     assert back.equals(table)
 
     loc = storage.resolve(storage.join(root, "results"))
@@ -160,8 +160,45 @@ def test_parquet_round_trip_through_same_fs(root: str) -> None:
     with loc.fs.open_input_file(loc.path + "/part-1.parquet") as fh:
         df = pl.read_parquet(fh)
     assert df.to_dict(as_series=False) == table.to_pydict()
-    # Directory read through the helper.
-    assert storage.read_parquet(storage.join(root, "results")).num_rows == 2 * table.num_rows
+    # Files read (in order) through the one reader.
+    parts = [storage.join(root, "results", f"part-{i}.parquet") for i in range(2)]
+    both = storage.read_parquet_files(parts)
+    assert both.num_rows == 2 * table.num_rows
+    assert both.slice(table.num_rows).equals(table)
+    assert storage.read_parquet_files([]).num_rows == 0
+
+
+def test_read_parquet_files_combines_by_name_and_names_damaged_files(root: str) -> None:
+    """One reader for every storage kind: columns by name, damaged files named or handed over."""
+    first = storage.join(root, "results", "a.parquet")
+    storage.write_parquet_atomic(_table(2), first)
+    extra = storage.join(root, "results", "b.parquet")  # an extra column; loss all null
+    storage.write_parquet_atomic(
+        pa.table({"model_id": ["x"], "loss": pa.nulls(1), "iou": [0.25]}), extra
+    )
+    both = storage.read_parquet_files([first, extra])
+    assert both.column_names == ["model_id", "loss", "iou"]
+    assert both.schema.field("loss").type == pa.float64()
+    assert both.to_pydict() == {
+        "model_id": ["m0", "m1", "x"],
+        "loss": [0.5, 0.25, None],
+        "iou": [None, None, 0.25],
+    }
+    assert storage.read_parquet_files([extra], columns=["iou"]).column_names == ["iou"]
+
+    broken = storage.join(root, "results", "c.parquet")
+    storage.write_bytes_atomic(broken, b"not parquet")
+    with pytest.raises(ValueError, match="cannot read .*c.parquet: unreadable Parquet"):
+        storage.read_parquet_files([first, broken])
+    damaged: list[tuple[str, str]] = []
+    kept = storage.read_parquet_files(
+        [first, broken, extra],
+        check=lambda uri, table: "no iou" if "iou" not in table.column_names else None,
+        on_damaged=lambda uri, why: damaged.append((uri, why)),
+    )
+    assert kept.to_pydict() == {"model_id": ["x"], "loss": [None], "iou": [0.25]}
+    assert [uri for uri, _ in damaged] == [first, broken]
+    assert damaged[0][1] == "no iou" and "unreadable Parquet" in damaged[1][1]
 
 
 def test_polars_scan_s3_with_storage_options(s3_root: str) -> None:

@@ -23,8 +23,10 @@ from hrtem_ray.train import (
     evaluate,
     label_entropy_floor,
     load_checkpoint,
+    loss_floor,
     predict,
     save_checkpoint,
+    softmax_cross_entropy_floor,
     standardize,
     train_stage,
 )
@@ -272,3 +274,58 @@ def test_pretrain_transfer_and_evaluation_on_every_domain(tiny_dataset, tmp_path
         assert isinstance(metrics, EvalMetrics)
         assert metrics.loss == pytest.approx(metrics.cross_entropy - metrics.floor)
         assert metrics.floor >= 0 and 0 <= metrics.iou <= 1 and math.isfinite(metrics.loss)
+
+
+# ---------------------------------------------------------------- loss functions
+
+
+def test_softmax_cross_entropy_floor_for_hard_labels_is_ln_1_plus_e_minus_1() -> None:
+    hard = np.array([[0.0, 1.0], [1.0, 0.0]])
+    assert softmax_cross_entropy_floor(hard) == pytest.approx(math.log1p(math.exp(-1)), abs=1e-15)
+    assert loss_floor(hard, "softmax_cross_entropy") == pytest.approx(0.31326, abs=1e-5)
+    assert loss_floor(hard) == label_entropy_floor(hard) == 0.0
+    # soft labels: the minimum of -y log s(z) - (1 - y) log s(-z) over z in [-1, 1], by brute force
+    z = np.linspace(-1.0, 1.0, 200_001)
+    for y in (0.5, 0.6, 0.8, 0.95):
+        brute = np.min(-y * np.log(1 / (1 + np.exp(-z))) - (1 - y) * np.log(1 / (1 + np.exp(z))))
+        assert softmax_cross_entropy_floor(np.array([y])) == pytest.approx(brute, abs=1e-9)
+    with pytest.raises(ValueError, match="softmax_cross_entropy"):
+        loss_floor(hard, "mse")
+
+
+def test_softmax_cross_entropy_of_a_perfect_model_is_its_floor() -> None:
+    """A model certain of hard labels: double softmax leaves ln(1 + e^-1) per pixel, excess 0."""
+
+    class Certain(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            m = (x > x.mean(dim=(-2, -1), keepdim=True)).float()
+            return torch.cat([50 * (1 - m), 50 * m], 1)
+
+    _, masks = disks(4)
+    hard = (masks > 0.5).astype(np.float32)
+    images = 2 * hard + 1
+    plain = evaluate(Certain(), {"a": (images, hard)}, device="cpu")["a"]
+    double = evaluate(Certain(), {"a": (images, hard)}, device="cpu", loss="softmax_cross_entropy")
+    double = double["a"]
+    assert plain.loss_function == "cross_entropy" and plain.cross_entropy < 1e-15
+    assert double.loss_function == "softmax_cross_entropy"
+    assert double.cross_entropy == pytest.approx(math.log1p(math.exp(-1)), abs=1e-6)
+    assert double.floor == pytest.approx(math.log1p(math.exp(-1)), abs=1e-12)
+    assert double.loss == pytest.approx(0.0, abs=1e-6) and double.iou == 1.0
+
+
+def test_training_with_softmax_cross_entropy_learns_and_reports_excess_loss() -> None:
+    images, masks = disks(8)
+    model = build_model(TINY, seed=0)
+    result = train_stage(
+        model, images, masks, images, masks, lr=1e-2, epochs=3, loss="softmax_cross_entropy"
+    )
+    floor = softmax_cross_entropy_floor(masks)
+    for record in result.history:
+        assert record["val_loss"] == pytest.approx(record["val_cross_entropy"] - floor)
+        assert record["val_loss"] >= -1e-6 and record["train_loss"] >= -1e-6
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    metrics = evaluate(model, {"a": (images, masks)}, device="cpu", loss="softmax_cross_entropy")
+    assert metrics["a"].loss == pytest.approx(result.best_val_loss, abs=1e-5)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        train_stage(model, images, masks, images, masks, lr=1e-3, epochs=1, loss="mse")

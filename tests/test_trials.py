@@ -8,11 +8,13 @@ literal, so that any change of how ids are derived fails here first.
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import pytest
 
-from hrtem_ray.config import parse_study_spec
-from hrtem_ray.trials import Trial, baseline_pairs, dry_run, plan_trials
+from hrtem_ray.config import load_study_spec, parse_study_spec
+from hrtem_ray.specs import N_SYMMETRIES
+from hrtem_ray.trials import Trial, baseline_pairs, dry_run, per_model_seed, plan_trials
 
 # A literal copy of the tiny dataset, not helpers.TINY_DATASET: the pinned model id below
 # must not move when shared test data changes.
@@ -138,4 +140,154 @@ def test_dry_run_lines():
         "(64 augmented image passes over 2 epochs)",
         "baseline: 1 trials training on images per trial: 1 x 4 "
         "(64 augmented image passes over 2 epochs)",
+        # per_model: 2 parents of 4 images, 2 children of 2, 1 baseline of 4: 16 images x 8 x 2
+        "transfer.parents: per_model: 5 trainings, 256 augmented image passes",
+        "transfer.parents: shared (this spec): 4 trainings, 192 augmented image passes; "
+        "shared parents save 1 pretraining runs, 64 passes (25%)",
     ]
+
+
+def per_model(raw: dict, **transfer) -> dict:
+    """``raw`` with ``transfer.parents: per_model`` (and other transfer fields)."""
+    return {**raw, "transfer": {**raw["transfer"], "parents": "per_model", **transfer}}
+
+
+def test_per_model_parents_one_per_child_with_derived_seeds():
+    plan = plan_of(per_model(SPEC))
+    assert plan.counts() == {"pretrain": 2, "transfer": 2, "baseline": 1}
+    parents = {p.model_id: p for p in plan.pretrain}
+    assert [t.parent_id for t in plan.transfer] == list(parents)  # one parent each, in order
+    assert plan.children() == {t.parent_id: [t] for t in plan.transfer}
+    for child in plan.transfer:
+        parent = parents[child.parent_id]
+        expected = per_model_seed(0, child.transfer_domain, 1e-4, 2, child.freeze)
+        assert parent.seed == child.seed == expected
+        assert (parent.pretrain_domain, parent.pretrain_lr, parent.n_pretrain) == ("0", 1e-3, 4)
+    assert len({p.seed for p in plan.pretrain}) == 2
+    # the baseline and the shared protocol's ids are untouched
+    assert plan.baseline == plan_of(SPEC).baseline
+    assert plan_of(SPEC).pretrain[0].model_id == PINNED_PRETRAIN_ID
+    assert PINNED_PRETRAIN_ID not in parents
+
+
+def test_per_model_seed_is_a_documented_hash_of_the_child_settings():
+    text = '{"freeze":"none","n_transfer":2,"seed":0,"transfer_domain":"10","transfer_lr":0.0001}'
+    assert per_model_seed(0, "10", 1e-4, 2, "none") == int(
+        hashlib.sha256(text.encode()).hexdigest()[:15], 16
+    )
+    assert 0 <= per_model_seed(2**62, "x", 1.0, 1, "encoder") < 2**60
+
+
+def test_per_model_ids_survive_a_new_grid_value():
+    old = plan_of(per_model(SPEC))
+    new = plan_of(per_model(SPEC, lr=[1e-4, 1e-5]))
+    assert {t.model_id for t in old.all()} < {t.model_id for t in new.all()}
+    assert new.counts() == {"pretrain": 4, "transfer": 4, "baseline": 1}
+
+
+def test_per_model_keeps_the_grid_model_of_a_configuration_without_children():
+    raw = per_model(SPEC)
+    raw["domains"] = {"pretrain": ["0", "10"], "transfer": ["10"]}
+    plan = plan_of(raw)
+    # domain 0: two children with parents of their own; domain 10: no target, its grid model
+    assert plan.counts() == {"pretrain": 3, "transfer": 2, "baseline": 1}
+    lonely = [p for p in plan.pretrain if p.pretrain_domain == "10"]
+    assert [p.seed for p in lonely] == [0]
+
+
+def test_the_loss_option_enters_the_ids_only_when_set():
+    default = plan_of(edited(training={**SPEC["training"], "loss": "cross_entropy"}))
+    assert default.pretrain[0].model_id == PINNED_PRETRAIN_ID
+    softmax = plan_of(edited(training={**SPEC["training"], "loss": "softmax_cross_entropy"}))
+    assert not {t.model_id for t in softmax.all()} & {t.model_id for t in default.all()}
+
+
+def first_line_counts(path: str) -> dict[str, int]:
+    """The counts of ``--dry-run``'s first line (``study NAME (AXIS): N pretrain, ...``)."""
+    first = dry_run(load_study_spec(path)).splitlines()[0]
+    parts = first.split(": ", 1)[1].split(", ")
+    return {part.split(" ", 1)[1]: int(part.split(" ", 1)[0]) for part in parts}
+
+
+@pytest.mark.parametrize(
+    ("preset", "pretrain", "transfer", "baseline"),
+    [
+        ("defocus_paper", 7200, 7200, 0),
+        ("dose_paper", 180, 180, 0),
+        ("structure_paper", 2754, 2754, 0),  # 18 domains x 3 seeds x 17 targets x 3 freezes
+        ("baseline_paper", 450, 450, 720),  # 50 ordered pairs x 3 sizes x 3 seeds
+    ],
+)
+def test_paper_presets_use_per_model_parents_with_the_study_counts(
+    preset, pretrain, transfer, baseline
+):
+    path = f"sweeps/{preset}.yaml"
+    counts = first_line_counts(path)
+    assert counts == {
+        "pretrain": pretrain,
+        "transfer": transfer,
+        "baseline": baseline,
+        "models in all": pretrain + transfer + baseline,
+    }
+    spec = load_study_spec(path)
+    assert spec.transfer.parents == "per_model" and spec.deletes_parent_checkpoints
+    assert spec.dataset.simulation.mask_recipe == "smoothed"
+    lines = dry_run(spec).splitlines()
+    assert any(line.startswith("transfer.parents: per_model (this spec): ") for line in lines)
+    assert any(line.startswith("transfer.parents: shared: ") for line in lines)
+
+
+def test_defocus_paper_protocol_lines_count_the_passes():
+    spec = load_study_spec("sweeps/defocus_paper.yaml")
+    per_model_line, shared_line = dry_run(spec).splitlines()[-2:]
+    # per model: 7,200 parents of 512 images + transfers of 64..512 (1,800 each) over 10 epochs
+    transfer_images = 1800 * (64 + 128 + 256 + 512)
+    per_model_passes = (7200 * 512 + transfer_images) * N_SYMMETRIES * 10
+    shared_passes = (30 * 512 + transfer_images) * N_SYMMETRIES * 10
+    assert per_model_line == (
+        f"transfer.parents: per_model (this spec): 14,400 trainings, "
+        f"{per_model_passes:,} augmented image passes"
+    )
+    assert shared_line.startswith(
+        f"transfer.parents: shared: 7,230 trainings, {shared_passes:,} augmented image passes; "
+        f"shared parents save 7,170 pretraining runs, {per_model_passes - shared_passes:,} passes"
+    )
+
+
+@pytest.mark.parametrize(
+    ("preset", "counts"),
+    [
+        ("laptop", {"pretrain": 3, "transfer": 72, "baseline": 27}),
+        ("laptop_dose", {"pretrain": 5, "transfer": 60, "baseline": 0}),
+        ("laptop_structure", {"pretrain": 4, "transfer": 36, "baseline": 0}),
+    ],
+)
+def test_laptop_presets_dry_run(preset, counts):
+    got = first_line_counts(f"sweeps/{preset}.yaml")
+    assert got == {**counts, "models in all": sum(counts.values())}
+
+
+def test_laptop_has_three_transfer_sizes_matching_the_mixtures_target_counts():
+    spec = load_study_spec("sweeps/laptop.yaml")
+    sizes = sorted(spec.transfer.n_images)
+    assert len(sizes) >= 3
+    assert sorted(n_target for _, n_target in spec.baseline.mixtures) == sizes
+
+
+def test_baseline_paper_has_both_arms_of_figure_7_2_for_every_pair():
+    plan = plan_trials(load_study_spec("sweeps/baseline_paper.yaml"))
+    mixtures = {
+        (t.pretrain_domain, t.transfer_domain, t.n_transfer)
+        for t in plan.baseline
+        if t.pretrain_lr == 1e-4
+    }
+    transfers = {(t.pretrain_domain, t.transfer_domain, t.n_transfer) for t in plan.transfer}
+    assert mixtures <= transfers
+    assert {(t.pretrain_lr, t.transfer_lr) for t in plan.transfer} == {(1e-4, 1e-5)}
+    assert {t.n_pretrain for t in plan.transfer} == {512}
+    per_point = {}
+    for t in plan.transfer:
+        key = (t.pretrain_domain, t.transfer_domain, t.n_transfer)
+        per_point[key] = per_point.get(key, 0) + 1
+    assert set(per_point.values()) == {3}  # 3 seeds, each with its own parent
+    assert ("-10", "5", 128) in transfers
