@@ -506,7 +506,8 @@ def waves_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
         name = line.split(":", 1)[0]
         both = "<absent>" not in line.split(":", 1)[1]
         wave_field = name == "generator_version" or (
-            both and any(name == f or (f.endswith(".") and name.startswith(f)) for f in _WAVE_FIELDS)
+            both
+            and any(name == f or (f.endswith(".") and name.startswith(f)) for f in _WAVE_FIELDS)
         )
         if wave_field:
             lines.append(line)
@@ -912,8 +913,7 @@ def simulate_dataset(
         for cell in sorted({g.structures.cell_angstrom for g in spec.groups()}):
             warm_fftw_wisdom(cell, spec.simulation)
         items = [
-            {**asdict(unit), "domains": ",".join(unit.domains)}
-            for unit in simulation_units(todo)
+            {**asdict(unit), "domains": ",".join(unit.domains)} for unit in simulation_units(todo)
         ]
         with _simulation_data_context(DataContext.get_current()):
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -1007,24 +1007,6 @@ def shard_files(
     return [uri for _, uri, _ in _selected_files(str(dataset_root), domains, split)]
 
 
-def _read_shard_file(key: str, uri: str, rows: int) -> pa.Table:
-    """One listed shard file; DatasetError naming it if it is damaged."""
-    loc = storage.resolve(uri)
-    try:
-        table = pq.read_table(loc.path, filesystem=loc.fs)
-    except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(
-            f"shard file {uri} (shard {key}) is damaged or missing ({exc}); rerun "
-            "`hrtem-ray simulate` with the same spec to re-simulate it"
-        ) from None
-    if table.num_rows != rows:
-        raise DatasetError(
-            f"shard file {uri} (shard {key}) has {table.num_rows} rows, its manifest {rows}; "
-            "rerun `hrtem-ray simulate` with the same spec to re-simulate it"
-        )
-    return table
-
-
 def read_table(
     dataset_root: str | Path, domains: Iterable[str] | None = None, split: str | None = None
 ) -> pa.Table:
@@ -1035,10 +1017,23 @@ def read_table(
     DatasetError
         No dataset at ``dataset_root``, or a listed file is missing or damaged (named).
     """
-    files = _selected_files(str(dataset_root), domains, split)
-    if not files:
+    listed = {
+        uri: (key, rows) for key, uri, rows in _selected_files(str(dataset_root), domains, split)
+    }
+    if not listed:
         return pa.table({})
-    table = pa.concat_tables([_read_shard_file(*f) for f in files])
+
+    def wrong_rows(uri: str, table: pa.Table) -> str | None:
+        rows = listed[uri][1]
+        return None if table.num_rows == rows else f"has {table.num_rows} rows, its manifest {rows}"
+
+    def refuse(uri: str, why: str) -> None:
+        raise DatasetError(
+            f"shard file {uri} (shard {listed[uri][0]}) is damaged or missing ({why}); rerun "
+            "`hrtem-ray simulate` with the same spec to re-simulate it"
+        )
+
+    table = storage.read_parquet_files(list(listed), check=wrong_rows, on_damaged=refuse)
     return table.sort_by([("domain", "ascending"), ("structure_id", "ascending")])
 
 

@@ -326,7 +326,9 @@ class StudyLock:
             if reason is None:
                 raise LockHeldError(_held_message(self.root, info, self.stale_seconds))
             if storage.replace_if_unchanged(self.uri, mine, expected=found):
-                log.warning(f"took over the stale study lock {self.uri}: {reason} ({info.describe()})")
+                log.warning(
+                    f"took over the stale study lock {self.uri}: {reason} ({info.describe()})"
+                )
                 break
             # Someone else changed it (a takeover or a heartbeat): look again.
         else:

@@ -13,20 +13,8 @@ other node it joins the head and blocks until the head goes away. The job's exit
 status is the head step's, i.e. the study's. Host lists come from
 ``scontrol show hostnames``. ``--dry-run`` prints every command instead.
 
-Variables read
---------------
-``SLURM_JOB_NODELIST`` (or ``SLURM_NODELIST``)
-    Allocated nodes; the first one is the head. Required.
-``SLURM_JOB_ID``
-    Names the node-local Ray temp dir (``/tmp/ray-<jobid>``).
-``SLURM_CPUS_PER_TASK``, else ``SLURM_JOB_CPUS_PER_NODE`` (``32(x2),16``), else ``SLURM_CPUS_ON_NODE``
-    CPUs Ray may use per node (``--num-cpus``); omitted if none is set.
-``SLURM_GPUS_ON_NODE``, else ``SLURM_GPUS_PER_NODE`` / ``SLURM_GPUS_PER_TASK`` (``4`` or ``a100:4``)
-    GPUs per node (``--num-gpus``); ``0`` if none is set, so Ray never claims GPUs
-    the job did not ask for.
-``HRTEM_RAY_HEAD_IP``
-    Address of the head as the other nodes reach it (e.g. an InfiniBand IP).
-    Default: the head host name resolved on the head node (where the batch step runs).
+The ``SLURM_*`` variables read, and ``HRTEM_RAY_HEAD_IP``, are listed in the
+README's Slurm section (and :data:`CPU_VARIABLES`, :data:`GPU_VARIABLES`).
 """
 
 from __future__ import annotations

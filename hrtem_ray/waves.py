@@ -88,9 +88,9 @@ def _entry_path(root: str, key: str) -> str:
 def _complex_column(arrays: Sequence[np.ndarray]) -> pa.Array:
     """complex64 arrays of one shape as a float32 ``(..., 2)`` fixed-shape tensor column."""
     stacked = np.stack([np.ascontiguousarray(a, np.complex64) for a in arrays])
-    return pa.FixedShapeTensorArray.from_numpy_ndarray(stacked.view(np.float32).reshape(
-        stacked.shape + (2,)
-    ))
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(
+        stacked.view(np.float32).reshape(stacked.shape + (2,))
+    )
 
 
 def _complex_from(column: pa.ChunkedArray) -> np.ndarray:
@@ -147,9 +147,7 @@ def _structures(table: pa.Table) -> list[StoredStructure]:
     ]
 
 
-def write_waves(
-    root: str, key: str, waves_hash: str, structures: Sequence[StoredStructure]
-) -> int:
+def write_waves(root: str, key: str, waves_hash: str, structures: Sequence[StoredStructure]) -> int:
     """Store one shard of waves: the Parquet file, then its manifest entry (each atomic).
 
     Parameters

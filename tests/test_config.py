@@ -556,7 +556,9 @@ def test_protocol_and_loss_options_are_validated_with_their_allowed_values():
     with pytest.raises(SpecError, match=r"transfer\.parents.*'shared' or 'per_model'"):
         parse_study_spec(bad)
     bad = {**TINY_STUDY, "training": {**TINY_STUDY["training"], "loss": "mse"}}
-    with pytest.raises(SpecError, match=r"training\.loss.*'cross_entropy' or 'softmax_cross_entropy'"):
+    with pytest.raises(
+        SpecError, match=r"training\.loss.*'cross_entropy' or 'softmax_cross_entropy'"
+    ):
         parse_study_spec(bad)
     bad = {
         **TINY_STUDY,
@@ -626,9 +628,7 @@ def test_adding_a_domain_keeps_the_images_hash_of_the_others():
     new = {c.domain: wider.images_hash("all", c) for c in wider.groups()[0].conditions}
     assert {d: new[d] for d in old} == old and "20" in new
     doses = tiny_dataset_spec(dose_e_per_angstrom2=100)
-    assert all(
-        doses.images_hash("all", c) != old[c.domain] for c in doses.groups()[0].conditions
-    )
+    assert all(doses.images_hash("all", c) != old[c.domain] for c in doses.groups()[0].conditions)
 
 
 @pytest.mark.parametrize(
@@ -653,14 +653,19 @@ def test_new_axes_are_validated_naming_the_field(overrides, message):
 
 def test_new_axes_give_conditions_with_the_whole_dataset_imaging():
     cs = tiny_dataset_spec(axis="cs_mm", defocus_nm=5, cs_mm=[0, 1.2])
-    assert [(c.domain, c.defocus_nm, c.cs_mm, c.focal_spread_angstrom) for c in cs.groups()[0].conditions] == [
+    assert [
+        (c.domain, c.defocus_nm, c.cs_mm, c.focal_spread_angstrom)
+        for c in cs.groups()[0].conditions
+    ] == [
         ("0", 5.0, 0.0, 10.0),
         ("1.2", 5.0, 1.2, 10.0),
     ]
     spread = tiny_dataset_spec(
         axis="focal_spread_angstrom", defocus_nm=5, focal_spread_angstrom=[5, 20], cs_mm=0.5
     )
-    assert [(c.domain, c.focal_spread_angstrom, c.cs_mm) for c in spread.groups()[0].conditions] == [
+    assert [
+        (c.domain, c.focal_spread_angstrom, c.cs_mm) for c in spread.groups()[0].conditions
+    ] == [
         ("5", 5.0, 0.5),
         ("20", 20.0, 0.5),
     ]

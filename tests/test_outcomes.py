@@ -274,7 +274,9 @@ def test_sigterm_stops_simulate_with_130_and_the_rerun_completes(tmp_path):
     match = INTERRUPTED.search(output)
     assert match, output[-3000:]
     planned = len(plan_shards(parse_dataset_spec(dataset)))
-    assert match[3] == "shards" and int(match[2]) == planned and 1 <= int(match[1]) < planned, match[0]
+    assert match[3] == "shards" and int(match[2]) == planned and 1 <= int(match[1]) < planned, (
+        match[0]
+    )
     assert "Traceback" not in output
 
     resumed = run_cli("simulate", spec_file, "--out", data, "--num-cpus", 2)

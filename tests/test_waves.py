@@ -94,7 +94,9 @@ def test_changing_a_multislice_field_refuses_the_store_naming_it(tiny_dataset_ro
     root = Path(shutil.copytree(tiny_dataset_root, tmp_path / "copy"))
     simulation = {**TINY_DATASET["simulation"], "n_phonons": 2}
     spec = tiny_dataset_spec(simulation=simulation)
-    with pytest.raises(data.DatasetError, match=r"dataset\.simulation\.n_phonons: stored 1, spec 2"):
+    with pytest.raises(
+        data.DatasetError, match=r"dataset\.simulation\.n_phonons: stored 1, spec 2"
+    ):
         data.check_dataset_root(spec, root)
     with pytest.raises(data.DatasetError, match="exit-wave store cannot be reused"):
         data.simulate_dataset_serial(spec, root)
