@@ -33,6 +33,7 @@ Modules, top layer first (each imports only from the layers below it; the contra
 * ``lock``: one driver per study: the lock file with heartbeat and stale takeover
 * ``runtime``: starting a private local Ray cluster or joining one
 * ``config``: the study spec (YAML → typed, validated once) and its pre-compute checks
+* ``bootstrap``: percentile-bootstrap intervals of grouped statistics (numpy and Polars only)
 * ``specs``: the spec classes and shared types of every stage (pydantic only: the bottom layer)
 * ``storage``: local, file:// and s3:// storage: atomic writes, exclusive create, compare-and-swap
 """

@@ -29,24 +29,26 @@ column gets one: the number of models the row's statistics are computed from.
 :func:`significant` flags the rows whose interval excludes zero.
 
 The intervals are percentile bootstrap intervals with the *model* as the unit of
-resampling (a model's rows on the eval domains are not independent). Every group of
-models a statistic reduces over (the pretrain models of a domain, the transfer
-models of a pair, the models of a baseline point, a hyperparameter group) is
-resampled independently with replacement at its own size; all eval domains of a
-group are reduced from the same resample; derived statistics (spreads, gaps,
-asymmetries, means over domains) are recomputed per replicate by the same code as
-the point estimates. A fallback cell (a pair without transfer models) gets the
-interval of the pretrain models it shows. Where a group has a single model, every
-interval it enters is null, not a zero-width interval. The same ``boot_seed`` gives
-the same intervals, whatever the row order or model ids. Per function, see the Notes
-of its docstring. Two exact shortcuts keep this fast (every function on a million
-rows takes about 3 s of CPU time, see ``benchmarks/analysis.py``): the replicates of
-a median, min, max or quantile of a single cell are drawn from the bootstrap
-distribution of that order statistic (two Beta draws per replicate, no resample
-needed), and medians of a group on several eval domains are read off cumulative
-resample counts around the expected rank. (:func:`generalization_gap` of the transfer
-models is the exception: its groups are large and span every eval domain, about 7 s
-on a million rows, measured on a shared 2-core machine.)
+resampling (a model's rows on the eval domains are not independent); the resampling
+and the intervals are :mod:`hrtem_ray.bootstrap`'s, this module says which models
+form a group and recomputes its statistics per replicate. Every group of models a
+statistic reduces over (the pretrain models of a domain, the transfer models of a
+pair, the models of a baseline point, a hyperparameter group) is resampled
+independently with replacement at its own size; all eval domains of a group are
+reduced from the same resample; derived statistics (spreads, gaps, asymmetries,
+means over domains) are recomputed per replicate by the same code as the point
+estimates. A fallback cell (a pair without transfer models) gets the interval of the
+pretrain models it shows. Where a group has a single model, every interval it enters
+is null, not a zero-width interval. The same ``boot_seed`` gives the same intervals,
+whatever the row order or model ids. Per function, see the Notes of its docstring.
+Two exact shortcuts of :mod:`hrtem_ray.bootstrap` keep this fast (every function on
+a million rows takes about 3 s of CPU time, see ``benchmarks/analysis.py``): the
+replicates of a median, min, max or quantile of a single cell are drawn from the
+bootstrap distribution of that order statistic (two Beta draws per replicate, no
+resample needed), and medians of a group on several eval domains are read off
+cumulative resample counts around the expected rank. (:func:`generalization_gap` of
+the transfer models is the exception: its groups are large and span every eval
+domain, about 7 s on a million rows, measured on a shared 2-core machine.)
 
 Calibration: with 30 models per cell, the 95% interval of a median covers the true
 median in about 94% of repeated samples (measured; a percentile bootstrap is a bit
@@ -67,14 +69,13 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import polars as pl
 import pyarrow.fs as pafs
 
 from hrtem_ray import storage
+from hrtem_ray.bootstrap import CI_SUFFIXES, Stat, bootstrap_cells, check_ci, interval, with_ci
 from hrtem_ray.specs import PHASES
 
 REDUCE_MODES = ("median", "mean", "min", "max")
@@ -583,7 +584,7 @@ def _gap_replicates(
     its models (a model's gaps on the X' are not independent).
     """
     gaps = _model_gaps(lf, phase, keys).rename({"gap": "loss"})
-    return _bootstrap_cells(
+    return bootstrap_cells(
         gaps, [*keys, "train_domain"], "eval_domain", {"gap": stat}, n_boot, seed
     )
 
@@ -618,7 +619,7 @@ def _model_seconds(lf: pl.LazyFrame, device: list[str]) -> pl.LazyFrame:
             pl.col("freeze").cast(pl.String),
             size.alias("n_train_images"),
             *device,
-            loss=pl.col("train_seconds") / pl.col("epochs"),  # named for _bootstrap_cells
+            loss=pl.col("train_seconds") / pl.col("epochs"),  # named for bootstrap_cells
         )
     )
 
@@ -635,396 +636,17 @@ def _time_saving(table: pl.LazyFrame, groups: list[str], keys: list[str]) -> pl.
 
 
 # --------------------------------------------------------------------------- #
-# confidence intervals: a percentile bootstrap over models
+# confidence intervals: the bootstrap groups of the results table
 # --------------------------------------------------------------------------- #
-# The unit of resampling is the model: a model contributes one row per eval domain
-# and those rows are not independent. A *group* is a set of models that a statistic
-# reduces over (the pretrain models of one domain, the transfer models of one pair,
-# ...); a *cell* is one value the group is reduced to (its loss on one eval domain).
-# One bootstrap replicate resamples every group independently, with replacement and
-# at its own size, and reduces all cells of a group from the same resample. Derived
-# statistics are then recomputed per replicate by the same building blocks as the
-# point estimate, on a table holding one row per (replicate, cell) (``rep`` is one
-# more key), and the interval is the percentile interval of those replicates.
-CI_SUFFIXES = ("_ci_low", "_ci_high")
+# The resampling (groups of models, cells, replicates) and the percentile intervals
+# are hrtem_ray.bootstrap's; this section says which models form a group here and
+# how many models a table's row is computed from.
 _QUANTILE_OF = {"median": 0.5, "min": 0.0, "max": 1.0}
-_BLOCK = 1 << 16  # (replicates x models) random draws per chunk: counted in cache
-_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-
-Stat = float | str  # a quantile in [0, 1] (linear interpolation) or "mean"
-
-
-def _check_ci(ci: float | None, n_boot: int) -> None:
-    """Raise ``ValueError`` for a confidence level outside (0, 1) or fewer than 2 replicates."""
-    if ci is None:
-        return
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must be a confidence level in (0, 1), e.g. 0.95, not {ci!r}")
-    if n_boot < 2:
-        raise ValueError(f"n_boot must be at least 2, not {n_boot!r}")
 
 
 def _stat_of(reduce: str) -> Stat:
     """The bootstrap statistic of a reduce mode: ``"mean"`` or its quantile."""
     return "mean" if reduce == "mean" else _QUANTILE_OF[reduce]
-
-
-def _counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each of ``n`` models is drawn in each of ``n_boot`` resamples.
-
-    Returns
-    -------
-    numpy.ndarray
-        Integer array of shape ``(n, n_boot)`` (a replicate per column; ``int16``
-        below 2**15 models, so that sums of counts stay small and fast); every
-        column sums to ``n``.
-    """
-    out = np.empty((n, n_boot), np.int16 if n < 2**15 else np.int64)
-    rows = max(1, _BLOCK // n)
-    for start in range(0, n_boot, rows):
-        size = min(rows, n_boot - start)
-        draws = rng.integers(0, n, (size, n), dtype=np.int32)
-        draws += n * np.arange(size, dtype=np.int32)[:, None]  # one bin range per replicate
-        block = np.bincount(draws.ravel(), minlength=size * n).reshape(size, n)
-        out[:, start : start + size] = block.T
-    return out
-
-
-def _order_statistic_replicates(
-    values: np.ndarray, q: float, n_boot: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Bootstrap replicates of the ``q`` quantile of one cell, without drawing resamples.
-
-    The k-th smallest of n draws with replacement from the sorted values ``s`` is
-    ``s[floor(n U)]`` with U the k-th smallest of n standard uniforms, which is
-    Beta(k, n - k + 1) distributed; the next smallest is ``U + (1 - U) V`` with V
-    ~ Beta(1, n - k). Two Beta draws per replicate therefore give the exact bootstrap
-    distribution of a linearly interpolated quantile (median, min, max) at O(1) cost
-    instead of O(n).
-    """
-    s = np.sort(values)
-    n = len(s)
-    lo, frac = divmod(q * (n - 1), 1.0)
-    lo = int(lo)
-    u = rng.beta(lo + 1, n - lo, n_boot)
-    first = s[np.minimum((n * u).astype(np.int64), n - 1)]
-    if frac == 0:
-        return first
-    u = u + (1 - u) * rng.beta(1, n - lo - 1, n_boot)
-    second = s[np.minimum((n * u).astype(np.int64), n - 1)]
-    return first + frac * (second - first)
-
-
-def _mean_replicates(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap replicates of the mean of one cell (resampled in cache-sized chunks)."""
-    values = np.sort(values)  # a canonical order: the draws do not depend on the row order
-    n = len(values)
-    out = np.empty(n_boot)
-    rows = max(1, 4 * _BLOCK // n)
-    for start in range(0, n_boot, rows):
-        draws = rng.integers(0, n, (min(rows, n_boot - start), n))
-        out[start : start + len(draws)] = values[draws].mean(axis=1)
-    return out
-
-
-def _cumsum_rows(block: np.ndarray) -> np.ndarray:
-    """Cumulative sum down the rows, in place (3x faster than ``np.cumsum(axis=0)`` here)."""
-    for row in range(1, len(block)):
-        np.add(block[row], block[row - 1], out=block[row])
-    return block
-
-
-def _ranks_below(cum: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    """Per replicate (column), the first position where the cumulative count exceeds ``rank``."""
-    return np.count_nonzero(cum <= rank, axis=0)
-
-
-def _interpolate(
-    cum: np.ndarray, sorted_values: np.ndarray, lo: np.ndarray, frac: np.ndarray
-) -> np.ndarray:
-    """Linear interpolation between the order statistics ``lo`` and ``lo + 1`` of each resample."""
-    last = len(sorted_values) - 1  # (clipped where the window misses: recomputed later)
-    first = sorted_values[np.minimum(_ranks_below(cum, lo), last)]
-    second = sorted_values[np.minimum(_ranks_below(cum, lo + 1), last)]
-    return first + frac * (second - first)
-
-
-def _weighted_quantiles(
-    counts: np.ndarray, values: np.ndarray, totals: np.ndarray, q: float
-) -> np.ndarray:
-    """The ``q`` quantile of every cell of every resample, given the resample counts.
-
-    Per cell, the models are sorted by value; the quantile of a resample is read off
-    the cumulative counts in that order. Only a window of about +-4 standard
-    deviations of the rank around the expected position is scanned; the draws below
-    it are summed once. Replicates whose rank falls outside the window (probability
-    about 1e-4 each) are recomputed over all positions, so the result is exact.
-    (Sums, not matrix products: a multi-threaded BLAS on a busy machine made those
-    20x slower.)
-
-    Parameters
-    ----------
-    counts
-        ``(n, n_boot)`` resample counts (:func:`_counts`).
-    values
-        ``(n, n_cells)`` model values, NaN where a model has no value in a cell.
-    totals
-        ``(n_cells, n_boot)`` number of drawn models with a value in each cell.
-    q
-        The quantile (linear interpolation between order statistics).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n_cells, n_boot)``; NaN where a resample drew no model with a value.
-    """
-    out = np.full(totals.shape, np.nan)
-    for cell in range(values.shape[1]):
-        column = values[:, cell]
-        order = np.argsort(column, kind="stable")[: np.count_nonzero(~np.isnan(column))]
-        centre = int(q * (len(order) - 1))
-        half = int(2 * np.sqrt(len(order))) + 2
-        start, stop = max(0, centre - half), min(len(order), centre + half + 2)
-        lo, frac = np.divmod(q * (totals[cell] - 1), 1.0)
-        lo = lo.astype(counts.dtype)  # integer ranks: compared with integer counts
-        cum = _cumsum_rows(counts[order[start:stop]])
-        if start:
-            cum += counts[order[:start]].sum(axis=0, dtype=counts.dtype)  # drawn below
-        picked = _interpolate(cum, column[order[start:stop]], lo, frac)
-        covered = (cum[0] - counts[order[start]] <= lo) & (cum[-1] > lo + (frac > 0))
-        missed = np.flatnonzero(~covered & (totals[cell] > 0))
-        if len(missed):
-            cum = _cumsum_rows(counts[np.ix_(order, missed)])
-            picked[missed] = _interpolate(cum, column[order], lo[missed], frac[missed])
-        out[cell] = np.where(totals[cell] > 0, picked, np.nan)
-    return out
-
-
-def _joint_replicates(
-    values: np.ndarray, stats: Sequence[Stat], n_boot: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Replicates of every cell of one group, all cells reduced from the same resamples.
-
-    Parameters
-    ----------
-    values
-        ``(n_models, n_cells)``, NaN where a model has no value in a cell.
-    stats
-        One statistic per output: ``"mean"`` or a quantile.
-
-    Returns
-    -------
-    list of numpy.ndarray
-        Per statistic, ``(n_cells, n_boot)`` replicates.
-    """
-    # A canonical model order (by their values; tied models are interchangeable), so
-    # the draws do not depend on the row order or on how model ids are encoded.
-    values = values[np.lexsort(values.T[::-1])]
-    counts = _counts(len(values), n_boot, rng)
-    valid = ~np.isnan(values)
-    # drawn models with a value, per cell (float64: the quantile positions are exact)
-    totals = np.stack(
-        [
-            np.full(n_boot, float(len(values)))
-            if column.all()
-            else counts[column].sum(axis=0, dtype=np.float64)
-            for column in valid.T
-        ]
-    )
-    out = []
-    for stat in stats:
-        if stat == "mean":
-            sums = np.where(valid, values, 0.0).T @ counts.astype(np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out.append(np.where(totals > 0, sums / totals, np.nan))
-        else:
-            out.append(_weighted_quantiles(counts, values, totals, float(stat)))
-    return out
-
-
-def _group_replicates(
-    models: np.ndarray,
-    cells: np.ndarray,
-    values: np.ndarray,
-    stats: Sequence[Stat],
-    n_boot: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, int, list[np.ndarray]]:
-    """Replicates of the cells of one group.
-
-    Parameters
-    ----------
-    models, cells, values
-        One entry per row of the group: the model's code, the cell's code and the
-        loss. A model's rows in one cell are averaged (a contract table has one).
-    stats, n_boot, rng
-        See :func:`_bootstrap_cells`.
-
-    Returns
-    -------
-    cells
-        The codes of the group's cells, sorted.
-    n_models
-        The number of models (with a non-missing loss).
-    replicates
-        Per statistic, ``(n_cells, n_boot)``. A group of one model has no estimable
-        spread: its replicates are NaN, so every interval computed from it is null.
-        A group of one cell needs no joint resample and uses the O(1) order-statistic
-        draws of :func:`_order_statistic_replicates` for quantiles.
-    """
-    kept = ~np.isnan(values)  # a missing loss is no evidence
-    models, cells, values = models[kept], cells[kept], values[kept]
-    model_codes, model = np.unique(models, return_inverse=True)
-    cell_codes, cell = np.unique(cells, return_inverse=True)
-    n, n_cells = len(model_codes), len(cell_codes)
-    flat = model * n_cells + cell
-    sums = np.bincount(flat, weights=values, minlength=n * n_cells)
-    rows = np.bincount(flat, minlength=n * n_cells)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        matrix = (sums / rows).reshape(n, n_cells)  # NaN where a model lacks a cell
-    if n < 2:
-        return cell_codes, n, [np.full((n_cells, n_boot), np.nan) for _ in stats]
-    if n_cells == 1:
-        column = matrix[:, 0]
-        return (
-            cell_codes,
-            n,
-            [
-                (
-                    _mean_replicates(column, n_boot, rng)
-                    if stat == "mean"
-                    else _order_statistic_replicates(column, float(stat), n_boot, rng)
-                )[None, :]
-                for stat in stats
-            ],
-        )
-    return cell_codes, n, _joint_replicates(matrix, stats, n_boot, rng)
-
-
-def _code(column: str, dtype: pl.DataType) -> pl.Expr:
-    """Integer code of a label column (categorical codes; strings are encoded first)."""
-    expr = pl.col(column)
-    if not isinstance(dtype, (pl.Categorical, pl.Enum)):
-        expr = expr.cast(pl.String).cast(pl.Categorical)
-    return expr.to_physical().cast(pl.Int64)
-
-
-def _bootstrap_cells(
-    frame: pl.LazyFrame,
-    groups: Sequence[str],
-    cell: str | None,
-    stats: dict[str, Stat],
-    n_boot: int,
-    seed: int,
-) -> pl.DataFrame:
-    """Bootstrap replicates of every cell: the one resampling helper behind every ``ci``.
-
-    Parameters
-    ----------
-    frame
-        Rows with the ``groups`` columns, ``cell``, ``model_id`` and ``loss``. A
-        model's rows in one cell are averaged first (a contract table has exactly
-        one), so duplicated rows neither add weight nor narrow an interval.
-    groups
-        Columns identifying a resampling group (resampled independently).
-    cell
-        Column identifying a cell within a group (all cells of a group are reduced
-        from the same resample of its models); ``None``: one cell per group.
-    stats
-        Output column -> statistic (``"mean"`` or a quantile in [0, 1]).
-    n_boot, seed
-        Number of replicates and the seed. Every group draws from its own random
-        stream, spawned from ``seed`` in the order of the group labels, and orders its
-        models canonically, so the same seed gives the same replicates whatever the
-        row order, the model ids or the number of threads.
-
-    Returns
-    -------
-    polars.DataFrame
-        One row per (cell, replicate): the ``groups`` and ``cell`` columns, ``_n``
-        (the number of models of the group), ``rep`` (0 .. n_boot - 1) and one column
-        per statistic (NaN for groups of one model).
-    """
-    keys, labels, arrays = _group_arrays(frame, groups, cell)
-    # one random stream per group: the draws do not depend on the other groups, and
-    # groups can run on several threads (numpy releases the GIL while it draws/counts)
-    streams = np.random.SeedSequence(seed).spawn(len(arrays))
-
-    def replicate(args: tuple) -> tuple[np.ndarray, int, list[np.ndarray]]:
-        (models, cell_index, values), stream = args
-        rng = np.random.default_rng(stream)
-        return _group_replicates(models, cell_index, values, [*stats.values()], n_boot, rng)
-
-    with ThreadPoolExecutor(_THREADS) as pool:
-        results = list(pool.map(replicate, zip(arrays, streams, strict=True)))
-    index, cells, sizes, reps = [], [], [], [[] for _ in stats]
-    for i, (present, n, group_reps) in enumerate(results):
-        index.append(np.full(len(present), i))
-        sizes.append(np.full(len(present), n))
-        cells.append(present)
-        for out, r in zip(reps, group_reps, strict=True):
-            out.append(r)
-    none = np.zeros(0, np.int64)
-    table = keys[np.concatenate(index) if index else none]
-    if labels is not None:
-        table = table.with_columns(labels[np.concatenate(cells) if cells else none])
-    table = table.with_columns(_n=pl.Series(np.concatenate(sizes) if sizes else none))
-    return table[np.repeat(np.arange(table.height), n_boot)].with_columns(
-        rep=pl.Series(np.tile(np.arange(n_boot, dtype=np.int32), table.height)),
-        **{
-            name: pl.Series(name, np.concatenate(r).ravel() if r else [], pl.Float64)
-            for name, r in zip(stats, reps, strict=True)
-        },
-    )
-
-
-def _group_arrays(
-    frame: pl.LazyFrame, groups: Sequence[str], cell: str | None
-) -> tuple[pl.DataFrame, pl.Series | None, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """The rows of every group as numpy arrays, groups in the order of their labels.
-
-    Returns
-    -------
-    keys
-        One row per group: its ``groups`` columns.
-    labels
-        The ``cell`` labels in order (``None`` without ``cell``).
-    arrays
-        Per group: model codes, cell indices into ``labels`` (0 without ``cell``)
-        and losses, one entry per row.
-    """
-    schema = frame.collect_schema()
-    # one cell: code 0 for every row (a bare literal would aggregate to one value)
-    cell_code = _code(cell, schema[cell]) if cell else pl.col("loss").is_null().cast(pl.Int64) * 0
-    per_group = (
-        frame.group_by(groups)
-        .agg(_model=_code("model_id", schema["model_id"]), _cell=cell_code, _loss="loss")
-        .sort([pl.col(g).cast(pl.String) for g in groups], nulls_last=True)
-        .collect(engine=_ENGINE)
-    )
-    if per_group.is_empty():
-        return per_group.select(groups), pl.Series(cell, [], schema[cell]) if cell else None, []
-    bounds = np.cumsum(per_group.get_column("_loss").list.len().to_numpy())[:-1]
-    models, cells, losses = (
-        per_group.get_column(c).explode().to_numpy() for c in ("_model", "_cell", "_loss")
-    )
-    labels = None
-    if cell:
-        # cells indexed in label order, not by their (encoding-dependent) codes
-        table = (
-            frame.select(cell, _cell=cell_code)
-            .unique()
-            .sort(pl.col(cell).cast(pl.String), nulls_last=True)
-            .collect(engine=_ENGINE)
-        )
-        labels = table.get_column(cell)
-        rank = np.zeros(int(table.get_column("_cell").max()) + 1, np.int64)
-        rank[table.get_column("_cell").to_numpy()] = np.arange(table.height)
-        cells = rank[cells]
-    arrays = list(
-        zip(*(np.split(a, bounds) for a in (models, cells, losses.astype(float))), strict=True)
-    )
-    return per_group.select(groups), labels, arrays
 
 
 def _replicated_results(
@@ -1047,38 +669,7 @@ def _replicated_results(
     groups = [*keys, "phase", "pretrain_domain", "transfer_domain"]
     frame = lf.filter(pl.col("phase").is_in(["pretrain", "transfer"]) & rows)
     stats = {"loss": _stat_of(reduce)}
-    return _bootstrap_cells(frame, groups, "eval_domain", stats, n_boot, seed).lazy()
-
-
-def _interval(
-    replicates: pl.LazyFrame, on: Sequence[str], columns: Sequence[str], ci: float
-) -> pl.LazyFrame:
-    """Percentile interval of each column over the replicates, per ``on``.
-
-    Null where any replicate is NaN or null: a statistic that depends on a group of
-    a single model has no interval (rather than a zero-width one).
-    """
-    tail = (1 - ci) / 2
-    exprs = []
-    for column in columns:
-        x = pl.col(column)
-        unknown = (x.is_null() | x.is_nan()).any()
-        for suffix, q in zip(CI_SUFFIXES, (tail, 1 - tail), strict=True):
-            bound = x.quantile(q, interpolation="linear")
-            exprs.append(pl.when(unknown).then(None).otherwise(bound).alias(column + suffix))
-    return replicates.group_by(list(on)).agg(exprs)
-
-
-def _with_ci(
-    table: pl.LazyFrame,
-    replicates: pl.LazyFrame,
-    on: Sequence[str],
-    columns: Sequence[str],
-    ci: float,
-) -> pl.LazyFrame:
-    """Join the percentile intervals of ``columns`` onto the point estimates, by ``on``."""
-    intervals = _interval(replicates, on, columns, ci)
-    return table.join(intervals, on=list(on), how="left", nulls_equal=True)
+    return bootstrap_cells(frame, groups, "eval_domain", stats, n_boot, seed).lazy()
 
 
 def _ci_columns(columns: Sequence[str], stats: Sequence[str], ci: float | None) -> list[str]:
@@ -1281,11 +872,11 @@ def pair_matrix(
     (``from_pretrain``) gets the interval of its pretrain models. For the median (and
     min, max) the replicates of a transfer cell are drawn exactly from the bootstrap
     distribution of an order statistic (two Beta draws per replicate, see
-    :func:`_order_statistic_replicates`); pretrain cells are reduced from resamples
+    :mod:`hrtem_ray.bootstrap`); pretrain cells are reduced from resamples
     of the domain's models.
     """
     _check_reduce(reduce)
-    _check_ci(ci, n_boot)
+    check_ci(ci, n_boot)
     if phase not in ("pretrain", "transfer"):
         raise ValueError(f"phase must be 'pretrain' or 'transfer', not {phase!r}")
     required = _TRANSFER_COLUMNS if phase == "transfer" else _BASE_COLUMNS
@@ -1296,7 +887,7 @@ def pair_matrix(
         if phase == "transfer":
             cells = cells | (pl.col("eval_domain") == pl.col("transfer_domain"))
         reps = _replicated_results(lf, cells, reduce, [], n_boot, boot_seed)
-        table = _with_ci(table, _pair_matrix(reps, phase, "mean", ["rep"]), _PAIR, ["loss"], ci)
+        table = with_ci(table, _pair_matrix(reps, phase, "mean", ["rep"]), _PAIR, ["loss"], ci)
     return _finish(table, _ci_columns(PAIR_COLUMNS, ["loss"], ci), PAIR_COLUMNS[:2])
 
 
@@ -1343,7 +934,7 @@ def ood_spread(
     and so is its interval.
     """
     _check_reduce(reduce)
-    _check_ci(ci, n_boot)
+    check_ci(ci, n_boot)
     lf = _select(results, _required(_TRANSFER_COLUMNS, ci), filters)
     exclude = [str(d) for d in exclude_eval_domains]
     table = _ood_spread(lf, reduce, exclude, [])
@@ -1351,7 +942,7 @@ def ood_spread(
     if ci is not None:
         cells = (pl.col("phase") == "pretrain") | ~pl.col("eval_domain").is_in(exclude)
         reps = _replicated_results(lf, cells, reduce, [], n_boot, boot_seed)
-        table = _with_ci(table, _ood_spread(reps, "mean", exclude, ["rep"]), _PAIR, stats, ci)
+        table = with_ci(table, _ood_spread(reps, "mean", exclude, ["rep"]), _PAIR, stats, ci)
         n = _pair_sizes(reps, table).select(*_PAIR, n_models=pl.col("n_pre_a") + pl.col("n_tr_ab"))
         table = table.join(n, on=_PAIR, how="left", nulls_equal=True)
     return _finish(table, _ci_columns(OOD_COLUMNS, stats, ci), OOD_COLUMNS[:2])
@@ -1395,13 +986,13 @@ def transfer_asymmetry(
     order-statistic draws, as in :func:`pair_matrix`.
     """
     _check_reduce(reduce)
-    _check_ci(ci, n_boot)
+    check_ci(ci, n_boot)
     lf = _select(results, _required(_TRANSFER_COLUMNS, ci), filters)
     table = _transfer_asymmetry(lf, reduce, [])
     stats = ASYMMETRY_COLUMNS[2:]
     if ci is not None:
         reps = _replicated_results(lf, _OWN_CELLS, reduce, [], n_boot, boot_seed)
-        table = _with_ci(table, _transfer_asymmetry(reps, "mean", ["rep"]), _PAIR, stats, ci)
+        table = with_ci(table, _transfer_asymmetry(reps, "mean", ["rep"]), _PAIR, stats, ci)
         table = table.join(_asymmetry_sizes(reps, table), on=_PAIR, how="left")
     return _finish(table, _ci_columns(ASYMMETRY_COLUMNS, stats, ci), ASYMMETRY_COLUMNS[:2])
 
@@ -1444,7 +1035,7 @@ def asymmetry_summary(
     :func:`transfer_asymmetry`.
     """
     _check_reduce(reduce)
-    _check_ci(ci, n_boot)
+    check_ci(ci, n_boot)
     lf = _select(results, _required(_TRANSFER_COLUMNS, ci), filters)
     here = pl.col("domain") == str(domain)
     table = _asymmetry_summary(lf, reduce, []).filter(here)
@@ -1452,7 +1043,7 @@ def asymmetry_summary(
     if ci is not None:
         reps = _replicated_results(lf, _OWN_CELLS, reduce, [], n_boot, boot_seed)
         replicated = _asymmetry_summary(reps, "mean", ["rep"]).filter(here)
-        table = _with_ci(table, replicated, ["domain"], stats, ci)
+        table = with_ci(table, replicated, ["domain"], stats, ci)
         table = table.join(_summary_sizes(reps, str(domain)), on="domain", how="left")
     return _finish(table, _ci_columns(SUMMARY_COLUMNS, stats, ci))
 
@@ -1499,7 +1090,7 @@ def baseline_comparison(
     target and on the source come from the same resample).
     """
     _check_reduce(reduce)
-    _check_ci(ci, n_boot)
+    check_ci(ci, n_boot)
     lf = _select(results, _BASELINE_REQUIRED, filters)
     source, target = str(source), str(target)
     table = _baseline_comparison(lf, reduce, [], source, target)
@@ -1507,11 +1098,11 @@ def baseline_comparison(
     if ci is not None:
         models = _baseline_models(lf, [], source, target).filter(_ON_TARGET | _ON_SOURCE)
         stat = {"loss": _stat_of(reduce)}
-        reps = _bootstrap_cells(models, _BASELINE_GROUP, "eval_domain", stat, n_boot, boot_seed)
+        reps = bootstrap_cells(models, _BASELINE_GROUP, "eval_domain", stat, n_boot, boot_seed)
         replicated = _reduce_baseline(
             reps.lazy().with_columns(model_id=pl.lit("")), "mean", ["rep"]
         )
-        table = _with_ci(table, replicated, _BASELINE_GROUP, stats, ci)
+        table = with_ci(table, replicated, _BASELINE_GROUP, stats, ci)
     columns = _ci_columns(BASELINE_COLUMNS, stats, ci)
     return _finish(table, columns, order=("method", "n_target_images"))
 
@@ -1556,10 +1147,10 @@ def hyperparameter_effects(
     Notes
     -----
     Interval: percentile bootstrap over the group's models; the replicates of each
-    quantile are exact order-statistic draws (:func:`_order_statistic_replicates`),
+    quantile are exact order-statistic draws (see :mod:`hrtem_ray.bootstrap`),
     those of the mean come from resampled models.
     """
-    _check_ci(ci, n_boot)
+    check_ci(ci, n_boot)
     by = _by_columns(by)
     lf = _select(results, _required([*_TRANSFER_COLUMNS, *by], ci), filters)
     exclude = [str(d) for d in exclude_target_domains]
@@ -1568,8 +1159,8 @@ def hyperparameter_effects(
     if ci is not None:
         rows = _own_domain_rows(lf, exclude)
         quantiles = dict(zip(stats, (*QUANTILES, "mean"), strict=True))
-        reps = _bootstrap_cells(rows, by, None, quantiles, n_boot, boot_seed)
-        table = _with_ci(table, reps.lazy(), by, stats, ci)
+        reps = bootstrap_cells(rows, by, None, quantiles, n_boot, boot_seed)
+        table = with_ci(table, reps.lazy(), by, stats, ci)
         n = reps.lazy().filter(pl.col("rep") == 0).select(*by, n_models=pl.col("_n"))
         table = table.join(n, on=by, how="left", nulls_equal=True)
     columns = _ci_columns([*by, *HYPER_STATS], stats, ci)
@@ -1631,14 +1222,14 @@ def generalization_gap(
     replicate for all eval domains X' (the same resampled models on each).
     """
     _check_reduce(reduce)
-    _check_ci(ci, n_boot)
+    check_ci(ci, n_boot)
     if phase not in ("pretrain", "transfer"):
         raise ValueError(f"phase must be 'pretrain' or 'transfer', not {phase!r}")
     lf = _select(results, [*_TRANSFER_COLUMNS, "model_id"], filters)
     table = _generalization_gap(lf, phase, reduce, [])
     if ci is not None:
         reps = _gap_replicates(lf, phase, [], _stat_of(reduce), n_boot, boot_seed)
-        table = _with_ci(table, reps.lazy(), GAP_COLUMNS[:2], ["gap"], ci)
+        table = with_ci(table, reps.lazy(), GAP_COLUMNS[:2], ["gap"], ci)
     return _finish(table, _ci_columns(GAP_COLUMNS, ["gap"], ci), GAP_COLUMNS[:2])
 
 
@@ -1684,7 +1275,7 @@ def training_time(
     resampled groups it compares.
     """
     _check_reduce(reduce)
-    _check_ci(ci, n_boot)
+    check_ci(ci, n_boot)
     lf = _select(results, _TIME_REQUIRED, filters)
     device = [c for c in DEVICE_COLUMNS if c in lf.collect_schema()]
     groups = ["phase", "freeze", "n_train_images", *device]
@@ -1696,8 +1287,8 @@ def training_time(
     stats = ["seconds_per_epoch", "saving"]
     if ci is not None:
         stat = {"seconds_per_epoch": _stat_of(reduce)}
-        reps = _bootstrap_cells(models, groups, None, stat, n_boot, boot_seed).lazy()
-        table = _with_ci(table, _time_saving(reps, groups, ["rep"]), groups, stats, ci)
+        reps = bootstrap_cells(models, groups, None, stat, n_boot, boot_seed).lazy()
+        table = with_ci(table, _time_saving(reps, groups, ["rep"]), groups, stats, ci)
     columns = [*TIME_COLUMNS[:3], *device, *_ci_columns(TIME_COLUMNS[3:], stats, ci)]
     return _finish(table, columns, order=groups)
 
@@ -1901,18 +1492,18 @@ def _selection_intervals(
             for phase in ("pretrain", "transfer")
         ]
     )
-    ood = _interval(_ood_spread(reps, "mean", exclude, rep_keys), on, OOD_COLUMNS[2:], ci)
+    ood = interval(_ood_spread(reps, "mean", exclude, rep_keys), on, OOD_COLUMNS[2:], ci)
     ood_sizes = _pair_sizes(reps, ood, keys).select(
         *on, n_models=pl.col("n_pre_a") + pl.col("n_tr_ab")
     )
-    asym = _interval(_transfer_asymmetry(own, "mean", rep_keys), on, ASYMMETRY_COLUMNS[2:], ci)
+    asym = interval(_transfer_asymmetry(own, "mean", rep_keys), on, ASYMMETRY_COLUMNS[2:], ci)
     on_domain = [*keys, "domain"]
-    summary = _interval(
+    summary = interval(
         _asymmetry_summary(own, "mean", rep_keys), on_domain, SUMMARY_COLUMNS[1:], ci
     )
     models = _baseline_models(expanded, keys, None, None).filter(_ON_TARGET | _ON_SOURCE)
     groups = [*keys, *_BASELINE_GROUP]
-    baseline = _bootstrap_cells(
+    baseline = bootstrap_cells(
         models, groups, "eval_domain", {"loss": _stat_of(reduce)}, n_boot, boot_seed
     )
     baseline = _reduce_baseline(baseline.lazy().with_columns(model_id=pl.lit("")), "mean", rep_keys)
@@ -1926,15 +1517,15 @@ def _selection_intervals(
         ]
     )
     return {
-        "pair_matrix": (_interval(pairs, [*on, "phase"], ["loss"], ci), [*on, "phase"]),
+        "pair_matrix": (interval(pairs, [*on, "phase"], ["loss"], ci), [*on, "phase"]),
         "ood_spread": (ood.join(ood_sizes, on=on, how="left"), on),
         "transfer_asymmetry": (asym.join(_asymmetry_sizes(reps, asym, keys), on=on), on),
         "asymmetry_summary": (
             summary.join(_summary_sizes(own, None, keys), on=on_domain, how="left"),
             on_domain,
         ),
-        "baseline_comparison": (_interval(baseline, groups, BASELINE_COLUMNS[2:4], ci), groups),
-        "generalization_gap": (_interval(gaps, gap_on, ["gap"], ci), gap_on),
+        "baseline_comparison": (interval(baseline, groups, BASELINE_COLUMNS[2:4], ci), groups),
+        "generalization_gap": (interval(gaps, gap_on, ["gap"], ci), gap_on),
     }
 
 
@@ -1952,9 +1543,9 @@ def _hyperparameter_intervals(
     quantiles = dict(zip(stats, (*QUANTILES, "mean"), strict=True))
     groups = [*keys, *by]
     rows = _own_domain_rows(expanded, exclude)
-    reps = _bootstrap_cells(rows, groups, None, quantiles, n_boot, boot_seed).lazy()
+    reps = bootstrap_cells(rows, groups, None, quantiles, n_boot, boot_seed).lazy()
     n = reps.filter(pl.col("rep") == 0).select(*groups, n_models=pl.col("_n"))
-    return _interval(reps, groups, stats, ci).join(n, on=groups, how="left", nulls_equal=True)
+    return interval(reps, groups, stats, ci).join(n, on=groups, how="left", nulls_equal=True)
 
 
 def _join_intervals(
@@ -2020,7 +1611,7 @@ def selection_tables(
     """
     for mode in reduce_modes:
         _check_reduce(mode)
-    _check_ci(ci, n_boot)
+    check_ci(ci, n_boot)
     lf = _select(results, _BASELINE_REQUIRED, {})
     present = lf.collect_schema()
     dims = [d for d in dims if d in present]

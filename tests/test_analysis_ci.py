@@ -1,7 +1,8 @@
 """Tests of the confidence intervals of hrtem_ray.analysis (the ``ci`` argument).
 
-The intervals are a percentile bootstrap over models. The tests check the exact
-resampling shortcuts against brute force, the coverage of the interval on synthetic
+The intervals are a percentile bootstrap over models (hrtem_ray.bootstrap). The tests
+check the exact resampling shortcuts against brute force, the intervals of
+replicates of arbitrary groups and cells, the coverage of the interval on synthetic
 data with a known median, that the model (not the row) is the unit of resampling,
 determinism, null intervals for single models, and hand-computable intervals of
 derived statistics.
@@ -15,6 +16,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from hrtem_ray import analysis as an
+from hrtem_ray import bootstrap as bs
 
 
 def _table(models: list[tuple]) -> pl.DataFrame:
@@ -60,7 +62,7 @@ def _width(frame: pl.DataFrame, column: str = "loss") -> pl.Series:
 def test_order_statistic_draws_match_resampling(n, q):
     values = np.arange(n, dtype=float) ** 1.5
     draws = 40_000
-    fast = an._order_statistic_replicates(values, q, draws, np.random.default_rng(1))
+    fast = bs._order_statistic_replicates(values, q, draws, np.random.default_rng(1))
     resamples = values[np.random.default_rng(2).integers(0, n, (draws, n))]
     slow = np.quantile(resamples, q, axis=1)
     fast, slow = fast.round(9), slow.round(9)  # the same atoms, whatever the rounding
@@ -76,13 +78,13 @@ def test_weighted_quantiles_equal_brute_force(q):
     n, n_boot = 900, 60
     values = rng.normal(size=(n, 3))
     values[rng.random(n) < 0.3, 2] = np.nan  # some models lack cell 2
-    counts = an._counts(n, n_boot, rng)
+    counts = bs._counts(n, n_boot, rng)
     counts[:, 0] = 0
     counts[-1, 0] = n  # one resample of a single model: outside any window
     counts[:, 1] = 0
     counts[:10, 1] = n / 10  # only the first ten models
     totals = np.stack([counts[~np.isnan(v)].sum(axis=0) for v in values.T])
-    got = an._weighted_quantiles(counts, values, totals, q)
+    got = bs._weighted_quantiles(counts, values, totals, q)
     for cell in range(3):
         valid = ~np.isnan(values[:, cell])
         for r in range(n_boot):
@@ -92,11 +94,39 @@ def test_weighted_quantiles_equal_brute_force(q):
 
 
 def test_counts_are_resamples_of_size_n():
-    counts = an._counts(37, 500, np.random.default_rng(0))
+    counts = bs._counts(37, 500, np.random.default_rng(0))
     assert counts.shape == (37, 500)
     assert (counts.sum(axis=0) == 37).all()
     assert counts.mean() == pytest.approx(1.0)
     assert counts.var() == pytest.approx(1 - 1 / 37, abs=0.05)  # multinomial(37, 1/37)
+
+
+def test_interval_is_the_percentile_of_the_replicates():
+    # bootstrap_cells on columns named freely (groups "g", "h"; cell "c"): one row per
+    # (group, cell, replicate); interval gives the linear percentiles of each cell's
+    # replicates, null for a group of one model.
+    rng = np.random.default_rng(5)
+    rows = [
+        {"g": g, "h": 1, "c": c, "model_id": f"{g}{m}", "loss": rng.exponential()}
+        for g, n in (("a", 9), ("b", 4), ("z", 1))
+        for m in range(n)
+        for c in ("x", "y")
+    ]
+    frame = pl.LazyFrame(rows)
+    reps = bs.bootstrap_cells(frame, ["g", "h"], "c", {"q": 0.5, "m": "mean"}, 300, 7)
+    assert reps.height == 3 * 2 * 300
+    assert reps.group_by("g").agg(pl.col("_n").first()).sort("g")["_n"].to_list() == [9, 4, 1]
+    got = bs.interval(reps.lazy(), ["g", "c"], ["q", "m"], 0.8).sort("g", "c").collect()
+    for (g, c), cell in reps.sort("rep").group_by(["g", "c"], maintain_order=True):
+        row = got.filter((pl.col("g") == g) & (pl.col("c") == c)).row(0, named=True)
+        for stat in ("q", "m"):
+            low, high = row[f"{stat}_ci_low"], row[f"{stat}_ci_high"]
+            if g == "z":
+                assert low is None and high is None
+            else:
+                want = np.quantile(cell[stat].to_numpy(), [0.1, 0.9])
+                assert (low, high) == pytest.approx(want, rel=1e-12)
+                assert low < high
 
 
 # ----------------------------------------------------------------------------- coverage
