@@ -346,17 +346,51 @@ def _repair_one(root: str, data_root: str | None, problem: Problem) -> list[str]
             )
         moved(problem.path, problem.reason)
     elif problem.kind == "shard":
-        # without its manifest entry the shard is simply not simulated yet: the next run does it
-        manifest = storage.join(str(data_root), "_manifest", f"{problem.shard_key}.json")
         base = root if _is_under(problem.path, root) else str(data_root)
-        for path in dict.fromkeys([problem.path, manifest]):
+        imported = _imported_domain_entries(str(data_root), str(problem.shard_key))
+        # without its manifest entry a simulated shard is simply not simulated yet: the next
+        # run does it; an imported domain cannot be simulated, so all of it goes, to be
+        # imported again (a partial domain would also block `hrtem-ray import`)
+        keys = list(imported) if imported else [str(problem.shard_key)]
+        paths = [problem.path]
+        for key in keys:
+            paths += [storage.join(str(data_root), info["path"]) for info in imported.get(key, [])]
+            paths.append(storage.join(str(data_root), "_manifest", f"{key}.json"))
+        for path in dict.fromkeys(paths):
             target = results.quarantine(base, path, problem.reason)
             if target is not None:
                 done.append(f"quarantined {path} -> {target} ({problem.reason})")
+        if imported:
+            domain = next(iter(imported.values()))[0]["domain"]
+            done.append(
+                f"imported domain {domain} removed from {data_root} (one of its shards is "
+                f"damaged): import its files again with `hrtem-ray import FILES... --data "
+                f"{data_root} --domain {domain}`"
+            )
     elif problem.kind == "temp":
         storage.remove(problem.path)
         done.append(f"deleted {problem.path} (temporary file of an interrupted write)")
     return done
+
+
+def _imported_domain_entries(data_root: str, shard_key: str) -> dict[str, list[dict]]:
+    """Files of every shard of the imported domain that ``shard_key`` belongs to, by shard
+    key (each file's ``path`` and the ``domain``); empty for a simulated shard."""
+    from hrtem_ray import data
+
+    try:
+        entries = data.manifest_entries(data_root)
+    except data.DatasetError:
+        return {}
+    record = entries.get(shard_key, {}).get("imported")
+    if not isinstance(record, dict):
+        return {}
+    domain = record["domain"]
+    return {
+        key: [{"path": info["path"], "domain": domain} for info in entry["files"].values()]
+        for key, entry in entries.items()
+        if isinstance(entry.get("imported"), dict) and entry["imported"]["domain"] == domain
+    }
 
 
 def repair(report: CheckReport) -> list[str]:

@@ -1,4 +1,4 @@
-"""The ``hrtem-ray`` command line: simulate, sweep, run, report, slurm."""
+"""The ``hrtem-ray`` command line: simulate, sweep, run, report, slurm, check, import, predict."""
 
 from __future__ import annotations
 
@@ -145,6 +145,31 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--spec", default=None, help="study spec (default: OUT/study.json)")
     check.add_argument("--data", default=None, help="dataset (default: the spec's, else OUT/data)")
     check.add_argument("--deep", action="store_true", help="also read needed checkpoints in full")
+
+    imp = _subparser(sub, "import", "import micrographs (and masks) as a domain of a dataset")
+    imp.add_argument("files", nargs="+", help="DM3/DM4, EMD, MRC, TIFF, PNG/JPEG or NPY files")
+    imp.add_argument("--data", required=True, help="the dataset directory (of hrtem-ray simulate)")
+    imp.add_argument("--domain", required=True, help="name of the new domain, e.g. exp_au")
+    imp.add_argument(
+        "--masks", nargs="+", default=None, help="one mask per file, same order (0/1 or 0-255)"
+    )
+    imp.add_argument(
+        "--pixel-size-angstrom", type=float, default=None, help="for files without calibration"
+    )
+    imp.add_argument("--overlap-px", type=int, default=0, help="tile overlap (dataset pixels)")
+    imp.add_argument("--val-fraction", type=float, default=0.25, help="files in val (0.25)")
+
+    pred = _subparser(sub, "predict", "segment micrographs with a study's model")
+    pred.add_argument("files", nargs="+", help="micrographs (the formats of import)")
+    pred.add_argument("--study", required=True, help="the study directory (its results)")
+    pred.add_argument("--model", required=True, help="MODEL_ID, or best:DOMAIN")
+    pred.add_argument("-o", "--out", required=True, help="output directory")
+    pred.add_argument(
+        "--pixel-size-angstrom", type=float, default=None, help="for files without calibration"
+    )
+    pred.add_argument("--overlap-px", type=int, default=None, help="default: a quarter tile")
+    pred.add_argument("--threshold", type=float, default=0.5, help="particle probability (0.5)")
+    pred.add_argument("--num-threads", type=int, default=None, help="torch threads")
     return parser
 
 
@@ -295,6 +320,47 @@ def _check(args) -> int:
     return check.main_from_cli(args)
 
 
+def _import(args) -> int:
+    from hrtem_ray.micrographs import import_micrographs
+
+    done = import_micrographs(
+        args.files,
+        args.data,
+        args.domain,
+        masks=args.masks,
+        pixel_size_angstrom=args.pixel_size_angstrom,
+        overlap_px=args.overlap_px,
+        val_fraction=args.val_fraction,
+    )
+    masks = "with masks" if args.masks else "without masks (predict only)"
+    print(
+        f"domain {done.domain} in {args.data}: {len(done.files)} files, {done.tiles['train']} "
+        f"train + {done.tiles['val']} val tiles of {done.tile_px} px at "
+        f"{done.pixel_size_angstrom:g} A/px, {masks}"
+    )
+    return EXIT_OK
+
+
+def _predict(args) -> int:
+    from hrtem_ray.inference import predict
+
+    result = predict(
+        args.study,
+        args.model,
+        args.files,
+        args.out,
+        pixel_size_angstrom=args.pixel_size_angstrom,
+        overlap_px=args.overlap_px,
+        threshold=args.threshold,
+        num_threads=args.num_threads,
+    )
+    print(
+        f"predicted {len(result.masks)} files with {result.model_id}: "
+        f"{result.particles.height} particles; masks, overlays, particles.parquet/csv in {args.out}"
+    )
+    return EXIT_OK
+
+
 COMMANDS = {
     "simulate": _simulate,
     "sweep": _sweep,
@@ -302,15 +368,25 @@ COMMANDS = {
     "report": _report,
     "slurm": slurm.main_from_cli,
     "check": _check,
+    "import": _import,
+    "predict": _predict,
 }
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a refusal (exit 2), imported lazily."""
     from hrtem_ray.data import DatasetError
+    from hrtem_ray.inference import PredictError
+    from hrtem_ray.micrographs import MicrographError
     from hrtem_ray.report import ReportError
 
-    errors: list[type[BaseException]] = [SpecError, DatasetError, ReportError]
+    errors: list[type[BaseException]] = [
+        SpecError,
+        DatasetError,
+        ReportError,
+        MicrographError,
+        PredictError,
+    ]
     try:
         from hrtem_ray.lock import LockHeldError
 

@@ -750,9 +750,19 @@ class StudySpec(_Spec):
         return self.transfer.parents == "per_model" and self.keep_checkpoints != "all"
 
     def domains_for(self, role: Literal["pretrain", "transfer", "eval"]) -> list[str]:
-        """Domains of a role, defaulting to every dataset domain, in dataset order."""
+        """Domains of a role, in dataset order.
+
+        Default: every simulated domain of the dataset; for ``eval`` also every imported
+        domain (``domains.imported``) that ``pretrain`` or ``transfer`` names, so that a
+        model is always evaluated on the domain it trained on.
+        """
         chosen = getattr(self.domains, role)
-        return list(self.dataset.domains) if chosen is None else list(chosen)
+        if chosen is not None:
+            return list(chosen)
+        if role != "eval":
+            return list(self.dataset.domains)
+        trained = {*(self.domains.pretrain or []), *(self.domains.transfer or [])}
+        return [*self.dataset.domains, *(d for d in self.domains.imported if d in trained)]
 
     def with_storage(self, storage: str | Path) -> StudySpec:
         """A copy of this spec writing to another storage location."""

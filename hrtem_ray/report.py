@@ -831,6 +831,23 @@ def headline_findings(findings: Mapping[str, list[Finding]]) -> list[Finding]:
     return [*findings.get("asymmetry", [])[:3], *findings.get("baseline", [])]
 
 
+def imported_domains_note(data_dir: str | os.PathLike[str], domains: Sequence[str]) -> str | None:
+    """The report's mark of imported domains: which of ``domains`` are micrographs brought
+    in by ``hrtem-ray import`` (their manifest entries say so), not simulated; ``None``
+    when there are none."""
+    from hrtem_ray.data import manifest_entries
+
+    imported = {
+        str(entry["imported"]["domain"])
+        for entry in manifest_entries(data_dir).values()
+        if isinstance(entry.get("imported"), dict)
+    }
+    marked = [d for d in domains if d in imported]
+    if not marked:
+        return None
+    return f"imported domains (micrographs, not simulated): {', '.join(marked)}"
+
+
 def build_section(
     results: pl.DataFrame, study: str, data_dir: str | os.PathLike[str] | None = None
 ) -> StudySection:
@@ -851,6 +868,10 @@ def build_section(
             charts["examples"] = plots.examples_chart(examples, study)
         elif not notes:
             notes.append(f"no example images found in {data_dir}")
+        shown = [results.get_column(c).cast(pl.String) for c in analysis.DOMAIN_COLUMNS]
+        note = imported_domains_note(data_dir, analysis.domain_order(pl.concat(shown)))
+        if note is not None:
+            notes.insert(0, note)
     summary = model_summary(results)
     section = StudySection(study, charts, tables, choices, summary, static, notes)
     section.findings = study_findings(tables, study)

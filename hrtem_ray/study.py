@@ -303,15 +303,21 @@ class Study:
     def preflight(self, address: str | None = None, *, simulate: bool | None = None) -> None:
         """The checks that run before Ray starts and before anything is written.
 
-        The data root must hold this spec's dataset or none (:meth:`check_dataset`), and,
+        The data root must hold this spec's dataset or none (:meth:`check_dataset`), its
+        imported domains (``domains.imported``) must be there, with masks where a role uses
+        them (:func:`hrtem_ray.micrographs.check_spec_imports`), and,
         when this study simulates (default: it has no ``dataset.path``) on a private local
         cluster, one simulation worker must fit in this machine's memory.
 
         Raises
         ------
-        hrtem_ray.data.DatasetError, hrtem_ray.config.SpecError
+        hrtem_ray.data.DatasetError, hrtem_ray.config.SpecError, hrtem_ray.micrographs.MicrographError
         """
         self.check_dataset()
+        if self.spec.domains.imported:  # imported domains present, with masks and enough tiles
+            from hrtem_ray.micrographs import check_spec_imports
+
+            check_spec_imports(self.spec, self.dataset_root)
         if simulate is None:
             simulate = self._data is None and not self.spec.dataset.path
         if simulate:

@@ -23,12 +23,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+# torch (and hrtem_ray.execute, which imports it) at module level, not in tune_trial: a
+# Tune worker imports this module before Tune redirects the trial's stderr to a file.
+# torch binds about 35 logging handlers to the sys.stderr of the moment it is first
+# imported; imported inside the first trial, they would hold that trial's file, closed
+# when it ends, and every later flush would log "ValueError when calling 'flush'".
+import torch
 from ray import tune
 from ray.tune import Callback, Stopper
 from ray.tune.search import Searcher
 
 from hrtem_ray import results, storage
 from hrtem_ray.config import StudySpec
+from hrtem_ray.execute import execute_trial
 from hrtem_ray.schedule import DependentTrialSchedule
 from hrtem_ray.trials import Trial, TrialPlan
 
@@ -112,9 +119,6 @@ class DependentTrialSearcher(Searcher):
 
 def tune_trial(config: dict, context: TrialContext) -> None:
     """The Ray Tune trainable: run one trial, report per epoch, record NaN failures."""
-    import torch
-
-    from hrtem_ray.execute import execute_trial
     from hrtem_ray.train import NonFiniteLossError
 
     trial = Trial.from_dict(config["trial"])

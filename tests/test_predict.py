@@ -1,0 +1,250 @@
+"""hrtem-ray predict: model choice, tiled and blended inference, outputs, round trip, seams.
+
+One real model is trained (plain torch, :func:`hrtem_ray.execute.execute_trial`, a few
+epochs) on the tiny simulated dataset and stored in a study root with its results and
+``study.json``, as a sweep stores it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import tifffile
+from helpers import TWO_MODEL_STUDY
+from PIL import Image
+
+import hrtem_ray
+from hrtem_ray import data
+from hrtem_ray.config import parse_study_spec
+from hrtem_ray.execute import execute_trial
+from hrtem_ray.inference import (
+    PARTICLE_COLUMNS,
+    PredictError,
+    blend_window,
+    choose_model,
+    load_study_model,
+    predict_probability,
+)
+from hrtem_ray.micrographs import (
+    MicrographError,
+    import_micrographs,
+    read_micrograph,
+    resample,
+)
+from hrtem_ray.sweep import write_study_spec
+from hrtem_ray.train import evaluate
+from hrtem_ray.trials import plan_trials
+
+PIXEL_ANGSTROM = 0.4  # the tiny dataset's (and so the model's) pixel size
+OTHER_ANGSTROM = 0.3  # the micrographs' pixel size in the round trip
+
+
+@pytest.fixture(scope="module")
+def study_root(tiny_dataset_root, tmp_path_factory) -> Path:
+    """A study root with one pretrained model (domain "0", 12 epochs) and its results."""
+    raw = {
+        **TWO_MODEL_STUDY,
+        "domains": {"pretrain": ["0"], "eval": ["0", "10"]},
+        "pretrain": {"lr": [3e-3], "n_images": [6], "seeds": [0]},
+        "transfer": None,
+        "training": {"epochs": 12, "batch_size": 6},
+    }
+    spec = parse_study_spec(raw, source="tests")
+    root = tmp_path_factory.mktemp("predict-study")
+    (trial,) = plan_trials(spec).pretrain
+    execute_trial(
+        spec, trial, dataset_root=str(tiny_dataset_root), study_root=str(root), num_threads=2
+    )
+    write_study_spec(str(root), spec, str(tiny_dataset_root))
+    return root
+
+
+def _save_calibrated(path: Path, image: np.ndarray, pixel_angstrom: float) -> None:
+    size_nm = pixel_angstrom / 10
+    tifffile.imwrite(
+        path,
+        image.astype(np.float32),
+        imagej=True,
+        resolution=(1 / size_nm, 1 / size_nm),
+        metadata={"unit": "nm"},
+    )
+
+
+def _iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    inter = np.logical_and(predicted, truth).sum()
+    union = np.logical_or(predicted, truth).sum()
+    return float(inter / union)
+
+
+def test_best_domain_picks_the_lowest_loss_and_says_why(study_root):
+    choice = choose_model(str(study_root), "best:0")
+    assert choice.model_id.startswith("pretrain-")
+    assert "lowest loss on 0" in choice.reason and "IoU" in choice.reason
+    with pytest.raises(PredictError, match="no results on domain 'exp'; evaluated: 0, 10"):
+        choose_model(str(study_root), "best:exp")
+    with pytest.raises(PredictError, match="no usable checkpoint"):
+        choose_model(str(study_root), "pretrain-000000000000")
+
+
+def test_round_trip_calibrated_tiffs_at_another_pixel_size(study_root, tiny_dataset_root, tmp_path):
+    """Validation images saved as TIFFs at 0.3 Å/px (band-limited upsampling), imported and
+    predicted, reach the model's in-dataset IoU within 0.05."""
+    val = data.read_images(tiny_dataset_root, "0", "val")
+    model = load_study_model(str(study_root), "best:0").model
+    in_dataset = evaluate(model, {"0": (val.images, val.masks)})["0"].iou
+    assert in_dataset > 0.2, f"the model learned too little for a meaningful check: {in_dataset}"
+
+    files, masks, fine_masks = [], [], []
+    for k, (image, mask) in enumerate(zip(val.images, val.masks, strict=True)):
+        fine = resample(image, PIXEL_ANGSTROM, OTHER_ANGSTROM)
+        fine_mask = resample(mask, PIXEL_ANGSTROM, OTHER_ANGSTROM, shape=fine.shape, mask=True)
+        files.append(tmp_path / f"val{k}.tif")
+        _save_calibrated(files[-1], fine, OTHER_ANGSTROM)
+        masks.append(tmp_path / f"val{k}_mask.npy")
+        np.save(masks[-1], fine_mask)
+        fine_masks.append(fine_mask > 0.5)
+
+    # imported as a domain: the tiles are back on the model's grid
+    dataset = tmp_path / "data"
+    shutil.copytree(tiny_dataset_root, dataset)
+    import_micrographs(files, dataset, "exp_val", masks=masks, val_fraction=0)
+    imported = data.read_images(dataset, "exp_val", "train")
+    assert imported.images.shape == val.images.shape
+    imported_iou = evaluate(model, {"d": (imported.images, imported.masks)})["d"].iou
+
+    # predicted on their own 0.3 Å grid by the API
+    result = hrtem_ray.predict(study_root, "best:0", files)
+    predicted = np.concatenate([result.masks[f.name].ravel() for f in files])
+    predict_iou = _iou(predicted, np.concatenate([m.ravel() for m in fine_masks]))
+    print(
+        f"IoU in dataset {in_dataset:.3f}, imported {imported_iou:.3f}, predict {predict_iou:.3f}"
+    )
+    assert abs(imported_iou - in_dataset) <= 0.05
+    assert abs(predict_iou - in_dataset) <= 0.05
+
+
+def _seam_ratio(prob: np.ndarray, borders: list[int]) -> float:
+    """Mean |step| between neighbouring pixels across tile borders / elsewhere (rows and columns)."""
+    steps_x = np.abs(np.diff(prob, axis=1)).mean(axis=0)  # steps_x[j]: between j and j + 1
+    steps_y = np.abs(np.diff(prob, axis=0)).mean(axis=1)
+    at = np.zeros(len(steps_x), bool)
+    at[np.asarray(borders) - 1] = True
+    return float(
+        (steps_x[at].mean() + steps_y[at].mean()) / (steps_x[~at].mean() + steps_y[~at].mean())
+    )
+
+
+def _tile_borders(side: int, tile_px: int, overlap_px: int) -> list[int]:
+    from hrtem_ray.micrographs import tile_starts
+
+    starts = tile_starts(side, tile_px, overlap_px)
+    return sorted({b for s in starts for b in (s, s + tile_px) if 0 < b < side})
+
+
+def test_a_2048_px_mosaic_shows_no_seams(study_root, tiny_dataset_root):
+    """Blended tiles: the steps across tile borders are no larger than inside the tiles
+    (ratio < 1.2); without overlap and blending the same check finds the seams (> 1.5)."""
+    loaded = load_study_model(str(study_root), "best:0")
+    images = data.read_images(tiny_dataset_root, "0", "train").images
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(images), (33, 33))
+    # offset by 17 px so that the mosaic's own block edges are not at tile borders
+    mosaic = np.block([[images[i] for i in row] for row in picks])[17 : 17 + 2048, 17 : 17 + 2048]
+    tile = loaded.tile_px
+    blended = predict_probability(loaded.model, mosaic, tile)  # default overlap: tile // 4
+    ratio = _seam_ratio(blended, _tile_borders(2048, tile, tile // 4))
+    crop = mosaic[:1024, :1024]
+    plain = predict_probability(loaded.model, crop, tile, 0)
+    plain_ratio = _seam_ratio(plain, _tile_borders(1024, tile, 0))
+    print(f"seam ratio blended {ratio:.3f}, without overlap {plain_ratio:.3f}")
+    assert blended.shape == (2048, 2048) and np.isfinite(blended).all()
+    assert ratio < 1.2
+    assert plain_ratio > 1.5
+
+
+def test_blend_window_is_smooth_and_positive():
+    window = blend_window(64)
+    assert window.min() > 0 and window.max() <= 1
+    assert window[0, 0] < 0.01 and window[32, 32] > 0.99
+
+
+def test_predict_writes_calibrated_masks_overlays_and_the_particle_table(
+    study_root, tiny_dataset_root, tmp_path, caplog
+):
+    val = data.read_images(tiny_dataset_root, "0", "val")
+    mosaic = np.block([[val.images[0], val.images[1]], [val.images[2], val.images[0]]])
+    path = tmp_path / "micrograph.tif"
+    _save_calibrated(path, mosaic, PIXEL_ANGSTROM)
+    out = tmp_path / "pred"
+    with caplog.at_level(logging.INFO, logger="hrtem_ray"):
+        result = hrtem_ray.predict(study_root, "best:0", [path], out)
+    lines = [r.getMessage() for r in caplog.records if r.name == "hrtem_ray.inference"]
+    assert lines[0].startswith("model: best:0: pretrain-")
+    for name in ("micrograph_mask.tif", "micrograph_mask.png", "micrograph_overlay.png"):
+        assert (out / name).is_file(), name
+    saved = read_micrograph(out / "micrograph_mask.tif")
+    assert saved.pixel_size_angstrom == pytest.approx(PIXEL_ANGSTROM, rel=1e-6)
+    mask = result.masks["micrograph.tif"]
+    assert mask.shape == mosaic.shape
+    np.testing.assert_array_equal(saved.image > 0, mask)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "micrograph_mask.png")) > 0, mask)
+    assert np.asarray(Image.open(out / "micrograph_overlay.png")).shape == (128, 128, 3)
+    table = pl.read_parquet(out / "particles.parquet")
+    assert tuple(table.columns) == PARTICLE_COLUMNS
+    assert (
+        table.equals(result.particles) and pl.read_csv(out / "particles.csv").height == table.height
+    )
+    assert table.height >= 1
+    pixel_nm2 = (PIXEL_ANGSTROM / 10) ** 2
+    assert table.get_column("area_nm2").sum() == pytest.approx(mask.sum() * pixel_nm2)
+    assert table.get_column("mean_probability").min() > 0.5
+    assert (table.get_column("centroid_x_nm") <= 128 * PIXEL_ANGSTROM / 10).all()
+
+
+def test_predict_errors_before_anything_is_written(study_root, tmp_path):
+    good = tmp_path / "a.tif"
+    _save_calibrated(good, np.random.default_rng(0).random((64, 64)), PIXEL_ANGSTROM)
+    (tmp_path / "b").mkdir()
+    twin = tmp_path / "b" / "a.npy"
+    np.save(twin, np.zeros((64, 64), np.float32))
+    out = tmp_path / "out"
+    with pytest.raises(MicrographError, match="same name 'a'"):
+        hrtem_ray.predict(study_root, "best:0", [good, twin], out)
+    with pytest.raises(MicrographError, match="unknown format"):
+        hrtem_ray.predict(study_root, "best:0", [tmp_path / "x.bmp"], out)
+    with pytest.raises(PredictError, match="no results on domain"):
+        hrtem_ray.predict(study_root, "best:nowhere", [good], out)
+    assert not out.exists()
+
+
+def test_cli_import_then_predict(study_root, tiny_dataset_root, tmp_path):
+    """``hrtem-ray import`` and ``hrtem-ray predict`` as a user runs them; bad input exits 2."""
+    from helpers import run_cli
+
+    val = data.read_images(tiny_dataset_root, "0", "val")
+    files, masks = [], []
+    for k, (image, mask) in enumerate(zip(val.images, val.masks, strict=True)):
+        fine = resample(image, PIXEL_ANGSTROM, OTHER_ANGSTROM)
+        files.append(tmp_path / f"m{k}.tif")
+        _save_calibrated(files[-1], fine, OTHER_ANGSTROM)
+        masks.append(tmp_path / f"m{k}.png")
+        fine_mask = resample(mask, PIXEL_ANGSTROM, OTHER_ANGSTROM, shape=fine.shape, mask=True)
+        Image.fromarray((fine_mask > 0.5).astype(np.uint8) * 255).save(masks[-1])
+    dataset = tmp_path / "data"
+    shutil.copytree(tiny_dataset_root, dataset)
+    args = ["import", *files, "--data", dataset, "--domain", "exp_cli", "--masks", *masks]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "domain exp_cli" in proc.stdout and "2 train + 1 val tiles of 64 px" in proc.stdout
+    again = run_cli(*args)
+    assert again.returncode == 2 and "already holds an imported domain" in again.stderr
+    out = tmp_path / "predicted"
+    proc = run_cli("predict", "--study", study_root, "--model", "best:0", *files, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "model: best:0: pretrain-" in proc.stderr and "predicted 3 files" in proc.stdout
+    assert (out / "m0_mask.tif").is_file() and (out / "particles.csv").is_file()
