@@ -269,7 +269,8 @@ def multinode_run(cluster, moto_s3, tmp_path_factory) -> MultiNodeRun:
 def test_simulation_and_trials_ran_on_several_nodes(multinode_run):
     study = Study.from_yaml(multinode_run.spec_file, out=multinode_run.out)
     shard_nodes = manifest_nodes(study.dataset_root)
-    assert len(shard_nodes) == 9  # 6 train + 3 val structures, one per shard
+    # one shard per structure (6 train + 3 val) and domain (3)
+    assert len(shard_nodes) == len(data.plan_shards(study.spec.dataset)) == 9 * 3
     assert set(shard_nodes) <= multinode_run.nodes
     assert len(set(shard_nodes)) >= 2, f"all simulation tasks ran on one node: {shard_nodes}"
 
