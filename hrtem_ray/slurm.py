@@ -1,8 +1,7 @@
 """Run a hrtem-ray study on a Slurm allocation with Ray's own launcher, ``ray symmetric-run``.
 
 Inside an ``sbatch`` job (see ``sweeps/slurm.sbatch``) ``hrtem-ray slurm SPEC``
-(or ``python -m hrtem_ray.slurm SPEC``) starts one ``srun`` step per allocated
-node, each running the same command::
+starts one ``srun`` step per allocated node, each running the same command::
 
     ray symmetric-run --address HEAD_IP:PORT --min-nodes N [ray start options] \\
         -- hrtem-ray run SPEC --address HEAD_IP:PORT
@@ -208,10 +207,8 @@ def run(plan: SlurmPlan, stop_grace_seconds: float = 60.0) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``hrtem-ray slurm`` and ``python -m hrtem_ray.slurm`` (one definition).
-
-    Parse with :func:`parse_args`, which passes the arguments after ``--`` to the study command.
-    """
+    """The options of ``hrtem-ray slurm``; parse with :func:`parse_args`, which passes the
+    arguments after ``--`` to the study command."""
     parser.add_argument("spec", help="study spec YAML")
     parser.add_argument(
         "--command", dest="study_command", choices=STUDY_COMMANDS, default="run",
@@ -265,11 +262,3 @@ def main_from_cli(args: argparse.Namespace, env: Mapping[str, str] | None = None
     print(plan.render(), flush=True)
     return 0 if args.dry_run else run(plan)
 
-
-if __name__ == "__main__":  # python -m hrtem_ray.slurm: the options of hrtem-ray slurm
-    parser = argparse.ArgumentParser(
-        prog="python -m hrtem_ray.slurm",
-        description="Start Ray across a Slurm allocation and run a hrtem-ray study.",
-    )
-    add_arguments(parser)
-    sys.exit(main_from_cli(parse_args(parser, sys.argv[1:])))

@@ -251,23 +251,22 @@ def test_run_starts_every_step_and_returns_the_study_status(
     assert sorted(" ".join(["srun", *c]) for c in calls) == sorted(EXPECTED_STEPS)
 
 
-def test_module_entry_point_and_hrtem_ray_slurm_share_options(fake_slurm) -> None:
-    """`python -m hrtem_ray.slurm` as the sbatch script calls it, and `hrtem-ray slurm`."""
+def test_the_sbatch_command_runs_hrtem_ray_slurm(fake_slurm) -> None:
+    """`python -m hrtem_ray.cli slurm`, as the sbatch script calls it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "HRTEM_RAY_HEAD"))}
     env.update(FAKE_ENV, HRTEM_RAY_HEAD_IP="10.0.0.7")
     args = ["sweeps/baseline_paper.yaml", "--dry-run", "--command", "sweep", "--", "--resume"]
-    for prefix in (["-m", "hrtem_ray.slurm"], ["-m", "hrtem_ray.cli", "slurm"]):
-        proc = subprocess.run(
-            [sys.executable, *prefix, *args],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.splitlines()[-1].endswith(
-            "-- hrtem-ray sweep sweeps/baseline_paper.yaml --address 10.0.0.7:6379 --resume"
-        )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hrtem_ray.cli", "slurm", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].endswith(
+        "-- hrtem-ray sweep sweeps/baseline_paper.yaml --address 10.0.0.7:6379 --resume"
+    )
     env.pop("SLURM_JOB_NODELIST")
     proc = subprocess.run(
-        [sys.executable, "-m", "hrtem_ray.slurm", "spec.yaml", "--dry-run"],
+        [sys.executable, "-m", "hrtem_ray.cli", "slurm", "spec.yaml", "--dry-run"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 2 and "SLURM_JOB_NODELIST" in proc.stderr
@@ -277,5 +276,5 @@ def test_sbatch_script_calls_the_tested_code() -> None:
     text = (REPO / "sweeps" / "slurm.sbatch").read_text()
     assert text.startswith("#!/bin/bash")
     assert "#SBATCH --ntasks-per-node=1" in text
-    assert 'exec python -m hrtem_ray.slurm "$@"' in text
+    assert 'exec python -m hrtem_ray.cli slurm "$@"' in text
     assert subprocess.run(["bash", "-n", str(REPO / "sweeps" / "slurm.sbatch")]).returncode == 0
