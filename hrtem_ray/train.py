@@ -211,7 +211,7 @@ def _check_loss(loss: str) -> None:
         raise ValueError(f"loss must be one of {', '.join(LOSS_FUNCTIONS)}, got {loss!r}")
 
 
-def _cross_entropy(
+def _loss_value(
     logits: torch.Tensor, masks: torch.Tensor, loss: LossFunction = "cross_entropy"
 ) -> torch.Tensor:
     """Mean soft-label loss of ``logits (N, 2, H, W)`` against ``masks (N, 1, H, W)``.
@@ -285,7 +285,7 @@ def _evaluate_tensors(
         xb = x[i : i + batch_size].contiguous(memory_format=torch.channels_last)
         mb = m[i : i + batch_size]
         logits = model(xb)
-        ce_sum += _cross_entropy(logits, mb, loss).item() * len(xb)
+        ce_sum += _loss_value(logits, mb, loss).item() * len(xb)
         pred = logits[:, 1] > logits[:, 0]
         true = mb[:, 0] > 0.5
         inter += int((pred & true).sum())
@@ -405,7 +405,7 @@ def train_step(
     xb = images.contiguous(memory_format=torch.channels_last)
     with _autocast(images.device):
         logits = model(xb)
-    value = _cross_entropy(logits, masks, loss)
+    value = _loss_value(logits, masks, loss)
     optimizer.zero_grad(set_to_none=True)
     value.backward()
     optimizer.step()
