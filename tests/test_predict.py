@@ -37,7 +37,7 @@ from hrtem_ray.micrographs import (
     resample,
 )
 from hrtem_ray.sweep import write_study_spec
-from hrtem_ray.train import evaluate
+from hrtem_ray.train import evaluate, predict
 from hrtem_ray.trials import plan_trials
 
 PIXEL_ANGSTROM = 0.4  # the tiny dataset's (and so the model's) pixel size
@@ -93,13 +93,17 @@ def test_best_domain_picks_the_lowest_loss_and_says_why(study_root):
 
 def test_round_trip_calibrated_tiffs_at_another_pixel_size(study_root, tiny_dataset_root, tmp_path):
     """Validation images saved as TIFFs at 0.3 Å/px (band-limited upsampling), imported and
-    predicted, reach the model's in-dataset IoU within 0.05."""
+    predicted, give the same model the same probability maps as the original images.
+
+    The check compares two predictions of one model within one run, so it holds whatever the
+    short CPU training learned (torch's CPU kernels differ across machines, and so does how
+    far 12 epochs get); IoU against the truth is printed for information only.
+    """
     val = data.read_images(tiny_dataset_root, "0", "val")
     model = load_study_model(str(study_root), "best:0").model
-    in_dataset = evaluate(model, {"0": (val.images, val.masks)})["0"].iou
-    assert in_dataset > 0.2, f"the model learned too little for a meaningful check: {in_dataset}"
+    reference = predict(model, val.images)  # (N, H, W) on the model's own grid
 
-    files, masks, fine_masks = [], [], []
+    files, masks = [], []
     for k, (image, mask) in enumerate(zip(val.images, val.masks, strict=True)):
         fine = resample(image, PIXEL_ANGSTROM, OTHER_ANGSTROM)
         fine_mask = resample(mask, PIXEL_ANGSTROM, OTHER_ANGSTROM, shape=fine.shape, mask=True)
@@ -107,25 +111,30 @@ def test_round_trip_calibrated_tiffs_at_another_pixel_size(study_root, tiny_data
         _save_calibrated(files[-1], fine, OTHER_ANGSTROM)
         masks.append(tmp_path / f"val{k}_mask.npy")
         np.save(masks[-1], fine_mask)
-        fine_masks.append(fine_mask > 0.5)
 
-    # imported as a domain: the tiles are back on the model's grid
+    # imported as a domain: the tiles are back on the model's grid, with their masks
     dataset = tmp_path / "data"
     shutil.copytree(tiny_dataset_root, dataset)
     import_micrographs(files, dataset, "exp_val", masks=masks, val_fraction=0)
     imported = data.read_images(dataset, "exp_val", "train")
     assert imported.images.shape == val.images.shape
-    imported_iou = evaluate(model, {"d": (imported.images, imported.masks)})["d"].iou
+    assert np.mean((imported.masks > 0.5) == (val.masks > 0.5)) >= 0.98
+    imported_prob = predict(model, imported.images)
+    print(f"mean |p_imported - p_original| {np.abs(imported_prob - reference).mean():.4f}")
+    assert np.abs(imported_prob - reference).mean() <= 0.02
+    assert np.mean((imported_prob > 0.5) == (reference > 0.5)) >= 0.95
 
-    # predicted on their own 0.3 Å grid by the API
+    # predicted on their own 0.3 Å grid by the API: the reference map brought to that grid
     result = hrtem_ray.predict(study_root, "best:0", files)
-    predicted = np.concatenate([result.masks[f.name].ravel() for f in files])
-    predict_iou = _iou(predicted, np.concatenate([m.ravel() for m in fine_masks]))
-    print(
-        f"IoU in dataset {in_dataset:.3f}, imported {imported_iou:.3f}, predict {predict_iou:.3f}"
-    )
-    assert abs(imported_iou - in_dataset) <= 0.05
-    assert abs(predict_iou - in_dataset) <= 0.05
+    for k, f in enumerate(files):
+        prob = result.probabilities[f.name]
+        expected = resample(reference[k], PIXEL_ANGSTROM, OTHER_ANGSTROM, shape=prob.shape)
+        print(f"{f.name}: mean |p_predict - p_original| {np.abs(prob - expected).mean():.4f}")
+        assert np.abs(prob - expected).mean() <= 0.02, f.name
+        assert np.mean(result.masks[f.name] == (expected > 0.5)) >= 0.95, f.name
+    in_dataset = evaluate(model, {"0": (val.images, val.masks)})["0"].iou
+    imported_iou = evaluate(model, {"d": (imported.images, imported.masks)})["d"].iou
+    print(f"IoU against the truth (information): in dataset {in_dataset:.3f}, imported {imported_iou:.3f}")
 
 
 def _seam_ratio(prob: np.ndarray, borders: list[int]) -> float:
