@@ -134,7 +134,9 @@ def test_round_trip_calibrated_tiffs_at_another_pixel_size(study_root, tiny_data
         assert np.mean(result.masks[f.name] == (expected > 0.5)) >= 0.95, f.name
     in_dataset = evaluate(model, {"0": (val.images, val.masks)})["0"].iou
     imported_iou = evaluate(model, {"d": (imported.images, imported.masks)})["d"].iou
-    print(f"IoU against the truth (information): in dataset {in_dataset:.3f}, imported {imported_iou:.3f}")
+    print(
+        f"IoU against the truth (information): in dataset {in_dataset:.3f}, imported {imported_iou:.3f}"
+    )
 
 
 def _seam_ratio(prob: np.ndarray, borders: list[int]) -> float:
