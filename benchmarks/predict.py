@@ -26,10 +26,10 @@ import common
 import numpy as np
 import torch
 
+from hrtem_ray.dataset.micrographs import Micrograph, resampled_shape, tile_positions
 from hrtem_ray.inference import segment
-from hrtem_ray.micrographs import Micrograph, resampled_shape, tile_positions
-from hrtem_ray.model import build_model, count_parameters
-from hrtem_ray.specs import ModelSpec
+from hrtem_ray.learning.model import build_model, count_parameters
+from hrtem_ray.spec.types import ModelSpec
 
 MODEL_ANGSTROM = 0.4  # the laptop preset's output sampling
 TILE_PX = 128  # the laptop preset's image size

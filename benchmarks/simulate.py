@@ -33,13 +33,13 @@ import time
 import common
 import numpy as np
 
-from hrtem_ray.config import parse_dataset_spec
-from hrtem_ray.data import simulate_dataset, simulate_dataset_serial
-from hrtem_ray.runtime import ray_session
-from hrtem_ray.simulate import simulate_structure
-from hrtem_ray.specs import SimulationParams, output_gpts
-from hrtem_ray.structures import random_structure
-from hrtem_ray.waves import WAVES_DIR
+from hrtem_ray.cluster.runtime import ray_session
+from hrtem_ray.dataset.shards import simulate_dataset, simulate_dataset_serial
+from hrtem_ray.dataset.waves import WAVES_DIR
+from hrtem_ray.physics.simulate import simulate_structure
+from hrtem_ray.physics.structures import random_structure
+from hrtem_ray.spec.config import parse_dataset_spec
+from hrtem_ray.spec.types import SimulationParams, output_gpts
 
 #: The defocus (nm) of the domain added to the laptop dataset.
 NEW_DEFOCUS_NM = 30.0

@@ -7,7 +7,7 @@ Keys
 tune_overhead_ratio
     Wall time of K pretrain trials run one at a time through Ray Tune (the sweep
     engine, cluster already started) over the same K trials called directly with
-    :func:`hrtem_ray.execute.execute_trial` in one process. Target < 1.10 for
+    :func:`hrtem_ray.sweep.execute.execute_trial` in one process. Target < 1.10 for
     trials of about 30 s (the full mode; ``--quick`` uses shorter trials, where
     the fixed per-trial cost weighs more).
 pipelined_vs_barrier_makespan
@@ -25,12 +25,12 @@ import time
 
 import common
 
-from hrtem_ray.config import parse_dataset_spec, parse_study_spec
-from hrtem_ray.data import simulate_dataset
-from hrtem_ray.execute import execute_trial
-from hrtem_ray.runtime import ray_session
+from hrtem_ray.cluster.runtime import ray_session
+from hrtem_ray.dataset.shards import simulate_dataset
+from hrtem_ray.spec.config import parse_dataset_spec, parse_study_spec
 from hrtem_ray.study import Study
-from hrtem_ray.trials import plan_trials
+from hrtem_ray.sweep.execute import execute_trial
+from hrtem_ray.sweep.trials import plan_trials
 
 # the laptop dataset, three of its defoci, one phonon configuration
 DATASET = common.laptop_dataset(

@@ -1,7 +1,7 @@
 """Training-throughput benchmark of the U-Net models; prints JSON.
 
 Measures training images/s (forward + backward + Adam step, batch 16, the same
-:func:`hrtem_ray.train.train_step` that ``train_stage`` runs) for the full and the small model
+:func:`hrtem_ray.learning.train.train_step` that ``train_stage`` runs) for the full and the small model
 at several image sizes, and the step time saved by freezing the encoder or the decoder
 relative to no freezing.
 
@@ -23,9 +23,9 @@ from collections.abc import Callable
 import common
 import torch
 
-from hrtem_ray.model import build_model, count_parameters, freeze
-from hrtem_ray.specs import ModelSpec
-from hrtem_ray.train import prepare_model, select_device, train_step
+from hrtem_ray.learning.model import build_model, count_parameters, freeze
+from hrtem_ray.learning.train import prepare_model, select_device, train_step
+from hrtem_ray.spec.types import ModelSpec
 
 BATCH = 16
 

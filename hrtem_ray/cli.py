@@ -8,24 +8,17 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from hrtem_ray import slurm
 from hrtem_ray._version import __version__
-from hrtem_ray.config import SpecError
-
-# Exit codes (documented in ``--help`` and the README's "Exit codes" table).
-EXIT_OK = 0
-"""Every planned shard and model is done (``report``: the report is written)."""
-EXIT_ERROR = 1
-"""An unexpected error (a bug, or an infrastructure failure): a traceback is printed."""
-EXIT_BAD_INPUT = 2
-"""Bad input or refused before Ray starts: spec error, dataset mismatch, lock held,
-unusable output path, nothing to report; one ``error: ...`` line, no traceback."""
-EXIT_FAILED = 3
-"""The run ended, but some trials failed for good (the failure table is printed)."""
-EXIT_PROBLEMS = 4
-"""``check`` found damaged or stray files (``--repair`` quarantines them)."""
-EXIT_INTERRUPTED = 130
-"""Interrupted by SIGINT (Ctrl-C) or SIGTERM; rerun the same command to resume."""
+from hrtem_ray.cluster import slurm
+from hrtem_ray.exit_codes import (
+    EXIT_BAD_INPUT,
+    EXIT_ERROR,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+)
+from hrtem_ray.spec.config import SpecError
 
 EXIT_CODES_HELP = f"""\
 exit codes:
@@ -277,7 +270,7 @@ def _sweep(args) -> int:
 
 
 def _run(args) -> int:
-    from hrtem_ray.report import ReportError
+    from hrtem_ray.report.build import ReportError
 
     study = _study(args)
     study.preflight(args.address)  # before the lock creates anything
@@ -297,7 +290,7 @@ def _run(args) -> int:
 
 
 def _report(args) -> int:
-    from hrtem_ray.report import write_report
+    from hrtem_ray.report.build import write_report
     from hrtem_ray.study import locate_results
 
     location = locate_results(args.results_dir, data_dir=args.data, all_results=args.all_results)
@@ -315,13 +308,13 @@ def _report(args) -> int:
 
 
 def _check(args) -> int:
-    from hrtem_ray import check
+    from hrtem_ray.sweep import check
 
     return check.main_from_cli(args)
 
 
 def _import(args) -> int:
-    from hrtem_ray.micrographs import import_micrographs
+    from hrtem_ray.dataset.micrographs import import_micrographs
 
     done = import_micrographs(
         args.files,
@@ -375,10 +368,10 @@ COMMANDS = {
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a refusal (exit 2), imported lazily."""
-    from hrtem_ray.data import DatasetError
+    from hrtem_ray.dataset.micrographs import MicrographError
+    from hrtem_ray.dataset.shards import DatasetError
     from hrtem_ray.inference import PredictError
-    from hrtem_ray.micrographs import MicrographError
-    from hrtem_ray.report import ReportError
+    from hrtem_ray.report.build import ReportError
 
     errors: list[type[BaseException]] = [
         SpecError,
@@ -388,13 +381,13 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
         PredictError,
     ]
     try:
-        from hrtem_ray.lock import LockHeldError
+        from hrtem_ray.store.lock import LockHeldError
 
         errors.append(LockHeldError)
     except ImportError:  # pragma: no cover - lock.py is optional in older trees
         pass
     try:
-        from hrtem_ray.storage import StorageError
+        from hrtem_ray.store.storage import StorageError
 
         errors.append(StorageError)
     except ImportError:  # pragma: no cover

@@ -1,11 +1,11 @@
 """Segmenting micrographs with a study's model: tiled inference, masks, particle tables.
 
 :func:`predict` (``hrtem_ray.predict``, ``hrtem-ray predict``) reads micrographs
-(:func:`hrtem_ray.micrographs.read_micrograph`), chooses a model of a study
+(:func:`hrtem_ray.dataset.micrographs.read_micrograph`), chooses a model of a study
 (:func:`choose_model`: a model id, or ``best:DOMAIN``), and for each file
 
 1. resamples the image to the model's pixel size (the study dataset's
-   ``simulation.output_sampling_angstrom``; :func:`hrtem_ray.micrographs.resample`);
+   ``simulation.output_sampling_angstrom``; :func:`hrtem_ray.dataset.micrographs.resample`);
 2. predicts it in tiles of the model's image size that overlap by ``overlap_px``
    (default a quarter tile): each tile is standardised on its own, as in training, and the
    tiles' probability maps are blended with a separable sin² (Hann) window
@@ -34,9 +34,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from hrtem_ray import results, storage
-from hrtem_ray.config import parse_stored_study_spec
-from hrtem_ray.micrographs import (
+from hrtem_ray.dataset.micrographs import (
     Micrograph,
     MicrographError,
     cut_tiles,
@@ -45,9 +43,13 @@ from hrtem_ray.micrographs import (
     resample,
     tile_positions,
 )
-from hrtem_ray.specs import output_gpts
-from hrtem_ray.train import load_checkpoint
-from hrtem_ray.train import predict as predict_tiles
+from hrtem_ray.learning.train import load_checkpoint
+from hrtem_ray.learning.train import predict as predict_tiles
+from hrtem_ray.spec.config import parse_stored_study_spec
+from hrtem_ray.spec.types import output_gpts
+from hrtem_ray.store import storage
+from hrtem_ray.store.layout import STUDY_FILE
+from hrtem_ray.sweep import results
 
 PARTICLE_COLUMNS = (
     "source",
@@ -171,7 +173,7 @@ def load_study_model(study_root: str, model: str) -> StudyModel:
     PredictError
         ``study_root`` holds no ``study.json``, or as :func:`choose_model`.
     """
-    spec_path = storage.join(study_root, "study.json")
+    spec_path = storage.join(study_root, STUDY_FILE)
     if not storage.exists(spec_path):
         raise PredictError(f"--study: no study.json in {study_root} (run its sweep first)")
     spec = parse_stored_study_spec(storage.read_json(spec_path)["spec"], source=spec_path)
@@ -215,7 +217,7 @@ def predict_probability(
         seams at a quarter tile with about 1.8x the tiles of no overlap; half a tile
         costs 4x).
     batch_size, device
-        As :func:`hrtem_ray.train.predict`.
+        As :func:`hrtem_ray.learning.train.predict`.
     """
     overlap_px = tile_px // 4 if overlap_px is None else int(overlap_px)
     height, width = image.shape
@@ -373,7 +375,7 @@ def predict(
     model
         A model id, or ``best:DOMAIN`` (:func:`choose_model`).
     files
-        Micrographs (:data:`hrtem_ray.micrographs.FORMATS`); their names must differ.
+        Micrographs (:data:`hrtem_ray.dataset.micrographs.FORMATS`); their names must differ.
     out_dir
         Where to write masks, overlays and the particle table; None writes nothing.
     pixel_size_angstrom
@@ -383,7 +385,7 @@ def predict(
     threshold
         Probability above which a pixel is a particle.
     batch_size, device
-        As :func:`hrtem_ray.train.predict`.
+        As :func:`hrtem_ray.learning.train.predict`.
     num_threads
         torch threads for the inference (restored afterwards).
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import polars as pl
 
-from hrtem_ray import storage
-from hrtem_ray.config import (
+from hrtem_ray.cluster.runtime import ray_session
+from hrtem_ray.spec.config import (
     StudySpec,
     check_resources,
     load_dataset_spec,
@@ -45,9 +45,10 @@ from hrtem_ray.config import (
     parse_stored_study_spec,
     parse_study_spec,
 )
-from hrtem_ray.lock import study_lock
-from hrtem_ray.runtime import ray_session
-from hrtem_ray.trials import TrialPlan, plan_trials
+from hrtem_ray.store import storage
+from hrtem_ray.store.layout import RESULTS_DIR, STUDY_FILE, is_study_root
+from hrtem_ray.store.lock import study_lock
+from hrtem_ray.sweep.trials import TrialPlan, plan_trials
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def select_plan_rows(
     table
         A results table (``model_id`` and ``config_hash`` columns).
     plan
-        The current plan (:func:`hrtem_ray.trials.plan_trials`).
+        The current plan (:func:`hrtem_ray.sweep.trials.plan_trials`).
     all_results
         Keep every row in the returned table (the others are still counted).
 
@@ -151,7 +152,7 @@ class Study:
     Parameters
     ----------
     spec
-        The validated study (see :func:`hrtem_ray.config.load_study_spec`).
+        The validated study (see :func:`hrtem_ray.spec.config.load_study_spec`).
     out
         Output directory or storage URI; defaults to the spec's ``storage``.
     data
@@ -230,10 +231,10 @@ class Study:
         ------
         FileNotFoundError
             If ``study_root`` holds no ``study.json`` (no sweep started there yet).
-        hrtem_ray.config.SpecError
+        hrtem_ray.spec.config.SpecError
             If the stored spec is no longer valid.
         """
-        from hrtem_ray.sweep import study_file
+        from hrtem_ray.sweep.run import study_file
 
         root = _absolute(os.fspath(study_root))
         path = study_file(root)
@@ -255,12 +256,12 @@ class Study:
 
     @cached_property
     def plan(self) -> TrialPlan:
-        """The trials of the spec (:func:`hrtem_ray.trials.plan_trials`)."""
+        """The trials of the spec (:func:`hrtem_ray.sweep.trials.plan_trials`)."""
         return plan_trials(self.spec)
 
     def progress(self) -> StudyProgress:
         """Models of the current plan done and failed for good, as the storage says now."""
-        from hrtem_ray import results
+        from hrtem_ray.sweep import results
 
         planned = {t.model_id for t in self.plan.all()}
         done = results.finished_ids(self.study_root) & planned
@@ -269,14 +270,14 @@ class Study:
 
     def shard_progress(self) -> tuple[int, int]:
         """``(done, planned)`` dataset shards of the spec in :attr:`dataset_root`."""
-        from hrtem_ray.data import completed_shards, plan_shards
+        from hrtem_ray.dataset.shards import completed_shards, plan_shards
 
         planned = {t.key for t in plan_shards(self.spec.dataset)}
         return len(completed_shards(self.dataset_root) & planned), len(planned)
 
     @property
     def results_dir(self) -> str:
-        return storage.join(self.study_root, "results")
+        return storage.join(self.study_root, RESULTS_DIR)
 
     @property
     def report_dir(self) -> str:
@@ -284,7 +285,7 @@ class Study:
 
     def dry_run(self) -> str:
         """Trial counts and training-set sizes, without running anything."""
-        from hrtem_ray.trials import dry_run
+        from hrtem_ray.sweep.trials import dry_run
 
         return dry_run(self.spec)
 
@@ -293,10 +294,10 @@ class Study:
 
         Raises
         ------
-        hrtem_ray.data.DatasetError
-            Naming each field that differs (:func:`hrtem_ray.data.check_dataset_root`).
+        hrtem_ray.dataset.shards.DatasetError
+            Naming each field that differs (:func:`hrtem_ray.dataset.shards.check_dataset_root`).
         """
-        from hrtem_ray.data import check_dataset_root
+        from hrtem_ray.dataset.shards import check_dataset_root
 
         check_dataset_root(self.spec.dataset, self.dataset_root)
 
@@ -305,17 +306,17 @@ class Study:
 
         The data root must hold this spec's dataset or none (:meth:`check_dataset`), its
         imported domains (``domains.imported``) must be there, with masks where a role uses
-        them (:func:`hrtem_ray.micrographs.check_spec_imports`), and,
+        them (:func:`hrtem_ray.dataset.micrographs.check_spec_imports`), and,
         when this study simulates (default: it has no ``dataset.path``) on a private local
         cluster, one simulation worker must fit in this machine's memory.
 
         Raises
         ------
-        hrtem_ray.data.DatasetError, hrtem_ray.config.SpecError, hrtem_ray.micrographs.MicrographError
+        hrtem_ray.dataset.shards.DatasetError, hrtem_ray.spec.config.SpecError, hrtem_ray.dataset.micrographs.MicrographError
         """
         self.check_dataset()
         if self.spec.domains.imported:  # imported domains present, with masks and enough tiles
-            from hrtem_ray.micrographs import check_spec_imports
+            from hrtem_ray.dataset.micrographs import check_spec_imports
 
             check_spec_imports(self.spec, self.dataset_root)
         if simulate is None:
@@ -332,9 +333,9 @@ class Study:
         """Simulate the dataset shards that are missing (idempotent).
 
         Holds the study lock of :attr:`dataset_root` (checked writable first) for
-        the whole run, taken before Ray starts (:mod:`hrtem_ray.lock`).
+        the whole run, taken before Ray starts (:mod:`hrtem_ray.store.lock`).
         """
-        from hrtem_ray.data import simulate_dataset
+        from hrtem_ray.dataset.shards import simulate_dataset
 
         self.preflight(address, simulate=True)
         with _locked_roots([self.dataset_root], f"hrtem-ray simulate ({self.spec.name})"):
@@ -357,8 +358,8 @@ class Study:
 
         Logs the outcome line, and the failure table when trials failed for good.
         """
-        from hrtem_ray.data import simulate_dataset
-        from hrtem_ray.sweep import format_failures, format_outcome, run_sweep
+        from hrtem_ray.dataset.shards import simulate_dataset
+        from hrtem_ray.sweep.run import format_failures, format_outcome, run_sweep
 
         simulate = self._data is None and not self.spec.dataset.path
         # The study root's lock (and the data root's, when this sweep writes the
@@ -387,7 +388,7 @@ class Study:
 
     def lock(self, command: str):
         """Hold the study lock of :attr:`study_root` (checked writable first), e.g. over a
-        sweep and its report; re-entrant within this process (:mod:`hrtem_ray.lock`)."""
+        sweep and its report; re-entrant within this process (:mod:`hrtem_ray.store.lock`)."""
         return _locked_roots([self.study_root], f"{command} ({self.spec.name})")
 
     def results(self, all_results: bool = False) -> pl.DataFrame:
@@ -404,7 +405,7 @@ class Study:
 
     def result_selection(self, all_results: bool = False) -> ResultSelection:
         """The results table of the current plan, with the count of other configurations' rows."""
-        from hrtem_ray.results import read_results
+        from hrtem_ray.sweep.results import read_results
 
         return select_plan_rows(read_results(self.study_root), self.plan, all_results)
 
@@ -430,10 +431,10 @@ class Study:
 
         Raises
         ------
-        hrtem_ray.report.ReportError
+        hrtem_ray.report.build.ReportError
             If the study has no result rows (of the current plan) yet.
         """
-        from hrtem_ray.report import ReportError, write_report
+        from hrtem_ray.report.build import ReportError, write_report
 
         selection = self.result_selection(all_results)
         notes = self.report_notes(selection)
@@ -479,7 +480,7 @@ def _check_local_memory(spec: StudySpec, address: str | None) -> None:
 
     Raises
     ------
-    hrtem_ray.config.SpecError
+    hrtem_ray.spec.config.SpecError
         With the estimate, the machine's memory and the fields that set it.
     """
     if address in (None, "local"):
@@ -492,9 +493,9 @@ def _locked_roots(roots: list[str], command: str) -> Iterator[None]:
 
     Raises
     ------
-    hrtem_ray.storage.StorageError
+    hrtem_ray.store.storage.StorageError
         If a root cannot be written (before any lock is taken).
-    hrtem_ray.lock.LockHeldError
+    hrtem_ray.store.lock.LockHeldError
         If another live process holds one of the locks.
     """
     unique = list(dict.fromkeys(roots))
@@ -565,12 +566,6 @@ class ResultsLocation:
     source: str = ""
 
 
-def _is_study_root(path: str) -> bool:
-    return storage.exists(storage.join(path, "study.json")) or storage.exists(
-        storage.join(path, "results")
-    )
-
-
 def locate_results(
     path: str | os.PathLike[str], data_dir: str | None = None, all_results: bool = False
 ) -> ResultsLocation:
@@ -584,10 +579,10 @@ def locate_results(
 
     Raises
     ------
-    hrtem_ray.report.ReportError
+    hrtem_ray.report.build.ReportError
         ``path`` does not exist, is a dataset, or holds no results yet.
     """
-    from hrtem_ray.report import ReportError
+    from hrtem_ray.report.build import ReportError
 
     raw = os.fspath(path)
     is_glob = "://" not in raw and any(c in raw for c in "*?[")
@@ -602,11 +597,11 @@ def locate_results(
     if not present:
         raise ReportError(f"{raw} does not exist")
     root = None
-    if _is_study_root(raw):
+    if is_study_root(raw):
         root = raw
-    elif Path(raw.rstrip("/")).name == "results":
+    elif Path(raw.rstrip("/")).name == RESULTS_DIR:
         parent = raw.rstrip("/").rsplit("/", 1)[0]
-        if storage.exists(storage.join(parent, "study.json")):
+        if storage.exists(storage.join(parent, STUDY_FILE)):
             root = parent
     if root is not None:
         return _locate_study(root, data_dir, all_results)
@@ -621,9 +616,9 @@ def locate_results(
 
 def _locate_study(root: str, data_dir: str | None, all_results: bool) -> ResultsLocation:
     """:class:`ResultsLocation` of a study root (see :func:`locate_results`)."""
-    from hrtem_ray.report import ReportError
+    from hrtem_ray.report.build import ReportError
 
-    results_dir = storage.join(root, "results")
+    results_dir = storage.join(root, RESULTS_DIR)
     try:
         study = Study.from_root(root)
     except FileNotFoundError:  # results written before study.json existed: read them all

@@ -58,7 +58,7 @@ TWO_MODEL_STUDY = {
 
 def tiny_dataset_spec(**overrides):
     """The tiny dataset spec used across tests (64 x 64 px images, 3 defoci)."""
-    from hrtem_ray.config import parse_dataset_spec
+    from hrtem_ray.spec.config import parse_dataset_spec
 
     return parse_dataset_spec({**TINY_DATASET, **overrides}, source="tests")
 

@@ -1,6 +1,6 @@
 """Tests of the confidence intervals of hrtem_ray.analysis (the ``ci`` argument).
 
-The intervals are a percentile bootstrap over models (hrtem_ray.bootstrap). The tests
+The intervals are a percentile bootstrap over models (hrtem_ray.analysis.bootstrap). The tests
 check the exact resampling shortcuts against brute force, the intervals of
 replicates of arbitrary groups and cells, the coverage of the interval on synthetic
 data with a known median, that the model (not the row) is the unit of resampling,
@@ -16,7 +16,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from hrtem_ray import analysis as an
-from hrtem_ray import bootstrap as bs
+from hrtem_ray.analysis import bootstrap as bs
 
 
 def _table(models: list[tuple]) -> pl.DataFrame:

@@ -13,8 +13,8 @@ import yaml
 from helpers import TINY_DATASET, TINY_STUDY, run_cli, tiny_dataset_spec
 from pydantic import ValidationError
 
-from hrtem_ray import config
-from hrtem_ray.config import (
+from hrtem_ray.spec import config
+from hrtem_ray.spec.config import (
     SpecError,
     check_resources,
     check_safe_name,
@@ -24,7 +24,7 @@ from hrtem_ray.config import (
     parse_stored_study_spec,
     parse_study_spec,
 )
-from hrtem_ray.specs import (
+from hrtem_ray.spec.types import (
     SIMULATION_FIXED_MIB,
     WORKER_BASE_MIB,
     SimulationParams,
@@ -441,8 +441,8 @@ def test_presets_validate_and_fit_a_64_gib_worker(preset):
 def test_spec_layer_imports_nothing_heavy():
     """Reading specs, planning trials and analysing results load no torch, abTEM, ASE or Ray."""
     code = (
-        "import sys; import hrtem_ray.config, hrtem_ray.specs, hrtem_ray.trials, "
-        "hrtem_ray.results, hrtem_ray.analysis; "
+        "import sys; import hrtem_ray.spec.config, hrtem_ray.spec.types, hrtem_ray.sweep.trials, "
+        "hrtem_ray.sweep.results, hrtem_ray.analysis; "
         "print(sorted(m for m in ('torch', 'abtem', 'ase', 'ray') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

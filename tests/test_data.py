@@ -18,8 +18,9 @@ import pytest
 import yaml
 from helpers import TINY_DATASET, kill_cli_when, make_bucket, run_cli, s3_env, tiny_dataset_spec
 
-from hrtem_ray import data, storage
-from hrtem_ray.config import SpecError, load_dataset_spec
+from hrtem_ray.dataset import shards
+from hrtem_ray.spec.config import SpecError, load_dataset_spec
+from hrtem_ray.store import storage
 
 TESTS = Path(__file__).resolve().parent
 
@@ -36,7 +37,7 @@ def _copy(root: Path, tmp_path: Path) -> Path:
 def _all_images(root) -> dict:
     """``{(domain, split): ImageSet}`` of the tiny dataset."""
     return {
-        (domain, split): data.read_images(root, domain, split)
+        (domain, split): shards.read_images(root, domain, split)
         for domain in ("-10", "0", "10")
         for split in ("train", "val")
     }
@@ -44,13 +45,13 @@ def _all_images(root) -> dict:
 
 def test_ray_data_pipeline_matches_the_serial_loop(ray_cluster, tiny_dataset_root, tmp_path):
     spec = tiny_dataset_spec()
-    summary = data.simulate_dataset(spec, tmp_path / "ray")
-    assert summary.shards == summary.shards_written == len(data.plan_shards(spec))
+    summary = shards.simulate_dataset(spec, tmp_path / "ray")
+    assert summary.shards == summary.shards_written == len(shards.plan_shards(spec))
     assert summary.images == 3 * (6 + 3)
     for domain in spec.domains:
         for split in ("train", "val"):
-            a = data.read_images(tmp_path / "ray", domain, split)
-            b = data.read_images(tiny_dataset_root, domain, split)
+            a = shards.read_images(tmp_path / "ray", domain, split)
+            b = shards.read_images(tiny_dataset_root, domain, split)
             assert a.structure_ids == b.structure_ids
             np.testing.assert_array_equal(a.images, b.images)
             np.testing.assert_array_equal(a.masks, b.masks)
@@ -72,20 +73,20 @@ def test_parquet_round_trip_without_ray(tiny_dataset_root):
     # the jittered defocus scatters around the nominal value (sigma 1.5 nm)
     offsets = (frame["defocus_nm"] - frame["nominal_defocus_nm"]).to_numpy()
     assert 0.3 < offsets.std() < 3.0
-    selection = data.read_images(tiny_dataset_root, "0", "train", n=4)
+    selection = shards.read_images(tiny_dataset_root, "0", "train", n=4)
     assert selection.structure_ids == [f"train-{i:05d}" for i in range(4)]
     assert selection.masks.min() >= 0 and selection.masks.max() <= 1 and selection.masks.max() > 0.5
     # every defocus domain shows the same structures: identical masks, different images
-    other = data.read_images(tiny_dataset_root, "10", "train", n=4)
+    other = shards.read_images(tiny_dataset_root, "10", "train", n=4)
     np.testing.assert_array_equal(selection.masks, other.masks)
     assert not np.allclose(selection.images, other.images)
-    with pytest.raises(data.DatasetError, match="has 6 images, 7 requested"):
-        data.read_images(tiny_dataset_root, "0", "train", n=7)
+    with pytest.raises(shards.DatasetError, match="has 6 images, 7 requested"):
+        shards.read_images(tiny_dataset_root, "0", "train", n=7)
 
 
 def test_rerun_writes_nothing(tiny_dataset_root):
     before = {p: p.stat().st_mtime_ns for p in tiny_dataset_root.rglob("*") if p.is_file()}
-    summary = data.simulate_dataset_serial(tiny_dataset_spec(), tiny_dataset_root)
+    summary = shards.simulate_dataset_serial(tiny_dataset_spec(), tiny_dataset_root)
     assert summary.shards_written == 0 and summary.images == 0
     after = {p: p.stat().st_mtime_ns for p in tiny_dataset_root.rglob("*") if p.is_file()}
     assert after == before
@@ -96,25 +97,25 @@ def test_dataset_stored_before_the_axis_rename_is_still_current(tiny_dataset_roo
     nor simulated again: the hash is unchanged and the stored spec reads as ``axis``."""
     root = tmp_path / "old"
     shutil.copytree(tiny_dataset_root, root)
-    record = json.loads((root / data.SPEC_FILE).read_text())
+    record = json.loads((root / shards.SPEC_FILE).read_text())
     record["spec"] = {("study" if k == "axis" else k): v for k, v in record["spec"].items()}
-    (root / data.SPEC_FILE).write_text(json.dumps(record))
+    (root / shards.SPEC_FILE).write_text(json.dumps(record))
     spec = tiny_dataset_spec()
-    data.check_dataset_root(spec, root)
-    assert data.dataset_spec(root) == spec
-    assert data.simulate_dataset_serial(spec, root).shards_written == 0
-    assert "study" in json.loads((root / data.SPEC_FILE).read_text())["spec"]
+    shards.check_dataset_root(spec, root)
+    assert shards.dataset_spec(root) == spec
+    assert shards.simulate_dataset_serial(spec, root).shards_written == 0
+    assert "study" in json.loads((root / shards.SPEC_FILE).read_text())["spec"]
     other = tiny_dataset_spec(seed=8)
-    with pytest.raises(data.DatasetError) as info:
-        data.check_dataset_root(other, root)
+    with pytest.raises(shards.DatasetError) as info:
+        shards.check_dataset_root(other, root)
     assert "dataset.seed: stored 7, spec 8" in str(info.value)
     assert "axis" not in str(info.value) and "study" not in str(info.value)
 
 
 def test_other_spec_refuses_to_overwrite(tiny_dataset_root):
     before = _files(tiny_dataset_root)
-    with pytest.raises(data.DatasetError, match="another spec"):
-        data.simulate_dataset_serial(tiny_dataset_spec(seed=8), tiny_dataset_root)
+    with pytest.raises(shards.DatasetError, match="another spec"):
+        shards.simulate_dataset_serial(tiny_dataset_spec(seed=8), tiny_dataset_root)
     assert _files(tiny_dataset_root) == before
 
 
@@ -125,20 +126,20 @@ def test_mismatch_names_every_differing_field_without_writing(tiny_dataset_root,
         dose_e_per_angstrom2=300, seed=8, simulation={**TINY_DATASET["simulation"], "n_phonons": 2}
     )
     before = {p: p.stat().st_mtime_ns for p in tiny_dataset_root.rglob("*")}
-    with pytest.raises(data.DatasetError) as info:
-        data.check_dataset_root(other, tiny_dataset_root)
+    with pytest.raises(shards.DatasetError) as info:
+        shards.check_dataset_root(other, tiny_dataset_root)
     lines = str(info.value).splitlines()
     assert lines[1:3] == [
         "  dataset.seed: stored 7, spec 8",
         "  dataset.simulation.n_phonons: stored 1, spec 2",
     ]
     assert len(lines) == 4, lines
-    with pytest.raises(data.DatasetError, match=r"dataset\.seed: stored 7, spec 8"):
-        data.prepare_root(other, str(tiny_dataset_root))
+    with pytest.raises(shards.DatasetError, match=r"dataset\.seed: stored 7, spec 8"):
+        shards.prepare_root(other, str(tiny_dataset_root))
     assert {p: p.stat().st_mtime_ns for p in tiny_dataset_root.rglob("*")} == before
     # the spec itself, another path, and an empty directory pass without writing anything
-    data.check_dataset_root(tiny_dataset_spec(path="/elsewhere"), tiny_dataset_root)
-    data.check_dataset_root(other, tmp_path / "empty")
+    shards.check_dataset_root(tiny_dataset_spec(path="/elsewhere"), tiny_dataset_root)
+    shards.check_dataset_root(other, tmp_path / "empty")
     assert not (tmp_path / "empty").exists()
 
 
@@ -146,7 +147,8 @@ _RACE = """
 import json, os, sys, time
 sys.path.insert(0, sys.argv[3])
 from helpers import tiny_dataset_spec
-from hrtem_ray import data, storage
+from hrtem_ray.dataset import shards
+from hrtem_ray.store import storage
 root, workdir, seeds = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[4:]]
 go = os.path.join(workdir, "go")
 children = []
@@ -158,9 +160,9 @@ for seed in seeds:  # forked after the imports: every racer starts within millis
         while not os.path.exists(go):
             time.sleep(0.0002)
         try:
-            data.prepare_root(spec, root)
+            shards.prepare_root(spec, root)
             outcome = "won"
-        except data.DatasetError as exc:
+        except shards.DatasetError as exc:
             outcome = "refused " + " | ".join(str(exc).splitlines())
         with open(os.path.join(workdir, f"out{seed}"), "w") as handle:
             handle.write(outcome)
@@ -193,7 +195,7 @@ def test_twenty_processes_racing_for_one_directory_one_wins(tmp_path):
     winners = [seed for seed, out in outcomes.items() if out == "won"]
     assert len(winners) == 1, outcomes
     (winner,) = winners
-    assert data.dataset_spec(root).seed == winner
+    assert shards.dataset_spec(root).seed == winner
     for seed, out in outcomes.items():
         if seed != winner:
             assert out.startswith(f"refused {root} holds a dataset simulated from another spec")
@@ -206,12 +208,14 @@ def test_changed_structures_per_shard_never_mixes_shards(tiny_dataset_root, tmp_
     root = _copy(tiny_dataset_root, tmp_path)
     before = _files(root)
     two = tiny_dataset_spec(structures_per_shard=2)
-    with pytest.raises(data.DatasetError, match=r"dataset\.structures_per_shard: stored 3, spec 2"):
-        data.simulate_dataset_serial(two, root)
+    with pytest.raises(
+        shards.DatasetError, match=r"dataset\.structures_per_shard: stored 3, spec 2"
+    ):
+        shards.simulate_dataset_serial(two, root)
     assert _files(root) == before
     # Shards of the other spec in the directory anyway (e.g. copied in by hand): never read.
     elsewhere = tmp_path / "two"
-    data.simulate_dataset_serial(
+    shards.simulate_dataset_serial(
         tiny_dataset_spec(structures_per_shard=2, n_structures={"train": 2, "val": 1}), elsewhere
     )
     for path in _files(elsewhere):
@@ -219,18 +223,18 @@ def test_changed_structures_per_shard_never_mixes_shards(tiny_dataset_root, tmp_
             (root / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(elsewhere / path, root / path)
     # (one entry per domain and shard: 3 domains x 2 shards)
-    with pytest.warns(data.DatasetWarning, match=r"ignoring 6 manifest entries") as record:
-        selection = data.read_images(root, "0", "train", n=4)
+    with pytest.warns(shards.DatasetWarning, match=r"ignoring 6 manifest entries") as record:
+        selection = shards.read_images(root, "0", "train", n=4)
     assert selection.structure_ids == [f"train-{i:05d}" for i in range(4)]
     assert all(str(root / "_manifest") in str(w.message) for w in record)
-    with pytest.warns(data.DatasetWarning):
-        assert data.summarize(root) == {d: {"train": 6, "val": 3} for d in ("-10", "0", "10")}
+    with pytest.warns(shards.DatasetWarning):
+        assert shards.summarize(root) == {d: {"train": 6, "val": 3} for d in ("-10", "0", "10")}
 
 
 def test_manifest_records_the_images_hash_and_each_files_rows_and_sha256(tiny_dataset_root):
     spec = tiny_dataset_spec()
-    entries = data.manifest_entries(tiny_dataset_root)
-    assert set(entries) == {t.key for t in data.plan_shards(spec)}
+    entries = shards.manifest_entries(tiny_dataset_root)
+    assert set(entries) == {t.key for t in shards.plan_shards(spec)}
     hashes = {c.domain: spec.images_hash("all", c) for c in spec.groups()[0].conditions}
     for entry in entries.values():
         domain = entry["task"]["domain"]
@@ -242,7 +246,7 @@ def test_manifest_records_the_images_hash_and_each_files_rows_and_sha256(tiny_da
             assert info["sha256"] == hashlib.sha256(payload).hexdigest()
             rows = pq.read_metadata(tiny_dataset_root / info["path"]).num_rows
             assert info["rows"] == rows == entry["task"]["stop"] - entry["task"]["start"]
-    assert data.verify_shards(tiny_dataset_root) == []
+    assert shards.verify_shards(tiny_dataset_root) == []
 
 
 def test_foreign_unreadable_and_incomplete_manifests_are_ignored_and_named(
@@ -250,7 +254,7 @@ def test_foreign_unreadable_and_incomplete_manifests_are_ignored_and_named(
 ):
     root = _copy(tiny_dataset_root, tmp_path)
     manifest = root / "_manifest"
-    entries = data.manifest_entries(root)
+    entries = shards.manifest_entries(root)
     key = sorted(k for k in entries if entries[k]["task"]["domain"] == "0")[0]
     # entries of other writers (e.g. imported micrographs: no simulation group) are read
     # and must record the current content hash; the rest is ignored by its key
@@ -275,8 +279,8 @@ def test_foreign_unreadable_and_incomplete_manifests_are_ignored_and_named(
         (manifest / f"{name}.json").write_text(json.dumps(stray))
     (manifest / f"{tag}-garbage.json").write_text("{not json")
     names = [*strays, f"{tag}-garbage"]
-    with pytest.warns(data.DatasetWarning) as record:
-        selection = data.read_images(root, "0", "train")
+    with pytest.warns(shards.DatasetWarning) as record:
+        selection = shards.read_images(root, "0", "train")
     assert selection.structure_ids == [f"train-{i:05d}" for i in range(6)]
     message = str(record[0].message)
     assert f"ignoring {len(names)} manifest entries" in message
@@ -284,11 +288,11 @@ def test_foreign_unreadable_and_incomplete_manifests_are_ignored_and_named(
         assert str(manifest / f"{name}.json") in message, name
     assert "not the current" in message and "unreadable" in message
     assert "missing or invalid file fields" in message and "outside the dataset root" in message
-    with pytest.warns(data.DatasetWarning):
-        assert data.completed_shards(root) == set(entries)
-    with pytest.warns(data.DatasetWarning):
-        assert len(data.shard_files(root)) == len(entries)
-    problems = data.verify_shards(root)
+    with pytest.warns(shards.DatasetWarning):
+        assert shards.completed_shards(root) == set(entries)
+    with pytest.warns(shards.DatasetWarning):
+        assert len(shards.shard_files(root)) == len(entries)
+    problems = shards.verify_shards(root)
     assert sorted(p.key for p in problems) == sorted(names)
     assert all(p.path == str(manifest / f"{p.key}.json") for p in problems)
     assert {p.kind for p in problems} == {"manifest"}
@@ -319,29 +323,29 @@ def test_damaged_shard_is_reported_refused_and_re_simulated_bit_identical(
 ):
     root = _copy(tiny_dataset_root, tmp_path)
     original = _all_images(tiny_dataset_root)
-    entries = data.manifest_entries(root)
+    entries = shards.manifest_entries(root)
     key = sorted(k for k in entries if entries[k]["task"]["domain"] == "0")[1]
     target = root / entries[key]["files"]["0"]["path"]
     intact = target.read_bytes()
     damage(target)
 
-    problems = data.verify_shards(root)
+    problems = shards.verify_shards(root)
     assert [(p.key, p.path, p.kind) for p in problems] == [(key, str(target), "file")]
     assert re.fullmatch(problem, problems[0].problem), problems[0].problem
     if damage is not _scramble:  # a scrambled page may still decode: only the sha256 tells
-        with pytest.raises(data.DatasetError, match=f"shard file {target} .*rerun"):
-            data.read_table(root, ["0"])
+        with pytest.raises(shards.DatasetError, match=f"shard file {target} .*rerun"):
+            shards.read_table(root, ["0"])
 
     spec = tiny_dataset_spec()
-    with pytest.warns(data.DatasetWarning, match=rf"shard {key}: {target}: .*re-simulating"):
+    with pytest.warns(shards.DatasetWarning, match=rf"shard {key}: {target}: .*re-simulating"):
         if runner == "ray":
             request.getfixturevalue("ray_cluster")
-            summary = data.simulate_dataset(spec, root)
+            summary = shards.simulate_dataset(spec, root)
         else:
-            summary = data.simulate_dataset_serial(spec, root)
+            summary = shards.simulate_dataset_serial(spec, root)
     assert summary.shards_written == 1 and summary.images == 3  # one domain, 3 structures
     assert (summary.structures_from_store, summary.structures_simulated) == (3, 0)
-    assert data.verify_shards(root) == []
+    assert shards.verify_shards(root) == []
     assert target.read_bytes() == intact  # seeded: the same bytes again
     for selection_key, healed in _all_images(root).items():
         np.testing.assert_array_equal(healed.images, original[selection_key].images)
@@ -352,16 +356,16 @@ def test_damaged_shard_is_reported_refused_and_re_simulated_bit_identical(
 def test_a_file_is_not_a_dataset_root_and_a_too_large_worker_writes_nothing(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(data.DatasetError, match=r"is a file, not a directory"):
-        data.check_dataset_root(tiny_dataset_spec(), a_file)
-    with pytest.raises(data.DatasetError, match=r"is a file, not a directory"):
-        data.prepare_root(tiny_dataset_spec(), str(a_file))
+    with pytest.raises(shards.DatasetError, match=r"is a file, not a directory"):
+        shards.check_dataset_root(tiny_dataset_spec(), a_file)
+    with pytest.raises(shards.DatasetError, match=r"is a file, not a directory"):
+        shards.prepare_root(tiny_dataset_spec(), str(a_file))
     huge = tiny_dataset_spec(
         structures={**TINY_DATASET["structures"], "cell_angstrom": 1600},
         simulation={**TINY_DATASET["simulation"], "sampling_angstrom": 0.1, "n_phonons": 256},
     )
     with pytest.raises(SpecError, match=r"one simulation worker needs an estimated \d+"):
-        data.simulate_dataset_serial(huge, tmp_path / "huge")
+        shards.simulate_dataset_serial(huge, tmp_path / "huge")
     assert not (tmp_path / "huge").exists()
 
 
@@ -372,35 +376,35 @@ def test_claim_verify_and_read_on_s3(tiny_dataset_root, moto_endpoint, monkeypat
         monkeypatch.setenv(key, value)
     root = f"s3://{make_bucket(moto_endpoint)}/ds"
     spec = tiny_dataset_spec()
-    data.prepare_root(spec, root)  # claims the empty prefix
-    with pytest.raises(data.DatasetError, match=r"dataset\.seed: stored 7, spec 8"):
-        data.prepare_root(tiny_dataset_spec(seed=8), root)
-    with pytest.raises(data.DatasetError, match=r"dataset\.seed: stored 7, spec 8"):
-        data.check_dataset_root(tiny_dataset_spec(seed=8), root)
+    shards.prepare_root(spec, root)  # claims the empty prefix
+    with pytest.raises(shards.DatasetError, match=r"dataset\.seed: stored 7, spec 8"):
+        shards.prepare_root(tiny_dataset_spec(seed=8), root)
+    with pytest.raises(shards.DatasetError, match=r"dataset\.seed: stored 7, spec 8"):
+        shards.check_dataset_root(tiny_dataset_spec(seed=8), root)
     for path in _files(tiny_dataset_root):
         if path.name != "dataset.json":
             storage.write_bytes_atomic(
                 storage.join(root, str(path)), (tiny_dataset_root / path).read_bytes()
             )
-    assert data.verify_shards(root) == []
-    expected = data.read_images(tiny_dataset_root, "10", "val")
-    np.testing.assert_array_equal(data.read_images(root, "10", "val").images, expected.images)
-    entries = data.manifest_entries(root)
+    assert shards.verify_shards(root) == []
+    expected = shards.read_images(tiny_dataset_root, "10", "val")
+    np.testing.assert_array_equal(shards.read_images(root, "10", "val").images, expected.images)
+    entries = shards.manifest_entries(root)
     key = sorted(k for k in entries if entries[k]["task"]["domain"] == "10")[0]
     damaged = storage.join(root, entries[key]["files"]["10"]["path"])
     storage.write_bytes_atomic(damaged, storage.read_bytes(damaged)[:100])
-    (problem,) = data.verify_shards(root)
+    (problem,) = shards.verify_shards(root)
     assert (problem.key, problem.path) == (key, damaged)
-    with pytest.raises(data.DatasetError, match=f"shard file {damaged} "):
-        data.read_table(root, ["10"])
+    with pytest.raises(shards.DatasetError, match=f"shard file {damaged} "):
+        shards.read_table(root, ["10"])
 
 
 def test_readers_need_a_dataset_record(tmp_path):
-    with pytest.raises(data.DatasetError, match=r"no dataset at .* \(missing dataset\.json\)"):
-        data.read_images(tmp_path, "0", "train")
-    with pytest.raises(data.DatasetError, match=r"no dataset at"):
-        data.verify_shards(tmp_path)
-    assert data.completed_shards(tmp_path / "nothing") == set()
+    with pytest.raises(shards.DatasetError, match=r"no dataset at .* \(missing dataset\.json\)"):
+        shards.read_images(tmp_path, "0", "train")
+    with pytest.raises(shards.DatasetError, match=r"no dataset at"):
+        shards.verify_shards(tmp_path)
+    assert shards.completed_shards(tmp_path / "nothing") == set()
 
 
 def test_killed_run_leaves_no_complete_looking_shard_and_rerun_completes(
@@ -411,23 +415,23 @@ def test_killed_run_leaves_no_complete_looking_shard_and_rerun_completes(
     spec_file.write_text(yaml.safe_dump({"dataset": spec}))
     out = tmp_path / "ds"
     args = ["simulate", spec_file, "--out", out, "--num-cpus", 2]
-    kill_cli_when(args, lambda: len(data.completed_shards(str(out))) >= 3, timeout=180)
-    n_total = len(data.plan_shards(load_dataset_spec(spec_file)))
-    done = data.completed_shards(str(out))
+    kill_cli_when(args, lambda: len(shards.completed_shards(str(out))) >= 3, timeout=180)
+    n_total = len(shards.plan_shards(load_dataset_spec(spec_file)))
+    done = shards.completed_shards(str(out))
     assert 3 <= len(done) < n_total, (
         f"the run should be killed part-way ({len(done)} of {n_total} shards)"
     )
     # whatever the manifest lists is complete and readable
     for domain in ("-10", "0", "10"):
-        data.read_table(out, [domain])
+        shards.read_table(out, [domain])
     rerun = run_cli(*args)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert len(data.completed_shards(str(out))) == n_total
-    counts = data.summarize(out)
+    assert len(shards.completed_shards(str(out))) == n_total
+    counts = shards.summarize(out)
     assert counts == {d: {"train": 24, "val": 3} for d in ("-10", "0", "10")}
     frame = pl.concat(
         [
-            pl.from_arrow(data.read_table(out, [d]).drop_columns(["image", "mask"]))
+            pl.from_arrow(shards.read_table(out, [d]).drop_columns(["image", "mask"]))
             for d in ("-10", "0", "10")
         ]
     )

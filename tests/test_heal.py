@@ -26,11 +26,12 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import TINY_DATASET, make_bucket, run_cli, s3_env
 
-from hrtem_ray import results, storage
-from hrtem_ray.check import heal_before_sweep, inspect_study, repair
-from hrtem_ray.config import parse_study_spec
+from hrtem_ray.spec.config import parse_study_spec
+from hrtem_ray.store import storage
 from hrtem_ray.study import Study
-from hrtem_ray.trials import plan_trials
+from hrtem_ray.sweep import results
+from hrtem_ray.sweep.check import heal_before_sweep, inspect_study, repair
+from hrtem_ray.sweep.trials import plan_trials
 
 HEAL_STUDY = {
     "name": "heal",
@@ -413,8 +414,8 @@ def test_heal_before_sweep_invalidates_a_parent_without_checkpoint_only_if_neede
 def test_corrupt_checkpoint_bytes_are_found_by_digest_and_invalidate_the_parent(
     tmp_path, tiny_dataset_root
 ):
-    from hrtem_ray.execute import ParentCheckpointError, _load_parent, _store_checkpoint
-    from hrtem_ray.model import build_model
+    from hrtem_ray.learning.model import build_model
+    from hrtem_ray.sweep.execute import ParentCheckpointError, _load_parent, _store_checkpoint
 
     spec = heal_spec(tiny_dataset_root)
     parent = plan_trials(spec).pretrain[0]
@@ -467,7 +468,7 @@ def test_check_finds_a_truncated_shard_and_repair_leaves_it_to_the_simulation(
 ):
     from helpers import tiny_dataset_spec
 
-    from hrtem_ray import data
+    from hrtem_ray.dataset import shards
 
     root = tmp_path / "study"
     shutil.copytree(tiny_dataset_root, root / "data")
@@ -485,7 +486,7 @@ def test_check_finds_a_truncated_shard_and_repair_leaves_it_to_the_simulation(
     assert inspect_study(str(root)).healthy
     assert (root / "quarantine" / shard.relative_to(root)).exists()
     assert (root / "quarantine" / "data" / "_manifest" / f"{key}.json").exists()
-    _, todo = data.shards_to_simulate(tiny_dataset_spec(), str(root / "data"))
+    _, todo = shards.shards_to_simulate(tiny_dataset_spec(), str(root / "data"))
     assert [t.key for t in todo] == [key]
 
 

@@ -19,9 +19,16 @@ import pytest
 import yaml
 from helpers import CLI, TINY_DATASET, TWO_MODEL_STUDY, make_bucket, run_cli, s3_env
 
-from hrtem_ray import lock as study_lock_module
-from hrtem_ray import storage
-from hrtem_ray.lock import LOCK_FILE, LockHeldError, LockInfo, StudyLock, read_lock, study_lock
+from hrtem_ray.store import lock as study_lock_module
+from hrtem_ray.store import storage
+from hrtem_ray.store.lock import (
+    LOCK_FILE,
+    LockHeldError,
+    LockInfo,
+    StudyLock,
+    read_lock,
+    study_lock,
+)
 
 
 @pytest.fixture(params=["path", "file", "s3"])
@@ -186,7 +193,7 @@ def test_foreign_file_at_the_lock_name_is_not_overwritten(tmp_path: Path) -> Non
 
 _TAKEOVER_RACE = """
 import os, sys, time
-from hrtem_ray.lock import LockHeldError, StudyLock
+from hrtem_ray.store.lock import LockHeldError, StudyLock
 root, go, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 while not os.path.exists(go):
     time.sleep(0.005)

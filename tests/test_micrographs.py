@@ -2,7 +2,7 @@
 
 Every file is written from this project's own simulated images (the tiny dataset, 0.4 Å
 per pixel) by a maintained writer (tifffile, mrcfile, RosettaSciIO, Pillow, numpy) and
-read back through :mod:`hrtem_ray.micrographs`. DM3/DM4 are not tested: RosettaSciIO
+read back through :mod:`hrtem_ray.dataset.micrographs`. DM3/DM4 are not tested: RosettaSciIO
 cannot write them and no installed package ships a DM3/DM4 file (see the README).
 """
 
@@ -21,8 +21,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from hrtem_ray import data
-from hrtem_ray.micrographs import (
+from hrtem_ray.dataset import shards
+from hrtem_ray.dataset.micrographs import (
     MicrographError,
     assign_splits,
     check_imported_use,
@@ -41,7 +41,7 @@ PIXEL_ANGSTROM = 0.4  # the tiny dataset's output sampling
 @pytest.fixture(scope="module")
 def mosaic(tiny_dataset_root) -> tuple[np.ndarray, np.ndarray]:
     """A 128 x 128 px image (2 x 2 simulated validation images) and its mask, at 0.4 Å/px."""
-    val = data.read_images(tiny_dataset_root, "0", "val")
+    val = shards.read_images(tiny_dataset_root, "0", "val")
     image = np.block([[val.images[0], val.images[1]], [val.images[2], val.images[0]]])
     mask = np.block([[val.masks[0], val.masks[1]], [val.masks[2], val.masks[0]]])
     return image.astype(np.float32), mask.astype(np.float32)
@@ -183,8 +183,8 @@ def test_calibration_is_honoured_half_the_pixel_size_imports_to_the_same_tile(
         fine_path, fine, imagej=True, resolution=(1 / 0.02, 1 / 0.02), metadata={"unit": "nm"}
     )
     import_micrographs([coarse_path, fine_path], dataset_copy, "cal", val_fraction=0.5)
-    coarse = data.read_images(dataset_copy, "cal", "train").images  # coarse.tif sorts first
-    fine_tiles = data.read_images(dataset_copy, "cal", "val").images
+    coarse = shards.read_images(dataset_copy, "cal", "train").images  # coarse.tif sorts first
+    fine_tiles = shards.read_images(dataset_copy, "cal", "val").images
     assert coarse.shape == fine_tiles.shape == (4, 64, 64)
     np.testing.assert_array_equal(coarse[0], image[:64, :64])
     rms = np.sqrt(np.mean((fine_tiles - coarse) ** 2)) / image.std()
@@ -207,21 +207,21 @@ def test_import_writes_shards_with_manifest_checksums_and_provenance(
         mask_path = tmp_path / f"m{k}_mask.png"
         Image.fromarray((np.roll(mask, 8 * k, axis=1) > 0.5).astype(np.uint8) * 255).save(mask_path)
         masks.append(mask_path)
-    before = data.summarize(dataset_copy)
+    before = shards.summarize(dataset_copy)
     summary = import_micrographs(files, dataset_copy, "exp_au", masks=masks, overlap_px=16)
     # 128 px with 64 px tiles overlapping by 16 px: starts 0, 48, 64 -> 9 tiles per file
     assert summary.tiles == {"train": 18, "val": 9} and summary.tile_px == 64
     assert summary.files == {"m0.tif": "train", "m1.tif": "train", "m2.tif": "val"}
-    assert data.verify_shards(dataset_copy) == []
-    counts = data.summarize(dataset_copy)
+    assert shards.verify_shards(dataset_copy) == []
+    counts = shards.summarize(dataset_copy)
     assert counts["exp_au"] == {"train": 18, "val": 9}
     assert {k: v for k, v in counts.items() if k != "exp_au"} == before
-    table = data.read_table(dataset_copy, ["exp_au"], "train")
+    table = shards.read_table(dataset_copy, ["exp_au"], "train")
     row = table.slice(0, 1).to_pylist()[0]
     assert row["structure_id"] == "m0.tif/y00000x00000" and row["lattice"] == "imported"
     assert row["pixel_size_angstrom"] == pytest.approx(PIXEL_ANGSTROM)
     # the same columns as simulated rows: one table of every domain
-    everything = data.read_table(dataset_copy)
+    everything = shards.read_table(dataset_copy)
     assert set(everything.column("domain").to_pylist()) == {"-10", "0", "10", "exp_au"}
     shard = next((dataset_copy / "study=defocus" / "domain=exp_au" / "split=val").glob("*"))
     record = json.loads(pq.read_schema(shard).metadata[b"hrtem_ray.imported"])
@@ -230,7 +230,7 @@ def test_import_writes_shards_with_manifest_checksums_and_provenance(
     assert record["source_pixel_size_angstrom"] == pytest.approx(PIXEL_ANGSTROM)
     assert record["calibration"] == "file (ImageJ nm)"
     assert record["tiles_y_x_px"][:3] == [[0, 0], [0, 48], [0, 64]]
-    selection = data.read_images(dataset_copy, "exp_au", "train")
+    selection = shards.read_images(dataset_copy, "exp_au", "train")
     np.testing.assert_array_equal(selection.images[0], image[:64, :64])
     np.testing.assert_array_equal(selection.masks[0], (mask[:64, :64] > 0.5).astype(np.float32))
     domains = imported_domains(dataset_copy)
@@ -239,7 +239,7 @@ def test_import_writes_shards_with_manifest_checksums_and_provenance(
     # a damaged imported shard is found like a simulated one
     damaged = next((Path(dataset_copy) / "study=defocus" / "domain=exp_au").rglob("*.parquet"))
     damaged.write_bytes(damaged.read_bytes()[:-10])
-    assert [p.path for p in data.verify_shards(dataset_copy)] == [str(damaged)]
+    assert [p.path for p in shards.verify_shards(dataset_copy)] == [str(damaged)]
 
 
 def test_check_repair_removes_a_damaged_imported_domain_so_it_can_be_imported_again(
@@ -247,7 +247,7 @@ def test_check_repair_removes_a_damaged_imported_domain_so_it_can_be_imported_ag
 ):
     """An imported domain cannot be simulated again: `check --repair` moves all of it away
     (not only the damaged shard) and says to import it again, which then works."""
-    from hrtem_ray.check import inspect_study, repair
+    from hrtem_ray.sweep.check import inspect_study, repair
 
     image, _ = mosaic
     files = []
@@ -255,7 +255,7 @@ def test_check_repair_removes_a_damaged_imported_domain_so_it_can_be_imported_ag
         files.append(tmp_path / f"m{k}.npy")
         np.save(files[-1], np.roll(image, 8 * k, axis=1))
     import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
-    before = data.summarize(dataset_copy)
+    before = shards.summarize(dataset_copy)
     damaged = next((Path(dataset_copy) / "study=defocus" / "domain=exp_au").rglob("*.parquet"))
     damaged.write_bytes(damaged.read_bytes()[:-10])
     with pytest.raises(MicrographError, match="exp_au"):  # a partial domain blocks re-import
@@ -264,13 +264,13 @@ def test_check_repair_removes_a_damaged_imported_domain_so_it_can_be_imported_ag
     actions = repair(report)
     assert any("imported domain exp_au removed" in a and "hrtem-ray import" in a for a in actions)
     assert "exp_au" not in imported_domains(dataset_copy)
-    assert data.verify_shards(dataset_copy) == []
+    assert shards.verify_shards(dataset_copy) == []
     import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
-    assert data.summarize(dataset_copy) == before  # the same tiles, simulated domains untouched
+    assert shards.summarize(dataset_copy) == before  # the same tiles, simulated domains untouched
 
 
 def test_the_report_marks_imported_domains(mosaic, dataset_copy, tmp_path):
-    from hrtem_ray.report import imported_domains_note
+    from hrtem_ray.report.build import imported_domains_note
 
     image, _ = mosaic
     np.save(tmp_path / "m.npy", image)
@@ -289,7 +289,7 @@ def test_a_domain_without_masks_is_for_prediction_only(mosaic, dataset_copy, tmp
     np.save(path, image)
     import_micrographs([path], dataset_copy, "exp_nomask", pixel_size_angstrom=PIXEL_ANGSTROM)
     assert not imported_domains(dataset_copy)["exp_nomask"].has_masks
-    assert np.isnan(data.read_images(dataset_copy, "exp_nomask", "train").masks).all()
+    assert np.isnan(shards.read_images(dataset_copy, "exp_nomask", "train").masks).all()
     with pytest.raises(MicrographError, match="has no masks.*--masks"):
         check_imported_use(dataset_copy, ["exp_nomask"], "domains.eval")
     with pytest.raises(MicrographError, match="not an imported domain"):
@@ -377,8 +377,8 @@ def test_splits_are_whole_files():
 def test_a_spec_names_imported_domains_checked_against_the_dataset(mosaic, dataset_copy, tmp_path):
     from helpers import TWO_MODEL_STUDY
 
-    from hrtem_ray.config import SpecError, parse_study_spec
-    from hrtem_ray.micrographs import check_spec_imports
+    from hrtem_ray.dataset.micrographs import check_spec_imports
+    from hrtem_ray.spec.config import SpecError, parse_study_spec
 
     image, mask = mosaic
     files, masks = [], []
@@ -419,8 +419,8 @@ def test_a_study_transfers_to_and_evaluates_on_an_imported_domain(
     the report marks the domain as imported."""
     from helpers import TINY_STUDY
 
-    from hrtem_ray.config import parse_study_spec
-    from hrtem_ray.micrographs import export_micrographs
+    from hrtem_ray.dataset.micrographs import export_micrographs
+    from hrtem_ray.spec.config import parse_study_spec
     from hrtem_ray.study import Study
 
     files = export_micrographs(dataset_copy, "10", tmp_path / "mic", pixel_size_angstrom=0.3)

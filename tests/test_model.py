@@ -6,8 +6,8 @@ import pydantic
 import pytest
 import torch
 
-from hrtem_ray.model import UNet, build_model, count_parameters, freeze
-from hrtem_ray.specs import ModelSpec
+from hrtem_ray.learning.model import UNet, build_model, count_parameters, freeze
+from hrtem_ray.spec.types import ModelSpec
 
 FULL_PARAMS = 14_322_082
 FULL_ENCODER_FROZEN = 3_151_842

@@ -20,11 +20,13 @@ import pytest
 import yaml
 from helpers import CLI, REPO, TINY_DATASET, poison_domain, run_cli
 
-from hrtem_ray import cli, results, storage
-from hrtem_ray.config import parse_dataset_spec, parse_study_spec
-from hrtem_ray.data import plan_shards
+from hrtem_ray import cli
+from hrtem_ray.dataset.shards import plan_shards
+from hrtem_ray.spec.config import parse_dataset_spec, parse_study_spec
+from hrtem_ray.store import storage
 from hrtem_ray.study import Study, select_plan_rows
-from hrtem_ray.trials import plan_trials
+from hrtem_ray.sweep import results
+from hrtem_ray.sweep.trials import plan_trials
 
 # 2 pretrain + 8 transfer models, 1 epoch each, no retries.
 OUTCOME_STUDY = {
@@ -117,10 +119,10 @@ def test_exit_codes_are_documented_in_help_and_readme(capsys):
 def test_the_command_prints_the_library_log_lines_on_stderr(capsys):
     """The library logs its progress; the command's one handler prints each message as is."""
     with cli.progress_printed():
-        logging.getLogger("hrtem_ray.sweep").info("[1/2] done pretrain 0")
-        logging.getLogger("hrtem_ray.check").warning("warning: damaged storage: x")
-        logging.getLogger("hrtem_ray.sweep").debug("not shown")
-    logging.getLogger("hrtem_ray.sweep").info("after the command: not printed")
+        logging.getLogger("hrtem_ray.sweep.run").info("[1/2] done pretrain 0")
+        logging.getLogger("hrtem_ray.sweep.check").warning("warning: damaged storage: x")
+        logging.getLogger("hrtem_ray.sweep.run").debug("not shown")
+    logging.getLogger("hrtem_ray.sweep.run").info("after the command: not printed")
     captured = capsys.readouterr()
     assert captured.err == "[1/2] done pretrain 0\nwarning: damaged storage: x\n"
     assert captured.out == ""
@@ -153,8 +155,8 @@ def test_report_refuses_bad_paths_without_creating_anything(tmp_path, capsys):
 @pytest.mark.parametrize("case", ["spec", "dataset", "out_is_a_file"])
 def test_bad_input_exits_2_before_ray_starts(tmp_path, capsys, case):
     """Refused with one ``error:`` line; the unreachable ``--address`` proves Ray was not contacted."""
-    from hrtem_ray.config import parse_dataset_spec
-    from hrtem_ray.data import prepare_root
+    from hrtem_ray.dataset.shards import prepare_root
+    from hrtem_ray.spec.config import parse_dataset_spec
 
     data = tmp_path / "data"
     out = tmp_path / "out"

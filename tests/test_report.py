@@ -14,7 +14,8 @@ import polars as pl
 import pytest
 import vl_convert as vlc
 
-from hrtem_ray import analysis, plots, report
+from hrtem_ray import analysis
+from hrtem_ray.report import build, plots
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
@@ -61,7 +62,7 @@ def _results(tmp_path: Path) -> Path:
 
 
 def test_write_report_files(tmp_path):
-    path = report.write_report(_results(tmp_path), tmp_path / "report", data_dir=tmp_path / "no")
+    path = build.write_report(_results(tmp_path), tmp_path / "report", data_dir=tmp_path / "no")
     assert path == tmp_path / "report" / "report.html"
     page = path.read_text()
     # self-contained: the libraries are inlined, nothing is loaded from the network
@@ -103,10 +104,10 @@ def test_names_from_the_table_cannot_leave_the_output_dir(tmp_path, study):
     results = _rename(_results(tmp_path), study=study, domain="../y")
     out = tmp_path / "deep" / "er" / "report"
     before = _files_under(tmp_path)
-    path = report.write_report(results, out)
+    path = build.write_report(results, out)
     written = _files_under(tmp_path) - before
     assert written and all(out in f.parents for f in written), sorted(written)
-    key = report.safe_name(study)
+    key = build.safe_name(study)
     assert ".." not in key and "/" not in key and not key.startswith(".")
     assert (out / "figures" / f"{key}_pair_matrix.svg").stat().st_size > 1000
     assert (out / "tables" / f"{key}_pair_matrix.csv").is_file()
@@ -119,38 +120,38 @@ def test_distinct_studies_with_the_same_safe_name_get_distinct_files(tmp_path):
     first = _rename(_results(tmp_path), study="a/b")
     second = pl.read_parquet(first / "part-0.parquet").with_columns(study=pl.lit("a_b"))
     second.write_parquet(first / "part-1.parquet")
-    report.write_report(first, tmp_path / "out")
+    build.write_report(first, tmp_path / "out")
     svgs = sorted(p.name for p in (tmp_path / "out" / "figures").glob("*_pair_matrix.svg"))
     assert svgs == ["a_b-2_pair_matrix.svg", "a_b_pair_matrix.svg"]
 
 
 def test_output_path_stays_inside(tmp_path):
-    assert report.output_path(tmp_path, "figures", "a.svg") == tmp_path / "figures" / "a.svg"
+    assert build.output_path(tmp_path, "figures", "a.svg") == tmp_path / "figures" / "a.svg"
     for parts in (("..", "x.svg"), ("figures", "../../x.svg"), ("/etc/passwd",)):
-        with pytest.raises(report.ReportError, match="outside the report directory"):
-            report.output_path(tmp_path, *parts)
+        with pytest.raises(build.ReportError, match="outside the report directory"):
+            build.output_path(tmp_path, *parts)
 
 
 def test_nothing_is_created_before_the_input_is_checked(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(report.ReportError, match="no results yet"):
-        report.write_report(empty, tmp_path / "out")
+    with pytest.raises(build.ReportError, match="no results yet"):
+        build.write_report(empty, tmp_path / "out")
     not_results = tmp_path / "shards"
     not_results.mkdir()
     pl.DataFrame({"image": [1.0]}).write_parquet(not_results / "x.parquet")
-    with pytest.raises(report.ReportError, match="not a results table.*phase"):
-        report.write_report(not_results, tmp_path / "out")
+    with pytest.raises(build.ReportError, match="not a results table.*phase"):
+        build.write_report(not_results, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_notes_are_shown_at_the_top_of_the_report(tmp_path):
     table = analysis.load_results(_results(tmp_path))
     notes = ["partial: 5 of 6 models", "ignored 3 rows of 1 models from other configurations"]
-    page = report.write_report(table, tmp_path / "out", notes=notes).read_text()
+    page = build.write_report(table, tmp_path / "out", notes=notes).read_text()
     top = page.split('class="meta"', 1)[0]
     assert all(note in top for note in notes)
-    assert "partial:" not in report.write_report(table, tmp_path / "plain").read_text()
+    assert "partial:" not in build.write_report(table, tmp_path / "plain").read_text()
 
 
 def test_default_selection_picks_median_and_all():
@@ -161,7 +162,7 @@ def test_default_selection_picks_median_and_all():
             "x": [1, 2, 3],
         }
     )
-    assert report.default_selection(table).to_dict(as_series=False) == {"x": [1]}
+    assert build.default_selection(table).to_dict(as_series=False) == {"x": [1]}
 
 
 # ----------------------------------------------------------------------------- intervals, findings
@@ -247,7 +248,7 @@ def _walk(node):
 
 def test_findings_block_states_intervals_from_the_tables(tmp_path):
     results = _seeded_results(tmp_path, HARD_IN_FOCUS)
-    page = report.write_report(results, tmp_path / "out").read_text()
+    page = build.write_report(results, tmp_path / "out").read_text()
     block = _findings_block(page)
     assert page.index(block) < page.index("<h2>Study:"), "findings must open the report"
     findings = re.findall(r'<div class="finding".*?</div>', block)
@@ -274,7 +275,7 @@ def test_findings_block_states_intervals_from_the_tables(tmp_path):
 
 def test_report_says_when_the_data_disagree_with_the_reference_study(tmp_path):
     results = _seeded_results(tmp_path, HARD_OUT_OF_FOCUS)
-    page = report.write_report(results, tmp_path / "out").read_text()
+    page = build.write_report(results, tmp_path / "out").read_text()
     hardest = next(
         f for f in re.findall(r'<div class="finding".*?</div>', _findings_block(page))
         if "Is the in-focus domain the hardest?" in f
@@ -286,12 +287,12 @@ def test_report_says_when_the_data_disagree_with_the_reference_study(tmp_path):
 
 def test_transfer_vs_mixture_without_baselines_says_it_cannot_compare(tmp_path):
     results = _seeded_results(tmp_path, HARD_IN_FOCUS, baselines=False)
-    block = _text(_findings_block(report.write_report(results, tmp_path / "out").read_text()))
+    block = _text(_findings_block(build.write_report(results, tmp_path / "out").read_text()))
     assert "the comparison cannot be made from this table" in block
 
 
 def test_heatmap_tooltips_carry_the_interval_and_the_number_of_models(tmp_path):
-    page = report.write_report(_seeded_results(tmp_path, HARD_IN_FOCUS), tmp_path / "out")
+    page = build.write_report(_seeded_results(tmp_path, HARD_IN_FOCUS), tmp_path / "out")
     page = page.read_text()
     expected = {
         "pair_matrix": {"loss_ci_low", "loss_ci_high", "n_models"},
@@ -316,7 +317,7 @@ def test_heatmap_tooltips_carry_the_interval_and_the_number_of_models(tmp_path):
 def test_significant_asymmetry_cells_are_marked(tmp_path):
     results = _seeded_results(tmp_path, HARD_IN_FOCUS)
     out = tmp_path / "out"
-    page = report.write_report(results, out).read_text()
+    page = build.write_report(results, out).read_text()
     expected = analysis.transfer_asymmetry(analysis.load_results(results), ci=0.95)
     expected = expected.with_columns(analysis.significant(expected, "asymmetry"))
     marked = expected.filter("asymmetry_significant")
@@ -342,7 +343,7 @@ def test_significant_asymmetry_cells_are_marked(tmp_path):
 
 def test_bar_and_line_charts_draw_error_bars(tmp_path):
     out = tmp_path / "out"
-    report.write_report(_seeded_results(tmp_path, HARD_IN_FOCUS), out)
+    build.write_report(_seeded_results(tmp_path, HARD_IN_FOCUS), out)
     for chart in ("asymmetry", "baseline", "hyperparameters", "ood_spread"):
         svg = (out / "figures" / f"defocus_{chart}.svg").read_text()
         bars = re.findall(r'<g class="mark-rule role-mark errorbar_[^"]*"[^>]*>(.*?)</g>', svg)
@@ -352,7 +353,7 @@ def test_bar_and_line_charts_draw_error_bars(tmp_path):
 def test_selection_tables_carry_intervals_for_every_selection(tmp_path):
     table = analysis.load_results(_seeded_results(tmp_path, HARD_IN_FOCUS))
     tables, _ = analysis.selection_tables(table, ci=0.95, n_boot=200)
-    pairs = report.default_selection(tables["pair_matrix"]).filter(pl.col("phase") == "transfer")
+    pairs = build.default_selection(tables["pair_matrix"]).filter(pl.col("phase") == "transfer")
     public = analysis.pair_matrix(table, "transfer", ci=0.95, n_boot=200)
     assert pairs.get_column("n_models").to_list() == public.get_column("n_models").to_list()
     # same statistic, independent bootstrap streams: close, not identical
@@ -367,7 +368,7 @@ def test_selection_tables_carry_intervals_for_every_selection(tmp_path):
 def test_report_shows_generalization_gap_training_time_and_figure_7_2(tmp_path):
     results = _seeded_results(tmp_path, HARD_IN_FOCUS)
     out = tmp_path / "out"
-    page = report.write_report(results, out).read_text()
+    page = build.write_report(results, out).read_text()
     table = analysis.load_results(results)
     for name, title in (
         ("generalization_gap", "Generalization gap G_OOD"),
@@ -448,7 +449,7 @@ def test_training_time_chart_names_the_device_and_its_sharing():
         "transfer · 64 img · cuda:0 shared by 1",
         "transfer · 64 img · cuda:0 shared by 4",
     }
-    finding = report.freezing_time_saving(times, "defocus")
+    finding = build.freezing_time_saving(times, "defocus")
     assert "frozen encoder, transfer on 64 images: 0.2" in finding.answer
     assert "Up to 4 trials shared a device" in finding.answer
     assert finding.reference and finding.agrees is True
@@ -468,7 +469,7 @@ def test_dose_and_structure_studies_get_the_papers_views(tmp_path):
     (tmp_path / "s").mkdir()
     dose = _relabelled(_seeded_results(tmp_path / "d", HARD_IN_FOCUS), "dose",
                        {"0": "30", "5": "300", "10": "75"})  # fmt: skip
-    page = report.write_report(dose, tmp_path / "dose").read_text()
+    page = build.write_report(dose, tmp_path / "dose").read_text()
     spec = _spec(page, "dose_pair_matrix")
     titles = {n.get("title") for n in _walk(spec) if isinstance(n.get("title"), str)}
     assert {"target dose (e/Å²)", "pretraining dose (e/Å²)"} <= titles
@@ -477,7 +478,7 @@ def test_dose_and_structure_studies_get_the_papers_views(tmp_path):
     labels = {"0": "CdSe-small", "5": "ZnS-large", "10": "CdSe-large"}
     structure = _relabelled(_seeded_results(tmp_path / "s", HARD_IN_FOCUS), "structure", labels)
     out = tmp_path / "structure"
-    page = report.write_report(structure, out).read_text()
+    page = build.write_report(structure, out).read_text()
     assert 'id="chart-structure_structure"' in page
     spec = _spec(page, "structure_structure")
     lattice = next(
@@ -626,7 +627,7 @@ def check_report_in_browser(path: Path, screenshot: Path) -> dict:
 @pytest.mark.slow
 def test_report_renders_in_chromium(laptop_run, tmp_path):
     """The report of the laptop study renders in a real browser and its filters work."""
-    path = report.write_report(laptop_run.results_dir, tmp_path / "report", laptop_run.data_dir)
+    path = build.write_report(laptop_run.results_dir, tmp_path / "report", laptop_run.data_dir)
     screenshot = ARTIFACTS / "report_laptop.png"
     seen = check_report_in_browser(path, screenshot)
     assert "chart-defocus_examples" in seen["charts"]  # the dataset panel is there

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from hrtem_ray.schedule import DependentTrialSchedule
-from hrtem_ray.trials import Trial, TrialPlan
+from hrtem_ray.sweep.schedule import DependentTrialSchedule
+from hrtem_ray.sweep.trials import Trial, TrialPlan
 
 
 def pretrain(name: str, n: int) -> Trial:
@@ -123,7 +123,9 @@ def test_everything_done_is_finished_at_once_and_unknown_keys_are_ignored():
 
 
 def test_the_schedule_imports_without_ray_or_torch():
-    code = "import sys, hrtem_ray.schedule; print('ray' in sys.modules, 'torch' in sys.modules)"
+    code = (
+        "import sys, hrtem_ray.sweep.schedule; print('ray' in sys.modules, 'torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.split() == ["False", "False"]
 
@@ -132,8 +134,8 @@ def test_per_model_parents_each_release_only_their_own_child():
     """``transfer.parents: per_model``: one parent per child, each child released by its own."""
     from helpers import TINY_STUDY
 
-    from hrtem_ray.config import parse_study_spec
-    from hrtem_ray.trials import plan_trials
+    from hrtem_ray.spec.config import parse_study_spec
+    from hrtem_ray.sweep.trials import plan_trials
 
     transfer = {**TINY_STUDY["transfer"], "parents": "per_model"}
     plan = plan_trials(parse_study_spec({**TINY_STUDY, "transfer": transfer}, source="tests"))

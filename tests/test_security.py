@@ -22,7 +22,7 @@ import pytest
 import yaml
 from helpers import CLI, TWO_MODEL_STUDY, make_bucket, run_cli, s3_env
 
-from hrtem_ray import storage
+from hrtem_ray.store import storage
 
 # Distinctive credentials: any of them found anywhere in storage is a leak.
 ACCESS_KEY = "AKIAHRTEMTESTKEY0001"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from hrtem_ray.simulate import (
+from hrtem_ray.physics.simulate import (
     WISDOM_ENV,
     apply_dose,
     calibrate_zero_defocus,
@@ -26,7 +26,8 @@ from hrtem_ray.simulate import (
     spectra_to_waves,
     wave_spectra,
 )
-from hrtem_ray.specs import (
+from hrtem_ray.physics.structures import random_structure
+from hrtem_ray.spec.types import (
     WORKER_BASE_MIB,
     ImagingCondition,
     SimulationParams,
@@ -34,7 +35,6 @@ from hrtem_ray.specs import (
     estimate_worker_memory_bytes,
     output_gpts,
 )
-from hrtem_ray.structures import random_structure
 
 FAST = SimulationParams(sampling_angstrom=0.2, n_phonons=2)
 SMALL = StructureParams(
@@ -123,8 +123,8 @@ def test_exit_waves_bit_identical_across_processes(tmp_path, monkeypatch):
         """
         import hashlib
         from ase import Atoms
-        from hrtem_ray.simulate import exit_waves
-        from hrtem_ray.specs import SimulationParams
+        from hrtem_ray.physics.simulate import exit_waves
+        from hrtem_ray.spec.types import SimulationParams
         atoms = Atoms("CdSe", positions=[[5, 5, 1], [12, 9, 3]], cell=[24, 24, 6])
         waves = exit_waves(atoms, SimulationParams(sampling_angstrom=0.1, n_phonons=2), 3)
         print(hashlib.sha256(waves.tobytes()).hexdigest())
@@ -286,11 +286,11 @@ def test_default_mask_area_matches_particle_disc(lattice, radius):
 
 _MEASURE_PEAK = """
 import json, sys
-from hrtem_ray.simulate import simulate_structure
-from hrtem_ray.specs import ImagingCondition, SimulationParams, StructureParams
-from hrtem_ray.structures import random_structure
+from hrtem_ray.physics.simulate import simulate_structure
+from hrtem_ray.spec.types import ImagingCondition, SimulationParams, StructureParams
+from hrtem_ray.physics.structures import random_structure
 import abtem, dask, pyarrow, pyfftw  # what a simulation worker has imported
-import hrtem_ray.data
+import hrtem_ray.dataset.shards
 
 def status_bytes(field):
     # VmRSS: resident now; VmHWM: peak of this process image. (ru_maxrss would keep the

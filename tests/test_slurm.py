@@ -1,4 +1,4 @@
-"""Tests for hrtem_ray.slurm without a Slurm cluster.
+"""Tests for hrtem_ray.cluster.slurm without a Slurm cluster.
 
 Slurm's own programs are not on this machine: the tests put small stand-ins for
 ``scontrol show hostnames`` and ``srun`` on ``PATH`` (each answers for the fake
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hrtem_ray import slurm
+from hrtem_ray.cluster import slurm
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests for hrtem_ray.storage: local paths, file:// URIs and s3:// on a local moto server.
+"""Tests for hrtem_ray.store.storage: local paths, file:// URIs and s3:// on a local moto server.
 
 The S3 server is started by the tests on 127.0.0.1 (random free port) and
 stopped at the end of the session; no other address is contacted.
@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pytest
 from helpers import make_bucket, s3_env
 
-from hrtem_ray import storage
+from hrtem_ray.store import storage
 
 
 @pytest.fixture
@@ -272,7 +272,7 @@ def test_local_killed_writer_leaves_nothing_under_final_name(tmp_path) -> None:
     target = tmp_path / "out" / "blob.bin"
     code = (
         "import os\n"
-        "from hrtem_ray import storage\n"
+        "from hrtem_ray.store import storage\n"
         "os.replace = lambda a, b: os._exit(9)\n"  # die right before publishing
         f"storage.write_bytes_atomic({str(target)!r}, b'x' * 100000)\n"
     )
@@ -327,7 +327,7 @@ def test_replace_and_delete_if_unchanged(root: str) -> None:
 
 _RACE_CODE = """
 import os, sys, time
-from hrtem_ray import storage
+from hrtem_ray.store import storage
 target, go, me = sys.argv[1], sys.argv[2], sys.argv[3]
 if not storage.is_local(target):
     storage._boto3_client()  # build the S3 client before the start, not during the race
@@ -404,7 +404,7 @@ import ray
 from ray import tune
 import ray.data
 import pyarrow as pa
-from hrtem_ray import storage
+from hrtem_ray.store import storage
 
 s3_root, local_ckpt = sys.argv[1], sys.argv[2]
 ray.init(address="local", num_cpus=2, object_store_memory=256 * 1024**2,

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from hrtem_ray.specs import LATTICES, StructureParams
-from hrtem_ray.structures import (
+from hrtem_ray.physics.structures import (
     amorphous_carbon_positions,
     lattice_unit_cell,
     random_structure,
     stacking_sequence,
     wurtzite_block,
 )
+from hrtem_ray.spec.types import LATTICES, StructureParams
 
 # Shortest bond of each lattice (angstrom), from the study's lattice parameters:
 # wurtzite u*c (ideal u = 3/8, c/a slightly off ideal shortens the basal bonds),

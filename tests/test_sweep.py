@@ -12,10 +12,11 @@ import pytest
 import yaml
 from helpers import REPO, TINY_DATASET, TINY_STUDY, kill_cli_when, poison_domain, run_cli
 
-from hrtem_ray import results, storage
-from hrtem_ray.config import load_study_spec, parse_study_spec
+from hrtem_ray.spec.config import load_study_spec, parse_study_spec
+from hrtem_ray.store import storage
 from hrtem_ray.study import Study
-from hrtem_ray.trials import plan_trials
+from hrtem_ray.sweep import results
+from hrtem_ray.sweep.trials import plan_trials
 
 
 def tiny_study(tmp_path: Path, dataset_root: Path | None = None, **overrides) -> Study:
@@ -258,8 +259,8 @@ def test_fractional_gpus_pack_trials(tiny_dataset_root, tmp_path):
 def test_lost_trials_are_run_again_but_failed_ones_and_their_children_are_not():
     from ray.tune.search import Searcher
 
-    from hrtem_ray.sweep import _final_failures
-    from hrtem_ray.tune_adapter import DependentTrialSearcher
+    from hrtem_ray.sweep.run import _final_failures
+    from hrtem_ray.sweep.tune_adapter import DependentTrialSearcher
 
     plan = plan_trials(parse_study_spec(TINY_STUDY))
     broken, lost = plan.pretrain
@@ -295,7 +296,7 @@ def test_lost_trials_are_run_again_but_failed_ones_and_their_children_are_not():
 
 
 def test_searcher_skips_the_children_of_a_trial_that_reported_failure(tmp_path):
-    from hrtem_ray.tune_adapter import DependentTrialSearcher
+    from hrtem_ray.sweep.tune_adapter import DependentTrialSearcher
 
     plan = plan_trials(parse_study_spec(TINY_STUDY))
     searcher = DependentTrialSearcher(plan)
@@ -355,7 +356,7 @@ def test_per_model_parents_are_trained_used_and_deleted(ray_cluster, tiny_datase
 
 def test_a_shared_parent_checkpoint_goes_only_after_its_last_child(tmp_path):
     """``delete_parent_checkpoints`` with shared parents: kept while any child still needs it."""
-    from hrtem_ray.execute import release_parent_checkpoint
+    from hrtem_ray.sweep.execute import release_parent_checkpoint
 
     transfer = {**TINY_STUDY["transfer"], "delete_parent_checkpoints": True}
     spec = parse_study_spec({**TINY_STUDY, "transfer": transfer}, source="tests")

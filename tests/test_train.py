@@ -14,10 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from hrtem_ray.augment import augment, dihedral, epoch_order, soft_labels
-from hrtem_ray.model import build_model
-from hrtem_ray.specs import ModelSpec
-from hrtem_ray.train import (
+from hrtem_ray.learning.augment import augment, dihedral, epoch_order, soft_labels
+from hrtem_ray.learning.model import build_model
+from hrtem_ray.learning.train import (
     EvalMetrics,
     NonFiniteLossError,
     evaluate,
@@ -30,6 +29,7 @@ from hrtem_ray.train import (
     standardize,
     train_stage,
 )
+from hrtem_ray.spec.types import ModelSpec
 
 TINY = ModelSpec(
     size="small",

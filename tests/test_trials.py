@@ -12,9 +12,9 @@ import hashlib
 
 import pytest
 
-from hrtem_ray.config import load_study_spec, parse_study_spec
-from hrtem_ray.specs import N_SYMMETRIES
-from hrtem_ray.trials import Trial, baseline_pairs, dry_run, per_model_seed, plan_trials
+from hrtem_ray.spec.config import load_study_spec, parse_study_spec
+from hrtem_ray.spec.types import N_SYMMETRIES
+from hrtem_ray.sweep.trials import Trial, baseline_pairs, dry_run, per_model_seed, plan_trials
 
 # A literal copy of the tiny dataset, not helpers.TINY_DATASET: the pinned model id below
 # must not move when shared test data changes.

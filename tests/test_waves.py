@@ -13,15 +13,16 @@ import pytest
 import yaml
 from helpers import CLI, TINY_DATASET, kill_cli_when, tiny_dataset_spec
 
-from hrtem_ray import data, simulate, waves
-from hrtem_ray.config import parse_dataset_spec
+from hrtem_ray.dataset import shards, waves
+from hrtem_ray.physics import simulate
+from hrtem_ray.spec.config import parse_dataset_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def multislice_calls(monkeypatch):
-    """Counts every call of the real multislice (:func:`hrtem_ray.simulate.exit_waves`).
+    """Counts every call of the real multislice (:func:`hrtem_ray.physics.simulate.exit_waves`).
 
     Every multislice of the package goes through this one function (the full
     structure and the particles alone each call it once per structure); the
@@ -58,7 +59,7 @@ def test_adding_a_domain_runs_no_multislice_and_is_bit_identical(
 ):
     base = tiny_dataset_spec()
     root = tmp_path / "study"
-    first = data.simulate_dataset_serial(base, root)
+    first = shards.simulate_dataset_serial(base, root)
     # the counter sees the real multislice: two passes (full, particles) per structure
     assert len(multislice_calls) == 2 * N_STRUCTURES
     assert (first.structures_simulated, first.structures_from_store) == (N_STRUCTURES, 0)
@@ -66,24 +67,24 @@ def test_adding_a_domain_runs_no_multislice_and_is_bit_identical(
 
     wider = tiny_dataset_spec(defocus_nm=[-10, 0, 10, 20])
     multislice_calls.clear()
-    with caplog.at_level("INFO", logger="hrtem_ray.data"):
-        added = data.simulate_dataset_serial(wider, root)
+    with caplog.at_level("INFO", logger="hrtem_ray.dataset.shards"):
+        added = shards.simulate_dataset_serial(wider, root)
     assert multislice_calls == []
     assert f"{N_STRUCTURES} structures from the exit-wave store, 0 simulated" in caplog.text
     assert (added.structures_simulated, added.structures_from_store) == (0, N_STRUCTURES)
-    assert added.shards_written == len(data.plan_shards(wider)) - len(data.plan_shards(base))
+    assert added.shards_written == len(shards.plan_shards(wider)) - len(shards.plan_shards(base))
     after = _shard_files(root)
     assert {k: after[k] for k in before} == before  # existing shards untouched
-    assert data.summarize(root)["20"] == {"train": 6, "val": 3}
+    assert shards.summarize(root)["20"] == {"train": 6, "val": 3}
 
     # one pass, no store, every domain at once: the same images bit for bit
     one_pass = tmp_path / "one-pass"
-    data.simulate_dataset_serial(wider.model_copy(update={"keep_exit_waves": False}), one_pass)
+    shards.simulate_dataset_serial(wider.model_copy(update={"keep_exit_waves": False}), one_pass)
     assert not (one_pass / waves.WAVES_DIR).exists()
     for domain in wider.domains:
         for split in ("train", "val"):
-            a = data.read_images(root, domain, split)
-            b = data.read_images(one_pass, domain, split)
+            a = shards.read_images(root, domain, split)
+            b = shards.read_images(one_pass, domain, split)
             assert a.structure_ids == b.structure_ids
             np.testing.assert_array_equal(a.images, b.images)
             np.testing.assert_array_equal(a.masks, b.masks)
@@ -95,28 +96,28 @@ def test_changing_a_multislice_field_refuses_the_store_naming_it(tiny_dataset_ro
     simulation = {**TINY_DATASET["simulation"], "n_phonons": 2}
     spec = tiny_dataset_spec(simulation=simulation)
     with pytest.raises(
-        data.DatasetError, match=r"dataset\.simulation\.n_phonons: stored 1, spec 2"
+        shards.DatasetError, match=r"dataset\.simulation\.n_phonons: stored 1, spec 2"
     ):
-        data.check_dataset_root(spec, root)
-    with pytest.raises(data.DatasetError, match="exit-wave store cannot be reused"):
-        data.simulate_dataset_serial(spec, root)
+        shards.check_dataset_root(spec, root)
+    with pytest.raises(shards.DatasetError, match="exit-wave store cannot be reused"):
+        shards.simulate_dataset_serial(spec, root)
     # an imaging field (the output sampling, coarser: within the stored band) is accepted
     coarser = {**TINY_DATASET["simulation"], "output_sampling_angstrom": 0.8}
-    data.check_dataset_root(tiny_dataset_spec(simulation=coarser), root)
+    shards.check_dataset_root(tiny_dataset_spec(simulation=coarser), root)
 
 
 def test_coarser_output_sampling_is_cropped_from_the_store(multislice_calls, tmp_path):
     root = tmp_path / "study"
-    data.simulate_dataset_serial(tiny_dataset_spec(), root)
+    shards.simulate_dataset_serial(tiny_dataset_spec(), root)
     coarser = tiny_dataset_spec(
         simulation={**TINY_DATASET["simulation"], "output_sampling_angstrom": 0.8}
     )
     multislice_calls.clear()
-    summary = data.simulate_dataset_serial(coarser, root)
+    summary = shards.simulate_dataset_serial(coarser, root)
     assert multislice_calls == [] and summary.structures_from_store == N_STRUCTURES
     direct = tmp_path / "direct"
-    data.simulate_dataset_serial(coarser.model_copy(update={"keep_exit_waves": False}), direct)
-    a, b = data.read_images(root, "0", "val"), data.read_images(direct, "0", "val")
+    shards.simulate_dataset_serial(coarser.model_copy(update={"keep_exit_waves": False}), direct)
+    a, b = shards.read_images(root, "0", "val"), shards.read_images(direct, "0", "val")
     assert a.images.shape[-1] == 32
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.masks, b.masks)
@@ -125,7 +126,7 @@ def test_coarser_output_sampling_is_cropped_from_the_store(multislice_calls, tmp
 def test_torn_wave_shard_is_not_read_and_is_simulated_again(multislice_calls, tmp_path):
     spec = tiny_dataset_spec()
     root = tmp_path / "study"
-    data.simulate_dataset_serial(spec, root)
+    shards.simulate_dataset_serial(spec, root)
     entry = _wave_entries(root)[0]
     parquet = root / waves.WAVES_DIR / f"{entry.stem}.parquet"
     # a write killed between the file and its manifest entry: a file, no entry
@@ -133,14 +134,14 @@ def test_torn_wave_shard_is_not_read_and_is_simulated_again(multislice_calls, tm
     parquet.write_bytes(parquet.read_bytes()[:100])
     unit = next(
         u
-        for u in data.simulation_units(data.plan_shards(spec))
-        if data.waves_key(spec, u.group, u.split, u.start, u.stop) == entry.stem
+        for u in shards.simulation_units(shards.plan_shards(spec))
+        if shards.waves_key(spec, u.group, u.split, u.start, u.stop) == entry.stem
     )
     indices = list(range(unit.start, unit.stop))
     assert waves.read_waves(str(root), entry.stem, spec.waves_hash("all"), indices) is None
     wider = tiny_dataset_spec(defocus_nm=[-10, 0, 10, 20])
     multislice_calls.clear()
-    summary = data.simulate_dataset_serial(wider, root)
+    summary = shards.simulate_dataset_serial(wider, root)
     assert len(multislice_calls) == 2 * len(indices)
     assert summary.structures_simulated == len(indices)
     assert entry.exists()
@@ -171,7 +172,7 @@ def test_killed_store_write_leaves_nothing_complete_looking_and_rerun_completes(
     assert len(_wave_entries(out)) == n_units
     # the rerun completed the store: a new domain comes entirely from it
     wider = parsed.model_copy(update={"defocus_nm": [-10.0, 0.0, 10.0, 20.0]})
-    summary = data.simulate_dataset_serial(wider, out)
+    summary = shards.simulate_dataset_serial(wider, out)
     assert (summary.structures_from_store, summary.structures_simulated) == (n_units, 0)
 
 
@@ -197,10 +198,10 @@ def test_cs_study_end_to_end(tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    table = data.read_table(out / "data", ["0", "1.2"])
+    table = shards.read_table(out / "data", ["0", "1.2"])
     assert set(table.column("cs_mm").to_pylist()) == {0.0, 1.2}
-    a = data.read_images(out / "data", "0", "train")
-    b = data.read_images(out / "data", "1.2", "train")
+    a = shards.read_images(out / "data", "0", "train")
+    b = shards.read_images(out / "data", "1.2", "train")
     assert not np.array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.masks, b.masks)  # same structures, same ground truth
     assert (out / "results").exists()
@@ -209,7 +210,7 @@ def test_cs_study_end_to_end(tmp_path):
 
 
 def test_laptop_cs_preset_parses_with_its_axis_unit():
-    from hrtem_ray.config import axis_label, load_study_spec
+    from hrtem_ray.spec.config import axis_label, load_study_spec
 
     spec = load_study_spec(REPO / "sweeps" / "laptop_cs.yaml")
     assert spec.dataset.axis == "cs_mm"
@@ -218,6 +219,6 @@ def test_laptop_cs_preset_parses_with_its_axis_unit():
 
 
 def test_python_subprocess_imports_waves_without_abtem():
-    code = "import sys, hrtem_ray.waves; print('abtem' in sys.modules)"
+    code = "import sys, hrtem_ray.dataset.waves; print('abtem' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip() == "False", proc.stderr

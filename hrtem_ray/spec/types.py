@@ -1,16 +1,16 @@
 """The typed specifications of every stage: pydantic and dataclasses only, no heavy imports.
 
 This is the bottom layer of hrtem-ray: the structure generator, the multislice
-simulation, the U-Net and the study configuration (:mod:`hrtem_ray.config`) all take
+simulation, the U-Net and the study configuration (:mod:`hrtem_ray.spec.config`) all take
 their parameters as the classes defined here, so that reading and validating a spec
 loads neither torch, abTEM, ASE nor Ray. Each shared type and constant has its one
 definition here:
 
 * :data:`LATTICES` and :class:`StructureParams`: the random structure generator
-  (:mod:`hrtem_ray.structures`);
+  (:mod:`hrtem_ray.physics.structures`);
 * :class:`SimulationParams`, :class:`ImagingCondition` and the grid sizes and
-  memory estimate derived from them (:mod:`hrtem_ray.simulate`);
-* :class:`ModelSpec` and :data:`Freeze` (:mod:`hrtem_ray.model`);
+  memory estimate derived from them (:mod:`hrtem_ray.physics.simulate`);
+* :class:`ModelSpec` and :data:`Freeze` (:mod:`hrtem_ray.learning.model`);
 * :data:`Phase` / :data:`PHASES` and :data:`SPLITS` (trials, results and analysis).
 """
 
@@ -300,7 +300,7 @@ class ImagingCondition:
 
 #: The :class:`SimulationParams` fields of the multislice physics: what the exit
 #: waves depend on. The others (output sampling, focal spread, jitter, mask and
-#: calibration) are applied to stored waves (:mod:`hrtem_ray.waves`).
+#: calibration) are applied to stored waves (:mod:`hrtem_ray.dataset.waves`).
 MULTISLICE_FIELDS = (
     "energy_kev",
     "sampling_angstrom",
@@ -315,14 +315,14 @@ class StructureWaves:
     """The exit waves of one structure and what its ground truth and calibration need.
 
     Everything after the multislice is a function of this record and the imaging
-    parameters (:func:`hrtem_ray.simulate.images_from_waves`); the exit-wave store
-    (:mod:`hrtem_ray.waves`) keeps it on disk.
+    parameters (:func:`hrtem_ray.physics.simulate.images_from_waves`); the exit-wave store
+    (:mod:`hrtem_ray.dataset.waves`) keeps it on disk.
 
     Attributes
     ----------
     full_spectra, particle_spectra : np.ndarray
         complex64 ``(n_phonons, n, n)`` Fourier-cropped spectra (unshifted, see
-        :func:`hrtem_ray.simulate.wave_spectra`) of every frozen-phonon exit wave of
+        :func:`hrtem_ray.physics.simulate.wave_spectra`) of every frozen-phonon exit wave of
         the full structure and of the particles alone in vacuum (same exit plane).
     cell_angstrom : float
         Side of the square cell; the pixel size is ``cell_angstrom / n``.

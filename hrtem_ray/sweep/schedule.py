@@ -1,10 +1,10 @@
 """The order in which a study's trials run: pretrain first, children as soon as their parent is done.
 
 Pure scheduling, no Ray: :class:`DependentTrialSchedule` holds the queues that
-:class:`hrtem_ray.tune_adapter.DependentTrialSearcher` hands to Ray Tune, and can be
+:class:`hrtem_ray.sweep.tune_adapter.DependentTrialSearcher` hands to Ray Tune, and can be
 driven by hand in tests.
 
->>> from hrtem_ray.trials import Trial, TrialPlan
+>>> from hrtem_ray.sweep.trials import Trial, TrialPlan
 >>> parent = Trial("pretrain", "0", None, 1e-3, None, 4, None, "none", 0, None, model_id="p")
 >>> child = Trial("transfer", "0", "10", 1e-3, 1e-4, 4, 2, "none", 0, "p", model_id="c")
 >>> schedule = DependentTrialSchedule(TrialPlan([parent], [child], []))
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Collection
 
-from hrtem_ray.trials import Trial, TrialPlan
+from hrtem_ray.sweep.trials import Trial, TrialPlan
 
 __all__ = ["DependentTrialSchedule"]
 

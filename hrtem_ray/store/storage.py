@@ -35,7 +35,7 @@ Atomicity
 locally, a conditional ``PUT`` with ``If-None-Match: *`` on S3);
 :func:`replace_if_unchanged` and :func:`delete_if_unchanged` are the matching
 compare-and-swap operations (an ``flock``-serialised check and rename locally,
-``If-Match: ETAG`` on S3). The study lock (:mod:`hrtem_ray.lock`) and the
+``If-Match: ETAG`` on S3). The study lock (:mod:`hrtem_ray.store.lock`) and the
 dataset claim are built on them.
 
 Local writes go to a hidden temporary file in the destination directory and are

@@ -39,7 +39,7 @@ repeated runs agree only to rounding.
 
 Batch norm and freezing
 -----------------------
-A frozen part stays in eval mode during training (see :mod:`hrtem_ray.model`): its batch-norm
+A frozen part stays in eval mode during training (see :mod:`hrtem_ray.learning.model`): its batch-norm
 layers use and keep the parent's running statistics.
 """
 
@@ -60,19 +60,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrtem_ray import storage
 from hrtem_ray._version import __version__
-from hrtem_ray.augment import (
+from hrtem_ray.learning.augment import (
     augment,
     epoch_order,
     label_entropy_floor,
     soft_labels,
     standardize,
 )
-from hrtem_ray.config import LOSS_FUNCTIONS, LossFunction
-from hrtem_ray.model import build_model, count_parameters
-from hrtem_ray.model import freeze as freeze_part
-from hrtem_ray.specs import Freeze, ModelSpec
+from hrtem_ray.learning.model import build_model, count_parameters
+from hrtem_ray.learning.model import freeze as freeze_part
+from hrtem_ray.spec.config import LOSS_FUNCTIONS, LossFunction
+from hrtem_ray.spec.types import Freeze, ModelSpec
+from hrtem_ray.store import storage
 
 __all__ = [
     "EvalMetrics",
@@ -206,7 +206,7 @@ def _tensors(
 
 
 def _check_loss(loss: str) -> None:
-    """Raise ValueError unless ``loss`` is one of :data:`~hrtem_ray.config.LOSS_FUNCTIONS`."""
+    """Raise ValueError unless ``loss`` is one of :data:`~hrtem_ray.spec.config.LOSS_FUNCTIONS`."""
     if loss not in LOSS_FUNCTIONS:
         raise ValueError(f"loss must be one of {', '.join(LOSS_FUNCTIONS)}, got {loss!r}")
 
@@ -427,7 +427,7 @@ def train_epoch(
     """One epoch of training steps over every image (and symmetry); the mean loss.
 
     The model is put in train mode. The visiting order (and each visit's dihedral symmetry)
-    comes from :func:`~hrtem_ray.augment.epoch_order` with ``rng``; batches of ``batch_size``
+    comes from :func:`~hrtem_ray.learning.augment.epoch_order` with ``rng``; batches of ``batch_size``
     go through :func:`train_step`. The loss is checked for NaN/inf every ``_CHECK_EVERY``
     steps and after the last one (one host sync each).
 
@@ -504,7 +504,7 @@ def train_stage(
     Parameters
     ----------
     model
-        A :class:`~hrtem_ray.model.UNet` (fresh, or loaded from a parent checkpoint).
+        A :class:`~hrtem_ray.learning.model.UNet` (fresh, or loaded from a parent checkpoint).
     train_images, train_masks, val_images, val_masks
         float32 arrays ``(N, H, W)``; masks in [0, 1]; square images, sides multiples of 32.
     lr, epochs, batch_size, lr_decay
@@ -513,7 +513,7 @@ def train_stage(
         Seed of the data order and augmentation. Initialise the model with
         ``build_model(spec, seed=seed)``.
     freeze
-        Part to freeze (see :func:`hrtem_ray.model.freeze`); ``"none"`` unfreezes all.
+        Part to freeze (see :func:`hrtem_ray.learning.model.freeze`); ``"none"`` unfreezes all.
     augment_data
         If False, one identity pass over the images per epoch instead of 8 symmetries.
     device

@@ -17,14 +17,14 @@ kind           problem                                           repair
                ``deep``: a digest mismatch or a failed load)
 ``shard``      a dataset shard file that does not match its       quarantine the file and its manifest
                manifest, or a stale manifest entry                entry: the next simulation writes the
-               (:func:`hrtem_ray.data.verify_shards`)             shard again
+               (:func:`hrtem_ray.dataset.shards.verify_shards`)             shard again
 ``temp``       a temporary file of an interrupted write,          delete it
                older than :data:`STRAY_TEMP_AGE_SECONDS`
 =============  ================================================  =========================================
 
 Quarantined files go to ``<root>/quarantine/<their relative path>`` with a
 ``.quarantine.json`` note (where from, why, when); see
-:func:`hrtem_ray.results.quarantine`. Shards of a dataset outside the study root
+:func:`hrtem_ray.sweep.results.quarantine`. Shards of a dataset outside the study root
 (``dataset.path``) go to ``<dataset>/quarantine/`` (the dataset is read through
 its manifest, never by globbing, so they are not read there).
 
@@ -50,9 +50,12 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from hrtem_ray import results, storage
-from hrtem_ray.config import SpecError, StudySpec, load_study_spec, parse_stored_study_spec
-from hrtem_ray.trials import TrialPlan, plan_trials
+from hrtem_ray.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_PROBLEMS
+from hrtem_ray.spec.config import SpecError, StudySpec, load_study_spec, parse_stored_study_spec
+from hrtem_ray.store import storage
+from hrtem_ray.store.layout import STUDY_FILE, is_study_root
+from hrtem_ray.sweep import results
+from hrtem_ray.sweep.trials import TrialPlan, plan_trials
 
 # A temporary file is stray (not a write in progress) when it is older than this.
 STRAY_TEMP_AGE_SECONDS = 600.0
@@ -63,7 +66,6 @@ TEMP_SCAN_DIRS = (
     results.CHECKPOINT_DIR,
     results.FAILURES_DIR,
 )
-STUDY_FILE = "study.json"
 
 log = logging.getLogger(__name__)
 
@@ -153,25 +155,13 @@ def stored_spec(root: str) -> StudySpec | None:
 
     Raises
     ------
-    hrtem_ray.config.SpecError
+    hrtem_ray.spec.config.SpecError
         If ``study.json`` exists but no longer holds a valid spec.
     """
     path = storage.join(root, STUDY_FILE)
     if not storage.exists(path):
         return None
     return parse_stored_study_spec(storage.read_json(path)["spec"], source=path)
-
-
-def is_study_root(root: str) -> bool:
-    """Whether ``root`` holds anything a study writes (results, histories, ..., study.json)."""
-    names = (
-        results.RESULTS_DIR,
-        results.HISTORY_DIR,
-        results.CHECKPOINT_DIR,
-        "data",
-        STUDY_FILE,
-    )
-    return any(storage.exists(storage.join(root, name)) for name in names)
 
 
 def _damaged_models(problems: list[Problem]) -> set[str]:
@@ -217,15 +207,15 @@ def _model_problems(
 
 
 def _shard_problems(data_root: str, checked: dict[str, int], notes: list[str]) -> list[Problem]:
-    """Damaged dataset shards (:func:`hrtem_ray.data.verify_shards`)."""
-    from hrtem_ray import data
+    """Damaged dataset shards (:func:`hrtem_ray.dataset.shards.verify_shards`)."""
+    from hrtem_ray.dataset import shards
 
     try:
-        found = data.verify_shards(data_root)
-    except data.DatasetError as exc:
+        found = shards.verify_shards(data_root)
+    except shards.DatasetError as exc:
         notes.append(f"dataset shards not checked: {exc}")
         return []
-    checked["shards"] = len(data.completed_shards(data_root))
+    checked["shards"] = len(shards.completed_shards(data_root))
     return [Problem("shard", str(s.path), str(s.problem), shard_key=str(s.key)) for s in found]
 
 
@@ -376,11 +366,11 @@ def _repair_one(root: str, data_root: str | None, problem: Problem) -> list[str]
 def _imported_domain_entries(data_root: str, shard_key: str) -> dict[str, list[dict]]:
     """Files of every shard of the imported domain that ``shard_key`` belongs to, by shard
     key (each file's ``path`` and the ``domain``); empty for a simulated shard."""
-    from hrtem_ray import data
+    from hrtem_ray.dataset import shards
 
     try:
-        entries = data.manifest_entries(data_root)
-    except data.DatasetError:
+        entries = shards.manifest_entries(data_root)
+    except shards.DatasetError:
         return {}
     record = entries.get(shard_key, {}).get("imported")
     if not isinstance(record, dict):
@@ -445,10 +435,6 @@ def heal_before_sweep(root: str, plan: TrialPlan) -> list[str]:
 # command line
 
 
-EXIT_PROBLEMS = 4
-"""Exit status of ``hrtem-ray check`` when it found problems (distinct from 1, a crash)."""
-
-
 def main_from_cli(args: argparse.Namespace) -> int:
     """``hrtem-ray check OUT [--repair] [--spec SPEC] [--data DIR] [--deep]``.
 
@@ -462,23 +448,23 @@ def main_from_cli(args: argparse.Namespace) -> int:
     root = args.out if "://" in args.out else os.path.abspath(os.path.expanduser(args.out))
     if not storage.exists(root):
         print(f"error: {root} does not exist", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if not is_study_root(root):
         print(
             f"error: {root} is not a study directory (no results/, history/, checkpoints/, "
             f"data/ or {STUDY_FILE}); give the study's output directory (--out)",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_BAD_INPUT
     try:
         spec = load_study_spec(args.spec) if getattr(args, "spec", None) else None
         report = inspect_study(root, spec, getattr(args, "data", None), deep=args.deep)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(report.format())
     if report.healthy:
-        return 0
+        return EXIT_OK
     if not args.repair:
         print(f"run `hrtem-ray check {args.out} --repair` to quarantine and invalidate them")
         return EXIT_PROBLEMS
@@ -490,17 +476,15 @@ def main_from_cli(args: argparse.Namespace) -> int:
         print(f"{len(left.problems)} problem(s) remain:\n{left.format()}")
         return EXIT_PROBLEMS
     print(f"repaired: {len(actions)} action(s); rerun the sweep to redo what they invalidated")
-    return 0
+    return EXIT_OK
 
 
 __all__ = [
     "CheckReport",
-    "EXIT_PROBLEMS",
     "Problem",
     "STRAY_TEMP_AGE_SECONDS",
     "heal_before_sweep",
     "inspect_study",
-    "is_study_root",
     "main_from_cli",
     "repair",
     "stray_temp_files",

@@ -1,8 +1,8 @@
 """Ray Tune glue of the sweep: the searcher, the trainable, the callbacks and the stopper.
 
-Imports Ray Tune at module level, so :mod:`hrtem_ray.sweep` imports this module only
+Imports Ray Tune at module level, so :mod:`hrtem_ray.sweep.run` imports this module only
 inside the functions that run Tune. The scheduling decisions themselves live in
-:class:`hrtem_ray.schedule.DependentTrialSchedule` (no Ray); this module adapts it and
+:class:`hrtem_ray.sweep.schedule.DependentTrialSchedule` (no Ray); this module adapts it and
 the trial code to Tune's interfaces:
 
 * :class:`DependentTrialSearcher`: Tune's ``Searcher`` over a :class:`DependentTrialSchedule`;
@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-# torch (and hrtem_ray.execute, which imports it) at module level, not in tune_trial: a
+# torch (and hrtem_ray.sweep.execute, which imports it) at module level, not in tune_trial: a
 # Tune worker imports this module before Tune redirects the trial's stderr to a file.
 # torch binds about 35 logging handlers to the sys.stderr of the moment it is first
 # imported; imported inside the first trial, they would hold that trial's file, closed
@@ -33,11 +33,12 @@ from ray import tune
 from ray.tune import Callback, Stopper
 from ray.tune.search import Searcher
 
-from hrtem_ray import results, storage
-from hrtem_ray.config import StudySpec
-from hrtem_ray.execute import execute_trial
-from hrtem_ray.schedule import DependentTrialSchedule
-from hrtem_ray.trials import Trial, TrialPlan
+from hrtem_ray.spec.config import StudySpec
+from hrtem_ray.store import storage
+from hrtem_ray.sweep import results
+from hrtem_ray.sweep.execute import execute_trial
+from hrtem_ray.sweep.schedule import DependentTrialSchedule
+from hrtem_ray.sweep.trials import Trial, TrialPlan
 
 __all__ = [
     "DependentTrialSearcher",
@@ -119,7 +120,7 @@ class DependentTrialSearcher(Searcher):
 
 def tune_trial(config: dict, context: TrialContext) -> None:
     """The Ray Tune trainable: run one trial, report per epoch, record NaN failures."""
-    from hrtem_ray.train import NonFiniteLossError
+    from hrtem_ray.learning.train import NonFiniteLossError
 
     trial = Trial.from_dict(config["trial"])
     if storage.exists(results.result_path(context.study_root, trial)):
@@ -252,7 +253,7 @@ class StopOnSignal(Stopper):
     Parameters
     ----------
     stop
-        A :class:`hrtem_ray.sweep.StopRequest` (anything with a ``requested`` flag).
+        A :class:`hrtem_ray.sweep.run.StopRequest` (anything with a ``requested`` flag).
     """
 
     def __init__(self, stop: _HasRequested) -> None:

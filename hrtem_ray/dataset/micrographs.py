@@ -33,7 +33,7 @@ Imported domains
 stores the tiles as shards of an *imported domain* in a simulated dataset's root, in the
 same layout as simulated shards (``study=<axis>/domain=<name>/split=<split>/<key>.parquet``),
 with the same manifest entries (rows, bytes, sha256, written last) so that
-:func:`hrtem_ray.data.read_images` reads them and :func:`hrtem_ray.data.verify_shards`
+:func:`hrtem_ray.dataset.shards.read_images` reads them and :func:`hrtem_ray.dataset.shards.verify_shards`
 checks them. One shard is one file. A row has exactly the columns of a simulated row
 (so that tables of both concatenate): metadata that do not apply are NaN or null,
 ``lattice`` is ``"imported"``, ``structure_id`` is ``<file name>/y<row>x<col>`` (the
@@ -58,9 +58,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from hrtem_ray import data, storage
-from hrtem_ray.config import DatasetSpec, StudySpec, safe_name_problem
-from hrtem_ray.specs import SPLITS, output_gpts
+from hrtem_ray.dataset import shards
+from hrtem_ray.spec.config import DatasetSpec, StudySpec, safe_name_problem
+from hrtem_ray.spec.types import SPLITS, output_gpts
+from hrtem_ray.store import storage
 
 #: File extensions read, by reader.
 FORMATS: dict[str, str] = {
@@ -438,7 +439,7 @@ class ImportSummary:
 def imported_domains(dataset_root: str | Path) -> dict[str, ImportedDomain]:
     """The imported domains of a dataset root, by name (empty when there are none)."""
     found: dict[str, dict] = {}
-    for entry in data.manifest_entries(dataset_root).values():
+    for entry in shards.manifest_entries(dataset_root).values():
         record = entry.get("imported")
         if not isinstance(record, dict):
             continue
@@ -505,14 +506,14 @@ def export_micrographs(
     import tifffile
     from PIL import Image
 
-    spec = data.dataset_spec(dataset_root)
+    spec = shards.dataset_spec(dataset_root)
     source = spec.simulation.output_sampling_angstrom
     out = Path(out_dir)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     size_nm = pixel_size_angstrom / 10
     written = []
     for split in SPLITS:
-        selection = data.read_images(dataset_root, domain, split, n)
+        selection = shards.read_images(dataset_root, domain, split, n)
         for k, (image, mask) in enumerate(zip(selection.images, selection.masks, strict=True)):
             stem = f"{_KEY_SAFE.sub('_', domain)}_{split}_{k:03d}"
             fine = resample(image, source, pixel_size_angstrom)
@@ -648,7 +649,7 @@ def _row_schema(root: str) -> pa.Schema | None:
     """The schema of the dataset's simulated shard files (None before any is written)."""
     import pyarrow.parquet as pq
 
-    for entry in data.manifest_entries(root).values():
+    for entry in shards.manifest_entries(root).values():
         if "imported" not in entry:
             info = next(iter(entry["files"].values()))
             loc = storage.resolve(storage.join(root, info["path"]))
@@ -695,7 +696,7 @@ def _tile_table(
         strings = ("study", "domain", "split", "structure_id", "lattice")
         fields = [
             pa.field(c, pa.string() if c in strings else kinds.get(c, pa.float64()))
-            for c in data.ROW_COLUMNS
+            for c in shards.ROW_COLUMNS
         ]
     else:
         fields = [f for f in schema if f.name not in ("image", "mask")]
@@ -755,11 +756,11 @@ def import_micrographs(
         An unknown format, a mask whose shape differs from its image, two files with the
         same name, a missing calibration, an image smaller than one tile, a bad domain
         name; nothing is written.
-    hrtem_ray.data.DatasetError
+    hrtem_ray.dataset.shards.DatasetError
         No dataset at ``dataset_root``.
     """
     root = str(dataset_root)
-    spec = data.dataset_spec(root)
+    spec = shards.dataset_spec(root)
     files = [Path(f) for f in files]
     mask_paths = None if masks is None else [Path(m) for m in masks]
     _check_import_inputs(files, mask_paths, domain, spec, root)
@@ -817,9 +818,9 @@ def _write_imported_shard(
     positions: list[tuple],
     mask: np.ndarray | None,
 ) -> None:
-    """One file's shard: the Parquet file, then its manifest entry (as :func:`data.write_shard`)."""
-    path = data.shard_path(root, spec.axis, domain, split, key)
-    payload = data.parquet_bytes(table)
+    """One file's shard: the Parquet file, then its manifest entry (as :func:`shards.write_shard`)."""
+    path = shards.shard_path(root, spec.axis, domain, split, key)
+    payload = shards.parquet_bytes(table)
     storage.write_bytes_atomic(path, payload)
     entry = {
         "dataset_hash": spec.content_hash(),
@@ -845,7 +846,7 @@ def _write_imported_shard(
             **provenance(micrograph, positions),
         },
     }
-    storage.write_json_atomic(storage.join(root, data.MANIFEST_DIR, f"{key}.json"), entry)
+    storage.write_json_atomic(storage.join(root, shards.MANIFEST_DIR, f"{key}.json"), entry)
 
 
 __all__ = [

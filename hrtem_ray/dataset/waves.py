@@ -3,11 +3,11 @@
 Multislice is almost all of the simulation cost (about a second per structure at
 laptop settings, 75-87 s at the paper's, against about 1 ms per defocus for the
 imaging). The store keeps, per structure, what every imaging domain is computed
-from (:class:`~hrtem_ray.specs.StructureWaves`): the exit wave of every
+from (:class:`~hrtem_ray.spec.types.StructureWaves`): the exit wave of every
 frozen-phonon configuration of the full structure and of the particles alone,
 Fourier-cropped to the output grid, and the calibrated zero, so that a new imaging
 domain (defocus, dose, focal spread, Cs, a coarser output sampling) needs no
-multislice (:func:`hrtem_ray.simulate.images_from_waves`).
+multislice (:func:`hrtem_ray.physics.simulate.images_from_waves`).
 
 Layout under the dataset root, one file per shard of structures::
 
@@ -15,7 +15,7 @@ Layout under the dataset root, one file per shard of structures::
     waves/_manifest/<key>.json       written last: rows, bytes, sha256 of the file
 
 ``<key>`` starts with the first 8 hex digits of the group's
-:meth:`~hrtem_ray.config.DatasetSpec.waves_hash`, so waves of other multislice
+:meth:`~hrtem_ray.spec.config.DatasetSpec.waves_hash`, so waves of other multislice
 settings never mix. Both files are written atomically (temporary file, then
 rename; one PUT on S3) and the manifest entry last, so a killed write leaves no
 entry, and a file without a matching entry is never read: :func:`read_waves`
@@ -44,8 +44,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hrtem_ray import storage
-from hrtem_ray.specs import StructureWaves
+from hrtem_ray.spec.types import StructureWaves
+from hrtem_ray.store import storage
 
 __all__ = [
     "MANIFEST_DIR",
@@ -157,7 +157,7 @@ def write_waves(root: str, key: str, waves_hash: str, structures: Sequence[Store
     key
         Shard key (starts with ``waves_hash[:8]``).
     waves_hash
-        :meth:`~hrtem_ray.config.DatasetSpec.waves_hash` of the shard's group.
+        :meth:`~hrtem_ray.spec.config.DatasetSpec.waves_hash` of the shard's group.
     structures
         The shard's structures, in index order.
 

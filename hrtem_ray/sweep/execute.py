@@ -5,17 +5,17 @@ model (or loads the parent's checkpoint for a transfer trial), trains the
 stage, evaluates it on every eval domain and writes the checkpoint, history
 and result rows to the study's storage. The sweep engine calls it inside a
 Ray Tune trial; the benchmark calls it directly. The only Ray call is the node id
-recorded with the result (:func:`hrtem_ray.runtime.node_id`: the host name outside Ray).
+recorded with the result (:func:`hrtem_ray.cluster.runtime.node_id`: the host name outside Ray).
 
 Parent checkpoints
 ------------------
-When the spec deletes parent checkpoints (:attr:`hrtem_ray.config.StudySpec.deletes_parent_checkpoints`,
+When the spec deletes parent checkpoints (:attr:`hrtem_ray.spec.config.StudySpec.deletes_parent_checkpoints`,
 on by default for ``transfer.parents: per_model``), a transfer trial deletes its parent's
 checkpoint right after its own result rows are written, once every planned child of that
 parent has its result (:func:`release_parent_checkpoint`). Until then the checkpoint stays,
 so a retried child still finds it. A sweep that later finds a done parent without its
 checkpoint treats it as damage only while a child of it is not done (the check of
-:mod:`hrtem_ray.check` looks only at parents with children still to run): such a parent is
+:mod:`hrtem_ray.sweep.check` looks only at parents with children still to run): such a parent is
 trained again, then its child.
 """
 
@@ -35,18 +35,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hrtem_ray import data, results, storage
-from hrtem_ray.config import StudySpec
-from hrtem_ray.model import build_model
-from hrtem_ray.runtime import node_id
-from hrtem_ray.train import (
+from hrtem_ray.cluster.runtime import node_id
+from hrtem_ray.dataset import shards
+from hrtem_ray.learning.model import build_model
+from hrtem_ray.learning.train import (
     evaluate,
     load_checkpoint,
     save_checkpoint,
     select_device,
     train_stage,
 )
-from hrtem_ray.trials import Trial, plan_trials
+from hrtem_ray.spec.config import StudySpec
+from hrtem_ray.store import storage
+from hrtem_ray.sweep import results
+from hrtem_ray.sweep.trials import Trial, plan_trials
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def _images(
     dataset_root: str, domain: str, split: str, n: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images of a selection, cached per worker process (trials reuse their workers)."""
-    selection = data.read_images(dataset_root, domain, split, n)
+    selection = shards.read_images(dataset_root, domain, split, n)
     return selection.images, selection.masks
 
 
@@ -166,7 +168,7 @@ def _store_checkpoint(root: str, model_id: str, model, optimizer, metadata: dict
 
     ``metadata.json`` lists every other file with its size and SHA-256 (``files``), so
     that a missing, truncated or altered file is found without loading the model
-    (:func:`hrtem_ray.results.checkpoint_problem`).
+    (:func:`hrtem_ray.sweep.results.checkpoint_problem`).
     """
     target = results.checkpoint_path(root, model_id)
     with tempfile.TemporaryDirectory(prefix="hrtem-ckpt-") as tmp:
@@ -187,7 +189,7 @@ def device_name(device: str | torch.device | None) -> str:
     Parameters
     ----------
     device
-        The trial's device; ``None``: :func:`hrtem_ray.train.select_device`'s choice.
+        The trial's device; ``None``: :func:`hrtem_ray.learning.train.select_device`'s choice.
     """
     resolved = select_device(device)
     if resolved.type != "cuda":
@@ -226,7 +228,7 @@ def release_parent_checkpoint(spec: StudySpec, trial: Trial, study_root: str) ->
     """Delete a transfer trial's parent checkpoint if no planned child needs it any more.
 
     Call only after ``trial``'s result rows are written. Does nothing unless the spec
-    deletes parent checkpoints (:attr:`~hrtem_ray.config.StudySpec.deletes_parent_checkpoints`).
+    deletes parent checkpoints (:attr:`~hrtem_ray.spec.config.StudySpec.deletes_parent_checkpoints`).
     Under ``transfer.parents: per_model`` the trial is its parent's only child; with
     shared parents the checkpoint goes once every child of the parent in the current plan
     has its result file (two children finishing together may both keep it: harmless).
@@ -272,7 +274,7 @@ def execute_trial(
 
     Raises
     ------
-    hrtem_ray.train.NonFiniteLossError
+    hrtem_ray.learning.train.NonFiniteLossError
         If the loss becomes NaN or infinite (nothing is written).
     ParentCheckpointError
         If a transfer trial's parent checkpoint is unusable (the parent's result is

@@ -28,6 +28,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from hrtem_ray.exit_codes import EXIT_BAD_INPUT, EXIT_OK
+
 STUDY_COMMANDS = ("run", "sweep", "simulate")
 # Seconds ray symmetric-run waits for the head (on workers) and for all nodes (on the head).
 CLUSTER_WAIT_SECONDS = 300
@@ -258,7 +260,6 @@ def main_from_cli(args: argparse.Namespace, env: Mapping[str, str] | None = None
         )  # fmt: skip
     except SlurmEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     print(plan.render(), flush=True)
-    return 0 if args.dry_run else run(plan)
-
+    return EXIT_OK if args.dry_run else run(plan)

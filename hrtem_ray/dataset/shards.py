@@ -5,13 +5,13 @@ Layout of a dataset root (a local directory or a storage URI)::
     dataset.json                                   the spec and its content hash
     study=<axis>/domain=<label>/split=<split>/<shard>.parquet
     _manifest/<shard>.json                         written last: the shard is complete
-    waves/...                                      the exit-wave store (:mod:`hrtem_ray.waves`)
+    waves/...                                      the exit-wave store (:mod:`hrtem_ray.dataset.waves`)
 
 One Parquet row is one image: ``image`` and ``mask`` as Arrow
 ``fixed_shape_tensor`` float32 columns plus the metadata columns of
 :data:`ROW_COLUMNS`. A shard is one domain's images of a run of consecutive
 structures of one split, keyed by the domain's
-:meth:`~hrtem_ray.config.DatasetSpec.images_hash`; its file is written first and
+:meth:`~hrtem_ray.spec.config.DatasetSpec.images_hash`; its file is written first and
 its manifest entry last, each atomically, so a killed run never leaves a shard
 that looks complete, and a rerun only simulates the shards without a manifest entry.
 
@@ -30,7 +30,7 @@ refused with each such field named.
 Integrity
 ---------
 * One dataset per directory: ``dataset.json`` is created exclusively
-  (:func:`hrtem_ray.storage.create_exclusive`), so of any number of concurrent
+  (:func:`hrtem_ray.store.storage.create_exclusive`), so of any number of concurrent
   :func:`prepare_root` calls exactly one claims an empty directory; a spec with
   other exit waves is refused with a :class:`DatasetError` naming each differing
   field (:func:`check_dataset_root` does the same check without writing); one
@@ -68,24 +68,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hrtem_ray import storage
-from hrtem_ray.config import (
+from hrtem_ray.cluster.runtime import node_id
+from hrtem_ray.dataset.waves import StoredStructure, read_waves, write_waves
+from hrtem_ray.physics.simulate import (
+    images_from_waves,
+    structure_waves,
+    warm_fftw_wisdom,
+    with_calibrated_zero,
+)
+from hrtem_ray.physics.structures import random_structure
+from hrtem_ray.spec.config import (
     GENERATOR_VERSION,
     DatasetSpec,
     DomainGroup,
     check_resources,
     current_dataset_keys,
 )
-from hrtem_ray.runtime import node_id
-from hrtem_ray.simulate import (
-    images_from_waves,
-    structure_waves,
-    warm_fftw_wisdom,
-    with_calibrated_zero,
-)
-from hrtem_ray.specs import MULTISLICE_FIELDS, SPLITS, ImagingCondition, output_gpts
-from hrtem_ray.structures import random_structure
-from hrtem_ray.waves import StoredStructure, read_waves, write_waves
+from hrtem_ray.spec.types import MULTISLICE_FIELDS, SPLITS, ImagingCondition, output_gpts
+from hrtem_ray.store import storage
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def plan_shards(spec: DatasetSpec) -> list[ShardTask]:
 
 
 def waves_key(spec: DatasetSpec, group: str, split: str, start: int, stop: int) -> str:
-    """Key of the exit-wave shard of a run of structures (:mod:`hrtem_ray.waves`)."""
+    """Key of the exit-wave shard of a run of structures (:mod:`hrtem_ray.dataset.waves`)."""
     safe_group = group.replace("/", "_")
     return f"{spec.waves_hash(group)[:8]}-{safe_group}-{split}-{start:05d}-{stop:05d}"
 
@@ -484,7 +484,7 @@ def spec_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
 
 
 #: Spec fields (flattened, see :func:`spec_differences`) that the exit waves depend on
-#: (:meth:`~hrtem_ray.config.DatasetSpec.waves_payload`): a change refuses the root.
+#: (:meth:`~hrtem_ray.spec.config.DatasetSpec.waves_payload`): a change refuses the root.
 _WAVE_FIELDS = (
     "dataset.structures.",
     "dataset.structure_domains.",
@@ -577,7 +577,7 @@ def _check_not_a_file(root: str) -> None:
 def prepare_root(spec: DatasetSpec, root: str) -> None:
     """Claim a dataset root for ``spec``, or check that it already holds ``spec``'s dataset.
 
-    ``dataset.json`` is created with :func:`hrtem_ray.storage.create_exclusive`: of
+    ``dataset.json`` is created with :func:`hrtem_ray.store.storage.create_exclusive`: of
     any number of concurrent callers exactly one creates it, and every other one
     compares its spec with the stored one. A stored spec that differs only in the
     imaging is replaced by ``spec`` (compare-and-swap: a concurrent change is refused).
@@ -890,7 +890,7 @@ def simulate_dataset(
 ) -> SimulationSummary:
     """Simulate the shards of ``spec`` not yet in ``root``, in parallel with Ray Data.
 
-    Uses the running Ray session (see :func:`hrtem_ray.runtime.ray_session`).
+    Uses the running Ray session (see :func:`hrtem_ray.cluster.runtime.ray_session`).
     Idempotent: shards with a manifest entry whose files match it are skipped, so
     rerunning the same spec writes nothing and an interrupted run is completed;
     damaged shards are re-simulated (see :func:`shards_to_simulate`).
@@ -945,7 +945,7 @@ def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSu
     ------
     SpecError
         One worker would need more memory than this machine has
-        (:func:`hrtem_ray.config.check_resources`); nothing is written.
+        (:func:`hrtem_ray.spec.config.check_resources`); nothing is written.
     DatasetError
         As :func:`simulate_dataset`.
     """

@@ -2,8 +2,8 @@
 
 Pretrain and baseline trials start at once; every transfer trial is handed
 out as soon as its own parent has finished and stored its checkpoint (no
-barrier between the stages), by :class:`hrtem_ray.schedule.DependentTrialSchedule`
-(pure scheduling) through :mod:`hrtem_ray.tune_adapter` (the Ray Tune searcher,
+barrier between the stages), by :class:`hrtem_ray.sweep.schedule.DependentTrialSchedule`
+(pure scheduling) through :mod:`hrtem_ray.sweep.tune_adapter` (the Ray Tune searcher,
 trainable and callbacks, imported only when Tune runs). Trials read their
 parent's checkpoint from the study's storage, so parent and child may run on
 different nodes.
@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from hrtem_ray import results, storage
-from hrtem_ray.config import StudySpec
-from hrtem_ray.trials import TrialPlan, plan_trials
+from hrtem_ray.spec.config import StudySpec
+from hrtem_ray.store import storage
+from hrtem_ray.store.layout import STUDY_FILE
+from hrtem_ray.sweep import results
+from hrtem_ray.sweep.trials import TrialPlan, plan_trials
 
 if TYPE_CHECKING:  # the adapter imports Ray Tune: only inside the functions that run it
-    from hrtem_ray.tune_adapter import DependentTrialSearcher
+    from hrtem_ray.sweep.tune_adapter import DependentTrialSearcher
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ class StopRequest:
     Ray Tune's own SIGINT handler is switched off (``TUNE_DISABLE_SIGINT_HANDLER``):
     it swallows the signal, lets ``Tuner.fit`` return normally and suggests
     ``Tuner.restore``, which hrtem-ray does not use. Instead the first signal sets
-    :attr:`signum`, which :class:`hrtem_ray.tune_adapter.StopOnSignal` turns into a stop of every trial
+    :attr:`signum`, which :class:`hrtem_ray.sweep.tune_adapter.StopOnSignal` turns into a stop of every trial
     at Tune's next step; a second signal raises :class:`KeyboardInterrupt`.
     """
 
@@ -182,7 +184,7 @@ def run_sweep(
     plan = plan_trials(spec)
     planned_ids = {t.model_id for t in plan.all()}
     write_study_spec(study_root, spec, dataset_root)
-    from hrtem_ray.check import heal_before_sweep  # damaged files: quarantined, retrained
+    from hrtem_ray.sweep.check import heal_before_sweep  # damaged files: quarantined, retrained
 
     heal_before_sweep(study_root, plan)
     done = results.finished_ids(study_root) & planned_ids
@@ -213,7 +215,7 @@ def run_sweep(
             )
         for trial in remaining:
             results.clear_failure(study_root, trial.model_id)
-        from hrtem_ray.tune_adapter import DependentTrialSearcher
+        from hrtem_ray.sweep.tune_adapter import DependentTrialSearcher
 
         searcher = DependentTrialSearcher(plan, done, excluded)
         with stop.installed():
@@ -241,9 +243,6 @@ def run_sweep(
         report.failed = [f for f in report.failed if f.get("kind") == "trial"]
     report.seconds = time.time() - start
     return report
-
-
-STUDY_FILE = "study.json"
 
 
 def study_file(study_root: str) -> str:
@@ -298,7 +297,7 @@ def _fit(
     """
     from ray import tune
 
-    from hrtem_ray.tune_adapter import (
+    from hrtem_ray.sweep.tune_adapter import (
         Progress,
         RecordFailures,
         StopOnSignal,

@@ -12,7 +12,9 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from hrtem_ray.specs import N_SYMMETRIES  # 4 rotations of the square, each with or without a flip
+from hrtem_ray.spec.types import (
+    N_SYMMETRIES,  # 4 rotations of the square, each with or without a flip
+)
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 

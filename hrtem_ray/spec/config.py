@@ -13,8 +13,8 @@ Validation covers what would otherwise fail only after Ray started:
   domain labels (also those derived from numbers) and ``domains.*`` entries;
 * every number is finite (no NaN or infinity anywhere) and within a physical
   range (:data:`MAX_ABS_DEFOCUS_NM`, :data:`MAX_DOSE_E_PER_ANGSTROM2`, the bounds
-  of :class:`~hrtem_ray.specs.SimulationParams` and
-  :class:`~hrtem_ray.specs.StructureParams`), lists are non-empty;
+  of :class:`~hrtem_ray.spec.types.SimulationParams` and
+  :class:`~hrtem_ray.spec.types.StructureParams`), lists are non-empty;
 * the multislice grid has at most :data:`MAX_MULTISLICE_GPTS` points per side,
   and :func:`check_resources` compares the estimated memory of one simulation
   worker with this machine's memory (call it before Ray starts).
@@ -44,7 +44,7 @@ from pydantic import (
     model_validator,
 )
 
-from hrtem_ray.specs import (
+from hrtem_ray.spec.types import (
     LATTICES,
     MULTISLICE_FIELDS,
     Freeze,
@@ -86,7 +86,7 @@ def axis_label(axis: str) -> str:
     return f"{name} ({unit})" if unit else name
 
 
-#: The :class:`~hrtem_ray.specs.ImagingCondition` field each numeric axis sets.
+#: The :class:`~hrtem_ray.spec.types.ImagingCondition` field each numeric axis sets.
 _CONDITION_FIELDS = {
     "defocus": "defocus_nm",
     "dose": "dose_e_per_angstrom2",
@@ -297,7 +297,7 @@ class DatasetSpec(_Spec):
         Spherical aberration C30 in mm (abTEM's ``Cs`` in angstrom is ``1e7 *
         cs_mm``); a list for a ``cs_mm`` study.
     keep_exit_waves
-        Keep every structure's exit waves (:mod:`hrtem_ray.waves`) so that new
+        Keep every structure's exit waves (:mod:`hrtem_ray.dataset.waves`) so that new
         imaging domains need no multislice; ``false`` saves the storage.
     """
 
@@ -509,10 +509,10 @@ class DatasetSpec(_Spec):
         return {"generator_version": GENERATOR_VERSION, **payload}
 
     def waves_payload(self, group: str) -> dict[str, Any]:
-        """What the exit waves of a group depend on (:mod:`hrtem_ray.waves`).
+        """What the exit waves of a group depend on (:mod:`hrtem_ray.dataset.waves`).
 
         The group's structures, the multislice physics
-        (:data:`~hrtem_ray.specs.MULTISLICE_FIELDS`), the seed, the structure
+        (:data:`~hrtem_ray.spec.types.MULTISLICE_FIELDS`), the seed, the structure
         counts, the shard size and :data:`GENERATOR_VERSION`; not the imaging
         (defocus, dose, focal spread, Cs, output sampling, jitter, mask, calibration).
         """
@@ -556,7 +556,7 @@ class DomainsSpec(_Spec):
     eval: list[str] | None = None
     #: Domains imported with ``hrtem-ray import`` that the roles above may name; checked
     #: against the dataset directory (present, with masks, enough tiles) before a sweep
-    #: (:func:`hrtem_ray.micrographs.check_spec_imports`).
+    #: (:func:`hrtem_ray.dataset.micrographs.check_spec_imports`).
     imported: list[str] = Field(default_factory=list)
 
     @field_validator("imported")
@@ -585,13 +585,13 @@ Seed = Annotated[int, Field(ge=0, lt=2**63)]
 #: Loss functions of a training stage (``training.loss``): ``cross_entropy`` on the logits
 #: (the default), or ``softmax_cross_entropy``, the reference study's: cross-entropy applied
 #: to the network's softmax outputs ("double softmax", floor ln(1 + e^-1) for hard labels).
-#: See :func:`hrtem_ray.train.loss_floor`.
+#: See :func:`hrtem_ray.learning.train.loss_floor`.
 LossFunction = Literal["cross_entropy", "softmax_cross_entropy"]
 LOSS_FUNCTIONS: tuple[str, ...] = ("cross_entropy", "softmax_cross_entropy")
 #: Pretraining protocols of transfer models (``transfer.parents``): ``shared``, one pretrain
 #: model per pretrain-grid configuration whose checkpoint all its transfer children start
 #: from; ``per_model``, the reference study's, a pretraining run of its own (own seed, see
-#: :func:`hrtem_ray.trials.per_model_seed`) for every transfer model.
+#: :func:`hrtem_ray.sweep.trials.per_model_seed`) for every transfer model.
 ParentsProtocol = Literal["shared", "per_model"]
 
 
@@ -610,7 +610,7 @@ class TransferGrid(_Spec):
         ``shared`` (default): the children of one pretrain-grid configuration all start
         from its one pretrain model. ``per_model`` (the reference study's protocol): every
         transfer model gets a pretraining run of its own, with its own seed
-        (:func:`hrtem_ray.trials.per_model_seed`); the pretrain count then equals the
+        (:func:`hrtem_ray.sweep.trials.per_model_seed`); the pretrain count then equals the
         transfer count, and a pretrain configuration without children keeps its grid model.
     delete_parent_checkpoints
         Delete a parent's checkpoint once all its children's results are stored.
@@ -787,7 +787,7 @@ def check_resources(spec: DatasetSpec | StudySpec, memory_bytes: int | None = No
     -------
     int
         The estimate (bytes) of the largest simulation group, from
-        :func:`hrtem_ray.specs.estimate_worker_memory_bytes`.
+        :func:`hrtem_ray.spec.types.estimate_worker_memory_bytes`.
 
     Raises
     ------

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrtem_ray.specs import Freeze, ModelSpec
+from hrtem_ray.spec.types import Freeze, ModelSpec
 
 
 class BasicBlock(nn.Module):

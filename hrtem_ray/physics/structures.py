@@ -31,7 +31,7 @@ from ase.spacegroup import crystal
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from hrtem_ray.specs import LATTICES, WURTZITE_U, LatticeSpec, StructureParams
+from hrtem_ray.spec.types import LATTICES, WURTZITE_U, LatticeSpec, StructureParams
 
 __all__ = [
     "LATTICES",

@@ -40,17 +40,18 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hrtem_ray import storage
 from hrtem_ray._version import __version__
-from hrtem_ray.specs import PHASES
-from hrtem_ray.trials import Trial
-
-RESULTS_DIR = "results"
-HISTORY_DIR = "history"
-CHECKPOINT_DIR = "checkpoints"
-FAILURES_DIR = "failures"
-QUARANTINE_DIR = "quarantine"
-QUARANTINE_NOTE_SUFFIX = ".quarantine.json"
+from hrtem_ray.spec.types import PHASES
+from hrtem_ray.store import storage
+from hrtem_ray.store.layout import (
+    CHECKPOINT_DIR,
+    FAILURES_DIR,
+    HISTORY_DIR,
+    QUARANTINE_DIR,
+    QUARANTINE_NOTE_SUFFIX,
+    RESULTS_DIR,
+)
+from hrtem_ray.sweep.trials import Trial
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -365,7 +366,7 @@ def finished_ids(root: str) -> set[str]:
     """Model ids whose result file is valid (the trial is done).
 
     A damaged result file does not count (see :func:`scan_results`); the sweep moves
-    it to ``quarantine/`` before it starts (:func:`hrtem_ray.check.heal_before_sweep`).
+    it to ``quarantine/`` before it starts (:func:`hrtem_ray.sweep.check.heal_before_sweep`).
     """
     return set(scan_results(root)[0])
 
@@ -392,7 +393,7 @@ def _read_folder(
 ) -> pl.DataFrame:
     """Concatenate the Parquet files of ``folders``, skipping (with a warning) unusable ones.
 
-    Read by :func:`hrtem_ray.storage.read_parquet_files` (a thread pool).
+    Read by :func:`hrtem_ray.store.storage.read_parquet_files` (a thread pool).
     """
     files = [f.uri for folder in folders for f in list_parquet(storage.join(root, folder))]
     damaged: list[tuple[str, str]] = []
@@ -506,7 +507,7 @@ def _deep_checkpoint_problem(location: str, meta: dict, listed: dict) -> str | N
         return None
     import tempfile
 
-    from hrtem_ray.train import load_checkpoint
+    from hrtem_ray.learning.train import load_checkpoint
 
     try:
         with tempfile.TemporaryDirectory(prefix="hrtem-ckpt-check-") as tmp:

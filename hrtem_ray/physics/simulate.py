@@ -16,8 +16,8 @@ Pipeline for one structure (:func:`simulate_structure`):
    averaged (:func:`image_intensity`), then dose and Poisson noise (:func:`apply_dose`).
 
 Steps 1-2 (:func:`structure_waves`) are almost all of the cost; their result, a
-:class:`~hrtem_ray.specs.StructureWaves`, is what the exit-wave store keeps
-(:mod:`hrtem_ray.waves`), and steps 3-5 (:func:`images_from_waves`) turn it into
+:class:`~hrtem_ray.spec.types.StructureWaves`, is what the exit-wave store keeps
+(:mod:`hrtem_ray.dataset.waves`), and steps 3-5 (:func:`images_from_waves`) turn it into
 images for any imaging parameters. :func:`simulate_structure` is the two in one
 pass, so images from stored waves are bit-identical to one-pass images.
 
@@ -73,8 +73,8 @@ import scipy.fft
 from ase import Atoms
 from scipy.ndimage import gaussian_filter
 
-from hrtem_ray import storage
-from hrtem_ray.specs import (
+from hrtem_ray.physics.structures import Structure
+from hrtem_ray.spec.types import (
     ANGSTROM_PER_NM,
     LATTICES,
     ImagingCondition,
@@ -84,7 +84,7 @@ from hrtem_ray.specs import (
     multislice_gpts,
     output_gpts,
 )
-from hrtem_ray.structures import Structure
+from hrtem_ray.store import storage
 
 __all__ = [
     "ImagingCondition",
@@ -493,7 +493,7 @@ def phase_mask(
     pixel_size_angstrom : float
         Pixel size of ``particle_waves``.
     lattice : str
-        Key of :data:`hrtem_ray.specs.LATTICES` (selects the paper blur).
+        Key of :data:`hrtem_ray.spec.types.LATTICES` (selects the paper blur).
     params : SimulationParams
         Recipe and its parameters.
 
@@ -645,9 +645,9 @@ def structure_waves(
     Parameters
     ----------
     structure : Structure
-        From :func:`hrtem_ray.structures.random_structure`.
+        From :func:`hrtem_ray.physics.structures.random_structure`.
     params : SimulationParams
-        Multislice parameters (:data:`~hrtem_ray.specs.MULTISLICE_FIELDS`).
+        Multislice parameters (:data:`~hrtem_ray.spec.types.MULTISLICE_FIELDS`).
     seed : int
         Structure seed; the phonon seeds of both passes derive from it.
     gpts : int, optional
@@ -787,7 +787,7 @@ def simulate_structure(
     Parameters
     ----------
     structure : Structure
-        From :func:`hrtem_ray.structures.random_structure`.
+        From :func:`hrtem_ray.physics.structures.random_structure`.
     params : SimulationParams
         Simulation parameters.
     conditions : sequence of ImagingCondition

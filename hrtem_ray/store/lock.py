@@ -11,13 +11,13 @@ The lock file is JSON::
      "command": "hrtem-ray run", "started_at": "2026-11-29T08:51:03.123Z",
      "heartbeat_at": "2026-11-29T08:51:33.125Z", "token": "<random hex>"}
 
-* It is created with :func:`hrtem_ray.storage.create_exclusive` (``os.link``
+* It is created with :func:`hrtem_ray.store.storage.create_exclusive` (``os.link``
   locally, a conditional ``PUT`` with ``If-None-Match: *`` on S3), so of any
   number of concurrent claimants exactly one wins, on local paths, ``file://``
   and ``s3://`` alike.
 * A daemon thread rewrites ``heartbeat_at`` every 30 s
   (``HRTEM_RAY_LOCK_HEARTBEAT_SECONDS``) with a compare-and-swap
-  (:func:`hrtem_ray.storage.replace_if_unchanged`); if the content is no longer
+  (:func:`hrtem_ray.store.storage.replace_if_unchanged`); if the content is no longer
   what it wrote, the lock was taken over and an error is logged.
 * It is deleted on exit (also after an exception or Ctrl-C), and only if it is
   still this process's lock.
@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
-from hrtem_ray import storage
+from hrtem_ray.store import storage
 
 __all__ = [
     "LOCK_FILE",

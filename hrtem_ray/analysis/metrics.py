@@ -30,7 +30,7 @@ column gets one: the number of models the row's statistics are computed from.
 
 The intervals are percentile bootstrap intervals with the *model* as the unit of
 resampling (a model's rows on the eval domains are not independent); the resampling
-and the intervals are :mod:`hrtem_ray.bootstrap`'s, this module says which models
+and the intervals are :mod:`hrtem_ray.analysis.bootstrap`'s, this module says which models
 form a group and recomputes its statistics per replicate. Every group of models a
 statistic reduces over (the pretrain models of a domain, the transfer models of a
 pair, the models of a baseline point, a hyperparameter group) is resampled
@@ -41,7 +41,7 @@ estimates. A fallback cell (a pair without transfer models) gets the interval of
 pretrain models it shows. Where a group has a single model, every interval it enters
 is null, not a zero-width interval. The same ``boot_seed`` gives the same intervals,
 whatever the row order or model ids. Per function, see the Notes of its docstring.
-Two exact shortcuts of :mod:`hrtem_ray.bootstrap` keep this fast (every function on
+Two exact shortcuts of :mod:`hrtem_ray.analysis.bootstrap` keep this fast (every function on
 a million rows takes about 3 s of CPU time, see ``benchmarks/analysis.py``): the
 replicates of a median, min, max or quantile of a single cell are drawn from the
 bootstrap distribution of that order statistic (two Beta draws per replicate, no
@@ -74,9 +74,16 @@ from typing import Any
 import polars as pl
 import pyarrow.fs as pafs
 
-from hrtem_ray import storage
-from hrtem_ray.bootstrap import CI_SUFFIXES, Stat, bootstrap_cells, check_ci, interval, with_ci
-from hrtem_ray.specs import PHASES
+from hrtem_ray.analysis.bootstrap import (
+    CI_SUFFIXES,
+    Stat,
+    bootstrap_cells,
+    check_ci,
+    interval,
+    with_ci,
+)
+from hrtem_ray.spec.types import PHASES
+from hrtem_ray.store import storage
 
 REDUCE_MODES = ("median", "mean", "min", "max")
 FILTERS = ("pretrain_lr", "transfer_lr", "n_transfer", "freeze", "seed")
@@ -110,7 +117,7 @@ def load_results(path: str | os.PathLike[str], categorical: bool = True) -> pl.D
     path
         A directory (all ``**/*.parquet`` below it are read), one Parquet file, or
         a glob pattern; a local path, ``file://`` or ``s3://`` URI (read with
-        :func:`hrtem_ray.storage.read_parquet_files`).
+        :func:`hrtem_ray.store.storage.read_parquet_files`).
     categorical
         Return the label columns (``study``, ``phase``, the domains, ``freeze``) as
         :class:`polars.Categorical`, which the analysis functions group about twice
@@ -639,7 +646,7 @@ def _time_saving(table: pl.LazyFrame, groups: list[str], keys: list[str]) -> pl.
 # confidence intervals: the bootstrap groups of the results table
 # --------------------------------------------------------------------------- #
 # The resampling (groups of models, cells, replicates) and the percentile intervals
-# are hrtem_ray.bootstrap's; this section says which models form a group here and
+# are hrtem_ray.analysis.bootstrap's; this section says which models form a group here and
 # how many models a table's row is computed from.
 _QUANTILE_OF = {"median": 0.5, "min": 0.0, "max": 1.0}
 
@@ -872,7 +879,7 @@ def pair_matrix(
     (``from_pretrain``) gets the interval of its pretrain models. For the median (and
     min, max) the replicates of a transfer cell are drawn exactly from the bootstrap
     distribution of an order statistic (two Beta draws per replicate, see
-    :mod:`hrtem_ray.bootstrap`); pretrain cells are reduced from resamples
+    :mod:`hrtem_ray.analysis.bootstrap`); pretrain cells are reduced from resamples
     of the domain's models.
     """
     _check_reduce(reduce)
@@ -1147,7 +1154,7 @@ def hyperparameter_effects(
     Notes
     -----
     Interval: percentile bootstrap over the group's models; the replicates of each
-    quantile are exact order-statistic draws (see :mod:`hrtem_ray.bootstrap`),
+    quantile are exact order-statistic draws (see :mod:`hrtem_ray.analysis.bootstrap`),
     those of the mean come from resampled models.
     """
     check_ci(ci, n_boot)

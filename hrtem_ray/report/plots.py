@@ -36,8 +36,8 @@ from hrtem_ray.analysis import (
     significant,
     sort_domains,
 )
-from hrtem_ray.config import axis_label
-from hrtem_ray.specs import LATTICES
+from hrtem_ray.spec.config import axis_label
+from hrtem_ray.spec.types import LATTICES
 
 SELECTION_DEFAULTS = {"sel_reduce": "median"}
 SEQUENTIAL = "viridis"
@@ -1014,7 +1014,7 @@ def structure_parts(frame: pl.DataFrame, column: str) -> pl.DataFrame:
 
 
 def _lattice_order(labels: Iterable[str]) -> list[str]:
-    """Lattices in the reference study's order (:data:`hrtem_ray.specs.LATTICES`), then others."""
+    """Lattices in the reference study's order (:data:`hrtem_ray.spec.types.LATTICES`), then others."""
     known = list(LATTICES)
     present = set(labels)
     return [*(x for x in known if x in present), *sorted(present - set(known))]

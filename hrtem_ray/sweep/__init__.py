@@ -1,0 +1,1 @@
+"""A study's models: pure planning (``trials``) and scheduling (``schedule``), one trial without Ray (``execute``), Ray Tune (``tune_adapter``, ``run``), the results table (``results``) and its check and repair (``check``)."""
