@@ -382,7 +382,7 @@ def estimate_worker_memory_bytes(structures: StructureParams, params: Simulation
     thickness changes the time (slices), not the memory.
 
     The constants are calibrated against peak memory measured per grid size and phonon
-    count (README, "Benchmarks"); ``tests/test_simulate.py`` measures two sizes again.
+    count (README, "Benchmarks"); ``tests/physics/test_simulate.py`` measures two sizes again.
 
     Parameters
     ----------

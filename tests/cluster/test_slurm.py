@@ -20,7 +20,7 @@ import pytest
 
 from hrtem_ray.cluster import slurm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A 3-node allocation as `sbatch --nodes=3 --ntasks-per-node=1 --cpus-per-task=16
 # --gpus-per-node=2` would set it up.

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from ray.autoscaler._private import util
 
-CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
 
 
 @pytest.fixture(autouse=True)

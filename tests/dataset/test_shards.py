@@ -22,7 +22,7 @@ from hrtem_ray.dataset import shards
 from hrtem_ray.spec.config import SpecError, load_dataset_spec
 from hrtem_ray.store import storage
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def _files(root):
@@ -121,7 +121,7 @@ def test_other_spec_refuses_to_overwrite(tiny_dataset_root):
 
 def test_mismatch_names_every_differing_field_without_writing(tiny_dataset_root, tmp_path):
     """Every field the exit waves depend on is named; an imaging field (the dose) is not
-    a mismatch (it is imaged from the exit-wave store, see test_waves.py)."""
+    a mismatch (it is imaged from the exit-wave store, see dataset/test_waves.py)."""
     other = tiny_dataset_spec(
         dose_e_per_angstrom2=300, seed=8, simulation={**TINY_DATASET["simulation"], "n_phonons": 2}
     )

@@ -17,7 +17,7 @@ import vl_convert as vlc
 from hrtem_ray import analysis
 from hrtem_ray.report import build, plots
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
 CHROMIUM_FLAGS = (
     "--headless=new",
