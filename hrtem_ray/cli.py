@@ -18,7 +18,7 @@ from hrtem_ray.exit_codes import (
     EXIT_OK,
     EXIT_PROBLEMS,
 )
-from hrtem_ray.spec.config import SpecError
+from hrtem_ray.spec.base import SpecError
 
 EXIT_CODES_HELP = f"""\
 exit codes:

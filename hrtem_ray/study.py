@@ -38,13 +38,13 @@ import polars as pl
 
 from hrtem_ray.cluster.runtime import ray_session
 from hrtem_ray.spec.config import (
-    StudySpec,
-    check_resources,
     load_dataset_spec,
     load_study_spec,
     parse_stored_study_spec,
     parse_study_spec,
 )
+from hrtem_ray.spec.dataset import check_resources
+from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.store import storage
 from hrtem_ray.store.layout import RESULTS_DIR, STUDY_FILE, is_study_root
 from hrtem_ray.store.lock import study_lock
@@ -231,7 +231,7 @@ class Study:
         ------
         FileNotFoundError
             If ``study_root`` holds no ``study.json`` (no sweep started there yet).
-        hrtem_ray.spec.config.SpecError
+        hrtem_ray.spec.base.SpecError
             If the stored spec is no longer valid.
         """
         from hrtem_ray.sweep.run import study_file
@@ -312,7 +312,7 @@ class Study:
 
         Raises
         ------
-        hrtem_ray.dataset.shards.DatasetError, hrtem_ray.spec.config.SpecError, hrtem_ray.dataset.micrographs.MicrographError
+        hrtem_ray.dataset.shards.DatasetError, hrtem_ray.spec.base.SpecError, hrtem_ray.dataset.micrographs.MicrographError
         """
         self.check_dataset()
         if self.spec.domains.imported:  # imported domains present, with masks and enough tiles
@@ -480,7 +480,7 @@ def _check_local_memory(spec: StudySpec, address: str | None) -> None:
 
     Raises
     ------
-    hrtem_ray.spec.config.SpecError
+    hrtem_ray.spec.base.SpecError
         With the estimate, the machine's memory and the fields that set it.
     """
     if address in (None, "local"):

@@ -59,7 +59,9 @@ import numpy as np
 import pyarrow as pa
 
 from hrtem_ray.dataset import shards
-from hrtem_ray.spec.config import DatasetSpec, StudySpec, safe_name_problem
+from hrtem_ray.spec.dataset import DatasetSpec
+from hrtem_ray.spec.names import safe_name_problem
+from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.spec.types import SPLITS, output_gpts
 from hrtem_ray.store import storage
 

@@ -11,7 +11,7 @@ One Parquet row is one image: ``image`` and ``mask`` as Arrow
 ``fixed_shape_tensor`` float32 columns plus the metadata columns of
 :data:`ROW_COLUMNS`. A shard is one domain's images of a run of consecutive
 structures of one split, keyed by the domain's
-:meth:`~hrtem_ray.spec.config.DatasetSpec.images_hash`; its file is written first and
+:meth:`~hrtem_ray.spec.dataset.DatasetSpec.images_hash`; its file is written first and
 its manifest entry last, each atomically, so a killed run never leaves a shard
 that looks complete, and a rerun only simulates the shards without a manifest entry.
 
@@ -77,7 +77,7 @@ from hrtem_ray.physics.simulate import (
     with_calibrated_zero,
 )
 from hrtem_ray.physics.structures import random_structure
-from hrtem_ray.spec.config import (
+from hrtem_ray.spec.dataset import (
     GENERATOR_VERSION,
     DatasetSpec,
     DomainGroup,
@@ -484,7 +484,7 @@ def spec_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
 
 
 #: Spec fields (flattened, see :func:`spec_differences`) that the exit waves depend on
-#: (:meth:`~hrtem_ray.spec.config.DatasetSpec.waves_payload`): a change refuses the root.
+#: (:meth:`~hrtem_ray.spec.dataset.DatasetSpec.waves_payload`): a change refuses the root.
 _WAVE_FIELDS = (
     "dataset.structures.",
     "dataset.structure_domains.",
@@ -945,7 +945,7 @@ def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSu
     ------
     SpecError
         One worker would need more memory than this machine has
-        (:func:`hrtem_ray.spec.config.check_resources`); nothing is written.
+        (:func:`hrtem_ray.spec.dataset.check_resources`); nothing is written.
     DatasetError
         As :func:`simulate_dataset`.
     """

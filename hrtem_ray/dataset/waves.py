@@ -15,7 +15,7 @@ Layout under the dataset root, one file per shard of structures::
     waves/_manifest/<key>.json       written last: rows, bytes, sha256 of the file
 
 ``<key>`` starts with the first 8 hex digits of the group's
-:meth:`~hrtem_ray.spec.config.DatasetSpec.waves_hash`, so waves of other multislice
+:meth:`~hrtem_ray.spec.dataset.DatasetSpec.waves_hash`, so waves of other multislice
 settings never mix. Both files are written atomically (temporary file, then
 rename; one PUT on S3) and the manifest entry last, so a killed write leaves no
 entry, and a file without a matching entry is never read: :func:`read_waves`
@@ -157,7 +157,7 @@ def write_waves(root: str, key: str, waves_hash: str, structures: Sequence[Store
     key
         Shard key (starts with ``waves_hash[:8]``).
     waves_hash
-        :meth:`~hrtem_ray.spec.config.DatasetSpec.waves_hash` of the shard's group.
+        :meth:`~hrtem_ray.spec.dataset.DatasetSpec.waves_hash` of the shard's group.
     structures
         The shard's structures, in index order.
 

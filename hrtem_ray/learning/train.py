@@ -70,7 +70,7 @@ from hrtem_ray.learning.augment import (
 )
 from hrtem_ray.learning.model import build_model, count_parameters
 from hrtem_ray.learning.model import freeze as freeze_part
-from hrtem_ray.spec.config import LOSS_FUNCTIONS, LossFunction
+from hrtem_ray.spec.study import LOSS_FUNCTIONS, LossFunction
 from hrtem_ray.spec.types import Freeze, ModelSpec
 from hrtem_ray.store import storage
 
@@ -206,7 +206,7 @@ def _tensors(
 
 
 def _check_loss(loss: str) -> None:
-    """Raise ValueError unless ``loss`` is one of :data:`~hrtem_ray.spec.config.LOSS_FUNCTIONS`."""
+    """Raise ValueError unless ``loss`` is one of :data:`~hrtem_ray.spec.study.LOSS_FUNCTIONS`."""
     if loss not in LOSS_FUNCTIONS:
         raise ValueError(f"loss must be one of {', '.join(LOSS_FUNCTIONS)}, got {loss!r}")
 

@@ -55,7 +55,7 @@ import vl_convert as vlc
 
 from hrtem_ray import analysis
 from hrtem_ray.report import plots
-from hrtem_ray.spec.config import AXIS_UNITS
+from hrtem_ray.report.axes import AXIS_UNITS
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from hrtem_ray.analysis import (
     significant,
     sort_domains,
 )
-from hrtem_ray.spec.config import axis_label
+from hrtem_ray.report.axes import axis_label
 from hrtem_ray.spec.types import LATTICES
 
 SELECTION_DEFAULTS = {"sel_reduce": "median"}

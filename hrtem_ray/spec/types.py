@@ -1,9 +1,9 @@
 """The typed specifications of every stage: pydantic and dataclasses only, no heavy imports.
 
 This is the bottom layer of hrtem-ray: the structure generator, the multislice
-simulation, the U-Net and the study configuration (:mod:`hrtem_ray.spec.config`) all take
-their parameters as the classes defined here, so that reading and validating a spec
-loads neither torch, abTEM, ASE nor Ray. Each shared type and constant has its one
+simulation, the U-Net and the study spec sections (:mod:`hrtem_ray.spec.dataset`,
+:mod:`hrtem_ray.spec.study`) all take their parameters as the classes defined here, so
+that reading and validating a spec loads neither torch, abTEM, ASE nor Ray. Each shared type and constant has its one
 definition here:
 
 * :data:`LATTICES` and :class:`StructureParams`: the random structure generator

@@ -51,7 +51,9 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from hrtem_ray.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_PROBLEMS
-from hrtem_ray.spec.config import SpecError, StudySpec, load_study_spec, parse_stored_study_spec
+from hrtem_ray.spec.base import SpecError
+from hrtem_ray.spec.config import load_study_spec, parse_stored_study_spec
+from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.store import storage
 from hrtem_ray.store.layout import STUDY_FILE, is_study_root
 from hrtem_ray.sweep import results
@@ -155,7 +157,7 @@ def stored_spec(root: str) -> StudySpec | None:
 
     Raises
     ------
-    hrtem_ray.spec.config.SpecError
+    hrtem_ray.spec.base.SpecError
         If ``study.json`` exists but no longer holds a valid spec.
     """
     path = storage.join(root, STUDY_FILE)

@@ -9,7 +9,7 @@ recorded with the result (:func:`hrtem_ray.cluster.runtime.node_id`: the host na
 
 Parent checkpoints
 ------------------
-When the spec deletes parent checkpoints (:attr:`hrtem_ray.spec.config.StudySpec.deletes_parent_checkpoints`,
+When the spec deletes parent checkpoints (:attr:`hrtem_ray.spec.study.StudySpec.deletes_parent_checkpoints`,
 on by default for ``transfer.parents: per_model``), a transfer trial deletes its parent's
 checkpoint right after its own result rows are written, once every planned child of that
 parent has its result (:func:`release_parent_checkpoint`). Until then the checkpoint stays,
@@ -45,7 +45,7 @@ from hrtem_ray.learning.train import (
     select_device,
     train_stage,
 )
-from hrtem_ray.spec.config import StudySpec
+from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.store import storage
 from hrtem_ray.sweep import results
 from hrtem_ray.sweep.trials import Trial, plan_trials
@@ -228,7 +228,7 @@ def release_parent_checkpoint(spec: StudySpec, trial: Trial, study_root: str) ->
     """Delete a transfer trial's parent checkpoint if no planned child needs it any more.
 
     Call only after ``trial``'s result rows are written. Does nothing unless the spec
-    deletes parent checkpoints (:attr:`~hrtem_ray.spec.config.StudySpec.deletes_parent_checkpoints`).
+    deletes parent checkpoints (:attr:`~hrtem_ray.spec.study.StudySpec.deletes_parent_checkpoints`).
     Under ``transfer.parents: per_model`` the trial is its parent's only child; with
     shared parents the checkpoint goes once every child of the parent in the current plan
     has its result file (two children finishing together may both keep it: harmless).

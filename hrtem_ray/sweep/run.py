@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from hrtem_ray.spec.config import StudySpec
+from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.store import storage
 from hrtem_ray.store.layout import STUDY_FILE
 from hrtem_ray.sweep import results

@@ -1,6 +1,6 @@
 """The trials of a study: pretrain, transfer (children of a pretrain model) and mixture baselines.
 
-Pure planning, no Ray: :func:`plan_trials` expands a :class:`~hrtem_ray.spec.config.StudySpec`
+Pure planning, no Ray: :func:`plan_trials` expands a :class:`~hrtem_ray.spec.study.StudySpec`
 into :class:`Trial` records with stable ids, so that the same configuration and
 seed always get the same ``model_id`` (resumed sweeps cannot duplicate rows).
 
@@ -31,7 +31,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from hrtem_ray.spec.config import StudySpec
+from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.spec.types import N_SYMMETRIES, PHASES, Freeze, Phase
 
 __all__ = [
@@ -144,7 +144,7 @@ LATER_TRAINING_DEFAULTS = {"loss": "cross_entropy"}
 def trial_context(spec: StudySpec) -> dict:
     """Everything besides the trial's own fields that determines the trained model.
 
-    ``training`` holds every field of :class:`~hrtem_ray.spec.config.TrainingSpec` except
+    ``training`` holds every field of :class:`~hrtem_ray.spec.study.TrainingSpec` except
     those of :data:`LATER_TRAINING_DEFAULTS` that are at their default (a study with the
     default loss keeps the ids it had before ``training.loss`` existed).
     """

@@ -33,7 +33,7 @@ from ray import tune
 from ray.tune import Callback, Stopper
 from ray.tune.search import Searcher
 
-from hrtem_ray.spec.config import StudySpec
+from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.store import storage
 from hrtem_ray.sweep import results
 from hrtem_ray.sweep.execute import execute_trial

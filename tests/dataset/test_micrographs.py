@@ -378,7 +378,8 @@ def test_a_spec_names_imported_domains_checked_against_the_dataset(mosaic, datas
     from helpers import TWO_MODEL_STUDY
 
     from hrtem_ray.dataset.micrographs import check_spec_imports
-    from hrtem_ray.spec.config import SpecError, parse_study_spec
+    from hrtem_ray.spec.base import SpecError
+    from hrtem_ray.spec.config import parse_study_spec
 
     image, mask = mosaic
     files, masks = [], []

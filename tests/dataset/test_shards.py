@@ -19,7 +19,8 @@ import yaml
 from helpers import TINY_DATASET, kill_cli_when, make_bucket, run_cli, s3_env, tiny_dataset_spec
 
 from hrtem_ray.dataset import shards
-from hrtem_ray.spec.config import SpecError, load_dataset_spec
+from hrtem_ray.spec.base import SpecError
+from hrtem_ray.spec.config import load_dataset_spec
 from hrtem_ray.store import storage
 
 TESTS = Path(__file__).resolve().parents[1]

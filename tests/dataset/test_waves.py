@@ -209,7 +209,8 @@ def test_cs_study_end_to_end(tmp_path):
 
 
 def test_laptop_cs_preset_parses_with_its_axis_unit():
-    from hrtem_ray.spec.config import axis_label, load_study_spec
+    from hrtem_ray.report.axes import axis_label
+    from hrtem_ray.spec.config import load_study_spec
 
     spec = load_study_spec(REPO / "sweeps" / "laptop_cs.yaml")
     assert spec.dataset.axis == "cs_mm"

@@ -11,17 +11,16 @@ import yaml
 from helpers import TINY_DATASET, TINY_STUDY, run_cli, tiny_dataset_spec
 from pydantic import ValidationError
 
-from hrtem_ray.spec import config
+from hrtem_ray.spec import dataset as spec_dataset
+from hrtem_ray.spec.base import SpecError
 from hrtem_ray.spec.config import (
-    SpecError,
-    check_resources,
-    check_safe_name,
-    is_safe_name,
     load_study_spec,
     parse_dataset_spec,
     parse_stored_study_spec,
     parse_study_spec,
 )
+from hrtem_ray.spec.dataset import check_resources
+from hrtem_ray.spec.names import check_safe_name, is_safe_name
 from hrtem_ray.spec.types import (
     SIMULATION_FIXED_MIB,
     WORKER_BASE_MIB,
@@ -369,7 +368,7 @@ def test_check_resources_refuses_a_worker_larger_than_the_memory():
 
 
 def test_check_resources_uses_this_machines_memory():
-    machine = config.machine_memory_bytes()
+    machine = spec_dataset.machine_memory_bytes()
     assert machine > 2**30
     assert check_resources(tiny_dataset_spec()) < machine
     # 16000^2 points x 256 phonons: about 1.5 TiB, beyond any single machine here
@@ -387,7 +386,7 @@ def test_check_resources_uses_this_machines_memory():
 def test_dataset_hash_is_pinned():
     """A change of this hash means every existing dataset is re-simulated: make it on purpose
     (raise GENERATOR_VERSION when the images a seed gives change) and update the literal."""
-    assert config.GENERATOR_VERSION == 1
+    assert spec_dataset.GENERATOR_VERSION == 1
     assert tiny_dataset_spec().content_hash() == "5ee49bc0d9e49bc2"
 
 
@@ -397,7 +396,7 @@ def test_dataset_hash_covers_shards_and_generator_but_not_path(monkeypatch):
     assert tiny_dataset_spec(path="/elsewhere").content_hash() == spec.content_hash()
     assert tiny_dataset_spec(dose_e_per_angstrom2=300).content_hash() != spec.content_hash()
     before = spec.content_hash()
-    monkeypatch.setattr(config, "GENERATOR_VERSION", 2)
+    monkeypatch.setattr(spec_dataset, "GENERATOR_VERSION", 2)
     assert spec.content_hash() != before
     assert spec.hash_payload()["generator_version"] == 2
 
@@ -653,9 +652,6 @@ def test_new_axes_give_conditions_with_the_whole_dataset_imaging():
         ("5", 5.0, 0.5),
         ("20", 20.0, 0.5),
     ]
-    assert config.axis_label("cs_mm") == "spherical aberration Cs (mm)"
-    assert config.axis_label("focal_spread_angstrom") == "focal spread (Å)"
-    assert set(config.AXIS_UNITS) == set(config.StudyAxis.__args__)
 
 
 def test_waves_and_images_hashes_are_pinned():
