@@ -50,7 +50,6 @@ import codecs
 import hashlib
 import json
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -504,10 +503,16 @@ def export_micrographs(
     -------
     list of Path
         The micrographs written, in order (the masks sort the same way).
+
+    Raises
+    ------
+    MicrographError
+        ``domain`` is not a safe name (:mod:`hrtem_ray.spec.names`); nothing is written.
     """
     import tifffile
     from PIL import Image
 
+    _check_domain_name(domain, "domain")
     spec = shards.dataset_spec(dataset_root)
     source = spec.simulation.output_sampling_angstrom
     out = Path(out_dir)
@@ -517,7 +522,7 @@ def export_micrographs(
     for split in SPLITS:
         selection = shards.read_images(dataset_root, domain, split, n)
         for k, (image, mask) in enumerate(zip(selection.images, selection.masks, strict=True)):
-            stem = f"{_KEY_SAFE.sub('_', domain)}_{split}_{k:03d}"
+            stem = f"{domain}_{split}_{k:03d}"
             fine = resample(image, source, pixel_size_angstrom)
             fine_mask = resample(mask, source, pixel_size_angstrom, shape=fine.shape, mask=True)
             path = out / f"{stem}.tif"
@@ -596,16 +601,17 @@ def assign_splits(names: Sequence[str], val_fraction: float) -> dict[str, str]:
     return {n: ("val" if i >= len(ordered) - n_val else "train") for i, n in enumerate(ordered)}
 
 
-_KEY_SAFE = re.compile(r"[^A-Za-z0-9_.+-]")
+def _check_domain_name(domain: object, field: str) -> None:
+    """Raise :class:`MicrographError` unless ``domain`` is a safe name (it becomes file names)."""
+    problem = safe_name_problem(domain)
+    if problem is not None:
+        raise MicrographError(f"{field}: {problem}")
 
 
 def _check_import_inputs(
     files: Sequence[Path], masks: Sequence[Path] | None, domain: str, spec: DatasetSpec, root: str
 ) -> None:
     """The checks that need no file content (names, formats, the domain)."""
-    problem = safe_name_problem(domain)
-    if problem is not None:
-        raise MicrographError(f"--domain: {problem}")
     if domain in spec.domains:
         raise MicrographError(
             f"--domain: {domain!r} is a simulated domain of the dataset ({', '.join(spec.domains)})"
@@ -761,6 +767,7 @@ def import_micrographs(
     hrtem_ray.dataset.shards.DatasetError
         No dataset at ``dataset_root``.
     """
+    _check_domain_name(domain, "--domain")
     root = str(dataset_root)
     spec = shards.dataset_spec(root)
     files = [Path(f) for f in files]
@@ -790,12 +797,11 @@ def import_micrographs(
             ) from None
         prepared.append((path, micrograph, image, mask, positions))
     tag = spec.content_hash()[:8]
-    safe = _KEY_SAFE.sub("_", domain)
     schema = _row_schema(root)
     tiles: dict[str, int] = {s: 0 for s in SPLITS}
     for index, (path, micrograph, image, mask, positions) in enumerate(prepared):
         split = splits[path.name]
-        key = f"{tag}-imported_{safe}-{split}-{index:05d}-{index + 1:05d}"
+        key = f"{tag}-imported_{domain}-{split}-{index:05d}-{index + 1:05d}"
         table = _tile_table(
             spec, schema, domain, split, micrograph, image, mask, positions, tile_px
         )

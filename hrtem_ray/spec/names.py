@@ -4,7 +4,8 @@ The study ``name``, structure-domain keys, the domain labels (also those derived
 from numbers), ``domains.*`` entries and imported domain names all follow
 :data:`SAFE_NAME_PATTERN`, at most :data:`SAFE_NAME_MAX_LENGTH` characters and no
 ``..``: :func:`safe_name_problem` says why a name breaks it, :func:`is_safe_name`
-and :func:`check_safe_name` test and enforce it.
+and :func:`check_safe_name` test and enforce it, and :func:`to_safe_name` makes a
+name that follows it from any value (a label read from a table).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from hrtem_ray.spec.base import SpecError
 SAFE_NAME_PATTERN = r"[A-Za-z0-9+-][A-Za-z0-9._+-]*"
 SAFE_NAME_MAX_LENGTH = 128
 _SAFE_NAME = re.compile(SAFE_NAME_PATTERN)
+#: What :func:`to_safe_name` gives for a value with no safe character at all.
+EMPTY_SAFE_NAME = "unnamed"
 
 
 def safe_name_problem(value: object) -> str | None:
@@ -82,3 +85,22 @@ def check_safe_name(value: object, field: str | None = None) -> str:
     if problem is not None:
         raise SpecError(problem if field is None else f"{field}: {problem}")
     return value  # type: ignore[return-value]
+
+
+def to_safe_name(value: object) -> str:
+    """A name that follows the rule (:func:`is_safe_name`), made from any value.
+
+    ``str(value)`` with every character outside ``[A-Za-z0-9._+-]`` and every run of
+    dots replaced by ``_``, runs of ``_`` made one, leading ``.`` and ``_`` dropped,
+    cut to :data:`SAFE_NAME_MAX_LENGTH` characters; :data:`EMPTY_SAFE_NAME` if
+    nothing is left. A safe name is returned unchanged.
+
+    >>> to_safe_name("../../x")
+    'x'
+    >>> to_safe_name("defocus")
+    'defocus'
+    """
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
+    name = re.sub(r"\.{2,}", "_", name)
+    name = re.sub(r"_{2,}", "_", name).lstrip("._")[:SAFE_NAME_MAX_LENGTH]
+    return name or EMPTY_SAFE_NAME

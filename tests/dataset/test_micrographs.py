@@ -333,6 +333,17 @@ def test_import_errors_before_anything_is_written(mosaic, dataset_copy, tmp_path
     assert not (dataset_copy / "study=defocus" / "domain=exp").exists()
 
 
+@pytest.mark.parametrize("domain", ["../x", "a/b", "_manifest"])
+def test_unsafe_domain_names_are_refused_before_anything_is_read_or_written(tmp_path, domain):
+    from hrtem_ray.dataset.micrographs import export_micrographs
+
+    with pytest.raises(MicrographError, match=r"^--domain: .*allowed: "):
+        import_micrographs([tmp_path / "a.tif"], tmp_path / "data", domain)
+    with pytest.raises(MicrographError, match=r"^domain: .*allowed: "):
+        export_micrographs(tmp_path / "data", domain, tmp_path / "out", pixel_size_angstrom=0.3)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resampling_up_then_down_returns_the_image(mosaic):
     image, _ = mosaic
     fine = resample(image, PIXEL_ANGSTROM, PIXEL_ANGSTROM / 2.5)

@@ -20,7 +20,6 @@ from hrtem_ray.spec.config import (
     parse_study_spec,
 )
 from hrtem_ray.spec.dataset import check_resources
-from hrtem_ray.spec.names import check_safe_name, is_safe_name
 from hrtem_ray.spec.types import (
     SIMULATION_FIXED_MIB,
     WORKER_BASE_MIB,
@@ -68,23 +67,6 @@ def _with(mapping: dict, dotted: str, value) -> dict:
 
 
 # ----------------------------------------------------------------------------- safe names
-
-
-@pytest.mark.parametrize("name", ["-10", "1e+06", "0.5", "-2.5", "CdSe-small", "laptop", "a_b"])
-def test_safe_names_accept_domain_labels_and_ordinary_names(name):
-    assert check_safe_name(name, "field") == name
-    assert is_safe_name(name)
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["../x", "..", "a..b", ".hidden", "_manifest", "a/b", "a\\b", "", " x", "a b", "x=1", "é"]
-    + ["a" * 129, "a\nb"],
-)
-def test_unsafe_names_are_refused_with_the_field(name):
-    assert not is_safe_name(name)
-    with pytest.raises(SpecError, match=r"^report\.study: .*allowed: "):
-        check_safe_name(name, "report.study")
 
 
 def test_numeric_domain_labels_stay_valid():
