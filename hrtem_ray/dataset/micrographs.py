@@ -63,6 +63,7 @@ from hrtem_ray.spec.names import safe_name_problem
 from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.spec.types import SPLITS, output_gpts
 from hrtem_ray.store import storage
+from hrtem_ray.store.digest import sha256_file
 
 #: File extensions read, by reader.
 FORMATS: dict[str, str] = {
@@ -247,15 +248,6 @@ def _read_array(path: Path, reader: str) -> tuple[np.ndarray, float | None, str]
     return image, None, ""
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_micrograph(path: str | Path, pixel_size_angstrom: float | None = None) -> Micrograph:
     """Read one micrograph and its pixel size.
 
@@ -294,7 +286,9 @@ def read_micrograph(path: str | Path, pixel_size_angstrom: float | None = None) 
         pixel, how = float(pixel_size_angstrom), "--pixel-size-angstrom"
     if not np.isfinite(image).all():
         raise MicrographError(f"{path}: the image has NaN or infinite values")
-    return Micrograph(image, float(pixel), str(path), file_sha256(path), how)
+    with path.open("rb") as stream:
+        sha256 = sha256_file(stream)
+    return Micrograph(image, float(pixel), str(path), sha256, how)
 
 
 def read_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:

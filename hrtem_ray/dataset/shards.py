@@ -86,6 +86,7 @@ from hrtem_ray.spec.dataset import (
 )
 from hrtem_ray.spec.types import MULTISLICE_FIELDS, SPLITS, ImagingCondition, output_gpts
 from hrtem_ray.store import storage
+from hrtem_ray.store.digest import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -734,15 +735,6 @@ def completed_shards(dataset_root: str | Path) -> set[str]:
     return set(manifest_entries(dataset_root))
 
 
-def _sha256_of(uri: str, chunk_bytes: int = 8 << 20) -> str:
-    loc = storage.resolve(uri)
-    digest = hashlib.sha256()
-    with loc.fs.open_input_stream(loc.path) as stream:
-        while chunk := stream.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _file_problems(root: str, entries: dict[str, dict]) -> list[ShardProblem]:
     """Files of usable entries that are missing or differ from their size or sha256.
 
@@ -762,7 +754,7 @@ def _file_problems(root: str, entries: dict[str, dict]) -> list[ShardProblem]:
                 problem = "missing"
             elif meta.size != info["bytes"]:
                 problem = f"{meta.size} bytes, the manifest records {info['bytes']}"
-            elif _sha256_of(uri) != info["sha256"]:
+            elif sha256_file(uri) != info["sha256"]:
                 problem = "sha256 differs from the manifest"
             else:
                 continue

@@ -47,6 +47,7 @@ from hrtem_ray.learning.train import (
 )
 from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.store import storage
+from hrtem_ray.store.digest import sha256_file
 from hrtem_ray.sweep import results
 from hrtem_ray.sweep.trials import Trial, plan_trials
 
@@ -158,7 +159,7 @@ def _file_listing(folder: Path) -> dict[str, dict]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         listing[path.relative_to(folder).as_posix()] = {
             "bytes": path.stat().st_size,
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "sha256": sha256_file(path),
         }
     return listing
 

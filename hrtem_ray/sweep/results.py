@@ -27,7 +27,6 @@ calls of one sweep read each footer once.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import posixpath
 import warnings
@@ -43,6 +42,7 @@ import pyarrow.parquet as pq
 from hrtem_ray._version import __version__
 from hrtem_ray.spec.types import PHASES
 from hrtem_ray.store import storage
+from hrtem_ray.store.digest import sha256_file
 from hrtem_ray.store.layout import (
     CHECKPOINT_DIR,
     FAILURES_DIR,
@@ -447,16 +447,6 @@ def checkpoint_files(root: str, model_id: str) -> dict[str, int]:
     }
 
 
-def file_digest(uri: str) -> str:
-    """SHA-256 of a stored file, streamed."""
-    loc = storage.resolve(uri)
-    digest = hashlib.sha256()
-    with loc.fs.open_input_stream(loc.path) as stream:
-        while chunk := stream.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checkpoint_problem(root: str, model_id: str, deep: bool = False) -> str | None:
     """Why a model's stored checkpoint cannot be used, or None when it is complete.
 
@@ -502,7 +492,7 @@ def _deep_checkpoint_problem(location: str, meta: dict, listed: dict) -> str | N
     """Digests of every listed file, or (no digests stored) a trial load with torch."""
     if all("sha256" in v for v in listed.values()):
         for name, expected in listed.items():
-            if file_digest(storage.join(location, name)) != expected["sha256"]:
+            if sha256_file(storage.join(location, name)) != expected["sha256"]:
                 return f"checkpoint {location} is damaged ({name} does not match its digest)"
         return None
     import tempfile
