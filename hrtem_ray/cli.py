@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 from hrtem_ray._version import __version__
 from hrtem_ray.cluster import slurm
+from hrtem_ray.cluster.signals import sigterm_interrupts
 from hrtem_ray.exit_codes import (
     EXIT_BAD_INPUT,
     EXIT_ERROR,
@@ -18,7 +19,6 @@ from hrtem_ray.exit_codes import (
     EXIT_OK,
     EXIT_PROBLEMS,
 )
-from hrtem_ray.spec.base import SpecError
 
 EXIT_CODES_HELP = f"""\
 exit codes:
@@ -366,40 +366,36 @@ COMMANDS = {
 }
 
 
-def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input or a refusal (exit 2), imported lazily."""
-    from hrtem_ray.dataset.micrographs import MicrographError
-    from hrtem_ray.dataset.shards import DatasetError
-    from hrtem_ray.inference import PredictError
-    from hrtem_ray.report.build import ReportError
+# Exceptions that mean bad input or a refusal (exit 2), as (module, class name).
+BAD_INPUT_ERRORS: tuple[tuple[str, str], ...] = (
+    ("hrtem_ray.spec.base", "SpecError"),
+    ("hrtem_ray.dataset.shards", "DatasetError"),
+    ("hrtem_ray.dataset.micrographs", "MicrographError"),
+    ("hrtem_ray.report.build", "ReportError"),
+    ("hrtem_ray.inference", "PredictError"),
+    ("hrtem_ray.store.lock", "LockHeldError"),
+    ("hrtem_ray.store.storage", "StorageError"),
+)
 
-    errors: list[type[BaseException]] = [
-        SpecError,
-        DatasetError,
-        ReportError,
-        MicrographError,
-        PredictError,
-    ]
-    try:
-        from hrtem_ray.store.lock import LockHeldError
 
-        errors.append(LockHeldError)
-    except ImportError:  # pragma: no cover - lock.py is optional in older trees
-        pass
-    try:
-        from hrtem_ray.store.storage import StorageError
+def is_bad_input(exc: BaseException) -> bool:
+    """Whether ``exc`` means bad input or a refusal (exit 2).
 
-        errors.append(StorageError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
+    Only modules that are already imported are looked at: an exception of a class whose
+    module was never loaded cannot have been raised, so the check imports nothing (a
+    refusal of ``--out`` does not wait for torch or abTEM to load).
+    """
+    for module_name, class_name in BAD_INPUT_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return True
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hrtem-ray`` console script; returns the exit code."""
     # `hrtem-ray slurm SPEC [options] -- EXTRA...`: EXTRA goes to the study command
     args = slurm.parse_args(_parser(), sys.argv[1:] if argv is None else argv)
-    from hrtem_ray.study import sigterm_interrupts
 
     try:
         # SIGTERM stops a command like Ctrl-C (the study re-arms this once Ray has started)
@@ -409,7 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # interrupted outside the commands' own handling (while reading, starting Ray...)
         _say("interrupted; rerun the same command to resume")
         return EXIT_INTERRUPTED
-    except _bad_input_errors() as exc:
+    except Exception as exc:
+        if not is_bad_input(exc):
+            raise
         _say(f"error: {exc}")
         return EXIT_BAD_INPUT
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -37,6 +36,7 @@ from pathlib import Path
 import polars as pl
 
 from hrtem_ray.cluster.runtime import ray_session
+from hrtem_ray.cluster.signals import sigterm_interrupts
 from hrtem_ray.spec.config import (
     load_dataset_spec,
     load_study_spec,
@@ -505,28 +505,6 @@ def _locked_roots(roots: list[str], command: str) -> Iterator[None]:
         for root in unique:
             stack.enter_context(study_lock(root, command))
         yield
-
-
-def _raise_interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """While inside, SIGTERM raises :class:`KeyboardInterrupt` like Ctrl-C (main thread only).
-
-    Enter it after Ray has started: ``ray.init`` installs a handler of its own that
-    ends the process at once on SIGTERM, without cleanup or a message.
-    """
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread: signals are not ours to handle
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _object_store(address: str | None) -> int | None:

@@ -343,3 +343,13 @@ def test_results_and_report_follow_the_current_spec(
     proc = run_cli("report", out, "-o", every, "--all-results", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert pl.read_csv(every / "tables" / "defocus_pair_matrix.csv")["n_models"].max() == 2
+
+
+@pytest.mark.parametrize(("module_name", "class_name"), cli.BAD_INPUT_ERRORS)
+def test_every_bad_input_error_class_exists(module_name, class_name):
+    """The exit-2 classes are named by module; a moved class must fail here, not exit 1."""
+    import importlib
+
+    error = getattr(importlib.import_module(module_name), class_name)
+    assert issubclass(error, Exception)
+    assert cli.is_bad_input(error("x")) and not cli.is_bad_input(RuntimeError("x"))

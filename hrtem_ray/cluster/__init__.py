@@ -1,1 +1,1 @@
-"""Where the work runs: a private local Ray cluster or a joined one (``runtime``), and Slurm allocations (``slurm``)."""
+"""Where the work runs: a private local Ray cluster or a joined one (``runtime``), Slurm allocations (``slurm``), and SIGTERM handled like Ctrl-C (``signals``)."""
