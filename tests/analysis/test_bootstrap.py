@@ -373,3 +373,47 @@ def test_training_time_saving_interval_by_hand():
     assert (none["seconds_per_epoch_ci_low"], none["seconds_per_epoch_ci_high"]) == (
         pytest.approx((2.0, 4.0))
     )
+
+
+# ----------------------------------------------------------------------------- selection tables
+def _part(tables: dict[str, pl.DataFrame], name: str, **labels: str) -> pl.DataFrame:
+    """The rows of a selection table with the given labels, without those columns."""
+    frame = tables[name]
+    for column, value in labels.items():
+        frame = frame.filter(pl.col(column) == value)
+    return frame.drop("sel_reduce", *labels, strict=False)
+
+
+def _same(got: pl.DataFrame, want: pl.DataFrame) -> None:
+    assert "n_models" in want.columns and want.height > 0
+    assert_frame_equal(got, want, check_exact=False, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def test_selection_tables_draw_the_public_functions_intervals():
+    # With no filter dimension there is one selection, and its tables, intervals and
+    # n_models included, are the public functions': each metric has one definition of
+    # the cells it resamples, used by both (no second route to the intervals).
+    table = _study().with_columns(pretrain_lr=pl.lit(1e-4), transfer_lr=pl.lit(1e-5))
+    kw = {"ci": 0.9, "n_boot": 200, "boot_seed": 5}
+    for reduce in ("median", "mean"):
+        tables, _ = an.selection_tables(table, dims=(), reduce_modes=(reduce,), **kw)
+        for phase in ("pretrain", "transfer"):
+            got = _part(tables, "pair_matrix", phase=phase)
+            _same(got, an.pair_matrix(table, phase, reduce, **kw))
+            got = _part(tables, "generalization_gap", phase=phase)
+            _same(got, an.generalization_gap(table, phase, reduce, **kw))
+        _same(_part(tables, "ood_spread"), an.ood_spread(table, reduce, **kw))
+        _same(_part(tables, "transfer_asymmetry"), an.transfer_asymmetry(table, reduce, **kw))
+        for domain in ("0", "5"):
+            want = an.asymmetry_summary(table, domain, reduce, **kw).drop("domain")
+            _same(_part(tables, "asymmetry_summary", domain=domain), want)
+        # the comparison of one pair resamples only that pair's groups: equal in
+        # distribution, so only the point estimates and sizes are compared
+        got = _part(tables, "baseline_comparison", source="0", target="5")
+        want = an.baseline_comparison(table, "0", "5", reduce, **kw)
+        plain = [c for c in want.columns if not c.endswith(an.CI_SUFFIXES)]
+        assert_frame_equal(got.select(plain), want.select(plain))
+    got = _part(tables, "hyperparameters_n_transfer")
+    _same(got, an.hyperparameter_effects(table, "n_transfer", **kw))
+    with pytest.raises(ValueError, match="pretrain_lr, transfer_lr"):
+        an.selection_tables(_study())  # the learning-rate table needs its columns
