@@ -34,7 +34,7 @@ import common
 import numpy as np
 
 from hrtem_ray.cluster.runtime import ray_session
-from hrtem_ray.dataset.shards import simulate_dataset, simulate_dataset_serial
+from hrtem_ray.dataset.pipeline import simulate_dataset, simulate_dataset_serial
 from hrtem_ray.dataset.waves import WAVES_DIR
 from hrtem_ray.physics.simulate import simulate_structure
 from hrtem_ray.physics.structures import random_structure

@@ -26,7 +26,7 @@ import time
 import common
 
 from hrtem_ray.cluster.runtime import ray_session
-from hrtem_ray.dataset.shards import simulate_dataset
+from hrtem_ray.dataset.pipeline import simulate_dataset
 from hrtem_ray.spec.config import parse_dataset_spec, parse_study_spec
 from hrtem_ray.study import Study
 from hrtem_ray.sweep.execute import execute_trial

@@ -369,7 +369,7 @@ COMMANDS = {
 # Exceptions that mean bad input or a refusal (exit 2), as (module, class name).
 BAD_INPUT_ERRORS: tuple[tuple[str, str], ...] = (
     ("hrtem_ray.spec.base", "SpecError"),
-    ("hrtem_ray.dataset.shards", "DatasetError"),
+    ("hrtem_ray.dataset.manifest", "DatasetError"),
     ("hrtem_ray.dataset.micrographs", "MicrographError"),
     ("hrtem_ray.report.build", "ReportError"),
     ("hrtem_ray.inference", "PredictError"),

@@ -270,7 +270,7 @@ class Study:
 
     def shard_progress(self) -> tuple[int, int]:
         """``(done, planned)`` dataset shards of the spec in :attr:`dataset_root`."""
-        from hrtem_ray.dataset.shards import completed_shards, plan_shards
+        from hrtem_ray.dataset.manifest import completed_shards, plan_shards
 
         planned = {t.key for t in plan_shards(self.spec.dataset)}
         return len(completed_shards(self.dataset_root) & planned), len(planned)
@@ -294,10 +294,10 @@ class Study:
 
         Raises
         ------
-        hrtem_ray.dataset.shards.DatasetError
-            Naming each field that differs (:func:`hrtem_ray.dataset.shards.check_dataset_root`).
+        hrtem_ray.dataset.manifest.DatasetError
+            Naming each field that differs (:func:`hrtem_ray.dataset.claim.check_dataset_root`).
         """
-        from hrtem_ray.dataset.shards import check_dataset_root
+        from hrtem_ray.dataset.claim import check_dataset_root
 
         check_dataset_root(self.spec.dataset, self.dataset_root)
 
@@ -312,7 +312,7 @@ class Study:
 
         Raises
         ------
-        hrtem_ray.dataset.shards.DatasetError, hrtem_ray.spec.base.SpecError, hrtem_ray.dataset.micrographs.MicrographError
+        hrtem_ray.dataset.manifest.DatasetError, hrtem_ray.spec.base.SpecError, hrtem_ray.dataset.micrographs.MicrographError
         """
         self.check_dataset()
         if self.spec.domains.imported:  # imported domains present, with masks and enough tiles
@@ -335,7 +335,7 @@ class Study:
         Holds the study lock of :attr:`dataset_root` (checked writable first) for
         the whole run, taken before Ray starts (:mod:`hrtem_ray.store.lock`).
         """
-        from hrtem_ray.dataset.shards import simulate_dataset
+        from hrtem_ray.dataset.pipeline import simulate_dataset
 
         self.preflight(address, simulate=True)
         with _locked_roots([self.dataset_root], f"hrtem-ray simulate ({self.spec.name})"):
@@ -358,7 +358,7 @@ class Study:
 
         Logs the outcome line, and the failure table when trials failed for good.
         """
-        from hrtem_ray.dataset.shards import simulate_dataset
+        from hrtem_ray.dataset.pipeline import simulate_dataset
         from hrtem_ray.sweep.run import format_failures, format_outcome, run_sweep
 
         simulate = self._data is None and not self.spec.dataset.path

@@ -47,7 +47,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def tiny_dataset_root(tmp_path_factory) -> Path:
     """A tiny real dataset (abTEM multislice, 3 defoci, 6 train + 3 val structures) on disk."""
-    from hrtem_ray.dataset.shards import simulate_dataset_serial
+    from hrtem_ray.dataset.pipeline import simulate_dataset_serial
 
     root = tmp_path_factory.mktemp("tiny-dataset")
     simulate_dataset_serial(tiny_dataset_spec(), root)
@@ -57,7 +57,7 @@ def tiny_dataset_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tiny_dataset_root):
     """``{domain: (images, masks)}`` of the tiny dataset's training split."""
-    from hrtem_ray.dataset.shards import read_images
+    from hrtem_ray.dataset.readers import read_images
 
     out = {}
     for domain in ("-10", "0", "10"):

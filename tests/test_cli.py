@@ -21,7 +21,7 @@ import yaml
 from helpers import CLI, REPO, TINY_DATASET, poison_domain, run_cli
 
 from hrtem_ray import cli
-from hrtem_ray.dataset.shards import plan_shards
+from hrtem_ray.dataset.manifest import plan_shards
 from hrtem_ray.spec.config import parse_dataset_spec, parse_study_spec
 from hrtem_ray.store import storage
 from hrtem_ray.study import Study, select_plan_rows
@@ -155,7 +155,7 @@ def test_report_refuses_bad_paths_without_creating_anything(tmp_path, capsys):
 @pytest.mark.parametrize("case", ["spec", "dataset", "out_is_a_file"])
 def test_bad_input_exits_2_before_ray_starts(tmp_path, capsys, case):
     """Refused with one ``error:`` line; the unreachable ``--address`` proves Ray was not contacted."""
-    from hrtem_ray.dataset.shards import prepare_root
+    from hrtem_ray.dataset.claim import prepare_root
     from hrtem_ray.spec.config import parse_dataset_spec
 
     data = tmp_path / "data"

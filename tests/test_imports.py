@@ -46,6 +46,10 @@ LIGHT_MODULES = {
     "hrtem_ray.sweep.schedule": ("ray", "torch"),
     # The exit-wave store reads and writes waves without the multislice code.
     "hrtem_ray.dataset.waves": ("abtem",),
+    # Reading a dataset, its manifest and its record needs neither Ray nor the physics.
+    "hrtem_ray.dataset.readers": HEAVY,
+    "hrtem_ray.dataset.manifest": HEAVY,
+    "hrtem_ray.dataset.claim": HEAVY,
 }
 
 

@@ -19,7 +19,7 @@ from helpers import TWO_MODEL_STUDY
 from PIL import Image
 
 import hrtem_ray
-from hrtem_ray.dataset import shards
+from hrtem_ray.dataset import readers
 from hrtem_ray.dataset.micrographs import (
     MicrographError,
     import_micrographs,
@@ -99,7 +99,7 @@ def test_round_trip_calibrated_tiffs_at_another_pixel_size(study_root, tiny_data
     short CPU training learned (torch's CPU kernels differ across machines, and so does how
     far 12 epochs get); IoU against the truth is printed for information only.
     """
-    val = shards.read_images(tiny_dataset_root, "0", "val")
+    val = readers.read_images(tiny_dataset_root, "0", "val")
     model = load_study_model(str(study_root), "best:0").model
     reference = predict(model, val.images)  # (N, H, W) on the model's own grid
 
@@ -116,7 +116,7 @@ def test_round_trip_calibrated_tiffs_at_another_pixel_size(study_root, tiny_data
     dataset = tmp_path / "data"
     shutil.copytree(tiny_dataset_root, dataset)
     import_micrographs(files, dataset, "exp_val", masks=masks, val_fraction=0)
-    imported = shards.read_images(dataset, "exp_val", "train")
+    imported = readers.read_images(dataset, "exp_val", "train")
     assert imported.images.shape == val.images.shape
     assert np.mean((imported.masks > 0.5) == (val.masks > 0.5)) >= 0.98
     imported_prob = predict(model, imported.images)
@@ -161,7 +161,7 @@ def test_a_2048_px_mosaic_shows_no_seams(study_root, tiny_dataset_root):
     """Blended tiles: the steps across tile borders are no larger than inside the tiles
     (ratio < 1.2); without overlap and blending the same check finds the seams (> 1.5)."""
     loaded = load_study_model(str(study_root), "best:0")
-    images = shards.read_images(tiny_dataset_root, "0", "train").images
+    images = readers.read_images(tiny_dataset_root, "0", "train").images
     rng = np.random.default_rng(0)
     picks = rng.integers(0, len(images), (33, 33))
     # offset by 17 px so that the mosaic's own block edges are not at tile borders
@@ -187,7 +187,7 @@ def test_blend_window_is_smooth_and_positive():
 def test_predict_writes_calibrated_masks_overlays_and_the_particle_table(
     study_root, tiny_dataset_root, tmp_path, caplog
 ):
-    val = shards.read_images(tiny_dataset_root, "0", "val")
+    val = readers.read_images(tiny_dataset_root, "0", "val")
     mosaic = np.block([[val.images[0], val.images[1]], [val.images[2], val.images[0]]])
     path = tmp_path / "micrograph.tif"
     _save_calibrated(path, mosaic, PIXEL_ANGSTROM)
@@ -237,7 +237,7 @@ def test_cli_import_then_predict(study_root, tiny_dataset_root, tmp_path):
     """``hrtem-ray import`` and ``hrtem-ray predict`` as a user runs them; bad input exits 2."""
     from helpers import run_cli
 
-    val = shards.read_images(tiny_dataset_root, "0", "val")
+    val = readers.read_images(tiny_dataset_root, "0", "val")
     files, masks = [], []
     for k, (image, mask) in enumerate(zip(val.images, val.masks, strict=True)):
         fine = resample(image, PIXEL_ANGSTROM, OTHER_ANGSTROM)

@@ -33,8 +33,8 @@ Imported domains
 stores the tiles as shards of an *imported domain* in a simulated dataset's root, in the
 same layout as simulated shards (``study=<axis>/domain=<name>/split=<split>/<key>.parquet``),
 with the same manifest entries (rows, bytes, sha256, written last) so that
-:func:`hrtem_ray.dataset.shards.read_images` reads them and :func:`hrtem_ray.dataset.shards.verify_shards`
-checks them. One shard is one file. A row has exactly the columns of a simulated row
+:func:`hrtem_ray.dataset.readers.read_images` reads them and
+:func:`hrtem_ray.dataset.manifest.verify_shards` checks them. One shard is one file. A row has exactly the columns of a simulated row
 (so that tables of both concatenate): metadata that do not apply are NaN or null,
 ``lattice`` is ``"imported"``, ``structure_id`` is ``<file name>/y<row>x<col>`` (the
 tile's top-left pixel on the resampled grid). The tile's provenance (:func:`provenance`:
@@ -47,7 +47,6 @@ Without masks the ``mask`` column is NaN: such a domain can be predicted on, nev
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -57,7 +56,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from hrtem_ray.dataset import shards
+from hrtem_ray.dataset.manifest import (
+    ROW_COLUMNS,
+    ShardTask,
+    dataset_spec,
+    manifest_entries,
+    write_shard,
+)
+from hrtem_ray.dataset.readers import read_images
 from hrtem_ray.spec.dataset import DatasetSpec
 from hrtem_ray.spec.names import safe_name_problem
 from hrtem_ray.spec.study import StudySpec
@@ -434,7 +440,7 @@ class ImportSummary:
 def imported_domains(dataset_root: str | Path) -> dict[str, ImportedDomain]:
     """The imported domains of a dataset root, by name (empty when there are none)."""
     found: dict[str, dict] = {}
-    for entry in shards.manifest_entries(dataset_root).values():
+    for entry in manifest_entries(dataset_root).values():
         record = entry.get("imported")
         if not isinstance(record, dict):
             continue
@@ -507,14 +513,14 @@ def export_micrographs(
     from PIL import Image
 
     _check_domain_name(domain, "domain")
-    spec = shards.dataset_spec(dataset_root)
+    spec = dataset_spec(dataset_root)
     source = spec.simulation.output_sampling_angstrom
     out = Path(out_dir)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     size_nm = pixel_size_angstrom / 10
     written = []
     for split in SPLITS:
-        selection = shards.read_images(dataset_root, domain, split, n)
+        selection = read_images(dataset_root, domain, split, n)
         for k, (image, mask) in enumerate(zip(selection.images, selection.masks, strict=True)):
             stem = f"{domain}_{split}_{k:03d}"
             fine = resample(image, source, pixel_size_angstrom)
@@ -651,7 +657,7 @@ def _row_schema(root: str) -> pa.Schema | None:
     """The schema of the dataset's simulated shard files (None before any is written)."""
     import pyarrow.parquet as pq
 
-    for entry in shards.manifest_entries(root).values():
+    for entry in manifest_entries(root).values():
         if "imported" not in entry:
             info = next(iter(entry["files"].values()))
             loc = storage.resolve(storage.join(root, info["path"]))
@@ -698,7 +704,7 @@ def _tile_table(
         strings = ("study", "domain", "split", "structure_id", "lattice")
         fields = [
             pa.field(c, pa.string() if c in strings else kinds.get(c, pa.float64()))
-            for c in shards.ROW_COLUMNS
+            for c in ROW_COLUMNS
         ]
     else:
         fields = [f for f in schema if f.name not in ("image", "mask")]
@@ -758,12 +764,12 @@ def import_micrographs(
         An unknown format, a mask whose shape differs from its image, two files with the
         same name, a missing calibration, an image smaller than one tile, a bad domain
         name; nothing is written.
-    hrtem_ray.dataset.shards.DatasetError
+    hrtem_ray.dataset.manifest.DatasetError
         No dataset at ``dataset_root``.
     """
     _check_domain_name(domain, "--domain")
     root = str(dataset_root)
-    spec = shards.dataset_spec(root)
+    spec = dataset_spec(root)
     files = [Path(f) for f in files]
     mask_paths = None if masks is None else [Path(m) for m in masks]
     _check_import_inputs(files, mask_paths, domain, spec, root)
@@ -820,26 +826,16 @@ def _write_imported_shard(
     positions: list[tuple],
     mask: np.ndarray | None,
 ) -> None:
-    """One file's shard: the Parquet file, then its manifest entry (as :func:`shards.write_shard`)."""
-    path = shards.shard_path(root, spec.axis, domain, split, key)
-    payload = shards.parquet_bytes(table)
-    storage.write_bytes_atomic(path, payload)
+    """One file's shard: the Parquet file, then its manifest entry (:func:`write_shard`)."""
+    task = ShardTask(key, f"imported:{domain}", split, index, index + 1, domain)
     entry = {
         "dataset_hash": spec.content_hash(),
         "task": {
             "key": key,
-            "group": f"imported:{domain}",
+            "group": task.group,
             "split": split,
             "start": index,
             "stop": index + 1,
-        },
-        "files": {
-            domain: {
-                "path": path.removeprefix(root).lstrip("/"),
-                "rows": table.num_rows,
-                "bytes": len(payload),
-                "sha256": hashlib.sha256(payload).hexdigest(),
-            }
         },
         "imported": {
             "domain": domain,
@@ -848,7 +844,7 @@ def _write_imported_shard(
             **provenance(micrograph, positions),
         },
     }
-    storage.write_json_atomic(storage.join(root, shards.MANIFEST_DIR, f"{key}.json"), entry)
+    write_shard(root, spec.axis, task, table, entry)
 
 
 __all__ = [

@@ -258,9 +258,9 @@ def example_images(
 
     Domains are spread evenly over ``domains`` (in domain order). Domains the dataset
     cannot provide are skipped; the dataset reader is
-    :func:`hrtem_ray.dataset.shards.read_images`.
+    :func:`hrtem_ray.dataset.readers.read_images`.
     """
-    from hrtem_ray.dataset.shards import read_images
+    from hrtem_ray.dataset.readers import read_images
 
     ordered = analysis.domain_order(domains)
     if len(ordered) > EXAMPLE_DOMAINS:
@@ -836,7 +836,7 @@ def imported_domains_note(data_dir: str | os.PathLike[str], domains: Sequence[st
     """The report's mark of imported domains: which of ``domains`` are micrographs brought
     in by ``hrtem-ray import`` (their manifest entries say so), not simulated; ``None``
     when there are none."""
-    from hrtem_ray.dataset.shards import manifest_entries
+    from hrtem_ray.dataset.manifest import manifest_entries
 
     imported = {
         str(entry["imported"]["domain"])

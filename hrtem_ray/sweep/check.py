@@ -17,7 +17,7 @@ kind           problem                                           repair
                ``deep``: a digest mismatch or a failed load)
 ``shard``      a dataset shard file that does not match its       quarantine the file and its manifest
                manifest, or a stale manifest entry                entry: the next simulation writes the
-               (:func:`hrtem_ray.dataset.shards.verify_shards`)             shard again
+               (see :mod:`hrtem_ray.dataset.manifest`)           shard again
 ``temp``       a temporary file of an interrupted write,          delete it
                older than :data:`STRAY_TEMP_AGE_SECONDS`
 =============  ================================================  =========================================
@@ -209,15 +209,15 @@ def _model_problems(
 
 
 def _shard_problems(data_root: str, checked: dict[str, int], notes: list[str]) -> list[Problem]:
-    """Damaged dataset shards (:func:`hrtem_ray.dataset.shards.verify_shards`)."""
-    from hrtem_ray.dataset import shards
+    """Damaged dataset shards (:func:`hrtem_ray.dataset.manifest.verify_shards`)."""
+    from hrtem_ray.dataset import manifest
 
     try:
-        found = shards.verify_shards(data_root)
-    except shards.DatasetError as exc:
+        found = manifest.verify_shards(data_root)
+    except manifest.DatasetError as exc:
         notes.append(f"dataset shards not checked: {exc}")
         return []
-    checked["shards"] = len(shards.completed_shards(data_root))
+    checked["shards"] = len(manifest.completed_shards(data_root))
     return [Problem("shard", str(s.path), str(s.problem), shard_key=str(s.key)) for s in found]
 
 
@@ -368,11 +368,11 @@ def _repair_one(root: str, data_root: str | None, problem: Problem) -> list[str]
 def _imported_domain_entries(data_root: str, shard_key: str) -> dict[str, list[dict]]:
     """Files of every shard of the imported domain that ``shard_key`` belongs to, by shard
     key (each file's ``path`` and the ``domain``); empty for a simulated shard."""
-    from hrtem_ray.dataset import shards
+    from hrtem_ray.dataset import manifest
 
     try:
-        entries = shards.manifest_entries(data_root)
-    except shards.DatasetError:
+        entries = manifest.manifest_entries(data_root)
+    except manifest.DatasetError:
         return {}
     record = entries.get(shard_key, {}).get("imported")
     if not isinstance(record, dict):

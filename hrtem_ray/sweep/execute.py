@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from hrtem_ray.cluster.runtime import node_id
-from hrtem_ray.dataset import shards
+from hrtem_ray.dataset.readers import read_images
 from hrtem_ray.learning.model import build_model
 from hrtem_ray.learning.train import (
     evaluate,
@@ -68,7 +68,7 @@ def _images(
     dataset_root: str, domain: str, split: str, n: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images of a selection, cached per worker process (trials reuse their workers)."""
-    selection = shards.read_images(dataset_root, domain, split, n)
+    selection = read_images(dataset_root, domain, split, n)
     return selection.images, selection.masks
 
 

@@ -37,7 +37,8 @@ import pytest
 import yaml
 from helpers import ARTIFACTS, TINY_DATASET, TINY_STUDY, make_bucket, s3_env
 
-from hrtem_ray.dataset import shards
+from hrtem_ray.dataset.manifest import MANIFEST_DIR, plan_shards
+from hrtem_ray.dataset.readers import summarize
 from hrtem_ray.spec.config import parse_study_spec
 from hrtem_ray.store import storage
 from hrtem_ray.study import Study
@@ -215,7 +216,7 @@ def checked_handoffs(root: str) -> list[tuple[dict, dict]]:
 
 def manifest_nodes(data_root: str) -> list[str]:
     """Node ids recorded in the manifest entries of a dataset's shards."""
-    manifest = storage.join(data_root, shards.MANIFEST_DIR)
+    manifest = storage.join(data_root, MANIFEST_DIR)
     return [
         storage.read_json(storage.join(manifest, name))["node_id"]
         for name in storage.listdir(manifest)
@@ -272,7 +273,7 @@ def test_simulation_and_trials_ran_on_several_nodes(multinode_run):
     study = Study.from_yaml(multinode_run.spec_file, out=multinode_run.out)
     shard_nodes = manifest_nodes(study.dataset_root)
     # one shard per structure (6 train + 3 val) and domain (3)
-    assert len(shard_nodes) == len(shards.plan_shards(study.spec.dataset)) == 9 * 3
+    assert len(shard_nodes) == len(plan_shards(study.spec.dataset)) == 9 * 3
     assert set(shard_nodes) <= multinode_run.nodes
     assert len(set(shard_nodes)) >= 2, f"all simulation tasks ran on one node: {shard_nodes}"
 
@@ -464,9 +465,7 @@ def test_study_on_s3_storage(cluster, moto_s3, tmp_path, monkeypatch):
         "tune",
     ]
     assert len(set(manifest_nodes(study.dataset_root))) >= 2
-    assert shards.summarize(study.dataset_root) == {
-        d: {"train": 6, "val": 3} for d in ("-10", "0", "10")
-    }
+    assert summarize(study.dataset_root) == {d: {"train": 6, "val": 3} for d in ("-10", "0", "10")}
     table = study.results()
     assert_complete_table(table, study.spec)
     assert len(checked_handoffs(root)) == 8

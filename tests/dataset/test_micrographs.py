@@ -21,7 +21,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from hrtem_ray.dataset import shards
+from hrtem_ray.dataset import manifest, readers
 from hrtem_ray.dataset.micrographs import (
     MicrographError,
     assign_splits,
@@ -41,18 +41,10 @@ PIXEL_ANGSTROM = 0.4  # the tiny dataset's output sampling
 @pytest.fixture(scope="module")
 def mosaic(tiny_dataset_root) -> tuple[np.ndarray, np.ndarray]:
     """A 128 x 128 px image (2 x 2 simulated validation images) and its mask, at 0.4 Å/px."""
-    val = shards.read_images(tiny_dataset_root, "0", "val")
+    val = readers.read_images(tiny_dataset_root, "0", "val")
     image = np.block([[val.images[0], val.images[1]], [val.images[2], val.images[0]]])
     mask = np.block([[val.masks[0], val.masks[1]], [val.masks[2], val.masks[0]]])
     return image.astype(np.float32), mask.astype(np.float32)
-
-
-@pytest.fixture
-def dataset_copy(tiny_dataset_root, tmp_path) -> Path:
-    """A private copy of the tiny dataset to import into (the session one stays untouched)."""
-    target = tmp_path / "data"
-    shutil.copytree(tiny_dataset_root, target)
-    return target
 
 
 def _axes(shape, scale_nm):
@@ -183,8 +175,8 @@ def test_calibration_is_honoured_half_the_pixel_size_imports_to_the_same_tile(
         fine_path, fine, imagej=True, resolution=(1 / 0.02, 1 / 0.02), metadata={"unit": "nm"}
     )
     import_micrographs([coarse_path, fine_path], dataset_copy, "cal", val_fraction=0.5)
-    coarse = shards.read_images(dataset_copy, "cal", "train").images  # coarse.tif sorts first
-    fine_tiles = shards.read_images(dataset_copy, "cal", "val").images
+    coarse = readers.read_images(dataset_copy, "cal", "train").images  # coarse.tif sorts first
+    fine_tiles = readers.read_images(dataset_copy, "cal", "val").images
     assert coarse.shape == fine_tiles.shape == (4, 64, 64)
     np.testing.assert_array_equal(coarse[0], image[:64, :64])
     rms = np.sqrt(np.mean((fine_tiles - coarse) ** 2)) / image.std()
@@ -207,21 +199,21 @@ def test_import_writes_shards_with_manifest_checksums_and_provenance(
         mask_path = tmp_path / f"m{k}_mask.png"
         Image.fromarray((np.roll(mask, 8 * k, axis=1) > 0.5).astype(np.uint8) * 255).save(mask_path)
         masks.append(mask_path)
-    before = shards.summarize(dataset_copy)
+    before = readers.summarize(dataset_copy)
     summary = import_micrographs(files, dataset_copy, "exp_au", masks=masks, overlap_px=16)
     # 128 px with 64 px tiles overlapping by 16 px: starts 0, 48, 64 -> 9 tiles per file
     assert summary.tiles == {"train": 18, "val": 9} and summary.tile_px == 64
     assert summary.files == {"m0.tif": "train", "m1.tif": "train", "m2.tif": "val"}
-    assert shards.verify_shards(dataset_copy) == []
-    counts = shards.summarize(dataset_copy)
+    assert manifest.verify_shards(dataset_copy) == []
+    counts = readers.summarize(dataset_copy)
     assert counts["exp_au"] == {"train": 18, "val": 9}
     assert {k: v for k, v in counts.items() if k != "exp_au"} == before
-    table = shards.read_table(dataset_copy, ["exp_au"], "train")
+    table = readers.read_table(dataset_copy, ["exp_au"], "train")
     row = table.slice(0, 1).to_pylist()[0]
     assert row["structure_id"] == "m0.tif/y00000x00000" and row["lattice"] == "imported"
     assert row["pixel_size_angstrom"] == pytest.approx(PIXEL_ANGSTROM)
     # the same columns as simulated rows: one table of every domain
-    everything = shards.read_table(dataset_copy)
+    everything = readers.read_table(dataset_copy)
     assert set(everything.column("domain").to_pylist()) == {"-10", "0", "10", "exp_au"}
     shard = next((dataset_copy / "study=defocus" / "domain=exp_au" / "split=val").glob("*"))
     record = json.loads(pq.read_schema(shard).metadata[b"hrtem_ray.imported"])
@@ -230,7 +222,7 @@ def test_import_writes_shards_with_manifest_checksums_and_provenance(
     assert record["source_pixel_size_angstrom"] == pytest.approx(PIXEL_ANGSTROM)
     assert record["calibration"] == "file (ImageJ nm)"
     assert record["tiles_y_x_px"][:3] == [[0, 0], [0, 48], [0, 64]]
-    selection = shards.read_images(dataset_copy, "exp_au", "train")
+    selection = readers.read_images(dataset_copy, "exp_au", "train")
     np.testing.assert_array_equal(selection.images[0], image[:64, :64])
     np.testing.assert_array_equal(selection.masks[0], (mask[:64, :64] > 0.5).astype(np.float32))
     domains = imported_domains(dataset_copy)
@@ -239,7 +231,7 @@ def test_import_writes_shards_with_manifest_checksums_and_provenance(
     # a damaged imported shard is found like a simulated one
     damaged = next((Path(dataset_copy) / "study=defocus" / "domain=exp_au").rglob("*.parquet"))
     damaged.write_bytes(damaged.read_bytes()[:-10])
-    assert [p.path for p in shards.verify_shards(dataset_copy)] == [str(damaged)]
+    assert [p.path for p in manifest.verify_shards(dataset_copy)] == [str(damaged)]
 
 
 def test_check_repair_removes_a_damaged_imported_domain_so_it_can_be_imported_again(
@@ -255,7 +247,7 @@ def test_check_repair_removes_a_damaged_imported_domain_so_it_can_be_imported_ag
         files.append(tmp_path / f"m{k}.npy")
         np.save(files[-1], np.roll(image, 8 * k, axis=1))
     import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
-    before = shards.summarize(dataset_copy)
+    before = readers.summarize(dataset_copy)
     damaged = next((Path(dataset_copy) / "study=defocus" / "domain=exp_au").rglob("*.parquet"))
     damaged.write_bytes(damaged.read_bytes()[:-10])
     with pytest.raises(MicrographError, match="exp_au"):  # a partial domain blocks re-import
@@ -264,9 +256,9 @@ def test_check_repair_removes_a_damaged_imported_domain_so_it_can_be_imported_ag
     actions = repair(report)
     assert any("imported domain exp_au removed" in a and "hrtem-ray import" in a for a in actions)
     assert "exp_au" not in imported_domains(dataset_copy)
-    assert shards.verify_shards(dataset_copy) == []
+    assert manifest.verify_shards(dataset_copy) == []
     import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
-    assert shards.summarize(dataset_copy) == before  # the same tiles, simulated domains untouched
+    assert readers.summarize(dataset_copy) == before  # the same tiles, simulated domains untouched
 
 
 def test_the_report_marks_imported_domains(mosaic, dataset_copy, tmp_path):
@@ -289,7 +281,7 @@ def test_a_domain_without_masks_is_for_prediction_only(mosaic, dataset_copy, tmp
     np.save(path, image)
     import_micrographs([path], dataset_copy, "exp_nomask", pixel_size_angstrom=PIXEL_ANGSTROM)
     assert not imported_domains(dataset_copy)["exp_nomask"].has_masks
-    assert np.isnan(shards.read_images(dataset_copy, "exp_nomask", "train").masks).all()
+    assert np.isnan(readers.read_images(dataset_copy, "exp_nomask", "train").masks).all()
     with pytest.raises(MicrographError, match="has no masks.*--masks"):
         check_imported_use(dataset_copy, ["exp_nomask"], "domains.eval")
     with pytest.raises(MicrographError, match="not an imported domain"):

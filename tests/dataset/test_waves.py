@@ -12,7 +12,7 @@ import pytest
 import yaml
 from helpers import CLI, TINY_DATASET, kill_cli_when, tiny_dataset_spec
 
-from hrtem_ray.dataset import shards, waves
+from hrtem_ray.dataset import claim, manifest, pipeline, readers, waves
 from hrtem_ray.physics import simulate
 from hrtem_ray.spec.config import parse_dataset_spec
 
@@ -58,7 +58,7 @@ def test_adding_a_domain_runs_no_multislice_and_is_bit_identical(
 ):
     base = tiny_dataset_spec()
     root = tmp_path / "study"
-    first = shards.simulate_dataset_serial(base, root)
+    first = pipeline.simulate_dataset_serial(base, root)
     # the counter sees the real multislice: two passes (full, particles) per structure
     assert len(multislice_calls) == 2 * N_STRUCTURES
     assert (first.structures_simulated, first.structures_from_store) == (N_STRUCTURES, 0)
@@ -66,24 +66,26 @@ def test_adding_a_domain_runs_no_multislice_and_is_bit_identical(
 
     wider = tiny_dataset_spec(defocus_nm=[-10, 0, 10, 20])
     multislice_calls.clear()
-    with caplog.at_level("INFO", logger="hrtem_ray.dataset.shards"):
-        added = shards.simulate_dataset_serial(wider, root)
+    with caplog.at_level("INFO", logger="hrtem_ray.dataset"):
+        added = pipeline.simulate_dataset_serial(wider, root)
     assert multislice_calls == []
     assert f"{N_STRUCTURES} structures from the exit-wave store, 0 simulated" in caplog.text
     assert (added.structures_simulated, added.structures_from_store) == (0, N_STRUCTURES)
-    assert added.shards_written == len(shards.plan_shards(wider)) - len(shards.plan_shards(base))
+    assert added.shards_written == len(manifest.plan_shards(wider)) - len(
+        manifest.plan_shards(base)
+    )
     after = _shard_files(root)
     assert {k: after[k] for k in before} == before  # existing shards untouched
-    assert shards.summarize(root)["20"] == {"train": 6, "val": 3}
+    assert readers.summarize(root)["20"] == {"train": 6, "val": 3}
 
     # one pass, no store, every domain at once: the same images bit for bit
     one_pass = tmp_path / "one-pass"
-    shards.simulate_dataset_serial(wider.model_copy(update={"keep_exit_waves": False}), one_pass)
+    pipeline.simulate_dataset_serial(wider.model_copy(update={"keep_exit_waves": False}), one_pass)
     assert not (one_pass / waves.WAVES_DIR).exists()
     for domain in wider.domains:
         for split in ("train", "val"):
-            a = shards.read_images(root, domain, split)
-            b = shards.read_images(one_pass, domain, split)
+            a = readers.read_images(root, domain, split)
+            b = readers.read_images(one_pass, domain, split)
             assert a.structure_ids == b.structure_ids
             np.testing.assert_array_equal(a.images, b.images)
             np.testing.assert_array_equal(a.masks, b.masks)
@@ -95,28 +97,28 @@ def test_changing_a_multislice_field_refuses_the_store_naming_it(tiny_dataset_ro
     simulation = {**TINY_DATASET["simulation"], "n_phonons": 2}
     spec = tiny_dataset_spec(simulation=simulation)
     with pytest.raises(
-        shards.DatasetError, match=r"dataset\.simulation\.n_phonons: stored 1, spec 2"
+        manifest.DatasetError, match=r"dataset\.simulation\.n_phonons: stored 1, spec 2"
     ):
-        shards.check_dataset_root(spec, root)
-    with pytest.raises(shards.DatasetError, match="exit-wave store cannot be reused"):
-        shards.simulate_dataset_serial(spec, root)
+        claim.check_dataset_root(spec, root)
+    with pytest.raises(manifest.DatasetError, match="exit-wave store cannot be reused"):
+        pipeline.simulate_dataset_serial(spec, root)
     # an imaging field (the output sampling, coarser: within the stored band) is accepted
     coarser = {**TINY_DATASET["simulation"], "output_sampling_angstrom": 0.8}
-    shards.check_dataset_root(tiny_dataset_spec(simulation=coarser), root)
+    claim.check_dataset_root(tiny_dataset_spec(simulation=coarser), root)
 
 
 def test_coarser_output_sampling_is_cropped_from_the_store(multislice_calls, tmp_path):
     root = tmp_path / "study"
-    shards.simulate_dataset_serial(tiny_dataset_spec(), root)
+    pipeline.simulate_dataset_serial(tiny_dataset_spec(), root)
     coarser = tiny_dataset_spec(
         simulation={**TINY_DATASET["simulation"], "output_sampling_angstrom": 0.8}
     )
     multislice_calls.clear()
-    summary = shards.simulate_dataset_serial(coarser, root)
+    summary = pipeline.simulate_dataset_serial(coarser, root)
     assert multislice_calls == [] and summary.structures_from_store == N_STRUCTURES
     direct = tmp_path / "direct"
-    shards.simulate_dataset_serial(coarser.model_copy(update={"keep_exit_waves": False}), direct)
-    a, b = shards.read_images(root, "0", "val"), shards.read_images(direct, "0", "val")
+    pipeline.simulate_dataset_serial(coarser.model_copy(update={"keep_exit_waves": False}), direct)
+    a, b = readers.read_images(root, "0", "val"), readers.read_images(direct, "0", "val")
     assert a.images.shape[-1] == 32
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.masks, b.masks)
@@ -125,7 +127,7 @@ def test_coarser_output_sampling_is_cropped_from_the_store(multislice_calls, tmp
 def test_torn_wave_shard_is_not_read_and_is_simulated_again(multislice_calls, tmp_path):
     spec = tiny_dataset_spec()
     root = tmp_path / "study"
-    shards.simulate_dataset_serial(spec, root)
+    pipeline.simulate_dataset_serial(spec, root)
     entry = _wave_entries(root)[0]
     parquet = root / waves.WAVES_DIR / f"{entry.stem}.parquet"
     # a write killed between the file and its manifest entry: a file, no entry
@@ -133,14 +135,14 @@ def test_torn_wave_shard_is_not_read_and_is_simulated_again(multislice_calls, tm
     parquet.write_bytes(parquet.read_bytes()[:100])
     unit = next(
         u
-        for u in shards.simulation_units(shards.plan_shards(spec))
-        if shards.waves_key(spec, u.group, u.split, u.start, u.stop) == entry.stem
+        for u in pipeline.simulation_units(manifest.plan_shards(spec))
+        if pipeline.waves_key(spec, u.group, u.split, u.start, u.stop) == entry.stem
     )
     indices = list(range(unit.start, unit.stop))
     assert waves.read_waves(str(root), entry.stem, spec.waves_hash("all"), indices) is None
     wider = tiny_dataset_spec(defocus_nm=[-10, 0, 10, 20])
     multislice_calls.clear()
-    summary = shards.simulate_dataset_serial(wider, root)
+    summary = pipeline.simulate_dataset_serial(wider, root)
     assert len(multislice_calls) == 2 * len(indices)
     assert summary.structures_simulated == len(indices)
     assert entry.exists()
@@ -171,7 +173,7 @@ def test_killed_store_write_leaves_nothing_complete_looking_and_rerun_completes(
     assert len(_wave_entries(out)) == n_units
     # the rerun completed the store: a new domain comes entirely from it
     wider = parsed.model_copy(update={"defocus_nm": [-10.0, 0.0, 10.0, 20.0]})
-    summary = shards.simulate_dataset_serial(wider, out)
+    summary = pipeline.simulate_dataset_serial(wider, out)
     assert (summary.structures_from_store, summary.structures_simulated) == (n_units, 0)
 
 
@@ -197,10 +199,10 @@ def test_cs_study_end_to_end(tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    table = shards.read_table(out / "data", ["0", "1.2"])
+    table = readers.read_table(out / "data", ["0", "1.2"])
     assert set(table.column("cs_mm").to_pylist()) == {0.0, 1.2}
-    a = shards.read_images(out / "data", "0", "train")
-    b = shards.read_images(out / "data", "1.2", "train")
+    a = readers.read_images(out / "data", "0", "train")
+    b = readers.read_images(out / "data", "1.2", "train")
     assert not np.array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.masks, b.masks)  # same structures, same ground truth
     assert (out / "results").exists()

@@ -290,7 +290,7 @@ from hrtem_ray.physics.simulate import simulate_structure
 from hrtem_ray.spec.types import ImagingCondition, SimulationParams, StructureParams
 from hrtem_ray.physics.structures import random_structure
 import abtem, dask, pyarrow, pyfftw  # what a simulation worker has imported
-import hrtem_ray.dataset.shards
+import hrtem_ray.dataset.pipeline
 
 def status_bytes(field):
     # VmRSS: resident now; VmHWM: peak of this process image. (ru_maxrss would keep the

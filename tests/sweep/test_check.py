@@ -468,7 +468,7 @@ def test_check_finds_a_truncated_shard_and_repair_leaves_it_to_the_simulation(
 ):
     from helpers import tiny_dataset_spec
 
-    from hrtem_ray.dataset import shards
+    from hrtem_ray.dataset import manifest
 
     root = tmp_path / "study"
     shutil.copytree(tiny_dataset_root, root / "data")
@@ -486,7 +486,7 @@ def test_check_finds_a_truncated_shard_and_repair_leaves_it_to_the_simulation(
     assert inspect_study(str(root)).healthy
     assert (root / "quarantine" / shard.relative_to(root)).exists()
     assert (root / "quarantine" / "data" / "_manifest" / f"{key}.json").exists()
-    _, todo = shards.shards_to_simulate(tiny_dataset_spec(), str(root / "data"))
+    _, todo = manifest.shards_to_simulate(tiny_dataset_spec(), str(root / "data"))
     assert [t.key for t in todo] == [key]
 
 

@@ -1,0 +1,139 @@
+"""Reading a dataset's shards without Ray, abTEM or ASE: tables, images and masks, counts.
+
+Readers see only the current dataset's complete shards: the usable entries of
+:func:`hrtem_ray.dataset.manifest.manifest_entries` (simulated shards the spec in
+``dataset.json`` plans, and imported micrographs). A listed file that is missing or does
+not match its manifest is refused with its name (:class:`~hrtem_ray.dataset.manifest.DatasetError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from hrtem_ray.dataset.manifest import SPEC_FILE, DatasetError, manifest_entries, read_record
+from hrtem_ray.spec.types import SPLITS
+from hrtem_ray.store import storage
+
+
+@dataclass
+class ImageSet:
+    """Images and masks of one (domain, split) selection, ordered by structure id."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    structure_ids: list[str]
+    defocus_nm: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _selected_files(
+    root: str, domains: Iterable[str] | None, split: str | None
+) -> list[tuple[str, str, int]]:
+    """``(shard key, file URI, rows)`` of the current dataset's shards, optionally selected."""
+    if read_record(root) is None:
+        raise DatasetError(f"no dataset at {root} (missing {SPEC_FILE}); run `hrtem-ray simulate`")
+    wanted = None if domains is None else set(domains)
+    files = []
+    entries = manifest_entries(root)
+    for key in sorted(entries):
+        entry = entries[key]
+        if split is not None and entry["task"]["split"] != split:
+            continue
+        for domain, info in entry["files"].items():
+            if wanted is None or domain in wanted:
+                files.append((key, storage.join(root, info["path"]), int(info["rows"])))
+    return files
+
+
+def shard_files(
+    dataset_root: str | Path, domains: Iterable[str] | None = None, split: str | None = None
+) -> list[str]:
+    """Files of the current dataset's complete shards (manifest entries), optionally selected."""
+    return [uri for _, uri, _ in _selected_files(str(dataset_root), domains, split)]
+
+
+def read_table(
+    dataset_root: str | Path, domains: Iterable[str] | None = None, split: str | None = None
+) -> pa.Table:
+    """Rows of the current dataset's complete shards, ordered by domain and structure id.
+
+    Raises
+    ------
+    DatasetError
+        No dataset at ``dataset_root``, or a listed file is missing or damaged (named).
+    """
+    listed = {
+        uri: (key, rows) for key, uri, rows in _selected_files(str(dataset_root), domains, split)
+    }
+    if not listed:
+        return pa.table({})
+
+    def wrong_rows(uri: str, table: pa.Table) -> str | None:
+        rows = listed[uri][1]
+        return None if table.num_rows == rows else f"has {table.num_rows} rows, its manifest {rows}"
+
+    def refuse(uri: str, why: str) -> None:
+        raise DatasetError(
+            f"shard file {uri} (shard {listed[uri][0]}) is damaged or missing ({why}); rerun "
+            "`hrtem-ray simulate` with the same spec to re-simulate it"
+        )
+
+    table = storage.read_parquet_files(list(listed), check=wrong_rows, on_damaged=refuse)
+    return table.sort_by([("domain", "ascending"), ("structure_id", "ascending")])
+
+
+def _tensor_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
+    return column.combine_chunks().to_numpy_ndarray().astype(np.float32, copy=False)
+
+
+def read_images(
+    dataset_root: str | Path, domain: str, split: str = "train", n: int | None = None
+) -> ImageSet:
+    """The first ``n`` images (by structure id) of a domain and split.
+
+    Parameters
+    ----------
+    dataset_root
+        Dataset root (directory or URI).
+    domain
+        Domain label, e.g. ``"-10"``.
+    split
+        ``"train"`` or ``"val"``.
+    n
+        Number of images; ``None`` for all. Fewer available raises :class:`DatasetError`.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    table = read_table(dataset_root, [domain], split)
+    available = table.num_rows
+    if available == 0 or (n is not None and available < n):
+        raise DatasetError(
+            f"{dataset_root}: domain {domain!r} split {split!r} has {available} images, "
+            f"{n or 'some'} requested"
+        )
+    if n is not None:
+        table = table.slice(0, n)
+    return ImageSet(
+        images=_tensor_to_numpy(table.column("image")),
+        masks=_tensor_to_numpy(table.column("mask")),
+        structure_ids=table.column("structure_id").to_pylist(),
+        defocus_nm=table.column("defocus_nm").to_numpy(),
+    )
+
+
+def summarize(dataset_root: str | Path) -> dict[str, dict[str, int]]:
+    """Images per domain and split in the current dataset's complete shards (from the manifest)."""
+    counts: dict[str, dict[str, int]] = {}
+    for entry in manifest_entries(dataset_root).values():
+        split = entry["task"]["split"]
+        for domain, info in entry["files"].items():
+            split_counts = counts.setdefault(domain, {})
+            split_counts[split] = split_counts.get(split, 0) + int(info["rows"])
+    return counts
