@@ -18,7 +18,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,10 +44,29 @@ from hrtem_ray.physics.simulate import (
     with_calibrated_zero,
 )
 from hrtem_ray.physics.structures import random_structure
-from hrtem_ray.spec.dataset import DatasetSpec, DomainGroup, check_resources
-from hrtem_ray.spec.types import ImagingCondition, output_gpts
+from hrtem_ray.spec.dataset import DatasetSpec, check_resources
+from hrtem_ray.spec.types import ImagingCondition, StructureParams, output_gpts
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DomainShard:
+    """One domain's shard of a :class:`SimulationUnit`: where it goes and how it is imaged.
+
+    Attributes
+    ----------
+    task : ShardTask
+        The shard's key, domain and split (recorded in its manifest entry).
+    images_hash : str
+        The domain's :meth:`~hrtem_ray.spec.dataset.DatasetSpec.images_hash`.
+    condition : ImagingCondition
+        The domain's imaging, from :meth:`~hrtem_ray.spec.dataset.DatasetSpec.groups`.
+    """
+
+    task: ShardTask
+    images_hash: str
+    condition: ImagingCondition
 
 
 @dataclass(frozen=True)
@@ -55,14 +74,26 @@ class SimulationUnit:
     """The structures ``[start, stop)`` of one group and split, and the domains to image.
 
     The unit of work of the simulation: its exit waves are read from the store or
-    simulated once, then imaged in every listed domain.
+    simulated once, then imaged in every domain of ``shards``. Built once from the
+    spec by :func:`simulation_units`, it carries everything derived from the spec
+    that a worker needs (the group's structure parameters, the exit-wave shard's key
+    and hash, each domain's shard and imaging condition), so that the parameters go
+    one way, spec to worker, and no worker rebuilds the spec's groups.
     """
 
     group: str
     split: str
     start: int
     stop: int
-    domains: tuple[str, ...]
+    structures: StructureParams
+    waves_key: str
+    waves_hash: str
+    shards: tuple[DomainShard, ...]
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The domains imaged, in the order of the dataset's conditions."""
+        return tuple(shard.task.domain for shard in self.shards)
 
 
 @dataclass(frozen=True)
@@ -94,22 +125,43 @@ def structure_id(group: str, split: str, index: int) -> str:
     return stem if group == "all" else f"{group}/{stem}"
 
 
-def waves_key(spec: DatasetSpec, group: str, split: str, start: int, stop: int) -> str:
+def waves_key(waves_hash: str, group: str, split: str, start: int, stop: int) -> str:
     """Key of the exit-wave shard of a run of structures (:mod:`hrtem_ray.dataset.waves`)."""
     safe_group = group.replace("/", "_")
-    return f"{spec.waves_hash(group)[:8]}-{safe_group}-{split}-{start:05d}-{stop:05d}"
+    return f"{waves_hash[:8]}-{safe_group}-{split}-{start:05d}-{stop:05d}"
 
 
-def simulation_units(tasks: Iterable[ShardTask]) -> list[SimulationUnit]:
-    """The image shards to write, gathered per run of structures (in first-seen order)."""
-    domains: dict[tuple[str, str, int, int], list[str]] = {}
+def simulation_units(spec: DatasetSpec, tasks: Iterable[ShardTask]) -> list[SimulationUnit]:
+    """The image shards to write, gathered per run of structures (in first-seen order).
+
+    Parameters
+    ----------
+    spec
+        The dataset: its groups, conditions and hashes are derived here, once.
+    tasks
+        Shards of ``spec`` (:func:`~hrtem_ray.dataset.manifest.plan_shards`), e.g. those
+        still to simulate.
+    """
+    groups = {group.name: group for group in spec.groups()}
+    conditions = {(g.name, c.domain): c for g in groups.values() for c in g.conditions}
+    images_hashes = {key: images_hash for key, (_, images_hash) in planned_hashes(spec).items()}
+    waves_hashes: dict[str, str] = {}
+    runs: dict[tuple[str, str, int, int], list[DomainShard]] = {}
     for task in tasks:
-        domains.setdefault((task.group, task.split, task.start, task.stop), []).append(task.domain)
-    return [SimulationUnit(*where, tuple(labels)) for where, labels in domains.items()]
-
-
-def _group(spec: DatasetSpec, name: str) -> DomainGroup:
-    return next(g for g in spec.groups() if g.name == name)
+        shard = DomainShard(task, images_hashes[task.key], conditions[task.group, task.domain])
+        runs.setdefault((task.group, task.split, task.start, task.stop), []).append(shard)
+        if task.group not in waves_hashes:
+            waves_hashes[task.group] = spec.waves_hash(task.group)
+    return [
+        SimulationUnit(
+            *where,
+            structures=groups[where[0]].structures,
+            waves_key=waves_key(waves_hashes[where[0]], *where),
+            waves_hash=waves_hashes[where[0]],
+            shards=tuple(shards),
+        )
+        for where, shards in runs.items()
+    ]
 
 
 def _tensor_column(arrays: np.ndarray) -> pa.Array:
@@ -124,23 +176,20 @@ def unit_waves(
     Reads the unit's wave shard when it is complete and holds the output band;
     otherwise runs the multislice (and stores the waves if ``keep_exit_waves``).
     """
-    group = _group(spec, unit.group)
     indices = range(unit.start, unit.stop)
-    key = waves_key(spec, unit.group, unit.split, unit.start, unit.stop)
-    waves_hash = spec.waves_hash(unit.group)
-    stored = read_waves(root, key, waves_hash, list(indices))
-    n_out = output_gpts(group.structures.cell_angstrom, spec.simulation)
+    stored = read_waves(root, unit.waves_key, unit.waves_hash, list(indices))
+    n_out = output_gpts(unit.structures.cell_angstrom, spec.simulation)
     if stored is not None and all(s.waves.full_spectra.shape[-1] >= n_out for s in stored):
         return stored, True
     structures = []
     for index in indices:
         seed = structure_seed(spec.seed, unit.group, unit.split, index)
-        waves = structure_waves(random_structure(group.structures, seed), spec.simulation, seed)
+        waves = structure_waves(random_structure(unit.structures, seed), spec.simulation, seed)
         structures.append(
             StoredStructure(index, seed, with_calibrated_zero(waves, spec.simulation))
         )
     if spec.keep_exit_waves:
-        write_waves(root, key, waves_hash, structures)
+        write_waves(root, unit.waves_key, unit.waves_hash, structures)
     return structures, False
 
 
@@ -148,8 +197,7 @@ def image_unit(
     spec: DatasetSpec, unit: SimulationUnit, structures: list[StoredStructure]
 ) -> dict[str, pa.Table]:
     """The images of a unit's structures in its domains: one table of rows per domain."""
-    group = _group(spec, unit.group)
-    conditions = [c for c in group.conditions if c.domain in unit.domains]
+    conditions = [shard.condition for shard in unit.shards]
     rows: dict[str, list[dict]] = {c.domain: [] for c in conditions}
     for stored in structures:
         result = images_from_waves(stored.waves, spec.simulation, conditions, stored.seed)
@@ -205,15 +253,14 @@ def simulate_and_write(spec: DatasetSpec, root: str, unit: SimulationUnit) -> di
     started_at = time.time()
     structures, from_store = unit_waves(spec, root, unit)
     tables = image_unit(spec, unit, structures)
-    where = (unit.group, unit.split, unit.start)
     n_images = 0
-    for task, images_hash in planned_hashes(spec).values():
-        if task.domain in tables and (task.group, task.split, task.start) == where:
-            entry = {"images_hash": images_hash, "task": asdict(task), "node_id": node_id()}
-            n_images += write_shard(root, spec.axis, task, tables[task.domain], entry)
+    for shard in unit.shards:
+        task = shard.task
+        entry = {"images_hash": shard.images_hash, "task": asdict(task), "node_id": node_id()}
+        n_images += write_shard(root, spec.axis, task, tables[task.domain], entry)
     n_structures = unit.stop - unit.start
     return {
-        "key": waves_key(spec, unit.group, unit.split, unit.start, unit.stop),
+        "key": unit.waves_key,
         "started_at": started_at,
         "images": n_images,
         "structures_from_store": n_structures if from_store else 0,
@@ -224,22 +271,12 @@ def simulate_and_write(spec: DatasetSpec, root: str, unit: SimulationUnit) -> di
     }
 
 
-def _simulate_batch(batch: dict[str, np.ndarray], spec_json: str, root: str) -> dict[str, list]:
-    spec = DatasetSpec.model_validate_json(spec_json)
-    records = [
-        simulate_and_write(
-            spec,
-            root,
-            SimulationUnit(
-                str(batch["group"][i]),
-                str(batch["split"][i]),
-                int(batch["start"][i]),
-                int(batch["stop"][i]),
-                tuple(str(batch["domains"][i]).split(",")),
-            ),
-        )
-        for i in range(len(batch["group"]))
-    ]
+def _simulate_batch(
+    batch: dict[str, np.ndarray], spec: DatasetSpec, units: Sequence[SimulationUnit], root: str
+) -> dict[str, list]:
+    """Ray Data: simulate the units a batch names by index (``spec`` and ``units`` arrive
+    pickled, as built on the driver: nothing is validated or derived again)."""
+    records = [simulate_and_write(spec, root, units[int(i)]) for i in batch["unit"]]
     return {name: [r[name] for r in records] for name in records[0]}
 
 
@@ -317,15 +354,14 @@ def simulate_dataset(
         # Plan the FFTs once here so that every worker on this node loads the same wisdom.
         for cell in sorted({g.structures.cell_angstrom for g in spec.groups()}):
             warm_fftw_wisdom(cell, spec.simulation)
-        items = [
-            {**asdict(unit), "domains": ",".join(unit.domains)} for unit in simulation_units(todo)
-        ]
+        units = simulation_units(spec, todo)
+        items = [{"unit": index} for index in range(len(units))]
         with _simulation_data_context(DataContext.get_current()):
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
                 _simulate_batch,
                 batch_size=1,
                 num_cpus=cpus_per_task,
-                fn_kwargs={"spec_json": spec.model_dump_json(), "root": root},
+                fn_kwargs={"spec": spec, "units": units, "root": root},
             )
             for record in ds.iter_rows():
                 for name in totals:
@@ -359,7 +395,7 @@ def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSu
     prepare_root(spec, root)
     tasks, todo = shards_to_simulate(spec, root)
     start = time.perf_counter()
-    records = [simulate_and_write(spec, root, unit) for unit in simulation_units(todo)]
+    records = [simulate_and_write(spec, root, unit) for unit in simulation_units(spec, todo)]
     summary = SimulationSummary(
         root,
         sum(r["images"] for r in records),

@@ -97,3 +97,30 @@ def test_cli_rejects_bad_spec_before_writing(tmp_path, override, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_a_unit_carries_its_parameters_so_workers_rebuild_nothing_of_the_spec(
+    tmp_path, monkeypatch
+):
+    """Parameters go one way: the driver derives groups, conditions and hashes once
+    (simulation_units); simulating a unit derives none of them again from the spec."""
+    from hrtem_ray.spec.dataset import DatasetSpec
+
+    spec = tiny_dataset_spec(n_structures={"train": 1, "val": 1}, structures_per_shard=1)
+    units = pipeline.simulation_units(spec, manifest.plan_shards(spec))
+    assert [u.domains for u in units] == [("-10", "0", "10")] * 2
+    assert [s.condition for s in units[0].shards] == list(spec.groups()[0].conditions)
+    calls = []
+    for name in ("groups", "groups_structures", "waves_hash", "images_hash", "model_validate"):
+        original = getattr(DatasetSpec, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(DatasetSpec, name, spy)
+    record = pipeline.simulate_and_write(spec, str(tmp_path), units[0])
+    assert calls == []
+    assert record["images"] == 3 and record["key"] == units[0].waves_key
+    for shard in units[0].shards:
+        assert (tmp_path / manifest.MANIFEST_DIR / f"{shard.task.key}.json").is_file()

@@ -135,8 +135,8 @@ def test_torn_wave_shard_is_not_read_and_is_simulated_again(multislice_calls, tm
     parquet.write_bytes(parquet.read_bytes()[:100])
     unit = next(
         u
-        for u in pipeline.simulation_units(manifest.plan_shards(spec))
-        if pipeline.waves_key(spec, u.group, u.split, u.start, u.stop) == entry.stem
+        for u in pipeline.simulation_units(spec, manifest.plan_shards(spec))
+        if u.waves_key == entry.stem
     )
     indices = list(range(unit.start, unit.stop))
     assert waves.read_waves(str(root), entry.stem, spec.waves_hash("all"), indices) is None
