@@ -37,6 +37,15 @@ count is restored afterwards. On CPU the same seed and thread count give bit-ide
 results. On CUDA the backward of nearest-neighbour upsampling uses atomic additions, so
 repeated runs agree only to rounding.
 
+Epochs, early stopping and convergence
+--------------------------------------
+A stage trains ``epochs`` epochs, or fewer: with ``patience`` it stops once ``patience``
+epochs in a row have not improved the validation loss by more than ``min_delta`` on the
+best loss so far (:func:`epochs_without_improvement`), and with ``max_steps`` it stops
+after that many optimizer steps (the last epoch then partial). The epoch with the lowest
+validation loss is kept either way. :func:`has_converged` says whether a finished stage
+converged. The history always holds every epoch trained.
+
 Batch norm and freezing
 -----------------------
 A frozen part stays in eval mode during training (see :mod:`hrtem_ray.learning.model`): its batch-norm
@@ -51,7 +60,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,14 +80,16 @@ from hrtem_ray.learning.augment import (
 from hrtem_ray.learning.model import build_model, count_parameters
 from hrtem_ray.learning.model import freeze as freeze_part
 from hrtem_ray.spec.study import LOSS_FUNCTIONS, LossFunction
-from hrtem_ray.spec.types import Freeze, ModelSpec
+from hrtem_ray.spec.types import N_SYMMETRIES, Freeze, ModelSpec
 from hrtem_ray.store import storage
 
 __all__ = [
     "EvalMetrics",
     "NonFiniteLossError",
     "StageResult",
+    "epochs_without_improvement",
     "evaluate",
+    "has_converged",
     "label_entropy_floor",
     "load_checkpoint",
     "loss_floor",
@@ -110,8 +121,9 @@ class StageResult:
         One dict per epoch: ``epoch`` (1-based), ``train_loss`` (mean excess loss of the
         epoch's steps, train mode, augmented), ``val_loss`` (excess loss on the validation
         set, eval mode), ``val_cross_entropy`` (the raw loss in use on the validation set),
-        ``val_iou``, ``lr`` and ``seconds`` (wall time of the epoch including validation).
-        Excess losses are the loss in use minus its floor on the same set (:func:`loss_floor`).
+        ``val_iou``, ``lr``, ``steps`` (optimizer steps of the epoch) and ``seconds`` (wall
+        time of the epoch including validation). Excess losses are the loss in use minus
+        its floor on the same set (:func:`loss_floor`). Every epoch trained is there.
     best_epoch
         Epoch with the lowest ``val_loss`` (the earliest on ties).
     best_state
@@ -122,6 +134,9 @@ class StageResult:
         Trainable parameter count after freezing.
     optimizer
         The optimizer after the last epoch (for :func:`save_checkpoint`).
+    stopped_on_patience
+        Whether the patience criterion ended training (also when it was met at the last
+        allowed epoch).
     """
 
     history: list[dict]
@@ -130,6 +145,17 @@ class StageResult:
     train_seconds: float
     trainable_parameters: int = 0
     optimizer: torch.optim.Optimizer | None = None
+    stopped_on_patience: bool = False
+
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs the stage trained (the last one possibly partial under ``max_steps``)."""
+        return len(self.history)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the whole stage."""
+        return sum(int(h["steps"]) for h in self.history)
 
     @property
     def best_val_loss(self) -> float:
@@ -384,6 +410,63 @@ def _check_finite(pending: list[torch.Tensor], first_step: int, epoch: int) -> f
     return float(values.sum())
 
 
+def epochs_without_improvement(val_losses: Sequence[float], min_delta: float = 0.0) -> int:
+    """Epochs at the end of ``val_losses`` since the last improvement larger than ``min_delta``.
+
+    An epoch improves when its loss is below the reference by more than ``min_delta``; the
+    reference is the loss of the last improving epoch (infinite before the first, so the
+    first epoch always improves). Small gains do not move the reference, so a slow steady
+    decline still counts once it adds up to more than ``min_delta``.
+
+    Examples
+    --------
+    >>> epochs_without_improvement([1.0, 0.5, 0.6, 0.55])
+    2
+    >>> epochs_without_improvement([1.0, 0.95, 0.9], min_delta=0.08)
+    0
+    """
+    reference, since = math.inf, 0
+    for value in val_losses:
+        if value < reference - min_delta:
+            reference, since = value, 0
+        else:
+            since += 1
+    return since
+
+
+def has_converged(
+    best_epoch: int, epochs_trained: int, patience: int | None, stopped_on_patience: bool
+) -> bool | None:
+    """Whether a stage converged: it stopped on patience, or its best epoch is ``patience`` before its last.
+
+    Parameters
+    ----------
+    best_epoch
+        The kept (lowest validation loss) epoch, 1-based.
+    epochs_trained
+        Epochs the stage trained.
+    patience
+        ``training.patience``; ``None``: convergence is not judged.
+    stopped_on_patience
+        Whether training stopped on patience.
+
+    Returns
+    -------
+    bool or None
+        ``None`` without a patience.
+
+    Examples
+    --------
+    >>> has_converged(7, 10, 3, False), has_converged(8, 10, 3, False)
+    (True, False)
+    >>> has_converged(8, 10, None, False) is None
+    True
+    """
+    if patience is None:
+        return None
+    return stopped_on_patience or epochs_trained - best_epoch >= patience
+
+
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached contiguous CPU copy of ``model.state_dict()``."""
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
@@ -423,6 +506,7 @@ def train_epoch(
     augment_data: bool = True,
     epoch: int = 1,
     loss: LossFunction = "cross_entropy",
+    max_steps: int | None = None,
 ) -> float:
     """One epoch of training steps over every image (and symmetry); the mean loss.
 
@@ -447,11 +531,13 @@ def train_epoch(
         1-based epoch number, for error messages.
     loss
         The loss function (see the module docstring).
+    max_steps
+        Stop after this many steps (a partial epoch); ``None``: the whole epoch.
 
     Returns
     -------
     float
-        Mean soft-label ``loss`` over the epoch's samples (train mode, augmented).
+        Mean soft-label ``loss`` over the samples visited (train mode, augmented).
 
     Raises
     ------
@@ -460,6 +546,8 @@ def train_epoch(
     """
     model.train()
     idx, ks = epoch_order(len(images), rng, augment=augment_data)
+    if max_steps is not None:
+        idx, ks = idx[: max_steps * batch_size], ks[: max_steps * batch_size]
     loss_sum, pending, n_steps = 0.0, [], 0
     for start in range(0, len(idx), batch_size):
         sel = torch.as_tensor(idx[start : start + batch_size], device=images.device)
@@ -491,6 +579,9 @@ def train_stage(
     num_threads: int | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     loss: LossFunction = "cross_entropy",
+    patience: int | None = None,
+    min_delta: float = 0.0,
+    max_steps: int | None = None,
 ) -> StageResult:
     """Train ``model`` for one stage and keep the epoch with the lowest validation loss.
 
@@ -508,7 +599,8 @@ def train_stage(
     train_images, train_masks, val_images, val_masks
         float32 arrays ``(N, H, W)``; masks in [0, 1]; square images, sides multiples of 32.
     lr, epochs, batch_size, lr_decay
-        Optimisation settings (the study: 10 epochs, batch 16, decay 0.99 per epoch).
+        Optimisation settings (the study: 10 epochs, batch 16, decay 0.99 per epoch);
+        ``epochs`` is the most epochs trained.
     seed
         Seed of the data order and augmentation. Initialise the model with
         ``build_model(spec, seed=seed)``.
@@ -525,6 +617,12 @@ def train_stage(
     loss
         The loss function trained and validated with: ``cross_entropy`` (default) or
         ``softmax_cross_entropy``; ``train_loss`` and ``val_loss`` are taken over its floor.
+    patience, min_delta
+        Early stopping: stop once :func:`epochs_without_improvement` of the validation losses
+        (with ``min_delta``) reaches ``patience``; ``None`` (default): train every epoch.
+    max_steps
+        Stop after this many optimizer steps in all (the last epoch partial, then
+        validated like any other); ``None``: whole epochs only.
 
     Returns
     -------
@@ -538,6 +636,10 @@ def train_stage(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be at least 1, got {patience}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
     _check_loss(loss)
     t_start = time.perf_counter()
     device = select_device(device)
@@ -555,11 +657,19 @@ def train_stage(
         optimizer = torch.optim.Adam(params, lr=lr)
         history: list[dict] = []
         best_epoch, best_loss, best_state = 0, math.inf, {}
+        steps_per_epoch = math.ceil(
+            len(x_train) * (N_SYMMETRIES if augment_data else 1) / batch_size
+        )
+        steps_left = max_steps
+        stopped_on_patience = False
         for epoch in range(1, epochs + 1):
             t_epoch = time.perf_counter()
             epoch_lr = lr * lr_decay ** (epoch - 1)
             for group in optimizer.param_groups:
                 group["lr"] = epoch_lr
+            epoch_steps = (
+                steps_per_epoch if steps_left is None else min(steps_left, steps_per_epoch)
+            )
             train_ce = train_epoch(
                 model,
                 optimizer,
@@ -570,6 +680,7 @@ def train_stage(
                 augment_data=augment_data,
                 epoch=epoch,
                 loss=loss,
+                max_steps=epoch_steps,
             )
             model.eval()
             val_ce, val_iou = _evaluate_tensors(model, x_val, m_val, batch_size, device, loss)
@@ -584,6 +695,7 @@ def train_stage(
                 "val_cross_entropy": val_ce,
                 "val_iou": val_iou,
                 "lr": epoch_lr,
+                "steps": epoch_steps,
                 "seconds": time.perf_counter() - t_epoch,
             }
             history.append(record)
@@ -591,6 +703,15 @@ def train_stage(
                 best_epoch, best_loss, best_state = epoch, record["val_loss"], _cpu_state(model)
             if on_epoch is not None:
                 on_epoch(dict(record))
+            if steps_left is not None:
+                steps_left -= epoch_steps
+                if steps_left <= 0:
+                    break
+            if patience is not None:
+                since = epochs_without_improvement([h["val_loss"] for h in history], min_delta)
+                if since >= patience:
+                    stopped_on_patience = True
+                    break
         if best_state:
             model.load_state_dict(best_state)
         model.eval()
@@ -601,6 +722,7 @@ def train_stage(
         train_seconds=time.perf_counter() - t_start,
         trainable_parameters=trainable,
         optimizer=optimizer,
+        stopped_on_patience=stopped_on_patience,
     )
 
 

@@ -5,17 +5,19 @@ section (:class:`~hrtem_ray.spec.dataset.DatasetSpec`) and the sections read by
 ``hrtem-ray sweep``: ``domains`` (:class:`DomainsSpec`), the ``pretrain``,
 ``transfer`` and ``baseline`` grids, ``training``, ``model``, ``resources`` and
 ``storage``. Its checks tie the sections together: the roles name known domains,
-the grids ask for no more images than the dataset has, and trained images are a
-multiple of :data:`MODEL_STRIDE_PX`.
+the grids ask for no more images than the dataset has, the baseline's mixtures
+differ and can match their transfer counterparts, and trained images are a multiple of
+:data:`MODEL_STRIDE_PX`. The ``training`` section chooses fixed epochs or early stopping.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from hrtem_ray.spec.base import SpecModel
 from hrtem_ray.spec.dataset import DatasetSpec
@@ -60,6 +62,33 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
+def _replicate_seeds(value: list[int]) -> list[int]:
+    """Check a grid's ``seeds``: at least one, no repeats (a repeat is the same model)."""
+    if not value:
+        raise ValueError(
+            "needs at least one seed (integers in [0, 2**63); e.g. [0, 1, 2] for three replicates)"
+        )
+    repeated = sorted({s for s in value if value.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds {repeated} repeat: each replicate needs a seed of its own")
+    return value
+
+
+def _unit_fraction(value: float) -> float:
+    """Check a target fraction of a mixture: within [0, 1]."""
+    if not 0 <= value <= 1:
+        raise ValueError(
+            f"{value!r} is outside [0, 1]; allowed: 0 (source images only) to 1 (target only)"
+        )
+    return value
+
+
+#: Replicate seeds of a grid: at least one, all different.
+Seeds = Annotated[list[Seed], AfterValidator(_replicate_seeds)]
+#: A mixture's share of target images, in [0, 1].
+TargetFraction = Annotated[float, AfterValidator(_unit_fraction)]
+
+
 #: Loss functions of a training stage (``training.loss``): ``cross_entropy`` on the logits
 #: (the default), or ``softmax_cross_entropy``, the reference study's: cross-entropy applied
 #: to the network's softmax outputs ("double softmax", floor ln(1 + e^-1) for hard labels).
@@ -71,12 +100,29 @@ LOSS_FUNCTIONS: tuple[str, ...] = ("cross_entropy", "softmax_cross_entropy")
 #: from; ``per_model``, the reference study's, a pretraining run of its own (own seed, see
 #: :func:`hrtem_ray.sweep.trials.per_model_seed`) for every transfer model.
 ParentsProtocol = Literal["shared", "per_model"]
+#: What a mixture baseline holds equal to its transfer counterpart (``baseline.match``):
+#: ``images``, each mixture trains ``training.epochs`` over its own images (total images of
+#: the pretraining set with the fractions form); ``steps``, each mixture trains as many
+#: optimizer steps as its transfer counterpart in both stages together
+#: (:func:`hrtem_ray.sweep.trials.mixture_steps`).
+BaselineMatch = Literal["images", "steps"]
+#: The target fractions of a mixture baseline without ``fractions`` or ``mixtures``: the
+#: reference study's (every phase 512 images; 0 is source-only, 1 target-only).
+DEFAULT_TARGET_FRACTIONS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Epochs of fixed-epoch training when neither ``training.epochs`` nor ``max_epochs`` is given.
+DEFAULT_EPOCHS = 10
 
 
 class PretrainGrid(SpecModel):
+    """Pretrain trials: every pretrain domain x ``lr`` x ``n_images`` x ``seeds``.
+
+    Each seed is a replicate (initialisation and data order); under ``transfer.parents:
+    shared`` each is a separate parent of its own children.
+    """
+
     lr: list[float] = Field(default_factory=lambda: [1e-3, 1e-4], min_length=1)
     n_images: list[PositiveInt] = Field(default_factory=lambda: [512], min_length=1)
-    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: Seeds = Field(default_factory=lambda: [0, 1, 2])
 
 
 class TransferGrid(SpecModel):
@@ -90,6 +136,12 @@ class TransferGrid(SpecModel):
         transfer model gets a pretraining run of its own, with its own seed
         (:func:`hrtem_ray.sweep.trials.per_model_seed`); the pretrain count then equals the
         transfer count, and a pretrain configuration without children keeps its grid model.
+    seeds
+        Replicates of the transfer stage on each shared parent: the seed of the stage's data
+        order, one child per seed (``None``, the default: one child, with its parent's seed).
+        Replicates with distinct parents come from ``pretrain.seeds``. Not with
+        ``parents: per_model``, where every child already has a parent of its own seeded
+        from ``pretrain.seeds``.
     delete_parent_checkpoints
         Delete a parent's checkpoint once all its children's results are stored.
         ``None`` (default): on for ``per_model`` (one checkpoint per transfer model would
@@ -102,27 +154,161 @@ class TransferGrid(SpecModel):
         default_factory=lambda: ["none", "encoder", "decoder"], min_length=1
     )
     parents: ParentsProtocol = "shared"
+    seeds: Seeds | None = None
     delete_parent_checkpoints: bool | None = None
+
+    @model_validator(mode="after")
+    def _seeds_need_shared_parents(self) -> TransferGrid:
+        if self.seeds is not None and self.parents == "per_model":
+            raise ValueError(
+                "transfer.seeds: only with transfer.parents: shared; under per_model every "
+                "transfer model has a pretraining run of its own, seeded from pretrain.seeds: "
+                "replicate with pretrain.seeds"
+            )
+        return self
 
 
 class BaselineGrid(SpecModel):
-    """Single-stage training on mixtures ``(n_source, n_target)`` of two domains."""
+    """Single-stage training on mixtures of a source and a target domain.
 
-    mixtures: list[tuple[PositiveInt, PositiveInt]] = Field(
-        default_factory=lambda: [(128, 384), (256, 256), (384, 128)], min_length=1
-    )
+    The mixtures are either ``fractions`` (target images / ``n_images``; the default,
+    :data:`DEFAULT_TARGET_FRACTIONS`) of a fixed total, or explicit ``mixtures``
+    ``[n_source, n_target]``. Fraction 0 is a source-only model, 1 a target-only one; every
+    mixture picks its best epoch on the target domain's validation images.
+
+    Attributes
+    ----------
+    fractions
+        Target fractions in [0, 1]; ``n_target = round(fraction * n_images)`` (halves up),
+        ``n_source = n_images - n_target``. Fractions that give the same counts are refused.
+    n_images
+        Images of each fractions-form mixture; default the pretraining size (the one value
+        of ``pretrain.n_images``).
+    mixtures
+        Explicit ``[n_source, n_target]`` pairs instead of ``fractions``.
+    match
+        ``images`` (default): each mixture trains the spec's epochs over its images.
+        ``steps``: as many optimizer steps as its transfer counterpart (pretraining on
+        ``pretrain.n_images``, transfer on the mixture's target images) in both stages
+        together; needs fixed epochs (see :data:`BaselineMatch`).
+    """
+
+    fractions: list[TargetFraction] | None = None
+    n_images: PositiveInt | None = None
+    mixtures: list[tuple[PositiveInt, PositiveInt]] | None = None
+    match: BaselineMatch = "images"
     lr: list[float] = Field(default_factory=lambda: [1e-3, 1e-4], min_length=1)
-    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    seeds: Seeds = Field(default_factory=lambda: [0, 1, 2])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_fractions(cls, data: Any) -> Any:
+        """Without ``fractions`` and ``mixtures``: the study's fractions."""
+        if isinstance(data, Mapping) and all(
+            data.get(k) is None for k in ("fractions", "mixtures")
+        ):
+            return {**data, "fractions": list(DEFAULT_TARGET_FRACTIONS)}
+        return data
+
+    @model_validator(mode="after")
+    def _one_form(self) -> BaselineGrid:
+        if self.fractions is not None and self.mixtures is not None:
+            raise ValueError(
+                "baseline.fractions and baseline.mixtures exclude each other: give target "
+                "fractions of baseline.n_images, or explicit [n_source, n_target] pairs"
+            )
+        if self.mixtures is not None and self.n_images is not None:
+            raise ValueError(
+                "baseline.n_images: applies to baseline.fractions only "
+                "(baseline.mixtures give their own counts)"
+            )
+        if self.fractions is not None and not self.fractions:
+            raise ValueError("baseline.fractions: needs at least one fraction in [0, 1]")
+        if self.mixtures is not None and not self.mixtures:
+            raise ValueError("baseline.mixtures: needs at least one [n_source, n_target] pair")
+        return self
+
+
+def fraction_counts(fractions: list[float], n_images: int) -> list[tuple[int, int]]:
+    """``(n_source, n_target)`` of each target fraction of ``n_images`` images.
+
+    ``n_target = floor(fraction * n_images + 1/2)`` (halves round up), ``n_source`` the rest.
+
+    Examples
+    --------
+    >>> fraction_counts([0, 0.25, 0.5, 0.75, 1], 512)
+    [(512, 0), (384, 128), (256, 256), (128, 384), (0, 512)]
+    """
+    counts = []
+    for fraction in fractions:
+        n_target = math.floor(fraction * n_images + 0.5)
+        counts.append((n_images - n_target, n_target))
+    return counts
 
 
 class TrainingSpec(SpecModel):
-    """How every stage trains; ``loss`` is one of :data:`LOSS_FUNCTIONS` (see :data:`LossFunction`)."""
+    """How every stage trains; ``loss`` is one of :data:`LOSS_FUNCTIONS` (see :data:`LossFunction`).
 
-    epochs: int = Field(default=10, ge=1)
+    Two protocols. Fixed epochs: ``epochs`` (default :data:`DEFAULT_EPOCHS`), today's and
+    the reference study's; a ``patience`` with it only judges convergence. Early stopping:
+    ``max_epochs`` and ``patience``, training stops once ``patience`` epochs in a row did not
+    improve the validation loss by more than ``min_delta`` on the best loss so far
+    (:func:`hrtem_ray.learning.train.epochs_without_improvement`). Either way the best
+    epoch is kept, and a model has ``converged`` when it stopped on patience or its best
+    epoch is at least ``patience`` epochs before its last
+    (:func:`hrtem_ray.learning.train.has_converged`).
+    """
+
+    epochs: int | None = Field(default=None, ge=1)
+    max_epochs: int | None = Field(default=None, ge=1)
+    patience: int | None = Field(default=None, ge=1)
+    min_delta: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=16, ge=1)
     lr_decay: float = Field(default=0.99, gt=0, le=1)
     n_val: int | None = Field(default=None, ge=1)
     loss: LossFunction = "cross_entropy"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_epochs(cls, data: Any) -> Any:
+        """Neither ``epochs`` nor ``max_epochs``: :data:`DEFAULT_EPOCHS` fixed epochs."""
+        if isinstance(data, Mapping) and all(data.get(k) is None for k in ("epochs", "max_epochs")):
+            return {**data, "epochs": DEFAULT_EPOCHS}
+        return data
+
+    @model_validator(mode="after")
+    def _one_protocol(self) -> TrainingSpec:
+        if self.max_epochs is not None:
+            if self.epochs is not None:
+                raise ValueError(
+                    "training.epochs and training.max_epochs exclude each other: epochs trains "
+                    "a fixed number of epochs, max_epochs (with patience) stops early"
+                )
+            if self.patience is None:
+                raise ValueError(
+                    "training.max_epochs: needs training.patience (early stopping); "
+                    "for a fixed number of epochs give training.epochs"
+                )
+        limit_field = "max_epochs" if self.max_epochs is not None else "epochs"
+        if self.patience is not None and self.patience >= self.epoch_limit:
+            raise ValueError(
+                f"training.patience: {self.patience} must be less than training.{limit_field} "
+                f"({self.epoch_limit}); allowed: 1 to {self.epoch_limit - 1} (with a patience "
+                "of the whole run no model could converge)"
+            )
+        if self.min_delta > 0 and self.patience is None:
+            raise ValueError("training.min_delta: needs training.patience")
+        return self
+
+    @property
+    def stops_early(self) -> bool:
+        """Whether training stops on patience (``max_epochs`` given) rather than after ``epochs``."""
+        return self.max_epochs is not None
+
+    @property
+    def epoch_limit(self) -> int:
+        """The most epochs a stage trains: ``max_epochs`` under early stopping, else ``epochs``."""
+        return int(self.max_epochs if self.max_epochs is not None else self.epochs)
 
 
 class ResourcesSpec(SpecModel):
@@ -173,10 +359,12 @@ class StudySpec(SpecModel):
                 "transfer needs a pretrain grid (transfer trials start from pretrain models)"
             )
         n_train = self.dataset.images_per_domain("train")
+        baseline = self.baseline
         sizes = {
             "pretrain.n_images": self.pretrain.n_images if self.pretrain else [],
             "transfer.n_images": self.transfer.n_images if self.transfer else [],
-            "baseline.mixtures": [max(m) for m in self.baseline.mixtures] if self.baseline else [],
+            "baseline.mixtures": [max(m) for m in baseline.mixtures or []] if baseline else [],
+            "baseline.n_images": [baseline.n_images] if baseline and baseline.n_images else [],
         }
         for field, values in sizes.items():
             too_big = [v for v in values if v > n_train or v < 0]
@@ -213,6 +401,74 @@ class StudySpec(SpecModel):
                         f"multiple of {MODEL_STRIDE_PX} px (e.g. {_nearest_multiple(side)})"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _baseline_is_fair(self) -> StudySpec:
+        """The mixtures exist, differ, and can match the transfer arm's steps."""
+        if self.baseline is None:
+            return self
+        if self.baseline.fractions is not None:
+            total = self.baseline_images()
+            counts = fraction_counts(self.baseline.fractions, total)
+            for i, count in enumerate(counts):
+                if count in counts[:i]:
+                    first = self.baseline.fractions[counts.index(count)]
+                    raise ValueError(
+                        f"baseline.fractions: {first:g} and {self.baseline.fractions[i]:g} give "
+                        f"the same mixture ({count[0]} source : {count[1]} target images of "
+                        f"{total}); fractions must be at least 1/{total} apart"
+                    )
+        else:
+            mixtures = [tuple(m) for m in self.baseline.mixtures or []]
+            repeated = sorted({m for m in mixtures if mixtures.count(m) > 1})
+            if repeated:
+                raise ValueError(
+                    f"baseline.mixtures: {[list(m) for m in repeated]} repeat (the same models)"
+                )
+        if self.baseline.match == "steps":
+            if self.training.stops_early:
+                raise ValueError(
+                    "baseline.match: steps needs fixed epochs (training.epochs): under early "
+                    "stopping the transfer arm's steps are known only once it trained; "
+                    "allowed with early stopping: images"
+                )
+            if self.pretrain is None or len(self.pretrain.n_images) != 1:
+                raise ValueError(
+                    "baseline.match: steps needs a pretrain grid with one n_images value "
+                    "(the transfer counterpart's pretraining set)"
+                )
+        return self
+
+    def baseline_images(self) -> int:
+        """Images of each fractions-form mixture: ``baseline.n_images``, or the pretraining size.
+
+        Raises
+        ------
+        ValueError
+            Without ``baseline.n_images`` when the pretraining size is not one value.
+        """
+        if self.baseline is not None and self.baseline.n_images is not None:
+            return self.baseline.n_images
+        if self.pretrain is None or len(self.pretrain.n_images) != 1:
+            sizes = self.pretrain.n_images if self.pretrain else "no pretrain grid"
+            raise ValueError(
+                "baseline.n_images: needed with baseline.fractions when the pretraining size "
+                f"is not one value (pretrain.n_images: {sizes}); allowed: 1 to "
+                f"{self.dataset.images_per_domain('train')}"
+            )
+        return self.pretrain.n_images[0]
+
+    def mixture_counts(self) -> list[tuple[int, int]]:
+        """``(n_source, n_target)`` of every baseline mixture, in spec order (none without one).
+
+        The fractions form gives :func:`fraction_counts` of :meth:`baseline_images`; the
+        explicit form its ``mixtures``.
+        """
+        if self.baseline is None:
+            return []
+        if self.baseline.mixtures is not None:
+            return [(int(a), int(b)) for a, b in self.baseline.mixtures]
+        return fraction_counts(list(self.baseline.fractions or []), self.baseline_images())
 
     @property
     def deletes_parent_checkpoints(self) -> bool:

@@ -40,6 +40,7 @@ from hrtem_ray.dataset.readers import read_images
 from hrtem_ray.learning.model import build_model
 from hrtem_ray.learning.train import (
     evaluate,
+    has_converged,
     load_checkpoint,
     save_checkpoint,
     select_device,
@@ -49,7 +50,7 @@ from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.store import storage
 from hrtem_ray.store.digest import sha256_file
 from hrtem_ray.sweep import results
-from hrtem_ray.sweep.trials import Trial, plan_trials
+from hrtem_ray.sweep.trials import Trial, plan_trials, stage_steps
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class TrialOutcome:
     best_val_loss: float
     train_seconds: float
     node_id: str
+    converged: bool | None = None
 
 
 @lru_cache(maxsize=64)
@@ -255,6 +257,13 @@ def release_parent_checkpoint(spec: StudySpec, trial: Trial, study_root: str) ->
     return True
 
 
+def _epoch_limit(spec: StudySpec, trial: Trial, n_train_images: int) -> int:
+    """The most epochs a trial's stage trains: the spec's, or those its step budget spans."""
+    if trial.max_steps is None:
+        return spec.training.epoch_limit
+    return math.ceil(trial.max_steps / stage_steps(n_train_images, 1, spec.training.batch_size))
+
+
 def execute_trial(
     spec: StudySpec,
     trial: Trial,
@@ -268,9 +277,12 @@ def execute_trial(
 ) -> TrialOutcome:
     """Train, evaluate and store one trial; the result rows are written last.
 
-    The rows record the loss function (``training.loss``), the device (:func:`device_name`)
-    and how many trials may share it (``sharing_device``, default
-    :func:`trials_sharing_device`). A transfer trial then releases its parent's checkpoint
+    The stage trains fixed epochs, stops early (``training.max_epochs`` with
+    ``patience``), or spends a mixture's step budget (``baseline.match: steps``). The rows
+    record the epochs and steps trained, whether the model converged
+    (:func:`hrtem_ray.learning.train.has_converged`), the loss function (``training.loss``),
+    the device (:func:`device_name`) and how many trials may share it (``sharing_device``,
+    default :func:`trials_sharing_device`). A transfer trial then releases its parent's checkpoint
     (:func:`release_parent_checkpoint`).
 
     Raises
@@ -290,6 +302,7 @@ def execute_trial(
         model = build_model(spec.model, seed=trial.seed)
     initial_digest = state_digest(model)
     val_images, val_masks = val_sets[trial.train_domain]
+    training = spec.training
     stage = train_stage(
         model,
         train_images,
@@ -297,15 +310,21 @@ def execute_trial(
         val_images,
         val_masks,
         lr=trial.lr,
-        epochs=spec.training.epochs,
-        batch_size=spec.training.batch_size,
-        lr_decay=spec.training.lr_decay,
+        epochs=_epoch_limit(spec, trial, len(train_images)),
+        batch_size=training.batch_size,
+        lr_decay=training.lr_decay,
         seed=trial.seed,
         freeze=trial.freeze,
         device=device,
         num_threads=num_threads,
         on_epoch=on_epoch,
-        loss=spec.training.loss,
+        loss=training.loss,
+        patience=training.patience if training.stops_early else None,
+        min_delta=training.min_delta,
+        max_steps=trial.max_steps,
+    )
+    converged = has_converged(
+        stage.best_epoch, stage.epochs_trained, training.patience, stage.stopped_on_patience
     )
     eval_domains = spec.domains_for("eval")
     metrics = evaluate(
@@ -323,6 +342,9 @@ def execute_trial(
         "initial_digest": initial_digest,
         "best_digest": state_digest(model),
         "best_epoch": stage.best_epoch,
+        "epochs_trained": stage.epochs_trained,
+        "stopped_on_patience": stage.stopped_on_patience,
+        "converged": converged,
         "trainable_parameters": stage.trainable_parameters,
         "loss_function": spec.training.loss,
         "node_id": node,
@@ -335,7 +357,7 @@ def execute_trial(
     rows = results.result_rows(
         trial,
         study=spec.dataset.axis,
-        epochs=spec.training.epochs,
+        epochs=stage.epochs_trained,
         metrics=metrics,
         best_epoch=stage.best_epoch,
         train_seconds=stage.train_seconds,
@@ -347,11 +369,16 @@ def execute_trial(
         trials_sharing_device=(
             sharing_device if sharing_device is not None else trials_sharing_device(spec, device)
         ),
+        converged=converged,
+        patience=training.patience,
+        max_epochs=training.max_epochs,
+        min_delta=training.min_delta,
+        train_steps=stage.steps,
     )
     results.write_result(study_root, trial, rows)
     release_parent_checkpoint(spec, trial, study_root)
     return TrialOutcome(
-        trial.model_id, stage.best_epoch, stage.best_val_loss, stage.train_seconds, node
+        trial.model_id, stage.best_epoch, stage.best_val_loss, stage.train_seconds, node, converged
     )
 
 

@@ -85,6 +85,14 @@ RESULT_SCHEMA = pa.schema(
         ("loss_function", pa.string()),
         ("train_device", pa.string()),
         ("trials_sharing_device", pa.int64()),
+        # the protocol (docs/results_schema.md); missing in tables written before them
+        ("converged", pa.bool_()),
+        ("patience", pa.int64()),
+        ("max_epochs", pa.int64()),
+        ("min_delta", pa.float64()),
+        ("train_steps", pa.int64()),
+        ("target_fraction", pa.float64()),
+        ("parent_seed", pa.int64()),
     ]
 )
 
@@ -119,12 +127,20 @@ def result_rows(
     loss_function: str = "cross_entropy",
     train_device: str | None = None,
     trials_sharing_device: int | None = None,
+    converged: bool | None = None,
+    patience: int | None = None,
+    max_epochs: int | None = None,
+    min_delta: float | None = None,
+    train_steps: int | None = None,
 ) -> pa.Table:
     """Rows of one trained model, one per eval domain.
 
     ``metrics`` maps eval domain -> an object with ``loss``, ``cross_entropy`` and ``iou``;
-    ``loss_function``, ``train_device`` and ``trials_sharing_device`` are recorded as they
-    are (see docs/results_schema.md).
+    ``epochs`` is the number of epochs the stage trained. ``loss_function``,
+    ``train_device``, ``trials_sharing_device``, ``converged``, ``patience``,
+    ``max_epochs`` (``None`` for fixed epochs), ``min_delta`` and ``train_steps`` are
+    recorded as they are; ``target_fraction`` and ``parent_seed`` come from the trial
+    (see docs/results_schema.md).
     """
     rows = [
         {
@@ -155,6 +171,13 @@ def result_rows(
             "loss_function": loss_function,
             "train_device": train_device,
             "trials_sharing_device": trials_sharing_device,
+            "converged": converged,
+            "patience": patience,
+            "max_epochs": max_epochs,
+            "min_delta": min_delta,
+            "train_steps": train_steps,
+            "target_fraction": trial.target_fraction,
+            "parent_seed": trial.parent_seed,
         }
         for domain, m in metrics.items()
     ]

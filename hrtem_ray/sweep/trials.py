@@ -28,8 +28,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.spec.types import N_SYMMETRIES, PHASES, Freeze, Phase
@@ -41,9 +42,13 @@ __all__ = [
     "TrialPlan",
     "baseline_pairs",
     "dry_run",
+    "mixture_steps",
     "per_model_seed",
     "plan_trials",
+    "stage_steps",
     "trial_context",
+    "trial_passes",
+    "training_line",
     "training_passes",
 ]
 
@@ -64,6 +69,11 @@ class Trial:
     parent_id: str | None
     config_hash: str = field(default="", compare=False)
     model_id: str = field(default="", compare=False)
+    #: A transfer trial's parent's seed (its ``seed`` is the transfer stage's); ``None`` else.
+    parent_seed: int | None = None
+    #: A baseline's optimizer-step budget under ``baseline.match: steps`` (the last epoch
+    #: may be partial); ``None``: it trains whole epochs.
+    max_steps: int | None = None
 
     @property
     def train_domain(self) -> str:
@@ -80,6 +90,13 @@ class Trial:
         return self.n_pretrain + int(self.n_transfer or 0)
 
     @property
+    def target_fraction(self) -> float | None:
+        """A baseline's share of target images (``n_transfer / (n_pretrain + n_transfer)``)."""
+        if self.phase != "baseline":
+            return None
+        return int(self.n_transfer or 0) / self.n_train_images
+
+    @property
     def lr(self) -> float:
         """Learning rate of the stage this trial trains."""
         return self.transfer_lr if self.phase == "transfer" else self.pretrain_lr
@@ -89,13 +106,17 @@ class Trial:
         if self.phase == "pretrain":
             return f"pretrain {self.pretrain_domain} lr={self.pretrain_lr:g} n={self.n_pretrain} seed={self.seed}"
         if self.phase == "transfer":
+            parent = (
+                "" if self.parent_seed in (None, self.seed) else f" parent seed={self.parent_seed}"
+            )
             return (
                 f"transfer {self.pretrain_domain}->{self.transfer_domain} lr={self.transfer_lr:g} "
-                f"n={self.n_transfer} freeze={self.freeze} seed={self.seed}"
+                f"n={self.n_transfer} freeze={self.freeze} seed={self.seed}{parent}"
             )
+        steps = "" if self.max_steps is None else f" steps={self.max_steps}"
         return (
             f"baseline {self.pretrain_domain}:{self.transfer_domain}={self.n_pretrain}:{self.n_transfer} "
-            f"lr={self.pretrain_lr:g} seed={self.seed}"
+            f"lr={self.pretrain_lr:g} seed={self.seed}{steps}"
         )
 
     def to_dict(self) -> dict:
@@ -128,17 +149,37 @@ class TrialPlan:
         return {p: len(getattr(self, p)) for p in PHASES}
 
 
+#: Trial fields that do not enter the id: the id itself, and ``parent_seed``, which follows
+#: from ``parent_id`` (in the id).
+NOT_IDENTIFYING = ("config_hash", "model_id", "parent_seed")
+#: Trial fields added after model ids were first derived: they enter the id only when set
+#: to something other than this default, so that every existing id stays as it was.
+LATER_TRIAL_DEFAULTS = {"max_steps": None}
+
+
 def _identify(trial: Trial, context: dict) -> Trial:
     """Attach ``config_hash`` (full configuration) and ``model_id`` to a trial."""
-    fields = {k: v for k, v in asdict(trial).items() if k not in ("config_hash", "model_id")}
-    text = json.dumps({"trial": fields, **context}, sort_keys=True, separators=(",", ":"))
+    fields = asdict(trial)
+    hashed = {
+        k: v
+        for k, v in fields.items()
+        if k not in NOT_IDENTIFYING
+        and not (k in LATER_TRIAL_DEFAULTS and v == LATER_TRIAL_DEFAULTS[k])
+    }
+    text = json.dumps({"trial": hashed, **context}, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return Trial(**fields, config_hash=digest[:16], model_id=f"{trial.phase}-{digest[:12]}")
+    fields.update(config_hash=digest[:16], model_id=f"{trial.phase}-{digest[:12]}")
+    return Trial(**fields)
 
 
 #: Fields of ``training`` added after model ids were first derived: they enter the id only
 #: when set to something other than this default, so that every existing id stays as it was.
-LATER_TRAINING_DEFAULTS = {"loss": "cross_entropy"}
+LATER_TRAINING_DEFAULTS = {
+    "loss": "cross_entropy",
+    "max_epochs": None,
+    "patience": None,
+    "min_delta": 0.0,
+}
 
 
 def trial_context(spec: StudySpec) -> dict:
@@ -231,9 +272,19 @@ def _pretrain_trial(domain: str, lr: float, n: int, seed: int, ctx: dict) -> Tri
 
 
 def _transfer_trial(
-    parent: Trial, target: str, lr: float, n: int, freeze: Freeze, ctx: dict
+    parent: Trial,
+    target: str,
+    lr: float,
+    n: int,
+    freeze: Freeze,
+    ctx: dict,
+    seed: int | None = None,
 ) -> Trial:
-    """The child of ``parent`` with the given transfer settings (it inherits the seed), identified."""
+    """The child of ``parent`` with the given transfer settings, identified.
+
+    ``seed`` is the transfer stage's (``transfer.seeds``); ``None``: the parent's. The
+    child records its parent's seed (``parent_seed``).
+    """
     child = Trial(
         "transfer",
         parent.pretrain_domain,
@@ -243,10 +294,42 @@ def _transfer_trial(
         parent.n_pretrain,
         n,
         freeze,
-        parent.seed,
+        parent.seed if seed is None else seed,
         parent.model_id,
+        parent_seed=parent.seed,
     )
     return _identify(child, ctx)
+
+
+def stage_steps(n_images: int, epochs: int, batch_size: int) -> int:
+    """Optimizer steps of a stage: ``epochs x ceil(n_images x 8 symmetries / batch_size)``.
+
+    :func:`hrtem_ray.learning.train.train_epoch` visits every image under every symmetry
+    in batches of ``batch_size``, the last one possibly smaller.
+
+    Examples
+    --------
+    >>> stage_steps(24, 4, 16)
+    48
+    >>> stage_steps(0, 4, 16)
+    0
+    """
+    return epochs * math.ceil(n_images * N_SYMMETRIES / batch_size)
+
+
+def mixture_steps(spec: StudySpec, n_target: int) -> int:
+    """The step budget of a mixture with ``n_target`` target images under ``baseline.match: steps``.
+
+    The steps of its transfer counterpart in both stages together: pretraining on the
+    pretrain grid's images (its one ``n_images`` value) plus transfer on ``n_target``
+    images, each for ``training.epochs`` (:func:`stage_steps`). Fraction 0 (no target
+    image) gets the pretraining steps alone.
+    """
+    if spec.pretrain is None:
+        raise ValueError("baseline.match: steps needs a pretrain grid")
+    epochs, batch = spec.training.epoch_limit, spec.training.batch_size
+    (n_pretrain,) = spec.pretrain.n_images
+    return stage_steps(n_pretrain, epochs, batch) + stage_steps(n_target, epochs, batch)
 
 
 def plan_trials(spec: StudySpec) -> TrialPlan:
@@ -254,10 +337,12 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
 
     Pretrain trials follow the pretrain grid (domain, lr, n_images, seed). Under
     ``transfer.parents: shared`` each is the parent of all its configuration's transfer
-    trials (every target but its own domain x lr x n_images x freeze); under
-    ``per_model`` each transfer trial gets a parent of its own, seeded with
-    :func:`per_model_seed`; the parents are listed in the order of their children (see
-    the module docstring).
+    trials (every target but its own domain x lr x n_images x freeze x ``transfer.seeds``,
+    one child with the parent's seed without them); under ``per_model`` each transfer
+    trial gets a parent of its own, seeded with :func:`per_model_seed`; the parents are
+    listed in the order of their children (see the module docstring). Baseline trials:
+    every pair of :func:`baseline_pairs` x mixture (:meth:`StudySpec.mixture_counts`) x
+    lr x seed, with a step budget (:func:`mixture_steps`) under ``baseline.match: steps``.
 
     Raises
     ------
@@ -288,7 +373,10 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
         )
         if not per_model or not settings:
             pretrain.append(config)
-            transfer.extend(_transfer_trial(config, *s, ctx) for s in settings)
+            seeds = grid.seeds if grid is not None and grid.seeds is not None else [None]
+            transfer.extend(
+                _transfer_trial(config, *s, ctx, seed=seed) for s in settings for seed in seeds
+            )
             continue
         for target, lr, n, freeze in settings:
             seed = per_model_seed(config.seed, target, lr, n, freeze)
@@ -299,23 +387,41 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
             transfer.append(_transfer_trial(parent, target, lr, n, freeze, ctx))
     if len({t.model_id for t in pretrain}) != len(pretrain):
         raise ValueError("two pretrain trials share a model id (per-model seed collision)")
-    baseline: list[Trial] = []
-    if spec.baseline is not None:
-        grid = spec.baseline
-        for (src, tgt), (n_src, n_tgt), lr, seed in itertools.product(
-            baseline_pairs(pre_domains, tr_domains), grid.mixtures, grid.lr, grid.seeds
-        ):
-            baseline.append(
-                _identify(
-                    Trial("baseline", src, tgt, lr, None, n_src, n_tgt, "none", seed, None), ctx
-                )
-            )
-    return TrialPlan(pretrain, transfer, baseline)
+    return TrialPlan(pretrain, transfer, _baseline_trials(spec, ctx))
 
 
-def training_passes(trials: list[Trial], epochs: int) -> int:
-    """Augmented image passes of ``trials``: training images x dihedral symmetries x epochs."""
-    return sum(t.n_train_images for t in trials) * N_SYMMETRIES * epochs
+def _baseline_trials(spec: StudySpec, ctx: dict) -> list[Trial]:
+    """The mixture baselines of ``spec`` (see :func:`plan_trials`), identified."""
+    grid = spec.baseline
+    if grid is None:
+        return []
+    pairs = baseline_pairs(spec.domains_for("pretrain"), spec.domains_for("transfer"))
+    trials = []
+    for (src, tgt), (n_src, n_tgt), lr, seed in itertools.product(
+        pairs, spec.mixture_counts(), grid.lr, grid.seeds
+    ):
+        steps = mixture_steps(spec, n_tgt) if grid.match == "steps" else None
+        trial = Trial("baseline", src, tgt, lr, None, n_src, n_tgt, "none", seed, None)
+        trials.append(_identify(replace(trial, max_steps=steps), ctx))
+    return trials
+
+
+def trial_passes(trial: Trial, epochs: int, batch_size: int) -> int:
+    """Augmented image passes of one trial: images x 8 symmetries x ``epochs``, or its step budget's.
+
+    A trial with ``max_steps`` trains whole epochs while its budget lasts, then part of one
+    (``batch_size`` samples a step).
+    """
+    per_epoch = trial.n_train_images * N_SYMMETRIES
+    if trial.max_steps is None:
+        return per_epoch * epochs
+    full, rest = divmod(trial.max_steps, math.ceil(per_epoch / batch_size))
+    return full * per_epoch + rest * batch_size
+
+
+def training_passes(trials: list[Trial], epochs: int, batch_size: int) -> int:
+    """Augmented image passes of ``trials`` (:func:`trial_passes`) for ``epochs`` epochs."""
+    return sum(trial_passes(t, epochs, batch_size) for t in trials)
 
 
 def _protocol_lines(spec: StudySpec) -> list[str]:
@@ -326,23 +432,22 @@ def _protocol_lines(spec: StudySpec) -> list[str]:
     """
     if spec.transfer is None:
         return []
-    epochs = spec.training.epochs
+    epochs, batch = spec.training.epoch_limit, spec.training.batch_size
     totals = {}
     for parents in ("per_model", "shared"):
-        variant = spec.model_copy(
-            update={"transfer": spec.transfer.model_copy(update={"parents": parents})}
-        )
+        # transfer.seeds are a shared-parents option: per_model replicates with pretrain seeds
+        update = {"parents": parents, "seeds": spec.transfer.seeds if parents == "shared" else None}
+        variant = spec.model_copy(update={"transfer": spec.transfer.model_copy(update=update)})
         trials = plan_trials(variant).all()
-        totals[parents] = (len(trials), training_passes(trials, epochs))
+        totals[parents] = (len(trials), training_passes(trials, epochs, batch))
     (n_per, passes_per), (n_shared, passes_shared) = totals["per_model"], totals["shared"]
     saved = passes_per - passes_shared
     share = saved / passes_per if passes_per else 0.0
     lines = []
     for parents, (n, passes) in totals.items():
         mark = " (this spec)" if parents == spec.transfer.parents else ""
-        line = (
-            f"transfer.parents: {parents}{mark}: {n:,} trainings, {passes:,} augmented image passes"
-        )
+        most = "at most " if spec.training.stops_early else ""
+        line = f"transfer.parents: {parents}{mark}: {n:,} trainings, {most}{passes:,} augmented image passes"
         if parents == "shared":
             line += (
                 f"; shared parents save {n_per - n_shared:,} pretraining runs, "
@@ -350,6 +455,44 @@ def _protocol_lines(spec: StudySpec) -> list[str]:
             )
         lines.append(line)
     return lines
+
+
+def training_line(spec: StudySpec) -> str:
+    """How the spec's stages train: fixed epochs or early stopping, and how convergence is judged."""
+    training = spec.training
+    if training.stops_early:
+        return (
+            f"training: early stopping on the validation loss after {training.patience} epochs "
+            f"without an improvement > {training.min_delta:g}, at most {training.max_epochs} "
+            "epochs; converged: stopped on patience, or best epoch at least patience before the last"
+        )
+    if training.patience is not None:
+        return (
+            f"training: {training.epochs} fixed epochs; converged: best epoch at least "
+            f"{training.patience} (training.patience) before the last"
+        )
+    return (
+        f"training: {training.epochs} fixed epochs; convergence not judged (no training.patience)"
+    )
+
+
+def _phase_line(spec: StudySpec, phase: str, trials: list[Trial]) -> str:
+    """Trials of a phase, the images each trains on and its augmented image passes."""
+    epochs, batch = spec.training.epoch_limit, spec.training.batch_size
+    sizes = Counter(t.n_train_images for t in trials)
+    detail = ", ".join(f"{count} x {images}" for images, count in sorted(sizes.items()))
+    passes = training_passes(trials, epochs, batch)
+    if phase == "baseline" and spec.baseline is not None and spec.baseline.match == "steps":
+        budgets = ", ".join(f"{n:,}" for n in sorted({int(t.max_steps or 0) for t in trials}))
+        extent = f"in steps matched to the transfer arm: {budgets} steps"
+    elif spec.training.stops_early:
+        extent = f"at most, over at most {epochs} epochs"
+    else:
+        extent = f"over {epochs} epochs"
+    return (
+        f"{phase}: {len(trials)} trials training on images per trial: {detail} "
+        f"({passes:,} augmented image passes {extent})"
+    )
 
 
 def dry_run(spec: StudySpec) -> str:
@@ -364,11 +507,13 @@ def dry_run(spec: StudySpec) -> str:
     -------
     str
         Lines: ``study NAME (AXIS): N pretrain, N transfer, N baseline, N models in all``
-        (scripts read this first line: its form stays), the result rows, per phase the
-        training-set sizes (``count x images``) and the augmented image passes (images x
-        dihedral symmetries x epochs), then, for a study with transfer trials, the
-        trainings and image passes of all phases under each pretraining protocol
-        (``transfer.parents: per_model`` and ``shared``), with what shared parents save.
+        (scripts read this first line: its form stays), the result rows, the training
+        protocol (:func:`training_line`), per phase the training-set sizes (``count x
+        images``) and the augmented image passes (images x dihedral symmetries x epochs,
+        "at most" under early stopping; a step budget's under ``baseline.match: steps``),
+        then, for a study with transfer trials, the trainings and image passes of all
+        phases under each pretraining protocol (``transfer.parents: per_model`` and
+        ``shared``), with what shared parents save.
     """
     plan = plan_trials(spec)
     n_eval = len(spec.domains_for("eval"))
@@ -377,16 +522,10 @@ def dry_run(spec: StudySpec) -> str:
         + ", ".join(f"{n} {phase}" for phase, n in plan.counts().items())
         + f", {len(plan.all())} models in all",
         f"each model is evaluated on {n_eval} eval domains: {len(plan.all()) * n_eval} result rows",
+        training_line(spec),
     ]
-    epochs = spec.training.epochs
     for phase in PHASES:
         trials = getattr(plan, phase)
-        if not trials:
-            continue
-        sizes = Counter(t.n_train_images for t in trials)
-        detail = ", ".join(f"{count} x {images}" for images, count in sorted(sizes.items()))
-        lines.append(
-            f"{phase}: {len(trials)} trials training on images per trial: {detail} "
-            f"({training_passes(trials, epochs):,} augmented image passes over {epochs} epochs)"
-        )
+        if trials:
+            lines.append(_phase_line(spec, phase, trials))
     return "\n".join(lines + _protocol_lines(spec))

@@ -14,7 +14,16 @@ import pytest
 
 from hrtem_ray.spec.config import load_study_spec, parse_study_spec
 from hrtem_ray.spec.types import N_SYMMETRIES
-from hrtem_ray.sweep.trials import Trial, baseline_pairs, dry_run, per_model_seed, plan_trials
+from hrtem_ray.sweep.trials import (
+    Trial,
+    baseline_pairs,
+    dry_run,
+    mixture_steps,
+    per_model_seed,
+    plan_trials,
+    stage_steps,
+    trial_passes,
+)
 
 # A literal copy of the tiny dataset, not helpers.TINY_DATASET: the pinned model id below
 # must not move when shared test data changes.
@@ -49,6 +58,14 @@ SPEC = {
 # The id hrtem-ray has always given the pretrain model of SPEC (also before dataset.study was
 # renamed dataset.axis). If this changes, every stored study would train all its models again.
 PINNED_PRETRAIN_ID = "pretrain-e80619dcd76e"
+# Every id of SPEC's plan (shared parents), as before transfer.seeds, baseline fractions,
+# baseline.match and early stopping existed: options at their defaults keep them.
+PINNED_IDS = [
+    PINNED_PRETRAIN_ID,
+    "transfer-826c7d45b447",
+    "transfer-41e6e9443544",
+    "baseline-00ec40e8ec5c",
+]
 
 
 def plan_of(raw: dict):
@@ -68,6 +85,18 @@ def test_one_model_id_is_pinned():
     (pretrain,) = plan_of(SPEC).pretrain
     assert pretrain.model_id == PINNED_PRETRAIN_ID
     assert pretrain.model_id == f"pretrain-{pretrain.config_hash[:12]}"
+
+
+def test_new_options_at_their_defaults_keep_every_id():
+    assert [t.model_id for t in plan_of(SPEC).all()] == PINNED_IDS
+    explicit = edited(
+        baseline={**SPEC["baseline"], "match": "images"},
+        training={**SPEC["training"], "min_delta": 0.0, "patience": None, "max_epochs": None},
+    )
+    assert [t.model_id for t in plan_of(explicit).all()] == PINNED_IDS
+    # the same mixture in the fractions form is the same model
+    fractions = edited(baseline={"fractions": [0.5], "lr": [1e-3], "seeds": [0]})
+    assert [t.model_id for t in plan_of(fractions).baseline] == PINNED_IDS[3:]
 
 
 def test_plan_has_the_expected_trials_in_a_fixed_order():
@@ -134,6 +163,7 @@ def test_dry_run_lines():
     assert lines == [
         "study pinned (defocus): 1 pretrain, 2 transfer, 1 baseline, 4 models in all",
         "each model is evaluated on 3 eval domains: 12 result rows",
+        "training: 2 fixed epochs; convergence not judged (no training.patience)",
         "pretrain: 1 trials training on images per trial: 1 x 4 "
         "(64 augmented image passes over 2 epochs)",
         "transfer: 2 trials training on images per trial: 2 x 2 "
@@ -271,7 +301,7 @@ def test_laptop_has_three_transfer_sizes_matching_the_mixtures_target_counts():
     spec = load_study_spec("sweeps/laptop.yaml")
     sizes = sorted(spec.transfer.n_images)
     assert len(sizes) >= 3
-    assert sorted(n_target for _, n_target in spec.baseline.mixtures) == sizes
+    assert sorted(n_target for _, n_target in spec.mixture_counts()) == sizes
 
 
 def test_baseline_paper_has_both_arms_of_figure_7_2_for_every_pair():
@@ -291,3 +321,125 @@ def test_baseline_paper_has_both_arms_of_figure_7_2_for_every_pair():
         per_point[key] = per_point.get(key, 0) + 1
     assert set(per_point.values()) == {3}  # 3 seeds, each with its own parent
     assert ("-10", "5", 128) in transfers
+
+
+def test_baseline_paper_mixtures_are_the_studys_target_fractions_of_512_images():
+    spec = load_study_spec("sweeps/baseline_paper.yaml")
+    assert spec.mixture_counts() == [(384, 128), (256, 256), (128, 384)]
+    fractions = {t.target_fraction for t in plan_trials(spec).baseline}
+    assert fractions == {0.25, 0.5, 0.75}
+
+
+# ----------------------------------------------------------------------------- fair baselines
+
+
+def baseline_of(baseline: dict, **changes) -> list[Trial]:
+    """The baseline trials of SPEC with ``baseline`` (lr 1e-3, seed 0 unless given)."""
+    return plan_of(edited(baseline={"lr": [1e-3], "seeds": [0], **baseline}, **changes)).baseline
+
+
+def test_fractions_hold_the_total_at_the_pretraining_size_by_default():
+    # no fractions, no mixtures: the study's fractions of the pretraining size (4 images)
+    trials = baseline_of({})
+    assert [(t.n_pretrain, t.n_transfer) for t in trials] == [
+        (4, 0),
+        (3, 1),
+        (2, 2),
+        (1, 3),
+        (0, 4),
+    ]
+    assert [t.target_fraction for t in trials] == [0, 0.25, 0.5, 0.75, 1]
+    assert {t.n_train_images for t in trials} == {4}
+    assert {t.max_steps for t in trials} == {None}
+    assert len({t.model_id for t in trials}) == 5
+    # another total, with halves rounded up: 6 images x 0.25 = 1.5 -> 2 target images
+    trials = baseline_of({"fractions": [0.25, 1], "n_images": 6})
+    assert [(t.n_pretrain, t.n_transfer) for t in trials] == [(4, 2), (0, 6)]
+
+
+def test_match_steps_gives_each_mixture_its_transfer_counterparts_steps():
+    spec = parse_study_spec(
+        edited(baseline={"fractions": [0, 0.5, 1], "match": "steps", "lr": [1e-3], "seeds": [0]}),
+        source="tests",
+    )
+    plan = plan_trials(spec)
+    # epochs 2, batch 4: pretraining on 4 images is 2 x ceil(4 x 8 / 4) = 16 steps; a
+    # transfer on n target images adds 2 x ceil(8 n / 4) = 4 n
+    assert [(t.n_transfer, t.max_steps) for t in plan.baseline] == [(0, 16), (2, 24), (4, 32)]
+    (parent,) = plan.pretrain
+    for child in plan.transfer:  # n_transfer 2: the counterpart of the 2-target-image mixture
+        both_stages = stage_steps(parent.n_pretrain, 2, 4) + stage_steps(child.n_transfer, 2, 4)
+        assert mixture_steps(spec, child.n_transfer) == both_stages == 24
+    # matched steps are other models than matched images (the budget enters the id)
+    images = baseline_of({"fractions": [0, 0.5, 1]})
+    assert not {t.model_id for t in images} & {t.model_id for t in plan.baseline}
+    # 4 images x 8 = 32 samples an epoch (8 steps of 4): a 24-step budget is 3 epochs
+    mixture = plan.baseline[1]
+    assert trial_passes(mixture, 2, 4) == 24 * 4 == 3 * 32
+    lines = dry_run(spec).splitlines()
+    assert (
+        "baseline: 3 trials training on images per trial: 3 x 4 (288 augmented image passes "
+        "in steps matched to the transfer arm: 16, 24, 32 steps)"
+    ) in lines
+
+
+def test_a_partial_last_epoch_counts_its_steps_passes():
+    trial = baseline_of({"fractions": [0.5], "match": "steps"})[0]  # 24 steps
+    odd = Trial(**{**trial.to_dict(), "max_steps": 11})  # 8 + 3 steps: 32 + 3 x 4 samples
+    assert trial_passes(odd, 2, 4) == 32 + 12
+
+
+def test_early_stopping_enters_the_ids_and_the_dry_run():
+    training = {"max_epochs": 20, "patience": 3, "min_delta": 0.001, "batch_size": 4}
+    spec = parse_study_spec(edited(training=training), source="tests")
+    plan = plan_trials(spec)
+    assert not {t.model_id for t in plan.all()} & set(PINNED_IDS)
+    lines = dry_run(spec).splitlines()
+    assert lines[2].startswith(
+        "training: early stopping on the validation loss after 3 epochs without an "
+        "improvement > 0.001, at most 20 epochs"
+    )
+    # at most 20 epochs of 4 images x 8 symmetries
+    assert lines[3] == (
+        "pretrain: 1 trials training on images per trial: 1 x 4 "
+        "(640 augmented image passes at most, over at most 20 epochs)"
+    )
+    assert lines[-1].startswith("transfer.parents: shared (this spec): 4 trainings, at most ")
+
+
+# ----------------------------------------------------------------------------- replicates
+
+
+def test_replicate_pretrain_seeds_are_distinct_parents_of_distinct_children():
+    plan = plan_of(edited(pretrain={**SPEC["pretrain"], "seeds": [0, 1, 2]}))
+    assert plan.counts() == {"pretrain": 3, "transfer": 6, "baseline": 1}
+    parents = {p.model_id: p for p in plan.pretrain}
+    assert len(parents) == 3 and [p.seed for p in plan.pretrain] == [0, 1, 2]
+    assert len({t.model_id for t in plan.transfer}) == 6
+    assert set(plan.children()) == set(parents)  # every seed is a parent of its own
+    for child in plan.transfer:
+        assert child.parent_seed == parents[child.parent_id].seed == child.seed
+    # the same setting on three parents: three replicates with three parent seeds
+    same_setting = [t for t in plan.transfer if t.freeze == "none"]
+    assert sorted(t.parent_seed for t in same_setting) == [0, 1, 2]
+    assert len({t.parent_id for t in same_setting}) == 3
+
+
+def test_transfer_seeds_replicate_the_transfer_stage_on_each_parent():
+    base = plan_of(SPEC)
+    plan = plan_of(edited(transfer={**SPEC["transfer"], "seeds": [5, 6]}))
+    (parent,) = plan.pretrain
+    assert parent.model_id == PINNED_PRETRAIN_ID
+    assert [(t.freeze, t.seed) for t in plan.transfer] == [
+        ("none", 5), ("none", 6), ("encoder", 5), ("encoder", 6)
+    ]  # fmt: skip
+    assert {t.parent_seed for t in plan.transfer} == {parent.seed}
+    assert {t.parent_id for t in plan.transfer} == {parent.model_id}
+    ids = {t.model_id for t in plan.transfer}
+    assert len(ids) == 4 and not ids & {t.model_id for t in base.transfer}
+    assert "parent seed=0" in plan.transfer[0].describe()
+
+
+def test_replicate_baseline_seeds_are_distinct_models():
+    trials = baseline_of({"fractions": [0.5], "seeds": [0, 1, 2]})
+    assert [t.seed for t in trials] == [0, 1, 2] and len({t.model_id for t in trials}) == 3
