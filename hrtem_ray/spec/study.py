@@ -77,9 +77,7 @@ def _replicate_seeds(value: list[int]) -> list[int]:
 def _unit_fraction(value: float) -> float:
     """Check a target fraction of a mixture: within [0, 1]."""
     if not 0 <= value <= 1:
-        raise ValueError(
-            f"{value!r} is outside [0, 1]; allowed: 0 (source images only) to 1 (target only)"
-        )
+        raise ValueError("outside [0, 1]; allowed: 0 (source images only) to 1 (target only)")
     return value
 
 
@@ -371,7 +369,7 @@ class StudySpec(SpecModel):
             if too_big:
                 raise ValueError(
                     f"{field}: {too_big} exceed the {n_train} training images per domain "
-                    f"(dataset.n_structures.train)"
+                    f"(dataset.n_structures.train); allowed: 1 to {n_train}"
                 )
         n_val = self.training.n_val
         if n_val is not None and n_val > self.dataset.images_per_domain("val"):

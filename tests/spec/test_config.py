@@ -309,6 +309,138 @@ def test_impossible_study_specs_fail_naming_the_field(raw, message):
         parse_study_spec(raw, source="test")
 
 
+# ------------------------------------------------------------------- the protocol (issue 22)
+
+TRANSFER = {"lr": [1e-3], "n_images": [2], "freeze": ["none"]}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            _study(training={"max_epochs": 5, "patience": 6}),
+            r"training\.patience: 6 must be less than training\.max_epochs \(5\); allowed: 1 to 4",
+        ),
+        (
+            _study(training={"max_epochs": 5, "patience": 5}),
+            r"training\.patience: 5 must be less than training\.max_epochs \(5\); allowed: 1 to 4",
+        ),
+        (
+            _study(training={"epochs": 3, "patience": 3}),
+            r"training\.patience: 3 must be less than training\.epochs \(3\); allowed: 1 to 2",
+        ),
+        (
+            _study(training={"epochs": 4, "max_epochs": 5, "patience": 2}),
+            r"training\.epochs and training\.max_epochs exclude each other",
+        ),
+        (
+            _study(training={"max_epochs": 5}),
+            r"training\.max_epochs: needs training\.patience",
+        ),
+        (_study(training={"epochs": 3, "min_delta": 0.1}), r"training\.min_delta: needs"),
+        (
+            _study(baseline={"fractions": [0, 1.5]}),
+            r"baseline\.fractions\.1: outside \[0, 1\]; allowed: 0 .* to 1 .*\(got 1\.5\)",
+        ),
+        (
+            _study(baseline={"fractions": [-0.1]}),
+            r"baseline\.fractions\.0: outside \[0, 1\]; allowed",
+        ),
+        (
+            _study(baseline={"fractions": [0.5, 0.55]}),  # of 4 images: both 2 target images
+            r"baseline\.fractions: 0\.5 and 0\.55 give the same mixture \(2 source : 2 target "
+            r"images of 4\); fractions must be at least 1/4 apart",
+        ),
+        (
+            _study(baseline={"mixtures": [[2, 2], [2, 2]]}),
+            r"baseline\.mixtures: \[\[2, 2\]\] repeat",
+        ),
+        (
+            _study(baseline={"fractions": [0.5], "mixtures": [[2, 2]]}),
+            r"baseline\.fractions and baseline\.mixtures exclude each other",
+        ),
+        (
+            _study(baseline={"n_images": 7}),
+            r"baseline\.n_images: \[7\] exceed the 6 training images per domain "
+            r"\(dataset\.n_structures\.train\); allowed: 1 to 6",
+        ),
+        (
+            _study(pretrain={"lr": [1e-3], "n_images": [2, 4], "seeds": [0]}, baseline={}),
+            r"baseline\.n_images: needed with baseline\.fractions .*\[2, 4\]\); allowed: 1 to 6",
+        ),
+        (
+            _study(baseline={"match": "pixels"}),
+            r"baseline\.match: Input should be 'images' or 'steps'",
+        ),
+        (
+            _study(baseline={"match": "steps"}, training={"max_epochs": 5, "patience": 2}),
+            r"baseline\.match: steps needs fixed epochs \(training\.epochs\).*allowed with "
+            r"early stopping: images",
+        ),
+        (
+            _study(pretrain={"lr": [1e-3], "n_images": [4], "seeds": []}),
+            r"pretrain\.seeds: needs at least one seed \(integers in \[0, 2\*\*63\)",
+        ),
+        (
+            _study(transfer={**TRANSFER, "seeds": []}),
+            r"transfer\.seeds: needs at least one seed",
+        ),
+        (_study(baseline={"seeds": []}), r"baseline\.seeds: needs at least one seed"),
+        (
+            _study(pretrain={"lr": [1e-3], "n_images": [4], "seeds": [1, 1]}),
+            r"pretrain\.seeds: seeds \[1\] repeat",
+        ),
+        (
+            _study(transfer={**TRANSFER, "seeds": [0], "parents": "per_model"}),
+            r"transfer\.seeds: only with transfer\.parents: shared",
+        ),
+    ],
+)
+def test_protocol_bad_input_is_refused_naming_field_and_allowed_values(raw, message):
+    with pytest.raises(SpecError, match=message):
+        parse_study_spec(raw, source="test")
+
+
+def test_protocol_bad_input_exits_2_before_anything_runs(tmp_path):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(_study(training={"max_epochs": 3, "patience": 4})))
+    out = tmp_path / "out"
+    proc = run_cli("run", spec_file, "--out", out, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "training.patience: 4 must be less than training.max_epochs (3)" in proc.stderr
+    assert not out.exists()
+
+
+def test_epochs_alone_is_fixed_epoch_training_as_before():
+    for training, epochs in (({}, 10), ({"epochs": 3}, 3)):
+        spec = parse_study_spec(_study(training=training)).training
+        assert (spec.epochs, spec.epoch_limit, spec.stops_early) == (epochs, epochs, False)
+        assert (spec.patience, spec.max_epochs, spec.min_delta) == (None, None, 0.0)
+    stopping = parse_study_spec(_study(training={"max_epochs": 30, "patience": 3})).training
+    assert (stopping.epochs, stopping.epoch_limit, stopping.stops_early) == (None, 30, True)
+
+
+def test_protocol_specs_survive_their_stored_form():
+    raw = _study(
+        training={"max_epochs": 30, "patience": 3, "min_delta": 0.01},
+        baseline={"fractions": [0, 0.5, 1]},
+        transfer={**TRANSFER, "seeds": [0, 1]},
+    )
+    spec = parse_study_spec(raw)
+    again = parse_stored_study_spec(spec.model_dump(mode="json"))
+    assert again == spec
+    assert again.mixture_counts() == [(4, 0), (2, 2), (0, 4)]
+
+
+def test_baseline_defaults_to_the_studys_target_fractions_of_the_pretraining_size():
+    spec = parse_study_spec(_study(baseline={}))
+    assert spec.baseline.fractions == [0, 0.25, 0.5, 0.75, 1]
+    assert spec.baseline.match == "images"
+    assert spec.mixture_counts() == [(4, 0), (3, 1), (2, 2), (1, 3), (0, 4)]
+    explicit = parse_study_spec(_study(baseline={"mixtures": [[3, 1]]}))
+    assert explicit.baseline.fractions is None and explicit.mixture_counts() == [(3, 1)]
+
+
 def test_a_simulation_only_spec_may_have_any_image_size():
     raw = _with(
         _with(TINY_DATASET, "structures.cell_angstrom", 24.0), "structures.radius_angstrom", [5, 6]
