@@ -22,7 +22,7 @@ import pytest
 import yaml
 from helpers import CLI, TWO_MODEL_STUDY, make_bucket, run_cli, s3_env
 
-from hrtem_ray.store import storage
+from hrtem_ray.store import s3, storage
 
 # Distinctive credentials: any of them found anywhere in storage is a leak.
 ACCESS_KEY = "AKIAHRTEMTESTKEY0001"
@@ -159,8 +159,8 @@ def test_s3_filesystem_handed_to_ray_pickles_without_credentials(secret_s3_env) 
     blob = pickle.dumps(fs)
     assert b"127.0.0.1" in blob  # the endpoint is kept ...
     assert find_leaks("pickled filesystem", blob) == []  # ... the credentials are not
-    assert find_leaks("repr of settings", repr(storage.s3_settings_from_env()).encode()) == []
-    assert find_leaks("polars options", repr(storage.polars_storage_options()).encode()) == []
+    assert find_leaks("repr of settings", repr(s3.s3_settings_from_env()).encode()) == []
+    assert find_leaks("polars options", repr(s3.polars_storage_options()).encode()) == []
 
 
 def test_s3_filesystem_without_keys_still_authenticates(secret_s3_env, moto_endpoint) -> None:

@@ -1,7 +1,7 @@
 """Claiming a dataset root for a spec, and the spec differences that refuse it.
 
 One dataset per directory: ``dataset.json`` (:data:`~hrtem_ray.dataset.manifest.SPEC_FILE`)
-is created exclusively (:func:`hrtem_ray.store.storage.create_exclusive`), so of any
+is created exclusively (:func:`hrtem_ray.store.conditional.create_exclusive`), so of any
 number of concurrent :func:`prepare_root` calls exactly one claims an empty directory.
 
 New imaging domains from stored waves
@@ -28,7 +28,7 @@ from typing import Any
 from hrtem_ray.dataset.manifest import SPEC_FILE, DatasetError, read_record, stored_spec
 from hrtem_ray.spec.dataset import GENERATOR_VERSION, DatasetSpec, current_dataset_keys
 from hrtem_ray.spec.types import MULTISLICE_FIELDS
-from hrtem_ray.store import storage
+from hrtem_ray.store import conditional, storage
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _check_not_a_file(root: str) -> None:
 def prepare_root(spec: DatasetSpec, root: str) -> None:
     """Claim a dataset root for ``spec``, or check that it already holds ``spec``'s dataset.
 
-    ``dataset.json`` is created with :func:`hrtem_ray.store.storage.create_exclusive`: of
+    ``dataset.json`` is created with :func:`hrtem_ray.store.conditional.create_exclusive`: of
     any number of concurrent callers exactly one creates it, and every other one
     compares its spec with the stored one. A stored spec that differs only in the
     imaging is replaced by ``spec`` (compare-and-swap: a concurrent change is refused).
@@ -202,7 +202,7 @@ def prepare_root(spec: DatasetSpec, root: str) -> None:
     try:
         if storage.is_local(root):
             storage.makedirs(root)
-        if storage.create_exclusive(storage.join(root, SPEC_FILE), text.encode()):
+        if conditional.create_exclusive(storage.join(root, SPEC_FILE), text.encode()):
             return
     except PermissionError as exc:
         raise DatasetError(f"cannot write the dataset root {root}: {exc}") from None
@@ -211,7 +211,7 @@ def prepare_root(spec: DatasetSpec, root: str) -> None:
     before = storage.read_bytes(spec_path)
     if json.loads(before)["content_hash"] == spec.content_hash():
         return
-    if not storage.replace_if_unchanged(spec_path, text.encode(), before):
+    if not conditional.replace_if_unchanged(spec_path, text.encode(), before):
         raise DatasetError(f"{spec_path} changed while this spec replaced it; run again")
     logger.info(
         "%s: imaging changed (same exit waves); the spec in %s is replaced", root, SPEC_FILE

@@ -11,13 +11,13 @@ The lock file is JSON::
      "command": "hrtem-ray run", "started_at": "2026-11-29T08:51:03.123Z",
      "heartbeat_at": "2026-11-29T08:51:33.125Z", "token": "<random hex>"}
 
-* It is created with :func:`hrtem_ray.store.storage.create_exclusive` (``os.link``
+* It is created with :func:`hrtem_ray.store.conditional.create_exclusive` (``os.link``
   locally, a conditional ``PUT`` with ``If-None-Match: *`` on S3), so of any
   number of concurrent claimants exactly one wins, on local paths, ``file://``
   and ``s3://`` alike.
 * A daemon thread rewrites ``heartbeat_at`` every 30 s
   (``HRTEM_RAY_LOCK_HEARTBEAT_SECONDS``) with a compare-and-swap
-  (:func:`hrtem_ray.store.storage.replace_if_unchanged`); if the content is no longer
+  (:func:`hrtem_ray.store.conditional.replace_if_unchanged`); if the content is no longer
   what it wrote, the lock was taken over and an error is logged.
 * It is deleted on exit (also after an exception or Ctrl-C), and only if it is
   still this process's lock.
@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
-from hrtem_ray.store import storage
+from hrtem_ray.store import conditional, storage
 
 __all__ = [
     "LOCK_FILE",
@@ -309,7 +309,7 @@ class StudyLock:
         """
         mine = self._new_info().to_bytes()
         for _ in range(_MAX_ATTEMPTS):
-            if storage.create_exclusive(self.uri, mine):
+            if conditional.create_exclusive(self.uri, mine):
                 break
             try:
                 found = storage.read_bytes(self.uri)
@@ -325,7 +325,7 @@ class StudyLock:
             reason = stale_reason(info, self.stale_seconds)
             if reason is None:
                 raise LockHeldError(_held_message(self.root, info, self.stale_seconds))
-            if storage.replace_if_unchanged(self.uri, mine, expected=found):
+            if conditional.replace_if_unchanged(self.uri, mine, expected=found):
                 log.warning(
                     f"took over the stale study lock {self.uri}: {reason} ({info.describe()})"
                 )
@@ -350,7 +350,7 @@ class StudyLock:
                 return False
             info = replace(LockInfo.from_bytes(self._content), heartbeat_at=_now_iso())
             new = info.to_bytes()
-            if storage.replace_if_unchanged(self.uri, new, expected=self._content):
+            if conditional.replace_if_unchanged(self.uri, new, expected=self._content):
                 self._content = new
                 return True
             self.lost = True
@@ -381,7 +381,7 @@ class StudyLock:
             if self.lost:
                 return
             try:
-                if not storage.delete_if_unchanged(self.uri, expected=content):
+                if not conditional.delete_if_unchanged(self.uri, expected=content):
                     log.warning("study lock %s was no longer ours; left it in place", self.uri)
             except Exception as exc:
                 log.warning("could not remove the study lock %s: %s", self.uri, exc)

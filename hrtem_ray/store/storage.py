@@ -2,9 +2,10 @@
 
 Every stage of hrtem-ray (datasets, checkpoints, result tables) addresses its
 storage by a single root URI taken from the study spec. This module turns such a
-URI into a :class:`pyarrow.fs.FileSystem` plus a filesystem-relative path and
-offers the few operations the engine needs, with writes that never leave a
-partial file under its final name.
+URI into a :class:`pyarrow.fs.FileSystem` plus a filesystem-relative path
+(:func:`resolve`) and offers the few operations the engine needs, with writes that
+never leave a partial file under its final name; conditional writes (create if
+absent, compare-and-swap) are :mod:`hrtem_ray.store.conditional`.
 
 Supported forms
 ---------------
@@ -13,31 +14,11 @@ Supported forms
   run elsewhere, get the same path).
 * ``file:///abs/path`` -- the same, explicitly.
 * ``s3://bucket/prefix`` -- Amazon S3 or any S3-compatible server (MinIO, Ceph,
-  moto). Settings come from the environment:
-
-  ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (and optional ``AWS_SESSION_TOKEN``)
-      Credentials. If unset, the AWS default chain applies (``~/.aws``, instance
-      profile on EC2, ...). Credentials are never put into a filesystem object:
-      every client (pyarrow, boto3, the AWS SDK inside Ray workers) reads them
-      from that chain on the node where it runs, so nothing that Ray pickles or
-      persists (Tune's ``tuner.pkl``, experiment and searcher state) holds a
-      secret. On a multi-node cluster every node needs the credentials in its
-      environment or an instance profile.
-  ``AWS_REGION`` or ``AWS_DEFAULT_REGION``
-      Region of the bucket (default ``us-east-1``).
-  ``HRTEM_RAY_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``
-      Custom endpoint such as ``http://127.0.0.1:9000``. The scheme is honoured,
-      so plain ``http`` works for local servers; without a scheme ``https`` is used.
+  moto), with settings (region, endpoint) from the environment and credentials
+  never stored: see :mod:`hrtem_ray.store.s3`.
 
 Atomicity
 ---------
-:func:`create_exclusive` creates a file only if nothing is there (``os.link``
-locally, a conditional ``PUT`` with ``If-None-Match: *`` on S3);
-:func:`replace_if_unchanged` and :func:`delete_if_unchanged` are the matching
-compare-and-swap operations (an ``flock``-serialised check and rename locally,
-``If-Match: ETAG`` on S3). The study lock (:mod:`hrtem_ray.store.lock`) and the
-dataset claim are built on them.
-
 Local writes go to a hidden temporary file in the destination directory and are
 moved into place with :func:`os.replace`. On S3 the object is uploaded in a
 single PUT from memory, and S3 never exposes a partially uploaded object, so a
@@ -46,15 +27,14 @@ reader sees either the old object, the new one, or nothing.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
 import os
 import posixpath
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,39 +43,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-__all__ = [
-    "StorageLocation",
-    "S3Settings",
-    "s3_settings_from_env",
-    "resolve",
-    "join",
-    "exists",
-    "makedirs",
-    "listdir",
-    "remove",
-    "write_bytes_atomic",
-    "create_exclusive",
-    "replace_if_unchanged",
-    "delete_if_unchanged",
-    "StorageError",
-    "check_writable_root",
-    "read_bytes",
-    "write_json_atomic",
-    "read_json",
-    "write_parquet_atomic",
-    "read_parquet_files",
-    "upload_dir",
-    "download_dir",
-    "pyarrow_filesystem_for_ray",
-    "keep_credentials_out_of_ray_tune",
-    "polars_storage_options",
-    "is_local",
-    "local_path",
-]
-
-ENDPOINT_ENV_VARS = ("HRTEM_RAY_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-REGION_ENV_VARS = ("AWS_REGION", "AWS_DEFAULT_REGION")
-DEFAULT_REGION = "us-east-1"
+from hrtem_ray.store.s3 import (
+    boto3_client,
+    client_error_code,
+    keep_credentials_out_of_ray_tune,
+    s3_filesystem,
+    s3_settings_from_env,
+)
 
 
 @dataclass(frozen=True)
@@ -120,108 +74,6 @@ class StorageLocation:
     def is_local(self) -> bool:
         """Whether the location is on the local filesystem."""
         return isinstance(self.fs, pafs.LocalFileSystem)
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """S3 connection settings read from the environment.
-
-    Attributes
-    ----------
-    access_key, secret_key, session_token : str or None
-        Credentials seen in the environment (``None`` when the AWS default chain
-        decides). Only checked and used to tell settings apart; they are never
-        passed to a client or filesystem object, and hidden from ``repr``.
-    region : str
-        Bucket region.
-    endpoint_override : str or None
-        ``host:port`` of a custom endpoint, without scheme.
-    scheme : str
-        ``"https"`` or ``"http"``.
-    endpoint_url : str or None
-        The endpoint as given (with scheme), for clients that want a URL.
-    """
-
-    access_key: str | None = field(repr=False)
-    secret_key: str | None = field(repr=False)
-    session_token: str | None = field(repr=False)
-    region: str
-    endpoint_override: str | None
-    scheme: str
-    endpoint_url: str | None
-
-
-def s3_settings_from_env(env: Mapping[str, str] | None = None) -> S3Settings:
-    """Read S3 settings from environment variables.
-
-    Parameters
-    ----------
-    env : Mapping[str, str], optional
-        Environment to read; defaults to :data:`os.environ`.
-
-    Returns
-    -------
-    S3Settings
-        The settings; see the module docstring for the variables.
-
-    Raises
-    ------
-    ValueError
-        If only one of the access key and the secret key is set, or the
-        endpoint URL has an unsupported scheme.
-    """
-    env = os.environ if env is None else env
-    access_key = env.get("AWS_ACCESS_KEY_ID") or None
-    secret_key = env.get("AWS_SECRET_ACCESS_KEY") or None
-    if (access_key is None) != (secret_key is None):
-        raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
-    region = next((env[k] for k in REGION_ENV_VARS if env.get(k)), DEFAULT_REGION)
-    endpoint_url = next((env[k] for k in ENDPOINT_ENV_VARS if env.get(k)), None)
-    endpoint_override, scheme = None, "https"
-    if endpoint_url:
-        if "://" in endpoint_url:
-            parts = urlsplit(endpoint_url)
-            if parts.scheme not in ("http", "https"):
-                raise ValueError(f"S3 endpoint must be http(s)://host[:port], got {endpoint_url!r}")
-            scheme, endpoint_override = parts.scheme, parts.netloc
-        else:
-            endpoint_override = endpoint_url.rstrip("/")
-    return S3Settings(
-        access_key=access_key,
-        secret_key=secret_key,
-        session_token=env.get("AWS_SESSION_TOKEN") or None,
-        region=region,
-        endpoint_override=endpoint_override,
-        scheme=scheme,
-        endpoint_url=endpoint_url,
-    )
-
-
-@functools.lru_cache(maxsize=8)
-def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
-    """Build an S3 filesystem from settings (no network traffic happens here).
-
-    Cached per settings, so that successive calls share one client and its
-    connection pool (a new client costs about 0.4 ms and new connections). The
-    filesystem carries no credentials (see the comment below), so pickling it,
-    as Ray does, never writes a secret.
-    """
-    # allow_delayed_open: a stream closed before its first part fills is sent as
-    # one PutObject instead of a multipart upload (one request, atomic).
-    #
-    # No access_key / secret_key / session_token, ever: Ray Tune pickles the
-    # filesystem it is given into tuner.pkl and its experiment and searcher state
-    # files, so explicit keys would be written into the study's storage. Without
-    # them the AWS SDK reads the credentials from its default chain (environment,
-    # ~/.aws, instance profile) wherever the filesystem is used or unpickled.
-    kwargs: dict[str, Any] = {
-        "region": settings.region,
-        "scheme": settings.scheme,
-        "allow_delayed_open": True,
-    }
-    if settings.endpoint_override:
-        kwargs["endpoint_override"] = settings.endpoint_override
-    return pafs.S3FileSystem(**kwargs)
 
 
 def _split_scheme(uri: str) -> tuple[str, str]:
@@ -266,7 +118,7 @@ def resolve(uri_or_path: str | os.PathLike[str]) -> StorageLocation:
             raise ValueError(f"S3 URI needs a bucket: {raw!r}")
         key = posixpath.normpath(key)
         return StorageLocation(
-            fs=_s3_filesystem(s3_settings_from_env()), path=key, uri=f"s3://{key}"
+            fs=s3_filesystem(s3_settings_from_env()), path=key, uri=f"s3://{key}"
         )
     raise ValueError(
         f"unsupported storage scheme {scheme!r} in {raw!r} (use a path, file:// or s3://)"
@@ -302,6 +154,20 @@ def join(uri: str | os.PathLike[str], *parts: str) -> str:
     if scheme:
         return "/".join([base.rstrip("/"), *clean])
     return os.path.join(base, *clean)
+
+
+def local_path(uri: str | os.PathLike[str]) -> Path:
+    """The local :class:`~pathlib.Path` of a local URI.
+
+    Raises
+    ------
+    ValueError
+        If ``uri`` is not local.
+    """
+    loc = resolve(uri)
+    if not loc.is_local:
+        raise ValueError(f"not a local path: {loc.uri}")
+    return Path(loc.path)
 
 
 def exists(uri: str | os.PathLike[str]) -> bool:
@@ -352,7 +218,7 @@ def remove(uri: str | os.PathLike[str], missing_ok: bool = True) -> None:
         loc.fs.delete_file(loc.path)
 
 
-def _tmp_sibling(path: str) -> str:
+def temporary_sibling(path: str) -> str:
     """A hidden temporary name next to ``path`` (same directory, same device)."""
     head, tail = os.path.split(path)
     return os.path.join(head, f".{tail}.tmp-{uuid.uuid4().hex}")
@@ -365,7 +231,7 @@ def _write_local_atomic(path: str, write: Any) -> None:
     left behind under any name.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = _tmp_sibling(path)
+    tmp = temporary_sibling(path)
     try:
         write(tmp)
         with open(tmp, "rb+") as fh:
@@ -405,293 +271,6 @@ def write_bytes_atomic(uri: str | os.PathLike[str], data: bytes) -> None:
         _write_local_atomic(loc.path, _write)
     else:
         _put_object(loc, data)
-
-
-# ----------------------------------------------------------------- atomic create / compare-and-swap
-
-
-def _s3_bucket_key(loc: StorageLocation) -> tuple[str, str]:
-    """Split an S3 location's ``bucket/key`` path into its two parts."""
-    bucket, _, key = loc.path.partition("/")
-    if not key:
-        raise ValueError(f"S3 URI needs a key below the bucket: {loc.uri}")
-    return bucket, key
-
-
-@functools.lru_cache(maxsize=8)
-def _boto3_client_cached(settings: S3Settings) -> Any:
-    """A boto3 S3 client for ``settings`` (see :func:`_boto3_client`)."""
-    import boto3
-    from botocore.config import Config
-
-    endpoint_url = None
-    addressing = "auto"
-    if settings.endpoint_override:
-        endpoint_url = f"{settings.scheme}://{settings.endpoint_override}"
-        addressing = "path"  # what pyarrow uses for a custom endpoint (MinIO, moto)
-    # Credentials are left to boto3's default chain (environment, instance profile),
-    # exactly as for the pyarrow filesystem.
-    return boto3.session.Session().client(
-        "s3",
-        region_name=settings.region,
-        endpoint_url=endpoint_url,
-        config=Config(s3={"addressing_style": addressing}, retries={"max_attempts": 5}),
-    )
-
-
-def _boto3_client(settings: S3Settings | None = None) -> Any:
-    """A boto3 S3 client built from the same settings as the pyarrow filesystem.
-
-    Region, endpoint URL (with its scheme) and path-style addressing for custom
-    endpoints follow :func:`s3_settings_from_env`; credentials come from boto3's
-    default chain. Clients are cached per settings (the settings include the
-    credentials seen in the environment, so a change of credentials gets a new
-    client; nothing here is ever persisted).
-    """
-    return _boto3_client_cached(s3_settings_from_env() if settings is None else settings)
-
-
-def _client_error_code(exc: BaseException) -> tuple[str, int]:
-    """``(code, http_status)`` of a botocore ``ClientError``."""
-    response = getattr(exc, "response", {}) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return code, status
-
-
-def _is_precondition_failure(exc: BaseException) -> bool:
-    """Whether a botocore error says a conditional request's condition did not hold."""
-    code, status = _client_error_code(exc)
-    # 409 ConditionalRequestConflict: a concurrent conditional write won on AWS.
-    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (412, 409)
-
-
-def _is_missing(exc: BaseException) -> bool:
-    """Whether a botocore error says the object does not exist."""
-    code, status = _client_error_code(exc)
-    return code in ("NoSuchKey", "NotFound", "404") or status == 404
-
-
-def _s3_get(loc: StorageLocation) -> tuple[bytes, str] | None:
-    """``(body, etag)`` of an S3 object, or ``None`` if it does not exist."""
-    from botocore.exceptions import ClientError
-
-    bucket, key = _s3_bucket_key(loc)
-    try:
-        response = _boto3_client().get_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if _is_missing(exc):
-            return None
-        raise
-    return response["Body"].read(), response["ETag"]
-
-
-def create_exclusive(uri: str | os.PathLike[str], data: bytes) -> bool:
-    """Create a file only if nothing exists at ``uri``.
-
-    Exactly one of any number of concurrent callers (processes or hosts) gets
-    ``True``; the file never appears partially written.
-
-    Parameters
-    ----------
-    uri : str or os.PathLike
-        Destination (local path, ``file://`` or ``s3://``); local parent
-        directories are created.
-    data : bytes
-        Content of the new file.
-
-    Returns
-    -------
-    bool
-        ``True`` if this call created the file, ``False`` if something existed.
-
-    Notes
-    -----
-    Locally the content is written and fsynced to a hidden temporary sibling,
-    then hard-linked onto the final name with :func:`os.link`, which fails
-    atomically if the name exists. On S3 it is one conditional PUT with
-    ``If-None-Match: *``; a ``412 Precondition Failed`` means another writer won.
-    AWS S3 (since 2024), MinIO and moto honour it; a store that ignores the
-    header would make every caller win.
-    """
-    loc = resolve(uri)
-    if loc.is_local:
-        return _create_exclusive_local(loc.path, data)
-    from botocore.exceptions import ClientError
-
-    bucket, key = _s3_bucket_key(loc)
-    try:
-        _boto3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-    except ClientError as exc:
-        if _is_precondition_failure(exc):
-            return False
-        raise
-    return True
-
-
-def _create_exclusive_local(path: str, data: bytes) -> bool:
-    """Local :func:`create_exclusive`: fsynced temporary sibling, then ``os.link``."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        _fsync_dir(os.path.dirname(path))
-        return True
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-
-
-def _fsync_dir(directory: str) -> None:
-    """Flush a directory entry to disk (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class _LocalCasMutex:
-    """An exclusive ``flock`` on a hidden sibling, serialising local compare-and-swaps.
-
-    The lock is released by the kernel if its holder dies, so it can never be
-    left stale. Only :func:`replace_if_unchanged` and :func:`delete_if_unchanged`
-    take it; the file at ``path`` itself is never absent during a swap, so a
-    concurrent :func:`create_exclusive` cannot slip in.
-    """
-
-    def __init__(self, path: str) -> None:
-        head, tail = os.path.split(path)
-        self._mutex = os.path.join(head, f".{tail.lstrip('.')}.cas-mutex")
-        self._fd = -1
-
-    def __enter__(self) -> _LocalCasMutex:
-        self._fd = os.open(self._mutex, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-
-
-def _read_local(path: str) -> bytes | None:
-    """Content of a local file, or ``None`` if it does not exist."""
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
-        return None
-
-
-def _local_if_unchanged(path: str, expected: bytes, action: Callable[[], object]) -> bool:
-    """Run ``action()`` under the file's ``flock`` mutex if ``path`` still holds ``expected``."""
-    if not os.path.isdir(os.path.dirname(path)):
-        return False
-    with _LocalCasMutex(path):
-        if _read_local(path) != expected:
-            return False
-        action()
-        return True
-
-
-def replace_if_unchanged(uri: str | os.PathLike[str], data: bytes, expected: bytes) -> bool:
-    """Compare-and-swap: replace the file at ``uri`` only if it still holds ``expected``.
-
-    Parameters
-    ----------
-    uri : str or os.PathLike
-        An existing file (local path, ``file://`` or ``s3://``).
-    data : bytes
-        New content.
-    expected : bytes
-        The content the caller last saw.
-
-    Returns
-    -------
-    bool
-        ``True`` if the content was ``expected`` and is now ``data``; ``False``
-        if the file is missing or holds anything else (nothing is changed then).
-
-    Notes
-    -----
-    Locally the check and an atomic :func:`os.replace` run under an exclusive
-    ``flock`` of a hidden sibling (``.NAME.cas-mutex``, kept), so concurrent swaps
-    are serialised and the file is never absent. On S3 the object is read with
-    its ETag and overwritten with a conditional PUT (``If-Match: ETAG``); a
-    ``412`` means someone changed it in between.
-    """
-    loc = resolve(uri)
-    if loc.is_local:
-        return _local_if_unchanged(loc.path, expected, lambda: write_bytes_atomic(loc.path, data))
-    from botocore.exceptions import ClientError
-
-    current = _s3_get(loc)
-    if current is None or current[0] != expected:
-        return False
-    bucket, key = _s3_bucket_key(loc)
-    try:
-        _boto3_client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=current[1])
-    except ClientError as exc:
-        if _is_precondition_failure(exc) or _is_missing(exc):
-            return False
-        raise
-    return True
-
-
-def delete_if_unchanged(uri: str | os.PathLike[str], expected: bytes) -> bool:
-    """Delete the file at ``uri`` only if it still holds ``expected``.
-
-    Returns
-    -------
-    bool
-        ``True`` if this call deleted it, ``False`` if it was missing or different.
-
-    Notes
-    -----
-    Locally under the same ``flock`` as :func:`replace_if_unchanged`. On S3 a
-    conditional ``DELETE`` with ``If-Match: ETAG``; a store that does not support
-    conditional deletes gets a plain delete right after the content check (a
-    window of one round trip).
-    """
-    loc = resolve(uri)
-    if loc.is_local:
-        return _local_if_unchanged(loc.path, expected, lambda: os.unlink(loc.path))
-    from botocore.exceptions import ClientError
-
-    current = _s3_get(loc)
-    if current is None or current[0] != expected:
-        return False
-    bucket, key = _s3_bucket_key(loc)
-    client = _boto3_client()
-    try:
-        client.delete_object(Bucket=bucket, Key=key, IfMatch=current[1])
-    except ClientError as exc:
-        if _is_precondition_failure(exc):
-            return False
-        if _is_missing(exc):
-            return False
-        code, status = _client_error_code(exc)
-        if code not in ("NotImplemented", "InvalidArgument", "InvalidRequest") and status != 501:
-            raise
-        client.delete_object(Bucket=bucket, Key=key)
-    return True
 
 
 def read_bytes(uri: str | os.PathLike[str]) -> bytes:
@@ -866,9 +445,6 @@ def download_dir(uri: str | os.PathLike[str], local_dir: str | os.PathLike[str])
     )
 
 
-# ----------------------------------------------------------------- output-path check
-
-
 class StorageError(ValueError):
     """A storage root that cannot be used (a file, read-only, a missing bucket, ...)."""
 
@@ -917,12 +493,12 @@ def _check_s3_root(loc: StorageLocation) -> None:
 
     bucket, _, prefix = loc.path.partition("/")
     key = posixpath.join(prefix, f".hrtem-ray-write-probe-{uuid.uuid4().hex}")
-    client = _boto3_client()
+    client = boto3_client()
     try:
         client.put_object(Bucket=bucket, Key=key, Body=b"")
         client.delete_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        code, status = _client_error_code(exc)
+        code, status = client_error_code(exc)
         if code == "NoSuchBucket":
             why = f"bucket {bucket!r} does not exist"
         elif code in ("AccessDenied", "AllAccessDisabled") or status == 403:
@@ -997,59 +573,3 @@ def pyarrow_filesystem_for_ray(
     if loc.is_local:
         return None, loc.path
     return loc.fs, loc.path
-
-
-def keep_credentials_out_of_ray_tune() -> None:
-    """Stop Ray Tune from copying AWS credentials into its trainables' ``runtime_env``.
-
-    Ray Tune 2.60 copies ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-    ``AWS_SESSION_TOKEN`` and ``AWS_SECURITY_TOKEN`` from the driver's
-    environment into the ``runtime_env`` of every trainable actor
-    (``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``). Ray then holds
-    them in the cluster's metadata and its runtime-env agent writes them, in
-    plain text, into ``logs/runtime_env_agent.log`` of the Ray session folder on
-    every node. This drops the ``AWS_*`` names from that set (idempotent; a
-    no-op if Ray's internals differ). Trainables then read credentials from
-    their node's environment or instance profile, like every other client here;
-    on a local cluster the workers inherit the driver's environment.
-    """
-    try:
-        from ray.tune.execution import class_cache
-    except ImportError:  # pragma: no cover - another Ray layout: nothing to patch
-        return
-    names = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
-    if isinstance(names, (set, frozenset)):
-        class_cache.ENV_VARS_TO_PROPAGATE = type(names)(
-            n for n in names if not n.upper().startswith("AWS_")
-        )
-
-
-def polars_storage_options(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``storage_options`` for ``polars.scan_parquet("s3://...")`` from the same settings.
-
-    Sets the region and, when configured, the endpoint. Credentials are never
-    included: polars reads them from the environment (``AWS_ACCESS_KEY_ID``,
-    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``) or its own AWS default
-    chain, so the returned options are safe to log, pickle or store.
-    """
-    s = s3_settings_from_env(env)
-    opts: dict[str, str] = {"aws_region": s.region}
-    if s.endpoint_override:
-        opts["aws_endpoint_url"] = f"{s.scheme}://{s.endpoint_override}"
-        if s.scheme == "http":
-            opts["aws_allow_http"] = "true"
-    return opts
-
-
-def local_path(uri: str | os.PathLike[str]) -> Path:
-    """The local :class:`~pathlib.Path` of a local URI.
-
-    Raises
-    ------
-    ValueError
-        If ``uri`` is not local.
-    """
-    loc = resolve(uri)
-    if not loc.is_local:
-        raise ValueError(f"not a local path: {loc.uri}")
-    return Path(loc.path)

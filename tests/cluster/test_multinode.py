@@ -40,7 +40,7 @@ from helpers import ARTIFACTS, TINY_DATASET, TINY_STUDY, make_bucket, s3_env
 from hrtem_ray.dataset.manifest import MANIFEST_DIR, plan_shards
 from hrtem_ray.dataset.readers import summarize
 from hrtem_ray.spec.config import parse_study_spec
-from hrtem_ray.store import storage
+from hrtem_ray.store import s3, storage
 from hrtem_ray.study import Study
 from hrtem_ray.sweep import results
 from hrtem_ray.sweep.trials import plan_trials
@@ -471,7 +471,7 @@ def test_study_on_s3_storage(cluster, moto_s3, tmp_path, monkeypatch):
     assert len(checked_handoffs(root)) == 8
     # The same table straight from S3 with polars, without hrtem-ray's reader.
     direct = pl.read_parquet(
-        f"{root}/results/*/*.parquet", storage_options=storage.polars_storage_options()
+        f"{root}/results/*/*.parquet", storage_options=s3.polars_storage_options()
     )
     assert direct.sort("model_id", "eval_domain").equals(table.sort("model_id", "eval_domain"))
     # The report of an S3 study is built locally and uploaded next to its results.

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from helpers import CLI, TINY_DATASET, TWO_MODEL_STUDY, make_bucket, run_cli, s3_env
 
+from hrtem_ray.store import conditional, storage
 from hrtem_ray.store import lock as study_lock_module
-from hrtem_ray.store import storage
 from hrtem_ray.store.lock import (
     LOCK_FILE,
     LockHeldError,
@@ -59,7 +59,7 @@ def _write_lock(root: str, **changes) -> LockInfo:
         token="0" * 32,
     )
     info = replace(info, **changes)
-    assert storage.create_exclusive(storage.join(root, LOCK_FILE), info.to_bytes())
+    assert conditional.create_exclusive(storage.join(root, LOCK_FILE), info.to_bytes())
     return info
 
 
@@ -128,7 +128,7 @@ def test_heartbeat_refreshes_and_detects_a_lost_lock(root: str) -> None:
         # Someone else replaces the lock: the next heartbeat notices and stops.
         lock_file = storage.join(root, LOCK_FILE)
         intruder = replace(second, token="f" * 32).to_bytes()
-        assert storage.replace_if_unchanged(lock_file, intruder, expected=second.to_bytes())
+        assert conditional.replace_if_unchanged(lock_file, intruder, expected=second.to_bytes())
         assert not held.heartbeat()
         assert held.lost
     finally:

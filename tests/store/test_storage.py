@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import polars as pl
 import pyarrow as pa
@@ -17,7 +16,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
 
-from hrtem_ray.store import storage
+from hrtem_ray.store import s3, storage
 
 
 def _table(n: int = 5) -> pa.Table:
@@ -43,32 +42,6 @@ def test_resolve_local_and_file_uri(tmp_path, monkeypatch: pytest.MonkeyPatch) -
         storage.resolve("gs://bucket/x")
     with pytest.raises(ValueError, match="bucket"):
         storage.resolve("s3://")
-
-
-def test_resolve_s3_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    env = {
-        "AWS_ACCESS_KEY_ID": "k",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
-    }
-    s = storage.s3_settings_from_env(env)
-    assert (s.region, s.scheme, s.endpoint_override) == ("eu-west-1", "http", "127.0.0.1:9000")
-    # The project-specific variable wins over the generic AWS ones.
-    s = storage.s3_settings_from_env({**env, "HRTEM_RAY_S3_ENDPOINT": "minio.lab:9000"})
-    assert (s.scheme, s.endpoint_override) == ("https", "minio.lab:9000")
-    assert storage.s3_settings_from_env({}).region == "us-east-1"
-    with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY"):
-        storage.s3_settings_from_env({"AWS_ACCESS_KEY_ID": "k"})
-    opts = storage.polars_storage_options(env)
-    assert opts["aws_endpoint_url"] == "http://127.0.0.1:9000" and opts["aws_allow_http"] == "true"
-
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    loc = storage.resolve("s3://bucket//a/b/")
-    assert isinstance(loc.fs, pafs.S3FileSystem)
-    assert (loc.path, loc.uri) == ("bucket/a/b", "s3://bucket/a/b")
-    assert loc.fs.region == "eu-west-1"
 
 
 def test_join() -> None:
@@ -183,7 +156,7 @@ def test_read_parquet_files_combines_by_name_and_names_damaged_files(root: str) 
 def test_polars_scan_s3_with_storage_options(s3_root: str) -> None:
     uri = storage.join(s3_root, "results", "table.parquet")
     storage.write_parquet_atomic(_table(3), uri)
-    df = pl.scan_parquet(uri, storage_options=storage.polars_storage_options()).collect()
+    df = pl.scan_parquet(uri, storage_options=s3.polars_storage_options()).collect()
     assert df["model_id"].to_list() == ["m0", "m1", "m2"]
 
 
@@ -273,107 +246,6 @@ def test_s3_failed_serialisation_uploads_nothing(s3_root: str) -> None:
     assert len(storage.read_bytes(storage.join(s3_root, "big.bin"))) == 6 << 20
 
 
-# --------------------------------------------------------------------- atomic create / CAS
-
-
-def test_create_exclusive_creates_once(root: str) -> None:
-    f = storage.join(root, "claims", "owner.json")
-    assert storage.create_exclusive(f, b"first")
-    assert not storage.create_exclusive(f, b"second")
-    assert storage.read_bytes(f) == b"first"
-    if storage.is_local(root):  # no temporary sibling is left behind
-        assert sorted(os.listdir(storage.local_path(storage.join(root, "claims")))) == [
-            "owner.json"
-        ]
-
-
-def test_replace_and_delete_if_unchanged(root: str) -> None:
-    f = storage.join(root, "lock.json")
-    assert not storage.replace_if_unchanged(f, b"new", expected=b"old")  # missing
-    assert not storage.delete_if_unchanged(f, expected=b"old")
-    assert storage.create_exclusive(f, b"v1")
-    assert not storage.replace_if_unchanged(f, b"v2", expected=b"stale")
-    assert storage.read_bytes(f) == b"v1"
-    assert storage.replace_if_unchanged(f, b"v2", expected=b"v1")
-    assert storage.read_bytes(f) == b"v2"
-    assert not storage.replace_if_unchanged(f, b"v3", expected=b"v1")  # lost the race
-    assert not storage.delete_if_unchanged(f, expected=b"v1")
-    assert storage.read_bytes(f) == b"v2"
-    assert storage.delete_if_unchanged(f, expected=b"v2")
-    assert not storage.exists(f)
-    assert storage.create_exclusive(f, b"again")
-
-
-_RACE_CODE = """
-import os, sys, time
-from hrtem_ray.store import storage
-target, go, me = sys.argv[1], sys.argv[2], sys.argv[3]
-if not storage.is_local(target):
-    storage._boto3_client()  # build the S3 client before the start, not during the race
-open(go + ".ready-" + me, "w").close()
-while not os.path.exists(go):
-    time.sleep(0.002)
-{call}
-"""
-
-
-def _race(tmp_path, target: str, call: str, n: int = 20) -> dict[str, bool]:
-    """Start ``n`` processes that run ``call`` at the same instant; their printed results."""
-    go = tmp_path / "go"
-    code = _RACE_CODE.format(call=call)
-    procs = {
-        f"writer-{i:02d}": subprocess.Popen(
-            [sys.executable, "-c", code, target, str(go), f"writer-{i:02d}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(n)
-    }
-    deadline = time.time() + 120
-    while len(list(tmp_path.glob("go.ready-*"))) < n:  # every racer waits at the barrier
-        assert time.time() < deadline and all(p.poll() is None for p in procs.values())
-        time.sleep(0.05)
-    go.touch()
-    results = {}
-    for me, proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        results[me] = out.strip() == "True"
-    return results
-
-
-@pytest.fixture(params=["path", "s3"])
-def race_root(request: pytest.FixtureRequest, tmp_path) -> str:
-    """A local and an S3 root (``file://`` takes the same code path as a path)."""
-    if request.param == "path":
-        return str(tmp_path / "store")
-    return request.getfixturevalue("s3_root")
-
-
-def test_create_exclusive_race_20_processes(race_root: str, tmp_path) -> None:
-    """20 processes create one file with different content at once: exactly one wins."""
-    target = storage.join(race_root, "race", "claim.txt")
-    results = _race(tmp_path, target, "print(storage.create_exclusive(target, me.encode()))")
-    winners = [me for me, won in results.items() if won]
-    assert len(winners) == 1, results
-    assert storage.read_bytes(target) == winners[0].encode()
-
-
-def test_replace_if_unchanged_race_20_processes(race_root: str, tmp_path) -> None:
-    """20 processes swap the same old content at once: exactly one swap succeeds."""
-    target = storage.join(race_root, "race", "lock.txt")
-    assert storage.create_exclusive(target, b"stale")
-    results = _race(
-        tmp_path,
-        target,
-        "print(storage.replace_if_unchanged(target, me.encode(), expected=b'stale'))",
-    )
-    winners = [me for me, won in results.items() if won]
-    assert len(winners) == 1, results
-    assert storage.read_bytes(target) == winners[0].encode()
-
-
 # --------------------------------------------------------------------- Ray on S3 storage
 
 
@@ -383,7 +255,7 @@ import ray
 from ray import tune
 import ray.data
 import pyarrow as pa
-from hrtem_ray.store import storage
+from hrtem_ray.store import s3, storage
 
 s3_root, local_ckpt = sys.argv[1], sys.argv[2]
 ray.init(address="local", num_cpus=2, object_store_memory=256 * 1024**2,
