@@ -87,6 +87,7 @@ __all__ = [
     "EvalMetrics",
     "NonFiniteLossError",
     "StageResult",
+    "early_stopping_epoch",
     "epochs_without_improvement",
     "evaluate",
     "has_converged",
@@ -434,6 +435,28 @@ def epochs_without_improvement(val_losses: Sequence[float], min_delta: float = 0
     return since
 
 
+def early_stopping_epoch(
+    val_losses: Sequence[float], patience: int, min_delta: float = 0.0
+) -> int | None:
+    """The epoch after which early stopping ends a run with these validation losses.
+
+    The first epoch at which :func:`epochs_without_improvement` reaches ``patience``;
+    ``None`` when it never does (the run trains every epoch). :func:`train_stage` stops
+    exactly there.
+
+    Examples
+    --------
+    >>> early_stopping_epoch([1.0, 0.8, 0.9, 0.85, 0.7], patience=2)
+    4
+    >>> early_stopping_epoch([1.0, 0.8, 0.9, 0.7], patience=2) is None
+    True
+    """
+    for epoch in range(1, len(val_losses) + 1):
+        if epochs_without_improvement(val_losses[:epoch], min_delta) >= patience:
+            return epoch
+    return None
+
+
 def has_converged(
     best_epoch: int, epochs_trained: int, patience: int | None, stopped_on_patience: bool
 ) -> bool | None:
@@ -707,11 +730,10 @@ def train_stage(
                 steps_left -= epoch_steps
                 if steps_left <= 0:
                     break
-            if patience is not None:
-                since = epochs_without_improvement([h["val_loss"] for h in history], min_delta)
-                if since >= patience:
-                    stopped_on_patience = True
-                    break
+            losses = [h["val_loss"] for h in history]
+            if patience is not None and early_stopping_epoch(losses, patience, min_delta) == epoch:
+                stopped_on_patience = True
+                break
         if best_state:
             model.load_state_dict(best_state)
         model.eval()

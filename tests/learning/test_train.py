@@ -19,7 +19,10 @@ from hrtem_ray.learning.model import build_model
 from hrtem_ray.learning.train import (
     EvalMetrics,
     NonFiniteLossError,
+    early_stopping_epoch,
+    epochs_without_improvement,
     evaluate,
+    has_converged,
     label_entropy_floor,
     load_checkpoint,
     loss_floor,
@@ -30,6 +33,7 @@ from hrtem_ray.learning.train import (
     train_stage,
 )
 from hrtem_ray.spec.types import ModelSpec
+from hrtem_ray.sweep.trials import stage_steps
 
 TINY = ModelSpec(
     size="small",
@@ -178,6 +182,97 @@ def test_stage_history_lr_decay_best_state_and_callback() -> None:
     # the kept model reproduces its recorded validation loss
     again = evaluate(model, {"own": (images[:2], masks[:2])})["own"]
     assert again.loss == pytest.approx(result.best_val_loss, rel=1e-5)
+
+
+# A scripted validation curve: falls to 0.7 at epoch 3, wobbles, a new low at epoch 6, rises.
+CURVE = [1.0, 0.8, 0.7, 0.72, 0.71, 0.69, 0.75, 0.8, 0.9]
+
+
+@pytest.mark.parametrize(
+    ("patience", "min_delta", "stop", "best", "converged"),
+    [
+        # epochs 4, 5 do not improve on 0.7: stops after epoch 5, best epoch 3
+        (2, 0.0, 5, 3, True),
+        # patience 3: epoch 6 improves (0.69 < 0.7), then 7, 8, 9 do not: stops after 9
+        (3, 0.0, 9, 6, True),
+        # min_delta 0.015: 0.69 is not 0.015 below 0.7, so 4, 5, 6 do not count: stops
+        # after 6, whose loss is the lowest: converged because it stopped on patience
+        (3, 0.015, 6, 6, True),
+        # patience 4: never 4 epochs without improvement within 9; best epoch 6 is 3 before
+        # the last: not converged
+        (4, 0.0, None, 6, False),
+    ],
+)
+def test_early_stopping_on_a_scripted_validation_curve(patience, min_delta, stop, best, converged):
+    assert early_stopping_epoch(CURVE, patience, min_delta) == stop
+    trained = CURVE[: stop or len(CURVE)]  # the history of the stage: every epoch it trained
+    best_epoch = 1 + int(np.argmin(trained))
+    assert best_epoch == best
+    assert has_converged(best_epoch, len(trained), patience, stop is not None) is converged
+
+
+def test_epochs_without_improvement_measures_from_the_last_real_improvement() -> None:
+    assert [epochs_without_improvement(CURVE[:k]) for k in range(1, 10)] == [
+        0, 0, 0, 1, 2, 0, 1, 2, 3
+    ]  # fmt: skip
+    # a slow decline of 0.01 an epoch improves by more than 0.015 every second epoch
+    slow = [1.0, 0.99, 0.98, 0.97, 0.96]
+    assert [epochs_without_improvement(slow[:k], 0.015) for k in range(1, 6)] == [0, 1, 0, 1, 0]
+    # fixed epochs with a patience: converged once the best epoch is patience before the last
+    assert has_converged(7, 10, 3, False) and not has_converged(8, 10, 3, False)
+    assert has_converged(10, 10, None, False) is None
+
+
+def test_train_stage_stops_on_patience_and_keeps_the_best_epoch() -> None:
+    images, masks = disks(4)
+    # no epoch after the first improves by more than 1e9: stops after 1 + patience epochs
+    model = build_model(TINY, seed=0)
+    result = train_stage(
+        model, images, masks, images[:2], masks[:2], lr=1e-3, epochs=6, patience=2,
+        min_delta=1e9, batch_size=4,
+    )  # fmt: skip
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    # the kept epoch is still the lowest validation loss, improvement or not
+    assert result.stopped_on_patience
+    assert result.best_epoch == 1 + int(np.argmin([h["val_loss"] for h in result.history]))
+    assert has_converged(result.best_epoch, result.epochs_trained, 2, True)
+    assert all(torch.equal(v, model.state_dict()[k].cpu()) for k, v in result.best_state.items())
+    # the same with the patience not reached within the epochs allowed: not converged
+    result = train_stage(
+        build_model(TINY, seed=0), images, masks, images[:2], masks[:2], lr=1e-3, epochs=2,
+        patience=2, min_delta=1e9, batch_size=4,
+    )  # fmt: skip
+    assert result.epochs_trained == 2 and not result.stopped_on_patience
+    assert has_converged(result.best_epoch, 2, 2, False) is False
+    # a real curve: the stage stops where early_stopping_epoch says, or trains every epoch
+    result = train_stage(
+        build_model(TINY, seed=0), images, masks, images[:2], masks[:2], lr=3e-3, epochs=5,
+        patience=1, batch_size=4,
+    )  # fmt: skip
+    losses = [h["val_loss"] for h in result.history]
+    assert early_stopping_epoch(losses, 1) == (len(losses) if result.stopped_on_patience else None)
+
+
+def _adam_steps(result) -> set[int]:
+    """The step counts in the stage's Adam state (one per trained parameter)."""
+    return {int(state["step"]) for state in result.optimizer.state.values()}
+
+
+def test_steps_of_a_stage_and_of_a_step_budget() -> None:
+    images, masks = disks(4)  # 4 images x 8 symmetries = 8 steps of 4 an epoch
+    result = train_stage(
+        build_model(TINY), images, masks, images, masks, lr=1e-3, epochs=2, batch_size=4
+    )
+    assert result.steps == stage_steps(4, 2, 4) == 16 == max(_adam_steps(result))
+    assert [h["steps"] for h in result.history] == [8, 8]
+    # a budget of 10 steps: one whole epoch and 2 steps of the second, which is validated too
+    result = train_stage(
+        build_model(TINY), images, masks, images, masks, lr=1e-3, epochs=2, batch_size=4,
+        max_steps=10,
+    )  # fmt: skip
+    assert [h["steps"] for h in result.history] == [8, 2]
+    assert result.steps == 10 and _adam_steps(result) == {10}
+    assert result.epochs_trained == 2 and not result.stopped_on_patience
 
 
 def test_same_seed_same_result_different_seed_differs() -> None:
