@@ -1,0 +1,115 @@
+"""One trial at a time without Ray: the protocol's columns in the rows a trial writes.
+
+Real training on the tiny simulated dataset (tests/conftest.py), a few optimizer steps each.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from helpers import TINY_DATASET
+
+from hrtem_ray.spec.config import parse_study_spec
+from hrtem_ray.sweep import results
+from hrtem_ray.sweep.execute import execute_trial, training_set
+from hrtem_ray.sweep.results import RESULT_SCHEMA
+from hrtem_ray.sweep.trials import mixture_steps, plan_trials, stage_steps
+
+PROTOCOL_COLUMNS = [
+    "converged", "patience", "max_epochs", "min_delta", "train_steps", "target_fraction",
+    "parent_seed",
+]  # fmt: skip
+
+
+def study(dataset_root, **sections):
+    """A one-domain-pair study on the tiny dataset (4 pretrain images, batch 4)."""
+    raw = {
+        "name": "protocol",
+        "dataset": {**copy.deepcopy(TINY_DATASET), "path": str(dataset_root)},
+        "domains": {"pretrain": ["0"], "transfer": ["10"], "eval": ["0", "10"]},
+        "pretrain": {"lr": [1e-3], "n_images": [4], "seeds": [0]},
+        "transfer": {"lr": [1e-4], "n_images": [2], "freeze": ["none"]},
+        "model": {"size": "small"},
+        **sections,
+    }
+    return parse_study_spec(raw, source="tests")
+
+
+def run(spec, trial, root):
+    """Execute ``trial`` on one CPU thread; its result rows as a polars frame."""
+    execute_trial(
+        spec, trial, dataset_root=spec.dataset.path, study_root=str(root), num_threads=1,
+        device="cpu",
+    )  # fmt: skip
+    return pl.from_arrow(pq.read_table(results.result_path(str(root), trial)))
+
+
+@pytest.fixture(scope="module")
+def stopped(tiny_dataset_root, tmp_path_factory):
+    """A parent stopped early (no epoch after the first gains 1e9) and a replicate child."""
+    spec = study(
+        tiny_dataset_root,
+        transfer={"lr": [1e-4], "n_images": [2], "freeze": ["none"], "seeds": [3]},
+        training={"max_epochs": 4, "patience": 1, "min_delta": 1e9, "batch_size": 4},
+    )
+    plan = plan_trials(spec)
+    root = tmp_path_factory.mktemp("stopped")
+    (parent,), (child,) = plan.pretrain, plan.transfer
+    return spec, run(spec, parent, root), run(spec, child, root), root
+
+
+def test_a_model_stopped_on_patience_records_that_it_converged(stopped):
+    _, parent, _, _ = stopped
+    row = parent.row(0, named=True)
+    assert parent.height == 2  # one row per eval domain
+    assert row["epochs"] == 2 and row["converged"] is True  # 1 epoch, then 1 without a gain
+    assert (row["patience"], row["max_epochs"], row["min_delta"]) == (1, 4, 1e9)
+    assert row["train_steps"] == stage_steps(4, 2, 4) == 16
+    assert row["parent_seed"] is None and row["target_fraction"] is None
+
+
+def test_a_replicate_child_records_its_parents_seed(stopped):
+    _, parent, child, root = stopped
+    row = child.row(0, named=True)
+    assert (row["seed"], row["parent_seed"]) == (3, 0)
+    assert row["parent_id"] == parent["model_id"][0]
+    assert row["converged"] is True and row["epochs"] == 2
+    history = results.read_history(str(root))
+    assert set(history["model_id"]) == {parent["model_id"][0], row["model_id"]}
+    assert history.group_by("model_id").len()["len"].to_list() == [2, 2]  # complete histories
+
+
+def test_results_without_the_protocol_columns_still_load(stopped):
+    spec, parent, child, root = stopped
+    # the child's file as written before the protocol columns existed
+    path = results.result_path(str(root), plan_trials(spec).transfer[0])
+    pq.write_table(pq.read_table(path).drop_columns(PROTOCOL_COLUMNS), path)
+    table = results.read_results(str(root))
+    assert table.height == 4 and set(PROTOCOL_COLUMNS) <= set(table.columns)
+    old = table.filter(pl.col("phase") == "transfer")
+    assert old.select(PROTOCOL_COLUMNS).null_count().row(0) == (2,) * len(PROTOCOL_COLUMNS)
+    assert table.filter(pl.col("phase") == "pretrain")["converged"].to_list() == [True, True]
+    assert results.finished_ids(str(root)) == {parent["model_id"][0], child["model_id"][0]}
+    assert set(RESULT_SCHEMA.names) <= set(table.columns)
+
+
+def test_mixtures_with_matched_steps_train_their_counterparts_steps(tiny_dataset_root, tmp_path):
+    baseline = {"fractions": [0, 0.5], "match": "steps", "lr": [1e-3], "seeds": [0]}
+    spec = study(tiny_dataset_root, baseline=baseline, training={"epochs": 1, "batch_size": 4})
+    source_only, half = plan_trials(spec).baseline
+    assert (source_only.n_pretrain, source_only.n_transfer) == (4, 0)
+    images, _ = training_set(source_only, spec.dataset.path)
+    assert len(images) == 4  # the source's images alone
+    rows = run(spec, source_only, tmp_path)
+    assert rows["target_fraction"].to_list() == [0.0, 0.0]
+    # pretraining alone: 1 epoch of 4 images x 8 / 4 = 8 steps
+    assert rows["train_steps"][0] == mixture_steps(spec, 0) == 8 and rows["epochs"][0] == 1
+    rows = run(spec, half, tmp_path)
+    # 8 pretraining + 4 transfer steps (2 images x 8 / 4): an epoch and a half of the mixture
+    assert rows["train_steps"][0] == mixture_steps(spec, 2) == half.max_steps == 12
+    assert rows["epochs"][0] == 2 and rows["target_fraction"][0] == 0.5
+    assert rows["converged"].null_count() == 2  # fixed epochs without patience: not judged
+    assert rows["patience"].null_count() == 2 and rows["max_epochs"].null_count() == 2
