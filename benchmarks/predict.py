@@ -26,7 +26,8 @@ import common
 import numpy as np
 import torch
 
-from hrtem_ray.dataset.micrographs import Micrograph, resampled_shape, tile_positions
+from hrtem_ray.dataset.geometry import resampled_shape, tile_positions
+from hrtem_ray.dataset.micrograph_files import Micrograph
 from hrtem_ray.inference import segment
 from hrtem_ray.learning.model import build_model, count_parameters
 from hrtem_ray.spec.types import ModelSpec

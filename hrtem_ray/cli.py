@@ -370,7 +370,7 @@ COMMANDS = {
 BAD_INPUT_ERRORS: tuple[tuple[str, str], ...] = (
     ("hrtem_ray.spec.base", "SpecError"),
     ("hrtem_ray.dataset.manifest", "DatasetError"),
-    ("hrtem_ray.dataset.micrographs", "MicrographError"),
+    ("hrtem_ray.dataset.micrograph_files", "MicrographError"),
     ("hrtem_ray.report.build", "ReportError"),
     ("hrtem_ray.inference", "PredictError"),
     ("hrtem_ray.store.lock", "LockHeldError"),

@@ -1,11 +1,11 @@
 """Segmenting micrographs with a study's model: tiled inference, masks, particle tables.
 
 :func:`predict` (``hrtem_ray.predict``, ``hrtem-ray predict``) reads micrographs
-(:func:`hrtem_ray.dataset.micrographs.read_micrograph`), chooses a model of a study
+(:func:`hrtem_ray.dataset.micrograph_files.read_micrograph`), chooses a model of a study
 (:func:`choose_model`: a model id, or ``best:DOMAIN``), and for each file
 
 1. resamples the image to the model's pixel size (the study dataset's
-   ``simulation.output_sampling_angstrom``; :func:`hrtem_ray.dataset.micrographs.resample`);
+   ``simulation.output_sampling_angstrom``; :func:`hrtem_ray.dataset.geometry.resample`);
 2. predicts it in tiles of the model's image size that overlap by ``overlap_px``
    (default a quarter tile): each tile is standardised on its own, as in training, and the
    tiles' probability maps are blended with a separable sin² (Hann) window
@@ -34,14 +34,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from hrtem_ray.dataset.micrographs import (
+from hrtem_ray.dataset.geometry import cut_tiles, resample, tile_positions
+from hrtem_ray.dataset.micrograph_files import (
     Micrograph,
     MicrographError,
-    cut_tiles,
     micrograph_format,
     read_micrograph,
-    resample,
-    tile_positions,
 )
 from hrtem_ray.learning.train import load_checkpoint
 from hrtem_ray.learning.train import predict as predict_tiles
@@ -375,7 +373,7 @@ def predict(
     model
         A model id, or ``best:DOMAIN`` (:func:`choose_model`).
     files
-        Micrographs (:data:`hrtem_ray.dataset.micrographs.FORMATS`); their names must differ.
+        Micrographs (:data:`hrtem_ray.dataset.micrograph_files.FORMATS`); their names must differ.
     out_dir
         Where to write masks, overlays and the particle table; None writes nothing.
     pixel_size_angstrom

@@ -312,7 +312,7 @@ class Study:
 
         Raises
         ------
-        hrtem_ray.dataset.manifest.DatasetError, hrtem_ray.spec.base.SpecError, hrtem_ray.dataset.micrographs.MicrographError
+        hrtem_ray.dataset.manifest.DatasetError, hrtem_ray.spec.base.SpecError, hrtem_ray.dataset.micrograph_files.MicrographError
         """
         self.check_dataset()
         if self.spec.domains.imported:  # imported domains present, with masks and enough tiles

@@ -50,6 +50,10 @@ LIGHT_MODULES = {
     "hrtem_ray.dataset.readers": HEAVY,
     "hrtem_ray.dataset.manifest": HEAVY,
     "hrtem_ray.dataset.claim": HEAVY,
+    # Microscope files: read, resampled, tiled and imported without Ray or the physics.
+    "hrtem_ray.dataset.micrograph_files": HEAVY,
+    "hrtem_ray.dataset.geometry": HEAVY,
+    "hrtem_ray.dataset.micrographs": HEAVY,
 }
 
 

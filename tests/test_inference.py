@@ -20,12 +20,9 @@ from PIL import Image
 
 import hrtem_ray
 from hrtem_ray.dataset import readers
-from hrtem_ray.dataset.micrographs import (
-    MicrographError,
-    import_micrographs,
-    read_micrograph,
-    resample,
-)
+from hrtem_ray.dataset.geometry import resample
+from hrtem_ray.dataset.micrograph_files import MicrographError, read_micrograph
+from hrtem_ray.dataset.micrographs import import_micrographs
 from hrtem_ray.inference import (
     PARTICLE_COLUMNS,
     PredictError,
@@ -151,7 +148,7 @@ def _seam_ratio(prob: np.ndarray, borders: list[int]) -> float:
 
 
 def _tile_borders(side: int, tile_px: int, overlap_px: int) -> list[int]:
-    from hrtem_ray.dataset.micrographs import tile_starts
+    from hrtem_ray.dataset.geometry import tile_starts
 
     starts = tile_starts(side, tile_px, overlap_px)
     return sorted({b for s in starts for b in (s, s + tile_px) if 0 < b < side})

@@ -1,34 +1,5 @@
-"""Microscope files as images: reading, calibration, resampling, tiling, imported domains.
+"""Imported domains: microscope files as tiles in a simulated dataset's root.
 
-Reading
--------
-:func:`read_micrograph` reads one 2-D image and its pixel size in Å from
-
-* DM3/DM4, EMD (Velox and Berkeley/NCEM), MRC: RosettaSciIO, the file's axes calibration;
-* TIFF: RosettaSciIO's calibration when it names a length unit (vendor tags), else the
-  ImageJ description (``unit`` nm, Å, µm, ... with the X resolution tag), else the
-  resolution tags with ``ResolutionUnit`` centimetre (an inch unit is taken as
-  uncalibrated: image editors write 72 dpi there);
-* PNG/JPEG (RosettaSciIO's image reader, colour averaged to grey) and NPY: no calibration.
-
-The file's own calibration is used; ``pixel_size_angstrom`` is the fallback for files
-without one (a :class:`MicrographError` asks for ``--pixel-size-angstrom`` otherwise).
-
-Resampling
-----------
-:func:`resample` maps an image onto a grid of another pixel size covering the same field
-of view (``round(side * from / to)`` pixels, pixel centres aligned) by band-limited
-(Fourier) resampling of the image's mirror-symmetric extension: its DCT-II coefficients
-are cropped (downsampling: an ideal low-pass at the new Nyquist frequency, so nothing
-aliases) or zero-padded (upsampling), then inverted at the new size. Mirroring instead of
-wrapping keeps the edges free of wrap-around ringing; lattice fringes below the new
-Nyquist frequency keep their amplitude (a Gaussian anti-aliasing filter would damp them),
-and upsampling then downsampling returns the original exactly.
-Masks and probability maps are resampled linearly (order 1, no overshoot) and kept as
-fractions in [0, 1] (soft labels at particle edges, as simulated masks are).
-
-Imported domains
-----------------
 :func:`import_micrographs` tiles the resampled images to the dataset's image size and
 stores the tiles as shards of an *imported domain* in a simulated dataset's root, in the
 same layout as simulated shards (``study=<axis>/domain=<name>/split=<split>/<key>.parquet``),
@@ -42,13 +13,15 @@ tile's top-left pixel on the resampled grid). The tile's provenance (:func:`prov
 the tile positions) is in the shard's Parquet schema metadata ``hrtem_ray.imported`` and
 in its manifest entry's ``imported`` record (with the domain and whether it has masks).
 Without masks the ``mask`` column is NaN: such a domain can be predicted on, never trained or evaluated on.
+
+
+Files are read by :mod:`hrtem_ray.dataset.micrograph_files` and resampled and tiled by
+:mod:`hrtem_ray.dataset.geometry`.
 """
 
 from __future__ import annotations
 
-import codecs
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from hrtem_ray.dataset.geometry import cut_tiles, resample, tile_positions
 from hrtem_ray.dataset.manifest import (
     ROW_COLUMNS,
     ShardTask,
@@ -63,356 +37,34 @@ from hrtem_ray.dataset.manifest import (
     manifest_entries,
     write_shard,
 )
+from hrtem_ray.dataset.micrograph_files import (
+    MASK_FORMATS,
+    Micrograph,
+    MicrographError,
+    micrograph_format,
+    read_mask,
+    read_micrograph,
+)
 from hrtem_ray.dataset.readers import read_images
 from hrtem_ray.spec.dataset import DatasetSpec
 from hrtem_ray.spec.names import safe_name_problem
 from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.spec.types import SPLITS, output_gpts
 from hrtem_ray.store import storage
-from hrtem_ray.store.digest import sha256_file
 
-#: File extensions read, by reader.
-FORMATS: dict[str, str] = {
-    ".dm3": "digitalmicrograph",
-    ".dm4": "digitalmicrograph",
-    ".emd": "emd",
-    ".mrc": "mrc",
-    ".tif": "tiff",
-    ".tiff": "tiff",
-    ".png": "image",
-    ".jpg": "image",
-    ".jpeg": "image",
-    ".npy": "numpy",
-}
-#: Mask files: PNG, TIFF or NPY, binary or 0-255.
-MASK_FORMATS = (".png", ".tif", ".tiff", ".npy")
+__all__ = [
+    "ImportSummary",
+    "ImportedDomain",
+    "assign_splits",
+    "check_imported_use",
+    "check_spec_imports",
+    "export_micrographs",
+    "import_micrographs",
+    "imported_domains",
+    "provenance",
+]
 
-#: Length units of calibrations, in Å (keys lower case).
-UNIT_ANGSTROM: dict[str, float] = {
-    "m": 1e10,
-    "cm": 1e8,
-    "mm": 1e7,
-    "µm": 1e4,
-    "μm": 1e4,
-    "um": 1e4,
-    "micron": 1e4,
-    "microns": 1e4,
-    "nm": 10.0,
-    "å": 1.0,
-    "a": 1.0,
-    "angstrom": 1.0,
-    "angstroms": 1.0,
-    "ångström": 1.0,
-    "pm": 0.01,
-}
 IMPORTED_LATTICE = "imported"
-
-
-class MicrographError(ValueError):
-    """A micrograph or mask cannot be read or imported; the message names the file."""
-
-
-@dataclass(frozen=True)
-class Micrograph:
-    """One image read from a file.
-
-    Attributes
-    ----------
-    image : ndarray
-        float32 ``(H, W)``.
-    pixel_size_angstrom : float
-        Pixel size in Å.
-    source : str
-        The file's path.
-    sha256 : str
-        SHA-256 of the file's bytes.
-    calibration : str
-        Where the pixel size came from, e.g. ``"file (nm)"`` or ``"--pixel-size-angstrom"``.
-    """
-
-    image: np.ndarray
-    pixel_size_angstrom: float
-    source: str
-    sha256: str
-    calibration: str
-
-    @property
-    def name(self) -> str:
-        return Path(self.source).name
-
-
-def micrograph_format(path: str | Path, allowed: Iterable[str] | None = None) -> str:
-    """The reader of a file, from its extension; MicrographError if it is not supported."""
-    suffix = Path(path).suffix.lower()
-    allowed = tuple(FORMATS) if allowed is None else tuple(allowed)
-    if suffix not in allowed:
-        raise MicrographError(
-            f"{path}: unknown format {suffix or '(no extension)'!r}; supported: "
-            f"{', '.join(allowed)}"
-        )
-    return FORMATS[suffix]
-
-
-def unit_to_angstrom(unit: object) -> float | None:
-    """Å per ``unit`` (``"nm"``, ``"Å"``, ``"µm"``, ImageJ's ``"\\u00C5"``...), None if not a length."""
-    if not isinstance(unit, str):
-        return None
-    text = unit.strip()
-    if "\\u" in text:
-        text = codecs.decode(text, "unicode_escape")
-    return UNIT_ANGSTROM.get(text.lower())
-
-
-def _grey(array: np.ndarray) -> np.ndarray:
-    """A 2-D float32 image; colour (structured RGB or a last axis of 3-4) averaged to grey."""
-    if array.dtype.names:
-        array = np.stack([array[n] for n in array.dtype.names[:3]], axis=-1)
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., :3].astype(np.float32).mean(axis=-1)
-    array = np.squeeze(array)
-    if array.ndim != 2:
-        raise MicrographError(f"not a 2-D image (shape {array.shape})")
-    return np.asarray(array, dtype=np.float32)
-
-
-def _rsciio_signal(path: Path, reader: str) -> dict:
-    """The first 2-D image signal RosettaSciIO reads from ``path``."""
-    import importlib
-
-    module = importlib.import_module(f"rsciio.{reader}")
-    signals = module.file_reader(str(path))
-    for signal in signals:
-        array = np.asarray(signal["data"])
-        squeezed = np.squeeze(array)
-        if (
-            array.dtype.names
-            or squeezed.ndim == 2
-            or (squeezed.ndim == 3 and array.shape[-1] in (3, 4))
-        ):
-            return signal
-    shapes = [np.shape(s["data"]) for s in signals]
-    raise MicrographError(f"{path}: no 2-D image in the file (signals of shapes {shapes})")
-
-
-def _axes_pixel_size(signal: dict) -> tuple[float | None, str]:
-    """Pixel size (Å) and unit of a RosettaSciIO signal's two image axes, None if uncalibrated."""
-    axes = [a for a in signal.get("axes", []) if a.get("size", 2) > 1][-2:]
-    if len(axes) != 2:
-        return None, ""
-    factors = [unit_to_angstrom(a.get("units")) for a in axes]
-    if any(f is None for f in factors):
-        return None, ""
-    sizes = [float(a["scale"]) * f for a, f in zip(axes, factors, strict=True)]
-    if not all(math.isfinite(s) and s > 0 for s in sizes):
-        return None, ""
-    if abs(sizes[0] - sizes[1]) > 0.01 * max(sizes):
-        raise MicrographError(f"non-square pixels ({sizes[0]:g} x {sizes[1]:g} Å)")
-    return float(np.mean(sizes)), str(axes[-1].get("units"))
-
-
-def _tiff_tag_pixel_size(path: Path) -> tuple[float | None, str]:
-    """Pixel size (Å) from an ImageJ description or centimetre resolution tags, else None."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        tag = page.tags.get("XResolution")
-        if tag is None:
-            return None, ""
-        numerator, denominator = tag.value
-        if not numerator or not denominator:
-            return None, ""
-        per_unit = numerator / denominator  # pixels per unit
-        unit = (tif.imagej_metadata or {}).get("unit")
-        if unit is not None:
-            factor = unit_to_angstrom(unit)
-            if factor is None:
-                return None, ""
-            return factor / per_unit, f"ImageJ {codecs.decode(unit, 'unicode_escape')}"
-        res_unit = page.tags.get("ResolutionUnit")
-        if res_unit is not None and int(res_unit.value) == 3:  # centimetre
-            return 1e8 / per_unit, "resolution tags (cm)"
-    return None, ""
-
-
-def _read_array(path: Path, reader: str) -> tuple[np.ndarray, float | None, str]:
-    """Image, pixel size in Å (None if the file has none) and where it came from."""
-    if reader == "numpy":
-        return _grey(np.load(path, allow_pickle=False)), None, ""
-    signal = _rsciio_signal(path, reader)
-    image = _grey(signal["data"])
-    if reader == "image":
-        return image, None, ""
-    pixel, unit = _axes_pixel_size(signal)
-    if pixel is not None:
-        return image, pixel, f"file ({unit})"
-    if reader == "tiff":
-        pixel, how = _tiff_tag_pixel_size(path)
-        if pixel is not None:
-            return image, pixel, f"file ({how})"
-    return image, None, ""
-
-
-def read_micrograph(path: str | Path, pixel_size_angstrom: float | None = None) -> Micrograph:
-    """Read one micrograph and its pixel size.
-
-    Parameters
-    ----------
-    path
-        A file of a format in :data:`FORMATS`.
-    pixel_size_angstrom
-        Pixel size for a file without calibration (the file's own calibration wins).
-
-    Raises
-    ------
-    MicrographError
-        Unknown format, unreadable file, not a 2-D image, non-finite values, or no
-        calibration and no ``pixel_size_angstrom`` (the message says to pass
-        ``--pixel-size-angstrom``).
-    """
-    path = Path(path)
-    reader = micrograph_format(path)
-    if not path.is_file():
-        raise MicrographError(f"{path}: no such file")
-    try:
-        image, pixel, how = _read_array(path, reader)
-    except MicrographError as exc:
-        raise MicrographError(f"{path}: {exc}") from None
-    except Exception as exc:  # a reader's own error: name the file
-        raise MicrographError(f"{path}: cannot read it as {reader} ({exc})") from None
-    if pixel is None:
-        if pixel_size_angstrom is None:
-            raise MicrographError(
-                f"{path}: the file has no pixel size calibration; pass --pixel-size-angstrom "
-                "(pixel_size_angstrom=) with its pixel size in Å"
-            )
-        if not (pixel_size_angstrom > 0 and math.isfinite(pixel_size_angstrom)):
-            raise MicrographError(f"pixel_size_angstrom must be > 0, got {pixel_size_angstrom}")
-        pixel, how = float(pixel_size_angstrom), "--pixel-size-angstrom"
-    if not np.isfinite(image).all():
-        raise MicrographError(f"{path}: the image has NaN or infinite values")
-    with path.open("rb") as stream:
-        sha256 = sha256_file(stream)
-    return Micrograph(image, float(pixel), str(path), sha256, how)
-
-
-def read_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
-    """A mask (float32 in [0, 1]) of an image of ``shape``: 0/1 as is, 0-255 divided by 255.
-
-    Raises
-    ------
-    MicrographError
-        Unknown format, or the mask's shape is not ``shape``.
-    """
-    path = Path(path)
-    reader = micrograph_format(path, MASK_FORMATS)
-    try:
-        mask, _, _ = _read_array(path, reader)
-    except Exception as exc:
-        raise MicrographError(f"{path}: cannot read the mask ({exc})") from None
-    if mask.shape != tuple(shape):
-        raise MicrographError(
-            f"mask {path} has shape {mask.shape}, its image {tuple(shape)}; a mask must "
-            "match its image pixel for pixel"
-        )
-    scale = 255.0 if float(np.nanmax(mask, initial=0)) > 1 else 1.0
-    return np.clip(mask / scale, 0.0, 1.0).astype(np.float32)
-
-
-# --- resampling and tiling ---------------------------------------------------------------
-
-
-def resampled_shape(shape: Sequence[int], from_angstrom: float, to_angstrom: float) -> tuple:
-    """Shape of the same field of view at another pixel size (at least 1 px per side)."""
-    return tuple(max(1, int(round(s * from_angstrom / to_angstrom))) for s in shape)
-
-
-def resample(
-    image: np.ndarray,
-    from_angstrom: float,
-    to_angstrom: float,
-    *,
-    shape: Sequence[int] | None = None,
-    mask: bool = False,
-) -> np.ndarray:
-    """``image`` on a grid of pixel size ``to_angstrom`` (see the module docstring).
-
-    Parameters
-    ----------
-    image
-        ``(H, W)`` array at ``from_angstrom`` per pixel.
-    from_angstrom, to_angstrom
-        Pixel sizes in Å.
-    shape
-        Output shape; default :func:`resampled_shape` (the same field of view).
-    mask
-        Linear interpolation (for masks and probability maps: no overshoot); masks are
-        *not* thresholded here.
-    """
-    shape = (
-        tuple(shape)
-        if shape is not None
-        else resampled_shape(image.shape, from_angstrom, to_angstrom)
-    )
-    if shape == image.shape:
-        return np.asarray(image, np.float32)
-    if mask:
-        from skimage.transform import resize
-
-        out = resize(np.asarray(image, np.float64), shape, order=1, mode="edge")
-        return out.astype(np.float32)
-    return _dct_resample(np.asarray(image, np.float64), shape).astype(np.float32)
-
-
-def _dct_resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Band-limited resampling of a 2-D image to ``shape`` (DCT-II crop or zero-pad)."""
-    from scipy.fft import dctn, idctn
-
-    coefficients = dctn(image, type=2, norm="ortho")
-    out = np.zeros(shape, np.float64)
-    keep = tuple(min(a, b) for a, b in zip(image.shape, shape, strict=True))
-    out[: keep[0], : keep[1]] = coefficients[: keep[0], : keep[1]]
-    # orthonormal DCT: scale so that a constant image keeps its value
-    out *= math.sqrt(shape[0] * shape[1] / (image.shape[0] * image.shape[1]))
-    return idctn(out, type=2, norm="ortho")
-
-
-def tile_starts(length: int, tile_px: int, overlap_px: int = 0) -> list[int]:
-    """Start offsets of tiles of ``tile_px`` covering ``[0, length)``, overlapping by at least
-    ``overlap_px``; the last tile ends at ``length`` (it may overlap more).
-
-    Raises
-    ------
-    ValueError
-        ``length < tile_px``, or ``overlap_px`` not in ``[0, tile_px)``.
-    """
-    if not 0 <= overlap_px < tile_px:
-        raise ValueError(f"overlap must be in [0, {tile_px}) px, got {overlap_px}")
-    if length < tile_px:
-        raise ValueError(f"a side of {length} px is smaller than one tile ({tile_px} px)")
-    stride = tile_px - overlap_px
-    starts = list(range(0, length - tile_px + 1, stride))
-    if starts[-1] != length - tile_px:
-        starts.append(length - tile_px)
-    return starts
-
-
-def tile_positions(shape: Sequence[int], tile_px: int, overlap_px: int = 0) -> list[tuple]:
-    """``(y, x)`` top-left corners of the tiles of an image, row by row."""
-    return [
-        (y, x)
-        for y in tile_starts(shape[0], tile_px, overlap_px)
-        for x in tile_starts(shape[1], tile_px, overlap_px)
-    ]
-
-
-def cut_tiles(image: np.ndarray, positions: Sequence[tuple], tile_px: int) -> np.ndarray:
-    """The tiles ``(N, tile_px, tile_px)`` of ``image`` at ``positions``."""
-    return np.stack([image[y : y + tile_px, x : x + tile_px] for y, x in positions])
-
-
-# --- imported domains --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -845,25 +497,3 @@ def _write_imported_shard(
         },
     }
     write_shard(root, spec.axis, task, table, entry)
-
-
-__all__ = [
-    "FORMATS",
-    "ImportSummary",
-    "ImportedDomain",
-    "Micrograph",
-    "MicrographError",
-    "assign_splits",
-    "check_imported_use",
-    "check_spec_imports",
-    "cut_tiles",
-    "export_micrographs",
-    "import_micrographs",
-    "imported_domains",
-    "read_mask",
-    "read_micrograph",
-    "resample",
-    "resampled_shape",
-    "tile_positions",
-    "tile_starts",
-]

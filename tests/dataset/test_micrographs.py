@@ -1,9 +1,7 @@
-"""hrtem-ray import: microscope formats, calibration, resampling, tiling, imported domains.
+"""hrtem-ray import: micrographs as imported domains of a dataset, and their use in a study.
 
-Every file is written from this project's own simulated images (the tiny dataset, 0.4 Å
-per pixel) by a maintained writer (tifffile, mrcfile, RosettaSciIO, Pillow, numpy) and
-read back through :mod:`hrtem_ray.dataset.micrographs`. DM3/DM4 are not tested: RosettaSciIO
-cannot write them and no installed package ships a DM3/DM4 file (see the README).
+Files are written from this project's own simulated images (the tiny dataset, 0.4 Å per
+pixel) with tifffile and Pillow and imported through :mod:`hrtem_ray.dataset.micrographs`.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
@@ -22,139 +19,24 @@ import tifffile
 from PIL import Image
 
 from hrtem_ray.dataset import manifest, readers
+from hrtem_ray.dataset.geometry import resample
+from hrtem_ray.dataset.micrograph_files import MicrographError
 from hrtem_ray.dataset.micrographs import (
-    MicrographError,
     assign_splits,
     check_imported_use,
     import_micrographs,
     imported_domains,
-    read_mask,
-    read_micrograph,
-    resample,
-    tile_positions,
-    tile_starts,
 )
 
 PIXEL_ANGSTROM = 0.4  # the tiny dataset's output sampling
 
 
-@pytest.fixture(scope="module")
-def mosaic(tiny_dataset_root) -> tuple[np.ndarray, np.ndarray]:
-    """A 128 x 128 px image (2 x 2 simulated validation images) and its mask, at 0.4 Å/px."""
-    val = readers.read_images(tiny_dataset_root, "0", "val")
-    image = np.block([[val.images[0], val.images[1]], [val.images[2], val.images[0]]])
-    mask = np.block([[val.masks[0], val.masks[1]], [val.masks[2], val.masks[0]]])
-    return image.astype(np.float32), mask.astype(np.float32)
-
-
-def _axes(shape, scale_nm):
-    return [
-        {"name": n, "scale": scale_nm, "offset": 0.0, "size": s, "units": "nm", "navigate": False}
-        for n, s in zip(("y", "x"), shape, strict=True)
-    ]
-
-
-def _signal(image, scale_nm):
-    return {
-        "data": image,
-        "axes": _axes(image.shape, scale_nm),
-        "metadata": {"General": {"title": "simulated"}, "Signal": {"signal_type": ""}},
-        "original_metadata": {},
-    }
-
-
-def _uint8(image):
-    lo, hi = float(image.min()), float(image.max())
-    return np.round((image - lo) / (hi - lo) * 255).astype(np.uint8)
-
-
-# (writer name, file name, writer, pixel size to pass or None, value tolerance)
-def _write_tiff_cm(path, image):
-    cm = PIXEL_ANGSTROM * 1e-8
-    tifffile.imwrite(path, image, resolution=(1 / cm, 1 / cm), resolutionunit="CENTIMETER")
-
-
-def _write_imagej(unit, per_angstrom):
-    def write(path, image):
-        size = PIXEL_ANGSTROM * per_angstrom
-        tifffile.imwrite(
-            path, image, imagej=True, resolution=(1 / size, 1 / size), metadata={"unit": unit}
-        )
-
-    return write
-
-
-def _write_mrc(path, image):
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(image)
-        mrc.voxel_size = PIXEL_ANGSTROM
-
-
-def _write_rsciio(module):
-    def write(path, image):
-        import importlib
-
-        importlib.import_module(f"rsciio.{module}").file_writer(
-            str(path), _signal(image, PIXEL_ANGSTROM / 10)
-        )
-
-    return write
-
-
-def _write_pil(path, image):
-    Image.fromarray(_uint8(image)).save(path)
-
-
-FORMAT_CASES = [
-    ("tifffile resolution tags (cm)", "a.tif", _write_tiff_cm, None),
-    ("tifffile ImageJ nm", "b.tif", _write_imagej("nm", 0.1), None),
-    ("tifffile ImageJ Å", "c.tiff", _write_imagej("\\u00C5", 1.0), None),
-    ("tifffile ImageJ µm", "d.tif", _write_imagej("micron", 1e-4), None),
-    ("mrcfile", "e.mrc", _write_mrc, None),
-    ("RosettaSciIO TIFF", "f.tif", _write_rsciio("tiff"), None),
-    ("RosettaSciIO EMD (Berkeley)", "g.emd", _write_rsciio("emd"), None),
-    ("numpy", "h.npy", lambda p, im: np.save(p, im), PIXEL_ANGSTROM),
-    ("Pillow PNG", "i.png", _write_pil, PIXEL_ANGSTROM),
-    ("Pillow JPEG", "j.jpg", _write_pil, PIXEL_ANGSTROM),
-]
-
-
-@pytest.mark.parametrize(
-    ("writer", "name", "write", "given"), FORMAT_CASES, ids=[c[0] for c in FORMAT_CASES]
-)
-def test_each_format_reads_back_with_its_pixel_size(mosaic, tmp_path, writer, name, write, given):
-    image, _ = mosaic
-    path = tmp_path / name
-    write(path, image)
-    micrograph = read_micrograph(path, given)
-    assert micrograph.image.shape == image.shape, writer
-    assert micrograph.pixel_size_angstrom == pytest.approx(PIXEL_ANGSTROM, rel=1e-5), writer
-    if given is None:
-        assert micrograph.calibration.startswith("file"), micrograph.calibration
-    else:
-        assert micrograph.calibration == "--pixel-size-angstrom"
-    if path.suffix in (".png", ".jpg"):  # 8-bit: compare with the 8-bit image
-        tolerance = 0 if path.suffix == ".png" else 12  # JPEG is lossy
-        error = np.abs(micrograph.image - _uint8(image).astype(np.float32)).mean()
-        assert error <= tolerance, (writer, error)
-    else:
-        np.testing.assert_allclose(micrograph.image, image, rtol=1e-6, atol=1e-6, err_msg=writer)
-
-
-def test_missing_calibration_asks_for_the_pixel_size(mosaic, tmp_path):
-    image, _ = mosaic
-    path = tmp_path / "plain.tif"
-    tifffile.imwrite(path, image)  # no resolution unit: uncalibrated
-    with pytest.raises(MicrographError, match="--pixel-size-angstrom"):
-        read_micrograph(path)
-    assert read_micrograph(path, 0.25).pixel_size_angstrom == 0.25
-
-
-def test_the_file_calibration_wins_over_the_fallback(mosaic, tmp_path):
-    image, _ = mosaic
-    path = tmp_path / "cal.mrc"
-    _write_mrc(path, image)
-    assert read_micrograph(path, 3.0).pixel_size_angstrom == pytest.approx(PIXEL_ANGSTROM)
+def _write_calibrated_tiff(path: Path, image: np.ndarray) -> None:
+    """An ImageJ TIFF of ``image`` at :data:`PIXEL_ANGSTROM`, calibrated in nm."""
+    size_nm = PIXEL_ANGSTROM / 10
+    tifffile.imwrite(
+        path, image, imagej=True, resolution=(1 / size_nm,) * 2, metadata={"unit": "nm"}
+    )
 
 
 def test_calibration_is_honoured_half_the_pixel_size_imports_to_the_same_tile(
@@ -170,7 +52,7 @@ def test_calibration_is_honoured_half_the_pixel_size_imports_to_the_same_tile(
     fine = resize(image.astype(np.float64), (256, 256), order=5, mode="symmetric")
     fine = fine.astype(np.float32)
     coarse_path, fine_path = tmp_path / "coarse.tif", tmp_path / "fine.tif"
-    _write_imagej("nm", 0.1)(coarse_path, image)
+    _write_calibrated_tiff(coarse_path, image)
     tifffile.imwrite(
         fine_path, fine, imagej=True, resolution=(1 / 0.02, 1 / 0.02), metadata={"unit": "nm"}
     )
@@ -194,7 +76,7 @@ def test_import_writes_shards_with_manifest_checksums_and_provenance(
     files, masks = [], []
     for k in range(3):
         path = tmp_path / f"m{k}.tif"
-        _write_imagej("nm", 0.1)(path, np.roll(image, 8 * k, axis=1))
+        _write_calibrated_tiff(path, np.roll(image, 8 * k, axis=1))
         files.append(path)
         mask_path = tmp_path / f"m{k}_mask.png"
         Image.fromarray((np.roll(mask, 8 * k, axis=1) > 0.5).astype(np.uint8) * 255).save(mask_path)
@@ -296,7 +178,7 @@ def _manifest(root: Path) -> list[str]:
 def test_import_errors_before_anything_is_written(mosaic, dataset_copy, tmp_path, case):
     image, mask = mosaic
     good = tmp_path / "good.tif"
-    _write_imagej("nm", 0.1)(good, image)
+    _write_calibrated_tiff(good, image)
     (tmp_path / "other").mkdir()
     kwargs: dict = {}
     if case == "format":
@@ -334,36 +216,6 @@ def test_unsafe_domain_names_are_refused_before_anything_is_read_or_written(tmp_
     with pytest.raises(MicrographError, match=r"^domain: .*allowed: "):
         export_micrographs(tmp_path / "data", domain, tmp_path / "out", pixel_size_angstrom=0.3)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_resampling_up_then_down_returns_the_image(mosaic):
-    image, _ = mosaic
-    fine = resample(image, PIXEL_ANGSTROM, PIXEL_ANGSTROM / 2.5)
-    assert fine.shape == (320, 320)
-    np.testing.assert_allclose(
-        resample(fine, PIXEL_ANGSTROM / 2.5, PIXEL_ANGSTROM), image, atol=1e-4 * np.ptp(image)
-    )
-    assert resample(np.full((50, 30), 3.0), 1.0, 0.7).mean() == pytest.approx(3.0)
-
-
-def test_read_mask_scales_0_255_and_checks_the_shape(tmp_path):
-    mask = np.zeros((8, 8), np.uint8)
-    mask[2:5, 2:5] = 255
-    path = tmp_path / "mask.png"
-    Image.fromarray(mask).save(path)
-    assert read_mask(path, (8, 8)).max() == 1.0 and read_mask(path, (8, 8)).sum() == 9
-    with pytest.raises(MicrographError, match="has shape"):
-        read_mask(path, (8, 9))
-
-
-def test_tiles_cover_the_image_with_the_overlap():
-    assert tile_starts(128, 64) == [0, 64]
-    assert tile_starts(130, 64, 16) == [0, 48, 66]
-    assert len(tile_positions((130, 64), 64, 16)) == 3
-    with pytest.raises(ValueError, match="smaller than one tile"):
-        tile_starts(63, 64)
-    with pytest.raises(ValueError, match="overlap"):
-        tile_starts(128, 64, 64)
 
 
 def test_splits_are_whole_files():
