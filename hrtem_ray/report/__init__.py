@@ -1,1 +1,3 @@
-"""The HTML report: Altair charts of the analysis tables (``plots``) and the page, figures and CSV tables (``build``)."""
+"""The HTML report: Altair charts of the analysis tables (``vega`` building blocks; ``plots``,
+``reference_plots``, ``images``), the generated findings (``sentences``), the page from Jinja2
+templates (``page``, ``templates/``) and the build of figures and CSV tables (``build``)."""

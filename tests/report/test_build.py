@@ -15,7 +15,8 @@ import pytest
 import vl_convert as vlc
 
 from hrtem_ray import analysis
-from hrtem_ray.report import build, plots
+from hrtem_ray.report import build, reference_plots, sentences, vega
+from hrtem_ray.spec.names import is_safe_name
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
@@ -107,8 +108,8 @@ def test_names_from_the_table_cannot_leave_the_output_dir(tmp_path, study):
     path = build.write_report(results, out)
     written = _files_under(tmp_path) - before
     assert written and all(out in f.parents for f in written), sorted(written)
-    key = build.safe_name(study)
-    assert ".." not in key and "/" not in key and not key.startswith(".")
+    key = build.unique_safe_names([study])[study]
+    assert is_safe_name(key) and ".." not in key and "/" not in key and not key.startswith(".")
     assert (out / "figures" / f"{key}_pair_matrix.svg").stat().st_size > 1000
     assert (out / "tables" / f"{key}_pair_matrix.csv").is_file()
     page = path.read_text()
@@ -162,7 +163,7 @@ def test_default_selection_picks_median_and_all():
             "x": [1, 2, 3],
         }
     )
-    assert build.default_selection(table).to_dict(as_series=False) == {"x": [1]}
+    assert vega.default_selection(table).to_dict(as_series=False) == {"x": [1]}
 
 
 # ----------------------------------------------------------------------------- intervals, findings
@@ -353,7 +354,7 @@ def test_bar_and_line_charts_draw_error_bars(tmp_path):
 def test_selection_tables_carry_intervals_for_every_selection(tmp_path):
     table = analysis.load_results(_seeded_results(tmp_path, HARD_IN_FOCUS))
     tables, _ = analysis.selection_tables(table, ci=0.95, n_boot=200)
-    pairs = build.default_selection(tables["pair_matrix"]).filter(pl.col("phase") == "transfer")
+    pairs = vega.default_selection(tables["pair_matrix"]).filter(pl.col("phase") == "transfer")
     public = analysis.pair_matrix(table, "transfer", ci=0.95, n_boot=200)
     assert pairs.get_column("n_models").to_list() == public.get_column("n_models").to_list()
     # same statistic, independent bootstrap streams: close, not identical
@@ -423,8 +424,10 @@ def _figure_models(pairs: list[tuple[str, str]]) -> pl.DataFrame:
 
 
 def test_figure_7_2_draws_the_paper_panel_first_dashed_transfer_solid_mixture(tmp_path):
-    chart = plots.transfer_mixture_chart(_figure_models([("0", "10"), ("-10", "5"), ("-5", "0")]))
-    spec = plots.chart_spec(chart)
+    chart = reference_plots.transfer_mixture_chart(
+        _figure_models([("0", "10"), ("-10", "5"), ("-5", "0")])
+    )
+    spec = vega.chart_spec(chart)
     assert spec["facet"]["sort"] == ["-10 → 5", "-5 → 0", "0 → 10"]
     dash = next(n["strokeDash"] for n in _walk(spec) if "strokeDash" in n)
     assert dash["scale"] == {"domain": ["transfer", "mixture"], "range": [[6, 3], [1, 0]]}
@@ -443,13 +446,13 @@ def test_training_time_chart_names_the_device_and_its_sharing():
          "trials_sharing_device": [1, 1, 4], "seconds_per_epoch": [2.0, 1.6, 3.0],
          "saving": [0.0, 0.2, None], "n_models": [3, 3, 1]}
     )  # fmt: skip
-    spec = plots.chart_spec(plots.training_time_chart(times))
+    spec = vega.chart_spec(reference_plots.training_time_chart(times))
     groups = {row["group"] for row in spec["datasets"]["times"]}
     assert groups == {
         "transfer · 64 img · cuda:0 shared by 1",
         "transfer · 64 img · cuda:0 shared by 4",
     }
-    finding = build.freezing_time_saving(times, "defocus")
+    finding = sentences.freezing_time_saving(times, "defocus")
     assert "frozen encoder, transfer on 64 images: 0.2" in finding.answer
     assert "Up to 4 trials shared a device" in finding.answer
     assert finding.reference and finding.agrees is True
@@ -492,7 +495,7 @@ def test_dose_and_structure_studies_get_the_papers_views(tmp_path):
     }  # fmt: skip
     svg = (out / "figures" / "structure_structure.svg").read_text()
     assert svg.count('class="mark-rect role-mark') == 8  # 2 pretraining x 2 phases x 2 target sizes
-    assert plots.structure_parts(pl.DataFrame({"d": ["Fe3O4-large", "Cu"]}), "d").rows() == [
+    assert reference_plots.structure_parts(pl.DataFrame({"d": ["Fe3O4-large", "Cu"]}), "d").rows() == [
         ("Fe3O4-large", "Fe3O4", "large"), ("Cu", "Cu", "")
     ]  # fmt: skip
 
