@@ -97,7 +97,8 @@ def spec_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
 _WAVE_FIELDS = (
     "dataset.structures.",
     "dataset.structure_domains.",
-    "dataset.n_structures.",
+    "dataset.n_structures.train",
+    "dataset.n_structures.val",
     "dataset.seed",
     "dataset.structures_per_shard",
     *(f"dataset.simulation.{name}" for name in MULTISLICE_FIELDS),

@@ -105,7 +105,7 @@ def read_images(
     domain
         Domain label, e.g. ``"-10"``.
     split
-        ``"train"`` or ``"val"``.
+        ``"train"``, ``"val"`` or ``"test"`` (:data:`~hrtem_ray.spec.types.SPLITS`).
     n
         Number of images; ``None`` for all. Fewer available raises :class:`DatasetError`.
     """

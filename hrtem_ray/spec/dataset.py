@@ -27,7 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from hrtem_ray.spec.base import SpecError, SpecModel
 from hrtem_ray.spec.names import safe_name_problem
@@ -137,10 +144,32 @@ class StructureDomain(SpecModel):
 
 
 class SplitCounts(SpecModel):
-    """Structures simulated per split (each gives one image per imaging domain)."""
+    """Structures simulated per split (each gives one image per imaging domain).
+
+    Attributes
+    ----------
+    train
+        Structures whose images models train on.
+    val
+        Structures whose images choose each model's best epoch (on its own training domain).
+    test
+        Held-out structures, never used for training or model selection: when there are
+        any, every reported metric is computed on them. 0 (the default): no test split,
+        and models are scored on ``val``. Left out of every stored form and hash when 0,
+        so a dataset written before test splits existed keeps its identity; adding a test
+        split to a dataset leaves its train and val shards and exit waves as they are.
+    """
 
     train: int = Field(ge=1)
     val: int = Field(ge=1)
+    test: int = Field(default=0, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_test(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("test") == 0:
+            del out["test"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -391,8 +420,8 @@ class DatasetSpec(SpecModel):
         """What the exit waves of a group depend on (:mod:`hrtem_ray.dataset.waves`).
 
         The group's structures, the multislice physics
-        (:data:`~hrtem_ray.spec.types.MULTISLICE_FIELDS`), the seed, the structure
-        counts, the shard size and :data:`GENERATOR_VERSION`; not the imaging
+        (:data:`~hrtem_ray.spec.types.MULTISLICE_FIELDS`), the seed, the train and val
+        structure counts (not the test count), the shard size and :data:`GENERATOR_VERSION`; not the imaging
         (defocus, dose, focal spread, Cs, output sampling, jitter, mask, calibration).
         """
         structures = dict(self.groups_structures())[group]
@@ -402,7 +431,9 @@ class DatasetSpec(SpecModel):
             "structures": structures.model_dump(mode="json"),
             "multislice": {name: getattr(self.simulation, name) for name in MULTISLICE_FIELDS},
             "seed": self.seed,
-            "n_structures": self.n_structures.model_dump(mode="json"),
+            # the test count is not part of it: adding held-out structures keeps every
+            # train and val wave (each structure's seed depends on its split and index only)
+            "n_structures": self.n_structures.model_dump(mode="json", exclude={"test"}),
             "structures_per_shard": self.structures_per_shard,
         }
 

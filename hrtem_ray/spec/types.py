@@ -59,8 +59,9 @@ Phase = Literal["pretrain", "transfer", "baseline"]
 PHASES: tuple[Phase, ...] = ("pretrain", "transfer", "baseline")
 #: Training images are augmented by the 8 symmetries of the square (the dihedral group D4).
 N_SYMMETRIES = 8
-#: The splits of a dataset.
-SPLITS = ("train", "val")
+#: The splits of a dataset: ``train`` (training images), ``val`` (model selection: the
+#: best epoch) and ``test`` (held out: every reported metric, when the dataset has one).
+SPLITS = ("train", "val", "test")
 #: Angstrom per nanometre: the spec gives defocus in nm, abTEM takes angstrom.
 ANGSTROM_PER_NM = 10.0
 

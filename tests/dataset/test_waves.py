@@ -92,6 +92,36 @@ def test_adding_a_domain_runs_no_multislice_and_is_bit_identical(
             np.testing.assert_array_equal(a.defocus_nm, b.defocus_nm)
 
 
+def test_adding_a_test_split_simulates_only_the_new_structures(multislice_calls, tmp_path):
+    """Held-out structures added to a dataset: train and val shards and waves stay as they
+    are, only the new structures run multislice, and a spec without a test split keeps the
+    identity of a dataset written before test splits existed."""
+    base = tiny_dataset_spec()
+    counts = dict(TINY_DATASET["n_structures"])
+    assert "test" not in base.model_dump(mode="json")["n_structures"]
+    same = tiny_dataset_spec(n_structures={**counts, "test": 0})
+    assert same.content_hash() == base.content_hash()
+    root = tmp_path / "study"
+    pipeline.simulate_dataset_serial(base, root)
+    before = _shard_files(root)
+    waves_before = {p.name: _sha(p) for p in _wave_entries(root)}
+
+    held_out = tiny_dataset_spec(n_structures={**counts, "test": 2})
+    assert held_out.waves_hash(held_out.groups()[0].name) == base.waves_hash(base.groups()[0].name)
+    multislice_calls.clear()
+    pipeline.simulate_dataset_serial(held_out, root)
+    assert len(multislice_calls) == 2 * 2  # two passes per new structure, nothing else
+    after = _shard_files(root)
+    assert {k: after[k] for k in before} == before
+    assert {p.name: _sha(p) for p in _wave_entries(root) if p.name in waves_before} == waves_before
+    for domain in held_out.domains:
+        assert readers.summarize(root)[domain] == {**counts, "test": 2}
+        test = readers.read_images(root, domain, "test")
+        val = readers.read_images(root, domain, "val")
+        assert set(test.structure_ids).isdisjoint(val.structure_ids)
+        assert not np.array_equal(test.images, val.images[:2])
+
+
 def test_changing_a_multislice_field_refuses_the_store_naming_it(tiny_dataset_root, tmp_path):
     root = Path(shutil.copytree(tiny_dataset_root, tmp_path / "copy"))
     simulation = {**TINY_DATASET["simulation"], "n_phonons": 2}
