@@ -45,7 +45,7 @@ from hrtem_ray.dataset.micrograph_files import (
     read_mask,
     read_micrograph,
 )
-from hrtem_ray.dataset.readers import read_images
+from hrtem_ray.dataset.readers import read_images, summarize
 from hrtem_ray.spec.dataset import DatasetSpec
 from hrtem_ray.spec.names import safe_name_problem
 from hrtem_ray.spec.study import StudySpec
@@ -171,7 +171,10 @@ def export_micrographs(
     (out / "masks").mkdir(parents=True, exist_ok=True)
     size_nm = pixel_size_angstrom / 10
     written = []
+    stored = summarize(dataset_root).get(domain, {})
     for split in SPLITS:
+        if split == "test" and not stored.get("test"):
+            continue  # no held-out images in this domain
         selection = read_images(dataset_root, domain, split, n)
         for k, (image, mask) in enumerate(zip(selection.images, selection.masks, strict=True)):
             stem = f"{domain}_{split}_{k:03d}"

@@ -255,6 +255,13 @@ class TrainingSpec(SpecModel):
     epoch is kept, and a model has ``converged`` when it stopped on patience or its best
     epoch is at least ``patience`` epochs before its last
     (:func:`hrtem_ray.learning.train.has_converged`).
+
+    The best epoch is chosen on the ``val`` images of the model's own training domain;
+    ``eval_split`` says which split every reported metric is computed on: ``test`` (images
+    no model trained on or was selected with), ``val`` (the reference study's: the best
+    validation loss), or ``None`` (default): ``test`` when the dataset has a test split
+    (``dataset.n_structures.test``), else ``val``. Imported domains have no test split and
+    are scored on ``val`` (the ``eval_split`` column says so).
     """
 
     epochs: int | None = Field(default=None, ge=1)
@@ -265,6 +272,7 @@ class TrainingSpec(SpecModel):
     lr_decay: float = Field(default=0.99, gt=0, le=1)
     n_val: int | None = Field(default=None, ge=1)
     loss: LossFunction = "cross_entropy"
+    eval_split: Literal["test", "val"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -371,6 +379,12 @@ class StudySpec(SpecModel):
                     f"{field}: {too_big} exceed the {n_train} training images per domain "
                     f"(dataset.n_structures.train); allowed: 1 to {n_train}"
                 )
+        if self.training.eval_split == "test" and self.dataset.n_structures.test == 0:
+            raise ValueError(
+                "training.eval_split: test needs held-out structures, but "
+                "dataset.n_structures.test is 0; allowed: val, or a dataset.n_structures.test "
+                "of at least 1"
+            )
         n_val = self.training.n_val
         if n_val is not None and n_val > self.dataset.images_per_domain("val"):
             raise ValueError(
@@ -495,6 +509,19 @@ class StudySpec(SpecModel):
             return list(self.dataset.domains)
         trained = {*(self.domains.pretrain or []), *(self.domains.transfer or [])}
         return [*self.dataset.domains, *(d for d in self.domains.imported if d in trained)]
+
+    def scoring_split(self, domain: str) -> Literal["test", "val"]:
+        """The split a model's metrics on ``domain`` are computed on (see :class:`TrainingSpec`).
+
+        ``training.eval_split``, or by default ``test`` when the dataset has held-out
+        structures and ``val`` when not; always ``val`` for an imported domain (imported
+        micrographs are split into train and val only).
+        """
+        if domain in self.domains.imported:
+            return "val"
+        if self.training.eval_split is not None:
+            return self.training.eval_split
+        return "test" if self.dataset.n_structures.test > 0 else "val"
 
     def with_storage(self, storage: str | Path) -> StudySpec:
         """A copy of this spec writing to another storage location."""

@@ -88,14 +88,25 @@ def training_set(trial: Trial, dataset_root: str) -> tuple[np.ndarray, np.ndarra
     return np.concatenate([s[0] for s in sets]), np.concatenate([s[1] for s in sets])
 
 
-def validation_sets(
+def selection_set(
     spec: StudySpec, trial: Trial, dataset_root: str
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Validation sets of every eval domain, plus the trial's own training domain."""
-    domains = list(spec.domains_for("eval"))
-    if trial.train_domain not in domains:
-        domains.append(trial.train_domain)
-    return {d: _images(dataset_root, d, "val", spec.training.n_val) for d in domains}
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images a trial's best epoch is chosen on: ``val`` of its own training domain."""
+    return _images(dataset_root, trial.train_domain, "val", spec.training.n_val)
+
+
+def scoring_sets(spec: StudySpec, dataset_root: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The images every eval domain's metrics are computed on (:meth:`StudySpec.scoring_split`).
+
+    ``test`` images: all of them; ``val`` images: the first ``training.n_val`` (all when
+    not set), as the model selection sees them.
+    """
+    out = {}
+    for domain in spec.domains_for("eval"):
+        split = spec.scoring_split(domain)
+        n = spec.training.n_val if split == "val" else None
+        out[domain] = _images(dataset_root, domain, split, n)
+    return out
 
 
 def state_digest(model: torch.nn.Module) -> str:
@@ -295,13 +306,13 @@ def execute_trial(
     """
     started_at = time.time()
     train_images, train_masks = training_set(trial, dataset_root)
-    val_sets = validation_sets(spec, trial, dataset_root)
+    val_images, val_masks = selection_set(spec, trial, dataset_root)
+    scoring = scoring_sets(spec, dataset_root)
     if trial.phase == "transfer":
         model, _ = _load_parent(study_root, str(trial.parent_id), trial.model_id)
     else:
         model = build_model(spec.model, seed=trial.seed)
     initial_digest = state_digest(model)
-    val_images, val_masks = val_sets[trial.train_domain]
     training = spec.training
     stage = train_stage(
         model,
@@ -326,10 +337,9 @@ def execute_trial(
     converged = has_converged(
         stage.best_epoch, stage.epochs_trained, training.patience, stage.stopped_on_patience
     )
-    eval_domains = spec.domains_for("eval")
     metrics = evaluate(
         model,
-        {d: val_sets[d] for d in eval_domains},
+        scoring,
         batch_size=spec.training.batch_size,
         device=device,
         loss=spec.training.loss,
@@ -374,6 +384,8 @@ def execute_trial(
         max_epochs=training.max_epochs,
         min_delta=training.min_delta,
         train_steps=stage.steps,
+        eval_splits={d: spec.scoring_split(d) for d in scoring},
+        val_loss=stage.best_val_loss,
     )
     results.write_result(study_root, trial, rows)
     release_parent_checkpoint(spec, trial, study_root)
@@ -391,6 +403,7 @@ __all__ = [
     "release_parent_checkpoint",
     "state_digest",
     "training_set",
+    "scoring_sets",
+    "selection_set",
     "trials_sharing_device",
-    "validation_sets",
 ]

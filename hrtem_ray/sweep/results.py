@@ -93,6 +93,9 @@ RESULT_SCHEMA = pa.schema(
         ("train_steps", pa.int64()),
         ("target_fraction", pa.float64()),
         ("parent_seed", pa.int64()),
+        # the split scored, and the kept epoch's validation loss (selection, own domain)
+        ("eval_split", pa.string()),
+        ("val_loss", pa.float64()),
     ]
 )
 
@@ -132,6 +135,8 @@ def result_rows(
     max_epochs: int | None = None,
     min_delta: float | None = None,
     train_steps: int | None = None,
+    eval_splits: Mapping[str, str] | None = None,
+    val_loss: float | None = None,
 ) -> pa.Table:
     """Rows of one trained model, one per eval domain.
 
@@ -140,7 +145,9 @@ def result_rows(
     ``train_device``, ``trials_sharing_device``, ``converged``, ``patience``,
     ``max_epochs`` (``None`` for fixed epochs), ``min_delta`` and ``train_steps`` are
     recorded as they are; ``target_fraction`` and ``parent_seed`` come from the trial
-    (see docs/results_schema.md).
+    (see docs/results_schema.md). ``eval_splits`` maps eval domain -> the split its metrics
+    were computed on (``test`` or ``val``; default ``val``); ``val_loss`` is the kept
+    epoch's loss on the selection images (``val`` of the model's own training domain).
     """
     rows = [
         {
@@ -178,6 +185,8 @@ def result_rows(
             "train_steps": train_steps,
             "target_fraction": trial.target_fraction,
             "parent_seed": trial.parent_seed,
+            "eval_split": (eval_splits or {}).get(domain, "val"),
+            "val_loss": val_loss,
         }
         for domain, m in metrics.items()
     ]

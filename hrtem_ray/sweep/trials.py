@@ -179,6 +179,7 @@ LATER_TRAINING_DEFAULTS = {
     "max_epochs": None,
     "patience": None,
     "min_delta": 0.0,
+    "eval_split": None,
 }
 
 

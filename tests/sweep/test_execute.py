@@ -20,7 +20,7 @@ from hrtem_ray.sweep.trials import mixture_steps, plan_trials, stage_steps
 
 PROTOCOL_COLUMNS = [
     "converged", "patience", "max_epochs", "min_delta", "train_steps", "target_fraction",
-    "parent_seed",
+    "parent_seed", "eval_split", "val_loss",
 ]  # fmt: skip
 
 
@@ -113,3 +113,51 @@ def test_mixtures_with_matched_steps_train_their_counterparts_steps(tiny_dataset
     assert rows["epochs"][0] == 2 and rows["target_fraction"][0] == 0.5
     assert rows["converged"].null_count() == 2  # fixed epochs without patience: not judged
     assert rows["patience"].null_count() == 2 and rows["max_epochs"].null_count() == 2
+
+
+def test_reported_metrics_are_computed_on_the_test_images(tiny_dataset_root, tmp_path):
+    """With a test split every metric is of the held-out images, the best epoch is still
+    chosen on val, and the two differ: scoring on val would fail here."""
+    import shutil
+
+    from hrtem_ray.dataset import readers
+    from hrtem_ray.dataset.pipeline import simulate_dataset_serial
+    from hrtem_ray.learning.train import evaluate, load_checkpoint
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset_root, root)
+    dataset = {**copy.deepcopy(TINY_DATASET), "path": str(root)}
+    dataset["n_structures"] = {**dataset["n_structures"], "test": 3}
+    spec = study(root, dataset=dataset, transfer=None, training={"epochs": 2, "batch_size": 4})
+    simulate_dataset_serial(spec.dataset, root)  # only the 3 held-out structures are new
+    (trial,) = plan_trials(spec).pretrain
+    rows = run(spec, trial, tmp_path / "study").sort("eval_domain")
+    assert rows["eval_split"].to_list() == ["test", "test"]
+    history = results.read_history(str(tmp_path / "study"))
+    best = history.filter(pl.col("epoch") == rows["best_epoch"][0])
+    assert rows["val_loss"][0] == pytest.approx(best["val_loss"][0], rel=1e-9)
+    model, _ = load_checkpoint(str(tmp_path / "study" / "checkpoints" / trial.model_id))
+    for split in ("test", "val"):
+        sets = {}
+        for domain in ("0", "10"):
+            selection = readers.read_images(root, domain, split)
+            sets[domain] = (selection.images, selection.masks)
+        metrics = evaluate(model, sets, batch_size=4, device="cpu")
+        scored = [metrics[d].loss for d in ("0", "10")]
+        if split == "test":
+            assert rows["loss"].to_list() == pytest.approx(scored, rel=1e-5)
+        else:  # the validation images give other numbers
+            assert min(abs(a - b) for a, b in zip(rows["loss"], scored, strict=True)) > 1e-4
+
+
+def test_without_a_test_split_models_are_scored_on_val_and_say_so(stopped):
+    _, parent, _, _ = stopped
+    assert parent["eval_split"].to_list() == ["val", "val"]
+    assert parent["val_loss"].null_count() == 0
+
+
+def test_asking_for_test_metrics_without_a_test_split_is_refused(tiny_dataset_root):
+    from hrtem_ray.spec.base import SpecError
+
+    with pytest.raises(SpecError, match="training.eval_split: test needs held-out structures"):
+        study(tiny_dataset_root, training={"epochs": 1, "eval_split": "test"})
