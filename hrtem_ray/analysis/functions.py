@@ -443,7 +443,7 @@ def hyperparameter_effects(
     by = [by] if isinstance(by, str) else list(by)
     lf = select_rows(results, required_columns([*TRANSFER_COLUMNS, *by], ci), filters)
     metric = hyperparameter_metric(by, [str(d) for d in exclude_target_domains])
-    return _table(metric, lf, "median", ci, n_boot, boot_seed)
+    return _table(metric, lf, "median", ci, n_boot, boot_seed)  # (quantiles, whatever reduce)
 
 
 def generalization_gap(

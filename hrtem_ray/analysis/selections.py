@@ -231,7 +231,8 @@ def selection_tables(
         functions'. Each distinct set of models is bootstrapped on its own (its
         groups draw from their own random streams), so an interval equals the public
         function's in distribution, not bit for bit; with no ``dims`` there is one
-        selection and the intervals are the public functions'.
+        selection and the intervals are the public functions' (but those of the
+        baseline comparison, whose table here resamples every pair at once).
 
     Returns
     -------
