@@ -189,6 +189,9 @@ class BaselineGrid(SpecModel):
         ``steps``: as many optimizer steps as its transfer counterpart (pretraining on
         ``pretrain.n_images``, transfer on the mixture's target images) in both stages
         together; needs fixed epochs (see :data:`BaselineMatch`).
+    pairs
+        ``[source, target]`` domain pairs to train mixtures for; default every pair of
+        :func:`hrtem_ray.sweep.trials.baseline_pairs` (pretrain x transfer domains).
     """
 
     fractions: list[TargetFraction] | None = None
@@ -197,6 +200,7 @@ class BaselineGrid(SpecModel):
     match: BaselineMatch = "images"
     lr: list[float] = Field(default_factory=lambda: [1e-3, 1e-4], min_length=1)
     seeds: Seeds = Field(default_factory=lambda: [0, 1, 2])
+    pairs: list[tuple[str, str]] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -224,6 +228,14 @@ class BaselineGrid(SpecModel):
             raise ValueError("baseline.fractions: needs at least one fraction in [0, 1]")
         if self.mixtures is not None and not self.mixtures:
             raise ValueError("baseline.mixtures: needs at least one [n_source, n_target] pair")
+        if self.pairs is not None:
+            same = [list(p) for p in self.pairs if p[0] == p[1]]
+            if not self.pairs or same or len(set(self.pairs)) != len(self.pairs):
+                raise ValueError(
+                    f"baseline.pairs: {same or self.pairs} must be distinct [source, target] "
+                    "pairs of two different domains (or leave baseline.pairs out: every "
+                    "pretrain x transfer pair)"
+                )
         return self
 
 
@@ -378,6 +390,12 @@ class StudySpec(SpecModel):
                 raise ValueError(
                     f"{field}: {too_big} exceed the {n_train} training images per domain "
                     f"(dataset.n_structures.train); allowed: 1 to {n_train}"
+                )
+        if self.baseline is not None and self.baseline.pairs is not None:
+            unknown = sorted({d for p in self.baseline.pairs for d in p} - set(allowed))
+            if unknown:
+                raise ValueError(
+                    f"baseline.pairs: unknown domains {unknown}; allowed: {', '.join(allowed)}"
                 )
         if self.training.eval_split == "test" and self.dataset.n_structures.test == 0:
             raise ValueError(

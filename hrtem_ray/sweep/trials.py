@@ -342,7 +342,7 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
     one child with the parent's seed without them); under ``per_model`` each transfer
     trial gets a parent of its own, seeded with :func:`per_model_seed`; the parents are
     listed in the order of their children (see the module docstring). Baseline trials:
-    every pair of :func:`baseline_pairs` x mixture (:meth:`StudySpec.mixture_counts`) x
+    ``baseline.pairs`` (default every pair of :func:`baseline_pairs`) x mixture (:meth:`StudySpec.mixture_counts`) x
     lr x seed, with a step budget (:func:`mixture_steps`) under ``baseline.match: steps``.
 
     Raises
@@ -396,7 +396,7 @@ def _baseline_trials(spec: StudySpec, ctx: dict) -> list[Trial]:
     grid = spec.baseline
     if grid is None:
         return []
-    pairs = baseline_pairs(spec.domains_for("pretrain"), spec.domains_for("transfer"))
+    pairs = grid.pairs or baseline_pairs(spec.domains_for("pretrain"), spec.domains_for("transfer"))
     trials = []
     for (src, tgt), (n_src, n_tgt), lr, seed in itertools.product(
         pairs, spec.mixture_counts(), grid.lr, grid.seeds

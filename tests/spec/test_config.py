@@ -394,6 +394,23 @@ TRANSFER = {"lr": [1e-3], "n_images": [2], "freeze": ["none"]}
             _study(transfer={**TRANSFER, "seeds": [0], "parents": "per_model"}),
             r"transfer\.seeds: only with transfer\.parents: shared",
         ),
+        (
+            _study(baseline={"pairs": [["0", "0"]]}),
+            r"baseline\.pairs: \[\['0', '0'\]\] must be distinct \[source, target\] pairs",
+        ),
+        (
+            _study(baseline={"pairs": [["0", "7"]]}),
+            r"baseline\.pairs: unknown domains \['7'\]; allowed: -10, 0, 10",
+        ),
+        (
+            _study(training={"epochs": 2, "eval_split": "test"}),
+            r"training\.eval_split: test needs held-out structures, but "
+            r"dataset\.n_structures\.test is 0; allowed: val",
+        ),
+        (
+            _study(training={"epochs": 2, "eval_split": "train"}),
+            r"training\.eval_split: Input should be 'test' or 'val'",
+        ),
     ],
 )
 def test_protocol_bad_input_is_refused_naming_field_and_allowed_values(raw, message):

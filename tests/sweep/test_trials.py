@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -438,6 +439,21 @@ def test_transfer_seeds_replicate_the_transfer_stage_on_each_parent():
     ids = {t.model_id for t in plan.transfer}
     assert len(ids) == 4 and not ids & {t.model_id for t in base.transfer}
     assert "parent seed=0" in plan.transfer[0].describe()
+
+
+def test_baseline_pairs_choose_the_mixtures_domains():
+    import yaml
+
+    raw = yaml.safe_load(Path("sweeps/laptop.yaml").read_text())
+    raw["domains"] = {"pretrain": ["-10", "0"], "transfer": ["-10", "0", "5"]}
+    raw["baseline"] = {"pairs": [["-10", "5"]], "fractions": [0.25], "n_images": 24,
+                       "lr": [1e-3], "seeds": [0, 1]}  # fmt: skip
+    plan = plan_trials(parse_study_spec(raw))
+    assert {(t.pretrain_domain, t.transfer_domain) for t in plan.baseline} == {("-10", "5")}
+    assert [(t.n_pretrain, t.n_transfer, t.seed) for t in plan.baseline] == [(18, 6, 0), (18, 6, 1)]
+    raw["baseline"].pop("pairs")
+    every = plan_trials(parse_study_spec(raw)).baseline
+    assert len(every) > len(plan.baseline)
 
 
 def test_replicate_baseline_seeds_are_distinct_models():
