@@ -10,6 +10,7 @@ Everything is importable from here (``hrtem_ray.analysis.pair_matrix``), as docu
 """
 
 from hrtem_ray.analysis.bootstrap import CI_SUFFIXES
+from hrtem_ray.analysis.findings import findings
 from hrtem_ray.analysis.functions import (
     FIGURE_7_2,
     FIGURE_7_2_COLUMNS,
@@ -74,6 +75,7 @@ __all__ = [
     "baseline_comparison",
     "domain_order",
     "encode_labels",
+    "findings",
     "format_value",
     "generalization_gap",
     "hyperparameter_effects",
