@@ -27,7 +27,11 @@ default) and ``pandas.read_parquet``. Prints JSON with
   intervals of ``pair_matrix`` (both phases), ``ood_spread`` and
   ``transfer_asymmetry`` (per group: a pivot to a model x eval-domain matrix, an
   index matrix of resampled models, ``np.median`` over it; timed once) divided by
-  the time of the same functions with ``ci``.
+  the time of the same functions with ``ci``;
+- ``seconds_findings_published_table``: ``analysis.findings`` (intervals from 1000
+  bootstrap replicates) on the reference study's published tables (7,200 + 7,200
+  defocus models and 720 mixtures, ``tests/data/published``), best of ``--repeat``;
+  ``cpu_seconds_findings_published_table``: the process CPU time of one such call.
 
 Usage::
 
@@ -41,6 +45,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import common
@@ -50,6 +55,7 @@ import polars as pl
 
 from hrtem_ray import analysis
 
+PUBLISHED = Path(__file__).resolve().parents[1] / "tests" / "data" / "published"
 PRETRAIN = (-10, -5, 0, 5, 10)
 DOMAINS = tuple(range(-25, 30, 5))
 LRS_PRETRAIN = (1e-3, 1e-4)
@@ -347,6 +353,12 @@ def pandas_ci(df: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, seed: int 
     return out
 
 
+def published_table() -> pl.DataFrame:
+    """The reference study's published defocus and baseline tables, concatenated."""
+    files = ("published_defocus_results.parquet", "published_baseline_results.parquet")
+    return pl.concat([pl.read_parquet(PUBLISHED / name) for name in files])
+
+
 def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     """Best wall time of ``repeat`` calls, and the last call's return value."""
     times = []
@@ -384,6 +396,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ci_cpu = time.process_time() - cpu_start
     ci_subset, _ = best_time(lambda: polars_ci_subset(loaded), repeat)
     pandas_ci_subset, _ = best_time(lambda: pandas_ci(frame), 1)
+    published = published_table()
+    findings_time, _ = best_time(lambda: analysis.findings(published), repeat)
+    cpu_start = time.process_time()
+    analysis.findings(published)
+    findings_cpu = time.process_time() - cpu_start
     result = {
         "rows": table.height,
         "quick": args.quick,
@@ -407,6 +424,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds_polars_ci_pair_ood_asymmetry": round(ci_subset, 3),
         "seconds_pandas_ci_pair_ood_asymmetry": round(pandas_ci_subset, 3),
         "ci_speedup_vs_pandas": round(pandas_ci_subset / ci_subset, 2),
+        "seconds_findings_published_table": round(findings_time, 3),
+        "cpu_seconds_findings_published_table": round(findings_cpu, 3),
         "polars_version": pl.__version__,
         "pandas_version": pd.__version__,
     }
