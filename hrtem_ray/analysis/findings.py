@@ -864,8 +864,9 @@ def findings(
     ``DEPENDENCE_TOLERANCE`` (0.25), finding 3 "approaches" below
     ``APPROACH_TOLERANCE`` (0.10), finding 5a "little" below ``LITTLE_COST`` (0.05),
     finding 5b "a little" between 0 and ``A_LITTLE_COST`` (0.25), finding 5c the
-    study's 0.15 to 0.25 (``SAVING_RANGE``). Each finding draws from its own random
-    stream, so the verdict of one does not depend on which others could be computed.
+    study's 0.15 to 0.25 (``SAVING_RANGE``). The pretrain, transfer and mixture
+    configurations are resampled once, each from its own random stream, and shared by
+    the findings that use them; findings 4 and 5c draw their own.
     """
     check_ci(ci, n_boot)
     ctx = _context(_prepare(table), ci, n_boot if ci is not None else 0, boot_seed)
