@@ -697,7 +697,7 @@ def _shifts(ctx: _Context) -> tuple[np.ndarray, set[int]]:
             continue
         if a not in before:
             values, configs = pre.select(_pair(a))
-            before[a] = (np.median(values, axis=1), configs)
+            before[a] = (np.median(values, axis=1) if configs else None, configs)
         p_median, p_configs = before[a]
         if not p_configs:
             continue
