@@ -95,23 +95,50 @@ class LaptopRun:
     log: str
 
 
+#: ``sweeps/laptop.yaml`` shrunk for CI (the same sections and code path, fewer and smaller
+#: models): 4 defoci incl. the Figure 7.2 pair -10 -> 5 nm, 2 seeds, a test split, early
+#: stopping. The full preset is measured by ``benchmarks/laptop_study.py``.
+LAPTOP_CI = {
+    "dataset": {
+        "defocus_nm": [-10, 0, 5, 10],
+        "n_structures": {"train": 12, "val": 4, "test": 4},
+    },
+    "domains": {"pretrain": ["-10", "0"], "transfer": ["-10", "0", "5"]},
+    "pretrain": {"lr": [0.001], "n_images": [12], "seeds": [0, 1]},
+    "transfer": {"lr": [0.0003], "n_images": [4], "freeze": ["none", "encoder"]},
+    "baseline": {
+        "pairs": [["-10", "5"]],
+        "fractions": [0.25],
+        "n_images": 12,
+        "lr": [0.001],
+        "seeds": [0, 1],
+    },
+    "training": {"max_epochs": 6, "patience": 2, "batch_size": 16, "lr_decay": 0.99},
+}
+
+
+def laptop_ci_spec(path: Path) -> Path:
+    """Write ``sweeps/laptop.yaml`` with :data:`LAPTOP_CI` merged in (one level deep) to ``path``."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "sweeps" / "laptop.yaml").read_text())
+    for key, value in LAPTOP_CI.items():
+        raw[key] = {**raw[key], **value} if key == "dataset" else value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="session")
 def laptop_run(tmp_path_factory) -> LaptopRun:
-    """The README's main command, ``hrtem-ray run sweeps/laptop.yaml``, end to end.
+    """The README's main command, ``hrtem-ray run sweeps/laptop.yaml``, end to end, on the
+    preset shrunk for CI (:data:`LAPTOP_CI`).
 
     Runs in a subprocess (its own local Ray cluster) exactly as a user would.
     """
     out = tmp_path_factory.mktemp("laptop-run")
+    spec = laptop_ci_spec(out.parent / "laptop-ci.yaml")
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hrtem_ray.cli",
-            "run",
-            str(REPO / "sweeps" / "laptop.yaml"),
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", "hrtem_ray.cli", "run", str(spec), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=1800,

@@ -205,7 +205,7 @@ def test_one_model_per_pretrain_domain_is_undecidable_for_2b_and_2c():
 
 
 def test_a_laptop_shaped_study_without_replicates_claims_nothing():
-    """Our laptop preset's shape: one seed for every model (sweeps/laptop.yaml)."""
+    """The shape of a study without replicates (sweeps/laptop.yaml before it had seeds)."""
     result = findings(study_table(seeds=(0,)))
     assert set(result["verdict"]) == {"undecidable"}
     assert result["ci_low"].null_count() == result.height

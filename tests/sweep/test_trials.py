@@ -288,7 +288,7 @@ def test_defocus_paper_protocol_lines_count_the_passes():
 @pytest.mark.parametrize(
     ("preset", "counts"),
     [
-        ("laptop", {"pretrain": 3, "transfer": 72, "baseline": 27}),
+        ("laptop", {"pretrain": 9, "transfer": 54, "baseline": 3}),
         ("laptop_dose", {"pretrain": 5, "transfer": 60, "baseline": 0}),
         ("laptop_structure", {"pretrain": 4, "transfer": 36, "baseline": 0}),
     ],
@@ -298,11 +298,23 @@ def test_laptop_presets_dry_run(preset, counts):
     assert got == {**counts, "models in all": sum(counts.values())}
 
 
-def test_laptop_has_three_transfer_sizes_matching_the_mixtures_target_counts():
+def test_laptop_compares_like_with_like_on_replicates():
+    """The laptop preset: the Figure 7.2 pair with both arms at the same target count, fair
+    mixtures (the pretraining size), at least 3 replicates of every compared model, a test
+    split and early stopping."""
     spec = load_study_spec("sweeps/laptop.yaml")
-    sizes = sorted(spec.transfer.n_images)
-    assert len(sizes) >= 3
-    assert sorted(n_target for _, n_target in spec.mixture_counts()) == sizes
+    plan = plan_trials(spec)
+    assert sorted(n_target for _, n_target in spec.mixture_counts()) == spec.transfer.n_images
+    assert {t.n_pretrain + t.n_transfer for t in plan.baseline} == set(spec.pretrain.n_images)
+    arms = {(t.pretrain_domain, t.transfer_domain, t.n_transfer) for t in plan.transfer}
+    assert {(t.pretrain_domain, t.transfer_domain, t.n_transfer) for t in plan.baseline} <= arms
+    assert ("-10", "5") in {(t.pretrain_domain, t.transfer_domain) for t in plan.baseline}
+    replicates = {}
+    for t in plan.all():
+        key = (t.phase, t.pretrain_domain, t.transfer_domain, t.n_transfer, t.freeze)
+        replicates.setdefault(key, set()).add(t.seed)
+    assert min(len(seeds) for seeds in replicates.values()) >= 3
+    assert spec.dataset.n_structures.test > 0 and spec.training.stops_early
 
 
 def test_baseline_paper_has_both_arms_of_figure_7_2_for_every_pair():
