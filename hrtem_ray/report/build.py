@@ -56,7 +56,14 @@ import vl_convert as vlc
 from hrtem_ray import analysis
 from hrtem_ray.report import images, plots, reference_plots
 from hrtem_ray.report.page import StudySection, render_page
-from hrtem_ray.report.sentences import CI, N_BOOT, study_findings
+from hrtem_ray.report.sentences import (
+    CI,
+    N_BOOT,
+    attach_verdicts,
+    converged_text,
+    protocol_banners,
+    study_findings,
+)
 from hrtem_ray.report.vega import chart_spec, default_selection
 from hrtem_ray.spec.names import SAFE_NAME_MAX_LENGTH, to_safe_name
 
@@ -233,6 +240,82 @@ def imported_domains_note(data_dir: str | os.PathLike[str], domains: Sequence[st
     return f"imported domains (micrographs, not simulated): {', '.join(marked)}"
 
 
+def study_facts(
+    results: pl.DataFrame, data_dir: str | os.PathLike[str] | None = None
+) -> list[tuple[str, str]]:
+    """What the study ran, for the spec summary: images per split, training, seeds, imaging.
+
+    From the results table (epochs, early stopping, seeds, splits scored, convergence,
+    loss) and, when ``data_dir`` is given, the dataset's spec (images per split, dose,
+    defocus list, Cs, focal spread); a part that cannot be read is left out.
+    """
+    facts = []
+    if data_dir is not None:
+        try:
+            from hrtem_ray.dataset.manifest import dataset_spec
+
+            spec = dataset_spec(data_dir)
+            counts = spec.n_structures
+            facts.append(
+                ("images per domain", f"train {counts.train}, val {counts.val}, test {counts.test}")
+            )
+            values = (
+                ", ".join(f"{v:g}" for v in spec.defocus_nm)
+                if isinstance(spec.defocus_nm, list)
+                else f"{spec.defocus_nm:g}"
+            )
+            facts.append(("defocus (nm)", values))
+            dose = spec.dose_e_per_angstrom2
+            facts.append(("dose (e/Å²)", "noiseless" if dose is None else str(dose)))
+            facts.append(("Cs (mm)", str(spec.cs_mm)))
+            facts.append(("focal spread (Å)", str(spec.simulation.focal_spread_angstrom)))
+            facts.append(("pixel size (Å)", str(spec.simulation.output_sampling_angstrom)))
+        except Exception as error:  # the report works without the dataset
+            log.warning("dataset spec unavailable for the summary: %s", error)
+    columns = results.columns
+    if "patience" in columns and results.get_column("patience").is_not_null().any():
+        row = results.row(0, named=True)
+        facts.append(
+            (
+                "training",
+                f"early stopping: patience {row['patience']}, min_delta {row.get('min_delta')}, "
+                f"at most {row.get('max_epochs')} epochs; epochs trained "
+                f"{results.get_column('epochs').min()}-{results.get_column('epochs').max()}",
+            )
+        )
+    else:
+        facts.append(("training", f"fixed epochs: {sorted(set(results.get_column('epochs')))}"))
+    facts.append(("converged", converged_text(results)))
+    in_domain = results.filter(
+        (pl.col("phase") == "pretrain")
+        & (pl.col("eval_domain").cast(pl.String) == pl.col("pretrain_domain").cast(pl.String))
+    )
+    if not in_domain.is_empty():
+        iou = in_domain.group_by(pl.col("eval_domain").cast(pl.String)).agg(pl.col("iou").median())
+        order = analysis.domain_order(iou.get_column("eval_domain").to_list())
+        values = dict(iou.iter_rows())
+        facts.append(
+            (
+                "median IoU in domain (pretrained models)",
+                ", ".join(f"{d}: {values[d]:.2f}" for d in order),
+            )
+        )
+    seeds = results.group_by("phase").agg(pl.col("seed").n_unique()).sort("phase")
+    facts.append(("seeds", ", ".join(f"{p} {n}" for p, n in seeds.iter_rows())))
+    if "eval_split" in columns:
+        splits = sorted(set(results.get_column("eval_split").cast(pl.String).fill_null("val")))
+        facts.append(("scored on", ", ".join(splits)))
+    loss = "cross_entropy"
+    if "loss_function" in columns:
+        loss = ", ".join(
+            sorted(
+                set(results.get_column("loss_function").cast(pl.String).fill_null("cross_entropy"))
+            )
+        )
+    facts.append(("loss", f"{loss}; reported as excess loss: nats above its floor (0 is perfect)"))
+    return facts
+
+
 def build_section(
     results: pl.DataFrame, study: str, data_dir: str | os.PathLike[str] | None = None
 ) -> StudySection:
@@ -260,6 +343,10 @@ def build_section(
     summary = model_summary(results)
     section = StudySection(study, charts, tables, choices, summary, static, notes)
     section.findings = study_findings(tables, study)
+    section.verdicts = analysis.findings(results, ci=CI, n_boot=N_BOOT)
+    attach_verdicts(section.findings, section.verdicts)
+    section.banners = protocol_banners(results)
+    section.facts = study_facts(results, data_dir)
     return section
 
 

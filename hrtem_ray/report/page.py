@@ -5,7 +5,8 @@ section:
 
 - ``page.html.j2``: the document (style, the inlined Vega libraries, the notes at the
   top, every study's findings block, then every study, and the page script);
-- ``findings.html.j2``: the findings block of a study (:func:`headline_findings`);
+- ``findings.html.j2``: the findings block of a study (banners and the verdicts of
+  :func:`hrtem_ray.analysis.findings`);
 - ``study.html.j2``: a study, from ``summary.html.j2`` (models per phase),
   ``controls.html.j2`` (the select widgets of its ``sel_*`` parameters, :func:`controls`),
   one ``figure.html.j2`` per chart (:func:`figures`) and the links to its tables;
@@ -39,7 +40,6 @@ from hrtem_ray.report.sentences import (
     CI,
     N_BOOT,
     Finding,
-    headline_findings,
     reference_verdict,
 )
 from hrtem_ray.report.vega import SELECTION_DEFAULTS
@@ -54,6 +54,8 @@ CONTROL_LABELS = {
 }
 CAPTIONS = {
     "examples": "A few validation images of the dataset with their particle masks.",
+    "learning_curves": "Train and validation loss per epoch of every phase, from history/.",
+    "predictions": "A held-out image per domain, its mask and a representative model's map.",
 }
 TITLES = {
     "pair_matrix": "Loss matrices",
@@ -66,6 +68,8 @@ TITLES = {
     "transfer_mixture": "Figure 7.2: transfer versus mixture",
     "training_time": "Training time",
     "structure": "Structure series per lattice and particle size",
+    "learning_curves": "Learning curves",
+    "predictions": "Predictions next to the truth",
 }
 #: A finding's ``data-significant`` attribute, by its ``significant``.
 SIGNIFICANCE = {True: "significant", False: "not significant", None: "no interval"}
@@ -90,6 +94,9 @@ class StudySection:
     notes: list[str] = field(default_factory=list)
     key: str = ""
     findings: dict[str, list[Finding]] = field(default_factory=dict)
+    verdicts: pl.DataFrame | None = None
+    banners: list[str] = field(default_factory=list)
+    facts: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -150,6 +157,15 @@ def static_file(name: str) -> Markup:
     return Markup(source)
 
 
+def estimate_text(row: Mapping[str, Any]) -> str:
+    """A finding's estimate and interval (3 significant digits), ``-`` when not computable."""
+    if row["estimate"] is None:
+        return "-"
+    if row["ci_low"] is None:
+        return f"{row['estimate']:.3g}"
+    return f"{row['estimate']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]"
+
+
 @functools.cache
 def environment() -> jinja2.Environment:
     """The Jinja2 environment of the report templates (autoescaped, undefined names fail)."""
@@ -164,11 +180,11 @@ def environment() -> jinja2.Environment:
         "significance": SIGNIFICANCE.__getitem__,
         "agreement": AGREEMENT.__getitem__,
         "reference_verdict": reference_verdict,
+        "estimate_text": estimate_text,
     }
     env.globals |= {
         "ci_percent": f"{CI:.0%}",
         "n_boot": N_BOOT,
-        "headline_findings": headline_findings,
         "controls": controls,
         "figures": figures,
         "static_file": static_file,

@@ -65,31 +65,45 @@ def pair_heatmaps(pairs: pl.DataFrame, study: str = "defocus") -> alt.HConcatCha
     }
     for phase, title in titles.items():
         cells = named_chart(datasets[f"pairs_{phase}"], f"pairs_{phase}")
-        heat = loss_heatmap(
-            cells,
-            pairs,
-            x,
-            y,
-            extra_tooltip=[
-                *interval_tooltips(datasets[f"pairs_{phase}"], "loss"),
-                "from_pretrain:N",
-            ],
-        )
+
+        def heat_tooltips(phase: str = phase) -> list:
+            return [*interval_tooltips(datasets[f"pairs_{phase}"], "loss"), "from_pretrain:N"]
+
+        heat = loss_heatmap(cells, pairs, x, y, extra_tooltip=heat_tooltips())
         layers = [heat]
         if phase == "transfer":
-            outline = cells.transform_filter("datum.from_pretrain").mark_rect(
-                fillOpacity=0, stroke="white", strokeWidth=1, strokeDash=[2, 2]
+            # a cell without a transfer model holds the pretrain value in the table: never
+            # drawn as a measured result, but blank with a legend entry
+            measured = cells.transform_filter("!datum.from_pretrain")
+            heat = loss_heatmap(measured, pairs, x, y, extra_tooltip=heat_tooltips(phase))
+            blank = (
+                cells.transform_filter("datum.from_pretrain")
+                .transform_calculate(cell="'no transfer model (left blank)'")
+                .mark_rect(fill="#f4f4f4", stroke="#999", strokeWidth=1, strokeDash=[2, 2])
+                .encode(
+                    x=x,
+                    y=y,
+                    opacity=alt.Opacity(
+                        "cell:N", scale=alt.Scale(range=[1]), legend=alt.Legend(title=None)
+                    ),
+                )
             )
-            layers.append(outline.encode(x=x, y=y))
+            layers = [heat, blank]
         panels.append(alt.layer(*layers).properties(title=title, width=alt.Step(CELL), height=alt.Step(CELL)))  # fmt: skip
     chart = alt.hconcat(*panels).resolve_scale(color="shared")
     return finalize(
         chart,
         datasets,
         "Loss on the target domain",
-        "excess cross-entropy (0 is perfect), log colour scale; dashed outline: no transfer "
-        "model, pretrain value shown; tooltips: interval and number of models",
+        "excess loss in nats above the floor (0 is perfect), log colour scale; grey dashed "
+        "cell: no transfer model (left blank, not a result); tooltips: interval and number "
+        "of models",
     )
+
+
+#: Vega expression true for an OOD-spread cell measured after transfer (a pair without a
+#: transfer model has ``std_transfer`` filled with ``std_pretrain`` by the analysis).
+NO_FILLER = "datum.std_transfer !== datum.std_pretrain"
 
 
 def ood_spread_chart(ood: pl.DataFrame, study: str = "defocus") -> alt.HConcatChart:
@@ -123,8 +137,11 @@ def ood_spread_chart(ood: pl.DataFrame, study: str = "defocus") -> alt.HConcatCh
         bars = error_bars(per_domain, "std_pretrain", "std_pretrain", horizontal=True, y=y_domain)
         before = alt.layer(before, bars)
     before = before.properties(title="after pretraining", width=160, height=alt.Step(CELL))
+    # a pair without a transfer model carries its pretrain spread (shift 0) in the table:
+    # left blank here, never drawn as a measured result
+    measured = named_chart(ood, "ood").transform_filter(NO_FILLER)
     after = heatmap(
-        named_chart(ood, "ood"),
+        measured,
         "std_transfer",
         alt.Scale(scheme=SEQUENTIAL, zero=False),
         x,
@@ -133,7 +150,7 @@ def ood_spread_chart(ood: pl.DataFrame, study: str = "defocus") -> alt.HConcatCh
         extra_tooltip=interval_tooltips(ood, "std_transfer"),
     ).properties(title="after transfer", width=alt.Step(CELL), height=alt.Step(CELL))
     shift = heatmap(
-        named_chart(ood, "ood"),
+        measured,
         "shift",
         alt.Scale(scheme=DIVERGING, reverse=True, domainMid=0),
         x,
@@ -148,7 +165,8 @@ def ood_spread_chart(ood: pl.DataFrame, study: str = "defocus") -> alt.HConcatCh
         {"ood": ood},
         "Out-of-distribution spread",
         "population std of the loss across evaluation domains (excluded domains left out); "
-        "shift = after transfer - after pretraining; bars: interval where there is one",
+        "shift = after transfer - after pretraining; a blank cell has no transfer model (its "
+        "table row repeats the pretrain spread); bars: interval where there is one",
     )
 
 
@@ -247,7 +265,12 @@ def _summary_bars(
         .mark_bar()
         .encode(
             x=x,
-            y=alt.Y(f"{metric}:Q", title="loss" if metric != "transfer_asymmetry" else "asymmetry"),
+            y=alt.Y(
+                f"{metric}:Q",
+                title="excess loss (nats)"
+                if metric != "transfer_asymmetry"
+                else "asymmetry (nats)",
+            ),
             color=highlight,
             tooltip=[
                 "domain:O",
@@ -279,7 +302,9 @@ def _baseline_panel(comparison: pl.DataFrame, column: str, title: str) -> alt.La
     color = alt.Color("method:N", title="method", scale=METHODS)
     lines = base.mark_line(point=True).encode(
         x=x,
-        y=alt.Y(f"{column}:Q", title="excess loss", scale=alt.Scale(zero=False)),
+        y=alt.Y(
+            f"{column}:Q", title="excess loss (nats above the floor)", scale=alt.Scale(zero=False)
+        ),
         color=color,
         strokeDash=alt.StrokeDash("method:N", scale=TRANSFER_MIXTURE_DASH),
         tooltip=[
@@ -403,7 +428,11 @@ def hyperparameter_chart(
         x = alt.X("group:N", sort=groups, title=title, axis=alt.Axis(labelAngle=0))
         base = named_chart(frame, f"hyperparameters_{name}").encode(x=x)
         tooltip = ["group:N", "count:Q", *(alt.Tooltip(f"{q}:Q", format=".4g") for q in ("q05", "q25", "q50", "q75", "q95", "mean")), *interval_tooltips(frame, "q50")]  # fmt: skip
-        y = alt.Y("q05:Q", title="excess loss on target", scale=alt.Scale(zero=False))
+        y = alt.Y(
+            "q05:Q",
+            title="excess loss on target (nats above the floor)",
+            scale=alt.Scale(zero=False),
+        )
         whisker = base.mark_rule().encode(y=y, y2="q95:Q")
         box = base.mark_bar(size=22, color="#7fa7d6").encode(y="q25:Q", y2="q75:Q", tooltip=tooltip)
         median = base.mark_tick(color="black", size=22, thickness=2).encode(y="q50:Q")

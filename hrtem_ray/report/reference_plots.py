@@ -191,14 +191,20 @@ def transfer_mixture_chart(
     if first_label in order:
         order = [first_label, *(p for p in order if p != first_label)]
     x = alt.X("n_target_images:Q", title="target-domain images in training")
-    y = alt.Y("loss:Q", title="excess loss on target", scale=alt.Scale(zero=False))
+    y = alt.Y(
+        "loss:Q", title="excess loss on target (nats above the floor)", scale=alt.Scale(zero=False)
+    )
     color = alt.Color("method:N", scale=METHODS, title="method")
     mean = (
         alt.Chart()
         .mark_line()
         .encode(
             x=x,
-            y=alt.Y("mean(loss):Q", title="excess loss on target", scale=alt.Scale(zero=False)),
+            y=alt.Y(
+                "mean(loss):Q",
+                title="excess loss on target (nats above the floor)",
+                scale=alt.Scale(zero=False),
+            ),
             color=color,
             strokeDash=alt.StrokeDash("method:N", scale=TRANSFER_MIXTURE_DASH, title="method"),
             tooltip=[

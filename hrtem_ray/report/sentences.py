@@ -4,8 +4,7 @@
 over models, no filter), the questions of that section (the hardest evaluation domain,
 the best out-of-distribution loss, the largest transfer asymmetry, transfer versus
 mixture at equal target data, ...), each as a :class:`Finding` with its :data:`CI`
-interval and whether it is significant; :func:`headline_findings` picks those of the
-findings block at the top of the page. For a defocus study each finding carries the
+interval and whether it is significant. For a defocus study each finding carries the
 reference study's claim on the question and whether this study's data agree
 (:func:`reference_verdict`).
 """
@@ -47,8 +46,13 @@ class Finding:
     reference
         The reference study's finding on this question, when it applies to the study.
     agrees
-        Whether this study's data agree with ``reference`` (``None``: they cannot decide,
-        for lack of intervals).
+        Before :func:`attach_verdicts`: whether the point estimates lean towards
+        ``reference`` (never shown); after it: ``True`` when every finding of ``keys``
+        agrees on replicates, ``False`` when one disagrees, ``None`` otherwise.
+    keys
+        The findings of :func:`hrtem_ray.analysis.findings` that decide ``reference``.
+    verdict
+        Their verdicts, decided on replicates (:func:`attach_verdicts`), as shown.
     """
 
     question: str
@@ -56,6 +60,8 @@ class Finding:
     significant: bool | None = None
     reference: str | None = None
     agrees: bool | None = None
+    keys: tuple[str, ...] = ()
+    verdict: str | None = None
 
 
 def _number(value: float | None) -> str:
@@ -521,7 +527,51 @@ def _with_reference(
         return finding
     finding.reference = claim
     finding.agrees = agrees
+    finding.keys = next(keys for start, keys in CLAIM_FINDINGS.items() if claim.startswith(start))
     return finding
+
+
+#: The findings (:func:`hrtem_ray.analysis.findings` keys) that decide each reference claim
+#: of the generated sentences, by the claim's first words.
+CLAIM_FINDINGS = {
+    "the in-focus (0 nm) dataset is the hardest": ("2a",),
+    "models pretrained on the in-focus domain generalise": ("2b",),
+    "models pretrained on the in-focus domain transfer better": ("2c",),
+    "transfer with a small target set approaches": ("3",),
+    "after transfer the target loss barely depends": ("1",),
+    "the spread can grow or shrink": ("4",),
+    "freezing the decoder costs little": ("5a", "5b"),
+    "freezing the encoder cuts training time": ("5c",),
+}
+
+
+def attach_verdicts(findings: Mapping[str, list[Finding]], verdicts: pl.DataFrame) -> None:
+    """Give every sentence that cites the reference study the verdicts that decide it.
+
+    ``verdicts`` is :func:`hrtem_ray.analysis.findings` of the whole study: the sentences
+    describe the selected table, the verdicts rest on replicates and never on a point
+    estimate.
+    """
+    rows = {row["finding"]: row for row in verdicts.iter_rows(named=True)}
+    for items in findings.values():
+        for item in items:
+            if item.reference is None:
+                continue
+            parts = [
+                f"finding {key}: {rows[key]['verdict']}"
+                + ("" if rows[key]["verdict"] != "undecidable" else f" ({rows[key]['reason']})")
+                for key in item.keys
+                if key in rows
+            ]
+            item.verdict = "; ".join(parts) or None
+            decided = [rows[k]["verdict"] for k in item.keys if k in rows]
+            item.agrees = (
+                False
+                if "disagrees" in decided
+                else True
+                if decided and set(decided) == {"agrees"}
+                else None
+            )
 
 
 def study_findings(tables: Mapping[str, pl.DataFrame], study: str) -> dict[str, list[Finding]]:
@@ -538,8 +588,7 @@ def study_findings(tables: Mapping[str, pl.DataFrame], study: str) -> dict[str, 
     Returns
     -------
     dict
-        Section name -> findings, in order; :func:`headline_findings` picks the ones shown in
-        the findings block at the top.
+        Section name -> findings, in order (shown under their charts).
     """
     t = {name: default_selection(frame) for name, frame in tables.items()}
     transfers = (
@@ -569,22 +618,61 @@ def study_findings(tables: Mapping[str, pl.DataFrame], study: str) -> dict[str, 
     return findings
 
 
-def headline_findings(findings: Mapping[str, list[Finding]]) -> list[Finding]:
-    """The findings block: hardest domain, best OOD loss, largest asymmetry, transfer vs mixture."""
-    return [*findings.get("asymmetry", [])[:3], *findings.get("baseline", [])]
-
-
-REFERENCE_VERDICT = {
-    True: "This study's data agree",
-    False: "This study's data disagree with the reference study",
-    None: "This study's data cannot decide (no interval)",
-}
-# how sure the verdict is: the finding's own significance
-VERDICT_QUALIFIER = {True: ".", False: " (not significantly).", None: " (point estimates only)."}
-
-
 def reference_verdict(finding: Finding) -> str:
-    """Whether the data agree with the reference study, qualified by the finding's significance."""
-    if finding.agrees is None:
-        return REFERENCE_VERDICT[None] + "."
-    return REFERENCE_VERDICT[finding.agrees] + VERDICT_QUALIFIER[finding.significant]
+    """The verdict shown with a sentence's reference claim: the findings block's, on replicates."""
+    if finding.verdict is None:
+        return "Verdict: see the findings block (decided on replicates)."
+    return f"Verdict on replicates (findings block): {finding.verdict}."
+
+
+#: Below this share of converged models in a phase, a study is marked as not converged.
+CONVERGED_SHARE = 0.9
+
+
+def protocol_banners(results: pl.DataFrame) -> list[str]:
+    """Warnings for the top of a study: scored on validation images, or not converged.
+
+    ``eval_split`` missing or ``val`` on some rows: those models were scored on the images
+    their epoch was chosen with. ``converged`` below :data:`CONVERGED_SHARE` in a phase
+    (among models whose convergence was judged, i.e. with ``training.patience``).
+    """
+    out = []
+    models = results.unique("model_id") if "model_id" in results.columns else results
+    if "eval_split" in results.columns:
+        on_val = results.get_column("eval_split").cast(pl.String).fill_null("val") == "val"
+    else:
+        on_val = pl.Series([True] * results.height)
+    if on_val.any():
+        share = f"{on_val.mean():.0%} of the rows" if not on_val.all() else "every row"
+        out.append(
+            f"Scored on the validation images used for model selection ({share}): each model's "
+            "best epoch was chosen on them, so its loss is optimistic. Add held-out structures "
+            "(dataset.n_structures.test) to score on a test split."
+        )
+    if "converged" in models.columns:
+        judged = models.filter(pl.col("converged").is_not_null())
+        shares = judged.group_by("phase").agg(pl.col("converged").mean()).sort("phase")
+        low = [(p, v) for p, v in shares.iter_rows() if v < CONVERGED_SHARE]
+        if low:
+            listed = ", ".join(f"{v:.0%} of {p} models" for p, v in low)
+            out.append(
+                f"Not converged: only {listed} converged (at least {CONVERGED_SHARE:.0%} per "
+                "phase are needed); train longer (training.max_epochs) before drawing conclusions."
+            )
+    return out
+
+
+def converged_text(results: pl.DataFrame) -> str:
+    """Share of converged models per phase, in words (``not judged`` without ``patience``)."""
+    if "converged" not in results.columns:
+        return "not recorded"
+    models = results.unique("model_id")
+    parts = []
+    for phase, share, judged in (
+        models.group_by("phase")
+        .agg(pl.col("converged").mean(), judged=pl.col("converged").is_not_null().sum())
+        .sort("phase")
+        .iter_rows()
+    ):
+        parts.append(f"{phase} {share:.0%}" if judged else f"{phase} not judged")
+    return ", ".join(parts)

@@ -295,7 +295,7 @@ def loss_heatmap(
         alt.Scale(type="log", scheme=SEQUENTIAL, domainMin=floor),
         x,
         y,
-        "excess loss",
+        "excess loss (nats above the floor)",
         fmt=fmt,
         legend_values=_log_ticks(floor, top),
         extra_tooltip=[alt.Tooltip("loss:Q", format=".5g"), *extra_tooltip],

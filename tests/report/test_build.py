@@ -126,6 +126,14 @@ def test_distinct_studies_with_the_same_safe_name_get_distinct_files(tmp_path):
     assert svgs == ["a_b-2_pair_matrix.svg", "a_b_pair_matrix.svg"]
 
 
+def test_unique_safe_names_are_safe_and_distinct_without_case():
+    long = "a" * 200
+    names = build.unique_safe_names([long, long.upper(), "x/y", "X_Y", "..", ""])
+    assert len(set(n.lower() for n in names.values())) == len(names)
+    assert all(is_safe_name(n) for n in names.values()), names
+    assert names[long.upper()].endswith("-2") and names["X_Y"] == "X_Y-2"
+
+
 def test_output_path_stays_inside(tmp_path):
     assert build.output_path(tmp_path, "figures", "a.svg") == tmp_path / "figures" / "a.svg"
     for parts in (("..", "x.svg"), ("figures", "../../x.svg"), ("/etc/passwd",)):
@@ -247,49 +255,86 @@ def _walk(node):
             yield from _walk(value)
 
 
-def test_findings_block_states_intervals_from_the_tables(tmp_path):
+def _verdict_rows(block: str) -> dict[str, str]:
+    """Finding key -> verdict, as the findings block shows them."""
+    rows = re.findall(r'<tr class="finding-row (\w+)" data-finding="(\w+)">', block)
+    return {key: verdict for verdict, key in rows}
+
+
+def test_findings_block_states_every_finding_once_with_its_replicate_verdict(tmp_path):
     results = _seeded_results(tmp_path, HARD_IN_FOCUS)
     page = build.write_report(results, tmp_path / "out").read_text()
     block = _findings_block(page)
     assert page.index(block) < page.index("<h2>Study:"), "findings must open the report"
-    findings = re.findall(r'<div class="finding".*?</div>', block)
-    assert len(findings) == 4, _text(block)
-    for finding in findings:  # every headline comparison carries an interval and a verdict
-        assert re.search(r"\[95% CI -?[\d.e-]+, -?[\d.e-]+\]", _text(finding)), _text(finding)
-        assert re.search(r"(Significant|Not significant)", _text(finding)), _text(finding)
+    expected = analysis.findings(analysis.load_results(results), ci=0.95, n_boot=1000)
+    shown = _verdict_rows(block)
+    assert list(shown) == expected["finding"].to_list()  # every finding once, in order
+    assert shown == dict(zip(expected["finding"], expected["verdict"], strict=True))
+    assert shown["2a"] == "agrees"  # 3 seeds per configuration decide the hardest domain
     text = _text(block)
-    # the sentences are generated from the tables: the OOD winner and its interval
+    assert "the selectors below change the charts, not these verdicts" in text
+    row = expected.filter(pl.col("finding") == "2a").row(0, named=True)
+    assert f"{row['estimate']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]" in text
+    # the sentences under the charts are generated from the tables, with their intervals
+    figures = _text(page[page.index("<h2>Study:") :])
     summary = pl.concat(
         analysis.asymmetry_summary(analysis.load_results(results), d, ci=0.95)
         for d in HARD_IN_FOCUS
     ).sort("ood_from_domain")
     best = summary.row(0, named=True)
-    assert f"Models pretrained on {best['domain']} nm have the lowest" in text
-    assert f"{best['ood_from_domain']:.3g} [95% CI" in text
-    assert "The hardest domain is 0 nm" in text
-    assert "In 1 comparison(s) at equal target data" in text
-    # section captions ask questions; no reference finding is stated as fact any more
-    assert "Is the in-focus domain the hardest?" in page
+    assert f"Models pretrained on {best['domain']} nm have the lowest" in figures
+    assert f"{best['ood_from_domain']:.3g} [95% CI" in figures
+    assert "The hardest domain is 0 nm" in figures
+    # a sentence citing the reference study shows the replicate verdict, never its own
+    assert "Verdict on replicates (findings block): finding 2a: agrees." in figures
+    assert "This study's data agree" not in page
     assert "Finding 2" not in page and "Finding 1" not in page
-    assert "This study's data agree." in text
 
 
 def test_report_says_when_the_data_disagree_with_the_reference_study(tmp_path):
     results = _seeded_results(tmp_path, HARD_OUT_OF_FOCUS)
     page = build.write_report(results, tmp_path / "out").read_text()
+    assert _verdict_rows(_findings_block(page))["2a"] == "disagrees"
     hardest = next(
-        f for f in re.findall(r'<div class="finding".*?</div>', _findings_block(page))
+        f for f in re.findall(r'<div class="finding".*?</div>', page)
         if "Is the in-focus domain the hardest?" in f
     )  # fmt: skip
     assert "The hardest domain is 5 nm" in _text(hardest)
     assert 'class="reference disagree"' in hardest
-    assert "disagree with the reference study" in _text(hardest)
+    assert "finding 2a: disagrees" in _text(hardest)
+
+
+def test_a_table_without_replicates_decides_nothing_and_says_why(tmp_path):
+    results = _seeded_results(tmp_path, HARD_IN_FOCUS)
+    one_seed = pl.read_parquet(results / "part-0.parquet").filter(pl.col("seed") == 0)
+    page = build.write_report(one_seed, tmp_path / "out").read_text()
+    block = _findings_block(page)
+    assert set(_verdict_rows(block).values()) == {"undecidable"}
+    assert "no replicates" in _text(block)
+    assert "Scored on the validation images used for model selection" in _text(block)
 
 
 def test_transfer_vs_mixture_without_baselines_says_it_cannot_compare(tmp_path):
     results = _seeded_results(tmp_path, HARD_IN_FOCUS, baselines=False)
-    block = _text(_findings_block(build.write_report(results, tmp_path / "out").read_text()))
-    assert "the comparison cannot be made from this table" in block
+    page = build.write_report(results, tmp_path / "out").read_text()
+    assert "the comparison cannot be made from this table" in _text(page)
+    assert _verdict_rows(_findings_block(page))["3"] == "undecidable"
+    assert "no baseline" in _text(_findings_block(page))
+
+
+def test_banners_mark_a_study_that_did_not_converge(tmp_path):
+    results = pl.read_parquet(_seeded_results(tmp_path, HARD_IN_FOCUS) / "part-0.parquet")
+    half = results.with_columns(
+        converged=pl.col("model_id").str.ends_with("-0"),  # 1 of 3 seeds converged
+        patience=pl.lit(3),
+        eval_split=pl.lit("test"),
+    )
+    block = _text(_findings_block(build.write_report(half, tmp_path / "out").read_text()))
+    assert "Not converged: only" in block and "33% of pretrain models" in block
+    assert "Scored on the validation images" not in block
+    done = half.with_columns(converged=pl.lit(True))
+    block = _text(_findings_block(build.write_report(done, tmp_path / "ok").read_text()))
+    assert "Not converged" not in block
 
 
 def test_heatmap_tooltips_carry_the_interval_and_the_number_of_models(tmp_path):
@@ -648,13 +693,37 @@ def test_report_renders_in_chromium(laptop_run, tmp_path):
     assert set(shown) <= set(times.columns)  # what the time was measured on is shown
     gaps = pl.read_csv(tables / "defocus_generalization_gap.csv")
     assert set(gaps.get_column("phase")) == {"pretrain", "transfer"}
-    # Figure 7.2 out of the box: the laptop preset has 3 transfer sizes for at least one pair
-    figure = pl.read_csv(tables / "defocus_transfer_mixture.csv")
-    sizes = (
-        figure.filter(pl.col("method") == "transfer")
-        .group_by("source", "target")
-        .agg(pl.col("n_target_images").n_unique())
+    # Figure 7.2 out of the box: the laptop preset's pair -10 -> 5 nm, both arms
+    figure = pl.read_csv(tables / "defocus_transfer_mixture.csv", infer_schema_length=None)
+    pair = figure.filter(
+        (pl.col("source").cast(pl.Utf8) == "-10") & (pl.col("target").cast(pl.Utf8) == "5")
     )
-    assert sizes.get_column("n_target_images").max() >= 3, sizes
+    assert {"transfer", "mixture"} <= set(pair.get_column("method")), figure
     assert screenshot.stat().st_size > 10_000
     print(f"report screenshot: {screenshot}")
+
+
+def test_filler_cells_are_never_drawn_as_results(tmp_path):
+    """A pair without a transfer model (its table row repeats the pretrain value) is blank
+    in the pair matrix and the OOD spread, with a legend entry; measured cells are drawn."""
+    from hrtem_ray.report import plots
+
+    table = analysis.load_results(_seeded_results(tmp_path, HARD_IN_FOCUS))
+    table = table.filter(
+        ~((pl.col("phase") == "transfer") & (pl.col("pretrain_domain") == "0"))
+    )  # no transfer from 0 nm: its cells are fillers
+    pairs = pl.concat(
+        [analysis.pair_matrix(table, phase).with_columns(phase=pl.lit(phase)) for phase in
+         ("pretrain", "transfer")], how="diagonal_relaxed",
+    )  # fmt: skip
+    filler = pairs.filter((pl.col("phase") == "transfer") & pl.col("from_pretrain"))
+    assert not filler.is_empty()
+    spec = vega.chart_spec(plots.pair_heatmaps(pairs))
+    marks = [n for n in _walk(spec) if "mark" in n]
+    filters = [t["filter"] for n in marks for t in n.get("transform", []) if "filter" in t]
+    assert "!datum.from_pretrain" in filters and "datum.from_pretrain" in filters
+    blank = next(n for n in marks if {"filter": "datum.from_pretrain"} in n.get("transform", []))
+    assert blank["encoding"]["opacity"]["legend"] is not None  # its legend entry
+    ood = vega.chart_spec(plots.ood_spread_chart(analysis.ood_spread(table)))
+    ood_filters = [t.get("filter") for n in _walk(ood) for t in n.get("transform", [])]
+    assert plots.NO_FILLER in ood_filters

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import re
 from pathlib import Path
 
 import polars as pl
@@ -27,18 +26,32 @@ def _section() -> page.StudySection:
         summary=pl.DataFrame({"phase": [HOSTILE], "models": [3]}),
         notes=[f"note {HOSTILE}"],
         findings={"asymmetry": [finding]},
+        verdicts=pl.DataFrame(
+            {
+                "finding": ["1"],
+                "claim": [HOSTILE],
+                "measure": ["m"],
+                "estimate": [0.5],
+                "ci_low": [None],
+                "ci_high": [None],
+                "n_models": [3],
+                "verdict": ["undecidable"],
+                "reason": [f"why {HOSTILE}"],
+            },
+            schema_overrides={"ci_low": pl.Float64, "ci_high": pl.Float64},
+        ),  # fmt: skip
+        banners=[f"banner {HOSTILE}"],
     )
 
 
 def test_every_value_is_escaped_and_the_structure_kept():
     html = page.render_page([_section()], {}, source=f"dir/{HOSTILE}", notes=[HOSTILE])
     assert HOSTILE not in html
-    # study x 2 headings + 2 data-study, question, reference, 2 notes, source, option x 2, summary
-    assert html.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") == 12
-    finding = re.findall(r'<div class="finding".*?</div>', html)
-    assert len(finding) == 1 and 'data-significant="significant"' in finding[0]
-    assert 'class="reference disagree"' in finding[0]
-    assert "<b>This study&#39;s data disagree with the reference study.</b>" in finding[0]
+    # study x 2 headings + 2 data-study, claim, reason, banner, 2 notes, source, option x 2,
+    # summary
+    assert html.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") == 13
+    assert '<tr class="finding-row undecidable" data-finding="1">' in html
+    assert "<td>0.5</td>" in html  # an estimate without an interval
     assert '<option value="median" selected>median</option>' in html
     assert 'data-param="sel_freeze"' in html and 'data-param="sel_n_transfer"' not in html
     key = _section().key
