@@ -177,6 +177,7 @@ def test_bad_input_exits_2_before_ray_starts(tmp_path, capsys, case):
         assert expected[case] in err
 
 
+@pytest.mark.slow
 def test_simulation_too_large_for_this_machine_exits_2_before_ray_starts(tmp_path):
     """A worker estimated above this machine's memory is refused on a local cluster, before
     Ray starts and before anything is written (409.6 A cell at 0.05 A, 64 phonons: ~100 GiB)."""

@@ -230,6 +230,7 @@ def test_predict_errors_before_anything_is_written(study_root, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_import_then_predict(study_root, tiny_dataset_root, tmp_path):
     """``hrtem-ray import`` and ``hrtem-ray predict`` as a user runs them; bad input exits 2."""
     from helpers import run_cli

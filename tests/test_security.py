@@ -306,6 +306,7 @@ def test_check_writable_root_on_s3(secret_s3_env, moto_endpoint) -> None:
         storage.check_writable_root("s3://no-such-bucket-hrtem/studies/x")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["file", "under-file", "read-only", "no-bucket"])
 def test_cli_rejects_unusable_out_before_ray(case, tmp_path, request) -> None:
     """``--out`` that cannot be written: exit 2, one ``error:`` line, nothing started."""

@@ -267,6 +267,7 @@ def test_a_spec_names_imported_domains_checked_against_the_dataset(mosaic, datas
         check_spec_imports(spec(["exp_few"], ["exp_few"], n_images=5), dataset_copy)
 
 
+@pytest.mark.slow
 def test_a_study_transfers_to_and_evaluates_on_an_imported_domain(
     ray_cluster, dataset_copy, tmp_path, capfd
 ):

@@ -13,6 +13,7 @@ from hrtem_ray.spec.base import SpecError
 from hrtem_ray.spec.config import load_dataset_spec
 
 
+@pytest.mark.slow
 def test_ray_data_pipeline_matches_the_serial_loop(ray_cluster, tiny_dataset_root, tmp_path):
     spec = tiny_dataset_spec()
     summary = pipeline.simulate_dataset(spec, tmp_path / "ray")
@@ -45,6 +46,7 @@ def test_a_too_large_worker_writes_nothing(tmp_path):
     assert not (tmp_path / "huge").exists()
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_complete_looking_shard_and_rerun_completes(
     tiny_dataset_root, tmp_path
 ):

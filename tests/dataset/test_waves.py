@@ -180,6 +180,7 @@ def test_torn_wave_shard_is_not_read_and_is_simulated_again(multislice_calls, tm
     assert stored is not None and [s.index for s in stored] == indices
 
 
+@pytest.mark.slow
 def test_killed_store_write_leaves_nothing_complete_looking_and_rerun_completes(tmp_path):
     spec = {**TINY_DATASET, "n_structures": {"train": 24, "val": 3}, "structures_per_shard": 1}
     spec_file = tmp_path / "spec.yaml"
@@ -207,6 +208,7 @@ def test_killed_store_write_leaves_nothing_complete_looking_and_rerun_completes(
     assert (summary.structures_from_store, summary.structures_simulated) == (n_units, 0)
 
 
+@pytest.mark.slow
 def test_cs_study_end_to_end(tmp_path):
     """A tiny spherical-aberration study: simulate, sweep, report, with the axis's unit."""
     study = {

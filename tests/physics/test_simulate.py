@@ -117,6 +117,7 @@ def test_same_seed_same_images_and_condition_independence(simulated, structure):
     assert not np.array_equal(other.images[0], simulated.images[1])
 
 
+@pytest.mark.slow
 def test_exit_waves_bit_identical_across_processes(tmp_path, monkeypatch):
     """Fresh processes (the later ones planning from the first's saved wisdom) agree."""
     script = textwrap.dedent(
@@ -308,6 +309,7 @@ print(json.dumps({"before": before, "after": status_bytes("VmHWM")}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("cell_angstrom", "sampling_angstrom", "n_phonons"),
     [(25.6, 0.2, 1), (51.2, 0.1, 4)],

@@ -100,6 +100,7 @@ def _files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("study", ["../../x", ".hidden/.."])
 def test_names_from_the_table_cannot_leave_the_output_dir(tmp_path, study):
     results = _rename(_results(tmp_path), study=study, domain="../y")
@@ -117,6 +118,7 @@ def test_names_from_the_table_cannot_leave_the_output_dir(tmp_path, study):
     assert "../y" in pl.read_csv(out / "tables" / f"{key}_pair_matrix.csv")["target_domain"]
 
 
+@pytest.mark.slow
 def test_distinct_studies_with_the_same_safe_name_get_distinct_files(tmp_path):
     first = _rename(_results(tmp_path), study="a/b")
     second = pl.read_parquet(first / "part-0.parquet").with_columns(study=pl.lit("a_b"))
@@ -154,6 +156,7 @@ def test_nothing_is_created_before_the_input_is_checked(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_notes_are_shown_at_the_top_of_the_report(tmp_path):
     table = analysis.load_results(_results(tmp_path))
     notes = ["partial: 5 of 6 models", "ignored 3 rows of 1 models from other configurations"]
@@ -512,6 +515,7 @@ def _relabelled(directory: Path, study: str, labels: dict[str, str]) -> Path:
     return directory
 
 
+@pytest.mark.slow
 def test_dose_and_structure_studies_get_the_papers_views(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "s").mkdir()

@@ -90,6 +90,7 @@ def race_root(request: pytest.FixtureRequest, tmp_path) -> str:
     return request.getfixturevalue("s3_root")
 
 
+@pytest.mark.slow
 def test_create_exclusive_race_20_processes(race_root: str, tmp_path) -> None:
     """20 processes create one file with different content at once: exactly one wins."""
     target = storage.join(race_root, "race", "claim.txt")
@@ -99,6 +100,7 @@ def test_create_exclusive_race_20_processes(race_root: str, tmp_path) -> None:
     assert storage.read_bytes(target) == winners[0].encode()
 
 
+@pytest.mark.slow
 def test_replace_if_unchanged_race_20_processes(race_root: str, tmp_path) -> None:
     """20 processes swap the same old content at once: exactly one swap succeeds."""
     target = storage.join(race_root, "race", "lock.txt")

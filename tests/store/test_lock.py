@@ -216,6 +216,7 @@ else:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stale", ["none", "dead-pid"])
 def test_concurrent_claims_have_one_winner(root: str, tmp_path: Path, stale: str) -> None:
     """10 processes claim at once (free lock, or a stale one to take over): one wins."""

@@ -76,6 +76,7 @@ def test_transfer_starts_from_its_parents_best_weights(finished_tiny):
         assert ckpt_meta["best_digest"] == parent["best_digest"]
 
 
+@pytest.mark.slow
 def test_a_child_starts_before_a_longer_parent_has_finished(
     ray_cluster, tiny_dataset_root, tmp_path
 ):
@@ -131,6 +132,7 @@ def test_rerun_runs_nothing_and_duplicates_nothing(finished_tiny):
     assert study.results().sort("model_id", "eval_domain").equals(before)
 
 
+@pytest.mark.slow
 def test_failing_trial_is_retried_then_recorded(ray_cluster, tiny_dataset_root, tmp_path):
     # A damaged dataset: one training shard lost, so every domain has 3 of its 6
     # training images and the pretrain trials (4 images) fail with a DatasetError.
@@ -155,6 +157,7 @@ def test_failing_trial_is_retried_then_recorded(ray_cluster, tiny_dataset_root, 
     assert set(table["phase"]) == {"baseline"} and table.height == 3 * 3
 
 
+@pytest.mark.slow
 def test_nan_loss_marks_the_trial_failed(ray_cluster, tiny_dataset_root, tmp_path):
     corrupt = poison_domain(tiny_dataset_root, tmp_path / "nan-data", "0")
     study = tiny_study(
@@ -211,6 +214,7 @@ def test_killed_driver_resumes_without_missing_or_duplicate_rows(tiny_dataset_ro
     assert set(table["model_id"]) == {t.model_id for t in plan.all()}
 
 
+@pytest.mark.slow
 def test_gpu_request_without_gpus_falls_back_to_cpu(
     ray_cluster, tiny_dataset_root, tmp_path, caplog, capsys
 ):
@@ -311,6 +315,7 @@ def test_searcher_skips_the_children_of_a_trial_that_reported_failure(tmp_path):
     assert restored.pending == searcher.pending and len(restored.skipped) == 4
 
 
+@pytest.mark.slow
 def test_per_model_parents_are_trained_used_and_deleted(ray_cluster, tiny_dataset_root, tmp_path):
     """``transfer.parents: per_model`` through the real sweep, with the study's loss.
 
