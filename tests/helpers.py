@@ -148,3 +148,25 @@ def poison_domain(dataset_root: Path, target: Path, domain: str) -> Path:
             table.set_column(table.schema.get_field_index("image"), "image", column), path
         )
     return target
+
+
+def train_study_root(raw: dict, dataset_root: Path, root: Path, phases=("pretrain",)) -> None:
+    """Train the planned trials of ``phases`` of the study spec dict ``raw`` (its dataset at
+    ``dataset_root``) into the study root ``root``, one at a time on one CPU thread, without
+    Ray: real results/, history/ and checkpoints/."""
+    import copy
+
+    from hrtem_ray.spec.config import parse_study_spec
+    from hrtem_ray.sweep.execute import execute_trial
+    from hrtem_ray.sweep.trials import plan_trials
+
+    raw = copy.deepcopy(raw)
+    raw["dataset"] = {**raw["dataset"], "path": str(dataset_root)}
+    spec = parse_study_spec(raw, source="tests")
+    plan = plan_trials(spec)
+    for phase in phases:
+        for trial in getattr(plan, phase):
+            execute_trial(
+                spec, trial, dataset_root=str(dataset_root), study_root=str(root),
+                num_threads=1, device="cpu",
+            )  # fmt: skip

@@ -17,7 +17,12 @@ PANEL = 96
 
 
 def image_url(image: np.ndarray, robust: bool = True) -> str:
-    """A greyscale ``data:`` PNG URL of a 2-D array.
+    """A greyscale ``data:`` PNG URL of a 2-D array (:func:`grey_levels`, :func:`png_url`)."""
+    return png_url(grey_levels(image, robust))
+
+
+def grey_levels(image: np.ndarray, robust: bool = True) -> np.ndarray:
+    """Grey levels 0-255 (float) of a 2-D array.
 
     Parameters
     ----------
@@ -25,12 +30,16 @@ def image_url(image: np.ndarray, robust: bool = True) -> str:
         2-D array.
     robust
         Scale the 1st-99th percentile range to black-white (images); otherwise
-        0-1 (masks).
+        0-1 (masks, probabilities).
     """
     image = np.asarray(image, dtype=np.float64)
     lo, hi = np.percentile(image, (1, 99)) if robust else (0.0, 1.0)
-    scaled = np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1) * 255
-    return "data:image/png;base64," + base64.b64encode(png_bytes(scaled)).decode()
+    return np.clip((image - lo) / max(hi - lo, 1e-12), 0, 1) * 255
+
+
+def png_url(grey: np.ndarray) -> str:
+    """A ``data:`` URL of the 8-bit greyscale PNG of 0-255 grey levels (:func:`png_bytes`)."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(grey)).decode()
 
 
 def png_bytes(grey: np.ndarray) -> bytes:
