@@ -54,7 +54,8 @@ import polars as pl
 import vl_convert as vlc
 
 from hrtem_ray import analysis
-from hrtem_ray.report import images, plots, reference_plots
+from hrtem_ray.report import images, plots, predictions, reference_plots
+from hrtem_ray.report.curves import study_root_of
 from hrtem_ray.report.page import StudySection, render_page
 from hrtem_ray.report.sentences import (
     CI,
@@ -317,9 +318,16 @@ def study_facts(
 
 
 def build_section(
-    results: pl.DataFrame, study: str, data_dir: str | os.PathLike[str] | None = None
+    results: pl.DataFrame,
+    study: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    study_root: str | os.PathLike[str] | None = None,
 ) -> StudySection:
-    """Compute the tables, charts and findings of one study (intervals: :data:`CI`)."""
+    """Compute the tables, charts and findings of one study (intervals: :data:`CI`).
+
+    With ``study_root``, its learning curves and prediction panel are added
+    (:func:`hrtem_ray.report.predictions.study_panels`; notes on what is missing).
+    """
     tables, choices = analysis.selection_tables(results, ci=CI, n_boot=N_BOOT)
     extra, notes = study_tables(results)
     tables |= extra
@@ -340,6 +348,10 @@ def build_section(
         note = imported_domains_note(data_dir, analysis.domain_order(pl.concat(shown)))
         if note is not None:
             notes.insert(0, note)
+    if study_root is not None:
+        panels, panel_notes = predictions.study_panels(study_root, results, data_dir, study)
+        charts |= panels
+        notes += panel_notes
     summary = model_summary(results)
     section = StudySection(study, charts, tables, choices, summary, static, notes)
     section.findings = study_findings(tables, study)
@@ -406,6 +418,7 @@ def write_report(
     *,
     notes: Sequence[str] = (),
     source: str | None = None,
+    study_root: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write the HTML report, figures and tables of a results table.
 
@@ -425,6 +438,11 @@ def write_report(
         Lines shown at the top of the page (e.g. ``partial: 3 of 13 models``).
     source
         Where the results came from, as shown on the page (default: ``results``).
+    study_root
+        Study root whose ``history/`` and ``checkpoints/`` give the learning curves and
+        the prediction panel; by default the study behind ``results`` (or, for a table
+        in memory, behind ``source``) when it is a study root or its ``results/``
+        (:func:`hrtem_ray.report.curves.study_root_of`), else none.
 
     Returns
     -------
@@ -437,6 +455,8 @@ def write_report(
         No rows, not a results table, or a file name that would leave ``out_dir``.
     """
     table = load_table(results)
+    if study_root is None:
+        study_root = study_root_of(source if isinstance(results, pl.DataFrame) else results)
     if source is None:
         source = "results table" if isinstance(results, pl.DataFrame) else os.fspath(results)
     if "study" in table.columns:
@@ -451,7 +471,7 @@ def write_report(
     sections, specs = [], {}
     for study in studies:
         rows = table.filter(pl.col("study").cast(pl.String) == str(study))
-        section = build_section(rows, str(study), data_dir)
+        section = build_section(rows, str(study), data_dir, study_root)
         section.key = keys[study]
         specs.update(_write_outputs(section, out))
         sections.append(section)
