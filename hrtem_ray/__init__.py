@@ -3,7 +3,7 @@
 >>> import hrtem_ray
 >>> study = hrtem_ray.Study.from_yaml("sweeps/laptop.yaml")
 >>> print(study.dry_run().splitlines()[0])
-study laptop (defocus): 3 pretrain, 72 transfer, 27 baseline, 102 models in all
+study laptop (defocus): 9 pretrain, 54 transfer, 3 baseline, 66 models in all
 
 Subpackages by stage, top layer first; each imports only from the layers below it (the
 contract is ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports``):

@@ -2,8 +2,8 @@
 
 >>> from hrtem_ray import Study
 >>> study = Study.from_yaml("sweeps/laptop.yaml", out="out/laptop")
->>> len(study.plan.all())  # study.run() simulates, trains 102 models and reports
-102
+>>> len(study.plan.all())  # study.run() simulates, trains 66 models and reports
+66
 
 Layout of a study's output directory (``--out``, or ``storage`` in the spec)::
 

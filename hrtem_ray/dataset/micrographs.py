@@ -453,7 +453,7 @@ def import_micrographs(
         prepared.append((path, micrograph, image, mask, positions))
     tag = spec.content_hash()[:8]
     schema = _row_schema(root)
-    tiles: dict[str, int] = {s: 0 for s in SPLITS}
+    tiles: dict[str, int] = {s: 0 for s in ("train", "val")}  # imported: no test split yet
     for index, (path, micrograph, image, mask, positions) in enumerate(prepared):
         split = splits[path.name]
         key = f"{tag}-imported_{domain}-{split}-{index:05d}-{index + 1:05d}"

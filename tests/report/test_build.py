@@ -332,12 +332,15 @@ def test_banners_mark_a_study_that_did_not_converge(tmp_path):
         patience=pl.lit(3),
         eval_split=pl.lit("test"),
     )
-    block = _text(_findings_block(build.write_report(half, tmp_path / "out").read_text()))
-    assert "Not converged: only" in block and "33% of pretrain models" in block
-    assert "Scored on the validation images" not in block
-    done = half.with_columns(converged=pl.lit(True))
-    block = _text(_findings_block(build.write_report(done, tmp_path / "ok").read_text()))
-    assert "Not converged" not in block
+    (banner,) = sentences.protocol_banners(half)
+    assert banner.startswith("Not converged: only") and "33% of pretrain models" in banner
+    assert sentences.protocol_banners(half.with_columns(converged=pl.lit(True))) == []
+    # not judged (no patience): no banner; scored on val: the validation banner
+    assert sentences.protocol_banners(half.with_columns(converged=pl.lit(None))) == []
+    (on_val,) = sentences.protocol_banners(
+        half.with_columns(converged=pl.lit(True)).drop("eval_split")
+    )
+    assert on_val.startswith("Scored on the validation images used for model selection")
 
 
 def test_heatmap_tooltips_carry_the_interval_and_the_number_of_models(tmp_path):
