@@ -54,6 +54,10 @@ LIGHT_MODULES = {
     "hrtem_ray.dataset.micrograph_files": HEAVY,
     "hrtem_ray.dataset.geometry": HEAVY,
     "hrtem_ray.dataset.micrographs": HEAVY,
+    # The report loads torch only to draw its prediction panel, and the CLI nothing
+    # heavy before a command runs.
+    "hrtem_ray.report.build": HEAVY,
+    "hrtem_ray.cli": HEAVY,
 }
 
 
