@@ -150,7 +150,21 @@ def _parser() -> argparse.ArgumentParser:
         "--pixel-size-angstrom", type=float, default=None, help="for files without calibration"
     )
     imp.add_argument("--overlap-px", type=int, default=0, help="tile overlap (dataset pixels)")
-    imp.add_argument("--val-fraction", type=float, default=0.25, help="files in val (0.25)")
+    imp.add_argument(
+        "--val-fraction", type=float, default=0.25, help="share of the non-test files in val (0.25)"
+    )
+    imp.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="share of the files held out whole as the test split (0: none)",
+    )
+    imp.add_argument(
+        "--test-files",
+        nargs="+",
+        default=None,
+        help="file names held out whole as the test split (instead of --test-fraction)",
+    )
 
     pred = _subparser(sub, "predict", "segment micrographs with a study's model")
     pred.add_argument("files", nargs="+", help="micrographs (the formats of import)")
@@ -324,13 +338,10 @@ def _import(args) -> int:
         pixel_size_angstrom=args.pixel_size_angstrom,
         overlap_px=args.overlap_px,
         val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        test_files=args.test_files,
     )
-    masks = "with masks" if args.masks else "without masks (predict only)"
-    print(
-        f"domain {done.domain} in {args.data}: {len(done.files)} files, {done.tiles['train']} "
-        f"train + {done.tiles['val']} val tiles of {done.tile_px} px at "
-        f"{done.pixel_size_angstrom:g} A/px, {masks}"
-    )
+    print(done.describe(args.data))
     return EXIT_OK
 
 

@@ -87,6 +87,30 @@ class ImportSummary:
     shards: int
     pixel_size_angstrom: float
     tile_px: int
+    has_masks: bool = True
+
+    def describe(self, dataset_root: str | Path) -> str:
+        """The summary line of ``hrtem-ray import``: files, tiles per split, the test files.
+
+        Examples
+        --------
+        >>> ImportSummary("exp", {"train": 8, "val": 4, "test": 4},
+        ...     {"a.png": "train", "b.png": "val", "c.png": "test"}, 3, 1.5, 128).describe("d")
+        'domain exp in d: 3 files, 8 train + 4 val + 4 test tiles of 128 px at 1.5 A/px, with masks; test split (held out whole): c.png'
+        """
+        masks = "with masks" if self.has_masks else "without masks (predict only)"
+        test = sorted(name for name, split in self.files.items() if split == "test")
+        held_out = (
+            f"; test split (held out whole): {', '.join(test)}"
+            if test
+            else "; no test split (models are scored on val)"
+        )
+        return (
+            f"domain {self.domain} in {dataset_root}: {len(self.files)} files, "
+            f"{self.tiles.get('train', 0)} train + {self.tiles.get('val', 0)} val + "
+            f"{self.tiles.get('test', 0)} test tiles of {self.tile_px} px at "
+            f"{self.pixel_size_angstrom:g} A/px, {masks}{held_out}"
+        )
 
 
 def imported_domains(dataset_root: str | Path) -> dict[str, ImportedDomain]:
@@ -219,9 +243,9 @@ def check_spec_imports(spec: StudySpec, dataset_root: str | Path) -> None:
         "pretrain": max(spec.pretrain.n_images) if spec.pretrain else 0,
         "transfer": max(spec.transfer.n_images) if spec.transfer else 0,
     }
-    if spec.baseline is not None:
-        needs["pretrain"] = max(needs["pretrain"], *(m[0] for m in spec.baseline.mixtures))
-        needs["transfer"] = max(needs["transfer"], *(m[1] for m in spec.baseline.mixtures))
+    for n_source, n_target in spec.mixture_counts():
+        needs["pretrain"] = max(needs["pretrain"], n_source)
+        needs["transfer"] = max(needs["transfer"], n_target)
     for name in used:
         counts = found[name].images
         n_val = spec.training.n_val or 1
@@ -241,19 +265,73 @@ def check_spec_imports(spec: StudySpec, dataset_root: str | Path) -> None:
                 )
 
 
-def assign_splits(names: Sequence[str], val_fraction: float) -> dict[str, str]:
-    """Split of each file (whole files, never tiles of one file, so no overlap leaks):
-    the last ``round(n * val_fraction)`` names in sorted order (at least one when there are
-    two or more files) are ``val``, the rest ``train``; a single file is ``train``."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+def assign_splits(
+    names: Sequence[str],
+    val_fraction: float,
+    *,
+    test_fraction: float = 0.0,
+    test_files: Sequence[str] | None = None,
+) -> dict[str, str]:
+    """Split of each file: whole files, never tiles of one file, so no overlap leaks.
+
+    The test split (held out: no tile of a test file is trained on or selects a model)
+    holds the files named in ``test_files``, or else the last ``round(n * test_fraction)``
+    names in sorted order (at least one when ``test_fraction > 0`` and three or more files).
+    Of the other files, the last ``round(m * val_fraction)`` in sorted order (at least one
+    when there are two or more) are ``val``, the rest ``train``; a single file is ``train``.
+
+    Parameters
+    ----------
+    names
+        File names (distinct).
+    val_fraction
+        Share of the non-test files in ``val``, in [0, 1).
+    test_fraction
+        Share of all files held out as ``test``, in [0, 1); ignored with ``test_files``.
+    test_files
+        File names for the test split (each must be one of ``names``).
+
+    Raises
+    ------
+    MicrographError
+        A fraction outside [0, 1), a test file that is not imported, or a split that
+        leaves no training file.
+
+    Examples
+    --------
+    >>> assign_splits(["a", "b", "c", "d", "e"], 0.25, test_fraction=0.2)
+    {'a': 'train', 'b': 'train', 'c': 'train', 'd': 'val', 'e': 'test'}
+    >>> assign_splits(["a", "b", "c"], 0.0, test_files=["a"])
+    {'a': 'test', 'b': 'train', 'c': 'train'}
+    """
+    for label, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise MicrographError(f"{label}: {value} is outside [0, 1)")
     ordered = sorted(names)
-    n_val = (
-        0 if len(ordered) < 2 else min(len(ordered) - 1, max(1, round(len(ordered) * val_fraction)))
-    )
+    if test_files is not None:
+        unknown = sorted(set(test_files) - set(ordered))
+        if unknown:
+            raise MicrographError(
+                f"--test-files: {unknown} are not among the imported files "
+                f"({', '.join(ordered)}); give file names (no folders)"
+            )
+        test = set(test_files)
+    else:
+        n_test = round(len(ordered) * test_fraction)
+        if test_fraction > 0 and len(ordered) >= 3:
+            n_test = max(1, n_test)
+        test = set(ordered[len(ordered) - n_test :]) if n_test else set()
+    rest = [n for n in ordered if n not in test]
+    if not rest:
+        raise MicrographError(
+            f"--test-files / --test-fraction: every one of the {len(ordered)} files would be "
+            "held out; leave at least one file for training"
+        )
+    n_val = 0 if len(rest) < 2 else min(len(rest) - 1, max(1, round(len(rest) * val_fraction)))
     if val_fraction == 0:
         n_val = 0
-    return {n: ("val" if i >= len(ordered) - n_val else "train") for i, n in enumerate(ordered)}
+    splits = {n: ("val" if i >= len(rest) - n_val else "train") for i, n in enumerate(rest)}
+    return {n: ("test" if n in test else splits[n]) for n in ordered}
 
 
 def _check_domain_name(domain: object, field: str) -> None:
@@ -387,14 +465,17 @@ def import_micrographs(
     pixel_size_angstrom: float | None = None,
     overlap_px: int = 0,
     val_fraction: float = 0.25,
+    test_fraction: float = 0.0,
+    test_files: Sequence[str] | None = None,
 ) -> ImportSummary:
     """Import micrographs (and optional masks) as an imported domain of a dataset root.
 
     Every file is read, calibrated, resampled to the dataset's
     ``simulation.output_sampling_angstrom`` (:func:`resample`) and tiled to the dataset's
     image size before anything is written; then each file's tiles become one shard
-    (files, then its manifest entry, each atomically). Whole files go to ``train`` or
-    ``val`` (:func:`assign_splits`).
+    (files, then its manifest entry, each atomically). Whole files go to ``train``,
+    ``val`` or ``test`` (:func:`assign_splits`); the summary and each shard's manifest
+    entry record the split of every file.
 
     Parameters
     ----------
@@ -411,7 +492,11 @@ def import_micrographs(
     overlap_px
         Overlap of neighbouring tiles, in pixels of the resampled image.
     val_fraction
-        Fraction of the files in the ``val`` split.
+        Fraction of the (non-test) files in the ``val`` split.
+    test_fraction, test_files
+        Whole files held out as the ``test`` split (:func:`assign_splits`): the names in
+        ``test_files``, or a fraction of the files. A study scores its models on an
+        imported domain's test tiles when it has any (``eval_split``).
 
     Raises
     ------
@@ -432,7 +517,9 @@ def import_micrographs(
         raise MicrographError(f"overlap_px must be >= 0, got {overlap_px}")
     target = spec.simulation.output_sampling_angstrom
     tile_px = output_gpts(spec.structures.cell_angstrom, spec.simulation)
-    splits = assign_splits([f.name for f in files], val_fraction)
+    splits = assign_splits(
+        [f.name for f in files], val_fraction, test_fraction=test_fraction, test_files=test_files
+    )
     prepared = []
     for k, path in enumerate(files):
         micrograph = read_micrograph(path, pixel_size_angstrom)
@@ -453,7 +540,7 @@ def import_micrographs(
         prepared.append((path, micrograph, image, mask, positions))
     tag = spec.content_hash()[:8]
     schema = _row_schema(root)
-    tiles: dict[str, int] = {s: 0 for s in ("train", "val")}  # imported: no test split yet
+    tiles: dict[str, int] = {"train": 0, "val": 0}  # and "test" when files are held out
     for index, (path, micrograph, image, mask, positions) in enumerate(prepared):
         split = splits[path.name]
         key = f"{tag}-imported_{domain}-{split}-{index:05d}-{index + 1:05d}"
@@ -463,9 +550,15 @@ def import_micrographs(
         _write_imported_shard(
             root, spec, key, split, index, domain, table, micrograph, positions, mask
         )
-        tiles[split] += table.num_rows
+        tiles[split] = tiles.get(split, 0) + table.num_rows
     return ImportSummary(
-        domain, tiles, {f.name: splits[f.name] for f in files}, len(prepared), target, tile_px
+        domain,
+        tiles,
+        {f.name: splits[f.name] for f in files},
+        len(prepared),
+        target,
+        tile_px,
+        mask_paths is not None,
     )
 
 
@@ -496,6 +589,7 @@ def _write_imported_shard(
             "domain": domain,
             "has_masks": mask is not None,
             "sources": [micrograph.name],
+            "split": split,
             **provenance(micrograph, positions),
         },
     }

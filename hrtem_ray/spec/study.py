@@ -272,8 +272,10 @@ class TrainingSpec(SpecModel):
     ``eval_split`` says which split every reported metric is computed on: ``test`` (images
     no model trained on or was selected with), ``val`` (the reference study's: the best
     validation loss), or ``None`` (default): ``test`` when the dataset has a test split
-    (``dataset.n_structures.test``), else ``val``. Imported domains have no test split and
-    are scored on ``val`` (the ``eval_split`` column says so).
+    (``dataset.n_structures.test``), else ``val``. Imported domains are scored on the
+    tiles of their micrographs held out whole (``hrtem-ray import --test-files`` or
+    ``--test-fraction``) when they have any, else on ``val`` (the ``eval_split`` column
+    says which).
     """
 
     epochs: int | None = Field(default=None, ge=1)
@@ -377,14 +379,7 @@ class StudySpec(SpecModel):
                 "transfer needs a pretrain grid (transfer trials start from pretrain models)"
             )
         n_train = self.dataset.images_per_domain("train")
-        baseline = self.baseline
-        sizes = {
-            "pretrain.n_images": self.pretrain.n_images if self.pretrain else [],
-            "transfer.n_images": self.transfer.n_images if self.transfer else [],
-            "baseline.mixtures": [max(m) for m in baseline.mixtures or []] if baseline else [],
-            "baseline.n_images": [baseline.n_images] if baseline and baseline.n_images else [],
-        }
-        for field, values in sizes.items():
+        for field, values in self._simulated_sizes().items():
             too_big = [v for v in values if v > n_train or v < 0]
             if too_big:
                 raise ValueError(
@@ -431,6 +426,42 @@ class StudySpec(SpecModel):
                         f"multiple of {MODEL_STRIDE_PX} px (e.g. {_nearest_multiple(side)})"
                     )
         return self
+
+    def _simulated_sizes(self) -> dict[str, list[int]]:
+        """The training-set sizes that simulated domains must hold, by spec field.
+
+        A grid's sizes apply to the domains of its role; where every such domain is an
+        imported one (``domains.imported``), the sizes are checked against the tiles the
+        domain holds instead, before the sweep
+        (:func:`hrtem_ray.dataset.micrographs.check_spec_imports`), not against
+        ``dataset.n_structures.train``.
+        """
+        imported = set(self.domains.imported)
+
+        def simulated(*roles: str) -> bool:
+            domains = {d for role in roles for d in self.domains_for(role)}  # type: ignore[arg-type]
+            return bool(domains - imported)
+
+        baseline = self.baseline
+        sources, targets = ("pretrain",), ("transfer",)
+        if baseline is not None and baseline.pairs is not None:
+            src = {p[0] for p in baseline.pairs} - imported
+            tgt = {p[1] for p in baseline.pairs} - imported
+        else:
+            src, tgt = simulated(*sources), simulated(*targets)
+        mixtures = [tuple(m) for m in (baseline.mixtures or [])] if baseline else []
+        return {
+            "pretrain.n_images": list(self.pretrain.n_images)
+            if self.pretrain and simulated(*sources)
+            else [],
+            "transfer.n_images": list(self.transfer.n_images)
+            if self.transfer and simulated(*targets)
+            else [],
+            "baseline.mixtures": [m[0] for m in mixtures if src] + [m[1] for m in mixtures if tgt],
+            "baseline.n_images": [baseline.n_images]
+            if baseline and baseline.n_images and (src or tgt)
+            else [],
+        }
 
     @model_validator(mode="after")
     def _baseline_is_fair(self) -> StudySpec:
@@ -528,15 +559,20 @@ class StudySpec(SpecModel):
         trained = {*(self.domains.pretrain or []), *(self.domains.transfer or [])}
         return [*self.dataset.domains, *(d for d in self.domains.imported if d in trained)]
 
-    def scoring_split(self, domain: str) -> Literal["test", "val"]:
+    def scoring_split(
+        self, domain: str, *, imported_test: bool = False
+    ) -> Literal["test", "val"]:
         """The split a model's metrics on ``domain`` are computed on (see :class:`TrainingSpec`).
 
         ``training.eval_split``, or by default ``test`` when the dataset has held-out
-        structures and ``val`` when not; always ``val`` for an imported domain (imported
-        micrographs are split into train and val only).
+        structures and ``val`` when not. An imported domain is scored on its ``test``
+        tiles when it holds any (``imported_test``: micrographs held out whole at import,
+        known from the dataset directory, see
+        :func:`hrtem_ray.sweep.execute.scoring_splits`) unless ``training.eval_split`` is
+        ``val``, and on ``val`` otherwise.
         """
         if domain in self.domains.imported:
-            return "val"
+            return "test" if imported_test and self.training.eval_split != "val" else "val"
         if self.training.eval_split is not None:
             return self.training.eval_split
         return "test" if self.dataset.n_structures.test > 0 else "val"

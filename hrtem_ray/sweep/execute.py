@@ -95,15 +95,36 @@ def selection_set(
     return _images(dataset_root, trial.train_domain, "val", spec.training.n_val)
 
 
-def scoring_sets(spec: StudySpec, dataset_root: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The images every eval domain's metrics are computed on (:meth:`StudySpec.scoring_split`).
+def scoring_splits(spec: StudySpec, dataset_root: str) -> dict[str, str]:
+    """The split every eval domain is scored on (:meth:`StudySpec.scoring_split`).
+
+    An imported domain's test split exists when its import held micrographs out whole
+    (read from the dataset's manifest).
+    """
+    imported_test = set()
+    if spec.domains.imported:
+        from hrtem_ray.dataset.micrographs import imported_domains
+
+        found = imported_domains(dataset_root)
+        imported_test = {n for n, d in found.items() if d.images.get("test", 0) > 0}
+    return {
+        domain: spec.scoring_split(domain, imported_test=domain in imported_test)
+        for domain in spec.domains_for("eval")
+    }
+
+
+def scoring_sets(
+    spec: StudySpec, dataset_root: str, domains: list[str] | None = None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The images every eval domain's metrics are computed on (:func:`scoring_splits`).
 
     ``test`` images: all of them; ``val`` images: the first ``training.n_val`` (all when
-    not set), as the model selection sees them.
+    not set), as the model selection sees them. ``domains``: only these eval domains.
     """
     out = {}
-    for domain in spec.domains_for("eval"):
-        split = spec.scoring_split(domain)
+    for domain, split in scoring_splits(spec, dataset_root).items():
+        if domains is not None and domain not in domains:
+            continue
         n = spec.training.n_val if split == "val" else None
         out[domain] = _images(dataset_root, domain, split, n)
     return out
@@ -307,6 +328,7 @@ def execute_trial(
     started_at = time.time()
     train_images, train_masks = training_set(trial, dataset_root)
     val_images, val_masks = selection_set(spec, trial, dataset_root)
+    splits = scoring_splits(spec, dataset_root)
     scoring = scoring_sets(spec, dataset_root)
     if trial.phase == "transfer":
         model, _ = _load_parent(study_root, str(trial.parent_id), trial.model_id)
@@ -384,7 +406,7 @@ def execute_trial(
         max_epochs=training.max_epochs,
         min_delta=training.min_delta,
         train_steps=stage.steps,
-        eval_splits={d: spec.scoring_split(d) for d in scoring},
+        eval_splits=splits,
         val_loss=stage.best_val_loss,
     )
     results.write_result(study_root, trial, rows)
@@ -404,6 +426,7 @@ __all__ = [
     "state_digest",
     "training_set",
     "scoring_sets",
+    "scoring_splits",
     "selection_set",
     "trials_sharing_device",
 ]

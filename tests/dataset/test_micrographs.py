@@ -229,6 +229,86 @@ def test_splits_are_whole_files():
     assert set(assign_splits(["a", "b"], 0.25).values()) == {"train", "val"}
 
 
+def test_test_splits_are_whole_files_named_or_a_fraction():
+    names = ["e", "b", "a", "c", "d"]
+    assert assign_splits(names, 0.25, test_fraction=0.2) == {
+        "a": "train", "b": "train", "c": "train", "d": "val", "e": "test"
+    }  # fmt: skip
+    assert assign_splits(names, 0.25, test_files=["a", "c"]) == {
+        "a": "test", "b": "train", "c": "test", "d": "train", "e": "val"
+    }  # fmt: skip
+    assert "test" not in assign_splits(names, 0.25).values()  # no test split by default
+    with pytest.raises(MicrographError, match=r"--test-files: \['x.png'\] are not among"):
+        assign_splits(names, 0.25, test_files=["x.png"])
+    with pytest.raises(MicrographError, match="leave at least one file for training"):
+        assign_splits(["a"], 0.0, test_files=["a"])
+    with pytest.raises(MicrographError, match=r"--test-fraction: 1.0 is outside \[0, 1\)"):
+        assign_splits(names, 0.25, test_fraction=1.0)
+
+
+def _mosaic_files(mosaic, tmp_path: Path, n: int) -> tuple[list[Path], list[Path]]:
+    """``n`` NPY micrographs (the mosaic rolled by 5 px each) and their masks."""
+    image, mask = mosaic
+    files, masks = [], []
+    for k in range(n):
+        files.append(tmp_path / f"f{k}.npy")
+        np.save(files[-1], np.roll(image, 5 * k, axis=0))
+        masks.append(tmp_path / f"f{k}_mask.npy")
+        np.save(masks[-1], np.roll(mask, 5 * k, axis=0))
+    return files, masks
+
+
+def test_a_whole_file_test_split_shares_no_micrograph_with_train_or_val(
+    mosaic, dataset_copy, tmp_path
+):
+    """Every tile of a test micrograph is in the test split, none in train or val; the
+    summary and the manifest say which files were held out."""
+    files, masks = _mosaic_files(mosaic, tmp_path, 5)
+    summary = import_micrographs(
+        files, dataset_copy, "exp", masks=masks, pixel_size_angstrom=0.4, test_files=["f1.npy"]
+    )
+    assert summary.files["f1.npy"] == "test" and summary.tiles == {"train": 12, "val": 4, "test": 4}
+    assert "test split (held out whole): f1.npy" in summary.describe(dataset_copy)
+    sources = {}
+    for split in ("train", "val", "test"):
+        table = readers.read_table(dataset_copy, ["exp"], split)
+        sources[split] = {s.split("/")[0] for s in table["structure_id"].to_pylist()}
+    assert sources["test"] == {"f1.npy"}
+    assert not sources["test"] & (sources["train"] | sources["val"])
+    assert imported_domains(dataset_copy)["exp"].images == {"train": 12, "val": 4, "test": 4}
+    records = [e["imported"] for e in manifest.manifest_entries(dataset_copy).values()
+               if "imported" in e]  # fmt: skip
+    assert {r["source_file"]: r["split"] for r in records}["f1.npy"] == "test"
+
+
+def test_imported_domains_have_their_own_training_counts(mosaic, dataset_copy, tmp_path):
+    """A transfer size above the simulated domains' training images (6) is admitted up to
+    the imported domain's tile count (12), checked against the dataset before the sweep;
+    one tile more is refused, naming the count."""
+    from helpers import TWO_MODEL_STUDY
+
+    from hrtem_ray.dataset.micrographs import check_spec_imports
+    from hrtem_ray.spec.base import SpecError
+    from hrtem_ray.spec.config import parse_study_spec
+
+    files, masks = _mosaic_files(mosaic, tmp_path, 4)
+    import_micrographs(files, dataset_copy, "exp_au", masks=masks, pixel_size_angstrom=0.4)
+
+    def spec(transfer, n_images):
+        raw = {
+            **TWO_MODEL_STUDY,
+            "domains": {"pretrain": ["0"], "transfer": transfer, "imported": ["exp_au"]},
+            "transfer": {"lr": [1e-4], "n_images": [n_images], "freeze": ["none"]},
+        }
+        return parse_study_spec(raw, source="tests")
+
+    check_spec_imports(spec(["exp_au"], 12), dataset_copy)  # 12 train tiles, 6 simulated
+    with pytest.raises(MicrographError, match="transfer.n_images: .* 12 training tiles, 13 needed"):
+        check_spec_imports(spec(["exp_au"], 13), dataset_copy)
+    with pytest.raises(SpecError, match=r"transfer.n_images: \[12\] exceed the 6 training"):
+        spec(["10", "exp_au"], 12)  # a simulated target holds only 6
+
+
 def test_a_spec_names_imported_domains_checked_against_the_dataset(mosaic, dataset_copy, tmp_path):
     from helpers import TWO_MODEL_STUDY
 
