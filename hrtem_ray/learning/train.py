@@ -77,6 +77,13 @@ from hrtem_ray.learning.augment import (
     soft_labels,
     standardize,
 )
+from hrtem_ray.learning.calibration import (
+    RELIABILITY_BINS,
+    Reliability,
+    reliability,
+    reliability_from_sums,
+    reliability_sums,
+)
 from hrtem_ray.learning.model import build_model, count_parameters
 from hrtem_ray.learning.model import freeze as freeze_part
 from hrtem_ray.spec.study import LOSS_FUNCTIONS, LossFunction
@@ -86,6 +93,8 @@ from hrtem_ray.store import storage
 __all__ = [
     "EvalMetrics",
     "NonFiniteLossError",
+    "RELIABILITY_BINS",
+    "Reliability",
     "StageResult",
     "early_stopping_epoch",
     "epochs_without_improvement",
@@ -96,6 +105,7 @@ __all__ = [
     "loss_floor",
     "predict",
     "prepare_model",
+    "reliability",
     "save_checkpoint",
     "select_device",
     "softmax_cross_entropy_floor",
@@ -180,6 +190,7 @@ class EvalMetrics:
     floor: float
     iou: float
     loss_function: LossFunction = "cross_entropy"
+    reliability: Reliability | None = None
 
 
 def select_device(prefer: str | torch.device | None = None) -> torch.device:
@@ -305,8 +316,13 @@ def _evaluate_tensors(
     batch_size: int,
     device: torch.device,
     loss: LossFunction = "cross_entropy",
+    sums: np.ndarray | None = None,
 ) -> tuple[float, float]:
-    """Mean ``loss`` and IoU of ``model`` (in eval mode) on prepared tensors."""
+    """Mean ``loss`` and IoU of ``model`` (in eval mode) on prepared tensors.
+
+    ``sums``: a ``(3, RELIABILITY_BINS)`` array to which the per-bin pixels, probability
+    sums and mask pixels of the predictions are added (:func:`reliability`).
+    """
     ce_sum, inter, union = 0.0, 0, 0
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].contiguous(memory_format=torch.channels_last)
@@ -317,6 +333,8 @@ def _evaluate_tensors(
         true = mb[:, 0] > 0.5
         inter += int((pred & true).sum())
         union += int((pred | true).sum())
+        if sums is not None:
+            sums += reliability_sums(torch.softmax(logits.float(), dim=1)[:, 1], mb[:, 0])
     return ce_sum / len(x), (inter / union if union else 1.0)
 
 
@@ -359,10 +377,16 @@ def evaluate(
         out = {}
         for domain, (images, masks) in val_sets.items():
             x, m = _tensors(images, masks, device)
-            ce, iou = _evaluate_tensors(model, x, m, batch_size, device, loss)
+            sums = np.zeros((3, RELIABILITY_BINS))
+            ce, iou = _evaluate_tensors(model, x, m, batch_size, device, loss, sums)
             floor = loss_floor(masks, loss)
             out[domain] = EvalMetrics(
-                loss=ce - floor, cross_entropy=ce, floor=floor, iou=iou, loss_function=loss
+                loss=ce - floor,
+                cross_entropy=ce,
+                floor=floor,
+                iou=iou,
+                loss_function=loss,
+                reliability=reliability_from_sums(sums),
             )
         return out
     finally:

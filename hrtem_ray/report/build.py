@@ -55,6 +55,7 @@ import vl_convert as vlc
 
 from hrtem_ray import analysis
 from hrtem_ray.report import images, plots, predictions, reference_plots
+from hrtem_ray.report.imported import imported_section
 from hrtem_ray.report.curves import study_root_of
 from hrtem_ray.report.page import StudySection, render_page
 from hrtem_ray.report.sentences import (
@@ -352,12 +353,16 @@ def build_section(
         panels, panel_notes = predictions.study_panels(study_root, results, data_dir, study)
         charts |= panels
         notes += panel_notes
+    real = imported_section(results, study)  # networks vs threshold, calibration
+    tables |= real.tables
+    charts |= real.charts
+    static |= real.charts
     summary = model_summary(results)
     section = StudySection(study, charts, tables, choices, summary, static, notes)
-    section.findings = study_findings(tables, study)
+    section.findings = study_findings(tables, study) | real.findings
     section.verdicts = analysis.findings(results, ci=CI, n_boot=N_BOOT)
     attach_verdicts(section.findings, section.verdicts)
-    section.banners = protocol_banners(results)
+    section.banners = protocol_banners(results) + real.banners
     section.facts = study_facts(results, data_dir)
     return section
 

@@ -56,6 +56,16 @@ CAPTIONS = {
     "examples": "A few validation images of the dataset with their particle masks.",
     "learning_curves": "Train and validation loss per epoch of every phase, from history/.",
     "predictions": "A held-out image per domain, its mask and a representative model's map.",
+    "network_vs_threshold": (
+        "IoU on each imported domain's scored tiles (its held-out micrographs when it has a "
+        "test split) against the labelled tiles of the domain a model trained on: the "
+        "classical blur + Otsu threshold next to the networks. The best configuration of "
+        "each method is chosen on these same tiles: an upper bound for the networks."
+    ),
+    "calibration": (
+        "Reliability diagrams: of the pixels given a particle probability near p, the share "
+        "that are particles. ECE: the pixel-weighted mean distance from the diagonal."
+    ),
 }
 TITLES = {
     "pair_matrix": "Loss matrices",
@@ -70,6 +80,8 @@ TITLES = {
     "structure": "Structure series per lattice and particle size",
     "learning_curves": "Learning curves",
     "predictions": "Predictions next to the truth",
+    "network_vs_threshold": "Imported domains: networks versus the threshold",
+    "calibration": "Imported domains: calibration",
 }
 #: A finding's ``data-significant`` attribute, by its ``significant``.
 SIGNIFICANCE = {True: "significant", False: "not significant", None: "no interval"}

@@ -40,6 +40,7 @@ __all__ = [
     "SIMULATION_FIXED_MIB",
     "SPLITS",
     "SimulationParams",
+    "TRAINED_PHASES",
     "MULTISLICE_FIELDS",
     "StructureParams",
     "StructureWaves",
@@ -53,10 +54,13 @@ __all__ = [
 #: A part of the U-Net kept frozen during a transfer stage (``none``: train everything).
 Freeze = Literal["none", "encoder", "decoder"]
 FREEZE_OPTIONS: tuple[Freeze, ...] = ("none", "encoder", "decoder")
-#: What a trained model is: pretrained, transferred from a pretrain model, or a
-#: single-stage baseline on a mixture of two domains.
-Phase = Literal["pretrain", "transfer", "baseline"]
-PHASES: tuple[Phase, ...] = ("pretrain", "transfer", "baseline")
+#: What a model is: pretrained, transferred from a pretrain model, a single-stage
+#: baseline on a mixture of two domains, or (no training) the classical blur-and-Otsu
+#: threshold of an imported domain (:mod:`hrtem_ray.learning.threshold`).
+Phase = Literal["pretrain", "transfer", "baseline", "threshold"]
+PHASES: tuple[Phase, ...] = ("pretrain", "transfer", "baseline", "threshold")
+#: The phases that train a network.
+TRAINED_PHASES: tuple[Phase, ...] = ("pretrain", "transfer", "baseline")
 #: Training images are augmented by the 8 symmetries of the square (the dihedral group D4).
 N_SYMMETRIES = 8
 #: The splits of a dataset: ``train`` (training images), ``val`` (model selection: the

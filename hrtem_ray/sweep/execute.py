@@ -296,6 +296,47 @@ def _epoch_limit(spec: StudySpec, trial: Trial, n_train_images: int) -> int:
     return math.ceil(trial.max_steps / stage_steps(n_train_images, 1, spec.training.batch_size))
 
 
+def execute_threshold(
+    spec: StudySpec, trial: Trial, *, dataset_root: str, study_root: str
+) -> TrialOutcome:
+    """Fit and score a blur-and-Otsu baseline (``phase: threshold``); nothing is trained.
+
+    The blur and polarity are chosen on the first ``n_pretrain`` training tiles of the
+    imported domain (the tiles a transfer model of that size trains on;
+    :func:`hrtem_ray.learning.threshold.fit_threshold`); the row is scored on the
+    domain's scoring split (:func:`scoring_splits`), like every network. Loss columns are
+    null (a threshold gives no probabilities).
+    """
+    from hrtem_ray.learning.threshold import fit_threshold, pooled_iou, threshold_segment
+
+    started_at = time.time()
+    domain = trial.pretrain_domain
+    images, masks = training_set(trial, dataset_root)
+    fitted = fit_threshold(images, masks)
+    splits = scoring_splits(spec, dataset_root)
+    test_images, test_masks = scoring_sets(spec, dataset_root, [domain])[domain]
+    iou = pooled_iou(threshold_segment(test_images, fitted.sigma_px, fitted.polarity), test_masks)
+    finished_at = time.time()
+    node = node_id()
+    rows = results.result_rows(
+        trial,
+        study=spec.dataset.axis,
+        epochs=0,
+        metrics={domain: results.ThresholdMetrics(iou, fitted.sigma_px, fitted.polarity)},
+        best_epoch=0,
+        train_seconds=finished_at - started_at,
+        node_id=node,
+        started_at=started_at,
+        finished_at=finished_at,
+        loss_function=spec.training.loss,
+        train_device="cpu",
+        eval_splits={domain: splits[domain]},
+        train_steps=0,
+    )
+    results.write_result(study_root, trial, rows)
+    return TrialOutcome(trial.model_id, 0, math.nan, finished_at - started_at, node, None)
+
+
 def execute_trial(
     spec: StudySpec,
     trial: Trial,
@@ -325,6 +366,8 @@ def execute_trial(
         If a transfer trial's parent checkpoint is unusable (the parent's result is
         then quarantined, so that the next sweep trains the parent again first).
     """
+    if trial.phase == "threshold":
+        return execute_threshold(spec, trial, dataset_root=dataset_root, study_root=study_root)
     started_at = time.time()
     train_images, train_masks = training_set(trial, dataset_root)
     val_images, val_masks = selection_set(spec, trial, dataset_root)
@@ -420,6 +463,7 @@ __all__ = [
     "ParentCheckpointError",
     "TrialOutcome",
     "device_name",
+    "execute_threshold",
     "execute_trial",
     "node_cpus",
     "release_parent_checkpoint",

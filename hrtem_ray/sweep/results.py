@@ -96,8 +96,30 @@ RESULT_SCHEMA = pa.schema(
         # the split scored, and the kept epoch's validation loss (selection, own domain)
         ("eval_split", pa.string()),
         ("val_loss", pa.float64()),
+        # threshold rows (phase threshold): the blur and polarity chosen on training tiles
+        ("threshold_sigma_px", pa.float64()),
+        ("threshold_polarity", pa.string()),
+        # calibration on the scored images (networks): ECE and the reliability diagram
+        ("ece", pa.float64()),
+        ("reliability_pixels", pa.list_(pa.int64())),
+        ("reliability_confidence", pa.list_(pa.float64())),
+        ("reliability_frequency", pa.list_(pa.float64())),
     ]
 )
+
+
+@dataclass(frozen=True)
+class ThresholdMetrics:
+    """What a threshold row measures: the IoU, and the blur and polarity it was fitted with.
+
+    A threshold gives no probabilities, so its ``loss`` and ``cross_entropy`` are null.
+    """
+
+    iou: float
+    sigma_px: float
+    polarity: str
+    loss: None = None
+    cross_entropy: None = None
 
 
 def result_path(root: str, trial: Trial) -> str:
@@ -158,15 +180,15 @@ def result_rows(
             "pretrain_domain": trial.pretrain_domain,
             "transfer_domain": trial.transfer_domain,
             "eval_domain": domain,
-            "pretrain_lr": trial.pretrain_lr,
+            "pretrain_lr": None if trial.phase == "threshold" else trial.pretrain_lr,
             "transfer_lr": trial.transfer_lr,
             "n_pretrain": trial.n_pretrain,
             "n_transfer": trial.n_transfer,
             "freeze": trial.freeze,
             "seed": trial.seed,
             "epochs": epochs,
-            "loss": float(m.loss),
-            "cross_entropy": float(m.cross_entropy),
+            "loss": _float_or_none(m.loss),
+            "cross_entropy": _float_or_none(m.cross_entropy),
             "iou": float(m.iou),
             "best_epoch": best_epoch,
             "train_seconds": train_seconds,
@@ -187,10 +209,38 @@ def result_rows(
             "parent_seed": trial.parent_seed,
             "eval_split": (eval_splits or {}).get(domain, "val"),
             "val_loss": val_loss,
+            "threshold_sigma_px": getattr(m, "sigma_px", None),
+            "threshold_polarity": getattr(m, "polarity", None),
+            **_reliability_columns(getattr(m, "reliability", None)),
         }
         for domain, m in metrics.items()
     ]
     return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+def _reliability_columns(diagram) -> dict:
+    """The calibration columns of a row from a
+    :class:`hrtem_ray.learning.calibration.Reliability` (all null without one); NaN of empty
+    bins become null."""
+    if diagram is None:
+        return dict.fromkeys(
+            ("ece", "reliability_pixels", "reliability_confidence", "reliability_frequency")
+        )
+
+    def clean(values: list[float]) -> list[float | None]:
+        return [None if v != v else v for v in values]
+
+    return {
+        "ece": diagram.ece,
+        "reliability_pixels": list(diagram.pixels),
+        "reliability_confidence": clean(diagram.confidence),
+        "reliability_frequency": clean(diagram.frequency),
+    }
+
+
+def _float_or_none(value: object) -> float | None:
+    """``float(value)``, or None for None (the loss of a threshold row)."""
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def write_result(root: str, trial: Trial, table: pa.Table) -> None:

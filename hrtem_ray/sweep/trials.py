@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
 from hrtem_ray.spec.study import StudySpec
-from hrtem_ray.spec.types import N_SYMMETRIES, PHASES, Freeze, Phase
+from hrtem_ray.spec.types import N_SYMMETRIES, PHASES, TRAINED_PHASES, Freeze, Phase
 
 __all__ = [
     "PHASES",
@@ -46,6 +46,7 @@ __all__ = [
     "per_model_seed",
     "plan_trials",
     "stage_steps",
+    "threshold_sizes",
     "trial_context",
     "trial_passes",
     "training_line",
@@ -82,8 +83,9 @@ class Trial:
 
     @property
     def n_train_images(self) -> int:
-        """Images the trial's stage trains on (a baseline: source plus target)."""
-        if self.phase == "pretrain":
+        """Images the trial's stage trains on (a baseline: source plus target; a threshold:
+        the labelled tiles its blur is chosen on)."""
+        if self.phase in ("pretrain", "threshold"):
             return self.n_pretrain
         if self.phase == "transfer":
             return int(self.n_transfer or 0)
@@ -103,6 +105,8 @@ class Trial:
 
     def describe(self) -> str:
         """A short human-readable description for progress lines."""
+        if self.phase == "threshold":
+            return f"threshold {self.pretrain_domain} (blur + Otsu) n={self.n_pretrain}"
         if self.phase == "pretrain":
             return f"pretrain {self.pretrain_domain} lr={self.pretrain_lr:g} n={self.n_pretrain} seed={self.seed}"
         if self.phase == "transfer":
@@ -134,9 +138,10 @@ class TrialPlan:
     pretrain: list[Trial]
     transfer: list[Trial]
     baseline: list[Trial]
+    threshold: list[Trial] = field(default_factory=list)
 
     def all(self) -> list[Trial]:
-        return [*self.pretrain, *self.transfer, *self.baseline]
+        return [*self.pretrain, *self.transfer, *self.baseline, *self.threshold]
 
     def children(self) -> dict[str, list[Trial]]:
         """Transfer trials keyed by their parent's model id."""
@@ -146,7 +151,8 @@ class TrialPlan:
         return out
 
     def counts(self) -> dict[str, int]:
-        return {p: len(getattr(self, p)) for p in PHASES}
+        """Trials per phase: the three training phases always, ``threshold`` when planned."""
+        return {p: len(getattr(self, p)) for p in PHASES if p in TRAINED_PHASES or getattr(self, p)}
 
 
 #: Trial fields that do not enter the id: the id itself, and ``parent_seed``, which follows
@@ -388,7 +394,38 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
             transfer.append(_transfer_trial(parent, target, lr, n, freeze, ctx))
     if len({t.model_id for t in pretrain}) != len(pretrain):
         raise ValueError("two pretrain trials share a model id (per-model seed collision)")
-    return TrialPlan(pretrain, transfer, _baseline_trials(spec, ctx))
+    return TrialPlan(pretrain, transfer, _baseline_trials(spec, ctx), _threshold_trials(spec, ctx))
+
+
+def threshold_sizes(spec: StudySpec, domain: str) -> list[int]:
+    """The labelled-tile counts a threshold baseline of imported ``domain`` is fitted on.
+
+    The transfer grid's ``n_images`` when ``domain`` is a transfer target (so that each
+    transfer size meets a threshold chosen on the same tiles), else the pretrain grid's
+    when it is a pretrain domain, else the baseline targets' counts, else the transfer
+    grid's or the pretrain grid's; none when the spec has no grid.
+    """
+    grids = {
+        "transfer": list(spec.transfer.n_images) if spec.transfer else [],
+        "pretrain": list(spec.pretrain.n_images) if spec.pretrain else [],
+    }
+    for role in ("transfer", "pretrain"):
+        if domain in spec.domains_for(role) and grids[role]:  # type: ignore[arg-type]
+            return sorted(set(grids[role]))
+    targets = sorted({n for _, n in spec.mixture_counts() if n})
+    return targets or sorted(set(grids["transfer"] or grids["pretrain"]))
+
+
+def _threshold_trials(spec: StudySpec, ctx: dict) -> list[Trial]:
+    """A blur-and-Otsu baseline per imported eval domain and size (:func:`threshold_sizes`)."""
+    trials = []
+    for domain in spec.domains_for("eval"):
+        if domain not in spec.domains.imported:
+            continue
+        for n in threshold_sizes(spec, domain):
+            trial = Trial("threshold", domain, None, 0.0, None, n, None, "none", 0, None)
+            trials.append(_identify(trial, ctx))
+    return trials
 
 
 def _baseline_trials(spec: StudySpec, ctx: dict) -> list[Trial]:
@@ -413,6 +450,8 @@ def trial_passes(trial: Trial, epochs: int, batch_size: int) -> int:
     A trial with ``max_steps`` trains whole epochs while its budget lasts, then part of one
     (``batch_size`` samples a step).
     """
+    if trial.phase == "threshold":
+        return 0  # nothing is trained
     per_epoch = trial.n_train_images * N_SYMMETRIES
     if trial.max_steps is None:
         return per_epoch * epochs
@@ -439,7 +478,7 @@ def _protocol_lines(spec: StudySpec) -> list[str]:
         # transfer.seeds are a shared-parents option: per_model replicates with pretrain seeds
         update = {"parents": parents, "seeds": spec.transfer.seeds if parents == "shared" else None}
         variant = spec.model_copy(update={"transfer": spec.transfer.model_copy(update=update)})
-        trials = plan_trials(variant).all()
+        trials = [t for t in plan_trials(variant).all() if t.phase in TRAINED_PHASES]
         totals[parents] = (len(trials), training_passes(trials, epochs, batch))
     (n_per, passes_per), (n_shared, passes_shared) = totals["per_model"], totals["shared"]
     saved = passes_per - passes_shared
@@ -482,6 +521,12 @@ def _phase_line(spec: StudySpec, phase: str, trials: list[Trial]) -> str:
     epochs, batch = spec.training.epoch_limit, spec.training.batch_size
     sizes = Counter(t.n_train_images for t in trials)
     detail = ", ".join(f"{count} x {images}" for images, count in sorted(sizes.items()))
+    if phase == "threshold":
+        domains = ", ".join(sorted({t.pretrain_domain for t in trials}))
+        return (
+            f"threshold: {len(trials)} blur + Otsu baselines of imported domains ({domains}), "
+            f"no training; blur chosen on labelled tiles per baseline: {detail}"
+        )
     passes = training_passes(trials, epochs, batch)
     if phase == "baseline" and spec.baseline is not None and spec.baseline.match == "steps":
         budgets = ", ".join(f"{n:,}" for n in sorted({int(t.max_steps or 0) for t in trials}))
