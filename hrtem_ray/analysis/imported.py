@@ -165,8 +165,10 @@ def _configurations(results: pl.DataFrame, domains: list[str]) -> pl.DataFrame:
     config = [c for c in _CONFIG if c in results.columns]
     rows = (
         results.filter(pl.col("eval_domain").cast(pl.String).is_in(domains))
-        .with_columns(pl.col(c).cast(pl.String) for c in ("phase", "pretrain_domain",
-                      "transfer_domain", "eval_domain", "freeze"))  # fmt: skip
+        .with_columns(
+            pl.col(c).cast(pl.String)
+            for c in ("phase", "pretrain_domain", "transfer_domain", "eval_domain", "freeze")
+        )  # fmt: skip
         .with_columns(method=method_of())
         .filter(pl.col("method").is_not_null() & pl.col("iou").is_not_null())
         .with_columns(n_tiles=_tiles_of())

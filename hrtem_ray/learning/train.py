@@ -74,6 +74,7 @@ from hrtem_ray.learning.augment import (
     augment,
     epoch_order,
     label_entropy_floor,
+    realistic_augment,
     soft_labels,
     standardize,
 )
@@ -86,7 +87,7 @@ from hrtem_ray.learning.calibration import (
 )
 from hrtem_ray.learning.model import build_model, count_parameters
 from hrtem_ray.learning.model import freeze as freeze_part
-from hrtem_ray.spec.study import LOSS_FUNCTIONS, LossFunction
+from hrtem_ray.spec.study import LOSS_FUNCTIONS, AugmentSpec, LossFunction
 from hrtem_ray.spec.types import N_SYMMETRIES, Freeze, ModelSpec
 from hrtem_ray.store import storage
 
@@ -554,6 +555,8 @@ def train_epoch(
     epoch: int = 1,
     loss: LossFunction = "cross_entropy",
     max_steps: int | None = None,
+    augmentation: AugmentSpec | None = None,
+    generator: torch.Generator | None = None,
 ) -> float:
     """One epoch of training steps over every image (and symmetry); the mean loss.
 
@@ -580,6 +583,9 @@ def train_epoch(
         The loss function (see the module docstring).
     max_steps
         Stop after this many steps (a partial epoch); ``None``: the whole epoch.
+    augmentation, generator
+        Realistic augmentations applied after the symmetry
+        (:func:`~hrtem_ray.learning.augment.realistic_augment`), drawn from ``generator``.
 
     Returns
     -------
@@ -599,6 +605,8 @@ def train_epoch(
     for start in range(0, len(idx), batch_size):
         sel = torch.as_tensor(idx[start : start + batch_size], device=images.device)
         xb, mb = augment(images[sel], masks[sel], ks[start : start + batch_size])
+        if augmentation is not None:
+            xb, mb = realistic_augment(xb, mb, augmentation, generator or torch.Generator())
         value = train_step(model, optimizer, xb, mb, loss)
         pending.append(value * len(xb))
         n_steps += 1
@@ -629,6 +637,7 @@ def train_stage(
     patience: int | None = None,
     min_delta: float = 0.0,
     max_steps: int | None = None,
+    augmentation: AugmentSpec | None = None,
 ) -> StageResult:
     """Train ``model`` for one stage and keep the epoch with the lowest validation loss.
 
@@ -670,6 +679,9 @@ def train_stage(
     max_steps
         Stop after this many optimizer steps in all (the last epoch partial, then
         validated like any other); ``None``: whole epochs only.
+    augmentation
+        Realistic augmentations of the training samples (an
+        :class:`~hrtem_ray.spec.study.AugmentSpec`), seeded by ``seed``; ``None``: none.
 
     Returns
     -------
@@ -709,6 +721,7 @@ def train_stage(
         )
         steps_left = max_steps
         stopped_on_patience = False
+        generator = torch.Generator().manual_seed(int(seed) % 2**63)
         for epoch in range(1, epochs + 1):
             t_epoch = time.perf_counter()
             epoch_lr = lr * lr_decay ** (epoch - 1)
@@ -728,6 +741,8 @@ def train_stage(
                 epoch=epoch,
                 loss=loss,
                 max_steps=epoch_steps,
+                augmentation=augmentation,
+                generator=generator,
             )
             model.eval()
             val_ce, val_iou = _evaluate_tensors(model, x_val, m_val, batch_size, device, loss)

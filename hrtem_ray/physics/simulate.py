@@ -13,7 +13,9 @@ Pipeline for one structure (:func:`simulate_structure`):
    particles-in-vacuum image (:func:`calibrate_zero_defocus`).
 5. For each imaging condition: jittered defocus, CTF with focal spread and
    spherical aberration applied to every phonon configuration, intensities
-   averaged (:func:`image_intensity`), then dose and Poisson noise (:func:`apply_dose`).
+   averaged (:func:`image_intensity`), then dose and Poisson noise (:func:`apply_dose`)
+   and, when the spec asks for one, the detector's MTF and read noise
+   (:func:`apply_detector`).
 
 Steps 1-2 (:func:`structure_waves`) are almost all of the cost; their result, a
 :class:`~hrtem_ray.spec.types.StructureWaves`, is what the exit-wave store keeps
@@ -91,7 +93,9 @@ __all__ = [
     "SimulationParams",
     "StructureImages",
     "StructureWaves",
+    "apply_detector",
     "apply_dose",
+    "detector_mtf",
     "calibrate_zero_defocus",
     "calibration_key",
     "ctf",
@@ -623,6 +627,56 @@ def apply_dose(
     return rng.poisson(np.clip(intensity, 0, None) * electrons_per_pixel).astype(np.float32)
 
 
+def detector_mtf(shape: tuple[int, int], mtf_at_nyquist: float) -> np.ndarray:
+    """A detector's modulation transfer function on the FFT grid of ``shape``.
+
+    A Gaussian in spatial frequency ``q`` (cycles per pixel), 1 at ``q = 0`` and
+    ``mtf_at_nyquist`` at the Nyquist frequency ``q = 1/2`` along an axis:
+    ``mtf_at_nyquist ** ((q / 0.5) ** 2)``.
+
+    Examples
+    --------
+    >>> mtf = detector_mtf((4, 4), 0.25)
+    >>> float(mtf[0, 0]), float(mtf[0, 2]), float(mtf[2, 2])
+    (1.0, 0.25, 0.0625)
+    """
+    qy = np.fft.fftfreq(shape[0])[:, None]
+    qx = np.fft.fftfreq(shape[1])[None, :]
+    return mtf_at_nyquist ** ((qy**2 + qx**2) / 0.25)
+
+
+def apply_detector(
+    counts: np.ndarray,
+    mtf_at_nyquist: float,
+    noise_e_per_pixel: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """An image as a real detector records it: its MTF, then its read noise (noise floor).
+
+    Parameters
+    ----------
+    counts : np.ndarray
+        The recorded electrons per pixel (after the dose's Poisson noise), ``(H, W)``.
+    mtf_at_nyquist : float
+        :func:`detector_mtf` at Nyquist; 1 leaves the image as it is.
+    noise_e_per_pixel : float
+        Standard deviation of additive Gaussian read noise, electrons per pixel; 0: none.
+    rng : numpy.random.Generator
+        Source of the read noise.
+
+    Returns
+    -------
+    np.ndarray
+        float32 ``(H, W)``; the mean is kept (the MTF is 1 at zero frequency).
+    """
+    image = np.asarray(counts, dtype=np.float64)
+    if mtf_at_nyquist < 1:
+        image = np.fft.ifft2(np.fft.fft2(image) * detector_mtf(image.shape, mtf_at_nyquist)).real
+    if noise_e_per_pixel > 0:
+        image = image + rng.normal(0.0, noise_e_per_pixel, image.shape)
+    return image.astype(np.float32)
+
+
 def condition_rng(seed: int, condition: ImagingCondition) -> np.random.Generator:
     """Generator of one condition's jitter and noise, from the seed and the condition.
 
@@ -762,6 +816,13 @@ def images_from_waves(
             condition.cs_mm,
         )
         images[index] = apply_dose(intensity, condition.dose_e_per_angstrom2, pixel_size, rng)
+        if params.detector_mtf_at_nyquist < 1 or params.detector_noise_e_per_pixel > 0:
+            images[index] = apply_detector(
+                images[index],
+                params.detector_mtf_at_nyquist,
+                params.detector_noise_e_per_pixel,
+                rng,
+            )
     timings["imaging"] = time.perf_counter() - start
 
     return StructureImages(

@@ -55,8 +55,8 @@ import vl_convert as vlc
 
 from hrtem_ray import analysis
 from hrtem_ray.report import images, plots, predictions, reference_plots
-from hrtem_ray.report.imported import imported_section
 from hrtem_ray.report.curves import study_root_of
+from hrtem_ray.report.imported import imported_section
 from hrtem_ray.report.page import StudySection, render_page
 from hrtem_ray.report.sentences import (
     CI,

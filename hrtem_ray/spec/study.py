@@ -59,6 +59,7 @@ class DomainsSpec(SpecModel):
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
@@ -111,6 +112,92 @@ DEFAULT_TARGET_FRACTIONS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 DEFAULT_EPOCHS = 10
 
 
+def _range(value: tuple[float, float]) -> tuple[float, float]:
+    """Check a ``[low, high]`` range: finite, low <= high."""
+    low, high = value
+    if not low <= high:
+        raise ValueError(f"needs low <= high, got {list(value)}")
+    return value
+
+
+Range = Annotated[tuple[float, float], AfterValidator(_range)]
+
+
+class AugmentSpec(SpecModel):
+    """Augmentations that real micrographs need and simulations lack (a training stage's).
+
+    Each is applied to a training sample with probability ``probability``, with a
+    strength drawn uniformly from its range, after the dihedral symmetry and before the
+    image is standardised again (:func:`hrtem_ray.learning.augment.realistic_augment`).
+    ``None`` leaves one out. The images are first scaled to [0, 1] per sample.
+
+    Attributes
+    ----------
+    gamma
+        Exponent range of ``x ** gamma`` (drawn log-uniformly), e.g. ``[0.7, 1.4]``.
+    contrast
+        Range of the factor on deviations from the image's mean, e.g. ``[0.6, 1.4]``.
+    gaussian_noise
+        Largest std of added Gaussian noise, relative to the image's std.
+    poisson_counts
+        Range of the mean electrons per pixel at which the image is Poisson-resampled.
+    blur_sigma_px
+        Range of the std (pixels) of a Gaussian blur.
+    scale_jitter
+        Largest relative zoom in or out (image and mask alike), e.g. 0.15 for 0.85-1.15.
+    flat_field
+        Largest relative illumination gradient across the tile (a linear ramp).
+    probability
+        Chance that each augmentation is applied to a sample.
+    """
+
+    gamma: Range | None = None
+    contrast: Range | None = None
+    gaussian_noise: float | None = Field(default=None, gt=0, le=10)
+    poisson_counts: Range | None = None
+    blur_sigma_px: Range | None = None
+    scale_jitter: float | None = Field(default=None, gt=0, lt=1)
+    flat_field: float | None = Field(default=None, gt=0, lt=1)
+    probability: float = Field(default=0.5, gt=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data: Any) -> Any:
+        """``real`` stands for :data:`REAL_AUGMENT`."""
+        if data == "real":
+            return dict(REAL_AUGMENT)
+        if isinstance(data, str):
+            raise ValueError(f"unknown augmentation preset {data!r}; allowed: real, or the fields")
+        return data
+
+    @model_validator(mode="after")
+    def _ranges_in_bounds(self) -> AugmentSpec:
+        bounds = {"gamma": (0.1, 10), "contrast": (0, 10), "poisson_counts": (0.1, 1e6),
+                  "blur_sigma_px": (0, 20)}  # fmt: skip
+        for name, (low, high) in bounds.items():
+            value = getattr(self, name)
+            if value is not None and not (low <= value[0] and value[1] <= high and value[1] > 0):
+                raise ValueError(f"{name}: {list(value)} outside [{low:g}, {high:g}]")
+        return self
+
+    def key(self) -> str:
+        """Canonical JSON of the fields that are set (a trial's ``augment``, the results column)."""
+        return self.model_dump_json(exclude_none=True)
+
+
+#: ``augment: real``: the augmentations for real bright-field micrographs (see README).
+REAL_AUGMENT: dict[str, Any] = {
+    "gamma": (0.7, 1.4),
+    "contrast": (0.6, 1.4),
+    "gaussian_noise": 0.3,
+    "poisson_counts": (5.0, 100.0),
+    "blur_sigma_px": (0.3, 1.5),
+    "scale_jitter": 0.15,
+    "flat_field": 0.3,
+    "probability": 0.5,
+}
+
+
 class PretrainGrid(SpecModel):
     """Pretrain trials: every pretrain domain x ``lr`` x ``n_images`` x ``seeds``.
 
@@ -144,6 +231,9 @@ class TransferGrid(SpecModel):
         Delete a parent's checkpoint once all its children's results are stored.
         ``None`` (default): on for ``per_model`` (one checkpoint per transfer model would
         pile up), off for ``shared``; never with ``keep_checkpoints: all``.
+    augment
+        Augmentations of the transfer stage for real micrographs (:class:`AugmentSpec`,
+        or ``real``); recorded in the results (``augment``). ``None``: dihedral only.
     """
 
     lr: list[float] = Field(default_factory=lambda: [1e-4, 1e-5], min_length=1)
@@ -154,6 +244,7 @@ class TransferGrid(SpecModel):
     parents: ParentsProtocol = "shared"
     seeds: Seeds | None = None
     delete_parent_checkpoints: bool | None = None
+    augment: AugmentSpec | None = None
 
     @model_validator(mode="after")
     def _seeds_need_shared_parents(self) -> TransferGrid:
@@ -183,7 +274,8 @@ class BaselineGrid(SpecModel):
         Images of each fractions-form mixture; default the pretraining size (the one value
         of ``pretrain.n_images``).
     mixtures
-        Explicit ``[n_source, n_target]`` pairs instead of ``fractions``.
+        Explicit ``[n_source, n_target]`` pairs instead of ``fractions``; ``n_source`` 0
+        trains on target images only (from scratch).
     match
         ``images`` (default): each mixture trains the spec's epochs over its images.
         ``steps``: as many optimizer steps as its transfer counterpart (pretraining on
@@ -192,15 +284,19 @@ class BaselineGrid(SpecModel):
     pairs
         ``[source, target]`` domain pairs to train mixtures for; default every pair of
         :func:`hrtem_ray.sweep.trials.baseline_pairs` (pretrain x transfer domains).
+    augment
+        Augmentations of the mixtures (:class:`AugmentSpec`), e.g. the transfer stage's,
+        so that a target-only mixture (trained from scratch) sees the same ones.
     """
 
     fractions: list[TargetFraction] | None = None
     n_images: PositiveInt | None = None
-    mixtures: list[tuple[PositiveInt, PositiveInt]] | None = None
+    mixtures: list[tuple[NonNegativeInt, PositiveInt]] | None = None
     match: BaselineMatch = "images"
     lr: list[float] = Field(default_factory=lambda: [1e-3, 1e-4], min_length=1)
     seeds: Seeds = Field(default_factory=lambda: [0, 1, 2])
     pairs: list[tuple[str, str]] | None = None
+    augment: AugmentSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -559,9 +655,7 @@ class StudySpec(SpecModel):
         trained = {*(self.domains.pretrain or []), *(self.domains.transfer or [])}
         return [*self.dataset.domains, *(d for d in self.domains.imported if d in trained)]
 
-    def scoring_split(
-        self, domain: str, *, imported_test: bool = False
-    ) -> Literal["test", "val"]:
+    def scoring_split(self, domain: str, *, imported_test: bool = False) -> Literal["test", "val"]:
         """The split a model's metrics on ``domain`` are computed on (see :class:`TrainingSpec`).
 
         ``training.eval_split``, or by default ``test`` when the dataset has held-out

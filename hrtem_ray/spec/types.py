@@ -20,10 +20,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 __all__ = [
     "ANGSTROM_PER_NM",
+    "DETECTOR_DEFAULTS",
     "Freeze",
     "FREEZE_OPTIONS",
     "GRIDS_FIXED",
@@ -128,7 +136,7 @@ def _spinel(cation: str, a: float, x_origin1: float, blur: float) -> LatticeSpec
     return LatticeSpec(227, a, None, (cation, cation, "O"), basis, blur)
 
 
-#: The 9 lattices of the study (space groups and parameters from the study table).
+#: The 9 lattices of the study (space groups and parameters from the study table), and Au.
 LATTICES: dict[str, LatticeSpec] = {
     "ZnS": _wurtzite("Zn", "S", 3.8227, 6.2607),
     "CdSe": _wurtzite("Cd", "Se", 4.2985, 7.0152),
@@ -139,6 +147,8 @@ LATTICES: dict[str, LatticeSpec] = {
     "Fe3O4": _spinel("Fe", 8.394, 0.2549 + 1 / 8, 1.6),
     "Co3O4": _spinel("Co", 8.065, 0.2631 + 1 / 8, 1.0),
     "Fe": LatticeSpec(229, 2.866, None, ("Fe",), ((0.0, 0.0, 0.0),), 1.0),
+    # not one of the study's: gold (fcc), for the bright-field preset of real Au micrographs
+    "Au": LatticeSpec(225, 4.0782, None, ("Au",), ((0.0, 0.0, 0.0),), 1.6),
 }
 
 
@@ -215,6 +225,10 @@ class StructureParams(BaseModel):
 # --------------------------------------------------------------------------- simulation
 
 
+#: The detector fields of :class:`SimulationParams` at their defaults (an ideal detector).
+DETECTOR_DEFAULTS = {"detector_mtf_at_nyquist": 1.0, "detector_noise_e_per_pixel": 0.0}
+
+
 class SimulationParams(BaseModel):
     """Multislice, ground-truth and imaging parameters (paper values by default).
 
@@ -232,6 +246,14 @@ class SimulationParams(BaseModel):
     ``"smoothed"`` (default)
         Phase smoothed by a Gaussian of ``smoothed_phase_sigma_angstrom`` first,
         then binary ``> smoothed_threshold_rad``, then the same blur.
+
+    Detector (:func:`hrtem_ray.physics.simulate.apply_detector`, after the Poisson noise of
+    the dose): a modulation transfer function falling as a Gaussian in spatial frequency
+    to ``detector_mtf_at_nyquist`` at the output Nyquist frequency, then Gaussian read
+    noise of ``detector_noise_e_per_pixel`` electrons per pixel (the noise floor). The
+    defaults (1 and 0) are an ideal detector, the study's (and every dataset's before
+    these fields existed); real cameras have an MTF of about 0.1-0.6 at Nyquist (Larsen
+    et al., arXiv 2302.12629, found that modelling it matters on real camera data).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -260,6 +282,25 @@ class SimulationParams(BaseModel):
     )
     calibration_coarse_step_angstrom: float = Field(1.0, ge=0.01, le=100)
     calibration_fine_step_angstrom: float = Field(0.1, ge=0.001, le=100)
+    detector_mtf_at_nyquist: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Detector MTF at the output Nyquist frequency (1: an ideal detector).",
+    )
+    detector_noise_e_per_pixel: float = Field(
+        0.0, ge=0, le=1e4, description="Std of the detector's read noise (noise floor), e/px."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_ideal_detector(self, handler) -> dict:
+        """Leave the detector fields out at their defaults (an ideal detector), so that the
+        stored spec and the hash of every dataset written before they existed stay as they were."""
+        out = handler(self)
+        for name, ideal in DETECTOR_DEFAULTS.items():
+            if out.get(name) == ideal:
+                out.pop(name, None)
+        return out
 
     @model_validator(mode="after")
     def _output_not_finer(self) -> SimulationParams:

@@ -46,7 +46,7 @@ from hrtem_ray.learning.train import (
     select_device,
     train_stage,
 )
-from hrtem_ray.spec.study import StudySpec
+from hrtem_ray.spec.study import AugmentSpec, StudySpec
 from hrtem_ray.store import storage
 from hrtem_ray.store.digest import sha256_file
 from hrtem_ray.sweep import results
@@ -398,6 +398,9 @@ def execute_trial(
         patience=training.patience if training.stops_early else None,
         min_delta=training.min_delta,
         max_steps=trial.max_steps,
+        augmentation=(
+            None if trial.augment is None else AugmentSpec.model_validate_json(trial.augment)
+        ),
     )
     converged = has_converged(
         stage.best_epoch, stage.epochs_trained, training.patience, stage.stopped_on_patience

@@ -96,6 +96,8 @@ RESULT_SCHEMA = pa.schema(
         # the split scored, and the kept epoch's validation loss (selection, own domain)
         ("eval_split", pa.string()),
         ("val_loss", pa.float64()),
+        # the stage's realistic augmentations (JSON of an AugmentSpec), null: none
+        ("augment", pa.string()),
         # threshold rows (phase threshold): the blur and polarity chosen on training tiles
         ("threshold_sigma_px", pa.float64()),
         ("threshold_polarity", pa.string()),
@@ -209,6 +211,7 @@ def result_rows(
             "parent_seed": trial.parent_seed,
             "eval_split": (eval_splits or {}).get(domain, "val"),
             "val_loss": val_loss,
+            "augment": trial.augment,
             "threshold_sigma_px": getattr(m, "sigma_px", None),
             "threshold_polarity": getattr(m, "polarity", None),
             **_reliability_columns(getattr(m, "reliability", None)),

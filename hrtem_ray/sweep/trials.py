@@ -75,6 +75,9 @@ class Trial:
     #: A baseline's optimizer-step budget under ``baseline.match: steps`` (the last epoch
     #: may be partial); ``None``: it trains whole epochs.
     max_steps: int | None = None
+    #: The stage's realistic augmentations (``transfer.augment`` / ``baseline.augment``):
+    #: canonical JSON of an :class:`~hrtem_ray.spec.study.AugmentSpec`; ``None``: none.
+    augment: str | None = None
 
     @property
     def train_domain(self) -> str:
@@ -116,6 +119,7 @@ class Trial:
             return (
                 f"transfer {self.pretrain_domain}->{self.transfer_domain} lr={self.transfer_lr:g} "
                 f"n={self.n_transfer} freeze={self.freeze} seed={self.seed}{parent}"
+                + (" augmented" if self.augment else "")
             )
         steps = "" if self.max_steps is None else f" steps={self.max_steps}"
         return (
@@ -160,7 +164,7 @@ class TrialPlan:
 NOT_IDENTIFYING = ("config_hash", "model_id", "parent_seed")
 #: Trial fields added after model ids were first derived: they enter the id only when set
 #: to something other than this default, so that every existing id stays as it was.
-LATER_TRIAL_DEFAULTS = {"max_steps": None}
+LATER_TRIAL_DEFAULTS = {"max_steps": None, "augment": None}
 
 
 def _identify(trial: Trial, context: dict) -> Trial:
@@ -286,11 +290,12 @@ def _transfer_trial(
     freeze: Freeze,
     ctx: dict,
     seed: int | None = None,
+    augment: str | None = None,
 ) -> Trial:
     """The child of ``parent`` with the given transfer settings, identified.
 
     ``seed`` is the transfer stage's (``transfer.seeds``); ``None``: the parent's. The
-    child records its parent's seed (``parent_seed``).
+    child records its parent's seed (``parent_seed``) and the stage's ``augment``.
     """
     child = Trial(
         "transfer",
@@ -304,6 +309,7 @@ def _transfer_trial(
         parent.seed if seed is None else seed,
         parent.model_id,
         parent_seed=parent.seed,
+        augment=augment,
     )
     return _identify(child, ctx)
 
@@ -370,6 +376,7 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
     pretrain: list[Trial] = []
     transfer: list[Trial] = []
     per_model = spec.transfer is not None and spec.transfer.parents == "per_model"
+    augment = _augment_key(spec.transfer.augment if spec.transfer else None)
     for config in configs:
         targets = [d for d in tr_domains if d != config.pretrain_domain]
         grid = spec.transfer
@@ -382,7 +389,9 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
             pretrain.append(config)
             seeds = grid.seeds if grid is not None and grid.seeds is not None else [None]
             transfer.extend(
-                _transfer_trial(config, *s, ctx, seed=seed) for s in settings for seed in seeds
+                _transfer_trial(config, *s, ctx, seed=seed, augment=augment)
+                for s in settings
+                for seed in seeds
             )
             continue
         for target, lr, n, freeze in settings:
@@ -391,7 +400,7 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
                 config.pretrain_domain, config.pretrain_lr, config.n_pretrain, seed, ctx
             )
             pretrain.append(parent)
-            transfer.append(_transfer_trial(parent, target, lr, n, freeze, ctx))
+            transfer.append(_transfer_trial(parent, target, lr, n, freeze, ctx, augment=augment))
     if len({t.model_id for t in pretrain}) != len(pretrain):
         raise ValueError("two pretrain trials share a model id (per-model seed collision)")
     return TrialPlan(pretrain, transfer, _baseline_trials(spec, ctx), _threshold_trials(spec, ctx))
@@ -435,13 +444,19 @@ def _baseline_trials(spec: StudySpec, ctx: dict) -> list[Trial]:
         return []
     pairs = grid.pairs or baseline_pairs(spec.domains_for("pretrain"), spec.domains_for("transfer"))
     trials = []
+    augment = _augment_key(grid.augment)
     for (src, tgt), (n_src, n_tgt), lr, seed in itertools.product(
         pairs, spec.mixture_counts(), grid.lr, grid.seeds
     ):
         steps = mixture_steps(spec, n_tgt) if grid.match == "steps" else None
         trial = Trial("baseline", src, tgt, lr, None, n_src, n_tgt, "none", seed, None)
-        trials.append(_identify(replace(trial, max_steps=steps), ctx))
+        trials.append(_identify(replace(trial, max_steps=steps, augment=augment), ctx))
     return trials
+
+
+def _augment_key(augment) -> str | None:
+    """A stage's augmentations as a trial records them (canonical JSON), or None."""
+    return None if augment is None else augment.key()
 
 
 def trial_passes(trial: Trial, epochs: int, batch_size: int) -> int:

@@ -11,7 +11,6 @@ import copy
 import shutil
 
 import numpy as np
-import polars as pl
 import pytest
 from helpers import TINY_STUDY, train_study_root
 
@@ -72,10 +71,14 @@ def test_threshold_rows_exist_and_are_computed_on_the_held_out_micrographs(impor
     rows = read_results(str(tmp_path))
     assert rows.get_column("phase").unique().to_list() == ["threshold"]
     assert rows.get_column("eval_split").unique().to_list() == ["test"]
-    assert rows.get_column("loss").is_null().all() and rows.get_column("pretrain_lr").is_null().all()
+    assert (
+        rows.get_column("loss").is_null().all() and rows.get_column("pretrain_lr").is_null().all()
+    )
     test = read_images(imported_root, "exp", "test")
     for row in rows.iter_rows(named=True):
-        predicted = threshold_segment(test.images, row["threshold_sigma_px"], row["threshold_polarity"])
+        predicted = threshold_segment(
+            test.images, row["threshold_sigma_px"], row["threshold_polarity"]
+        )
         assert row["iou"] == pytest.approx(pooled_iou(predicted, test.masks))
         assert row["n_pretrain"] in (2, 4) and row["eval_domain"] == "exp"
     assert {t.model_id for t in plan_trials(spec).threshold} == set(rows["model_id"])
