@@ -9,8 +9,11 @@ Subpackages by stage, top layer first; each imports only from the layers below i
 contract is ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports``):
 
 * ``cli``: the hrtem-ray command line: parses arguments, maps outcomes to exit codes
+* ``realdata``: real micrographs: what to label next (hrtem-ray suggest, by ensemble
+  disagreement) and the pixel size of uncalibrated labelled files (hrtem-ray pixel-size)
 * ``study``: the Python API (``Study``): preflight, lock, simulate, sweep, results, report;
-  ``inference``: hrtem-ray predict, tiled and blended segmentation of micrographs
+  ``inference``: hrtem-ray predict, tiled and blended segmentation of micrographs (one model
+  or the ensemble of a configuration's replicates)
 * ``sweep``: planning, scheduling and running a study's trials (Ray Tune), the results table,
   check and repair; ``report``: the HTML report, its charts, figures and CSV tables
 * ``dataset``: simulated Parquet shards and their readers, the exit-wave store, imported

@@ -1,4 +1,5 @@
-"""The ``hrtem-ray`` command line: simulate, sweep, run, report, slurm, check, import, predict."""
+"""The ``hrtem-ray`` command line: simulate, sweep, run, report, slurm, check, import, predict,
+suggest, pixel-size."""
 
 from __future__ import annotations
 
@@ -177,6 +178,37 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--overlap-px", type=int, default=None, help="default: a quarter tile")
     pred.add_argument("--threshold", type=float, default=0.5, help="particle probability (0.5)")
     pred.add_argument("--num-threads", type=int, default=None, help="torch threads")
+    pred.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="use every replicate (seed) of the model's configuration: mean probability, "
+        "per-pixel std map (<stem>_std.tif/.png), per-particle spread",
+    )
+    sug = _subparser(
+        sub, "suggest", "rank unlabelled micrographs or tiles by ensemble disagreement"
+    )
+    sug.add_argument("files", nargs="+", help="unlabelled micrographs (the formats of import)")
+    sug.add_argument("--study", required=True, help="the study directory")
+    sug.add_argument(
+        "--model", required=True, help="MODEL_ID or best:DOMAIN: its configuration's replicates"
+    )
+    sug.add_argument("-o", "--out", required=True, help="output directory")
+    sug.add_argument("--top", type=int, default=10, help="how many to list (10)")
+    sug.add_argument("--by", choices=("tile", "file"), default="tile", help="rank tiles or files")
+    sug.add_argument(
+        "--pixel-size-angstrom", type=float, default=None, help="for files without calibration"
+    )
+
+    pix = _subparser(
+        sub, "pixel-size", "choose the pixel size of uncalibrated labelled micrographs"
+    )
+    pix.add_argument("files", nargs="+", help="labelled micrographs without calibration")
+    pix.add_argument("--masks", nargs="+", required=True, help="one mask per file, same order")
+    pix.add_argument("--study", required=True, help="the study directory of a pretrained model")
+    pix.add_argument("--model", required=True, help="MODEL_ID, or best:DOMAIN")
+    pix.add_argument(
+        "--candidates", nargs="+", type=float, required=True, help="pixel sizes to try, in Å"
+    )
     return parser
 
 
@@ -357,11 +389,47 @@ def _predict(args) -> int:
         overlap_px=args.overlap_px,
         threshold=args.threshold,
         num_threads=args.num_threads,
+        ensemble=args.ensemble,
     )
+    used = (
+        f"an ensemble of {len(result.model_ids)} replicates of {result.model_id}"
+        if args.ensemble
+        else result.model_id
+    )
+    maps = "masks, std maps, overlays" if args.ensemble else "masks, overlays"
     print(
-        f"predicted {len(result.masks)} files with {result.model_id}: "
-        f"{result.particles.height} particles; masks, overlays, particles.parquet/csv in {args.out}"
+        f"predicted {len(result.masks)} files with {used}: {result.particles.height} particles; "
+        f"{maps}, particles.parquet/csv in {args.out}"
     )
+    return EXIT_OK
+
+
+def _suggest(args) -> int:
+    from hrtem_ray.realdata import suggest
+
+    table = suggest(
+        args.study,
+        args.model,
+        args.files,
+        args.out,
+        top_n=args.top,
+        by=args.by,
+        pixel_size_angstrom=args.pixel_size_angstrom,
+    )
+    for row in table.iter_rows(named=True):
+        print(
+            f"{row['rank']:>3}  {row['source']}  y={row['y_px']} x={row['x_px']} "
+            f"size={row['size_px']}  disagreement {row['disagreement']:.4f}"
+        )
+    print(f"suggestions.csv, suggestions.parquet, contact_sheet.png in {args.out}")
+    return EXIT_OK
+
+
+def _pixel_size(args) -> int:
+    from hrtem_ray.realdata import choose_pixel_size
+
+    choice = choose_pixel_size(args.study, args.model, args.files, args.masks, args.candidates)
+    print(choice.describe())
     return EXIT_OK
 
 
@@ -374,6 +442,8 @@ COMMANDS = {
     "check": _check,
     "import": _import,
     "predict": _predict,
+    "suggest": _suggest,
+    "pixel-size": _pixel_size,
 }
 
 

@@ -20,6 +20,14 @@ Outputs written to ``out_dir`` per file ``<stem>``: ``<stem>_mask.tif`` (uint8 0
 ImageJ calibration in nm of the input), ``<stem>_mask.png``, ``<stem>_overlay.png`` (the
 image with particles tinted red), and for all files ``particles.parquet`` and
 ``particles.csv``.
+
+Ensembles (``ensemble=True``, ``hrtem-ray predict --ensemble``): the replicates of the
+chosen model's configuration (its models that differ only in their seed,
+:func:`replicates`) each predict every file; the mask is their mean probability above the
+threshold, ``<stem>_std.tif`` and ``<stem>_std.png`` hold the per-pixel standard deviation
+over the models, and the particle table gets each particle's spread
+(:data:`ENSEMBLE_COLUMNS`). :mod:`hrtem_ray.realdata` ranks unlabelled micrographs by
+this disagreement (``hrtem-ray suggest``).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +106,14 @@ class PredictionResult:
     particles : polars.DataFrame
         One row per particle, columns :data:`PARTICLE_COLUMNS`.
     model_id, reason : str
-        The model used and why it was chosen.
+        The model used and why it was chosen (an ensemble: its first model).
     files : list of str
         Files written (empty without ``out_dir``).
+    std : dict
+        Ensemble only: file name -> per-pixel standard deviation over the models of the
+        particle probability (``probabilities`` then holds their mean).
+    model_ids : list of str
+        The models used (one, or the ensemble's).
     """
 
     masks: dict[str, np.ndarray]
@@ -109,6 +122,8 @@ class PredictionResult:
     model_id: str
     reason: str
     files: list[str]
+    std: dict[str, np.ndarray] = field(default_factory=dict)
+    model_ids: list[str] = field(default_factory=list)
 
 
 def choose_model(study_root: str, model: str) -> ModelChoice:
@@ -163,6 +178,87 @@ def choose_model(study_root: str, model: str) -> ModelChoice:
     return ModelChoice(best["model_id"], reason)
 
 
+#: Columns of a results table that define a configuration (all but the seed), where present:
+#: the replicates of a configuration are its models.
+CONFIGURATION_COLUMNS = (
+    "study",
+    "phase",
+    "pretrain_domain",
+    "transfer_domain",
+    "pretrain_lr",
+    "transfer_lr",
+    "n_pretrain",
+    "n_transfer",
+    "freeze",
+    "augment",
+)
+#: Extra particle-table columns of an ensemble prediction.
+ENSEMBLE_COLUMNS = ("probability_spread", "mean_pixel_std")
+
+
+def replicates(study_root: str, model_id: str) -> list[str]:
+    """The models of ``model_id``'s configuration (itself included) that have a checkpoint.
+
+    Replicates differ only in their seed (``pretrain.seeds``, ``transfer.seeds`` or
+    ``baseline.seeds``): same :data:`CONFIGURATION_COLUMNS`. Sorted by model id.
+    """
+    table = results.read_results(study_root)
+    columns = [c for c in CONFIGURATION_COLUMNS if c in table.columns]
+    key = pl.concat_str(
+        [pl.col(c).cast(pl.String).fill_null("<null>") for c in columns], separator="|"
+    )
+    models = table.select("model_id", key.alias("key")).unique("model_id")
+    mine = models.filter(pl.col("model_id") == model_id)
+    if mine.is_empty():
+        return []
+    same = models.filter(pl.col("key") == mine.item(0, "key")).get_column("model_id").to_list()
+    return sorted(m for m in same if results.checkpoint_problem(study_root, m) is None)
+
+
+def choose_ensemble(study_root: str, model: str) -> tuple[list[str], str]:
+    """The replicate models of the configuration of ``model`` (an id or ``best:DOMAIN``), and why.
+
+    Raises
+    ------
+    PredictError
+        As :func:`choose_model`, or when fewer than two replicates have a checkpoint.
+    """
+    choice = choose_model(study_root, model)
+    ids = replicates(study_root, choice.model_id)
+    if len(ids) < 2:
+        raise PredictError(
+            f"--ensemble: the configuration of {choice.model_id} has {len(ids)} model(s) with a "
+            "stored checkpoint; an ensemble needs replicates: seeds (pretrain.seeds, "
+            "transfer.seeds or baseline.seeds) and keep_checkpoints: all for transfer models"
+        )
+    reason = f"{choice.reason}; ensemble of its {len(ids)} replicates (seeds): {', '.join(ids)}"
+    return ids, reason
+
+
+def _study_geometry(study_root: str) -> tuple[float, int]:
+    """The pixel size (Å) and tile size (px) of a study's models (from its ``study.json``).
+
+    Raises
+    ------
+    PredictError
+        ``study_root`` holds no ``study.json``.
+    """
+    spec_path = storage.join(study_root, STUDY_FILE)
+    if not storage.exists(spec_path):
+        raise PredictError(f"--study: no study.json in {study_root} (run its sweep first)")
+    spec = parse_stored_study_spec(storage.read_json(spec_path)["spec"], source=spec_path)
+    sim = spec.dataset.simulation
+    return sim.output_sampling_angstrom, output_gpts(spec.dataset.structures.cell_angstrom, sim)
+
+
+def _load_checkpoint_model(study_root: str, model_id: str) -> torch.nn.Module:
+    """A stored checkpoint's model (on the CPU)."""
+    with tempfile.TemporaryDirectory(prefix="hrtem-predict-") as tmp:
+        storage.download_dir(results.checkpoint_path(study_root, model_id), tmp)
+        net, _ = load_checkpoint(tmp)
+    return net
+
+
 def load_study_model(study_root: str, model: str) -> StudyModel:
     """Choose (:func:`choose_model`) and load a study's model, with its pixel size and tile size.
 
@@ -171,17 +267,23 @@ def load_study_model(study_root: str, model: str) -> StudyModel:
     PredictError
         ``study_root`` holds no ``study.json``, or as :func:`choose_model`.
     """
-    spec_path = storage.join(study_root, STUDY_FILE)
-    if not storage.exists(spec_path):
-        raise PredictError(f"--study: no study.json in {study_root} (run its sweep first)")
-    spec = parse_stored_study_spec(storage.read_json(spec_path)["spec"], source=spec_path)
+    pixel_size, tile_px = _study_geometry(study_root)
     choice = choose_model(study_root, model)
-    with tempfile.TemporaryDirectory(prefix="hrtem-predict-") as tmp:
-        storage.download_dir(results.checkpoint_path(study_root, choice.model_id), tmp)
-        net, _ = load_checkpoint(tmp)
-    sim = spec.dataset.simulation
-    tile_px = output_gpts(spec.dataset.structures.cell_angstrom, sim)
-    return StudyModel(net, choice.model_id, choice.reason, sim.output_sampling_angstrom, tile_px)
+    net = _load_checkpoint_model(study_root, choice.model_id)
+    return StudyModel(net, choice.model_id, choice.reason, pixel_size, tile_px)
+
+
+def load_study_models(study_root: str, model: str, ensemble: bool = False) -> list[StudyModel]:
+    """The model of :func:`load_study_model`, or with ``ensemble`` its replicates
+    (:func:`choose_ensemble`), each loaded with the study's pixel and tile size."""
+    if not ensemble:
+        return [load_study_model(study_root, model)]
+    pixel_size, tile_px = _study_geometry(study_root)
+    ids, reason = choose_ensemble(study_root, model)
+    return [
+        StudyModel(_load_checkpoint_model(study_root, m), m, reason, pixel_size, tile_px)
+        for m in ids
+    ]
 
 
 def blend_window(tile_px: int, floor: float = 1e-3) -> np.ndarray:
@@ -263,13 +365,21 @@ def segment(
 
 
 def particle_table(
-    mask: np.ndarray, probability: np.ndarray, pixel_size_angstrom: float, source: str
+    mask: np.ndarray,
+    probability: np.ndarray,
+    pixel_size_angstrom: float,
+    source: str,
+    members: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """One row per 8-connected particle of ``mask`` (columns :data:`PARTICLE_COLUMNS`).
 
     Areas in nm² (pixels x pixel area), the equivalent diameter of a disc of that area in
     nm, the centroid in nm from the image's top-left corner (x to the right, y down),
-    and the mean probability over the particle.
+    and the mean probability over the particle. With ``members``, the probability maps
+    ``(M, H, W)`` of an ensemble's models (``probability`` their mean), also
+    :data:`ENSEMBLE_COLUMNS`: ``probability_spread``, the standard deviation over the
+    models of each model's mean probability over the particle, and ``mean_pixel_std``,
+    the particle's mean of the per-pixel standard deviation over the models.
     """
     from skimage.measure import label, regionprops
 
@@ -292,7 +402,19 @@ def particle_table(
         "label": pl.Int64,
         **{c: pl.Float64 for c in PARTICLE_COLUMNS[2:]},
     }
-    return pl.DataFrame(rows, schema=schema)
+    table = pl.DataFrame(rows, schema=schema)
+    if members is None:
+        return table
+    flat = labels.ravel()
+    n = int(flat.max()) + 1
+    area = np.maximum(np.bincount(flat, minlength=n), 1)
+    per_model = np.stack([np.bincount(flat, m.ravel(), minlength=n) / area for m in members])
+    pixel_std = np.bincount(flat, members.std(axis=0).ravel(), minlength=n) / area
+    index = table.get_column("label").to_numpy()
+    return table.with_columns(
+        probability_spread=pl.Series(per_model.std(axis=0)[index], dtype=pl.Float64),
+        mean_pixel_std=pl.Series(pixel_std[index], dtype=pl.Float64),
+    )
 
 
 def _display(image: np.ndarray) -> np.ndarray:
@@ -311,28 +433,42 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> np.ndarr
     return rgb.astype(np.uint8)
 
 
-def write_outputs(out_dir: Path, micrograph: Micrograph, mask: np.ndarray) -> list[str]:
-    """``<stem>_mask.tif`` (calibrated, nm), ``<stem>_mask.png`` and ``<stem>_overlay.png``."""
+def _write_calibrated_tiff(path: Path, array: np.ndarray, pixel_size_angstrom: float) -> None:
+    """``array`` as an ImageJ TIFF calibrated in nm."""
     import tifffile
+
+    pixel_nm = pixel_size_angstrom / 10.0
+    tifffile.imwrite(
+        path, array, imagej=True, resolution=(1 / pixel_nm, 1 / pixel_nm), metadata={"unit": "nm"}
+    )
+
+
+def write_outputs(
+    out_dir: Path, micrograph: Micrograph, mask: np.ndarray, std: np.ndarray | None = None
+) -> list[str]:
+    """``<stem>_mask.tif`` (calibrated, nm), ``<stem>_mask.png`` and ``<stem>_overlay.png``.
+
+    With ``std`` (an ensemble's per-pixel standard deviation of the particle probability)
+    also ``<stem>_std.tif`` (float32, calibrated) and ``<stem>_std.png`` (0 black to 0.5,
+    the largest possible, white).
+    """
     from PIL import Image
 
     stem = Path(micrograph.source).stem
-    pixel_nm = micrograph.pixel_size_angstrom / 10.0
     paths = [
         out_dir / f"{stem}_mask.tif",
         out_dir / f"{stem}_mask.png",
         out_dir / f"{stem}_overlay.png",
     ]
     binary = mask.astype(np.uint8) * 255
-    tifffile.imwrite(
-        paths[0],
-        binary,
-        imagej=True,
-        resolution=(1 / pixel_nm, 1 / pixel_nm),
-        metadata={"unit": "nm"},
-    )
+    _write_calibrated_tiff(paths[0], binary, micrograph.pixel_size_angstrom)
     Image.fromarray(binary).save(paths[1])
     Image.fromarray(overlay(micrograph.image, mask)).save(paths[2])
+    if std is not None:
+        paths += [out_dir / f"{stem}_std.tif", out_dir / f"{stem}_std.png"]
+        _write_calibrated_tiff(paths[3], std.astype(np.float32), micrograph.pixel_size_angstrom)
+        levels = np.round(np.clip(std / 0.5, 0, 1) * 255).astype(np.uint8)
+        Image.fromarray(levels).save(paths[4])
     return [str(p) for p in paths]
 
 
@@ -351,6 +487,31 @@ def _check_files(files: Sequence[Path]) -> None:
         seen[path.stem] = path
 
 
+def ensemble_probability(
+    models: Sequence[StudyModel],
+    micrograph: Micrograph,
+    overlap_px: int | None = None,
+    *,
+    batch_size: int = 32,
+    device: str | None = None,
+) -> np.ndarray:
+    """Every model's particle probability of a micrograph on its own grid, ``(M, H, W)``."""
+    return np.stack(
+        [
+            segment(
+                m.model,
+                micrograph,
+                m.pixel_size_angstrom,
+                m.tile_px,
+                overlap_px,
+                batch_size=batch_size,
+                device=device,
+            )  # fmt: skip
+            for m in models
+        ]
+    )
+
+
 def predict(
     study: str | Path,
     model: str,
@@ -363,8 +524,9 @@ def predict(
     batch_size: int = 32,
     device: str | None = None,
     num_threads: int | None = None,
+    ensemble: bool = False,
 ) -> PredictionResult:
-    """Segment micrographs with a study's model (``hrtem-ray predict``).
+    """Segment micrographs with a study's model, or the ensemble of its replicates.
 
     Parameters
     ----------
@@ -386,6 +548,11 @@ def predict(
         As :func:`hrtem_ray.learning.train.predict`.
     num_threads
         torch threads for the inference (restored afterwards).
+    ensemble
+        Use every replicate of the chosen model's configuration (:func:`choose_ensemble`):
+        the mask is the mean probability above ``threshold``; the per-pixel standard
+        deviation over the models is written as ``<stem>_std.tif`` / ``_std.png`` and
+        the particle table gets :data:`ENSEMBLE_COLUMNS`.
 
     The model choice and its reason, then one line per micrograph, are logged at INFO
     (logger ``hrtem_ray.inference``; ``hrtem-ray predict`` prints them).
@@ -393,7 +560,7 @@ def predict(
     Returns
     -------
     PredictionResult
-        Masks, probabilities and the particle table.
+        Masks, probabilities and the particle table (and the ensemble's std maps).
 
     Raises
     ------
@@ -405,33 +572,34 @@ def predict(
     if not 0 < threshold < 1:
         raise PredictError(f"threshold must be in (0, 1), got {threshold}")
     micrographs = [read_micrograph(p, pixel_size_angstrom) for p in paths]
-    loaded = load_study_model(str(study), model)
-    log.info(f"model: {loaded.reason}")
+    loaded = load_study_models(str(study), model, ensemble)
+    log.info(f"model: {loaded[0].reason}")
     previous = torch.get_num_threads()
     if num_threads:
         torch.set_num_threads(int(num_threads))
-    masks, probabilities, tables, written = {}, {}, [], []
+    masks, probabilities, stds, tables, written = {}, {}, {}, [], []
     try:
         target = Path(out_dir) if out_dir is not None else None
         if target is not None:
             target.mkdir(parents=True, exist_ok=True)
         for micrograph in micrographs:
-            prob = segment(
-                loaded.model,
-                micrograph,
-                loaded.pixel_size_angstrom,
-                loaded.tile_px,
-                overlap_px,
-                batch_size=batch_size,
-                device=device,
+            members = ensemble_probability(
+                loaded, micrograph, overlap_px, batch_size=batch_size, device=device
             )
+            prob = members.mean(axis=0)
+            std = members.std(axis=0) if ensemble else None
             mask = prob > threshold
-            table = particle_table(mask, prob, micrograph.pixel_size_angstrom, micrograph.name)
+            table = particle_table(
+                mask, prob, micrograph.pixel_size_angstrom, micrograph.name,
+                members if ensemble else None,
+            )  # fmt: skip
             masks[micrograph.name], probabilities[micrograph.name] = mask, prob
+            if std is not None:
+                stds[micrograph.name] = std
             tables.append(table)
             log.info(f"{micrograph.name}: {table.height} particles ({micrograph.calibration})")
             if target is not None:
-                written += write_outputs(target, micrograph, mask)
+                written += write_outputs(target, micrograph, mask, std)
     finally:
         torch.set_num_threads(previous)
     particles = (
@@ -444,23 +612,30 @@ def predict(
         particles.write_csv(Path(out_dir) / "particles.csv")
         written += [str(Path(out_dir) / "particles.parquet"), str(Path(out_dir) / "particles.csv")]
     return PredictionResult(
-        masks, probabilities, particles, loaded.model_id, loaded.reason, written
-    )
+        masks, probabilities, particles, loaded[0].model_id, loaded[0].reason, written, stds,
+        [m.model_id for m in loaded],
+    )  # fmt: skip
 
 
 __all__ = [
+    "CONFIGURATION_COLUMNS",
+    "ENSEMBLE_COLUMNS",
     "PARTICLE_COLUMNS",
     "ModelChoice",
     "PredictError",
     "PredictionResult",
     "StudyModel",
     "blend_window",
+    "choose_ensemble",
     "choose_model",
+    "ensemble_probability",
     "load_study_model",
+    "load_study_models",
     "overlay",
     "particle_table",
     "predict",
     "predict_probability",
+    "replicates",
     "segment",
     "write_outputs",
 ]
