@@ -168,10 +168,12 @@ def export_micrographs(
     *,
     pixel_size_angstrom: float,
     n: int | None = None,
+    splits: Sequence[str] = SPLITS,
 ) -> list[Path]:
     """Write a simulated domain's images as calibrated micrographs, to try ``hrtem-ray import``.
 
-    Each image (train, then val) is resampled to ``pixel_size_angstrom``
+    Each image (of ``splits``: train, val, then test when the dataset has one) is
+    resampled to ``pixel_size_angstrom``
     (:func:`resample`) and written as ``<out_dir>/<domain>_<split>_<k>.tif`` (float32,
     ImageJ calibration in nm), its mask as ``<out_dir>/masks/<same stem>.png`` (0-255).
 
@@ -196,7 +198,7 @@ def export_micrographs(
     size_nm = pixel_size_angstrom / 10
     written = []
     stored = summarize(dataset_root).get(domain, {})
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s in splits):
         if split == "test" and not stored.get("test"):
             continue  # no held-out images in this domain
         selection = read_images(dataset_root, domain, split, n)

@@ -174,7 +174,9 @@ def _manifest(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "_manifest").iterdir())
 
 
-@pytest.mark.parametrize("case", ["format", "mask shape", "same name", "calibration", "domain"])
+@pytest.mark.parametrize(
+    "case", ["format", "mask shape", "same name", "calibration", "domain", "test files"]
+)
 def test_import_errors_before_anything_is_written(mosaic, dataset_copy, tmp_path, case):
     image, mask = mosaic
     good = tmp_path / "good.tif"
@@ -198,6 +200,9 @@ def test_import_errors_before_anything_is_written(mosaic, dataset_copy, tmp_path
         plain = tmp_path / "plain.npy"
         np.save(plain, image)
         files, match = [good, plain], "no pixel size calibration; pass --pixel-size-angstrom"
+    elif case == "test files":
+        files, match = [good], r"--test-files: \['gone.tif'\] are not among the imported files"
+        kwargs["test_files"] = ["gone.tif"]
     else:
         files, match = [good], "simulated domain"
     before = _manifest(dataset_copy)
