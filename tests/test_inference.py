@@ -249,7 +249,9 @@ def test_cli_import_then_predict(study_root, tiny_dataset_root, tmp_path):
     args = ["import", *files, "--data", dataset, "--domain", "exp_cli", "--masks", *masks]
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr
-    assert "domain exp_cli" in proc.stdout and "2 train + 1 val + 0 test tiles of 64 px" in proc.stdout
+    assert (
+        "domain exp_cli" in proc.stdout and "2 train + 1 val + 0 test tiles of 64 px" in proc.stdout
+    )
     again = run_cli(*args)
     assert again.returncode == 2 and "already holds an imported domain" in again.stderr
     out = tmp_path / "predicted"
