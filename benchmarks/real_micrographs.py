@@ -93,7 +93,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--patience", type=int, default=4)
     parser.add_argument("--n-val", type=int, default=8, help="validation tiles per domain")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a loaded machine)")
     args = parser.parse_args()
     if args.quick:
         args.tiles, args.seeds, args.max_epochs = [4, 8], [0, 1], 10

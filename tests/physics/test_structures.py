@@ -26,6 +26,7 @@ EXPECTED_NN = {
     "Fe3O4": 1.889,  # literature Fe(A)-O 1.89, Fe(B)-O 2.06
     "Co3O4": 1.916,  # literature Co(A)-O 1.93, Co(B)-O 1.92
     "Fe": 2.866 * np.sqrt(3) / 2,
+    "Au": 4.0782 / np.sqrt(2),
 }
 # Coordination by first neighbours, per element.
 EXPECTED_COORDINATION = {
@@ -38,6 +39,7 @@ EXPECTED_COORDINATION = {
     "Fe3O4": {"Fe": {4, 6}, "O": {4}},  # tetrahedral A, octahedral B; O: 1 A + 3 B
     "Co3O4": {"Co": {4, 6}, "O": {4}},
     "Fe": {"Fe": {8}},
+    "Au": {"Au": {12}},
 }
 
 SMALL = StructureParams(
