@@ -69,7 +69,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("images", help="folder of labelled micrographs (or one file)")
     parser.add_argument("masks", help="folder of their masks, same sorted order")
     parser.add_argument("--pixel-size-angstrom", type=float, default=None)
-    parser.add_argument("--candidates", type=float, nargs="+", default=[4, 6, 9, 12, 16],
+    parser.add_argument("--candidates", type=float, nargs="+", default=[2, 3, 4, 6, 9, 12],
                         help="pixel sizes (Å) tried when --pixel-size-angstrom is not given")  # fmt: skip
     parser.add_argument("--select-files", type=int, default=2,
                         help="labelled training files the pixel size is chosen on")  # fmt: skip
@@ -86,14 +86,16 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--test-files", nargs="+", default=None)
     parser.add_argument("--val-fraction", type=float, default=0.25)
     parser.add_argument("--pretrain-lr", type=float, default=1e-3)
-    parser.add_argument("--transfer-lr", type=float, default=1e-4)
+    parser.add_argument("--transfer-lr", type=float, default=1e-3)
     parser.add_argument("--scratch-lr", type=float, default=1e-3)
     parser.add_argument("--freeze", default="none")
     parser.add_argument("--augment", default="none", help="none, real, or AugmentSpec JSON")
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--patience", type=int, default=4)
     parser.add_argument("--n-val", type=int, default=8, help="validation tiles per domain")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a loaded machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: best on a loaded machine)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.tiles, args.seeds, args.max_epochs = [4, 8], [0, 1], 10

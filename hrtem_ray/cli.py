@@ -198,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     sug.add_argument(
         "--pixel-size-angstrom", type=float, default=None, help="for files without calibration"
     )
+    sug.add_argument("--num-threads", type=int, default=None, help="torch threads")
 
     pix = _subparser(
         sub, "pixel-size", "choose the pixel size of uncalibrated labelled micrographs"
@@ -209,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     pix.add_argument(
         "--candidates", nargs="+", type=float, required=True, help="pixel sizes to try, in Å"
     )
+    pix.add_argument("--num-threads", type=int, default=None, help="torch threads")
     return parser
 
 
@@ -415,6 +417,7 @@ def _suggest(args) -> int:
         top_n=args.top,
         by=args.by,
         pixel_size_angstrom=args.pixel_size_angstrom,
+        num_threads=args.num_threads,
     )
     for row in table.iter_rows(named=True):
         print(
@@ -428,7 +431,10 @@ def _suggest(args) -> int:
 def _pixel_size(args) -> int:
     from hrtem_ray.realdata import choose_pixel_size
 
-    choice = choose_pixel_size(args.study, args.model, args.files, args.masks, args.candidates)
+    choice = choose_pixel_size(
+        args.study, args.model, args.files, args.masks, args.candidates,
+        num_threads=args.num_threads,
+    )  # fmt: skip
     print(choice.describe())
     return EXIT_OK
 

