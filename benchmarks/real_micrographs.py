@@ -90,9 +90,14 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--scratch-lr", type=float, default=1e-3)
     parser.add_argument("--freeze", default="none")
     parser.add_argument("--augment", default="none", help="none, real, or AugmentSpec JSON")
+    parser.add_argument(
+        "--pretrain-augment", default="none", help="augmentations of the pretraining (as --augment)"
+    )
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--patience", type=int, default=4)
-    parser.add_argument("--n-val", type=int, default=8, help="validation tiles per domain")
+    parser.add_argument(
+        "--n-val", type=int, default=0, help="validation tiles per domain selecting epochs (0: all)"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: best on a loaded machine)"
     )
@@ -150,7 +155,12 @@ def study_spec(args: argparse.Namespace, data: Path, domains_eval: list[str]) ->
             "transfer": [DOMAIN] if real else [args.pretrain_domain],
             "eval": domains_eval,
         },
-        "pretrain": {"lr": [args.pretrain_lr], "n_images": [n_pretrain], "seeds": args.seeds},
+        "pretrain": {
+            "lr": [args.pretrain_lr],
+            "n_images": [n_pretrain],
+            "seeds": args.seeds,
+            "augment": _augment(args.pretrain_augment),
+        },
         "transfer": (
             {
                 "lr": [args.transfer_lr],
@@ -177,7 +187,7 @@ def study_spec(args: argparse.Namespace, data: Path, domains_eval: list[str]) ->
             "patience": args.patience,
             "min_delta": 0.002,
             "batch_size": 16,
-            "n_val": args.n_val,
+            "n_val": args.n_val or None,
         },  # fmt: skip
         "model": {"size": "small"},
         "keep_checkpoints": "all",

@@ -202,12 +202,15 @@ class PretrainGrid(SpecModel):
     """Pretrain trials: every pretrain domain x ``lr`` x ``n_images`` x ``seeds``.
 
     Each seed is a replicate (initialisation and data order); under ``transfer.parents:
-    shared`` each is a separate parent of its own children.
+    shared`` each is a separate parent of its own children. ``augment`` randomises the
+    simulated images the way real micrographs differ from them (:class:`AugmentSpec`,
+    domain randomisation); recorded in the results (``augment``).
     """
 
     lr: list[float] = Field(default_factory=lambda: [1e-3, 1e-4], min_length=1)
     n_images: list[PositiveInt] = Field(default_factory=lambda: [512], min_length=1)
     seeds: Seeds = Field(default_factory=lambda: [0, 1, 2])
+    augment: AugmentSpec | None = None
 
 
 class TransferGrid(SpecModel):

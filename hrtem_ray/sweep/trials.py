@@ -277,9 +277,12 @@ def baseline_pairs(pretrain: list[str], transfer: list[str]) -> list[tuple[str, 
     return pairs
 
 
-def _pretrain_trial(domain: str, lr: float, n: int, seed: int, ctx: dict) -> Trial:
+def _pretrain_trial(
+    domain: str, lr: float, n: int, seed: int, ctx: dict, augment: str | None = None
+) -> Trial:
     """The pretrain trial on ``n`` images of ``domain`` at ``lr`` with ``seed``, identified."""
-    return _identify(Trial("pretrain", domain, None, lr, None, n, None, "none", seed, None), ctx)
+    trial = Trial("pretrain", domain, None, lr, None, n, None, "none", seed, None, augment=augment)
+    return _identify(trial, ctx)
 
 
 def _transfer_trial(
@@ -372,7 +375,7 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
         for domain, lr, n, seed in itertools.product(
             pre_domains, grid.lr, grid.n_images, grid.seeds
         ):
-            configs.append(_pretrain_trial(domain, lr, n, seed, ctx))
+            configs.append(_pretrain_trial(domain, lr, n, seed, ctx, _augment_key(grid.augment)))
     pretrain: list[Trial] = []
     transfer: list[Trial] = []
     per_model = spec.transfer is not None and spec.transfer.parents == "per_model"
@@ -397,8 +400,9 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
         for target, lr, n, freeze in settings:
             seed = per_model_seed(config.seed, target, lr, n, freeze)
             parent = _pretrain_trial(
-                config.pretrain_domain, config.pretrain_lr, config.n_pretrain, seed, ctx
-            )
+                config.pretrain_domain, config.pretrain_lr, config.n_pretrain, seed, ctx,
+                config.augment,
+            )  # fmt: skip
             pretrain.append(parent)
             transfer.append(_transfer_trial(parent, target, lr, n, freeze, ctx, augment=augment))
     if len({t.model_id for t in pretrain}) != len(pretrain):
