@@ -166,11 +166,12 @@ class _Data:
         """Models of the given configurations."""
         return int(self.configs.filter(pl.col("config").is_in(list(configs)))["n_models"].sum())
 
-    def missing(self, phase: str, what: str) -> str:
-        """The reason for a missing side: no replicates (and what decides it), or no models."""
+    def missing(self, phase: str, what: str, decide: str) -> str:
+        """The reason for a missing side and what would decide it: replicates, or ``decide``
+        (the models the study would need, in the spec's words)."""
         if phase in self.single:
             return f"{what}: {_NO_REPLICATES} (3 seeds per configuration would decide it)"
-        return f"no {what}"
+        return f"no {what} ({decide} would decide it)"
 
 
 @dataclass(frozen=True)
@@ -493,9 +494,11 @@ def _sides(ctx: _Context, *phases: str) -> str | None:
     """Why a finding lacks one of ``phases``' shared means, or None."""
     names = {"pretrain": "pretraining models", "transfer": "transfer models",
              "baseline": "baseline (mixture) models"}  # fmt: skip
+    decide = {"pretrain": "a pretrain grid", "transfer": "a transfer grid",
+              "baseline": "a baseline section with mixtures of a transfer pair"}  # fmt: skip
     for phase in phases:
         if getattr(ctx, phase) is None:
-            return ctx.data.missing(phase, names[phase])
+            return ctx.data.missing(phase, names[phase], decide[phase])
     return None
 
 
@@ -534,12 +537,13 @@ def _in_focus(ctx: _Context) -> str | None:
     if ctx.data.study != "defocus":
         return f"not a defocus study (study = {ctx.data.study!r})"
     if IN_FOCUS not in ctx.data.pretrain_domains:
-        return "no pretraining models on the in-focus domain (0 nm)"
+        return "no pretraining models on the in-focus domain (0 nm in domains.pretrain would decide it)"
     if ctx.pretrain is None:
-        return ctx.data.missing("pretrain", "pretraining models")
+        return ctx.data.missing("pretrain", "pretraining models", "a pretrain grid")
     present = set(ctx.pretrain.configs.get_column("pretrain_domain").to_list())
     if IN_FOCUS not in present or len(present) < 2:
-        return ctx.data.missing("pretrain", "pretraining models of 0 nm and another domain")
+        why = "pretraining models of 0 nm and another domain"
+        return ctx.data.missing("pretrain", why, "0 nm and another domain in domains.pretrain")
     return None
 
 
@@ -634,7 +638,8 @@ def _asymmetry(ctx: _Context) -> _Outcome:
         partners.append(b)
     if not asym:
         why = "transfer models between 0 nm and another pretraining domain, in both directions"
-        return _undecidable(ctx.data.missing("transfer", why))
+        decide = "0 nm and another pretraining domain in domains.transfer"
+        return _undecidable(ctx.data.missing("transfer", why, decide))
     detail = f"mean over {', '.join(partners)} nm"
     return _decide("2c", np.mean(asym, axis=0), ctx.ci, ctx.data.n_models(used), detail)
 
@@ -769,7 +774,8 @@ def _freezing_cost(frozen: str, key: str) -> Callable[[_Context], _Outcome]:
         if reason:
             return _undecidable(reason)
         if not ctx.transfer.configs.filter(pl.col("freeze") == frozen).height:
-            return _undecidable(ctx.data.missing("transfer", f"{frozen}-frozen transfer models"))
+            what, decide = f"{frozen}-frozen transfer models", f"{frozen} in transfer.freeze"
+            return _undecidable(ctx.data.missing("transfer", what, decide))
         ratio, used = _paired(ctx.transfer, frozen, "unfrozen")
         if ratio is None:
             return _undecidable(f"no {frozen}-frozen transfer model with an unfrozen counterpart")
@@ -787,7 +793,11 @@ def _time_saving(ctx: _Context) -> _Outcome:
     transfer = ctx.data.phase("transfer").filter(pl.col("seconds_per_epoch").is_not_null())
     if not transfer.filter(pl.col("freeze") == "encoder").height:
         return _undecidable(
-            ctx.data.missing("transfer", "encoder-frozen transfer models with times")
+            ctx.data.missing(
+                "transfer",
+                "encoder-frozen transfer models with times",
+                "encoder in transfer.freeze",
+            )
         )
     device = [c for c in _DEVICE if c in transfer.columns]
     per_model = _code(transfer.unique("model_id"), ["unfrozen", *device], "pair")

@@ -258,9 +258,14 @@ def test_missing_columns_and_models_are_named(study):
     result = findings(study.drop("train_seconds"))
     assert _reasons(result)["5c"] == "no train_seconds"
     no_mixtures = findings(study.filter(pl.col("phase") != "baseline"))
-    assert _reasons(no_mixtures)["3"] == "no baseline (mixture) models"
+    assert _reasons(no_mixtures)["3"] == (
+        "no baseline (mixture) models "
+        "(a baseline section with mixtures of a transfer pair would decide it)"
+    )
     no_decoder = findings(study.filter(pl.col("freeze") != "decoder"))
-    assert _reasons(no_decoder)["5a"] == "no decoder-frozen transfer models"
+    assert _reasons(no_decoder)["5a"] == (
+        "no decoder-frozen transfer models (decoder in transfer.freeze would decide it)"
+    )
     assert _verdicts(no_decoder)["5b"] == "agrees"
 
 
