@@ -69,7 +69,9 @@ def read_once(path: Path) -> tuple[dict, float]:
         "pixel_size_angstrom": micrograph.pixel_size_angstrom,
         "calibration": micrograph.calibration,
         "imaging": micrograph.imaging,
-        "warning": [s for s, w in zip(said, caught, strict=True) if w.category is MicrographWarning],
+        "warning": [
+            s for s, w in zip(said, caught, strict=True) if w.category is MicrographWarning
+        ],
     }, seconds
 
 
