@@ -21,6 +21,7 @@ from hrtem_ray.dataset.micrograph_files import (
     MicrographError,
     MicrographWarning,
     duplicate_messages,
+    imaging_mode,
     mask_fractions,
     parse_unit,
     read_mask,
@@ -124,6 +125,49 @@ def test_a_diffraction_pattern_is_refused_as_such_even_with_a_pixel_size(given):
     message = str(error.value)
     assert message.startswith(f"{REAL / 'test_diffraction_pattern.dm3'}: a diffraction pattern")
     assert "1/nm" in message and "reciprocal space" in message and "uncalibrated" not in message
+
+
+def test_an_uncalibrated_pattern_taken_in_diffraction_mode_is_refused(tmp_path):
+    """The real DM3 pattern with its 1/nm calibration removed, saved as .hspy with its
+    DigitalMicrograph tags: the tags' operation mode DIFFRACTION still refuses it."""
+    from rsciio.digitalmicrograph import file_reader
+    from rsciio.hspy import file_writer
+
+    (signal,) = file_reader(str(REAL / "test_diffraction_pattern.dm3"))
+    for axis in signal["axes"]:
+        axis.update(scale=1.0, units="")
+    path = tmp_path / "pattern.hspy"
+    hyperspy = {  # the parts of a HyperSpy signal the writer expects besides RosettaSciIO's
+        "tmp_parameters": {},
+        "learning_results": {},
+        "models": {},
+        "attributes": {"_lazy": False},
+        "package_info": {"name": "", "version": ""},
+    }
+    file_writer(str(path), {**signal, **hyperspy})
+    with pytest.raises(MicrographError, match=r"a diffraction pattern \(operation mode: DIFFR"):
+        read_micrograph(path, 1.0)
+
+
+def _signal(title="", **original):
+    return {"metadata": {"General": {"title": title}}, "original_metadata": original}
+
+
+@pytest.mark.parametrize(
+    ("signal", "kind"),
+    [
+        (_signal("HAADF"), "dark-field"),
+        (_signal("x", BinaryResult={"Detector": "DF4"}), "dark-field"),
+        (_signal("x", BinaryResult={"Detector": "BF"}, Scan={"DwellTime": 1e-6}), "bright-field"),
+        # a camera named, a dwell time stored: no guess of a scan
+        (_signal("x", BinaryResult={"Detector": "BM-Ceta"}, Scan={"DwellTime": 1e-6}), ""),
+        (_signal("x", Scan={"DwellTime": 1e-6}), "stem"),
+        (_signal("PDF of spacing"), ""),  # DF inside a word is no detector
+        (_signal("HRTEM 0.5 s"), ""),
+    ],
+)
+def test_imaging_mode_from_detector_title_and_scan_fields(signal, kind):
+    assert imaging_mode(signal).kind == kind
 
 
 def test_a_spectrum_is_refused_saying_what_the_file_holds():
