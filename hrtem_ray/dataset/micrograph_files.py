@@ -244,11 +244,11 @@ def _image_axes(signal: Mapping) -> list[dict]:
 
 
 def _describe(signal: Mapping) -> str:
-    """One signal in words, e.g. ``"an EELS signal of shape (2048,) (axes in eV)"``."""
+    """One signal in words, e.g. ``"EELS data of shape (2048,) (axes in eV)"``."""
     kind = (signal.get("metadata", {}).get("Signal", {}).get("signal_type") or "").strip()
     units = sorted({str(a.get("units") or "") for a in signal.get("axes", [])} - {""})
     where = f" (axes in {', '.join(units)})" if units else ""
-    return f"{'an ' + kind if kind else 'a'} signal of shape {np.shape(signal['data'])}{where}"
+    return f"{kind + ' ' if kind else ''}data of shape {np.shape(signal['data'])}{where}"
 
 
 def _axes_calibration(signal: Mapping) -> tuple[float | None, str]:
