@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -140,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--deep", action="store_true", help="also read needed checkpoints in full")
 
     imp = _subparser(sub, "import", "import micrographs (and masks) as a domain of a dataset")
-    imp.add_argument("files", nargs="+", help="DM3/DM4, EMD, MRC, TIFF, PNG/JPEG or NPY files")
+    imp.add_argument(
+        "files", nargs="+", help="DM3/DM4, TIA SER/EMI, EMD, HSPY/ZSPY, MRC, TIFF, PNG, NPY, ..."
+    )
     imp.add_argument("--data", required=True, help="the dataset directory (of hrtem-ray simulate)")
     imp.add_argument("--domain", required=True, help="name of the new domain, e.g. exp_au")
     imp.add_argument(
@@ -151,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--overlap-px", type=int, default=0, help="tile overlap (dataset pixels)")
     imp.add_argument("--val-fraction", type=float, default=0.25, help="files in val (0.25)")
+    imp.add_argument(
+        "--max-upsampling",
+        type=float,
+        default=4.0,
+        help="refuse files whose pixels are more than this many times the dataset's (4)",
+    )
 
     pred = _subparser(sub, "predict", "segment micrographs with a study's model")
     pred.add_argument("files", nargs="+", help="micrographs (the formats of import)")
@@ -204,6 +213,20 @@ def progress_printed() -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """:func:`warnings.showwarning` of the command: one ``warning: MESSAGE`` line on stderr."""
+    _say(f"warning: {message}")
+
+
+@contextmanager
+def warnings_printed() -> Iterator[None]:
+    """While inside, each Python warning the filters let through (a damaged shard ignored, a
+    dark-field micrograph, a file imported twice...) is printed as one ``warning: ...`` line."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        yield
 
 
 def interrupted_message(done: int, total: int, unit: str = "models") -> str:
@@ -324,12 +347,13 @@ def _import(args) -> int:
         pixel_size_angstrom=args.pixel_size_angstrom,
         overlap_px=args.overlap_px,
         val_fraction=args.val_fraction,
+        max_upsampling=args.max_upsampling,
     )
     masks = "with masks" if args.masks else "without masks (predict only)"
     print(
         f"domain {done.domain} in {args.data}: {len(done.files)} files, {done.tiles['train']} "
         f"train + {done.tiles['val']} val tiles of {done.tile_px} px at "
-        f"{done.pixel_size_angstrom:g} A/px, {masks}"
+        f"{done.pixel_size_angstrom:g} A/px (resampled {done.factors_text()}), {masks}"
     )
     return EXIT_OK
 
@@ -399,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         # SIGTERM stops a command like Ctrl-C (the study re-arms this once Ray has started)
-        with sigterm_interrupts(), progress_printed():
+        with sigterm_interrupts(), progress_printed(), warnings_printed():
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         # interrupted outside the commands' own handling (while reading, starting Ray...)

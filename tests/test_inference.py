@@ -224,10 +224,32 @@ def test_predict_errors_before_anything_is_written(study_root, tmp_path):
     with pytest.raises(MicrographError, match="same name 'a'"):
         hrtem_ray.predict(study_root, "best:0", [good, twin], out)
     with pytest.raises(MicrographError, match="unknown format"):
-        hrtem_ray.predict(study_root, "best:0", [tmp_path / "x.bmp"], out)
+        hrtem_ray.predict(study_root, "best:0", [tmp_path / "x.xyz"], out)
     with pytest.raises(PredictError, match="no results on domain"):
         hrtem_ray.predict(study_root, "best:nowhere", [good], out)
     assert not out.exists()
+
+
+def test_cli_predict_warns_about_a_real_stem_image_and_still_predicts(study_root, tmp_path, capsys):
+    """A real DM3 whose metadata say STEM (operation mode SCANNING, no detector recorded):
+    ``hrtem-ray predict`` prints the warning as one line, then predicts (68 px at 2.49 Å/px,
+    422 px on the model's grid)."""
+    from hrtem_ray.cli import main
+
+    real = Path(__file__).resolve().parent / "data" / "real_em" / "test_STEM_image.dm3"
+    out = tmp_path / "predicted"
+    code = main(
+        ["predict", "--study", str(study_root), "--model", "best:0", str(real), "-o", str(out)]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    (warning,) = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert warning == (
+        f"warning: {real}: a STEM image (operation mode: SCANNING; detector not recorded); if "
+        "it is dark-field (ADF/HAADF), its contrast is unlike the phase-contrast bright-field "
+        "HRTEM images the models were trained on"
+    )
+    assert "predicted 1 files" in captured.out and (out / "test_STEM_image_mask.tif").is_file()
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ Files are read by :mod:`hrtem_ray.dataset.micrograph_files` and resampled and ti
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,9 @@ from hrtem_ray.dataset.micrograph_files import (
     MASK_FORMATS,
     Micrograph,
     MicrographError,
+    MicrographWarning,
+    check_upsampling,
+    duplicate_messages,
     micrograph_format,
     read_mask,
     read_micrograph,
@@ -61,6 +65,7 @@ __all__ = [
     "export_micrographs",
     "import_micrographs",
     "imported_domains",
+    "imported_sources",
     "provenance",
 ]
 
@@ -87,6 +92,16 @@ class ImportSummary:
     shards: int
     pixel_size_angstrom: float
     tile_px: int
+    #: file name -> resampling factor (its pixel size over the dataset's; > 1: upsampled)
+    resampling_factors: dict[str, float] = field(default_factory=dict)
+
+    def factors_text(self) -> str:
+        """The resampling factor(s) for the summary line, e.g. ``"1.33x"`` or ``"0.75x-1.5x"``."""
+        values = sorted(self.resampling_factors.values())
+        if not values:
+            return "1x"
+        low, high = f"{values[0]:.3g}x", f"{values[-1]:.3g}x"
+        return low if low == high else f"{low}-{high}"
 
 
 def imported_domains(dataset_root: str | Path) -> dict[str, ImportedDomain]:
@@ -107,6 +122,21 @@ def imported_domains(dataset_root: str | Path) -> dict[str, ImportedDomain]:
         name: ImportedDomain(name, v["has_masks"], v["images"], tuple(sorted(v["sources"])))
         for name, v in found.items()
     }
+
+
+def imported_sources(dataset_root: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """The files imported into a dataset root: SHA-256 (of the file, and of its image where
+    recorded) -> ``(domain, file name)`` of each import, from the manifest entries."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for entry in manifest_entries(dataset_root).values():
+        record = entry.get("imported")
+        if not isinstance(record, dict):
+            continue
+        where = (str(record.get("domain")), str(record.get("source_file")))
+        for key in ("source_sha256", "source_image_sha256"):
+            if record.get(key) and where not in found.get(record[key], []):
+                found.setdefault(record[key], []).append(where)
+    return found
 
 
 def check_imported_use(
@@ -149,7 +179,9 @@ def export_micrographs(
 
     Each image (train, then val) is resampled to ``pixel_size_angstrom``
     (:func:`resample`) and written as ``<out_dir>/<domain>_<split>_<k>.tif`` (float32,
-    ImageJ calibration in nm), its mask as ``<out_dir>/masks/<same stem>.png`` (0-255).
+    ImageJ calibration in nm), its mask as ``<out_dir>/masks/<same stem>.tif`` (float32
+    fractions in [0, 1]: simulated masks are soft and peak below 1, which an 8-bit PNG
+    could not carry under :func:`hrtem_ray.dataset.micrograph_files.mask_fractions`' rule).
 
     Returns
     -------
@@ -162,7 +194,6 @@ def export_micrographs(
         ``domain`` is not a safe name (:mod:`hrtem_ray.spec.names`); nothing is written.
     """
     import tifffile
-    from PIL import Image
 
     _check_domain_name(domain, "domain")
     spec = dataset_spec(dataset_root)
@@ -188,8 +219,7 @@ def export_micrographs(
                 resolution=(1 / size_nm, 1 / size_nm),
                 metadata={"unit": "nm"},
             )
-            levels = np.round(np.clip(fine_mask, 0, 1) * 255).astype(np.uint8)
-            Image.fromarray(levels).save(out / "masks" / f"{stem}.png")
+            tifffile.imwrite(out / "masks" / f"{stem}.tif", np.clip(fine_mask, 0, 1))
             written.append(path)
     return written
 
@@ -302,8 +332,11 @@ def provenance(micrograph: Micrograph, positions: Sequence[tuple]) -> dict:
     return {
         "source_file": micrograph.name,
         "source_sha256": micrograph.sha256,
+        "source_image_sha256": micrograph.image_sha256,
         "source_pixel_size_angstrom": micrograph.pixel_size_angstrom,
+        "source_dtype": micrograph.dtype,
         "calibration": micrograph.calibration,
+        "imaging": micrograph.imaging,
         "tiles_y_x_px": [[int(y), int(x)] for y, x in positions],
     }
 
@@ -387,6 +420,7 @@ def import_micrographs(
     pixel_size_angstrom: float | None = None,
     overlap_px: int = 0,
     val_fraction: float = 0.25,
+    max_upsampling: float = 4.0,
 ) -> ImportSummary:
     """Import micrographs (and optional masks) as an imported domain of a dataset root.
 
@@ -412,13 +446,24 @@ def import_micrographs(
         Overlap of neighbouring tiles, in pixels of the resampled image.
     val_fraction
         Fraction of the files in the ``val`` split.
+    max_upsampling
+        Largest resampling factor allowed (a file's pixel size over the dataset's);
+        :func:`check_upsampling`.
+
+    Warns
+    -----
+    MicrographWarning
+        A dark-field or STEM image (:func:`read_micrograph`); a file already imported
+        into another domain, or twice in this import (:func:`duplicate_messages`).
 
     Raises
     ------
     MicrographError
-        An unknown format, a mask whose shape differs from its image, two files with the
-        same name, a missing calibration, an image smaller than one tile, a bad domain
-        name; nothing is written.
+        An unknown format, a mask whose shape differs from its image or whose values are
+        not a mask, two files with the same name, a missing calibration, a diffraction
+        pattern, an upsampling factor above ``max_upsampling``, an image smaller than one
+        tile, a bad domain name; nothing is written, and every file is read and checked
+        before any is resampled.
     hrtem_ray.dataset.manifest.DatasetError
         No dataset at ``dataset_root``.
     """
@@ -433,10 +478,19 @@ def import_micrographs(
     target = spec.simulation.output_sampling_angstrom
     tile_px = output_gpts(spec.structures.cell_angstrom, spec.simulation)
     splits = assign_splits([f.name for f in files], val_fraction)
+    micrographs = [read_micrograph(path, pixel_size_angstrom) for path in files]
+    factors = {
+        m.name: check_upsampling(m, target, max_upsampling, tile_px=tile_px, overlap_px=overlap_px)
+        for m in micrographs
+    }
+    for message in duplicate_messages(micrographs, imported_sources(root), domain):
+        warnings.warn(message, MicrographWarning, stacklevel=2)
+    masks_read = [
+        None if mask_paths is None else read_mask(mask_paths[k], m.image.shape)
+        for k, m in enumerate(micrographs)
+    ]
     prepared = []
-    for k, path in enumerate(files):
-        micrograph = read_micrograph(path, pixel_size_angstrom)
-        mask = None if mask_paths is None else read_mask(mask_paths[k], micrograph.image.shape)
+    for path, micrograph, mask in zip(files, micrographs, masks_read, strict=True):
         image = resample(micrograph.image, micrograph.pixel_size_angstrom, target)
         if mask is not None:
             mask = resample(
@@ -465,7 +519,13 @@ def import_micrographs(
         )
         tiles[split] += table.num_rows
     return ImportSummary(
-        domain, tiles, {f.name: splits[f.name] for f in files}, len(prepared), target, tile_px
+        domain,
+        tiles,
+        {f.name: splits[f.name] for f in files},
+        len(prepared),
+        target,
+        tile_px,
+        factors,
     )
 
 
