@@ -313,23 +313,38 @@ def _check(args) -> int:
     return check.main_from_cli(args)
 
 
-def _import(args) -> int:
-    from hrtem_ray.dataset.micrographs import import_micrographs
+#: What ``hrtem-ray import`` says after its summary line, by :class:`ImportSummary` status.
+_IMPORT_STATUS = {
+    "imported": "",
+    "resumed": "; resumed an interrupted import: {written} of {shards} files written now",
+    "repaired": "; {written} damaged shards written again",
+    "unchanged": "; already imported from these files: nothing to do",
+}
 
-    done = import_micrographs(
-        args.files,
-        args.data,
-        args.domain,
-        masks=args.masks,
-        pixel_size_angstrom=args.pixel_size_angstrom,
-        overlap_px=args.overlap_px,
-        val_fraction=args.val_fraction,
-    )
+
+def _import(args) -> int:
+    from hrtem_ray.dataset.micrographs import import_micrographs, import_progress
+
+    try:
+        done = import_micrographs(
+            args.files,
+            args.data,
+            args.domain,
+            masks=args.masks,
+            pixel_size_angstrom=args.pixel_size_angstrom,
+            overlap_px=args.overlap_px,
+            val_fraction=args.val_fraction,
+        )
+    except KeyboardInterrupt:
+        written, claimed = import_progress(args.data, args.domain)
+        _say(interrupted_message(written, claimed or len(args.files), "files"))
+        return EXIT_INTERRUPTED
     masks = "with masks" if args.masks else "without masks (predict only)"
+    status = _IMPORT_STATUS[done.status].format(written=done.written, shards=done.shards)
     print(
         f"domain {done.domain} in {args.data}: {len(done.files)} files, {done.tiles['train']} "
         f"train + {done.tiles['val']} val tiles of {done.tile_px} px at "
-        f"{done.pixel_size_angstrom:g} A/px, {masks}"
+        f"{done.pixel_size_angstrom:g} A/px, {masks}{status}"
     )
     return EXIT_OK
 
