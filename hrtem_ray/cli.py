@@ -163,6 +163,11 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--overlap-px", type=int, default=None, help="default: a quarter tile")
     pred.add_argument("--threshold", type=float, default=0.5, help="particle probability (0.5)")
     pred.add_argument("--num-threads", type=int, default=None, help="torch threads")
+    pred.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of another predict run in -o (else refused)",
+    )
     return parser
 
 
@@ -361,6 +366,7 @@ def _predict(args) -> int:
         overlap_px=args.overlap_px,
         threshold=args.threshold,
         num_threads=args.num_threads,
+        overwrite=args.overwrite,
     )
     print(
         f"predicted {len(result.masks)} files with {result.model_id}: "

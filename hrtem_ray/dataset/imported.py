@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -248,9 +248,7 @@ def _files_text(files: object) -> str:
     return f"{len(names)} files: {shown}"
 
 
-def domain_problems(
-    root: str, grid: Mapping[str, Any], written: Container[str] | None = None
-) -> dict[str, tuple[str, str]]:
+def domain_problems(root: str, grid: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
     """Imported domains that readers must not use, with the file to blame and why.
 
     Parameters
@@ -259,9 +257,6 @@ def domain_problems(
         Dataset root.
     grid
         The dataset's current :func:`tile_grid`.
-    written
-        Keys of the manifest entries in the root, to count the shards an interrupted
-        import wrote; None leaves the count out.
 
     Returns
     -------
@@ -271,15 +266,17 @@ def domain_problems(
         another grid than the dataset's. Complete domains of the current grid are absent.
     """
     out = {}
-    for name, state in read_domains(root).items():
+    states = read_domains(root)
+    written = _manifest_keys(root) if states else set()
+    for name, state in states.items():
         if state.problem is not None:
             out[name] = (claim_path(root, name), f"imported domain {name!r}: {state.problem}")
         elif state.record is None:
             keys = state.planned_keys
-            done = "" if written is None else f"{sum(k in written for k in keys)} of "
+            done = sum(k in written for k in keys)
             out[name] = (
                 claim_path(root, name),
-                f"imported domain {name!r} is incomplete: {done}{len(keys)} files imported and "
+                f"imported domain {name!r} is incomplete: {done} of {len(keys)} files imported and "
                 "no domain record (the import was interrupted); rerun the same `hrtem-ray "
                 "import` command to complete it",
             )
@@ -319,6 +316,15 @@ def grid_changes(root: str, spec: DatasetSpec) -> list[str]:
                 "dataset.structures.cell_angstrom)"
             )
     return lines
+
+
+def _manifest_keys(root: str) -> set[str]:
+    """Keys of the manifest entries in a dataset root (``_manifest/<key>.json``)."""
+    try:
+        names = storage.listdir(storage.join(root, "_manifest"))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    return {n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith(".")}
 
 
 def domain_files(root: str, domain: str) -> list[str]:

@@ -405,7 +405,7 @@ def _drop_partial_domains(
     dropped = {p.domain for p in scan.ignored if p.domain is not None}
     for key in [k for k in scan.entries if k in shards and shards[k][0] in dropped]:
         del scan.entries[key]
-    for domain, (path, problem) in imported.domain_problems(root, grid, keys).items():
+    for domain, (path, problem) in imported.domain_problems(root, grid).items():
         scan.ignored.append(ShardProblem(f"imported:{domain}", path, problem, "manifest", domain))
 
 
