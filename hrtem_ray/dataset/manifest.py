@@ -184,7 +184,7 @@ def write_shard(
         The shard's rows.
     entry
         What the manifest entry says of the shard besides its file: the simulation's
-        ``images_hash``, ``task`` and ``node_id``, or an importer's ``dataset_hash``,
+        ``images_hash``, ``task`` and ``node_id``, or an importer's ``tile_grid``,
         ``task`` and ``imported`` record.
 
     Returns
@@ -257,11 +257,11 @@ _TASK_FIELDS = {"key": str, "group": str, "split": str, "start": int, "stop": in
 _FILE_FIELDS = {"path": str, "rows": int, "bytes": int, "sha256": str}
 
 
-def _entry_problem(entry: Any, key: str, expected: tuple[str, str]) -> str | None:
+def _entry_problem(entry: Any, key: str, expected: tuple[str, Any]) -> str | None:
     """Why a parsed manifest entry is not usable, or None.
 
     ``expected`` is ``(field, hash)``: ``("images_hash", h)`` for a planned image
-    shard, ``("dataset_hash", content hash)`` for a shard of another writer.
+    shard, ``("tile_grid", grid)`` for a shard of an imported domain.
     """
     if not isinstance(entry, dict):
         return "not a manifest entry (not a JSON object)"
