@@ -205,7 +205,8 @@ def test_a_damaged_wave_shard_is_found_by_check_quarantined_and_rebuilt_bit_iden
     """`check` verifies the exit-wave store like image shards; `--repair` quarantines a damaged
     wave shard (file and entry) and the next simulation runs its multislice again, although
     every image shard is there: the rebuilt shard is bit-identical (3 structures' multislice,
-    under 1 s)."""
+    under 1 s). A truncated shard is rebuilt by the simulation without `check` too (its
+    size differs from its entry)."""
     shard = _first_wave_shard(dataset_copy)
     intact = shard.read_bytes()
     if damage == "garbled":
@@ -225,6 +226,12 @@ def test_a_damaged_wave_shard_is_found_by_check_quarantined_and_rebuilt_bit_iden
     report = inspect_study(str(tmp_path / "study"), data_root=str(dataset_copy))
     assert [(p.kind, p.path, p.reason) for p in report.problems] == [("wave", str(shard), reason)]
     assert report.checked["wave shards"] == 3
+    if damage == "truncated":
+        with pytest.warns(waves.WaveStoreWarning, match=f"{shard}: missing, or its size differs"):
+            summary = simulate_dataset_serial(tiny_dataset_spec(), dataset_copy)
+        assert (summary.shards_written, summary.structures_simulated) == (0, 3)
+        assert shard.read_bytes() == intact
+        return
     actions = repair(report)
     assert any("runs the multislice of" in line for line in actions)
     quarantined = dataset_copy / "quarantine"  # a dataset outside the study root: its own
