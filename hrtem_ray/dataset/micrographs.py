@@ -605,6 +605,11 @@ def _import_locked(
     claim = _new_claim(domain, paths, mask_paths, options, grid)
     state = imported.read_domain(root, domain)
     _refuse_other_inputs(root, state, claim)
+    if state.claim is not None:  # the same import, resumed: its claim stands
+        claim = {
+            **claim,
+            **{k: state.claim[k] for k in ("claimed_at", "claimed_by") if k in state.claim},
+        }
     if state.complete and _shards_intact(root, state.record):
         return _summary(state.record, written=0, status="unchanged")
     prepared = _prepare(paths, mask_paths, options, grid)
