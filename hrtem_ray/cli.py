@@ -172,6 +172,11 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--overlap-px", type=int, default=None, help="default: a quarter tile")
     pred.add_argument("--threshold", type=float, default=0.5, help="particle probability (0.5)")
     pred.add_argument("--num-threads", type=int, default=None, help="torch threads")
+    pred.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of another predict run in -o (else refused)",
+    )
     return parser
 
 
@@ -336,24 +341,40 @@ def _check(args) -> int:
     return check.main_from_cli(args)
 
 
-def _import(args) -> int:
-    from hrtem_ray.dataset.micrographs import import_micrographs
+#: What ``hrtem-ray import`` says after its summary line, by :class:`ImportSummary` status.
+_IMPORT_STATUS = {
+    "imported": "",
+    "resumed": "; resumed an interrupted import: {written} of {shards} files written now",
+    "repaired": "; {written} damaged shards written again",
+    "unchanged": "; already imported from these files: nothing to do",
+}
 
-    done = import_micrographs(
-        args.files,
-        args.data,
-        args.domain,
-        masks=args.masks,
-        pixel_size_angstrom=args.pixel_size_angstrom,
-        overlap_px=args.overlap_px,
-        val_fraction=args.val_fraction,
-        max_upsampling=args.max_upsampling,
-    )
+
+def _import(args) -> int:
+    from hrtem_ray.dataset.micrographs import import_micrographs, import_progress
+
+    try:
+        done = import_micrographs(
+            args.files,
+            args.data,
+            args.domain,
+            masks=args.masks,
+            pixel_size_angstrom=args.pixel_size_angstrom,
+            overlap_px=args.overlap_px,
+            val_fraction=args.val_fraction,
+            max_upsampling=args.max_upsampling,
+        )
+    except KeyboardInterrupt:
+        written, claimed = import_progress(args.data, args.domain)
+        _say(interrupted_message(written, claimed or len(args.files), "files"))
+        return EXIT_INTERRUPTED
     masks = "with masks" if args.masks else "without masks (predict only)"
+    status = _IMPORT_STATUS[done.status].format(written=done.written, shards=done.shards)
+    resampled = f" (resampled {done.factors_text()})" if done.resampling_factors else ""
     print(
         f"domain {done.domain} in {args.data}: {len(done.files)} files, {done.tiles['train']} "
         f"train + {done.tiles['val']} val tiles of {done.tile_px} px at "
-        f"{done.pixel_size_angstrom:g} A/px (resampled {done.factors_text()}), {masks}"
+        f"{done.pixel_size_angstrom:g} A/px{resampled}, {masks}{status}"
     )
     return EXIT_OK
 
@@ -370,6 +391,7 @@ def _predict(args) -> int:
         overlap_px=args.overlap_px,
         threshold=args.threshold,
         num_threads=args.num_threads,
+        overwrite=args.overwrite,
     )
     print(
         f"predicted {len(result.masks)} files with {result.model_id}: "

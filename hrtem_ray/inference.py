@@ -19,11 +19,17 @@
 Outputs written to ``out_dir`` per file ``<stem>``: ``<stem>_mask.tif`` (uint8 0/255,
 ImageJ calibration in nm of the input), ``<stem>_mask.png``, ``<stem>_overlay.png`` (the
 image with particles tinted red), and for all files ``particles.parquet`` and
-``particles.csv``.
+``particles.csv`` (each written atomically) and ``predict.json``, the run record (model,
+files with their sha256, options, outputs; written first with ``complete: false``, last
+with ``true``). One output directory holds one run: a directory that holds another run's
+results (another model, other files or options) is refused before anything is written,
+unless ``overwrite``, which deletes that run's outputs first (:func:`prepare_output_dir`);
+the same run again simply writes the same outputs again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -48,6 +54,12 @@ from hrtem_ray.spec.types import output_gpts
 from hrtem_ray.store import storage
 from hrtem_ray.store.layout import STUDY_FILE
 from hrtem_ray.sweep import results
+
+#: The run record of an output directory (see the module docstring).
+RUN_RECORD = "predict.json"
+#: Names of the files a run writes per input file (after its stem), and for all files.
+OUTPUT_SUFFIXES = ("_mask.tif", "_mask.png", "_overlay.png")
+TABLE_FILES = ("particles.parquet", "particles.csv")
 
 PARTICLE_COLUMNS = (
     "source",
@@ -351,6 +363,96 @@ def _check_files(files: Sequence[Path]) -> None:
         seen[path.stem] = path
 
 
+def _run_record(model_id: str, micrographs: Sequence[Micrograph], options: dict) -> dict:
+    """What makes a run the same run: the model, the files (name, sha256), the options."""
+    return {
+        "model_id": model_id,
+        "files": [{"name": m.name, "sha256": m.sha256} for m in micrographs],
+        **options,
+    }
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    keys = ("model_id", "files", "threshold", "overlap_px", "pixel_size_angstrom")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def _is_output_name(name: str) -> bool:
+    return name in TABLE_FILES or name == RUN_RECORD or name.endswith(OUTPUT_SUFFIXES)
+
+
+def _describe_run(record: dict) -> str:
+    files = [str(f.get("name")) for f in record.get("files", []) if isinstance(f, dict)]
+    shown = ", ".join(files[:3]) + (f", ... {len(files) - 3} more" if len(files) > 3 else "")
+    state = "complete" if record.get("complete") else "not finished"
+    return (
+        f"model {record.get('model_id')} on {len(files)} files ({shown}), threshold "
+        f"{record.get('threshold')}, {state}"
+    )
+
+
+def prepare_output_dir(out_dir: Path, run: dict, overwrite: bool) -> list[Path]:
+    """Check that ``out_dir`` may take this run's outputs; return what ``overwrite`` deletes.
+
+    Parameters
+    ----------
+    out_dir
+        The output directory (missing, or not a directory: nothing to check here).
+    run
+        This run's record (:func:`_run_record`).
+    overwrite
+        Replace another run's results.
+
+    Returns
+    -------
+    list of Path
+        The other run's outputs to delete before writing (empty when the directory holds
+        none, or holds an earlier run of the same model, files and options, whose outputs
+        are simply written again).
+
+    Raises
+    ------
+    PredictError
+        ``out_dir`` holds another run's results (its ``predict.json``, or masks, overlays
+        or particle tables without one) and ``overwrite`` is off; named, with what to do.
+    """
+    if not out_dir.is_dir():
+        return []
+    found = sorted(p for p in out_dir.iterdir() if p.is_file() and _is_output_name(p.name))
+    if not found:
+        return []
+    try:
+        previous = json.loads((out_dir / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        previous = None
+    if isinstance(previous, dict) and _same_run(previous, run):
+        return []
+    if overwrite:
+        return found
+    what = (
+        f"the results of another predict run ({_describe_run(previous)})"
+        if isinstance(previous, dict)
+        else f"{len(found)} prediction outputs without a {RUN_RECORD} ({', '.join(p.name for p in found[:3])}"
+        + (", ...)" if len(found) > 3 else ")")
+    )
+    raise PredictError(
+        f"-o {out_dir} holds {what}: its particle table would not list both runs' files; "
+        "give another output directory, or pass --overwrite (overwrite=True) to replace them"
+    )
+
+
+def _write_table(particles: pl.DataFrame, out_dir: Path) -> list[str]:
+    """``particles.parquet`` and ``particles.csv``, each written atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    particles.write_parquet(buffer)
+    paths = [out_dir / name for name in TABLE_FILES]
+    storage.write_bytes_atomic(paths[0], buffer.getvalue())
+    storage.write_bytes_atomic(paths[1], particles.write_csv().encode("utf-8"))
+    return [str(p) for p in paths]
+
+
 def predict(
     study: str | Path,
     model: str,
@@ -363,6 +465,7 @@ def predict(
     batch_size: int = 32,
     device: str | None = None,
     num_threads: int | None = None,
+    overwrite: bool = False,
 ) -> PredictionResult:
     """Segment micrographs with a study's model (``hrtem-ray predict``).
 
@@ -386,6 +489,9 @@ def predict(
         As :func:`hrtem_ray.learning.train.predict`.
     num_threads
         torch threads for the inference (restored afterwards).
+    overwrite
+        Replace another run's results in ``out_dir`` (else refused, see
+        :func:`prepare_output_dir`).
 
     The model choice and its reason, then one line per micrograph, are logged at INFO
     (logger ``hrtem_ray.inference``; ``hrtem-ray predict`` prints them).
@@ -398,7 +504,7 @@ def predict(
     Raises
     ------
     MicrographError, PredictError
-        Before anything is written.
+        Before anything is written (also: ``out_dir`` holds another run's results).
     """
     paths = [Path(f) for f in files]
     _check_files(paths)
@@ -406,15 +512,27 @@ def predict(
         raise PredictError(f"threshold must be in (0, 1), got {threshold}")
     micrographs = [read_micrograph(p, pixel_size_angstrom) for p in paths]
     loaded = load_study_model(str(study), model)
+    options = {
+        "threshold": threshold,
+        "overlap_px": overlap_px,
+        "pixel_size_angstrom": pixel_size_angstrom,
+    }
+    run = _run_record(loaded.model_id, micrographs, options)
+    target = Path(out_dir) if out_dir is not None else None
+    stale = [] if target is None else prepare_output_dir(target, run, overwrite)
     log.info(f"model: {loaded.reason}")
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info(f"--overwrite: deleted {len(stale)} outputs of another run in {target}")
     previous = torch.get_num_threads()
     if num_threads:
         torch.set_num_threads(int(num_threads))
     masks, probabilities, tables, written = {}, {}, [], []
     try:
-        target = Path(out_dir) if out_dir is not None else None
         if target is not None:
             target.mkdir(parents=True, exist_ok=True)
+            storage.write_json_atomic(target / RUN_RECORD, {**run, "complete": False})
         for micrograph in micrographs:
             prob = segment(
                 loaded.model,
@@ -439,10 +557,13 @@ def predict(
         if tables
         else particle_table(np.zeros((1, 1), bool), np.zeros((1, 1)), 1, "")
     )
-    if out_dir is not None:
-        particles.write_parquet(Path(out_dir) / "particles.parquet")
-        particles.write_csv(Path(out_dir) / "particles.csv")
-        written += [str(Path(out_dir) / "particles.parquet"), str(Path(out_dir) / "particles.csv")]
+    if target is not None:
+        written += _write_table(particles, target)
+        outputs = [Path(p).name for p in written]
+        storage.write_json_atomic(
+            target / RUN_RECORD, {**run, "complete": True, "outputs": outputs}
+        )
+        written.append(str(target / RUN_RECORD))
     return PredictionResult(
         masks, probabilities, particles, loaded.model_id, loaded.reason, written
     )
@@ -458,6 +579,7 @@ __all__ = [
     "choose_model",
     "load_study_model",
     "overlay",
+    "prepare_output_dir",
     "particle_table",
     "predict",
     "predict_probability",

@@ -8,7 +8,10 @@ imaged in every listed domain) and runs the units on Ray Data, one task each;
 from the exit-wave store (:mod:`hrtem_ray.dataset.waves`) when they are there, else simulated
 (and stored); every domain's images are written as one shard
 (:func:`hrtem_ray.dataset.manifest.write_shard`). Every structure has its own seed
-(:func:`structure_seed`), so a rerun of any shard is bit-identical.
+(:func:`structure_seed`), so a rerun of any shard is bit-identical. While
+``keep_exit_waves`` is on, a run of structures whose wave shard is missing or damaged
+(quarantined by ``hrtem-ray check --repair``, or truncated) gets a unit of its own even
+when all its image shards are there, so that the store is whole again (:func:`units_to_run`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ from hrtem_ray.dataset.manifest import (
     shards_to_simulate,
     write_shard,
 )
-from hrtem_ray.dataset.waves import StoredStructure, read_waves, write_waves
+from hrtem_ray.dataset.waves import StoredStructure, read_waves, waves_complete, write_waves
 from hrtem_ray.physics.simulate import (
     images_from_waves,
     structure_waves,
@@ -164,6 +167,24 @@ def simulation_units(spec: DatasetSpec, tasks: Iterable[ShardTask]) -> list[Simu
     ]
 
 
+def units_to_run(
+    spec: DatasetSpec, root: str, tasks: Sequence[ShardTask], todo: Sequence[ShardTask]
+) -> list[SimulationUnit]:
+    """The units to run: those of the shards to write (``todo``), then, while
+    ``keep_exit_waves`` is on, one per run of structures of ``tasks`` whose wave shard is
+    not complete (:func:`hrtem_ray.dataset.waves.waves_complete`), with no image shards:
+    its multislice runs and its waves are stored again."""
+    units = simulation_units(spec, todo)
+    if not spec.keep_exit_waves:
+        return units
+    covered = {unit.waves_key for unit in units}
+    for unit in simulation_units(spec, tasks):
+        if unit.waves_key not in covered and not waves_complete(root, unit.waves_key):
+            units.append(replace(unit, shards=()))
+            covered.add(unit.waves_key)
+    return units
+
+
 def _tensor_column(arrays: np.ndarray) -> pa.Array:
     return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(arrays, np.float32))
 
@@ -252,7 +273,7 @@ def simulate_and_write(spec: DatasetSpec, root: str, unit: SimulationUnit) -> di
     start = time.perf_counter()
     started_at = time.time()
     structures, from_store = unit_waves(spec, root, unit)
-    tables = image_unit(spec, unit, structures)
+    tables = image_unit(spec, unit, structures) if unit.shards else {}
     n_images = 0
     for shard in unit.shards:
         task = shard.task
@@ -348,13 +369,13 @@ def simulate_dataset(
     root = str(root)
     prepare_root(spec, root)
     tasks, todo = shards_to_simulate(spec, root)
+    units = units_to_run(spec, root, tasks, todo)
     start = time.perf_counter()
     totals = {"images": 0, "structures_from_store": 0, "structures_simulated": 0}
-    if todo:
+    if units:
         # Plan the FFTs once here so that every worker on this node loads the same wisdom.
         for cell in sorted({g.structures.cell_angstrom for g in spec.groups()}):
             warm_fftw_wisdom(cell, spec.simulation)
-        units = simulation_units(spec, todo)
         items = [{"unit": index} for index in range(len(units))]
         with _simulation_data_context(DataContext.get_current()):
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -395,7 +416,9 @@ def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSu
     prepare_root(spec, root)
     tasks, todo = shards_to_simulate(spec, root)
     start = time.perf_counter()
-    records = [simulate_and_write(spec, root, unit) for unit in simulation_units(spec, todo)]
+    records = [
+        simulate_and_write(spec, root, unit) for unit in units_to_run(spec, root, tasks, todo)
+    ]
     summary = SimulationSummary(
         root,
         sum(r["images"] for r in records),

@@ -122,7 +122,8 @@ def test_check_repair_removes_a_damaged_imported_domain_so_it_can_be_imported_ag
     mosaic, dataset_copy, tmp_path
 ):
     """An imported domain cannot be simulated again: `check --repair` moves all of it away
-    (not only the damaged shard) and says to import it again, which then works."""
+    (not only the damaged shard: also its claim and record) and says to import it again,
+    which then works; rerunning the import instead writes the damaged shard again."""
     from hrtem_ray.sweep.check import inspect_study, repair
 
     image, _ = mosaic
@@ -133,13 +134,18 @@ def test_check_repair_removes_a_damaged_imported_domain_so_it_can_be_imported_ag
     import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
     before = readers.summarize(dataset_copy)
     damaged = next((Path(dataset_copy) / "study=defocus" / "domain=exp_au").rglob("*.parquet"))
-    damaged.write_bytes(damaged.read_bytes()[:-10])
-    with pytest.raises(MicrographError, match="exp_au"):  # a partial domain blocks re-import
-        import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
+    intact = damaged.read_bytes()
+    damaged.write_bytes(intact[:-10])
+    again = import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
+    assert (again.status, again.written) == ("repaired", 1)
+    assert damaged.read_bytes() == intact and manifest.verify_shards(dataset_copy) == []
+    damaged.write_bytes(intact[:-10])
     report = inspect_study(str(tmp_path / "study"), data_root=str(dataset_copy))
+    assert [(p.kind, p.domain) for p in report.problems] == [("shard", "exp_au")]
     actions = repair(report)
     assert any("imported domain exp_au removed" in a and "hrtem-ray import" in a for a in actions)
     assert "exp_au" not in imported_domains(dataset_copy)
+    assert list((dataset_copy / "_imported").iterdir()) == []
     assert manifest.verify_shards(dataset_copy) == []
     import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
     assert readers.summarize(dataset_copy) == before  # the same tiles, simulated domains untouched
