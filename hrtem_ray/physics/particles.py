@@ -45,6 +45,7 @@ from hrtem_ray.spec.materials import (
     WURTZITE_U,
     CifMaterial,
     ZoneAxisOrientation,
+    exception_summary,
     material_info,
     material_label,
     parse_miller,
@@ -496,6 +497,8 @@ def _polyhedron_form_cached(
     import spglib
     from wulffpack import SingleCrystal
 
+    spglib.error.OLD_ERROR_HANDLING = False  # errors raise (no deprecation warning)
+
     unit = material_cell(material)
     try:
         wulff = SingleCrystal(
@@ -504,7 +507,7 @@ def _polyhedron_form_cached(
     except Exception as exc:  # noqa: BLE001 - wulffpack raises many types
         raise SpecError(
             f"surface_energies {dict(energies)} give no closed Wulff shape for "
-            f"{material_label(material)} ({type(exc).__name__}: {exc}); list more facets "
+            f"{material_label(material)} ({exception_summary(exc)}); list more facets "
             "(polar point groups need (001) and (00-1) separately)"
         ) from None
     dataset = spglib.get_symmetry_dataset(
@@ -767,7 +770,7 @@ def build_particle(
             positions @ form.normals.T <= form.distances * radius_angstrom + 1e-6, axis=1
         )
         positions = positions[inside] @ rotation.T
-    symbols = [s for s, keep in zip(block.symbols, inside, strict=True) if keep]
+    symbols = np.asarray(block.symbols)[inside].tolist()
     if _trims(material, params):
         symbols, positions = trim_stoichiometry(
             symbols, positions, _formula(material), _shortest_bond_angstrom(material)

@@ -56,6 +56,7 @@ __all__ = [
     "WURTZITE_U",
     "ZoneAxisOrientation",
     "canonical_miller",
+    "exception_summary",
     "material_info",
     "material_label",
     "paper_mask_blur_angstrom",
@@ -254,8 +255,14 @@ def read_cif_material(location: str, base_dir: str | None = None) -> dict[str, A
     except FileNotFoundError:
         raise ValueError(f"CIF {location}: no such file ({uri})") from None
     except Exception as exc:  # noqa: BLE001 - any storage failure is the user's input
-        raise ValueError(f"CIF {location}: cannot be read ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"CIF {location}: cannot be read ({exception_summary(exc)})") from None
     return parse_cif_bytes(data, location)
+
+
+def exception_summary(exc: BaseException) -> str:
+    """``Type: first line of the message`` (library errors can run over many lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _occupancy_problem(block: Any) -> str | None:
@@ -292,8 +299,7 @@ def parse_cif_bytes(data: bytes, source: str) -> dict[str, Any]:
 
         blocks = [block for block in parse_cif(io.BytesIO(data)) if block.has_structure()]
     except Exception as exc:  # noqa: BLE001 - ASE raises many types for a bad file
-        reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
-        raise ValueError(f"CIF {source}: ASE cannot read it ({reason})") from None
+        raise ValueError(f"CIF {source}: ASE cannot read it ({exception_summary(exc)})") from None
     if not blocks:
         raise ValueError(f"CIF {source}: no crystal structure in it (cell and atom sites)")
     if len(blocks) > 1:
@@ -305,7 +311,7 @@ def parse_cif_bytes(data: bytes, source: str) -> dict[str, Any]:
         atoms = blocks[0].get_atoms()
     except Exception as exc:  # noqa: BLE001
         raise ValueError(
-            f"CIF {source}: ASE cannot build its crystal ({type(exc).__name__}: {exc})"
+            f"CIF {source}: ASE cannot build its crystal ({exception_summary(exc)})"
         ) from None
     return _content_of(atoms, data, source)
 
@@ -342,9 +348,14 @@ def _spacegroup_number(atoms: Any) -> int:
     """spglib's space group of a crystal (1 when spglib finds none)."""
     import spglib
 
-    dataset = spglib.get_symmetry_dataset(
-        (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers), symprec=SYMPREC_ANGSTROM
-    )
+    spglib.error.OLD_ERROR_HANDLING = False  # errors raise (no deprecation warning)
+    try:
+        dataset = spglib.get_symmetry_dataset(
+            (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers),
+            symprec=SYMPREC_ANGSTROM,
+        )
+    except Exception:  # noqa: BLE001 - spglib finds no symmetry: P1
+        return 1
     return 1 if dataset is None else int(dataset.number)
 
 
