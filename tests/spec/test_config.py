@@ -575,7 +575,10 @@ def test_presets_validate_and_fit_a_64_gib_worker(preset):
             r"'focal_spread_angstrom' or 'cs_mm'",
         ),
         ({"defocus_nm": -10}, r"axis 'defocus' needs defocus_nm as a list"),
-        ({"structures": {"lattices": ["Unobtainium"]}}, r"dataset\.structures\.lattices.*Unobtainium.*allowed"),
+        (
+            {"structures": {"lattices": ["Unobtainium"]}},
+            r"dataset\.structures\.lattices.*Unobtainium.*allowed",
+        ),
         ({"n_structures": {"train": 0, "val": 2}}, r"dataset\.n_structures\.train"),
         ({"simulation": {"n_phonons": 0}}, r"dataset\.simulation\.n_phonons"),
         ({"shards": 3}, r"dataset\.shards: Extra inputs are not permitted"),
