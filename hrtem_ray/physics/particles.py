@@ -548,28 +548,29 @@ def polyhedron_form(
     return _polyhedron_form_cached(material, _energies_key(material, shape, surface_energies))
 
 
-@lru_cache(maxsize=256)
-def _cluster_candidates(shape: str, a_angstrom: float, max_atoms: int) -> tuple[tuple, ...]:
-    """``(n_atoms, args)`` of the icosahedra / Marks decahedra up to ``max_atoms``."""
+@cache
+def _decahedron_atoms(p: int, q: int, r: int) -> int:
+    """Atom count of ase.cluster's ``Decahedron(p, q, r)`` (it does not depend on the element
+    or the lattice parameter)."""
     from ase.cluster import Decahedron
 
+    return len(Decahedron("Au", p, q, r, latticeconstant=4.0))
+
+
+def _cluster_candidates(shape: str, max_atoms: int) -> list[tuple[int, tuple[int, ...]]]:
+    """``(n_atoms, args)`` of the icosahedra / Marks decahedra up to just above ``max_atoms``."""
     out = []
-    if shape == "icosahedron":
-        for shells in range(1, 200):
-            n = (10 * shells**3 - 15 * shells**2 + 11 * shells - 3) // 3
-            out.append((n, (shells,)))
-            if n > max_atoms:
-                break
-        return tuple(out)
-    for p in range(2, 200):
-        counts = [
-            (len(Decahedron("Au", p, q, 1, latticeconstant=a_angstrom)), (p, q, 1))
-            for q in (p - 1, p, p + 1)
-        ]
+    for size in range(1 if shape == "icosahedron" else 2, 200):
+        if shape == "icosahedron":
+            counts = [((10 * size**3 - 15 * size**2 + 11 * size - 3) // 3, (size,))]
+        else:
+            counts = [
+                (_decahedron_atoms(size, q, 1), (size, q, 1)) for q in (size - 1, size, size + 1)
+            ]
         out.extend(counts)
         if min(n for n, _ in counts) > max_atoms:
             break
-    return tuple(sorted(out))
+    return sorted(out)
 
 
 @lru_cache(maxsize=1024)
@@ -592,7 +593,7 @@ def cluster_positions(material: Material, shape: str, radius_angstrom: float) ->
     element = material_cell(material).get_chemical_symbols()[0]
     a = round(_shortest_bond_angstrom(material) * np.sqrt(2.0), 6)
     target = _number_density_per_angstrom3(material) * 4.0 / 3.0 * np.pi * radius_angstrom**3
-    candidates = _cluster_candidates(shape, a, int(4 * target) + 20)
+    candidates = _cluster_candidates(shape, int(4 * target) + 20)
     _, args = min(candidates, key=lambda c: (abs(math.log(c[0] / target)), c[1]))
     if shape == "icosahedron":
         atoms = Icosahedron(element, args[0], latticeconstant=a)

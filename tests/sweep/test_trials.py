@@ -291,6 +291,7 @@ def test_defocus_paper_protocol_lines_count_the_passes():
         ("laptop", {"pretrain": 9, "transfer": 54, "baseline": 3}),
         ("laptop_dose", {"pretrain": 5, "transfer": 60, "baseline": 0}),
         ("laptop_structure", {"pretrain": 4, "transfer": 36, "baseline": 0}),
+        ("laptop_materials", {"pretrain": 4, "transfer": 36, "baseline": 0}),
     ],
 )
 def test_laptop_presets_dry_run(preset, counts):
