@@ -430,7 +430,9 @@ class DatasetSpec(SpecModel):
 
         Covers every field but ``path`` (where the dataset lives, not what it is),
         including ``structures_per_shard`` (shard keys and files), and
-        :data:`GENERATOR_VERSION`. 16 hex digits.
+        :data:`GENERATOR_VERSION`. A CIF material enters by its content (sha256, cell,
+        sites), not the path of its file (:data:`~hrtem_ray.spec.materials.IDENTITY`).
+        16 hex digits.
         """
         return _hash(self.hash_payload())
 

@@ -274,3 +274,27 @@ def test_study_spec_with_a_cif_round_trips_through_its_stored_form(tmp_path):
     spec = parse_study_spec(raw, base_dir=tmp_path)
     stored = spec.model_dump(mode="json")
     assert parse_study_spec(stored) == spec  # no file needed (study.json)
+
+
+def test_a_moved_cif_claims_the_same_dataset_directory(tmp_path):
+    """The stored dataset record holds the path it was read from; a spec reading the same
+    content from elsewhere is no difference, another content is one (named)."""
+    from hrtem_ray.dataset.claim import prepare_root, spec_differences
+    from hrtem_ray.store import storage
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(SRTIO3, tmp_path / folder / "x.cif")
+    first = parse_dataset_spec(_dataset(lattices=[{"cif": "x.cif"}]), base_dir=tmp_path / "a")
+    moved = parse_dataset_spec(_dataset(lattices=[{"cif": "b/x.cif"}]), base_dir=tmp_path)
+    root = tmp_path / "data"
+    prepare_root(first, str(root))
+    stored = storage.read_json(str(root / "dataset.json"))
+    assert stored["spec"]["structures"]["lattices"][0]["cif"] == "x.cif"
+    assert spec_differences(stored, moved) == []
+    prepare_root(moved, str(root))  # claims it: the same dataset
+    (tmp_path / "b" / "x.cif").write_text(SRTIO3.read_text().replace("3.905", "3.910"))
+    edited = parse_dataset_spec(_dataset(lattices=[{"cif": "b/x.cif"}]), base_dir=tmp_path)
+    assert [line.split(":")[0] for line in spec_differences(stored, edited)] == [
+        "dataset.structures.lattices"
+    ]
