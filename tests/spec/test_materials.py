@@ -80,6 +80,27 @@ def test_cif_by_file_uri(tmp_path):
     assert [getattr(m, "name", m) for m in spec.structures.lattices] == ["Au", "SrTiO3"]
 
 
+def test_cif_on_s3(moto_endpoint, monkeypatch, tmp_path):
+    """``{cif: s3://...}`` is read through the storage layer (moto on loopback); the same
+    content has the same identity as the local file."""
+    from helpers import make_bucket, s3_env
+
+    from hrtem_ray.store import storage
+
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    for key, value in s3_env(moto_endpoint, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    uri = f"s3://{make_bucket(moto_endpoint)}/materials/SrTiO3.cif"
+    storage.write_bytes_atomic(uri, SRTIO3.read_bytes())
+    remote = parse_dataset_spec(_dataset(lattices=[{"cif": uri}]))
+    local = parse_dataset_spec(_dataset(lattices=[{"cif": str(SRTIO3)}]))
+    assert remote.structures.lattices[0].cif == uri
+    assert remote.content_hash() == local.content_hash()
+    with pytest.raises(SpecError, match=r"lattices\.0\.cif: CIF s3://.*/nope\.cif: no such file"):
+        parse_dataset_spec(_dataset(lattices=[{"cif": uri.replace("SrTiO3", "nope")}]))
+
+
 def test_new_structure_fields_at_their_defaults_keep_the_dataset_hash():
     """shape, orientation, twins, faults and stoichiometry came after datasets existed."""
     plain = parse_dataset_spec(TINY_DATASET)
