@@ -15,11 +15,14 @@ contract is ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports
   check and repair; ``report``: the HTML report, its charts, figures and CSV tables
 * ``dataset``: simulated Parquet shards and their readers, the exit-wave store, imported
   microscope files
-* ``physics``: nanoparticle structures (ASE) and multislice HRTEM (abTEM); ``learning``: the
-  U-Net, augmentation and the training loop (plain torch); ``analysis``: the analysis contract
-  in Polars with bootstrap intervals
-* ``spec``: the typed, validated study spec; ``store``: storage and atomic writes, the study
-  lock; ``cluster``: starting or joining Ray clusters, Slurm
+* ``physics``: nanoparticle structures (ASE; particle shapes, zone axes and twins with
+  wulffpack and ase.cluster) and multislice HRTEM (abTEM); ``learning``: the U-Net,
+  augmentation and the training loop (plain torch); ``analysis``: the analysis contract in
+  Polars with bootstrap intervals
+* ``spec``: the typed, validated study spec, with the materials (built-in lattices and CIF
+  files, read through ``store`` while the spec is read)
+* ``store``: storage and atomic writes, the study lock; ``cluster``: starting or joining Ray
+  clusters, Slurm
 """
 
 from hrtem_ray._version import __version__

@@ -307,7 +307,9 @@ class Study:
         The data root must hold this spec's dataset or none (:meth:`check_dataset`), its
         imported domains (``domains.imported``) must be there, with masks where a role uses
         them (:func:`hrtem_ray.dataset.micrographs.check_spec_imports`), and,
-        when this study simulates (default: it has no ``dataset.path``) on a private local
+        when this study simulates (default: it has no ``dataset.path``), every particle shape
+        must be buildable and fit the cell
+        (:func:`hrtem_ray.physics.particles.check_particle_shapes`) and, on a private local
         cluster, one simulation worker must fit in this machine's memory.
 
         Raises
@@ -322,6 +324,10 @@ class Study:
         if simulate is None:
             simulate = self._data is None and not self.spec.dataset.path
         if simulate:
+            if any(p.shape != "sphere" for _, p in self.spec.dataset.groups_structures()):
+                from hrtem_ray.physics.particles import check_particle_shapes
+
+                check_particle_shapes(self.spec.dataset)
             _check_local_memory(self.spec, address)
 
     def simulate(

@@ -31,6 +31,7 @@ from typing import Any
 from hrtem_ray.dataset import imported
 from hrtem_ray.dataset.manifest import SPEC_FILE, DatasetError, read_record, stored_spec
 from hrtem_ray.spec.dataset import GENERATOR_VERSION, DatasetSpec, current_dataset_keys
+from hrtem_ray.spec.materials import IDENTITY, without_material_paths
 from hrtem_ray.spec.types import MULTISLICE_FIELDS
 from hrtem_ray.store import conditional, storage
 
@@ -69,7 +70,8 @@ _ABSENT = object()
 
 
 def spec_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
-    """Fields of a stored dataset record that differ from ``spec`` (``path`` ignored).
+    """Fields of a stored dataset record that differ from ``spec`` (``path`` and the paths
+    of CIF files ignored).
 
     Parameters
     ----------
@@ -83,8 +85,11 @@ def spec_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
     list of str
         e.g. ``["dataset.dose_e_per_angstrom2: stored 400, spec 300"]``, sorted.
     """
-    ours = _flatten(spec.model_dump(mode="json"), "dataset")
-    theirs = _flatten(current_dataset_keys(stored.get("spec") or {}), "dataset")
+    ours = _flatten(spec.model_dump(mode="json", context=IDENTITY), "dataset")
+    # a CIF material is its content: where its file was read from is no difference
+    theirs = _flatten(
+        without_material_paths(current_dataset_keys(stored.get("spec") or {})), "dataset"
+    )
     lines = [
         f"{name}: stored {_show(theirs.get(name, _ABSENT))}, spec {_show(ours.get(name, _ABSENT))}"
         for name in sorted(set(ours) | set(theirs))

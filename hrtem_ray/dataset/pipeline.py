@@ -40,6 +40,7 @@ from hrtem_ray.dataset.manifest import (
     write_shard,
 )
 from hrtem_ray.dataset.waves import StoredStructure, read_waves, waves_complete, write_waves
+from hrtem_ray.physics.particles import check_particle_shapes
 from hrtem_ray.physics.simulate import (
     images_from_waves,
     structure_waves,
@@ -407,11 +408,14 @@ def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSu
     ------
     SpecError
         One worker would need more memory than this machine has
-        (:func:`hrtem_ray.spec.dataset.check_resources`); nothing is written.
+        (:func:`hrtem_ray.spec.dataset.check_resources`), or a particle shape cannot be
+        built or does not fit the cell (:func:`hrtem_ray.physics.particles.check_particle_shapes`);
+        nothing is written.
     DatasetError
         As :func:`simulate_dataset`.
     """
     check_resources(spec)
+    check_particle_shapes(spec)
     root = str(root)
     prepare_root(spec, root)
     tasks, todo = shards_to_simulate(spec, root)

@@ -24,7 +24,11 @@ from hrtem_ray.spec.study import StudySpec
 
 def _is_union_tag(part: str) -> bool:
     """Whether a pydantic error location part names a validator or a union member."""
-    return part.startswith("function-") or part in ("float", "int", "str", "none") or "[" in part
+    return (
+        part.startswith("function-")
+        or part in ("float", "int", "str", "none", "ZoneAxisOrientation")
+        or "[" in part
+    )
 
 
 def _format_errors(source: str, error: ValidationError, prefix: str = "") -> str:
@@ -35,7 +39,7 @@ def _format_errors(source: str, error: ValidationError, prefix: str = "") -> str
     ]
     for loc, err in located:
         # a union member's type error is noise when another member names a deeper field
-        if err["type"].endswith("_type") and any(
+        if (err["type"].endswith("_type") or err["type"] == "literal_error") and any(
             other.startswith(f"{loc}.") for other, _ in located
         ):
             continue
@@ -64,20 +68,34 @@ def _read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def parse_dataset_spec(raw: Mapping[str, Any], source: str = "<dict>") -> DatasetSpec:
-    """Validate a ``dataset`` section (a mapping) into a :class:`DatasetSpec`."""
+def _context(base_dir: str | Path | None) -> dict[str, Any]:
+    """Validation context: the folder that relative CIF paths (``{cif: PATH}``) start from."""
+    return {"spec_dir": None if base_dir is None else str(base_dir)}
+
+
+def parse_dataset_spec(
+    raw: Mapping[str, Any], source: str = "<dict>", base_dir: str | Path | None = None
+) -> DatasetSpec:
+    """Validate a ``dataset`` section (a mapping) into a :class:`DatasetSpec`.
+
+    ``base_dir`` is the folder of relative CIF paths (the spec file's; default: the
+    current directory).
+    """
     try:
-        return DatasetSpec.model_validate(dict(raw))
+        return DatasetSpec.model_validate(dict(raw), context=_context(base_dir))
     except ValidationError as exc:
         raise SpecError(_format_errors(source, exc, prefix="dataset")) from None
 
 
-def parse_study_spec(raw: Mapping[str, Any], source: str = "<dict>") -> StudySpec:
-    """Validate a whole study (a mapping) into a :class:`StudySpec`."""
+def parse_study_spec(
+    raw: Mapping[str, Any], source: str = "<dict>", base_dir: str | Path | None = None
+) -> StudySpec:
+    """Validate a whole study (a mapping) into a :class:`StudySpec` (``base_dir``: as
+    :func:`parse_dataset_spec`)."""
     if "dataset" not in raw:
         raise SpecError(f"invalid study spec {source}:\n  dataset: section is required")
     try:
-        return StudySpec.model_validate(dict(raw))
+        return StudySpec.model_validate(dict(raw), context=_context(base_dir))
     except ValidationError as exc:
         raise SpecError(_format_errors(source, exc)) from None
 
@@ -96,9 +114,13 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
     raw = _read_yaml(path)
     if "dataset" not in raw:
         raise SpecError(f"invalid study spec {path}:\n  dataset: section is required")
-    return parse_dataset_spec(raw["dataset"] or {}, source=str(path))
+    return parse_dataset_spec(
+        raw["dataset"] or {}, source=str(path), base_dir=Path(path).resolve().parent
+    )
 
 
 def load_study_spec(path: str | Path) -> StudySpec:
     """Read and validate a whole study YAML file."""
-    return parse_study_spec(_read_yaml(path), source=str(path))
+    return parse_study_spec(
+        _read_yaml(path), source=str(path), base_dir=Path(path).resolve().parent
+    )

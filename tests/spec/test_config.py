@@ -575,7 +575,10 @@ def test_presets_validate_and_fit_a_64_gib_worker(preset):
             r"'focal_spread_angstrom' or 'cs_mm'",
         ),
         ({"defocus_nm": -10}, r"axis 'defocus' needs defocus_nm as a list"),
-        ({"structures": {"lattices": ["Au"]}}, r"dataset\.structures\.lattices.*Au.*allowed"),
+        (
+            {"structures": {"lattices": ["Unobtainium"]}},
+            r"dataset\.structures\.lattices.*Unobtainium.*allowed",
+        ),
         ({"n_structures": {"train": 0, "val": 2}}, r"dataset\.n_structures\.train"),
         ({"simulation": {"n_phonons": 0}}, r"dataset\.simulation\.n_phonons"),
         ({"shards": 3}, r"dataset\.shards: Extra inputs are not permitted"),
@@ -615,7 +618,7 @@ def test_invalid_simulation_params_name_the_field(kwargs, field):
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"lattices": ("Au",)}, "lattices"),
+        ({"lattices": ("Unobtainium",)}, "lattices"),
         ({"radius_angstrom": (20.0, 10.0)}, "radius_angstrom"),
         ({"n_particles": (0, 2)}, "n_particles"),
         ({"cell_angstrom": -1.0}, "cell_angstrom"),
@@ -638,7 +641,7 @@ def test_invalid_structure_params_name_the_field(kwargs, field):
 
 def test_unknown_lattice_error_lists_allowed_values():
     with pytest.raises(ValidationError, match="CdSe"):
-        StructureParams(lattices=("Au",))
+        StructureParams(lattices=("Unobtainium",))
 
 
 def test_invalid_specs_fail_before_any_compute(tmp_path):

@@ -292,6 +292,7 @@ def test_defocus_paper_protocol_lines_count_the_passes():
         ("laptop_dose", {"pretrain": 6, "transfer": 24, "baseline": 3}),
         ("laptop_structure", {"pretrain": 6, "transfer": 36, "baseline": 3}),
         ("laptop_cs", {"pretrain": 6, "transfer": 24, "baseline": 3}),
+        ("laptop_materials", {"pretrain": 4, "transfer": 36, "baseline": 0}),
     ],
 )
 def test_laptop_presets_dry_run(preset, counts):
