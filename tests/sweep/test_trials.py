@@ -292,7 +292,7 @@ def test_defocus_paper_protocol_lines_count_the_passes():
         ("laptop_dose", {"pretrain": 6, "transfer": 24, "baseline": 3}),
         ("laptop_structure", {"pretrain": 6, "transfer": 36, "baseline": 3}),
         ("laptop_cs", {"pretrain": 6, "transfer": 24, "baseline": 3}),
-        ("laptop_materials", {"pretrain": 4, "transfer": 36, "baseline": 0}),
+        ("laptop_materials", {"pretrain": 6, "transfer": 18, "baseline": 3}),
     ],
 )
 def test_laptop_presets_dry_run(preset, counts):
@@ -300,7 +300,9 @@ def test_laptop_presets_dry_run(preset, counts):
     assert got == {**counts, "models in all": sum(counts.values())}
 
 
-@pytest.mark.parametrize("preset", ["laptop", "laptop_dose", "laptop_structure", "laptop_cs"])
+@pytest.mark.parametrize(
+    "preset", ["laptop", "laptop_dose", "laptop_structure", "laptop_cs", "laptop_materials"]
+)
 def test_laptop_presets_compare_like_with_like_on_replicates(preset):
     """Every simulated laptop preset: a mixture pair with both arms at the same target count,
     fair mixtures (the pretraining size), at least 3 replicates of every compared model, a
