@@ -273,7 +273,8 @@ def _run(args) -> int:
     from hrtem_ray.report.build import ReportError
 
     study = _study(args)
-    study.preflight(args.address)  # before the lock creates anything
+    # before the lock creates anything
+    study.preflight(args.address, trials=True, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     with study.lock("hrtem-ray run"):  # one lock over the sweep and the report
         code = _sweep_outcome(study, args)
         if code == EXIT_INTERRUPTED:
@@ -392,6 +393,17 @@ def is_bad_input(exc: BaseException) -> bool:
     return False
 
 
+#: Longest error message printed (characters); a longer one is cut, saying its length.
+MAX_ERROR_CHARS = 4000
+
+
+def error_line(exc: BaseException, max_chars: int = MAX_ERROR_CHARS) -> str:
+    """``error: <message>``, cut to ``max_chars`` characters (an error may echo its input)."""
+    from hrtem_ray.spec.base import clip_text
+
+    return clip_text(f"error: {exc}", max_chars)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hrtem-ray`` console script; returns the exit code."""
     # `hrtem-ray slurm SPEC [options] -- EXTRA...`: EXTRA goes to the study command
@@ -408,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not is_bad_input(exc):
             raise
-        _say(f"error: {exc}")
+        _say(error_line(exc))
         return EXIT_BAD_INPUT
 
 

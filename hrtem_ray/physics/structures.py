@@ -76,6 +76,9 @@ class Structure:
         Drawn substrate thickness T.
     stacking_faults : tuple of int
         Number of I1 faults of each particle (always 0 for non-wurtzite lattices).
+    n_particles_drawn : int
+        Number of particles drawn from ``StructureParams.n_particles``; more than
+        ``n_particles`` when some found no free spot.
     """
 
     atoms: Atoms
@@ -86,6 +89,7 @@ class Structure:
     particle_radii_angstrom: np.ndarray
     substrate_thickness_angstrom: float
     stacking_faults: tuple[int, ...] = ()
+    n_particles_drawn: int = 0
 
     @property
     def cell_height_angstrom(self) -> float:
@@ -328,7 +332,7 @@ def nanoparticle(
 
 def _place_particles(
     params: StructureParams, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Radii and in-plane centres of non-overlapping particles tangent to one plane.
 
     Particles are tried one at a time (count and radii drawn first); a particle that
@@ -340,6 +344,8 @@ def _place_particles(
         ``(n,)`` radii.
     centers_xy : np.ndarray
         ``(n, 2)`` in-plane centres; spheres lie fully inside the cell.
+    n_drawn : int
+        The number of particles drawn (``n`` or more).
     """
     n_drawn = int(rng.integers(params.n_particles[0], params.n_particles[1] + 1))
     radii_drawn = rng.uniform(*params.radius_angstrom, size=n_drawn)
@@ -364,7 +370,7 @@ def _place_particles(
         if free.any():
             radii.append(float(radius))
             centers.append(trials[np.argmax(free)])
-    return np.array(radii), np.array(centers).reshape(-1, 2)
+    return np.array(radii), np.array(centers).reshape(-1, 2), n_drawn
 
 
 def random_structure(params: StructureParams, seed: int) -> Structure:
@@ -375,6 +381,10 @@ def random_structure(params: StructureParams, seed: int) -> Structure:
     (at least ``min_separation_angstrom`` apart surface to surface, entirely inside
     the cell, resting on the substrate), the substrate atoms, and for each particle
     its lattice offset, orientation and (wurtzite) 0..``max_stacking_faults`` faults.
+    A drawn particle that finds no free spot in ``max_placement_attempts`` tries is left
+    out: ``n_particles`` is then below ``n_particles_drawn`` (a count that can never fit
+    is refused by :class:`~hrtem_ray.spec.types.StructureParams`; the simulation warns
+    about structures that placed fewer than drawn).
 
     Parameters
     ----------
@@ -390,7 +400,7 @@ def random_structure(params: StructureParams, seed: int) -> Structure:
     layout_rng = np.random.default_rng([seed, _STREAM_LAYOUT])
     thickness = float(layout_rng.uniform(*params.substrate_thickness_angstrom))
     lattice = str(params.lattices[int(layout_rng.integers(len(params.lattices)))])
-    radii, centers_xy = _place_particles(params, layout_rng)
+    radii, centers_xy, n_drawn = _place_particles(params, layout_rng)
 
     surface_z = params.vacuum_angstrom + 2 * radii.max() + params.particle_gap_angstrom
     height = surface_z + thickness + params.vacuum_angstrom
@@ -433,4 +443,5 @@ def random_structure(params: StructureParams, seed: int) -> Structure:
         particle_radii_angstrom=radii,
         substrate_thickness_angstrom=thickness,
         stacking_faults=tuple(faults),
+        n_particles_drawn=n_drawn,
     )
