@@ -163,7 +163,24 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--overlap-px", type=int, default=None, help="default: a quarter tile")
     pred.add_argument("--threshold", type=float, default=0.5, help="particle probability (0.5)")
     pred.add_argument("--num-threads", type=int, default=None, help="torch threads")
+    pred.add_argument(
+        "--max-memory",
+        type=_size,
+        default=None,
+        help="refuse inputs whose estimated peak memory exceeds this, e.g. 64GB "
+        "(default: the memory available now)",
+    )
     return parser
+
+
+def _size(text: str) -> int:
+    """``--max-memory``: a size such as ``8GB`` or ``512MiB`` in bytes."""
+    from hrtem_ray.spec.footprint import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _study(args):
@@ -347,6 +364,7 @@ def _predict(args) -> int:
         overlap_px=args.overlap_px,
         threshold=args.threshold,
         num_threads=args.num_threads,
+        max_memory_bytes=args.max_memory,
     )
     print(
         f"predicted {len(result.masks)} files with {result.model_id}: "

@@ -594,6 +594,10 @@ def locate_results(
             raise ReportError(f"no results yet: nothing matches {raw}")
         return ResultsLocation(raw, data_dir, source=raw)
     try:
+        storage.check_reachable(raw)
+    except storage.StorageError as error:  # no credentials, endpoint unreachable, no bucket
+        raise ReportError(str(error)) from None
+    try:
         present = storage.exists(raw)
     except (OSError, ValueError) as error:
         raise ReportError(f"cannot read {raw}: {error}") from None
