@@ -4,12 +4,13 @@ Builds a real study root (the tiny test dataset simulated with abTEM, one small 
 trained for one epoch: 64 px tiles at 0.4 Å/px), then, for each case, writes a seeded
 noise micrograph as NPY and runs :func:`hrtem_ray.predict` on it in a fresh Python process
 (CPU, 2 torch threads, outputs written), reading that process's peak resident memory
-(``ru_maxrss``). Each case is compared with
+(``VmHWM``), and its resident memory once the model is loaded (``VmRSS``). Each case is compared with
 :func:`hrtem_ray.inference.estimate_predict_memory_bytes`: the estimate must not be below the
 measured peak.
 
 Keys: ``cases`` (side in px, pixel size in Å, resampled side, estimate and measured peak in
-MiB, their ratio, seconds), ``model_pixel_size_angstrom``, ``tile_px``.
+MiB, their ratio, the base before the first file and both above it, seconds),
+``model_pixel_size_angstrom``, ``tile_px``.
 
 Usage::
 
@@ -33,7 +34,7 @@ import numpy as np
 
 from hrtem_ray.dataset.geometry import resampled_shape
 from hrtem_ray.dataset.pipeline import simulate_dataset_serial
-from hrtem_ray.inference import estimate_predict_memory_bytes, study_geometry
+from hrtem_ray.inference import PREDICT_BASE_BYTES, estimate_predict_memory_bytes, study_geometry
 from hrtem_ray.spec.config import parse_study_spec
 from hrtem_ray.sweep.execute import execute_trial
 from hrtem_ray.sweep.run import write_study_spec
@@ -69,15 +70,25 @@ STUDY = {
 CASES = [(2048, 0.4), (1024, 1.0), (1024, 2.0)]
 QUICK_CASES = [(1024, 0.4), (512, 2.0)]
 
-#: Runs one prediction in a fresh process and prints its peak RSS in bytes.
+#: Runs one prediction in a fresh process; prints its resident memory with the model loaded
+#: and its peak (VmRSS, VmHWM: ru_maxrss would keep the parent's peak across fork and exec).
 CHILD = """
-import json, resource, sys, torch
+import json, sys, torch
 import hrtem_ray
+from hrtem_ray.inference import load_study_model
+
+def status_bytes(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
 torch.set_num_threads(2)
 study, model, path, out, pixel = sys.argv[1:6]
+load_study_model(study, model)
+before = status_bytes("VmRSS")
 hrtem_ray.predict(study, model, [path], out, pixel_size_angstrom=float(pixel),
                   device="cpu", max_memory_bytes=1 << 50)
-print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"base_bytes": before, "peak_rss_bytes": status_bytes("VmHWM")}))
 """
 
 
@@ -106,7 +117,8 @@ def measure(study: Path, model_id: str, side: int, pixel: float, work: Path) -> 
         check=True,
     )
     seconds = time.perf_counter() - start
-    peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_bytes"]
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    peak, base = measured["peak_rss_bytes"], measured["base_bytes"]
     path.unlink()
     return {
         "side_px": side,
@@ -115,6 +127,9 @@ def measure(study: Path, model_id: str, side: int, pixel: float, work: Path) -> 
         "estimate_mib": round(estimate / 2**20),
         "peak_rss_mib": round(peak / 2**20),
         "estimate_over_peak": round(estimate / peak, 2),
+        "base_rss_mib": round(base / 2**20),
+        "estimate_above_base_mib": round((estimate - PREDICT_BASE_BYTES) / 2**20),
+        "peak_above_base_mib": round((peak - base) / 2**20),
         "seconds": round(seconds, 1),
     }
 
