@@ -66,8 +66,9 @@ STUDY = {
     "model": {"size": "small"},
 }
 
-#: (side px, pixel size Å): at the model's pixel size, and upsampled 2.5x and 5x.
-CASES = [(2048, 0.4), (1024, 1.0), (1024, 2.0)]
+#: (side px, pixel size Å): at the model's pixel size, and upsampled 2x, 2.5x and 5x
+#: (two input sizes at the same upsampled size tell the input's share from the model grid's).
+CASES = [(2048, 0.4), (2048, 0.8), (1024, 1.0), (1024, 2.0)]
 QUICK_CASES = [(1024, 0.4), (512, 2.0)]
 
 #: Runs one prediction in a fresh process; prints its resident memory with the model loaded
@@ -111,7 +112,16 @@ def measure(study: Path, model_id: str, side: int, pixel: float, work: Path) -> 
     estimate = estimate_predict_memory_bytes([(side, side)], [pixel], model_pixel)
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(study), model_id, str(path), str(work / "out"), str(pixel)],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(study),
+            model_id,
+            str(path),
+            str(work / "out"),
+            str(pixel),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -136,15 +146,18 @@ def measure(study: Path, model_id: str, side: int, pixel: float, work: Path) -> 
 
 def main() -> None:
     args = common.parser(__doc__, "two small cases (seconds)")
+    args.add_argument(
+        "--case", action="append", default=None, help="SIDE:PIXEL_ANGSTROM (repeatable)"
+    )
     opts = args.parse_args()
+    chosen = QUICK_CASES if opts.quick else CASES
+    if opts.case:
+        chosen = [(int(c.split(":")[0]), float(c.split(":")[1])) for c in opts.case]
     with tempfile.TemporaryDirectory(prefix="hrtem-predict-memory-") as tmp:
         root = Path(tmp) / "study"
         model_id = build_study(root)
         model_pixel, tile_px = study_geometry(str(root))
-        cases = [
-            measure(root, model_id, side, pixel, Path(tmp))
-            for side, pixel in (QUICK_CASES if opts.quick else CASES)
-        ]
+        cases = [measure(root, model_id, side, pixel, Path(tmp)) for side, pixel in chosen]
     report = {
         "benchmark": "predict_memory",
         "cases": cases,

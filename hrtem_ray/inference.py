@@ -578,9 +578,9 @@ def predict(
     model_pixel_size_angstrom, _ = study_geometry(str(study))
     micrographs = [read_micrograph(p, pixel_size_angstrom) for p in paths]
     estimate = check_predict_memory(micrographs, model_pixel_size_angstrom, max_memory_bytes)
-    log.info(f"memory: an estimated {format_bytes(estimate)} at the peak")
     loaded = load_study_model(str(study), model)
     log.info(f"model: {loaded.reason}")
+    log.info(f"memory: an estimated {format_bytes(estimate)} at the peak")
     previous = torch.get_num_threads()
     if num_threads:
         torch.set_num_threads(int(num_threads))

@@ -26,7 +26,6 @@ import pytest
 import tifffile
 from helpers import TWO_MODEL_STUDY, train_study_root
 
-import hrtem_ray
 from hrtem_ray import cli
 from hrtem_ray.dataset.micrograph_files import MicrographError, check_image_size, read_micrograph
 from hrtem_ray.exit_codes import EXIT_BAD_INPUT
@@ -191,7 +190,14 @@ def test_the_estimate_covers_the_measured_peak_of_a_resampled_micrograph(two_mod
     covers the measured rise of peak RSS, within 3x (the base differs between machines)."""
     image = _micrograph(tmp_path / "m.npy", side=512)
     proc = subprocess.run(
-        [sys.executable, "-c", _MEASURE_PREDICT, str(two_model_root), str(image), str(tmp_path / "o")],
+        [
+            sys.executable,
+            "-c",
+            _MEASURE_PREDICT,
+            str(two_model_root),
+            str(image),
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -199,7 +205,9 @@ def test_the_estimate_covers_the_measured_peak_of_a_resampled_micrograph(two_mod
     assert proc.returncode == 0, proc.stderr[-3000:]
     measured = json.loads(proc.stdout.strip().splitlines()[-1])
     rise = measured["after"] - measured["before"]
-    per_pixel = estimate_predict_memory_bytes([(512, 512)], [1.0], MODEL_ANGSTROM) - PREDICT_BASE_BYTES
+    per_pixel = (
+        estimate_predict_memory_bytes([(512, 512)], [1.0], MODEL_ANGSTROM) - PREDICT_BASE_BYTES
+    )
     assert rise <= per_pixel <= 3 * rise
 
 

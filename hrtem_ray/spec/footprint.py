@@ -193,7 +193,9 @@ def dataset_footprint(spec: DatasetSpec) -> DatasetFootprint:
     counts = spec.n_structures
     structures = counts.train + counts.val + counts.test
     per_shard = spec.structures_per_shard
-    shards_per_domain = sum(math.ceil(n / per_shard) for n in (counts.train, counts.val, counts.test))
+    shards_per_domain = sum(
+        math.ceil(n / per_shard) for n in (counts.train, counts.val, counts.test)
+    )
     images = shards = image_bytes = wave_bytes = 0
     for group in spec.groups():
         side = output_gpts(group.structures.cell_angstrom, spec.simulation)

@@ -173,7 +173,9 @@ def max_particles_fit(
     int
         The bound, at least 1 (one particle always fits when ``2 radius <= cell``).
     """
-    side = max(cell_angstrom - 2 * radius_angstrom, 0.0) / (2 * radius_angstrom + min_separation_angstrom)
+    side = max(cell_angstrom - 2 * radius_angstrom, 0.0) / (
+        2 * radius_angstrom + min_separation_angstrom
+    )
     return max(1, int(np.floor(2 / np.sqrt(3) * side**2 + 2 * side + 1 + 1e-9)))
 
 

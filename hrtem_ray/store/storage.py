@@ -45,9 +45,9 @@ import pyarrow.parquet as pq
 
 from hrtem_ray.store.s3 import (
     boto3_client,
-    probe_client,
     client_error_code,
     keep_credentials_out_of_ray_tune,
+    probe_client,
     s3_filesystem,
     s3_settings_from_env,
 )

@@ -114,7 +114,9 @@ def test_a_missing_bucket_exits_2_naming_it(moto_endpoint, aws_env, tmp_path, ca
 def test_an_unreachable_endpoint_exits_2_naming_it(aws_env, tmp_path, capsys):
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     aws_env(endpoint, credentials=True)
-    _assert_refused(capsys, tmp_path, "s3://bucket/study", f"cannot reach the S3 endpoint {endpoint}")
+    _assert_refused(
+        capsys, tmp_path, "s3://bucket/study", f"cannot reach the S3 endpoint {endpoint}"
+    )
 
 
 def test_half_a_key_pair_is_refused_by_name(aws_env, monkeypatch):
