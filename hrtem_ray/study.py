@@ -283,23 +283,26 @@ class Study:
         return storage.join(self.study_root, "report")
 
     def dry_run(self) -> str:
-        """Trial counts and training-set sizes, and the dataset's size on disk and in the
-        driver's memory (:class:`hrtem_ray.spec.footprint.DatasetFootprint`), without
-        running anything.
+        """Trial counts and training-set sizes, and, when this study simulates its dataset,
+        the dataset's images, shards, bytes on disk and driver memory
+        (:class:`hrtem_ray.spec.footprint.DatasetFootprint`), without running anything.
 
-        Raises
-        ------
-        hrtem_ray.spec.base.SpecError
-            When this study simulates its dataset and it cannot fit the data root's free
-            disk or this machine's memory (as :meth:`preflight` would refuse it).
+        A dataset that cannot fit the data root's free disk or this machine's memory gets
+        one more line, ``refused here: ...`` with the numbers: ``simulate``, ``sweep`` and
+        ``run`` refuse it in their :meth:`preflight` (a dry run of a paper preset on a
+        laptop still shows its counts).
         """
-        from hrtem_ray.spec.footprint import check_dataset_footprint
+        from hrtem_ray.spec.base import SpecError
+        from hrtem_ray.spec.footprint import check_dataset_footprint, dataset_footprint
         from hrtem_ray.sweep.trials import dry_run
 
         lines = [dry_run(self.spec)]
         if self._data is None and not self.spec.dataset.path:
-            footprint = check_dataset_footprint(self.spec.dataset, self.dataset_root)
-            lines.append(footprint.line())
+            lines.append(dataset_footprint(self.spec.dataset).line())
+            try:
+                check_dataset_footprint(self.spec.dataset, self.dataset_root)
+            except SpecError as refusal:
+                lines.append(f"refused here (simulate, sweep and run check it first): {refusal}")
         return "\n".join(lines)
 
     def check_dataset(self) -> None:

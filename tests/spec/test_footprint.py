@@ -87,9 +87,13 @@ def test_a_billion_structures_are_refused_with_the_numbers(tmp_path, capsys):
         dataset={**TWO_MODEL_STUDY["dataset"], "n_structures": {"train": 1e9, "val": 8}},
     )
     out = tmp_path / "out"
+    # the dry run shows the counts and says that it would be refused here
+    code, dry, _ = _run_cli(capsys, "sweep", str(spec), "--out", str(out), "--dry-run")
+    assert code == EXIT_OK and "dataset: 3,000,000,024 images in 1,000,000,011 shards" in dry
+    assert "refused here (simulate, sweep and run check it first): dataset: planning" in dry
     for argv in (
-        ["sweep", str(spec), "--out", str(out), "--dry-run"],
         ["simulate", str(spec), "--out", str(out)],
+        ["sweep", str(spec), "--out", str(out)],
         ["run", str(spec), "--out", str(out)],
     ):
         code, _, err = _run_cli(capsys, *argv)
@@ -116,6 +120,7 @@ def test_the_dry_run_prints_the_dataset_footprint(tmp_path, capsys):
     code, out, _ = _run_cli(capsys, "sweep", str(_spec_file(tmp_path)), "--dry-run")
     assert code == EXIT_OK
     assert "dataset: 27 images in 9 shards, at most" in out and "exit waves" in out
+    assert "refused here" not in out
 
 
 def test_a_trial_larger_than_the_local_cluster_is_refused_before_ray_starts(tmp_path, capsys):
