@@ -106,10 +106,10 @@ def build_study(root: Path) -> str:
 
 def measure(study: Path, model_id: str, side: int, pixel: float, work: Path) -> dict:
     """Estimate and measured peak of predicting one ``side`` px micrograph at ``pixel`` Å/px."""
-    model_pixel, _ = study_geometry(str(study))
+    geometry = study_geometry(str(study))
     path = work / f"micrograph_{side}_{pixel:g}.npy"
     np.save(path, np.random.default_rng(0).normal(size=(side, side)).astype(np.float32))
-    estimate = estimate_predict_memory_bytes([(side, side)], [pixel], model_pixel)
+    estimate = estimate_predict_memory_bytes([(side, side)], [pixel], geometry)
     start = time.perf_counter()
     proc = subprocess.run(
         [
@@ -133,7 +133,7 @@ def measure(study: Path, model_id: str, side: int, pixel: float, work: Path) -> 
     return {
         "side_px": side,
         "pixel_size_angstrom": pixel,
-        "resampled_side_px": resampled_shape((side, side), pixel, model_pixel)[0],
+        "resampled_side_px": resampled_shape((side, side), pixel, geometry.pixel_size_angstrom)[0],
         "estimate_mib": round(estimate / 2**20),
         "peak_rss_mib": round(peak / 2**20),
         "estimate_over_peak": round(estimate / peak, 2),
@@ -156,13 +156,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hrtem-predict-memory-") as tmp:
         root = Path(tmp) / "study"
         model_id = build_study(root)
-        model_pixel, tile_px = study_geometry(str(root))
+        geometry = study_geometry(str(root))
         cases = [measure(root, model_id, side, pixel, Path(tmp)) for side, pixel in chosen]
     report = {
         "benchmark": "predict_memory",
         "cases": cases,
-        "model_pixel_size_angstrom": model_pixel,
-        "tile_px": tile_px,
+        "model_pixel_size_angstrom": geometry.pixel_size_angstrom,
+        "tile_px": geometry.tile_px,
         "model": "small",
         "threads": 2,
         "device": "cpu",

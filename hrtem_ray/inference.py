@@ -186,8 +186,17 @@ def choose_model(study_root: str, model: str) -> ModelChoice:
     return ModelChoice(best["model_id"], reason)
 
 
-def study_geometry(study_root: str) -> tuple[float, int]:
-    """The pixel size (Å) and tile size (px) of a study's models, from its ``study.json``.
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What a study's models take: pixel size (Å), tile size (px) and U-Net size preset."""
+
+    pixel_size_angstrom: float
+    tile_px: int
+    model_size: str
+
+
+def study_geometry(study_root: str) -> ModelGeometry:
+    """The pixel size, tile size and model size of a study's models, from its ``study.json``.
 
     Raises
     ------
@@ -199,7 +208,8 @@ def study_geometry(study_root: str) -> tuple[float, int]:
         raise PredictError(f"--study: no study.json in {study_root} (run its sweep first)")
     spec = parse_stored_study_spec(storage.read_json(spec_path)["spec"], source=spec_path)
     sim = spec.dataset.simulation
-    return sim.output_sampling_angstrom, output_gpts(spec.dataset.structures.cell_angstrom, sim)
+    tile_px = output_gpts(spec.dataset.structures.cell_angstrom, sim)
+    return ModelGeometry(sim.output_sampling_angstrom, tile_px, spec.model.size)
 
 
 def load_study_model(study_root: str, model: str) -> StudyModel:
@@ -211,7 +221,7 @@ def load_study_model(study_root: str, model: str) -> StudyModel:
         ``study_root`` holds no ``study.json``, as :func:`choose_model`, or the chosen
         checkpoint cannot be loaded.
     """
-    pixel_size_angstrom, tile_px = study_geometry(study_root)
+    geometry = study_geometry(study_root)
     choice = choose_model(study_root, model)
     location = results.checkpoint_path(study_root, choice.model_id)
     with tempfile.TemporaryDirectory(prefix="hrtem-predict-") as tmp:
@@ -223,39 +233,58 @@ def load_study_model(study_root: str, model: str) -> StudyModel:
                 f"--model {model}: cannot load the checkpoint {location} "
                 f"({type(exc).__name__}: {exc})"
             ) from None
-    return StudyModel(net, choice.model_id, choice.reason, pixel_size_angstrom, tile_px)
+    return StudyModel(
+        net, choice.model_id, choice.reason, geometry.pixel_size_angstrom, geometry.tile_px
+    )
 
 
-#: Resident memory of a ``predict`` process before its first micrograph: Python, torch,
-#: hrtem_ray and a small U-Net (measured: ``benchmarks/predict_memory.py``).
-PREDICT_BASE_BYTES = 700 * 2**20
-#: Peak bytes per pixel of the model's grid while one micrograph is segmented: the
-#: float64 DCT coefficients in and out of the resampling, the float32 resampled image, the
-#: blended sums and weights, and the float64 probability resampled back.
-BYTES_PER_MODEL_PIXEL = 40
-#: Peak bytes per pixel of the input grid while one micrograph is segmented and written:
-#: the float64 copies of the resampling, the probability, the mask, its labels (int64)
-#: and the overlay (RGB float32).
-BYTES_PER_INPUT_PIXEL = 48
+#: Resident memory of a ``predict`` process before its first micrograph, with margin:
+#: Python, torch, hrtem_ray, scikit-image and a small U-Net measured 300 MiB (CPU torch),
+#: and about 90 MiB more appear at the first resampling (allocator arenas, FFT plans).
+PREDICT_BASE_BYTES = 512 * 2**20
+#: Peak bytes per pixel of the model's grid while one micrograph is segmented: float64 DCT
+#: coefficients in and out of the resampling, the float32 resampled image, the blended
+#: sums and weights, the float64 probability resampled back. Fitted 23.6 on the measured
+#: peaks of ``benchmarks/predict_memory.py`` (README, "Micrographs"), rounded up.
+BYTES_PER_MODEL_PIXEL = 32
+#: Peak bytes per pixel of the input grid while one micrograph is segmented and written
+#: (probability, mask, labels, overlay): fitted 10.5 with resampling; 61 all told without
+#: (a micrograph at the model's pixel size, model grid and input grid being one).
+BYTES_PER_INPUT_PIXEL = 32
 #: Bytes per input pixel kept until the end for every file: the image read (float32), its
 #: probability (float32) and mask (bool).
 HELD_BYTES_PER_INPUT_PIXEL = 9
+#: Activation bytes per tile pixel of one tile in a batch of inference (torch, no_grad),
+#: by U-Net preset: measured 196 to 214 (small) and 617 to 669 (full) at 64 and 128 px.
+ACTIVATION_BYTES_PER_TILE_PIXEL = {"small": 256, "full": 768}
+#: Tiles cut at once by :func:`predict_probability` (at least the batch size).
+TILES_PER_CHUNK = 256
+
+
+def inference_bytes(geometry: ModelGeometry, batch_size: int = 32) -> int:
+    """Working set of the tiled inference: a chunk of tiles and their probabilities
+    (float32) and one batch's activations (:data:`ACTIVATION_BYTES_PER_TILE_PIXEL`)."""
+    tile = geometry.tile_px**2
+    activations = ACTIVATION_BYTES_PER_TILE_PIXEL.get(geometry.model_size, 768)
+    return max(batch_size, TILES_PER_CHUNK) * tile * 8 + batch_size * tile * activations
 
 
 def estimate_predict_memory_bytes(
     shapes: Sequence[tuple[int, int]],
     pixel_sizes_angstrom: Sequence[float],
-    model_pixel_size_angstrom: float,
+    geometry: ModelGeometry,
+    batch_size: int = 32,
 ) -> int:
     """Estimated peak memory (bytes) of :func:`predict` on micrographs of these shapes.
 
-    ``PREDICT_BASE_BYTES + sum over files of HELD_BYTES_PER_INPUT_PIXEL x pixels + max over
-    files of (BYTES_PER_MODEL_PIXEL x resampled pixels + BYTES_PER_INPUT_PIXEL x pixels)``:
-    every file's image, probability and mask stay in memory until the end, and the files
-    are segmented one at a time. The resampled size is the same field of view at the
-    model's pixel size (:func:`hrtem_ray.dataset.geometry.resampled_shape`): a micrograph of
-    2.0 Å/px predicted by a model of 0.4 Å/px is 25 times as many pixels. The README's
-    "Micrographs" section compares the estimate with measured peaks.
+    ``PREDICT_BASE_BYTES + inference_bytes + sum over files of HELD_BYTES_PER_INPUT_PIXEL x
+    pixels + max over files of (BYTES_PER_MODEL_PIXEL x resampled pixels +
+    BYTES_PER_INPUT_PIXEL x pixels)``: every file's image, probability and mask stay in
+    memory until the end, and the files are segmented one at a time. The resampled size is
+    the same field of view at the model's pixel size
+    (:func:`hrtem_ray.dataset.geometry.resampled_shape`): a micrograph of 2.0 Å/px predicted
+    by a model of 0.4 Å/px is 25 times as many pixels. The README's "Micrographs" section
+    compares the estimate with measured peaks.
 
     Parameters
     ----------
@@ -263,22 +292,25 @@ def estimate_predict_memory_bytes(
         ``(H, W)`` of each micrograph.
     pixel_sizes_angstrom
         Each micrograph's pixel size.
-    model_pixel_size_angstrom
-        The model's pixel size.
+    geometry
+        The model's pixel size, tile size and preset (:func:`study_geometry`).
+    batch_size
+        Tiles per forward pass.
     """
     held, peak = 0, 0
     for shape, pixel in zip(shapes, pixel_sizes_angstrom, strict=True):
         pixels = math.prod(shape)
-        resampled = math.prod(resampled_shape(shape, pixel, model_pixel_size_angstrom))
+        resampled = math.prod(resampled_shape(shape, pixel, geometry.pixel_size_angstrom))
         held += HELD_BYTES_PER_INPUT_PIXEL * pixels
         peak = max(peak, BYTES_PER_MODEL_PIXEL * resampled + BYTES_PER_INPUT_PIXEL * pixels)
-    return PREDICT_BASE_BYTES + held + peak
+    return PREDICT_BASE_BYTES + inference_bytes(geometry, batch_size) + held + peak
 
 
 def check_predict_memory(
     micrographs: Sequence[Micrograph],
-    model_pixel_size_angstrom: float,
+    geometry: ModelGeometry,
     max_memory_bytes: int | None = None,
+    batch_size: int = 32,
 ) -> int:
     """Refuse micrographs whose prediction would need more memory than the limit.
 
@@ -286,11 +318,13 @@ def check_predict_memory(
     ----------
     micrographs
         The files read (shapes and pixel sizes).
-    model_pixel_size_angstrom
-        The model's pixel size.
+    geometry
+        The model's (:func:`study_geometry`).
     max_memory_bytes
         The limit (``--max-memory``); default the memory available now
         (:func:`hrtem_ray.spec.footprint.available_memory_bytes`).
+    batch_size
+        Tiles per forward pass.
 
     Returns
     -------
@@ -303,29 +337,26 @@ def check_predict_memory(
         The estimate exceeds the limit: the message names the largest file, its size and
         resampled size, the estimate and the limit, and ``--max-memory``.
     """
+    model_pixel = geometry.pixel_size_angstrom
     shapes = [m.image.shape for m in micrographs]
     pixels = [m.pixel_size_angstrom for m in micrographs]
-    estimate = estimate_predict_memory_bytes(shapes, pixels, model_pixel_size_angstrom)
+    estimate = estimate_predict_memory_bytes(shapes, pixels, geometry, batch_size)
     limit = available_memory_bytes() if max_memory_bytes is None else int(max_memory_bytes)
     if estimate <= limit:
         return estimate
     largest = max(
         micrographs,
-        key=lambda m: math.prod(
-            resampled_shape(m.image.shape, m.pixel_size_angstrom, model_pixel_size_angstrom)
-        ),
+        key=lambda m: math.prod(resampled_shape(m.image.shape, m.pixel_size_angstrom, model_pixel)),
     )
     height, width = largest.image.shape
-    new_h, new_w = resampled_shape(
-        largest.image.shape, largest.pixel_size_angstrom, model_pixel_size_angstrom
-    )
+    new_h, new_w = resampled_shape(largest.image.shape, largest.pixel_size_angstrom, model_pixel)
     what = "the limit of --max-memory" if max_memory_bytes is not None else "the memory available"
     raise PredictError(
         f"predicting {len(micrographs)} file(s) needs an estimated {format_bytes(estimate)}, "
         f"more than {what} ({format_bytes(limit)}): {largest.name} ({height} x {width} px at "
         f"{largest.pixel_size_angstrom:g} A/px) is resampled to {new_h} x {new_w} px at the "
-        f"model's {model_pixel_size_angstrom:g} A/px; predict fewer or smaller files (crop or "
-        "bin them), or set --max-memory (e.g. 64GB) on a machine that has it"
+        f"model's {model_pixel:g} A/px; predict fewer or smaller files (crop or bin them), or "
+        "set --max-memory (e.g. 64GB) on a machine that has it"
     )
 
 
@@ -384,7 +415,7 @@ def predict_probability(
     window = blend_window(tile_px)
     total = np.zeros(padded.shape, np.float32)
     weight = np.zeros(padded.shape, np.float32)
-    chunk = max(batch_size, 256)
+    chunk = max(batch_size, TILES_PER_CHUNK)
     for i in range(0, len(positions), chunk):
         batch = positions[i : i + chunk]
         probs = predict_tiles(
@@ -575,9 +606,9 @@ def predict(
     if out_dir is not None:
         check_output_dir(out_dir)
     storage.check_reachable(str(study))
-    model_pixel_size_angstrom, _ = study_geometry(str(study))
+    geometry = study_geometry(str(study))
     micrographs = [read_micrograph(p, pixel_size_angstrom) for p in paths]
-    estimate = check_predict_memory(micrographs, model_pixel_size_angstrom, max_memory_bytes)
+    estimate = check_predict_memory(micrographs, geometry, max_memory_bytes, batch_size)
     loaded = load_study_model(str(study), model)
     log.info(f"model: {loaded.reason}")
     log.info(f"memory: an estimated {format_bytes(estimate)} at the peak")
@@ -625,6 +656,7 @@ def predict(
 __all__ = [
     "PARTICLE_COLUMNS",
     "ModelChoice",
+    "ModelGeometry",
     "PredictError",
     "PredictionResult",
     "StudyModel",
@@ -633,6 +665,7 @@ __all__ = [
     "check_predict_memory",
     "choose_model",
     "estimate_predict_memory_bytes",
+    "inference_bytes",
     "load_study_model",
     "overlay",
     "particle_table",
