@@ -66,9 +66,9 @@ STUDY = {
     "model": {"size": "small"},
 }
 
-#: (side px, pixel size Å): at the model's pixel size, and upsampled 2x, 2.5x and 5x
+#: (side px, pixel size Å): at the model's pixel size, and upsampled 2x, 2.5x and 5x (10,240 px)
 #: (two input sizes at the same upsampled size tell the input's share from the model grid's).
-CASES = [(2048, 0.4), (2048, 0.8), (1024, 1.0), (1024, 2.0)]
+CASES = [(2048, 0.4), (2048, 0.8), (1024, 1.0), (1024, 2.0), (2048, 2.0)]
 QUICK_CASES = [(1024, 0.4), (512, 2.0)]
 
 #: Runs one prediction in a fresh process; prints its resident memory with the model loaded

@@ -18,8 +18,9 @@ contract is ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports
 * ``physics``: nanoparticle structures (ASE) and multislice HRTEM (abTEM); ``learning``: the
   U-Net, augmentation and the training loop (plain torch); ``analysis``: the analysis contract
   in Polars with bootstrap intervals
-* ``spec``: the typed, validated study spec; ``store``: storage and atomic writes, the study
-  lock; ``cluster``: starting or joining Ray clusters, Slurm
+* ``spec``: the typed, validated study spec, its strict YAML reader and what it needs of the
+  machine (``spec.footprint``); ``store``: storage and atomic writes, the study lock;
+  ``cluster``: starting or joining Ray clusters (waiting for a node a trial fits), Slurm
 """
 
 from hrtem_ray._version import __version__
