@@ -41,6 +41,7 @@ __all__ = [
     "format_bytes",
     "free_disk_bytes",
     "parse_bytes",
+    "stored_bytes",
 ]
 
 #: Driver memory per planned shard (bytes): its task, simulation unit and Ray Data item.
@@ -209,6 +210,21 @@ def dataset_footprint(spec: DatasetSpec) -> DatasetFootprint:
     return DatasetFootprint(images, shards, image_bytes, wave_bytes, driver)
 
 
+def stored_bytes(path: str) -> int:
+    """Bytes of the files under a local directory (0 when it does not exist or for a URI):
+    what a dataset being completed already holds."""
+    if "://" in path and not path.startswith("file://"):
+        return 0
+    total = 0
+    for folder, _, files in os.walk(os.path.expanduser(path.removeprefix("file://"))):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:  # removed while walking
+                pass
+    return total
+
+
 def check_dataset_footprint(
     spec: DatasetSpec,
     root: str,
@@ -218,12 +234,15 @@ def check_dataset_footprint(
 ) -> DatasetFootprint:
     """Refuse a dataset that cannot fit this machine's disk or the driver's memory.
 
+    The disk must hold what is still to be written: the footprint less the bytes already
+    under ``root`` (a rerun that completes a dataset needs only its missing shards).
+
     Parameters
     ----------
     spec
         The dataset.
     root
-        Where it is written (its free space is read; not for ``s3://``).
+        Where it is written (its free space and what it holds are read; not for ``s3://``).
     memory_bytes, free_bytes
         Defaults: :func:`~hrtem_ray.spec.dataset.machine_memory_bytes` and
         :func:`free_disk_bytes` of ``root``.
@@ -248,12 +267,16 @@ def check_dataset_footprint(
             f"{format_bytes(footprint.driver_bytes)} of memory, more than this machine's "
             f"{format_bytes(memory)} ({fields}); use fewer structures or more per shard"
         )
-    if free is not None and footprint.disk_bytes > free:
+    if free is None or footprint.disk_bytes <= free:
+        return footprint
+    present = stored_bytes(root)
+    if footprint.disk_bytes - present > free:
+        there = f", {format_bytes(present)} of it already there" if present else ""
         raise SpecError(
             f"dataset: {footprint.images:,} images need about "
             f"{format_bytes(footprint.disk_bytes)} on disk (images "
             f"{format_bytes(footprint.image_bytes)}, exit waves "
-            f"{format_bytes(footprint.wave_bytes)}), more than the "
+            f"{format_bytes(footprint.wave_bytes)}{there}), more than the "
             f"{format_bytes(free)} free at {root} ({fields}; keep_exit_waves: false saves "
             "the waves); use fewer structures or domains, or another --out"
         )

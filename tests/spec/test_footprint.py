@@ -105,6 +105,16 @@ def test_a_billion_structures_are_refused_with_the_numbers(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_completing_a_dataset_needs_only_the_disk_for_what_is_missing(tiny_dataset_root):
+    """A rerun of a complete dataset on a disk with no room for a second copy is fine."""
+    spec = tiny_dataset_spec()
+    footprint = dataset_footprint(spec)
+    free = footprint.disk_bytes // 2
+    check_dataset_footprint(spec, str(tiny_dataset_root), free_bytes=free)
+    with pytest.raises(SpecError, match="already there"):
+        check_dataset_footprint(spec, str(tiny_dataset_root), free_bytes=1)
+
+
 def test_a_dataset_larger_than_the_free_disk_is_refused(tmp_path):
     spec = tiny_dataset_spec()
     footprint = check_dataset_footprint(spec, str(tmp_path / "data"))
