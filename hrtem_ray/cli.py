@@ -25,7 +25,8 @@ exit codes:
   {EXIT_OK}    done: every planned shard and model is done (report: written)
   {EXIT_ERROR}    unexpected error (traceback printed)
   {EXIT_BAD_INPUT}    bad input, refused before Ray starts: spec error, dataset mismatch,
-       study lock held, unusable output path, nothing to report
+       study lock held, unusable output path, unreachable storage, more than
+       this machine holds, nothing to report
   {EXIT_FAILED}    trials failed for good (failure table printed; `run` writes a report
        marked "partial")
   {EXIT_PROBLEMS}    check: damaged or stray files found (--repair quarantines them)
