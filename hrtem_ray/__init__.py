@@ -19,10 +19,11 @@ contract is ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports
   wulffpack and ase.cluster) and multislice HRTEM (abTEM); ``learning``: the U-Net,
   augmentation and the training loop (plain torch); ``analysis``: the analysis contract in
   Polars with bootstrap intervals
-* ``spec``: the typed, validated study spec, with the materials (built-in lattices and CIF
-  files, read through ``store`` while the spec is read)
+* ``spec``: the typed, validated study spec, its strict YAML reader, the materials (built-in
+  lattices and CIF files, read through ``store`` while the spec is read) and what a study
+  needs of the machine (``spec.footprint``)
 * ``store``: storage and atomic writes, the study lock; ``cluster``: starting or joining Ray
-  clusters, Slurm
+  clusters (waiting for a node a trial fits), Slurm
 """
 
 from hrtem_ray._version import __version__

@@ -26,7 +26,8 @@ exit codes:
   {EXIT_OK}    done: every planned shard and model is done (report: written)
   {EXIT_ERROR}    unexpected error (traceback printed)
   {EXIT_BAD_INPUT}    bad input, refused before Ray starts: spec error, dataset mismatch,
-       study lock held, unusable output path, nothing to report
+       study lock held, unusable output path, unreachable storage, more than
+       this machine holds, nothing to report
   {EXIT_FAILED}    trials failed for good (failure table printed; `run` writes a report
        marked "partial")
   {EXIT_PROBLEMS}    check: damaged or stray files found (--repair quarantines them)
@@ -177,7 +178,24 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the results of another predict run in -o (else refused)",
     )
+    pred.add_argument(
+        "--max-memory",
+        type=_size,
+        default=None,
+        help="refuse inputs whose estimated peak memory exceeds this, e.g. 64GB "
+        "(default: the memory available now)",
+    )
     return parser
+
+
+def _size(text: str) -> int:
+    """``--max-memory``: a size such as ``8GB`` or ``512MiB`` in bytes."""
+    from hrtem_ray.spec.footprint import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _study(args):
@@ -301,7 +319,8 @@ def _run(args) -> int:
     from hrtem_ray.report.build import ReportError
 
     study = _study(args)
-    study.preflight(args.address)  # before the lock creates anything
+    # before the lock creates anything
+    study.preflight(args.address, trials=True, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     with study.lock("hrtem-ray run"):  # one lock over the sweep and the report
         code = _sweep_outcome(study, args)
         if code == EXIT_INTERRUPTED:
@@ -392,6 +411,7 @@ def _predict(args) -> int:
         threshold=args.threshold,
         num_threads=args.num_threads,
         overwrite=args.overwrite,
+        max_memory_bytes=args.max_memory,
     )
     print(
         f"predicted {len(result.masks)} files with {result.model_id}: "
@@ -438,6 +458,17 @@ def is_bad_input(exc: BaseException) -> bool:
     return False
 
 
+#: Longest error message printed (characters); a longer one is cut, saying its length.
+MAX_ERROR_CHARS = 4000
+
+
+def error_line(exc: BaseException, max_chars: int = MAX_ERROR_CHARS) -> str:
+    """``error: <message>``, cut to ``max_chars`` characters (an error may echo its input)."""
+    from hrtem_ray.spec.base import clip_text
+
+    return clip_text(f"error: {exc}", max_chars)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hrtem-ray`` console script; returns the exit code."""
     # `hrtem-ray slurm SPEC [options] -- EXTRA...`: EXTRA goes to the study command
@@ -454,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not is_bad_input(exc):
             raise
-        _say(f"error: {exc}")
+        _say(error_line(exc))
         return EXIT_BAD_INPUT
 
 

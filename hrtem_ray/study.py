@@ -42,6 +42,7 @@ from hrtem_ray.spec.config import (
     load_study_spec,
     parse_stored_study_spec,
     parse_study_spec,
+    read_spec_file,
 )
 from hrtem_ray.spec.dataset import check_resources
 from hrtem_ray.spec.study import StudySpec
@@ -207,10 +208,8 @@ class Study:
         ``<storage>/data`` is); the grids are dropped, so a file holding nothing but a
         ``dataset`` section works too.
         """
-        import yaml
-
         dataset = load_dataset_spec(path)
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = read_spec_file(path)
         spec = {
             "dataset": dataset.model_dump(mode="json"),
             "pretrain": None,
@@ -284,10 +283,27 @@ class Study:
         return storage.join(self.study_root, "report")
 
     def dry_run(self) -> str:
-        """Trial counts and training-set sizes, without running anything."""
+        """Trial counts and training-set sizes, and, when this study simulates its dataset,
+        the dataset's images, shards, bytes on disk and driver memory
+        (:class:`hrtem_ray.spec.footprint.DatasetFootprint`), without running anything.
+
+        A dataset that cannot fit the data root's free disk or this machine's memory gets
+        one more line, ``refused here: ...`` with the numbers: ``simulate``, ``sweep`` and
+        ``run`` refuse it in their :meth:`preflight` (a dry run of a paper preset on a
+        laptop still shows its counts).
+        """
+        from hrtem_ray.spec.base import SpecError
+        from hrtem_ray.spec.footprint import check_dataset_footprint, dataset_footprint
         from hrtem_ray.sweep.trials import dry_run
 
-        return dry_run(self.spec)
+        lines = [dry_run(self.spec)]
+        if self._data is None and not self.spec.dataset.path:
+            lines.append(dataset_footprint(self.spec.dataset).line())
+            try:
+                check_dataset_footprint(self.spec.dataset, self.dataset_root)
+            except SpecError as refusal:
+                lines.append(f"refused here (simulate, sweep and run check it first): {refusal}")
+        return "\n".join(lines)
 
     def check_dataset(self) -> None:
         """Refuse a data root that holds another spec's dataset, before Ray starts.
@@ -301,21 +317,44 @@ class Study:
 
         check_dataset_root(self.spec.dataset, self.dataset_root)
 
-    def preflight(self, address: str | None = None, *, simulate: bool | None = None) -> None:
+    def preflight(
+        self,
+        address: str | None = None,
+        *,
+        simulate: bool | None = None,
+        trials: bool = False,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
+    ) -> None:
         """The checks that run before Ray starts and before anything is written.
 
-        The data root must hold this spec's dataset or none (:meth:`check_dataset`), its
-        imported domains (``domains.imported``) must be there, with masks where a role uses
-        them (:func:`hrtem_ray.dataset.micrographs.check_spec_imports`), and,
-        when this study simulates (default: it has no ``dataset.path``), every particle shape
-        must be buildable and fit the cell
-        (:func:`hrtem_ray.physics.particles.check_particle_shapes`) and, on a private local
-        cluster, one simulation worker must fit in this machine's memory.
+        The storage must be reachable (:func:`hrtem_ray.store.storage.check_reachable`:
+        an ``s3://`` root with no credentials or an unreachable endpoint is refused with
+        the reason), the data root must hold this spec's dataset or none
+        (:meth:`check_dataset`), its imported domains (``domains.imported``) must be
+        there, with masks where a role uses them
+        (:func:`hrtem_ray.dataset.micrographs.check_spec_imports`). When this study
+        simulates (default: it has no ``dataset.path``) every particle shape must be
+        buildable and fit the cell
+        (:func:`hrtem_ray.physics.particles.check_particle_shapes`), the dataset must fit
+        the data root's free disk and the driver's memory
+        (:func:`hrtem_ray.spec.footprint.check_dataset_footprint`) and, on a private local
+        cluster, one simulation worker this machine's memory. With ``trials`` (a sweep) on
+        a private local cluster, one trial's ``resources`` must fit the cluster
+        (:func:`hrtem_ray.spec.footprint.check_local_trial_resources`, ``num_cpus`` and
+        ``num_gpus`` as given to the cluster).
 
         Raises
         ------
-        hrtem_ray.dataset.manifest.DatasetError, hrtem_ray.spec.base.SpecError, hrtem_ray.dataset.micrograph_files.MicrographError
+        hrtem_ray.store.storage.StorageError, hrtem_ray.dataset.manifest.DatasetError, hrtem_ray.spec.base.SpecError, hrtem_ray.dataset.micrograph_files.MicrographError
         """
+        from hrtem_ray.spec.footprint import check_dataset_footprint, check_local_trial_resources
+
+        for root in dict.fromkeys([self.study_root, self.dataset_root]):
+            storage.check_reachable(root)
+        local = address in (None, "local")
+        if trials and local:
+            check_local_trial_resources(self.spec, num_cpus=num_cpus, num_gpus=num_gpus)
         self.check_dataset()
         if self.spec.domains.imported:  # imported domains present, with masks and enough tiles
             from hrtem_ray.dataset.micrographs import check_spec_imports
@@ -328,7 +367,9 @@ class Study:
                 from hrtem_ray.physics.particles import check_particle_shapes
 
                 check_particle_shapes(self.spec.dataset)
-            _check_local_memory(self.spec, address)
+            check_dataset_footprint(self.spec.dataset, self.dataset_root)
+            if local:
+                check_resources(self.spec)
 
     def simulate(
         self,
@@ -371,7 +412,9 @@ class Study:
         # The study root's lock (and the data root's, when this sweep writes the
         # dataset) is held for the whole sweep, taken before Ray starts.
         roots = [self.study_root, self.dataset_root] if simulate else [self.study_root]
-        self.preflight(address, simulate=simulate)
+        self.preflight(
+            address, simulate=simulate, trials=True, num_cpus=num_cpus, num_gpus=num_gpus
+        )
         with (
             _locked_roots(roots, f"hrtem-ray sweep ({self.spec.name})"),
             ray_session(
@@ -478,21 +521,6 @@ class Study:
             return self.results()
 
 
-def _check_local_memory(spec: StudySpec, address: str | None) -> None:
-    """On a private local cluster, refuse a simulation worker larger than this machine.
-
-    A joined cluster's workers run on other machines, whose memory the driver does not
-    know before Ray starts; Ray's own memory monitor guards them.
-
-    Raises
-    ------
-    hrtem_ray.spec.base.SpecError
-        With the estimate, the machine's memory and the fields that set it.
-    """
-    if address in (None, "local"):
-        check_resources(spec)
-
-
 @contextmanager
 def _locked_roots(roots: list[str], command: str) -> Iterator[None]:
     """Check that each root is writable, then hold its study lock (in order).
@@ -574,6 +602,10 @@ def locate_results(
         if not glob.glob(raw, recursive=True):
             raise ReportError(f"no results yet: nothing matches {raw}")
         return ResultsLocation(raw, data_dir, source=raw)
+    try:
+        storage.check_reachable(raw)
+    except storage.StorageError as error:  # no credentials, endpoint unreachable, no bucket
+        raise ReportError(str(error)) from None
     try:
         present = storage.exists(raw)
     except (OSError, ValueError) as error:

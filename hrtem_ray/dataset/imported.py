@@ -76,7 +76,8 @@ def tile_grid(spec: DatasetSpec) -> dict[str, float | int]:
     """What imported tiles depend on: the dataset's output pixel size and image size.
 
     >>> from hrtem_ray.spec.config import parse_dataset_spec
-    >>> spec = parse_dataset_spec({"defocus_nm": [0], "structures": {"cell_angstrom": 25.6},
+    >>> structures = {"cell_angstrom": 25.6, "radius_angstrom": [5, 7], "n_particles": [1, 2]}
+    >>> spec = parse_dataset_spec({"defocus_nm": [0], "structures": structures,
     ...     "simulation": {"output_sampling_angstrom": 0.4}}, source="doctest")
     >>> tile_grid(spec)
     {'pixel_size_angstrom': 0.4, 'tile_px': 64}

@@ -59,6 +59,7 @@ from hrtem_ray.dataset.micrograph_metadata import (
 from hrtem_ray.store.digest import sha256_file
 
 __all__ = [
+    "BYTES_PER_READ_PIXEL",
     "FORMATS",
     "IMAGE_PLUGINS",
     "MASK_FORMATS",
@@ -68,6 +69,7 @@ __all__ = [
     "MicrographError",
     "MicrographWarning",
     "Unit",
+    "check_image_size",
     "check_upsampling",
     "duplicate_messages",
     "imaging_mode",
@@ -148,6 +150,11 @@ FORMATS: dict[str, tuple[str, ...]] = _formats()
 
 #: Mask files: PNG, TIFF or NPY (see :func:`mask_fractions` for their values).
 MASK_FORMATS = (".png", ".tif", ".tiff", ".npy")
+
+
+#: Bytes per pixel beside the stored ones while a file is read: the float64 copy and the
+#: float32 image of :func:`_grey` (12), so reading needs ``pixels x (itemsize + 12)``.
+BYTES_PER_READ_PIXEL = 12
 
 
 class MicrographError(ValueError):
@@ -443,6 +450,74 @@ def _imaging_warning(path: Path, imaging: Imaging) -> str | None:
     return None
 
 
+def _header_shape(path: Path, reader: str) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype a TIFF (first series) or NPY header declares; None for other
+    formats or a header that cannot be parsed (the reader then says why)."""
+    try:
+        if reader == "numpy":
+            with path.open("rb") as stream:
+                version = np.lib.format.read_magic(stream)
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }[version]
+                shape, _, dtype = read_header(stream)
+            return tuple(shape), np.dtype(dtype)
+        if reader == "tiff":
+            import logging
+
+            import tifffile
+
+            quiet = logging.getLogger("tifffile")  # a damaged header is the reader's to report
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                with tifffile.TiffFile(path) as tif:
+                    series = tif.series[0]
+                    return tuple(series.shape), np.dtype(series.dtype)
+            finally:
+                quiet.setLevel(level)
+    except Exception:
+        return None
+    return None
+
+
+def check_image_size(path: str | Path, memory_bytes: int | None = None) -> None:
+    """Refuse a file whose header declares an image this machine cannot hold, before reading it.
+
+    The shape and dtype of a TIFF (tifffile's first series) or NPY (its header) are read
+    without the data, and ``pixels x (itemsize + BYTES_PER_READ_PIXEL)`` is compared with
+    ``memory_bytes`` (default: the memory available now,
+    :func:`hrtem_ray.spec.footprint.available_memory_bytes`). Other formats are not
+    checked here.
+
+    Raises
+    ------
+    MicrographError
+        Naming the file, the declared shape and dtype, the bytes needed and available.
+    """
+    path = Path(path)
+    declared = _header_shape(path, FORMATS.get(path.suffix.lower(), ("",))[0])
+    if declared is None:
+        return
+    shape, dtype = declared
+    pixels = math.prod(shape)
+    needed = pixels * (dtype.itemsize + BYTES_PER_READ_PIXEL)
+    if memory_bytes is None:
+        from hrtem_ray.spec.footprint import available_memory_bytes
+
+        memory_bytes = available_memory_bytes()
+    if needed > memory_bytes:
+        from hrtem_ray.spec.footprint import format_bytes
+
+        size = " x ".join(str(n) for n in shape)
+        raise MicrographError(
+            f"{path}: its header declares {size} px of {dtype} ({pixels:,} pixels); reading "
+            f"it needs about {format_bytes(needed)}, more than the {format_bytes(memory_bytes)} "
+            "of memory available; crop or bin the image first"
+        )
+
+
 def read_micrograph(path: str | Path, pixel_size_angstrom: float | None = None) -> Micrograph:
     """Read one micrograph and its pixel size.
 
@@ -471,6 +546,7 @@ def read_micrograph(path: str | Path, pixel_size_angstrom: float | None = None) 
     modules = micrograph_format(path)
     if not path.exists():
         raise MicrographError(f"{path}: no such file")
+    check_image_size(path)
     try:
         read = _read_file(path, modules)
         image = _grey(read.data)
@@ -635,6 +711,7 @@ def read_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """
     path = Path(path)
     modules = micrograph_format(path, MASK_FORMATS)
+    check_image_size(path)
     try:
         data = _channels(_read_file(path, modules).data)
     except Exception as exc:

@@ -57,6 +57,7 @@ from hrtem_ray.dataset.micrograph_files import (
     Micrograph,
     MicrographError,
     MicrographWarning,
+    check_image_size,
     check_upsampling,
     duplicate_messages,
     micrograph_format,
@@ -350,6 +351,8 @@ def _check_import_inputs(
             seen[path.name] = path
     for path in files:
         micrograph_format(path)
+        if path.is_file():  # a header declaring more pixels than memory holds: refused here,
+            check_image_size(path)  # before the dataset's lock is taken
     if masks is not None:
         if len(masks) != len(files):
             raise MicrographError(

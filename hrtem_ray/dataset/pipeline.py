@@ -111,10 +111,44 @@ class SimulationSummary:
     seconds: float
     structures_from_store: int = 0
     structures_simulated: int = 0
+    particles_drawn: int = 0
+    particles_placed: int = 0
+    structures_short: int = 0
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+    def placement_warning(self, spec: DatasetSpec) -> str | None:
+        """A line when simulated structures hold fewer particles than drawn, else ``None``.
+
+        :func:`~hrtem_ray.physics.structures.random_structure` drops a drawn particle that
+        finds no free spot; a spec whose count can never fit is refused when it is read
+        (:func:`~hrtem_ray.spec.types.max_particles_fit`), this says how many fewer the
+        random placement managed.
+        """
+        if not self.structures_short:
+            return None
+        params = spec.structures
+        return (
+            f"dataset.structures.n_particles {list(params.n_particles)}: "
+            f"{self.structures_short} of {self.structures_simulated} structures simulated hold "
+            f"fewer particles than drawn ({self.particles_placed} of {self.particles_drawn} "
+            f"particles placed): no free spot in max_placement_attempts "
+            f"({params.max_placement_attempts}) tries; a larger cell_angstrom, fewer "
+            "n_particles, a smaller radius_angstrom or min_separation_angstrom places them all"
+        )
+
+
+#: The counts of a shard record (:func:`simulate_and_write`) that a summary adds up.
+SUMMED_COUNTS = (
+    "images",
+    "structures_from_store",
+    "structures_simulated",
+    "particles_drawn",
+    "particles_placed",
+    "structures_short",
+)
 
 
 def structure_seed(dataset_seed: int, group: str, split: str, index: int) -> int:
@@ -192,8 +226,9 @@ def _tensor_column(arrays: np.ndarray) -> pa.Array:
 
 def unit_waves(
     spec: DatasetSpec, root: str, unit: SimulationUnit
-) -> tuple[list[StoredStructure], bool]:
-    """The exit waves of a unit's structures and whether they came from the store.
+) -> tuple[list[StoredStructure], bool, list[tuple[int, int]]]:
+    """The exit waves of a unit's structures, whether they came from the store, and the
+    particles ``(drawn, placed)`` of each structure simulated (none from the store).
 
     Reads the unit's wave shard when it is complete and holds the output band;
     otherwise runs the multislice (and stores the waves if ``keep_exit_waves``).
@@ -202,17 +237,19 @@ def unit_waves(
     stored = read_waves(root, unit.waves_key, unit.waves_hash, list(indices))
     n_out = output_gpts(unit.structures.cell_angstrom, spec.simulation)
     if stored is not None and all(s.waves.full_spectra.shape[-1] >= n_out for s in stored):
-        return stored, True
-    structures = []
+        return stored, True, []
+    structures, particles = [], []
     for index in indices:
         seed = structure_seed(spec.seed, unit.group, unit.split, index)
-        waves = structure_waves(random_structure(unit.structures, seed), spec.simulation, seed)
+        structure = random_structure(unit.structures, seed)
+        particles.append((structure.n_particles_drawn, structure.n_particles))
+        waves = structure_waves(structure, spec.simulation, seed)
         structures.append(
             StoredStructure(index, seed, with_calibrated_zero(waves, spec.simulation))
         )
     if spec.keep_exit_waves:
         write_waves(root, unit.waves_key, unit.waves_hash, structures)
-    return structures, False
+    return structures, False, particles
 
 
 def image_unit(
@@ -269,11 +306,13 @@ def simulate_and_write(spec: DatasetSpec, root: str, unit: SimulationUnit) -> di
     """Simulate (or read the stored waves of) one unit and write its domains' shards.
 
     Returns a small record for progress reporting: ``structures_from_store`` and
-    ``structures_simulated`` say where its exit waves came from.
+    ``structures_simulated`` say where its exit waves came from; ``particles_drawn``,
+    ``particles_placed`` and ``structures_short`` count the particles of the structures
+    simulated (see :meth:`SimulationSummary.placement_warning`).
     """
     start = time.perf_counter()
     started_at = time.time()
-    structures, from_store = unit_waves(spec, root, unit)
+    structures, from_store, particles = unit_waves(spec, root, unit)
     tables = image_unit(spec, unit, structures) if unit.shards else {}
     n_images = 0
     for shard in unit.shards:
@@ -287,6 +326,9 @@ def simulate_and_write(spec: DatasetSpec, root: str, unit: SimulationUnit) -> di
         "images": n_images,
         "structures_from_store": n_structures if from_store else 0,
         "structures_simulated": 0 if from_store else n_structures,
+        "particles_drawn": sum(drawn for drawn, _ in particles),
+        "particles_placed": sum(placed for _, placed in particles),
+        "structures_short": sum(placed < drawn for drawn, placed in particles),
         "seconds": time.perf_counter() - start,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "pid": os.getpid(),
@@ -302,8 +344,12 @@ def _simulate_batch(
     return {name: [r[name] for r in records] for name in records[0]}
 
 
-def _log_sources(summary: SimulationSummary) -> None:
-    """Say where the exit waves came from (the ``hrtem_ray`` logger, shown by the CLI)."""
+def _log_sources(summary: SimulationSummary, spec: DatasetSpec) -> None:
+    """Say where the exit waves came from (the ``hrtem_ray`` logger, shown by the CLI), and
+    warn about structures that placed fewer particles than drawn."""
+    warning = summary.placement_warning(spec)
+    if warning is not None:
+        logger.warning(warning)
     logger.info(
         "%s: %d structures from the exit-wave store, %d simulated (multislice); "
         "%d images in %d new shards",
@@ -372,7 +418,7 @@ def simulate_dataset(
     tasks, todo = shards_to_simulate(spec, root)
     units = units_to_run(spec, root, tasks, todo)
     start = time.perf_counter()
-    totals = {"images": 0, "structures_from_store": 0, "structures_simulated": 0}
+    totals = dict.fromkeys(SUMMED_COUNTS, 0)
     if units:
         # Plan the FFTs once here so that every worker on this node loads the same wisdom.
         for cell in sorted({g.structures.cell_angstrom for g in spec.groups()}):
@@ -397,7 +443,7 @@ def simulate_dataset(
         seconds=time.perf_counter() - start,
         **totals,
     )
-    _log_sources(summary)
+    _log_sources(summary, spec)
     return summary
 
 
@@ -424,13 +470,11 @@ def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSu
         simulate_and_write(spec, root, unit) for unit in units_to_run(spec, root, tasks, todo)
     ]
     summary = SimulationSummary(
-        root,
-        sum(r["images"] for r in records),
-        len(tasks),
-        len(todo),
-        time.perf_counter() - start,
-        sum(r["structures_from_store"] for r in records),
-        sum(r["structures_simulated"] for r in records),
+        root=root,
+        shards=len(tasks),
+        shards_written=len(todo),
+        seconds=time.perf_counter() - start,
+        **{name: sum(int(r[name]) for r in records) for name in SUMMED_COUNTS},
     )
-    _log_sources(summary)
+    _log_sources(summary, spec)
     return summary

@@ -91,6 +91,9 @@ class Structure:
     twin_planes : tuple
         Per particle, ``(normal, distance)`` of each twin plane in cell coordinates
         relative to its centre (see :class:`hrtem_ray.physics.particles.Particle`).
+    n_particles_drawn : int
+        Number of particles drawn from ``StructureParams.n_particles``; more than
+        ``n_particles`` when some found no free spot.
     """
 
     atoms: Atoms
@@ -104,6 +107,7 @@ class Structure:
     twins: tuple[int, ...] = ()
     particle_bounding_radii_angstrom: np.ndarray | None = None
     twin_planes: tuple = ()
+    n_particles_drawn: int = 0
 
     @property
     def cell_height_angstrom(self) -> float:
@@ -188,7 +192,7 @@ def amorphous_carbon_positions(
 
 def _place_particles(
     params: StructureParams, rng: np.random.Generator, bounding: Callable[[float], float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Radii and in-plane centres of non-overlapping particles resting on one plane.
 
     Particles are tried one at a time (count and radii drawn first); a particle that
@@ -205,6 +209,8 @@ def _place_particles(
         ``(n,)`` bounding radii.
     centers_xy : np.ndarray
         ``(n, 2)`` in-plane centres; bounding spheres lie fully inside the cell.
+    n_drawn : int
+        The number of particles drawn (``n`` or more).
     """
     n_drawn = int(rng.integers(params.n_particles[0], params.n_particles[1] + 1))
     radii_drawn = rng.uniform(*params.radius_angstrom, size=n_drawn)
@@ -232,7 +238,7 @@ def _place_particles(
             radii.append(float(radius))
             bounds.append(float(bound))
             centers.append(trials[np.argmax(free)])
-    return np.array(radii), np.array(bounds), np.array(centers).reshape(-1, 2)
+    return np.array(radii), np.array(bounds), np.array(centers).reshape(-1, 2), n_drawn
 
 
 def random_structure(params: StructureParams, seed: int) -> Structure:
@@ -246,6 +252,10 @@ def random_structure(params: StructureParams, seed: int) -> Structure:
     defects, its offset in the crystal and its orientation. A particle that is not a
     sphere is lowered onto the substrate (its lowest atom ``particle_gap_angstrom``
     above it).
+    A drawn particle that finds no free spot in ``max_placement_attempts`` tries is left
+    out: ``n_particles`` is then below ``n_particles_drawn`` (a count that can never fit
+    is refused by :class:`~hrtem_ray.spec.types.StructureParams`; the simulation warns
+    about structures that placed fewer than drawn).
 
     Parameters
     ----------
@@ -261,7 +271,7 @@ def random_structure(params: StructureParams, seed: int) -> Structure:
     layout_rng = np.random.default_rng([seed, _STREAM_LAYOUT])
     thickness = float(layout_rng.uniform(*params.substrate_thickness_angstrom))
     material = params.lattices[int(layout_rng.integers(len(params.lattices)))]
-    radii, bounds, centers_xy = _place_particles(
+    radii, bounds, centers_xy, n_drawn = _place_particles(
         params, layout_rng, lambda r: bounding_radius_angstrom(material, r, params)
     )
 
@@ -312,4 +322,5 @@ def random_structure(params: StructureParams, seed: int) -> Structure:
         twins=tuple(twins),
         particle_bounding_radii_angstrom=bounds,
         twin_planes=tuple(planes),
+        n_particles_drawn=n_drawn,
     )

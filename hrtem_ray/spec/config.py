@@ -14,12 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from hrtem_ray.spec.base import SpecError
+from hrtem_ray.spec.base import SpecError, clip_text, echo
 from hrtem_ray.spec.dataset import DatasetSpec, current_dataset_keys
 from hrtem_ray.spec.study import StudySpec
+from hrtem_ray.spec.yaml_files import load_yaml_file
+
+#: Most fields listed by one spec error (the others are counted), and the longest line.
+MAX_ERROR_FIELDS = 20
+MAX_ERROR_LINE_CHARS = 300
 
 
 def _is_union_tag(part: str) -> bool:
@@ -46,21 +50,28 @@ def _format_errors(source: str, error: ValidationError, prefix: str = "") -> str
         loc = ".".join(p for p in (prefix, loc) if p)
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, Mapping) or got is None else f" (got {got!r})"
+        shown = "" if isinstance(got, Mapping) or got is None else f" (got {echo(got)})"
         # whole-section checks name their fields in the message itself
         named = not loc or loc == prefix or msg.startswith(f"{loc}.")
-        lines.append(f"  {msg}" if named else f"  {loc}: {msg}{shown}")
+        line = f"  {msg}" if named else f"  {loc}: {msg}{shown}"
+        lines.append(clip_text(line, MAX_ERROR_LINE_CHARS))
+    if len(lines) > MAX_ERROR_FIELDS + 1:
+        more = len(lines) - 1 - MAX_ERROR_FIELDS
+        lines = [*lines[: MAX_ERROR_FIELDS + 1], f"  ... and {more:,} more"]
     return "\n".join(lines)
 
 
-def _read_yaml(path: str | Path) -> dict:
+def read_spec_file(path: str | Path) -> dict:
+    """The mapping of sections of a study spec file, read strictly
+    (:func:`hrtem_ray.spec.yaml_files.load_yaml_file`: no duplicate keys, no alias bombs).
+
+    Raises
+    ------
+    SpecError
+        Missing file, invalid YAML, a duplicate key, an alias bomb, or not a mapping.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"study spec not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"study spec {path} is not valid YAML: {exc}") from exc
+    raw = load_yaml_file(path)
     if not isinstance(raw, dict):
         raise SpecError(
             f"study spec {path} must be a mapping of sections, got {type(raw).__name__}"
@@ -111,7 +122,7 @@ def parse_stored_study_spec(raw: Mapping[str, Any], source: str = "<dict>") -> S
 
 def load_dataset_spec(path: str | Path) -> DatasetSpec:
     """Read only the ``dataset`` section of a study YAML file."""
-    raw = _read_yaml(path)
+    raw = read_spec_file(path)
     if "dataset" not in raw:
         raise SpecError(f"invalid study spec {path}:\n  dataset: section is required")
     return parse_dataset_spec(
@@ -122,5 +133,5 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
 def load_study_spec(path: str | Path) -> StudySpec:
     """Read and validate a whole study YAML file."""
     return parse_study_spec(
-        _read_yaml(path), source=str(path), base_dir=Path(path).resolve().parent
+        read_spec_file(path), source=str(path), base_dir=Path(path).resolve().parent
     )

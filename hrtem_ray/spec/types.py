@@ -72,6 +72,7 @@ __all__ = [
     "WORKER_BASE_MIB",
     "WURTZITE_U",
     "estimate_worker_memory_bytes",
+    "max_particles_fit",
     "multislice_gpts",
     "output_gpts",
     "shape_problem",
@@ -125,6 +126,40 @@ STRUCTURE_FIELDS_OMITTED_AT: dict[str, Any] = {
     "max_fcc_stacking_faults": 0,
     "stoichiometry": "auto",
 }
+
+
+def max_particles_fit(
+    cell_angstrom: float, radius_angstrom: float, min_separation_angstrom: float
+) -> int:
+    """Most particles of radius ``radius_angstrom`` or more that can ever fit in the cell.
+
+    Particles lie inside the ``cell_angstrom`` square (centres in a square of side
+    ``cell_angstrom - 2 radius``), rest on one plane, and keep ``min_separation_angstrom``
+    surface to surface, so any two centres are at least ``d = 2 radius +
+    min_separation_angstrom`` apart in the plane (also for unequal radii, each at least
+    ``radius``). Oler's inequality (1961) bounds the number of points ``d`` apart in a
+    convex region of area ``A`` and perimeter ``P``: ``N <= 2 / sqrt(3) A / d^2 + P / (2 d)
+    + 1``. The bound is reached only by a perfect hexagonal packing; random placement
+    (:func:`hrtem_ray.physics.structures.random_structure`) stalls well below it.
+
+    Parameters
+    ----------
+    cell_angstrom
+        Side of the square cell.
+    radius_angstrom
+        The smallest particle radius.
+    min_separation_angstrom
+        Smallest surface-to-surface distance.
+
+    Returns
+    -------
+    int
+        The bound, at least 1 (one particle always fits when ``2 radius <= cell``).
+    """
+    side = max(cell_angstrom - 2 * radius_angstrom, 0.0) / (
+        2 * radius_angstrom + min_separation_angstrom
+    )
+    return max(1, int(np.floor(2 / np.sqrt(3) * side**2 + 2 * side + 1 + 1e-9)))
 
 
 class StructureParams(BaseModel):
@@ -245,8 +280,8 @@ class StructureParams(BaseModel):
     @model_validator(mode="after")
     def _particles_fit(self) -> StructureParams:
         factor = SHAPE_CIRCUMRADIUS_FACTOR[self.shape]
+        shown = "" if factor == 1 else f" (a {self.shape} reaches {factor:.2f} x radius)"
         if 2 * factor * self.radius_angstrom[1] >= self.cell_angstrom:
-            shown = "" if factor == 1 else f" (a {self.shape} reaches {factor:.2f} x radius)"
             raise ValueError(
                 f"radius_angstrom {self.radius_angstrom} does not fit in cell_angstrom "
                 f"{self.cell_angstrom}{shown}"
@@ -262,6 +297,18 @@ class StructureParams(BaseModel):
                     f"surface_energies: shape wulff needs surface energies for {missing} "
                     "(no default for them), e.g. surface_energies: {'111': 1.0, '100': 1.15}"
                 )
+        low, high = self.n_particles
+        most = max_particles_fit(
+            self.cell_angstrom, factor * self.radius_angstrom[0], self.min_separation_angstrom
+        )
+        if high > most:
+            raise ValueError(
+                f"n_particles {[low, high]} can never fit: at most {most} particles of radius "
+                f">= {self.radius_angstrom[0]:g} A{shown}, {self.min_separation_angstrom:g} A apart "
+                f"(min_separation_angstrom), fit in a cell of {self.cell_angstrom:g} A "
+                f"(cell_angstrom); allowed: n_particles up to {most}, or a larger "
+                "cell_angstrom, smaller radius_angstrom or min_separation_angstrom"
+            )
         return self
 
     @model_serializer(mode="wrap")

@@ -488,9 +488,11 @@ def main_from_cli(args: argparse.Namespace) -> int:
     int
         0: healthy, or every problem repaired (``--repair``); :data:`EXIT_PROBLEMS` (4):
         problems found (without ``--repair``) or a repair failed; 2: ``OUT`` does not
-        exist, is not a study directory, or the spec is invalid.
+        exist, is not a study directory, or the spec is invalid (an unreachable ``s3://``
+        ``OUT`` raises :class:`~hrtem_ray.store.storage.StorageError`, exit 2 too).
     """
     root = args.out if "://" in args.out else os.path.abspath(os.path.expanduser(args.out))
+    storage.check_reachable(root)  # StorageError (exit 2): no credentials, unreachable S3
     if not storage.exists(root):
         print(f"error: {root} does not exist", file=sys.stderr)
         return EXIT_BAD_INPUT

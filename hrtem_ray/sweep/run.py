@@ -195,7 +195,12 @@ def run_sweep(
     if not todo:
         log.info(f"all {len(plan.all())} trials already done in {study_root}")
         return report
+    from hrtem_ray.cluster.runtime import wait_for_node
+
     resources = trial_resources(spec)
+    waited = wait_for_node(resources["cpu"], resources["gpu"])
+    if waited >= 1:
+        log.info(f"a node for one trial is there after {waited:.0f} s")
     concurrency = max_concurrency(spec, resources)
     log.info(
         f"sweep {spec.name}: {len(todo)} trials to run ({report.already_done} already done), "

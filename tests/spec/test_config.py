@@ -469,8 +469,9 @@ def test_a_simulation_only_spec_may_have_any_image_size():
 
 
 def test_memory_estimate_grows_with_grid_and_phonons():
-    small = StructureParams(cell_angstrom=25.6, radius_angstrom=(5, 6))
-    large = StructureParams(cell_angstrom=51.2, radius_angstrom=(5, 6))
+    # at most 3 particles of 5 A, 10 A apart, fit in 25.6 A (the default n_particles is [1, 5])
+    small = StructureParams(cell_angstrom=25.6, radius_angstrom=(5, 6), n_particles=(1, 3))
+    large = StructureParams(cell_angstrom=51.2, radius_angstrom=(5, 6), n_particles=(1, 3))
     coarse = SimulationParams(sampling_angstrom=0.2, output_sampling_angstrom=0.4, n_phonons=2)
     fine = coarse.model_copy(update={"sampling_angstrom": 0.1})
     more = coarse.model_copy(update={"n_phonons": 8})
