@@ -254,7 +254,11 @@ def _image_power_spectrum(orientation: dict, seed: int):
     """|FFT|^2 of an HRTEM image (real multislice, 0.2 A, 128 px) of one 9 A Au particle."""
     cell = 25.6
     params = _params(
-        "Au", orientation=orientation, cell_angstrom=cell, radius_angstrom=(9, 9), n_particles=(1, 1)
+        "Au",
+        orientation=orientation,
+        cell_angstrom=cell,
+        radius_angstrom=(9, 9),
+        n_particles=(1, 1),
     )
     particle = build_particle("Au", 9.0, params, np.random.default_rng(seed))
     atoms = Atoms(
