@@ -520,7 +520,8 @@ class StudySpec(SpecModel):
         reached = [b for b in tr if len([a for a in pre if a != b]) >= 2 and b in evals]
         pairs = [(a, b) for a in pre for b in tr if a != b]
         unseen = [e for e in evals if e not in pre]
-        wide = [p for p in pairs if len(evals - {*p, IN_FOCUS}) >= 2]
+        outside = {IN_FOCUS} if self.dataset.axis == "defocus" else set()
+        wide = [p for p in pairs if len(evals - {*p, *outside}) >= 2]
         both_ways = [b for b in pre if b != IN_FOCUS and b in tr and IN_FOCUS in tr]
         return {
             "1": no_transfer

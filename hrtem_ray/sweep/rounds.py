@@ -173,10 +173,17 @@ def _seconds(table: pl.DataFrame) -> tuple[float, dict[str, float]]:
     """Training seconds of a table's models, in all and their mean per phase."""
     if "train_seconds" not in table.columns or table.is_empty():
         return 0.0, {}
-    models = table.unique("model_id").select(
-        pl.col("phase").cast(pl.String), pl.col("train_seconds").cast(pl.Float64)
+    models = (  # in a fixed order: the sums are the same in every run
+        table.with_columns(pl.col("model_id").cast(pl.String))
+        .unique("model_id")
+        .sort("model_id")
+        .select(pl.col("phase").cast(pl.String), pl.col("train_seconds").cast(pl.Float64))
     )
-    means = models.group_by("phase").agg(pl.col("train_seconds").mean()).drop_nulls()
+    means = (
+        models.group_by("phase", maintain_order=True)
+        .agg(pl.col("train_seconds").mean())
+        .drop_nulls()
+    )
     total = models.get_column("train_seconds").fill_null(0.0).sum()
     return float(total), {p: float(s) for p, s in means.iter_rows()}
 
