@@ -335,7 +335,9 @@ def _decide(
     if low is None or high is None:
         why = "no interval requested (ci=None)" if ci is None else "no interval"
         return Outcome(estimate, None, None, n_models, "undecidable", f"{detail}; {why}", **keep)
-    verdict, reason = region_verdict(key, low, high, f"the {ci:.0%} interval [{low:.3g}, {high:.3g}]")
+    verdict, reason = region_verdict(
+        key, low, high, f"the {ci:.0%} interval [{low:.3g}, {high:.3g}]"
+    )
     return Outcome(estimate, low, high, n_models, verdict, f"{detail}; {reason}", **keep)
 
 
@@ -386,7 +388,11 @@ def _context(
     ]
     means = [
         config_means(
-            frame, keys, n_boot, np.random.default_rng([boot_seed, 100 + i]), data.configs,
+            frame,
+            keys,
+            n_boot,
+            np.random.default_rng([boot_seed, 100 + i]),
+            data.configs,
             unbiased,
         )  # fmt: skip
         for i, (frame, keys) in enumerate(shared)
@@ -623,7 +629,9 @@ def _shifts(ctx: _Context) -> tuple[np.ndarray, list[set[int]]]:
     return np.array(shifts), used
 
 
-def spread_verdict(shift: np.ndarray, reject: np.ndarray, test: str) -> tuple[float, float, str, str]:
+def spread_verdict(
+    shift: np.ndarray, reject: np.ndarray, test: str
+) -> tuple[float, float, str, str]:
     """Finding 4's interval, verdict and reason from each pair's change of OOD spread.
 
     ``shift``: each pair's point estimate; ``reject``: whether its change is significant;

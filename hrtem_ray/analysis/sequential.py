@@ -85,9 +85,7 @@ def t_quantile(alpha: float, df: float) -> float:
     return float(stats.t.ppf(1 - alpha / 2, max(df, 1.0)))
 
 
-def contributions(
-    draws: np.ndarray, blocks: Mapping[int, np.ndarray | None]
-) -> dict[int, float]:
+def contributions(draws: np.ndarray, blocks: Mapping[int, np.ndarray | None]) -> dict[int, float]:
     """Each configuration's share of a measure's bootstrap variance.
 
     The bootstrap resamples the configurations independently, so the measure's variance
@@ -241,13 +239,17 @@ class Look:
         return pl.DataFrame(rows, schema=schema)
 
 
-def _blocks(evaluation: Evaluation, key: str, configs: frozenset[int]) -> dict[int, np.ndarray | None]:
+def _blocks(
+    evaluation: Evaluation, key: str, configs: frozenset[int]
+) -> dict[int, np.ndarray | None]:
     """Per configuration of a finding its resampled means, where its measure regresses on them."""
     regress = key in REGRESSED
     return {c: evaluation.config_draws(c) if regress else None for c in sorted(configs)}
 
 
-def _scalar(key: str, outcome: Outcome, evaluation: Evaluation, alpha: float, counts) -> FindingLook:
+def _scalar(
+    key: str, outcome: Outcome, evaluation: Evaluation, alpha: float, counts
+) -> FindingLook:
     """A finding with one measure at a look's ``alpha``."""
     found = interval(outcome.draws, _blocks(evaluation, key, outcome.configs), counts)
     if found is None:

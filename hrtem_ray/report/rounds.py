@@ -44,7 +44,9 @@ def read_rounds(study_root: str | os.PathLike[str]) -> list[dict]:
     try:
         if not storage.exists(folder):
             return []
-        names = sorted(n for n in storage.listdir(folder) if n.rsplit("/", 1)[-1].startswith("round-"))
+        names = sorted(
+            n for n in storage.listdir(folder) if n.rsplit("/", 1)[-1].startswith("round-")
+        )
         return [storage.read_json(storage.join(folder, n.rsplit("/", 1)[-1])) for n in names]
     except (OSError, ValueError) as error:  # the report works without them
         log.warning("adaptive rounds of %s unreadable: %s", study_root, error)

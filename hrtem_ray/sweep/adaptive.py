@@ -352,7 +352,9 @@ def _reachable(narrowing: Narrowing, shares: dict[str, float], counts: Mapping[s
                     ledger.seconds, ledger.batch)  # fmt: skip
     added = dict.fromkeys(shares, 0)
     variance = narrowing.variance
-    heap = [(-_gain(s, counts[k], 0, trial.batch) / _trainings(trial, k), k) for k, s in shares.items()]
+    heap = [
+        (-_gain(s, counts[k], 0, trial.batch) / _trainings(trial, k), k) for k, s in shares.items()
+    ]
     heapq.heapify(heap)
     while heap and variance > narrowing.floor:
         score, key = heapq.heappop(heap)
@@ -456,7 +458,9 @@ def plan_additions(
         by_phase = ledger.take(key)
         if by_phase is None:
             continue
-        reasons = ", ".join(f"{f} ({g:.0%} of its variance)" for f, g in sorted(wanted[key].items()))
+        reasons = ", ".join(
+            f"{f} ({g:.0%} of its variance)" for f, g in sorted(wanted[key].items())
+        )
         additions.append(Addition(key, batch, sum(by_phase.values()), tuple(sorted(wanted[key])),
                                   f"narrows {reasons}"))  # fmt: skip
     return RoundPlan(additions, ledger.allocation, futile, projections)

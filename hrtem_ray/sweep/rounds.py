@@ -236,7 +236,9 @@ def round_record(
             decided[key] = {"verdict": row["verdict"], "round": number,
                             "ci_low": row["ci_low"], "ci_high": row["ci_high"]}  # fmt: skip
         final = decided.get(key, {}).get("verdict", "undecidable")
-        rows.append({**row, "final_verdict": final, "decided_round": decided.get(key, {}).get("round")})
+        rows.append(
+            {**row, "final_verdict": final, "decided_round": decided.get(key, {}).get("round")}
+        )
     open_findings = [k for k in settings.targets if k not in decided]
     trainings = settings.design.trainings(allocation)
     seconds, per_phase = _seconds(table)
@@ -361,7 +363,9 @@ def current_allocation(spec: StudySpec, study_root: str) -> dict[str, int]:
     records = StoredRounds(study_root).load()
     if records:
         last = records[-1]
-        return last["next_allocation"] if last["next_allocation"] is not None else last["allocation"]
+        return (
+            last["next_allocation"] if last["next_allocation"] is not None else last["allocation"]
+        )
     settings = settings_of(spec)
     return settings.design.first_allocation(settings.targets, settings.first_seeds)
 

@@ -549,9 +549,7 @@ def _pretrain_configs(spec: StudySpec, ctx: dict) -> list[Trial]:
     grid = spec.pretrain
     return [
         _pretrain_trial(domain, lr, n, grid.seeds[0], ctx)
-        for domain, lr, n in itertools.product(
-            spec.domains_for("pretrain"), grid.lr, grid.n_images
-        )
+        for domain, lr, n in itertools.product(spec.domains_for("pretrain"), grid.lr, grid.n_images)
     ]
 
 

@@ -105,7 +105,8 @@ def test_a_killed_study_resumes_to_the_same_rounds(tmp_path):
     partial = run_rounds(_settings(study), _interrupted_at(3, study), store)
     assert [r["round"] for r in partial] == [1, 2]
     assert sorted(p.name for p in (tmp_path / "adaptive").iterdir()) == [
-        "round-001.json", "round-002.json"
+        "round-001.json",
+        "round-002.json",
     ]
     resumed = run_rounds(_settings(study), study.table, store)
     assert resumed == whole
