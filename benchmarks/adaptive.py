@@ -219,10 +219,14 @@ def main() -> None:
     args = common.parser(__doc__, "40 synthetic studies, n_boot 400, no laptop part")
     args.add_argument("--parts", default="synthetic,replay,laptop",
                       help="comma-separated: synthetic, replay, laptop")  # fmt: skip
+    args.add_argument("--update", action="store_true",
+                      help="keep the other keys of an existing --out file")  # fmt: skip
     args = args.parse_args()
     parts = set(args.parts.split(","))
     n_boot = 400 if args.quick else 1000
     report: dict = {"quick": args.quick, "cpu_count": os.cpu_count()}
+    if args.update and args.out and Path(args.out).exists():
+        report = {**json.loads(Path(args.out).read_text()), **report}
     if "synthetic" in parts:
         report |= synthetic(40 if args.quick else 400, 40 if args.quick else 100, n_boot)
     if "replay" in parts:

@@ -12,12 +12,13 @@ contract is ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports
 * ``study``: the Python API (``Study``): preflight, lock, simulate, sweep, results, report;
   ``inference``: hrtem-ray predict, tiled and blended segmentation of micrographs
 * ``sweep``: planning, scheduling and running a study's trials (Ray Tune), the results table,
-  check and repair; ``report``: the HTML report, its charts, figures and CSV tables
+  check and repair, the rounds of adaptive studies and their replays; ``report``: the HTML
+  report, its charts, figures and CSV tables
 * ``dataset``: simulated Parquet shards and their readers, the exit-wave store, imported
   microscope files
 * ``physics``: nanoparticle structures (ASE) and multislice HRTEM (abTEM); ``learning``: the
   U-Net, augmentation and the training loop (plain torch); ``analysis``: the analysis contract
-  in Polars with bootstrap intervals
+  in Polars with bootstrap intervals, the findings and the sequential rule of adaptive studies
 * ``spec``: the typed, validated study spec; ``store``: storage and atomic writes, the study
   lock; ``cluster``: starting or joining Ray clusters, Slurm
 """

@@ -14,6 +14,7 @@ Layout of a study's output directory (``--out``, or ``storage`` in the spec)::
     failures/      trials that failed for good
     tune/          Ray Tune's experiment folders
     report/        the HTML report, figures and tables
+    adaptive/      an adaptive study's rounds (round-NNN.json)
     study.json     the spec of the latest sweep: the plan that results and reports follow
 
 Results and reports follow the current plan: rows of models that the spec no longer

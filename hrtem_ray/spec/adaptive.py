@@ -85,16 +85,3 @@ class AdaptiveSpec(SpecModel):
                 "the hours of the device the trials train on (resources.gpu > 0: GPU hours)"
             )
         return self
-
-    def budget_text(self) -> str:
-        """The budget in words, e.g. ``max_models 120``."""
-        parts = [
-            f"{name} {value:g}"
-            for name, value in (
-                ("max_models", self.max_models),
-                ("max_cpu_hours", self.max_cpu_hours),
-                ("max_gpu_hours", self.max_gpu_hours),
-            )
-            if value is not None
-        ]
-        return ", ".join(parts) or "none"
