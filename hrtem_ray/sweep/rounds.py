@@ -303,9 +303,11 @@ def _check_resume(records: Sequence[dict], settings: Settings) -> None:
     if not records:
         return
     stored, now = records[-1]["settings"], settings.fixed()
+    names = {"parents": "transfer.parents",
+             "configurations": "the grids (domains, pretrain, transfer, baseline)"}  # fmt: skip
     for name, value in now.items():
         if stored.get(name) != value:
-            where = f"adaptive.{name}" if name in FIXED_FIELDS else name
+            where = f"adaptive.{name}" if name in FIXED_FIELDS else names.get(name, name)
             raise SpecError(
                 f"{where}: the stored rounds (adaptive/round-*.json) were made with "
                 f"{stored.get(name)!r}, the spec now gives {value!r}; keep it as it was, or "
