@@ -283,6 +283,7 @@ def sequential_look(
     keys: Sequence[str] = FINDING_KEYS,
     n_boot: int = 1000,
     boot_seed: int | None = None,
+    alpha: float | None = None,
 ) -> Look:
     """The findings ``keys`` at look ``look`` of a sequence at family-wise ``level``.
 
@@ -300,13 +301,17 @@ def sequential_look(
         Bootstrap replicates.
     boot_seed
         Seed of the resampling; default ``look`` (a look is a function of its table).
+    alpha
+        The error rate this look spends; default :func:`look_alpha` of ``level`` and
+        ``look``. A fixed grid looks once, with ``alpha = 1 - level``
+        (:func:`single_look`).
 
     Returns
     -------
     Look
-        Verdicts at ``1 - look_alpha(level, look)`` (module docstring).
+        Verdicts at ``1 - alpha`` (module docstring).
     """
-    alpha = look_alpha(level, look)
+    alpha = look_alpha(level, look) if alpha is None else alpha
     seed = look if boot_seed is None else boot_seed
     evaluation = evaluate(table, ci=None, n_boot=n_boot, boot_seed=seed, unbiased=True)
     counts = dict(evaluation.configs.select("config", "n_models").iter_rows())
@@ -320,6 +325,17 @@ def sequential_look(
         else:
             found[key] = _scalar(key, outcome, evaluation, alpha, counts)
     return Look(look, level, alpha, found, evaluation.configs)
+
+
+def single_look(
+    table: pl.DataFrame | pl.LazyFrame,
+    level: float = 0.95,
+    keys: Sequence[str] = FINDING_KEYS,
+    n_boot: int = 1000,
+) -> Look:
+    """The findings of a fixed grid, looked at once at ``level`` with the same intervals
+    as an adaptive study's looks (the fair comparison of the two: ``benchmarks/adaptive.py``)."""
+    return sequential_look(table, 1, level, keys, n_boot, alpha=1 - level)
 
 
 @dataclass(frozen=True)

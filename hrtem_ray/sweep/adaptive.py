@@ -440,8 +440,6 @@ def plan_additions(
                                               / _trainings(ledger, k), k))  # fmt: skip
         variance = narrowing.variance
         for key in order:
-            if variance <= narrowing.required:
-                break
             gain = _gain(shares[key], counts[key], 0, batch)
             variance -= gain
             wanted.setdefault(key, {})

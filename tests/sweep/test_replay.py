@@ -53,7 +53,6 @@ def test_false_decisions_on_synthetic_nulls_stay_below_the_level():
     assert table.get_column("trainings").max() <= 300
 
 
-@pytest.mark.slow
 def test_effects_of_the_reference_studys_size_are_decided():
     """10 studies with the published effect sizes: nearly every finding is decided, and
     never the wrong way."""
@@ -65,7 +64,6 @@ def test_effects_of_the_reference_studys_size_are_decided():
     assert (first.get_column("round") == 1).mean() >= 0.8
 
 
-@pytest.mark.slow
 def test_the_replayed_published_table_decides_its_findings_with_fewer_models():
     """The 7,200 defocus models and 720 mixtures, drawn as an adaptive study's rounds: the
     published verdicts (2c disagrees, the rest agree) on fewer trainings than the table's
