@@ -3,15 +3,20 @@
 An adaptive study trains its grid's configurations in rounds. The first round trains
 ``adaptive.first_seeds`` seeds of every configuration its targeted findings need
 (:meth:`Design.needed`). After each round the findings are looked at with the
-sequential rule of :mod:`hrtem_ray.analysis.sequential`; for each finding still open,
-:func:`plan_additions` adds ``adaptive.replicate_batch`` seeds to the configurations
-that narrow its interval most per training: a configuration's share of the measure's
-variance, ``v``, shrinks to ``v * n / (n + batch)`` with ``batch`` more of its ``n``
-replicates, and the configurations are taken in order of that gain per training until
-the projected variance would let the interval clear the claim's nearest edge at the next
-look. A finding that could not get there even if the whole remaining budget went to it
-is *futile*: it gets nothing more. The round stops the study when every targeted finding
-is decided, ``adaptive.max_rounds`` is reached, or nothing more fits the budget.
+sequential rule of :mod:`hrtem_ray.analysis.sequential`. For each finding still open,
+:func:`plan_additions` measures each configuration's share of the measure's variance
+(:func:`hrtem_ray.analysis.sequential.contributions`) and adds
+``adaptive.replicate_batch`` seeds to every configuration carrying more than
+:data:`NEGLIGIBLE_SHARE` of it (a share ``v`` of ``n`` replicates shrinks to
+``v * n / (n + batch)``); when the budget cannot pay for all of them, those that narrow
+an interval most per training go first. The amount added does not depend on how far the
+estimate sits from the claim's edge: adding less once an estimate is nearly decided, as
+a first version did, made the next look call findings falsely on the synthetic nulls of
+``benchmarks/adaptive.py`` (most false decisions came at round 2). The edge enters only
+through *futility*: a finding that could not be decided even if the whole remaining
+budget went to it, with the most optimistic quantile, gets nothing more; dropping a
+finding can only remove false decisions. The rounds stop when every targeted finding is
+decided, ``adaptive.max_rounds`` is reached, or nothing more fits the budget.
 
 Replicates are configurations' seeds (:func:`hrtem_ray.sweep.trials.plan_replicates`):
 added transfer replicates reuse the existing parents where the protocol shares them
