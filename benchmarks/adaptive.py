@@ -214,7 +214,6 @@ def laptop(tmp: Path, n_boot: int) -> dict:
     from hrtem_ray.analysis import load_results
     from hrtem_ray.analysis.sequential import single_look
     from hrtem_ray.spec.config import load_study_spec
-    from hrtem_ray.sweep.rounds import design_of
 
     raw = yaml.safe_load(common.LAPTOP_SPEC.read_text())
     data = tmp / "data"
@@ -249,9 +248,9 @@ def laptop(tmp: Path, n_boot: int) -> dict:
     last = rounds[-1]
     adaptive = {k: v["verdict"] for k, v in last["decided"].items()}
     # every applicable finding, the fixed grid's budget, replayed on the fixed grid's models
-    spec = load_study_spec(fixed_spec)
-    everything = replay(design_of(spec), TableSource(table), applicable, budget=Budget(n_fixed),
-                        n_boot=n_boot, **ROUNDS)[-1]  # fmt: skip
+    design = Design.from_table(table, "shared")  # at most its 3 seeds a configuration
+    everything = replay(design, TableSource(table), applicable, budget=Budget(n_fixed),
+                        n_boot=n_boot, **{**ROUNDS, "batch": 1})[-1]  # fmt: skip
     return report | {
         "trainings_adaptive": last["trainings"],
         "trainings_ratio_fixed_vs_adaptive": n_fixed / last["trainings"],

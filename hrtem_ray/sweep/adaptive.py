@@ -117,8 +117,8 @@ class Design:
 
     @classmethod
     def from_table(cls, table: pl.DataFrame, parents: str = "per_model") -> Design:
-        """The design of a results table's models (a replayed published table), each
-        transfer and mixture configuration limited to the models the table holds."""
+        """The design of a results table's models (a replayed table), each configuration
+        limited to the models the table holds."""
         columns = ["phase", "pretrain_domain", "transfer_domain", "pretrain_lr",
                    "transfer_lr", "n_pretrain", "n_transfer", "freeze"]  # fmt: skip
         models = table.select("model_id", *columns).unique("model_id")
@@ -127,14 +127,13 @@ class Design:
         for row in rows.iter_rows(named=True):
             config = _config(row)
             configs[config.key] = config
-            if config.phase != "pretrain":
-                capacity[config.key] = int(row["len"])
+            capacity[config.key] = int(row["len"])
         return cls(_ordered(configs), parents, 1, capacity)
 
     def room(self, allocation: Mapping[str, int], key: str, batch: int) -> bool:
         """Whether ``batch`` more replicates of ``key`` stay within its capacity."""
         limit = self.capacity.get(key)
-        return limit is None or allocation.get(key, 0) + batch <= limit
+        return limit is None or self.replicates(allocation, key) + batch <= limit
 
     def replicates(self, allocation: Mapping[str, int], key: str) -> int:
         """Models of configuration ``key`` under ``allocation`` (a pretrain configuration's
@@ -382,12 +381,15 @@ def _trainings(ledger: _Ledger, key: str) -> int:
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """What a round adds: the additions, the allocation after them, futile findings."""
+    """What a round adds: the additions, the allocation after them, futile findings, and
+    whether every wanted addition had run out of replicates (``exhausted``: a replayed
+    table holds no more) rather than out of budget."""
 
     additions: list[Addition]
     allocation: dict[str, int]
     futile: dict[str, str]
     projections: dict[str, str]
+    exhausted: bool = False
 
 
 def plan_additions(
@@ -456,8 +458,9 @@ def plan_additions(
             f"{math.sqrt(narrowing.required):.3g} (next look at {1 - next_alpha:.2%})"
         )
     ranked = sorted(wanted, key=lambda k: (-max(wanted[k].values()) / _trainings(ledger, k), k))
-    additions = []
+    additions, full = [], 0
     for key in ranked:
+        full += not design.room(ledger.allocation, key, batch)
         by_phase = ledger.take(key)
         if by_phase is None:
             continue
@@ -466,7 +469,8 @@ def plan_additions(
         )
         additions.append(Addition(key, batch, sum(by_phase.values()), tuple(sorted(wanted[key])),
                                   f"narrows {reasons}"))  # fmt: skip
-    return RoundPlan(additions, ledger.allocation, futile, projections)
+    exhausted = bool(ranked) and full == len(ranked)
+    return RoundPlan(additions, ledger.allocation, futile, projections, exhausted)
 
 
 def _futile_reason(narrowing: Narrowing) -> str:

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Stop reasons a resumed study looks at again (a raised budget may carry it on).
 RESUMABLE_STOPS = ("budget spent", "max_rounds reached", "every open finding is futile")
+#: Every reason the rounds stop (the last one only where replicates are limited: replays).
+STOPS = ("every targeted finding decided", *RESUMABLE_STOPS, "no replicates left")
 #: The ``adaptive`` fields the stored rounds were made with, which a resume must keep.
 FIXED_FIELDS = ("findings", "replicate_batch", "first_seeds", "level", "n_boot")
 
@@ -258,7 +260,13 @@ def round_record(
         )  # fmt: skip
         if not plan.additions:
             every = plan.futile and set(plan.futile) == set(open_findings)
-            stop = "every open finding is futile" if every else "budget spent"
+            stop = (
+                "every open finding is futile"
+                if every
+                else "no replicates left"
+                if plan.exhausted
+                else "budget spent"
+            )
     return {
         "round": number,
         "level": settings.level,
