@@ -303,7 +303,8 @@ def progress_line(record: dict, settings: Settings) -> str:
         return f"{line}; stopped: {record['stop']}"
     added = record["added"]
     extra = sum(a["trainings"] for a in added)
-    return f"{line}; next round adds {extra} trainings to {len(added)} configurations"
+    configs = "configuration" if len(added) == 1 else "configurations"
+    return f"{line}; next round adds {extra} trainings to {len(added)} {configs}"
 
 
 def _check_resume(records: Sequence[dict], settings: Settings) -> None:
@@ -455,6 +456,7 @@ def run_adaptive(spec: StudySpec, *, study_root: str, dataset_root: str) -> Swee
         reports.append(run_sweep(spec, study_root=study_root, dataset_root=dataset_root, plan=plan))
     report = reports[-1]
     report.completed = sum(r.completed for r in reports)
+    report.already_done = max(0, report.total - report.completed)
     report.seconds = sum(r.seconds for r in reports)
     if records and records[-1]["stop"] and report.finished:
         last = records[-1]
