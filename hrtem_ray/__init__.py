@@ -12,13 +12,14 @@ contract is ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports
 * ``study``: the Python API (``Study``): preflight, lock, simulate, sweep, results, report;
   ``inference``: hrtem-ray predict, tiled and blended segmentation of micrographs
 * ``sweep``: planning, scheduling and running a study's trials (Ray Tune), the results table,
-  check and repair; ``report``: the HTML report, its charts, figures and CSV tables
+  check and repair, the rounds of adaptive studies and their replays; ``report``: the HTML
+  report, its charts, figures and CSV tables
 * ``dataset``: simulated Parquet shards and their readers, the exit-wave store, imported
   microscope files
 * ``physics``: nanoparticle structures (ASE; particle shapes, zone axes and twins with
   wulffpack and ase.cluster) and multislice HRTEM (abTEM); ``learning``: the U-Net,
   augmentation and the training loop (plain torch); ``analysis``: the analysis contract in
-  Polars with bootstrap intervals
+  Polars with bootstrap intervals, the findings and the sequential rule of adaptive studies
 * ``spec``: the typed, validated study spec, its strict YAML reader, the materials (built-in
   lattices and CIF files, read through ``store`` while the spec is read) and what a study
   needs of the machine (``spec.footprint``)

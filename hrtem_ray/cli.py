@@ -35,6 +35,12 @@ exit codes:
 """
 
 
+UNTIL_DECIDED_HELP = (
+    "adaptive study: train seeds in rounds until the findings are decided or the budget is "
+    "spent (the spec's adaptive section, else its defaults)"
+)
+
+
 def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--address",
@@ -91,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--num-gpus", type=int, default=None, help="GPUs of a local cluster (default: detected)"
     )
+    sweep.add_argument("--until-decided", action="store_true", help=UNTIL_DECIDED_HELP)
     _add_cluster_args(sweep)
 
     run = _subparser(sub, "run", "simulate + sweep + analyse + report in one go")
@@ -101,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         "--all-results",
         action="store_true",
         help="report rows of other configurations in results/ too (default: current spec only)",
+    )
+    run.add_argument("--until-decided", action="store_true", help=UNTIL_DECIDED_HELP)
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print trial counts (an adaptive study: its first round and budget), run nothing",
     )
     _add_cluster_args(run)
 
@@ -199,9 +212,17 @@ def _size(text: str) -> int:
 
 
 def _study(args):
+    """The study of the command's spec; ``--all-results`` is refused for an adaptive one."""
+    from hrtem_ray.spec.base import SpecError
     from hrtem_ray.study import Study
 
-    return Study.from_yaml(args.spec, out=args.out)
+    study = Study.from_yaml(args.spec, out=args.out, until_decided=args.until_decided)
+    if getattr(args, "all_results", False) and study.spec.adaptive is not None:
+        raise SpecError(
+            "--all-results: not with an adaptive study (adaptive: in the spec or "
+            "--until-decided): its rounds decide on the models of its own plan; leave it out"
+        )
+    return study
 
 
 def _say(line: str) -> None:
@@ -319,6 +340,9 @@ def _run(args) -> int:
     from hrtem_ray.report.build import ReportError
 
     study = _study(args)
+    if args.dry_run:
+        print(study.dry_run())
+        return EXIT_OK
     # before the lock creates anything
     study.preflight(args.address, trials=True, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     with study.lock("hrtem-ray run"):  # one lock over the sweep and the report

@@ -14,6 +14,7 @@ Layout of a study's output directory (``--out``, or ``storage`` in the spec)::
     failures/      trials that failed for good
     tune/          Ray Tune's experiment folders
     report/        the HTML report, figures and tables
+    adaptive/      an adaptive study's rounds (round-NNN.json)
     study.json     the spec of the latest sweep: the plan that results and reports follow
 
 Results and reports follow the current plan: rows of models that the spec no longer
@@ -159,6 +160,9 @@ class Study:
     data
         Dataset directory or URI overriding ``dataset.path`` and ``<out>/data``
         (``hrtem-ray simulate --out``).
+    until_decided
+        Make the study adaptive (``hrtem-ray run --until-decided``): a spec without an
+        ``adaptive`` section gets the default one (:class:`hrtem_ray.spec.adaptive.AdaptiveSpec`).
 
     Attributes
     ----------
@@ -182,10 +186,18 @@ class Study:
         out: str | os.PathLike | None = None,
         *,
         data: str | os.PathLike | None = None,
+        until_decided: bool = False,
     ) -> None:
+        if until_decided and spec.adaptive is None:
+            raw = {**spec.model_dump(mode="json"), "adaptive": {}}
+            spec = parse_stored_study_spec(raw, source="the spec with --until-decided")
         self.spec = spec if out is None else spec.with_storage(str(out))
         self.study_root = _absolute(self.spec.storage)
         self._data = None if data is None else _absolute(os.fspath(data))
+        if self.spec.adaptive is not None:  # the budget covers the first round
+            from hrtem_ray.sweep.rounds import settings_of
+
+            settings_of(self.spec)
 
     @classmethod
     def from_yaml(
@@ -194,9 +206,10 @@ class Study:
         out: str | os.PathLike | None = None,
         *,
         data: str | os.PathLike | None = None,
+        until_decided: bool = False,
     ) -> Study:
         """Read and validate a study spec file (see ``sweeps/``)."""
-        return cls(load_study_spec(path), out, data=data)
+        return cls(load_study_spec(path), out, data=data, until_decided=until_decided)
 
     @classmethod
     def for_dataset(
@@ -253,9 +266,18 @@ class Study:
             return _absolute(self.spec.dataset.path)
         return storage.join(self.study_root, "data")
 
-    @cached_property
+    @property
     def plan(self) -> TrialPlan:
-        """The trials of the spec (:func:`hrtem_ray.sweep.trials.plan_trials`)."""
+        """The trials of the spec (:func:`hrtem_ray.sweep.trials.plan_trials`); of an adaptive
+        study, those of its latest round (:func:`hrtem_ray.sweep.rounds.current_plan`)."""
+        if self.spec.adaptive is not None:
+            from hrtem_ray.sweep.rounds import current_plan
+
+            return current_plan(self.spec, self.study_root)
+        return self._fixed_plan
+
+    @cached_property
+    def _fixed_plan(self) -> TrialPlan:
         return plan_trials(self.spec)
 
     def progress(self) -> StudyProgress:
@@ -283,7 +305,8 @@ class Study:
         return storage.join(self.study_root, "report")
 
     def dry_run(self) -> str:
-        """Trial counts and training-set sizes, and, when this study simulates its dataset,
+        """Trial counts and training-set sizes (an adaptive study: its first round and budget,
+        :func:`hrtem_ray.sweep.rounds.dry_run`), and, when this study simulates its dataset,
         the dataset's images, shards, bytes on disk and driver memory
         (:class:`hrtem_ray.spec.footprint.DatasetFootprint`), without running anything.
 
@@ -294,7 +317,11 @@ class Study:
         """
         from hrtem_ray.spec.base import SpecError
         from hrtem_ray.spec.footprint import check_dataset_footprint, dataset_footprint
-        from hrtem_ray.sweep.trials import dry_run
+
+        if self.spec.adaptive is not None:
+            from hrtem_ray.sweep.rounds import dry_run
+        else:
+            from hrtem_ray.sweep.trials import dry_run
 
         lines = [dry_run(self.spec)]
         if self._data is None and not self.spec.dataset.path:
@@ -403,9 +430,12 @@ class Study:
     ):
         """Run every trial not yet done (resumes a previous run); returns a :class:`SweepReport`.
 
-        Logs the outcome line, and the failure table when trials failed for good.
+        An adaptive study runs its rounds (:func:`hrtem_ray.sweep.rounds.run_adaptive`),
+        resuming its stored ones. Logs the outcome line, and the failure table when trials
+        failed for good.
         """
         from hrtem_ray.dataset.pipeline import simulate_dataset
+        from hrtem_ray.sweep.rounds import run_adaptive
         from hrtem_ray.sweep.run import format_failures, format_outcome, run_sweep
 
         simulate = self._data is None and not self.spec.dataset.path
@@ -427,9 +457,8 @@ class Study:
         ):
             if simulate:
                 simulate_dataset(self.spec.dataset, self.dataset_root, on_shard=_log_shard)
-            report = run_sweep(
-                self.spec, study_root=self.study_root, dataset_root=self.dataset_root
-            )
+            sweep = run_adaptive if self.spec.adaptive is not None else run_sweep
+            report = sweep(self.spec, study_root=self.study_root, dataset_root=self.dataset_root)
         log.info(format_outcome(report))
         if report.failed:
             log.info(format_failures(report.failed))

@@ -4,7 +4,10 @@
 * ``metrics``: every metric defined once (building block, resampled cells, output columns);
 * ``functions``: the public functions, one metric each (``pair_matrix``, ``ood_spread``, ...);
 * ``selections``: every table for every filter selection at once (the report's tables);
-* ``bootstrap``: the resampling of groups of models and the percentile intervals.
+* ``bootstrap``: the resampling of groups of models and the percentile intervals;
+* ``findings``: one verdict per finding of the reference study, from replicates
+  (``replicates``: the replicate means of configurations and their stratified bootstrap);
+* ``sequential``: the valid verdicts of adaptive studies, look after look.
 
 Everything is importable from here (``hrtem_ray.analysis.pair_matrix``), as documented.
 """

@@ -54,7 +54,7 @@ import polars as pl
 import vl_convert as vlc
 
 from hrtem_ray import analysis
-from hrtem_ray.report import images, plots, predictions, reference_plots
+from hrtem_ray.report import images, plots, predictions, reference_plots, rounds
 from hrtem_ray.report.curves import study_root_of
 from hrtem_ray.report.page import StudySection, render_page
 from hrtem_ray.report.sentences import (
@@ -352,6 +352,10 @@ def build_section(
         panels, panel_notes = predictions.study_panels(study_root, results, data_dir, study)
         charts |= panels
         notes += panel_notes
+        records = rounds.read_rounds(study_root)
+        if records:  # an adaptive study: its intervals narrowing round by round
+            tables["adaptive_rounds"] = rounds.rounds_table(records)
+            charts["adaptive_rounds"] = rounds.rounds_chart(tables["adaptive_rounds"], study)
     summary = model_summary(results)
     section = StudySection(study, charts, tables, choices, summary, static, notes)
     section.findings = study_findings(tables, study)

@@ -56,6 +56,12 @@ CAPTIONS = {
     "examples": "A few validation images of the dataset with their particle masks.",
     "learning_curves": "Train and validation loss per epoch of every phase, from history/.",
     "predictions": "A held-out image per domain, its mask and a representative model's map.",
+    "adaptive_rounds": (
+        "An adaptive study's rounds: per finding, its interval at each round's level (the "
+        "sequential rule spends 1 - level over the rounds) against the models trained so "
+        "far, and the edges of the claim's range (dashed). Table adaptive_rounds gives the "
+        "trainings each round added for each finding."
+    ),
 }
 TITLES = {
     "pair_matrix": "Loss matrices",
@@ -70,6 +76,7 @@ TITLES = {
     "structure": "Structure series per lattice and particle size",
     "learning_curves": "Learning curves",
     "predictions": "Predictions next to the truth",
+    "adaptive_rounds": "Adaptive rounds: intervals narrowing",
 }
 #: A finding's ``data-significant`` attribute, by its ``significant``.
 SIGNIFICANCE = {True: "significant", False: "not significant", None: "no interval"}

@@ -336,7 +336,13 @@ def inspect_study(
             "no spec (no study.json, no --spec): every finished pretrain model's "
             "checkpoint is checked"
         )
-    plan = plan_trials(spec) if spec is not None else None
+    plan = None
+    if spec is not None and spec.adaptive is not None:  # the latest round's trials
+        from hrtem_ray.sweep.rounds import current_plan
+
+        plan = current_plan(spec, root)
+    elif spec is not None:
+        plan = plan_trials(spec)
     report.problems += _model_problems(root, plan, deep, report.checked)
     report.data_root = data_root or _default_data_root(root, spec)
     if report.data_root is not None and storage.exists(report.data_root):

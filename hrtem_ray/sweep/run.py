@@ -165,6 +165,7 @@ def run_sweep(
     *,
     study_root: str,
     dataset_root: str,
+    plan: TrialPlan | None = None,
 ) -> SweepReport:
     """Run every trial of ``spec`` not yet done in ``study_root`` on the current Ray session.
 
@@ -179,9 +180,12 @@ def run_sweep(
         The study's storage root (results, histories, checkpoints, failures).
     dataset_root
         The simulated dataset.
+    plan
+        The trials to run (default :func:`~hrtem_ray.sweep.trials.plan_trials` of
+        ``spec``; an adaptive study's round passes its own).
     """
     start = time.time()
-    plan = plan_trials(spec)
+    plan = plan if plan is not None else plan_trials(spec)
     planned_ids = {t.model_id for t in plan.all()}
     write_study_spec(study_root, spec, dataset_root)
     from hrtem_ray.sweep.check import heal_before_sweep  # damaged files: quarantined, retrained
