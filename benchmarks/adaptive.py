@@ -15,8 +15,9 @@ Prints JSON. Parts (``--parts``):
     least one). ``power_true_effect``: on 200 studies with the reference study's effect
     sizes (:data:`~hrtem_ray.sweep.replay.TRUE_EFFECTS`), the share deciding each finding
     the right way, and the trainings spent. ``fixed_grid_null``: a fixed grid of 3 seeds
-    on 200 of the nulls, judged by ``analysis.findings`` (percentile bootstrap) and by one
-    look of the sequential rule's interval at 95%.
+    on 200 of the nulls, judged by ``analysis.findings`` with percentile intervals
+    (``interval="percentile"``) and with its default t intervals (one look of the
+    sequential rule's interval at 95%, ``single_look``).
 ``replay`` (the published table)
     The reference study's 7,200 defocus models and 720 mixtures replayed as an adaptive
     study (:class:`~hrtem_ray.sweep.replay.TableSource`): a round draws replicates from the
@@ -102,8 +103,8 @@ def decision_rates(effects: dict, studies: int, n_boot: int, first_seed: int) ->
 
 def fixed_grid_null(studies: int, seeds: int, n_boot: int) -> dict:
     """False decisions of a fixed grid of ``seeds`` seeds on synthetic nulls: by
-    ``analysis.findings`` (the percentile bootstrap) and by one look of the sequential
-    rule's interval at 95% (:func:`~hrtem_ray.analysis.sequential.single_look`)."""
+    ``analysis.findings(interval="percentile")`` and by its default t intervals, one look
+    of the sequential rule's interval at 95% (:func:`~hrtem_ray.analysis.sequential.single_look`)."""
     from hrtem_ray.analysis.sequential import single_look
     from hrtem_ray.sweep.replay import SyntheticStudy
 
@@ -112,7 +113,8 @@ def fixed_grid_null(studies: int, seeds: int, n_boot: int) -> dict:
         study = SyntheticStudy(NULL_EFFECTS, seed=30_000 + index)
         design = study.design()
         table = study.table({k: seeds for k, c in design.configs.items() if c.phase != "pretrain"})
-        for key, verdict in findings(table, n_boot=n_boot).select("finding", "verdict").iter_rows():
+        percentile = findings(table, n_boot=n_boot, interval="percentile")
+        for key, verdict in percentile.select("finding", "verdict").iter_rows():
             counts["percentile"][key] += verdict != "undecidable"
         for key, found in single_look(table, 0.95, KEYS, n_boot).findings.items():
             counts["single_look"][key] += found.verdict != "undecidable"
@@ -207,8 +209,8 @@ def laptop(tmp: Path, n_boot: int) -> dict:
 
     Both sides are judged by the same rule: the fixed grid looks once at 95%
     (:func:`~hrtem_ray.analysis.sequential.single_look`), the adaptive study spends its
-    5% over its rounds. ``analysis.findings``' percentile verdicts of the fixed grid are
-    reported beside (``fixed_grid_percentile_verdicts``); on the synthetic nulls they are
+    5% over its rounds (``analysis.findings``' default t intervals are that look). Its
+    percentile verdicts (``interval="percentile"``) are reported beside (``fixed_grid_percentile_verdicts``); on the synthetic nulls they are
     wrong far more often than 5% (``fixed_grid_null``).
     """
     from hrtem_ray.analysis import load_results
@@ -233,7 +235,9 @@ def laptop(tmp: Path, n_boot: int) -> dict:
         "seconds_fixed_grid": round(seconds_fixed, 1),
         "fixed_grid_verdicts": fixed,
         "fixed_grid_percentile_verdicts": dict(
-            findings(table, n_boot=n_boot).select("finding", "verdict").iter_rows()
+            findings(table, n_boot=n_boot, interval="percentile")
+            .select("finding", "verdict")
+            .iter_rows()
         ),
         "targets": targets,
     }

@@ -1,6 +1,6 @@
 """One verdict per finding of the reference study, with replicate-based intervals.
 
-:func:`findings` decides each finding of the reference study (``study_reference.md``,
+:func:`hrtem_ray.analysis.verdicts.findings` decides each finding of the reference study (``study_reference.md``,
 "Findings") on any results table in the schema of ``docs/results_schema.md``: an
 hrtem-ray study, or a converted published table. The measures are defined in
 ``docs/results_schema.md`` ("Findings"); this docstring says how they are computed.
@@ -21,7 +21,8 @@ configurations of one cell, such as the transfer models of one pair, as the stud
 reduces over models; then the mean over cells, such as pairs or targets). One
 bootstrap replicate resamples the models of every configuration independently, with
 replacement and at its own size (stratified), and recomputes the measure by the same
-code; the interval is the percentile interval of ``n_boot`` replicates. A
+code; the interval that decides it is a Student t interval over the replicates, or the
+percentile interval of ``n_boot`` replicates (:func:`hrtem_ray.analysis.verdicts.findings`). A
 configuration with a single model has no replicates and is left out; where a side of
 a comparison is left with none, the verdict is ``undecidable`` and the reason says
 so. A verdict is never reached on point estimates.
@@ -49,7 +50,6 @@ from functools import cached_property
 import numpy as np
 import polars as pl
 
-from hrtem_ray.analysis.bootstrap import check_ci
 from hrtem_ray.analysis.replicates import (
     ConfigMeans,
     config_means,
@@ -809,7 +809,7 @@ def evaluate(
 ) -> Evaluation:
     """Every finding's outcome, with its bootstrap replicates and configurations.
 
-    What :func:`findings` tabulates; ``unbiased`` resamples each configuration's
+    What :func:`hrtem_ray.analysis.verdicts.findings` tabulates; ``unbiased`` resamples each configuration's
     replicates spread as :func:`hrtem_ray.analysis.replicates.group_means` says (the
     sequential rule of adaptive studies, :mod:`hrtem_ray.analysis.sequential`). With
     ``ci=None`` every outcome keeps its replicates (``n_boot`` of them) but no verdict.
@@ -817,65 +817,3 @@ def evaluate(
     ctx = _context(_prepare(table), ci, n_boot, boot_seed, unbiased)
     outcomes = {key: _FINDINGS[key](ctx) for key in FINDING_KEYS}
     return Evaluation(outcomes, ctx.data.configs, ctx)
-
-
-def findings(
-    table: pl.DataFrame | pl.LazyFrame,
-    ci: float | None = 0.95,
-    n_boot: int = 1000,
-    boot_seed: int = 0,
-) -> pl.DataFrame:
-    """Decide each finding of the reference study on a results table.
-
-    Parameters
-    ----------
-    table
-        A results table (docs/results_schema.md): one row per model and eval domain;
-        an hrtem-ray study or a converted published table (both of its files may be
-        concatenated: the defocus models and the mixtures). Extra columns are ignored.
-    ci
-        Confidence level of the intervals, in (0, 1); ``None``: point estimates only
-        (every verdict is then ``undecidable``).
-    n_boot
-        Bootstrap replicates (at least 2).
-    boot_seed
-        Seed of the resampling: the same seed gives the same table.
-
-    Returns
-    -------
-    polars.DataFrame
-        One row per finding, keys ``1, 2a, 2b, 2c, 3, 4, 5a, 5b, 5c`` in that order;
-        columns ``finding``, ``claim`` (the study's statement), ``measure`` (in words,
-        with its unit and tolerance), ``estimate``, ``ci_low``, ``ci_high`` (f64, null
-        when not computable), ``n_models`` (i64: distinct models the measure rests on),
-        ``verdict`` (``agrees``, ``disagrees`` or ``undecidable``) and ``reason``.
-
-    Raises
-    ------
-    ValueError
-        For a bad ``ci``/``n_boot``, a table without the required columns, unknown
-        phases, several studies in one table, or a model with two different rows on
-        one eval domain; before any compute.
-
-    Notes
-    -----
-    Replicates are the distinct models of one configuration; the bootstrap resamples
-    them within each configuration, then reduces across configurations (module
-    docstring). Tolerances: finding 1 "barely depends" below
-    ``DEPENDENCE_TOLERANCE`` (0.25), finding 3 "approaches" below
-    ``APPROACH_TOLERANCE`` (0.10), finding 5a "little" below ``LITTLE_COST`` (0.05),
-    finding 5b "a little" between 0 and ``A_LITTLE_COST`` (0.25), finding 5c the
-    study's 0.15 to 0.25 (``SAVING_RANGE``). The pretrain, transfer and mixture
-    configurations are resampled once, each from its own random stream, and shared by
-    the findings that use them; findings 4 and 5c draw their own.
-    """
-    check_ci(ci, n_boot)
-    evaluation = evaluate(table, ci, n_boot if ci is not None else 0, boot_seed)
-    rows = []
-    for key, outcome in evaluation.outcomes.items():
-        rows.append({"finding": key, "claim": CLAIMS[key], "measure": MEASURES[key],
-                     **{f: getattr(outcome, f) for f in FINDINGS_COLUMNS[3:]}})  # fmt: skip
-    floats, ints = ("estimate", "ci_low", "ci_high"), ("n_models",)
-    schema = {c: pl.Float64 if c in floats else pl.Int64 if c in ints else pl.String
-              for c in FINDINGS_COLUMNS}  # fmt: skip
-    return pl.DataFrame(rows, schema=schema)

@@ -76,6 +76,15 @@ def look_alpha(level: float, look: int) -> float:
     return (1 - level) / 2**look
 
 
+def percent(level: float) -> str:
+    """A level as a percentage with no trailing zeros.
+
+    >>> [percent(x) for x in (0.95, 0.975, 0.9875, 0.05)]
+    ['95%', '97.5%', '98.75%', '5%']
+    """
+    return f"{100 * level:.6g}%"
+
+
 def t_quantile(alpha: float, df: float) -> float:
     """Student's two-sided quantile ``t_{1 - alpha / 2}`` with ``df`` degrees of freedom."""
     from scipy import stats
@@ -255,7 +264,7 @@ def _scalar(
     if found is None:
         return FindingLook(key, outcome, None, None, None, "undecidable", outcome.reason)
     low, high = found.bounds(alpha)
-    bounds = f"the {1 - alpha:.2%} interval [{low:.3g}, {high:.3g}] (t, {found.df:.0f} df)"
+    bounds = f"the {percent(1 - alpha)} interval [{low:.3g}, {high:.3g}] (t, {found.df:.0f} df)"
     verdict, why = region_verdict(key, low, high, bounds)
     detail = outcome.reason.split("; ")[0]
     return FindingLook(key, outcome, found, low, high, verdict, f"{detail}; {why}")
@@ -270,7 +279,7 @@ def _spread(outcome: Outcome, alpha: float, counts) -> FindingLook:
     if any(p is None for p in pairs):
         return FindingLook("4", outcome, None, None, None, "undecidable", outcome.reason)
     p_values = np.array([p.p_value() for p in pairs])
-    test = f"t tests, Holm, family-wise {alpha:.2%}"
+    test = f"t tests, Holm, family-wise {percent(alpha)}"
     signs = np.array([p.estimate for p in pairs])
     low, high, verdict, reason = spread_verdict(signs, holm(p_values, alpha), test)
     return FindingLook("4", outcome, None, low, high, verdict, reason, tuple(pairs))

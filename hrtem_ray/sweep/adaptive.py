@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from hrtem_ray.analysis.sequential import Look, Narrowing, look_alpha, narrowings
+from hrtem_ray.analysis.sequential import Look, Narrowing, look_alpha, narrowings, percent
 from hrtem_ray.spec.adaptive import IN_FOCUS
 from hrtem_ray.sweep.trials import TrialPlan, config_key
 
@@ -455,7 +455,7 @@ def plan_additions(
         projections[narrowing.finding] = (
             f"finding {narrowing.finding}: se {math.sqrt(narrowing.variance):.3g} -> "
             f"{math.sqrt(max(variance, 0)):.3g} projected; decides at "
-            f"{math.sqrt(narrowing.required):.3g} (next look at {1 - next_alpha:.2%})"
+            f"{math.sqrt(narrowing.required):.3g} (next look at {percent(1 - next_alpha)})"
         )
     ranked = sorted(wanted, key=lambda k: (-max(wanted[k].values()) / _trainings(ledger, k), k))
     additions, full = [], 0

@@ -235,7 +235,7 @@ def true_verdicts(effects: Mapping[str, object]) -> dict[str, str]:
     study = SyntheticStudy(effects, model_sd=0.0, row_sd=0.0, seconds_cv=0.0)
     design = study.design()
     table = study.table(dict.fromkeys(design.configs, 2))
-    from hrtem_ray.analysis.findings import findings
+    from hrtem_ray.analysis.verdicts import findings
 
     out = {}
     for key, estimate in findings(table, ci=None).select("finding", "estimate").iter_rows():

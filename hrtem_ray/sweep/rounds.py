@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from hrtem_ray.analysis.sequential import look_alpha, sequential_look
+from hrtem_ray.analysis.sequential import look_alpha, percent, sequential_look
 from hrtem_ray.spec.adaptive import FINDING_KEYS, AdaptiveSpec
 from hrtem_ray.spec.base import SpecError
 from hrtem_ray.spec.study import StudySpec
@@ -393,7 +393,7 @@ def dry_run(spec: StudySpec) -> str:
     allocation = design.first_allocation(settings.targets, settings.first_seeds)
     plan = plan_replicates(spec, allocation)
     counts = plan.counts()
-    looks = ", ".join(f"{1 - look_alpha(settings.level, k):.2%}" for k in range(1, 4))
+    looks = ", ".join(f"{percent(1 - look_alpha(settings.level, k))}" for k in range(1, 4))
     fixed = len(plan_trials(spec).all())
     lines = [
         f"study {spec.name} ({spec.dataset.axis}): "
