@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 
 from hrtem_ray.dataset import imported
 from hrtem_ray.spec.dataset import DatasetSpec, current_dataset_keys
-from hrtem_ray.spec.types import SPLITS
+from hrtem_ray.spec.types import SPLITS, STORED
 from hrtem_ray.store import storage
 from hrtem_ray.store.digest import sha256_file
 
@@ -241,7 +241,8 @@ def stored_spec(record: Mapping[str, Any]) -> DatasetSpec:
     pydantic.ValidationError
         The stored spec is not valid for this version of hrtem-ray (a ``ValueError``).
     """
-    return DatasetSpec.model_validate(current_dataset_keys(record.get("spec") or {}))
+    raw = current_dataset_keys(record.get("spec") or {})
+    return DatasetSpec.model_validate(raw, context={STORED: True})
 
 
 @dataclass

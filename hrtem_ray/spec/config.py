@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from hrtem_ray.spec.base import SpecError, clip_text, echo
 from hrtem_ray.spec.dataset import DatasetSpec, current_dataset_keys
 from hrtem_ray.spec.study import StudySpec
+from hrtem_ray.spec.types import STORED
 from hrtem_ray.spec.yaml_files import load_yaml_file
 
 #: Most fields listed by one spec error (the others are counted), and the longest line.
@@ -79,9 +80,10 @@ def read_spec_file(path: str | Path) -> dict:
     return raw
 
 
-def _context(base_dir: str | Path | None) -> dict[str, Any]:
-    """Validation context: the folder that relative CIF paths (``{cif: PATH}``) start from."""
-    return {"spec_dir": None if base_dir is None else str(base_dir)}
+def _context(base_dir: str | Path | None, stored: bool = False) -> dict[str, Any]:
+    """Validation context: the folder that relative CIF paths (``{cif: PATH}``) start from,
+    and whether the spec is one hrtem-ray stored itself (:data:`~hrtem_ray.spec.types.STORED`)."""
+    return {"spec_dir": None if base_dir is None else str(base_dir), STORED: stored}
 
 
 def parse_dataset_spec(
@@ -99,25 +101,29 @@ def parse_dataset_spec(
 
 
 def parse_study_spec(
-    raw: Mapping[str, Any], source: str = "<dict>", base_dir: str | Path | None = None
+    raw: Mapping[str, Any],
+    source: str = "<dict>",
+    base_dir: str | Path | None = None,
+    stored: bool = False,
 ) -> StudySpec:
     """Validate a whole study (a mapping) into a :class:`StudySpec` (``base_dir``: as
-    :func:`parse_dataset_spec`)."""
+    :func:`parse_dataset_spec`; ``stored``: see :func:`parse_stored_study_spec`)."""
     if "dataset" not in raw:
         raise SpecError(f"invalid study spec {source}:\n  dataset: section is required")
     try:
-        return StudySpec.model_validate(dict(raw), context=_context(base_dir))
+        return StudySpec.model_validate(dict(raw), context=_context(base_dir, stored))
     except ValidationError as exc:
         raise SpecError(_format_errors(source, exc)) from None
 
 
 def parse_stored_study_spec(raw: Mapping[str, Any], source: str = "<dict>") -> StudySpec:
     """Validate a study spec hrtem-ray stored itself (``study.json``), also one stored
-    before a field rename (see :func:`current_dataset_keys`)."""
+    before a field rename (see :func:`current_dataset_keys`) or before a refusal that
+    protects planning new work was added (:data:`~hrtem_ray.spec.types.STORED`)."""
     raw = dict(raw)
     if isinstance(raw.get("dataset"), Mapping):
         raw["dataset"] = current_dataset_keys(raw["dataset"])
-    return parse_study_spec(raw, source=source)
+    return parse_study_spec(raw, source=source, stored=True)
 
 
 def load_dataset_spec(path: str | Path) -> DatasetSpec:

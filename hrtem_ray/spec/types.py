@@ -128,6 +128,12 @@ STRUCTURE_FIELDS_OMITTED_AT: dict[str, Any] = {
 }
 
 
+#: Validation-context key of a spec that hrtem-ray stored itself (``study.json``,
+#: ``dataset.json``): the refusals that protect planning new work (a particle count that
+#: can never fit, added after studies existed) do not stop reading what was written.
+STORED = "stored"
+
+
 def max_particles_fit(
     cell_angstrom: float, radius_angstrom: float, min_separation_angstrom: float
 ) -> int:
@@ -278,7 +284,7 @@ class StructureParams(BaseModel):
         return out
 
     @model_validator(mode="after")
-    def _particles_fit(self) -> StructureParams:
+    def _particles_fit(self, info: ValidationInfo) -> StructureParams:
         factor = SHAPE_CIRCUMRADIUS_FACTOR[self.shape]
         shown = "" if factor == 1 else f" (a {self.shape} reaches {factor:.2f} x radius)"
         if 2 * factor * self.radius_angstrom[1] >= self.cell_angstrom:
@@ -297,6 +303,8 @@ class StructureParams(BaseModel):
                     f"surface_energies: shape wulff needs surface energies for {missing} "
                     "(no default for them), e.g. surface_energies: {'111': 1.0, '100': 1.15}"
                 )
+        if (info.context or {}).get(STORED):  # written by hrtem-ray: read as it was planned
+            return self
         low, high = self.n_particles
         most = max_particles_fit(
             self.cell_angstrom, factor * self.radius_angstrom[0], self.min_separation_angstrom

@@ -63,6 +63,21 @@ def test_a_count_that_can_never_fit_is_refused_while_the_spec_is_read():
     StructureParams(**CROWDED, n_particles=(1, 4))
 
 
+def test_a_stored_spec_with_such_a_count_still_reads():
+    """study.json and dataset.json written before the refusal existed stay readable (report,
+    check, resume), while a spec file with the same count is refused."""
+    from hrtem_ray.dataset.manifest import stored_spec
+    from hrtem_ray.spec.base import SpecError
+    from hrtem_ray.spec.config import parse_stored_study_spec, parse_study_spec
+
+    dataset = {"defocus_nm": [0], "structures": {**CROWDED, "n_particles": [1, 6]}}
+    raw = {"name": "old", "dataset": dataset, "pretrain": {"n_images": [8]}, "transfer": None}
+    assert parse_stored_study_spec(raw).dataset.structures.n_particles == (1, 6)
+    assert stored_spec({"spec": raw["dataset"]}).structures.n_particles == (1, 6)
+    with pytest.raises(SpecError, match="can never fit"):
+        parse_study_spec(raw)
+
+
 def test_random_placement_reports_the_particles_it_could_not_place():
     """At the bound random placement mostly falls short; every structure says so exactly."""
     params = StructureParams(**{**CROWDED, "radius_angstrom": (5.0, 5.0)}, n_particles=(4, 4))
