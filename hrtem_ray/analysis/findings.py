@@ -58,7 +58,7 @@ from hrtem_ray.analysis.replicates import (
     percentile_interval,
     wide_losses,
 )
-from hrtem_ray.analysis.tables import domain_order
+from hrtem_ray.analysis.tables import domain_order, seconds_per_epoch
 from hrtem_ray.spec.adaptive import FINDING_KEYS, IN_FOCUS
 
 FINDINGS_COLUMNS = ("finding", "claim", "measure", "estimate", "ci_low", "ci_high", "n_models",
@@ -140,8 +140,8 @@ _REQUIRED = (*_LABELS, "pretrain_lr", "transfer_lr", "n_pretrain", "n_transfer",
 _SETTINGS = ("pretrain_lr", "transfer_lr", "n_pretrain", "n_transfer", "loss_function",
              "patience", "min_delta", "budget")  # fmt: skip
 _DEVICE = ("train_device", "trials_sharing_device")
-_OPTIONAL = ("epochs", "max_epochs", "train_seconds", "loss_function", "patience", "min_delta",
-             *_DEVICE)  # fmt: skip
+_OPTIONAL = ("epochs", "max_epochs", "train_seconds", "epoch_seconds", "loss_function", "patience",
+             "min_delta", *_DEVICE)  # fmt: skip
 _PHASES = ("pretrain", "transfer", "baseline")
 _NO_REPLICATES = "one model per configuration: no replicates"
 
@@ -249,11 +249,7 @@ def _read(table: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             "a model_id has two different rows on one eval_domain: pass each model once"
         )
     budget = [c for c in ("max_epochs", "epochs") if c in optional]
-    seconds = (
-        pl.col("train_seconds") / pl.col("epochs")
-        if {"train_seconds", "epochs"} <= set(optional)
-        else pl.lit(None, pl.Float64)
-    )
+    seconds = seconds_per_epoch(optional)
     return frame.with_columns(
         budget=pl.coalesce(budget) if budget else pl.lit(None, pl.Int64),
         seconds_per_epoch=seconds,

@@ -27,7 +27,7 @@ from functools import partial
 import polars as pl
 
 from hrtem_ray.analysis.bootstrap import CI_SUFFIXES, Stat, bootstrap_cells, interval
-from hrtem_ray.analysis.tables import reduce_expr
+from hrtem_ray.analysis.tables import reduce_expr, seconds_per_epoch
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 PAIR_COLUMNS = ("pretrain_domain", "target_domain", "loss", "n_models", "from_pretrain")
@@ -613,8 +613,9 @@ def _model_seconds(lf: pl.LazyFrame, keys: list[str], device: Sequence[str]) -> 
 
     The training-set size is the stage's images before augmentation: ``n_pretrain``
     for a pretrain model, ``n_transfer`` for a transfer model, both for a baseline
-    (its mixture). ``train_seconds`` and ``epochs`` are per stage, repeated on every
-    eval row of a model: the first row of each model is used.
+    (its mixture). Seconds per epoch: :func:`~hrtem_ray.analysis.tables.seconds_per_epoch`
+    (``epoch_seconds`` where recorded); per stage, repeated on every eval row of a model:
+    the first row of each model is used.
     """
     n_pre, n_tr = pl.col("n_pretrain").cast(pl.Int64), pl.col("n_transfer").cast(pl.Int64)
     size = (
@@ -624,7 +625,9 @@ def _model_seconds(lf: pl.LazyFrame, keys: list[str], device: Sequence[str]) -> 
         .then(n_pre + n_tr)
         .otherwise(n_pre)
     )
-    columns = ["phase", "freeze", *device, "train_seconds", "epochs", "n_pretrain", "n_transfer"]
+    timed = [c for c in ("epoch_seconds",) if c in lf.collect_schema()]
+    columns = ["phase", "freeze", *device, "train_seconds", "epochs", *timed, "n_pretrain",
+               "n_transfer"]  # fmt: skip
     return (
         lf.group_by([*keys, "model_id"])
         .agg(pl.col(columns).first())
@@ -636,7 +639,7 @@ def _model_seconds(lf: pl.LazyFrame, keys: list[str], device: Sequence[str]) -> 
             pl.col("freeze").cast(pl.String),
             size.alias("n_train_images"),
             *device,
-            loss=pl.col("train_seconds") / pl.col("epochs"),  # named for bootstrap_cells
+            loss=seconds_per_epoch(columns),  # named for bootstrap_cells
         )
     )
 

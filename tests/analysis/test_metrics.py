@@ -361,6 +361,20 @@ def test_training_time_per_epoch_and_saving(table, model_rows):
     assert mean.filter(pl.col("freeze") == "encoder").height == 0
 
 
+def test_training_time_prefers_the_median_epoch_where_recorded(table, model_rows):
+    """``epoch_seconds`` (the median epoch) where a row has it, ``train_seconds / epochs``
+    where not; findings 5c reads the same."""
+    timed = _timed(table, model_rows)
+    recorded = timed.with_columns(
+        epoch_seconds=pl.when(pl.col("model_id") == "T05c").then(1.5).otherwise(None)
+    )
+    t = an.training_time(recorded)
+    # T05c: 1.5 s recorded (2.4 from train_seconds / epochs) -> saving 1 - 1.5 / 3.0
+    assert _time(t, "transfer", "encoder", 64, "seconds_per_epoch") == pytest.approx(1.5)
+    assert _time(t, "transfer", "encoder", 64, "saving") == pytest.approx(0.5)
+    assert _time(t, "transfer", "none", 64, "seconds_per_epoch") == pytest.approx(3.0)
+
+
 def test_training_time_groups_by_the_device_columns_when_present(table, model_rows):
     timed = _timed(table, model_rows).with_columns(
         train_device=pl.lit("cuda:0"),
