@@ -134,6 +134,19 @@ def test_the_simulation_counts_and_warns_about_structures_that_placed_fewer(tmp_
     assert "max_placement_attempts (200)" in warning
 
 
+def test_a_small_shortfall_is_said_at_info_not_as_a_warning(caplog):
+    """2 of 100 drawn particles left out (a crowded cell's random placement): an INFO line
+    with the numbers; 6 of 100 (over PLACEMENT_SHORT_SHARE): a warning."""
+    spec = tiny_dataset_spec()
+    for placed, level in ((98, logging.INFO), (94, logging.WARNING)):
+        summary = pipeline.SimulationSummary("x", 6, 2, 2, 1.0, 0, 60, 100, placed, 2)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="hrtem_ray"):
+            pipeline._log_sources(summary, spec)
+        (line,) = [r for r in caplog.records if "fewer particles than drawn" in r.getMessage()]
+        assert line.levelno == level and f"({placed} of 100 particles placed)" in line.getMessage()
+
+
 def test_no_warning_when_every_particle_was_placed():
     summary = pipeline.SimulationSummary("x", 6, 2, 2, 1.0, 0, 3, 5, 5, 0)
     assert summary.placement_warning(tiny_dataset_spec()) is None
