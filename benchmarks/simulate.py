@@ -17,6 +17,15 @@ new_domain_seconds_from_store, new_domain_seconds_from_scratch, new_domain_speed
     Adding one defocus domain (30 nm) to the simulated laptop dataset, imaged from its
     exit-wave store (no multislice), against simulating that one domain from scratch
     (multislice included, no store); both serial in this process. Target >= 50.
+seconds_structure_build
+    Per particle shape (Au particles at laptop settings; ``--shapes-only`` runs this
+    alone): ``particle`` (mean seconds to build one particle, its shape cached),
+    ``particle_first`` (the first one, building wulffpack's Wulff construction or the
+    ase.cluster candidates), ``structure`` (mean seconds of a whole structure: substrate
+    and particles), ``multislice`` (mean seconds of that structure's multislice, full and
+    particles alone), ``structure_to_multislice`` (their ratio), ``particle_to_multislice``
+    (one particle's build over a structure's multislice) and ``atoms_per_particle``;
+    ``load_average_1min`` says how busy the machine was when it started.
 exit_wave_bytes_per_structure
     Bytes of the exit-wave store per structure at laptop settings (measured: the
     Parquet files); ``exit_wave_bytes_per_structure_paper`` is the same count at the
@@ -36,9 +45,11 @@ import numpy as np
 from hrtem_ray.cluster.runtime import ray_session
 from hrtem_ray.dataset.pipeline import simulate_dataset, simulate_dataset_serial
 from hrtem_ray.dataset.waves import WAVES_DIR
-from hrtem_ray.physics.simulate import simulate_structure
+from hrtem_ray.physics.particles import build_particle
+from hrtem_ray.physics.simulate import simulate_structure, structure_waves
 from hrtem_ray.physics.structures import random_structure
 from hrtem_ray.spec.config import parse_dataset_spec
+from hrtem_ray.spec.materials import SHAPES
 from hrtem_ray.spec.types import SimulationParams, output_gpts
 
 #: The defocus (nm) of the domain added to the laptop dataset.
@@ -81,8 +92,46 @@ def time_split(spec, n_structures: int) -> dict[str, float]:
     return out
 
 
+def structure_build_timing(spec, n_structures: int) -> dict[str, dict[str, float]]:
+    """Seconds to build particles and structures of each shape, and their multislice."""
+    base = spec.groups()[0].structures
+    structure_waves(random_structure(base, 1999), spec.simulation, 0)  # abTEM warm (JIT, FFTW)
+    out: dict[str, dict[str, float]] = {}
+    for shape in SHAPES:
+        params = base.model_copy(update={"lattices": ("Au",), "shape": shape})
+        radii = np.random.default_rng(0).uniform(*params.radius_angstrom, size=4 * n_structures)
+        start = time.perf_counter()
+        build_particle("Au", float(radii[0]), params, np.random.default_rng(0))
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        atoms = [
+            len(build_particle("Au", float(r), params, np.random.default_rng(k)).symbols)
+            for k, r in enumerate(radii)
+        ]
+        particle = (time.perf_counter() - start) / len(radii)
+        structure_s = multislice_s = 0.0
+        for seed in range(n_structures):
+            start = time.perf_counter()
+            structure = random_structure(params, 2000 + seed)
+            structure_s += time.perf_counter() - start
+            multislice_s += structure_waves(structure, spec.simulation, seed).multislice_seconds
+        out[shape] = {
+            "particle": particle,
+            "particle_first": first,
+            "structure": structure_s / n_structures,
+            "multislice": multislice_s / n_structures,
+            "structure_to_multislice": structure_s / multislice_s,
+            "particle_to_multislice": particle * n_structures / multislice_s,
+            "atoms_per_particle": float(np.mean(atoms)),
+        }
+    return out
+
+
 def main() -> None:
     parser = common.parser(__doc__, "small run (< 1 minute)")
+    parser.add_argument(
+        "--shapes-only", action="store_true", help="only seconds_structure_build (per shape)"
+    )
     args = parser.parse_args()
 
     # the laptop dataset of sweeps/laptop.yaml: 32 structures in shards of 4
@@ -100,6 +149,11 @@ def main() -> None:
         "structures": n_train + n_split,
         "structures_per_shard": per_shard,
     }
+    report["load_average_1min"] = os.getloadavg()[0]
+    report["seconds_structure_build"] = structure_build_timing(spec, 2 if args.quick else 4)
+    if args.shapes_only:
+        common.emit(report, args.out)
+        return
     report["per_structure_s"] = time_split(spec, 2 if args.quick else 4)
 
     with tempfile.TemporaryDirectory() as tmp:

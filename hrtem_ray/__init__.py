@@ -3,7 +3,7 @@
 >>> import hrtem_ray
 >>> study = hrtem_ray.Study.from_yaml("sweeps/laptop.yaml")
 >>> print(study.dry_run().splitlines()[0])
-study laptop (defocus): 9 pretrain, 54 transfer, 3 baseline, 66 models in all
+study laptop (defocus): 15 pretrain, 50 transfer, 5 baseline, 70 models in all
 
 Subpackages by stage, top layer first; each imports only from the layers below it (the
 contract is ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports``):
@@ -15,14 +15,19 @@ contract is ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports
   ``inference``: hrtem-ray predict, tiled and blended segmentation of micrographs (one model
   or the ensemble of a configuration's replicates)
 * ``sweep``: planning, scheduling and running a study's trials (Ray Tune), the results table,
-  check and repair; ``report``: the HTML report, its charts, figures and CSV tables
+  check and repair, the rounds of adaptive studies and their replays; ``report``: the HTML
+  report, its charts, figures and CSV tables
 * ``dataset``: simulated Parquet shards and their readers, the exit-wave store, imported
   microscope files
-* ``physics``: nanoparticle structures (ASE) and multislice HRTEM (abTEM); ``learning``: the
-  U-Net, augmentation and the training loop (plain torch); ``analysis``: the analysis contract
-  in Polars with bootstrap intervals
-* ``spec``: the typed, validated study spec; ``store``: storage and atomic writes, the study
-  lock; ``cluster``: starting or joining Ray clusters, Slurm
+* ``physics``: nanoparticle structures (ASE; particle shapes, zone axes and twins with
+  wulffpack and ase.cluster) and multislice HRTEM (abTEM); ``learning``: the U-Net,
+  augmentation and the training loop (plain torch); ``analysis``: the analysis contract in
+  Polars with bootstrap intervals, the findings and the sequential rule of adaptive studies
+* ``spec``: the typed, validated study spec, its strict YAML reader, the materials (built-in
+  lattices and CIF files, read through ``store`` while the spec is read) and what a study
+  needs of the machine (``spec.footprint``)
+* ``store``: storage and atomic writes, the study lock; ``cluster``: starting or joining Ray
+  clusters (waiting for a node a trial fits), Slurm
 """
 
 from hrtem_ray._version import __version__

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -26,12 +27,19 @@ exit codes:
   {EXIT_OK}    done: every planned shard and model is done (report: written)
   {EXIT_ERROR}    unexpected error (traceback printed)
   {EXIT_BAD_INPUT}    bad input, refused before Ray starts: spec error, dataset mismatch,
-       study lock held, unusable output path, nothing to report
+       study lock held, unusable output path, unreachable storage, more than
+       this machine holds, nothing to report
   {EXIT_FAILED}    trials failed for good (failure table printed; `run` writes a report
        marked "partial")
   {EXIT_PROBLEMS}    check: damaged or stray files found (--repair quarantines them)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C / SIGTERM): rerun the same command to resume
 """
+
+
+UNTIL_DECIDED_HELP = (
+    "adaptive study: train seeds in rounds until the findings are decided or the budget is "
+    "spent (the spec's adaptive section, else its defaults)"
+)
 
 
 def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--num-gpus", type=int, default=None, help="GPUs of a local cluster (default: detected)"
     )
+    sweep.add_argument("--until-decided", action="store_true", help=UNTIL_DECIDED_HELP)
     _add_cluster_args(sweep)
 
     run = _subparser(sub, "run", "simulate + sweep + analyse + report in one go")
@@ -100,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
         "--all-results",
         action="store_true",
         help="report rows of other configurations in results/ too (default: current spec only)",
+    )
+    run.add_argument("--until-decided", action="store_true", help=UNTIL_DECIDED_HELP)
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print trial counts (an adaptive study: its first round and budget), run nothing",
     )
     _add_cluster_args(run)
 
@@ -141,7 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--deep", action="store_true", help="also read needed checkpoints in full")
 
     imp = _subparser(sub, "import", "import micrographs (and masks) as a domain of a dataset")
-    imp.add_argument("files", nargs="+", help="DM3/DM4, EMD, MRC, TIFF, PNG/JPEG or NPY files")
+    imp.add_argument(
+        "files", nargs="+", help="DM3/DM4, TIA SER/EMI, EMD, HSPY/ZSPY, MRC, TIFF, PNG, NPY, ..."
+    )
     imp.add_argument("--data", required=True, help="the dataset directory (of hrtem-ray simulate)")
     imp.add_argument("--domain", required=True, help="name of the new domain, e.g. exp_au")
     imp.add_argument(
@@ -166,6 +183,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="file names held out whole as the test split (instead of --test-fraction)",
     )
+    imp.add_argument(
+        "--max-upsampling",
+        type=float,
+        default=4.0,
+        help="refuse files whose pixels are more than this many times the dataset's (4)",
+    )
 
     pred = _subparser(sub, "predict", "segment micrographs with a study's model")
     pred.add_argument("files", nargs="+", help="micrographs (the formats of import)")
@@ -178,6 +201,18 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--overlap-px", type=int, default=None, help="default: a quarter tile")
     pred.add_argument("--threshold", type=float, default=0.5, help="particle probability (0.5)")
     pred.add_argument("--num-threads", type=int, default=None, help="torch threads")
+    pred.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of another predict run in -o (else refused)",
+    )
+    pred.add_argument(
+        "--max-memory",
+        type=_size,
+        default=None,
+        help="refuse inputs whose estimated peak memory exceeds this, e.g. 64GB "
+        "(default: the memory available now)",
+    )
     pred.add_argument(
         "--ensemble",
         action="store_true",
@@ -214,10 +249,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _size(text: str) -> int:
+    """``--max-memory``: a size such as ``8GB`` or ``512MiB`` in bytes."""
+    from hrtem_ray.spec.footprint import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _study(args):
+    """The study of the command's spec; ``--all-results`` is refused for an adaptive one."""
+    from hrtem_ray.spec.base import SpecError
     from hrtem_ray.study import Study
 
-    return Study.from_yaml(args.spec, out=args.out)
+    study = Study.from_yaml(args.spec, out=args.out, until_decided=args.until_decided)
+    if getattr(args, "all_results", False) and study.spec.adaptive is not None:
+        raise SpecError(
+            "--all-results: not with an adaptive study (adaptive: in the spec or "
+            "--until-decided): its rounds decide on the models of its own plan; leave it out"
+        )
+    return study
 
 
 def _say(line: str) -> None:
@@ -252,6 +305,20 @@ def progress_printed() -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """:func:`warnings.showwarning` of the command: one ``warning: MESSAGE`` line on stderr."""
+    _say(f"warning: {message}")
+
+
+@contextmanager
+def warnings_printed() -> Iterator[None]:
+    """While inside, each Python warning the filters let through (a damaged shard ignored, a
+    dark-field micrograph, a file imported twice...) is printed as one ``warning: ...`` line."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        yield
 
 
 def interrupted_message(done: int, total: int, unit: str = "models") -> str:
@@ -321,7 +388,11 @@ def _run(args) -> int:
     from hrtem_ray.report.build import ReportError
 
     study = _study(args)
-    study.preflight(args.address)  # before the lock creates anything
+    if args.dry_run:
+        print(study.dry_run())
+        return EXIT_OK
+    # before the lock creates anything
+    study.preflight(args.address, trials=True, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
     with study.lock("hrtem-ray run"):  # one lock over the sweep and the report
         code = _sweep_outcome(study, args)
         if code == EXIT_INTERRUPTED:
@@ -361,21 +432,37 @@ def _check(args) -> int:
     return check.main_from_cli(args)
 
 
-def _import(args) -> int:
-    from hrtem_ray.dataset.micrographs import import_micrographs
+#: What ``hrtem-ray import`` says after its summary line, by :class:`ImportSummary` status.
+_IMPORT_STATUS = {
+    "imported": "",
+    "resumed": "; resumed an interrupted import: {written} of {shards} files written now",
+    "repaired": "; {written} damaged shards written again",
+    "unchanged": "; already imported from these files: nothing to do",
+}
 
-    done = import_micrographs(
-        args.files,
-        args.data,
-        args.domain,
-        masks=args.masks,
-        pixel_size_angstrom=args.pixel_size_angstrom,
-        overlap_px=args.overlap_px,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        test_files=args.test_files,
-    )
-    print(done.describe(args.data))
+
+def _import(args) -> int:
+    from hrtem_ray.dataset.micrographs import import_micrographs, import_progress
+
+    try:
+        done = import_micrographs(
+            args.files,
+            args.data,
+            args.domain,
+            masks=args.masks,
+            pixel_size_angstrom=args.pixel_size_angstrom,
+            overlap_px=args.overlap_px,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            test_files=args.test_files,
+            max_upsampling=args.max_upsampling,
+        )
+    except KeyboardInterrupt:
+        written, claimed = import_progress(args.data, args.domain)
+        _say(interrupted_message(written, claimed or len(args.files), "files"))
+        return EXIT_INTERRUPTED
+    status = _IMPORT_STATUS[done.status].format(written=done.written, shards=done.shards)
+    print(done.describe(args.data) + status)
     return EXIT_OK
 
 
@@ -392,6 +479,8 @@ def _predict(args) -> int:
         threshold=args.threshold,
         num_threads=args.num_threads,
         ensemble=args.ensemble,
+        overwrite=args.overwrite,
+        max_memory_bytes=args.max_memory,
     )
     used = (
         f"an ensemble of {len(result.model_ids)} replicates of {result.model_id}"
@@ -479,6 +568,17 @@ def is_bad_input(exc: BaseException) -> bool:
     return False
 
 
+#: Longest error message printed (characters); a longer one is cut, saying its length.
+MAX_ERROR_CHARS = 4000
+
+
+def error_line(exc: BaseException, max_chars: int = MAX_ERROR_CHARS) -> str:
+    """``error: <message>``, cut to ``max_chars`` characters (an error may echo its input)."""
+    from hrtem_ray.spec.base import clip_text
+
+    return clip_text(f"error: {exc}", max_chars)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hrtem-ray`` console script; returns the exit code."""
     # `hrtem-ray slurm SPEC [options] -- EXTRA...`: EXTRA goes to the study command
@@ -486,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         # SIGTERM stops a command like Ctrl-C (the study re-arms this once Ray has started)
-        with sigterm_interrupts(), progress_printed():
+        with sigterm_interrupts(), progress_printed(), warnings_printed():
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         # interrupted outside the commands' own handling (while reading, starting Ray...)
@@ -495,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not is_bad_input(exc):
             raise
-        _say(f"error: {exc}")
+        _say(error_line(exc))
         return EXIT_BAD_INPUT
 
 

@@ -19,7 +19,12 @@
 Outputs written to ``out_dir`` per file ``<stem>``: ``<stem>_mask.tif`` (uint8 0/255,
 ImageJ calibration in nm of the input), ``<stem>_mask.png``, ``<stem>_overlay.png`` (the
 image with particles tinted red), and for all files ``particles.parquet`` and
-``particles.csv``.
+``particles.csv`` (each written atomically) and ``predict.json``, the run record (model,
+files with their sha256, options, outputs; written first with ``complete: false``, last
+with ``true``). One output directory holds one run: a directory that holds another run's
+results (another model, other files or options) is refused before anything is written,
+unless ``overwrite``, which deletes that run's outputs first (:func:`prepare_output_dir`);
+the same run again simply writes the same outputs again.
 
 Ensembles (``ensemble=True``, ``hrtem-ray predict --ensemble``): the replicates of the
 chosen model's configuration (its models that differ only in their seed,
@@ -32,7 +37,9 @@ this disagreement (``hrtem-ray suggest``).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,7 +50,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from hrtem_ray.dataset.geometry import cut_tiles, resample, tile_positions
+from hrtem_ray.dataset.geometry import cut_tiles, resample, resampled_shape, tile_positions
 from hrtem_ray.dataset.micrograph_files import (
     Micrograph,
     MicrographError,
@@ -53,10 +60,17 @@ from hrtem_ray.dataset.micrograph_files import (
 from hrtem_ray.learning.train import load_checkpoint
 from hrtem_ray.learning.train import predict as predict_tiles
 from hrtem_ray.spec.config import parse_stored_study_spec
+from hrtem_ray.spec.footprint import available_memory_bytes, format_bytes
 from hrtem_ray.spec.types import output_gpts
 from hrtem_ray.store import storage
 from hrtem_ray.store.layout import STUDY_FILE
 from hrtem_ray.sweep import results
+
+#: The run record of an output directory (see the module docstring).
+RUN_RECORD = "predict.json"
+#: Names of the files a run writes per input file (after its stem), and for all files.
+OUTPUT_SUFFIXES = ("_mask.tif", "_mask.png", "_overlay.png", "_std.tif", "_std.png")
+TABLE_FILES = ("particles.parquet", "particles.csv")
 
 PARTICLE_COLUMNS = (
     "source",
@@ -130,19 +144,23 @@ class PredictionResult:
 def choose_model(study_root: str, model: str) -> ModelChoice:
     """The model named by ``model``: a model id, or ``best:DOMAIN``.
 
-    ``best:DOMAIN`` takes, among the study's models with a stored checkpoint, the one
-    with the lowest loss (excess cross-entropy) on eval domain ``DOMAIN``; the reason
+    ``best:DOMAIN`` takes, among the study's models with a usable stored checkpoint, the
+    one with the lowest loss (excess cross-entropy) on eval domain ``DOMAIN``; the reason
     says which, with its loss and IoU, how many were compared, and whether a model with
-    a lower loss kept no checkpoint (``keep_checkpoints: pretrain``).
+    a lower loss kept no checkpoint (``keep_checkpoints: pretrain``). A better model whose
+    checkpoint is damaged (truncated, incomplete, not matching its digest: every
+    candidate down to the chosen one is read in full, :func:`results.checkpoint_problem`
+    with ``deep``) is skipped with a WARNING naming it and why, and the reason says so
+    too: the choice is never silently the runner-up.
 
     Raises
     ------
     PredictError
         No results, no row for ``DOMAIN`` (the eval domains are listed), or no model
-        with a checkpoint; or the model id has no checkpoint.
+        with a usable checkpoint; or the model id has no usable checkpoint.
     """
     if not model.startswith("best:"):
-        problem = results.checkpoint_problem(study_root, model)
+        problem = results.checkpoint_problem(study_root, model, deep=True)
         if problem is not None:
             raise PredictError(f"--model {model}: no usable checkpoint in {study_root} ({problem})")
         return ModelChoice(model, f"model {model} as given")
@@ -154,24 +172,41 @@ def choose_model(study_root: str, model: str) -> ModelChoice:
     if rows.is_empty():
         known = ", ".join(sorted(table.get_column("eval_domain").unique().to_list()))
         raise PredictError(f"--model {model}: no results on domain {domain!r}; evaluated: {known}")
-    with_checkpoint = [
-        r
-        for r in rows.iter_rows(named=True)
-        if results.checkpoint_problem(study_root, r["model_id"]) is None
-    ]
-    if not with_checkpoint:
+    best, damaged, n_usable = None, [], 0
+    for row in rows.iter_rows(named=True):
+        if not results.checkpoint_files(study_root, row["model_id"]):
+            continue  # kept no checkpoint (keep_checkpoints: pretrain), or deleted by design
+        # read in full down to the chosen one, so that a damaged better model is reported
+        problem = results.checkpoint_problem(study_root, row["model_id"], deep=best is None)
+        if problem is None:
+            n_usable += 1
+            best = best or row
+        elif best is None:
+            damaged.append((row, problem))
+    if best is None:
+        extra = f"; {len(damaged)} damaged: {damaged[0][1]}" if damaged else ""
         raise PredictError(
             f"--model {model}: none of the {rows.height} models evaluated on {domain!r} has a "
-            "stored checkpoint (set keep_checkpoints: all in the spec and rerun the sweep)"
+            f"usable stored checkpoint (set keep_checkpoints: all in the spec and rerun the "
+            f"sweep){extra}"
         )
-    best = with_checkpoint[0]
     reason = (
         f"best:{domain}: {best['model_id']} ({best['phase']}) has the lowest loss on {domain} "
-        f"({best['loss']:.4f}, IoU {best['iou']:.3f}) of the {len(with_checkpoint)} models "
-        "with a stored checkpoint"
+        f"({best['loss']:.4f}, IoU {best['iou']:.3f}) of the {n_usable} models "
+        "with a usable stored checkpoint"
     )
+    for row, problem in damaged:
+        warning = (
+            f"best:{domain}: skipped {row['model_id']} ({row['phase']}, loss "
+            f"{row['loss']:.4f}, lower than the chosen {best['loss']:.4f}): {problem}; "
+            f"`hrtem-ray check {study_root} --deep --repair` then a sweep retrains it"
+        )
+        log.warning(warning)
+        reason += f"; skipped {row['model_id']} (loss {row['loss']:.4f}): damaged checkpoint"
     overall = rows.row(0, named=True)
-    if overall["model_id"] != best["model_id"]:
+    if overall["model_id"] != best["model_id"] and overall["model_id"] not in {
+        r["model_id"] for r, _ in damaged
+    }:
         reason += (
             f"; {overall['model_id']} ({overall['phase']}) has a lower loss "
             f"({overall['loss']:.4f}) but kept no checkpoint (keep_checkpoints: all keeps it)"
@@ -236,8 +271,17 @@ def choose_ensemble(study_root: str, model: str) -> tuple[list[str], str]:
     return ids, reason
 
 
-def _study_geometry(study_root: str) -> tuple[float, int]:
-    """The pixel size (Å) and tile size (px) of a study's models (from its ``study.json``).
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What a study's models take: pixel size (Å), tile size (px) and U-Net size preset."""
+
+    pixel_size_angstrom: float
+    tile_px: int
+    model_size: str
+
+
+def study_geometry(study_root: str) -> ModelGeometry:
+    """The pixel size, tile size and model size of a study's models, from its ``study.json``.
 
     Raises
     ------
@@ -249,14 +293,22 @@ def _study_geometry(study_root: str) -> tuple[float, int]:
         raise PredictError(f"--study: no study.json in {study_root} (run its sweep first)")
     spec = parse_stored_study_spec(storage.read_json(spec_path)["spec"], source=spec_path)
     sim = spec.dataset.simulation
-    return sim.output_sampling_angstrom, output_gpts(spec.dataset.structures.cell_angstrom, sim)
+    tile_px = output_gpts(spec.dataset.structures.cell_angstrom, sim)
+    return ModelGeometry(sim.output_sampling_angstrom, tile_px, spec.model.size)
 
 
-def _load_checkpoint_model(study_root: str, model_id: str) -> torch.nn.Module:
-    """A stored checkpoint's model (on the CPU)."""
+def _load_checkpoint_model(study_root: str, model_id: str, model: str) -> torch.nn.Module:
+    """A stored checkpoint's model (on the CPU); ``model`` is what the user asked for."""
+    location = results.checkpoint_path(study_root, model_id)
     with tempfile.TemporaryDirectory(prefix="hrtem-predict-") as tmp:
-        storage.download_dir(results.checkpoint_path(study_root, model_id), tmp)
-        net, _ = load_checkpoint(tmp)
+        storage.download_dir(location, tmp)
+        try:
+            net, _ = load_checkpoint(tmp)
+        except Exception as exc:  # passed the checks, yet torch cannot load it
+            raise PredictError(
+                f"--model {model}: cannot load the checkpoint {location} "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
     return net
 
 
@@ -266,12 +318,15 @@ def load_study_model(study_root: str, model: str) -> StudyModel:
     Raises
     ------
     PredictError
-        ``study_root`` holds no ``study.json``, or as :func:`choose_model`.
+        ``study_root`` holds no ``study.json``, as :func:`choose_model`, or the chosen
+        checkpoint cannot be loaded.
     """
-    pixel_size, tile_px = _study_geometry(study_root)
+    geometry = study_geometry(study_root)
     choice = choose_model(study_root, model)
-    net = _load_checkpoint_model(study_root, choice.model_id)
-    return StudyModel(net, choice.model_id, choice.reason, pixel_size, tile_px)
+    net = _load_checkpoint_model(study_root, choice.model_id, model)
+    return StudyModel(
+        net, choice.model_id, choice.reason, geometry.pixel_size_angstrom, geometry.tile_px
+    )
 
 
 def load_study_models(study_root: str, model: str, ensemble: bool = False) -> list[StudyModel]:
@@ -279,10 +334,16 @@ def load_study_models(study_root: str, model: str, ensemble: bool = False) -> li
     (:func:`choose_ensemble`), each loaded with the study's pixel and tile size."""
     if not ensemble:
         return [load_study_model(study_root, model)]
-    pixel_size, tile_px = _study_geometry(study_root)
+    geometry = study_geometry(study_root)
     ids, reason = choose_ensemble(study_root, model)
     return [
-        StudyModel(_load_checkpoint_model(study_root, m), m, reason, pixel_size, tile_px)
+        StudyModel(
+            _load_checkpoint_model(study_root, m, model),
+            m,
+            reason,
+            geometry.pixel_size_angstrom,
+            geometry.tile_px,
+        )
         for m in ids
     ]
 
@@ -302,6 +363,142 @@ def torch_threads(num_threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+#: Resident memory of a ``predict`` process before its first micrograph, with margin:
+#: Python, torch, hrtem_ray, scikit-image and a small U-Net measured 300 MiB (CPU torch),
+#: and about 90 MiB more appear at the first resampling (allocator arenas, FFT plans).
+PREDICT_BASE_BYTES = 512 * 2**20
+#: Peak bytes per pixel of the model's grid while one micrograph is segmented: float64 DCT
+#: coefficients in and out of the resampling, the float32 resampled image, the blended
+#: sums and weights, the float64 probability resampled back. Fitted 23.6 on the measured
+#: peaks of ``benchmarks/predict_memory.py`` (README, "Micrographs"), rounded up.
+BYTES_PER_MODEL_PIXEL = 32
+#: Peak bytes per pixel of the input grid while one micrograph is segmented and written
+#: (probability, mask, labels, overlay): fitted 10.5 with resampling; 61 all told without
+#: (a micrograph at the model's pixel size, model grid and input grid being one).
+BYTES_PER_INPUT_PIXEL = 32
+#: Bytes per input pixel kept until the end for every file: the image read (float32), its
+#: probability (float32) and mask (bool).
+HELD_BYTES_PER_INPUT_PIXEL = 9
+#: Activation bytes per tile pixel of one tile in a batch of inference (torch, no_grad),
+#: by U-Net preset: measured 196 to 214 (small) and 617 to 669 (full) at 64 and 128 px.
+ACTIVATION_BYTES_PER_TILE_PIXEL = {"small": 256, "full": 768}
+#: Tiles cut at once by :func:`predict_probability` (at least the batch size).
+TILES_PER_CHUNK = 256
+
+
+def inference_bytes(geometry: ModelGeometry, batch_size: int = 32) -> int:
+    """Working set of the tiled inference: a chunk of tiles and their probabilities
+    (float32) and one batch's activations (:data:`ACTIVATION_BYTES_PER_TILE_PIXEL`)."""
+    tile = geometry.tile_px**2
+    activations = ACTIVATION_BYTES_PER_TILE_PIXEL.get(geometry.model_size, 768)
+    return max(batch_size, TILES_PER_CHUNK) * tile * 8 + batch_size * tile * activations
+
+
+def estimate_predict_memory_bytes(
+    shapes: Sequence[tuple[int, int]],
+    pixel_sizes_angstrom: Sequence[float],
+    geometry: ModelGeometry,
+    batch_size: int = 32,
+) -> int:
+    """Estimated peak memory (bytes) of :func:`predict` on micrographs of these shapes.
+
+    ``PREDICT_BASE_BYTES + inference_bytes + sum over files of HELD_BYTES_PER_INPUT_PIXEL x
+    pixels + max over files of (BYTES_PER_MODEL_PIXEL x resampled pixels +
+    BYTES_PER_INPUT_PIXEL x pixels)``: every file's image, probability and mask stay in
+    memory until the end, and the files are segmented one at a time. The resampled size is
+    the same field of view at the model's pixel size
+    (:func:`hrtem_ray.dataset.geometry.resampled_shape`): a micrograph of 2.0 Å/px predicted
+    by a model of 0.4 Å/px is 25 times as many pixels. The README's "Micrographs" section
+    compares the estimate with measured peaks.
+
+    Parameters
+    ----------
+    shapes
+        ``(H, W)`` of each micrograph.
+    pixel_sizes_angstrom
+        Each micrograph's pixel size.
+    geometry
+        The model's pixel size, tile size and preset (:func:`study_geometry`).
+    batch_size
+        Tiles per forward pass.
+    """
+    held, peak = 0, 0
+    for shape, pixel in zip(shapes, pixel_sizes_angstrom, strict=True):
+        pixels = math.prod(shape)
+        resampled = math.prod(resampled_shape(shape, pixel, geometry.pixel_size_angstrom))
+        held += HELD_BYTES_PER_INPUT_PIXEL * pixels
+        peak = max(peak, BYTES_PER_MODEL_PIXEL * resampled + BYTES_PER_INPUT_PIXEL * pixels)
+    return PREDICT_BASE_BYTES + inference_bytes(geometry, batch_size) + held + peak
+
+
+def check_predict_memory(
+    micrographs: Sequence[Micrograph],
+    geometry: ModelGeometry,
+    max_memory_bytes: int | None = None,
+    batch_size: int = 32,
+) -> int:
+    """Refuse micrographs whose prediction would need more memory than the limit.
+
+    Parameters
+    ----------
+    micrographs
+        The files read (shapes and pixel sizes).
+    geometry
+        The model's (:func:`study_geometry`).
+    max_memory_bytes
+        The limit (``--max-memory``); default the memory available now
+        (:func:`hrtem_ray.spec.footprint.available_memory_bytes`).
+    batch_size
+        Tiles per forward pass.
+
+    Returns
+    -------
+    int
+        The estimate (:func:`estimate_predict_memory_bytes`).
+
+    Raises
+    ------
+    PredictError
+        The estimate exceeds the limit: the message names the largest file, its size and
+        resampled size, the estimate and the limit, and ``--max-memory``.
+    """
+    model_pixel = geometry.pixel_size_angstrom
+    shapes = [m.image.shape for m in micrographs]
+    pixels = [m.pixel_size_angstrom for m in micrographs]
+    estimate = estimate_predict_memory_bytes(shapes, pixels, geometry, batch_size)
+    limit = available_memory_bytes() if max_memory_bytes is None else int(max_memory_bytes)
+    if estimate <= limit:
+        return estimate
+    largest = max(
+        micrographs,
+        key=lambda m: math.prod(resampled_shape(m.image.shape, m.pixel_size_angstrom, model_pixel)),
+    )
+    height, width = largest.image.shape
+    new_h, new_w = resampled_shape(largest.image.shape, largest.pixel_size_angstrom, model_pixel)
+    what = "the limit of --max-memory" if max_memory_bytes is not None else "the memory available"
+    raise PredictError(
+        f"predicting {len(micrographs)} file(s) needs an estimated {format_bytes(estimate)}, "
+        f"more than {what} ({format_bytes(limit)}): {largest.name} ({height} x {width} px at "
+        f"{largest.pixel_size_angstrom:g} A/px) is resampled to {new_h} x {new_w} px at the "
+        f"model's {model_pixel:g} A/px; predict fewer or smaller files (crop or bin them), or "
+        "set --max-memory (e.g. 64GB) on a machine that has it"
+    )
+
+
+def check_output_dir(out_dir: str | Path) -> None:
+    """Refuse an output directory that is a file, lies under a file or cannot be written.
+
+    Raises
+    ------
+    PredictError
+        Naming the path and why (:func:`hrtem_ray.store.storage.check_writable_root`).
+    """
+    try:
+        storage.check_writable_root(str(Path(out_dir).expanduser().absolute()))
+    except storage.StorageError as exc:
+        raise PredictError(f"-o {out_dir}: {exc}") from None
 
 
 def blend_window(tile_px: int, floor: float = 1e-3) -> np.ndarray:
@@ -345,7 +542,7 @@ def predict_probability(
     window = blend_window(tile_px)
     total = np.zeros(padded.shape, np.float32)
     weight = np.zeros(padded.shape, np.float32)
-    chunk = max(batch_size, 256)
+    chunk = max(batch_size, TILES_PER_CHUNK)
     for i in range(0, len(positions), chunk):
         batch = positions[i : i + chunk]
         probs = predict_tiles(
@@ -530,6 +727,96 @@ def ensemble_probability(
     )
 
 
+def _run_record(model_id: str, micrographs: Sequence[Micrograph], options: dict) -> dict:
+    """What makes a run the same run: the model, the files (name, sha256), the options."""
+    return {
+        "model_id": model_id,
+        "files": [{"name": m.name, "sha256": m.sha256} for m in micrographs],
+        **options,
+    }
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    keys = ("model_id", "files", "threshold", "overlap_px", "pixel_size_angstrom", "ensemble")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def _is_output_name(name: str) -> bool:
+    return name in TABLE_FILES or name == RUN_RECORD or name.endswith(OUTPUT_SUFFIXES)
+
+
+def _describe_run(record: dict) -> str:
+    files = [str(f.get("name")) for f in record.get("files", []) if isinstance(f, dict)]
+    shown = ", ".join(files[:3]) + (f", ... {len(files) - 3} more" if len(files) > 3 else "")
+    state = "complete" if record.get("complete") else "not finished"
+    return (
+        f"model {record.get('model_id')} on {len(files)} files ({shown}), threshold "
+        f"{record.get('threshold')}, {state}"
+    )
+
+
+def prepare_output_dir(out_dir: Path, run: dict, overwrite: bool) -> list[Path]:
+    """Check that ``out_dir`` may take this run's outputs; return what ``overwrite`` deletes.
+
+    Parameters
+    ----------
+    out_dir
+        The output directory (missing, or not a directory: nothing to check here).
+    run
+        This run's record (:func:`_run_record`).
+    overwrite
+        Replace another run's results.
+
+    Returns
+    -------
+    list of Path
+        The other run's outputs to delete before writing (empty when the directory holds
+        none, or holds an earlier run of the same model, files and options, whose outputs
+        are simply written again).
+
+    Raises
+    ------
+    PredictError
+        ``out_dir`` holds another run's results (its ``predict.json``, or masks, overlays
+        or particle tables without one) and ``overwrite`` is off; named, with what to do.
+    """
+    if not out_dir.is_dir():
+        return []
+    found = sorted(p for p in out_dir.iterdir() if p.is_file() and _is_output_name(p.name))
+    if not found:
+        return []
+    try:
+        previous = json.loads((out_dir / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        previous = None
+    if isinstance(previous, dict) and _same_run(previous, run):
+        return []
+    if overwrite:
+        return found
+    what = (
+        f"the results of another predict run ({_describe_run(previous)})"
+        if isinstance(previous, dict)
+        else f"{len(found)} prediction outputs without a {RUN_RECORD} ({', '.join(p.name for p in found[:3])}"
+        + (", ...)" if len(found) > 3 else ")")
+    )
+    raise PredictError(
+        f"-o {out_dir} holds {what}: its particle table would not list both runs' files; "
+        "give another output directory, or pass --overwrite (overwrite=True) to replace them"
+    )
+
+
+def _write_table(particles: pl.DataFrame, out_dir: Path) -> list[str]:
+    """``particles.parquet`` and ``particles.csv``, each written atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    particles.write_parquet(buffer)
+    paths = [out_dir / name for name in TABLE_FILES]
+    storage.write_bytes_atomic(paths[0], buffer.getvalue())
+    storage.write_bytes_atomic(paths[1], particles.write_csv().encode("utf-8"))
+    return [str(p) for p in paths]
+
+
 def predict(
     study: str | Path,
     model: str,
@@ -543,6 +830,8 @@ def predict(
     device: str | None = None,
     num_threads: int | None = None,
     ensemble: bool = False,
+    overwrite: bool = False,
+    max_memory_bytes: int | None = None,
 ) -> PredictionResult:
     """Segment micrographs with a study's model, or the ensemble of its replicates.
 
@@ -571,6 +860,12 @@ def predict(
         the mask is the mean probability above ``threshold``; the per-pixel standard
         deviation over the models is written as ``<stem>_std.tif`` / ``_std.png`` and
         the particle table gets :data:`ENSEMBLE_COLUMNS`.
+    overwrite
+        Replace another run's results in ``out_dir`` (else refused, see
+        :func:`prepare_output_dir`).
+    max_memory_bytes
+        Refuse inputs whose estimated peak memory (:func:`check_predict_memory`) exceeds
+        this; default the memory available now.
 
     The model choice and its reason, then one line per micrograph, are logged at INFO
     (logger ``hrtem_ray.inference``; ``hrtem-ray predict`` prints them).
@@ -583,20 +878,45 @@ def predict(
     Raises
     ------
     MicrographError, PredictError
-        Before anything is written.
+        Before anything is written or predicted: unknown formats, clashing names, a bad
+        threshold, an output path that is a file or under one (or not writable), a study
+        without ``study.json`` or an unreachable ``s3://`` study
+        (:class:`~hrtem_ray.store.storage.StorageError`), unreadable files or headers
+        declaring more pixels than memory holds, inputs whose prediction needs more than
+        ``max_memory_bytes``, no usable model, ``out_dir`` holding another run's results (see
+        :func:`prepare_output_dir`).
     """
     paths = [Path(f) for f in files]
     _check_files(paths)
     if not 0 < threshold < 1:
         raise PredictError(f"threshold must be in (0, 1), got {threshold}")
+    if out_dir is not None:
+        check_output_dir(out_dir)
+    storage.check_reachable(str(study))
+    geometry = study_geometry(str(study))
     micrographs = [read_micrograph(p, pixel_size_angstrom) for p in paths]
+    estimate = check_predict_memory(micrographs, geometry, max_memory_bytes, batch_size)
     loaded = load_study_models(str(study), model, ensemble)
+    options = {
+        "threshold": threshold,
+        "overlap_px": overlap_px,
+        "pixel_size_angstrom": pixel_size_angstrom,
+        "ensemble": [m.model_id for m in loaded] if ensemble else None,
+    }
+    run = _run_record(loaded[0].model_id, micrographs, options)
+    target = Path(out_dir) if out_dir is not None else None
+    stale = [] if target is None else prepare_output_dir(target, run, overwrite)
     log.info(f"model: {loaded[0].reason}")
+    log.info(f"memory: an estimated {format_bytes(estimate)} at the peak")
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info(f"--overwrite: deleted {len(stale)} outputs of another run in {target}")
     masks, probabilities, stds, tables, written = {}, {}, {}, [], []
     with torch_threads(num_threads):
-        target = Path(out_dir) if out_dir is not None else None
         if target is not None:
             target.mkdir(parents=True, exist_ok=True)
+            storage.write_json_atomic(target / RUN_RECORD, {**run, "complete": False})
         for micrograph in micrographs:
             members = ensemble_probability(
                 loaded, micrograph, overlap_px, batch_size=batch_size, device=device
@@ -620,10 +940,13 @@ def predict(
         if tables
         else particle_table(np.zeros((1, 1), bool), np.zeros((1, 1)), 1, "")
     )
-    if out_dir is not None:
-        particles.write_parquet(Path(out_dir) / "particles.parquet")
-        particles.write_csv(Path(out_dir) / "particles.csv")
-        written += [str(Path(out_dir) / "particles.parquet"), str(Path(out_dir) / "particles.csv")]
+    if target is not None:
+        written += _write_table(particles, target)
+        outputs = [Path(p).name for p in written]
+        storage.write_json_atomic(
+            target / RUN_RECORD, {**run, "complete": True, "outputs": outputs}
+        )
+        written.append(str(target / RUN_RECORD))
     return PredictionResult(
         masks, probabilities, particles, loaded[0].model_id, loaded[0].reason, written, stds,
         [m.model_id for m in loaded],
@@ -635,21 +958,28 @@ __all__ = [
     "ENSEMBLE_COLUMNS",
     "PARTICLE_COLUMNS",
     "ModelChoice",
+    "ModelGeometry",
     "PredictError",
     "PredictionResult",
     "StudyModel",
     "blend_window",
+    "check_output_dir",
+    "check_predict_memory",
     "choose_ensemble",
     "choose_model",
     "ensemble_probability",
+    "estimate_predict_memory_bytes",
+    "inference_bytes",
     "load_study_model",
     "load_study_models",
     "overlay",
+    "prepare_output_dir",
     "particle_table",
     "predict",
     "predict_probability",
     "replicates",
     "segment",
+    "study_geometry",
     "torch_threads",
     "write_outputs",
 ]

@@ -2,8 +2,8 @@
 
 >>> from hrtem_ray import Study
 >>> study = Study.from_yaml("sweeps/laptop.yaml", out="out/laptop")
->>> len(study.plan.all())  # study.run() simulates, trains 66 models and reports
-66
+>>> len(study.plan.all())  # study.run() simulates, trains 70 models and reports
+70
 
 Layout of a study's output directory (``--out``, or ``storage`` in the spec)::
 
@@ -14,6 +14,7 @@ Layout of a study's output directory (``--out``, or ``storage`` in the spec)::
     failures/      trials that failed for good
     tune/          Ray Tune's experiment folders
     report/        the HTML report, figures and tables
+    adaptive/      an adaptive study's rounds (round-NNN.json)
     study.json     the spec of the latest sweep: the plan that results and reports follow
 
 Results and reports follow the current plan: rows of models that the spec no longer
@@ -42,6 +43,7 @@ from hrtem_ray.spec.config import (
     load_study_spec,
     parse_stored_study_spec,
     parse_study_spec,
+    read_spec_file,
 )
 from hrtem_ray.spec.dataset import check_resources
 from hrtem_ray.spec.study import StudySpec
@@ -158,6 +160,9 @@ class Study:
     data
         Dataset directory or URI overriding ``dataset.path`` and ``<out>/data``
         (``hrtem-ray simulate --out``).
+    until_decided
+        Make the study adaptive (``hrtem-ray run --until-decided``): a spec without an
+        ``adaptive`` section gets the default one (:class:`hrtem_ray.spec.adaptive.AdaptiveSpec`).
 
     Attributes
     ----------
@@ -181,10 +186,18 @@ class Study:
         out: str | os.PathLike | None = None,
         *,
         data: str | os.PathLike | None = None,
+        until_decided: bool = False,
     ) -> None:
+        if until_decided and spec.adaptive is None:
+            raw = {**spec.model_dump(mode="json"), "adaptive": {}}
+            spec = parse_stored_study_spec(raw, source="the spec with --until-decided")
         self.spec = spec if out is None else spec.with_storage(str(out))
         self.study_root = _absolute(self.spec.storage)
         self._data = None if data is None else _absolute(os.fspath(data))
+        if self.spec.adaptive is not None:  # the budget covers the first round
+            from hrtem_ray.sweep.rounds import settings_of
+
+            settings_of(self.spec)
 
     @classmethod
     def from_yaml(
@@ -193,9 +206,10 @@ class Study:
         out: str | os.PathLike | None = None,
         *,
         data: str | os.PathLike | None = None,
+        until_decided: bool = False,
     ) -> Study:
         """Read and validate a study spec file (see ``sweeps/``)."""
-        return cls(load_study_spec(path), out, data=data)
+        return cls(load_study_spec(path), out, data=data, until_decided=until_decided)
 
     @classmethod
     def for_dataset(
@@ -207,10 +221,8 @@ class Study:
         ``<storage>/data`` is); the grids are dropped, so a file holding nothing but a
         ``dataset`` section works too.
         """
-        import yaml
-
         dataset = load_dataset_spec(path)
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = read_spec_file(path)
         spec = {
             "dataset": dataset.model_dump(mode="json"),
             "pretrain": None,
@@ -254,9 +266,18 @@ class Study:
             return _absolute(self.spec.dataset.path)
         return storage.join(self.study_root, "data")
 
-    @cached_property
+    @property
     def plan(self) -> TrialPlan:
-        """The trials of the spec (:func:`hrtem_ray.sweep.trials.plan_trials`)."""
+        """The trials of the spec (:func:`hrtem_ray.sweep.trials.plan_trials`); of an adaptive
+        study, those of its latest round (:func:`hrtem_ray.sweep.rounds.current_plan`)."""
+        if self.spec.adaptive is not None:
+            from hrtem_ray.sweep.rounds import current_plan
+
+            return current_plan(self.spec, self.study_root)
+        return self._fixed_plan
+
+    @cached_property
+    def _fixed_plan(self) -> TrialPlan:
         return plan_trials(self.spec)
 
     def progress(self) -> StudyProgress:
@@ -284,10 +305,32 @@ class Study:
         return storage.join(self.study_root, "report")
 
     def dry_run(self) -> str:
-        """Trial counts and training-set sizes, without running anything."""
-        from hrtem_ray.sweep.trials import dry_run
+        """Trial counts and training-set sizes (an adaptive study: its first round and budget,
+        :func:`hrtem_ray.sweep.rounds.dry_run`), and, when this study simulates its dataset,
+        the dataset's images, shards, bytes on disk and driver memory
+        (:class:`hrtem_ray.spec.footprint.DatasetFootprint`), without running anything.
 
-        return dry_run(self.spec)
+        A dataset that cannot fit the data root's free disk or this machine's memory gets
+        one more line, ``refused here: ...`` with the numbers: ``simulate``, ``sweep`` and
+        ``run`` refuse it in their :meth:`preflight` (a dry run of a paper preset on a
+        laptop still shows its counts).
+        """
+        from hrtem_ray.spec.base import SpecError
+        from hrtem_ray.spec.footprint import check_dataset_footprint, dataset_footprint
+
+        if self.spec.adaptive is not None:
+            from hrtem_ray.sweep.rounds import dry_run
+        else:
+            from hrtem_ray.sweep.trials import dry_run
+
+        lines = [dry_run(self.spec)]
+        if self._data is None and not self.spec.dataset.path:
+            lines.append(dataset_footprint(self.spec.dataset).line())
+            try:
+                check_dataset_footprint(self.spec.dataset, self.dataset_root)
+            except SpecError as refusal:
+                lines.append(f"refused here (simulate, sweep and run check it first): {refusal}")
+        return "\n".join(lines)
 
     def check_dataset(self) -> None:
         """Refuse a data root that holds another spec's dataset, before Ray starts.
@@ -301,19 +344,44 @@ class Study:
 
         check_dataset_root(self.spec.dataset, self.dataset_root)
 
-    def preflight(self, address: str | None = None, *, simulate: bool | None = None) -> None:
+    def preflight(
+        self,
+        address: str | None = None,
+        *,
+        simulate: bool | None = None,
+        trials: bool = False,
+        num_cpus: int | None = None,
+        num_gpus: int | None = None,
+    ) -> None:
         """The checks that run before Ray starts and before anything is written.
 
-        The data root must hold this spec's dataset or none (:meth:`check_dataset`), its
-        imported domains (``domains.imported``) must be there, with masks where a role uses
-        them (:func:`hrtem_ray.dataset.micrographs.check_spec_imports`), and,
-        when this study simulates (default: it has no ``dataset.path``) on a private local
-        cluster, one simulation worker must fit in this machine's memory.
+        The storage must be reachable (:func:`hrtem_ray.store.storage.check_reachable`:
+        an ``s3://`` root with no credentials or an unreachable endpoint is refused with
+        the reason), the data root must hold this spec's dataset or none
+        (:meth:`check_dataset`), its imported domains (``domains.imported``) must be
+        there, with masks where a role uses them
+        (:func:`hrtem_ray.dataset.micrographs.check_spec_imports`). When this study
+        simulates (default: it has no ``dataset.path``) every particle shape must be
+        buildable and fit the cell
+        (:func:`hrtem_ray.physics.particles.check_particle_shapes`), the dataset must fit
+        the data root's free disk and the driver's memory
+        (:func:`hrtem_ray.spec.footprint.check_dataset_footprint`) and, on a private local
+        cluster, one simulation worker this machine's memory. With ``trials`` (a sweep) on
+        a private local cluster, one trial's ``resources`` must fit the cluster
+        (:func:`hrtem_ray.spec.footprint.check_local_trial_resources`, ``num_cpus`` and
+        ``num_gpus`` as given to the cluster).
 
         Raises
         ------
-        hrtem_ray.dataset.manifest.DatasetError, hrtem_ray.spec.base.SpecError, hrtem_ray.dataset.micrograph_files.MicrographError
+        hrtem_ray.store.storage.StorageError, hrtem_ray.dataset.manifest.DatasetError, hrtem_ray.spec.base.SpecError, hrtem_ray.dataset.micrograph_files.MicrographError
         """
+        from hrtem_ray.spec.footprint import check_dataset_footprint, check_local_trial_resources
+
+        for root in dict.fromkeys([self.study_root, self.dataset_root]):
+            storage.check_reachable(root)
+        local = address in (None, "local")
+        if trials and local:
+            check_local_trial_resources(self.spec, num_cpus=num_cpus, num_gpus=num_gpus)
         self.check_dataset()
         if self.spec.domains.imported:  # imported domains present, with masks and enough tiles
             from hrtem_ray.dataset.micrographs import check_spec_imports
@@ -322,7 +390,13 @@ class Study:
         if simulate is None:
             simulate = self._data is None and not self.spec.dataset.path
         if simulate:
-            _check_local_memory(self.spec, address)
+            if any(p.shape != "sphere" for _, p in self.spec.dataset.groups_structures()):
+                from hrtem_ray.physics.particles import check_particle_shapes
+
+                check_particle_shapes(self.spec.dataset)
+            check_dataset_footprint(self.spec.dataset, self.dataset_root)
+            if local:
+                check_resources(self.spec)
 
     def simulate(
         self,
@@ -356,16 +430,21 @@ class Study:
     ):
         """Run every trial not yet done (resumes a previous run); returns a :class:`SweepReport`.
 
-        Logs the outcome line, and the failure table when trials failed for good.
+        An adaptive study runs its rounds (:func:`hrtem_ray.sweep.rounds.run_adaptive`),
+        resuming its stored ones. Logs the outcome line, and the failure table when trials
+        failed for good.
         """
         from hrtem_ray.dataset.pipeline import simulate_dataset
+        from hrtem_ray.sweep.rounds import run_adaptive
         from hrtem_ray.sweep.run import format_failures, format_outcome, run_sweep
 
         simulate = self._data is None and not self.spec.dataset.path
         # The study root's lock (and the data root's, when this sweep writes the
         # dataset) is held for the whole sweep, taken before Ray starts.
         roots = [self.study_root, self.dataset_root] if simulate else [self.study_root]
-        self.preflight(address, simulate=simulate)
+        self.preflight(
+            address, simulate=simulate, trials=True, num_cpus=num_cpus, num_gpus=num_gpus
+        )
         with (
             _locked_roots(roots, f"hrtem-ray sweep ({self.spec.name})"),
             ray_session(
@@ -378,9 +457,8 @@ class Study:
         ):
             if simulate:
                 simulate_dataset(self.spec.dataset, self.dataset_root, on_shard=_log_shard)
-            report = run_sweep(
-                self.spec, study_root=self.study_root, dataset_root=self.dataset_root
-            )
+            sweep = run_adaptive if self.spec.adaptive is not None else run_sweep
+            report = sweep(self.spec, study_root=self.study_root, dataset_root=self.dataset_root)
         log.info(format_outcome(report))
         if report.failed:
             log.info(format_failures(report.failed))
@@ -472,21 +550,6 @@ class Study:
             return self.results()
 
 
-def _check_local_memory(spec: StudySpec, address: str | None) -> None:
-    """On a private local cluster, refuse a simulation worker larger than this machine.
-
-    A joined cluster's workers run on other machines, whose memory the driver does not
-    know before Ray starts; Ray's own memory monitor guards them.
-
-    Raises
-    ------
-    hrtem_ray.spec.base.SpecError
-        With the estimate, the machine's memory and the fields that set it.
-    """
-    if address in (None, "local"):
-        check_resources(spec)
-
-
 @contextmanager
 def _locked_roots(roots: list[str], command: str) -> Iterator[None]:
     """Check that each root is writable, then hold its study lock (in order).
@@ -568,6 +631,10 @@ def locate_results(
         if not glob.glob(raw, recursive=True):
             raise ReportError(f"no results yet: nothing matches {raw}")
         return ResultsLocation(raw, data_dir, source=raw)
+    try:
+        storage.check_reachable(raw)
+    except storage.StorageError as error:  # no credentials, endpoint unreachable, no bucket
+        raise ReportError(str(error)) from None
     try:
         present = storage.exists(raw)
     except (OSError, ValueError) as error:

@@ -52,6 +52,7 @@ LIGHT_MODULES = {
     "hrtem_ray.dataset.claim": HEAVY,
     # Microscope files: read, resampled, tiled and imported without Ray or the physics.
     "hrtem_ray.dataset.micrograph_files": HEAVY,
+    "hrtem_ray.dataset.micrograph_metadata": HEAVY,
     "hrtem_ray.dataset.geometry": HEAVY,
     "hrtem_ray.dataset.micrographs": HEAVY,
     # The report loads torch only to draw its prediction panel, and the CLI nothing

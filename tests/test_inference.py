@@ -7,6 +7,7 @@ epochs) on the tiny simulated dataset and stored in a study root with its result
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -224,10 +225,76 @@ def test_predict_errors_before_anything_is_written(study_root, tmp_path):
     with pytest.raises(MicrographError, match="same name 'a'"):
         hrtem_ray.predict(study_root, "best:0", [good, twin], out)
     with pytest.raises(MicrographError, match="unknown format"):
-        hrtem_ray.predict(study_root, "best:0", [tmp_path / "x.bmp"], out)
+        hrtem_ray.predict(study_root, "best:0", [tmp_path / "x.xyz"], out)
     with pytest.raises(PredictError, match="no results on domain"):
         hrtem_ray.predict(study_root, "best:nowhere", [good], out)
     assert not out.exists()
+
+
+def test_cli_predict_warns_about_a_real_stem_image_and_still_predicts(study_root, tmp_path, capsys):
+    """A real DM3 whose metadata say STEM (operation mode SCANNING, no detector recorded):
+    ``hrtem-ray predict`` prints the warning as one line, then predicts (68 px at 2.49 Å/px,
+    422 px on the model's grid)."""
+    from hrtem_ray.cli import main
+
+    real = Path(__file__).resolve().parent / "data" / "real_em" / "test_STEM_image.dm3"
+    out = tmp_path / "predicted"
+    code = main(
+        ["predict", "--study", str(study_root), "--model", "best:0", str(real), "-o", str(out)]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    (warning,) = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert warning == (
+        f"warning: {real}: a STEM image (operation mode: SCANNING; detector not recorded); if "
+        "it is dark-field (ADF/HAADF), its contrast is unlike the phase-contrast bright-field "
+        "HRTEM images the models were trained on"
+    )
+    assert "predicted 1 files" in captured.out and (out / "test_STEM_image_mask.tif").is_file()
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_one_output_directory_holds_one_predict_run_unless_overwrite(
+    study_root, tiny_dataset_root, tmp_path
+):
+    """A second run (other files) into the same directory is refused before anything is
+    written; the same run again writes the same outputs; --overwrite replaces the first run's
+    outputs, so that the particle table lists exactly the files whose masks are there.
+    Files that are not predict outputs are left alone."""
+    from hrtem_ray.inference import RUN_RECORD
+
+    val = readers.read_images(tiny_dataset_root, "0", "val")
+    first, second = tmp_path / "first.tif", tmp_path / "second.tif"
+    _save_calibrated(first, val.images[0], PIXEL_ANGSTROM)
+    _save_calibrated(second, val.images[1], PIXEL_ANGSTROM)
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    hrtem_ray.predict(study_root, "best:0", [first], out)
+    record = json.loads((out / RUN_RECORD).read_text())
+    assert record["complete"] and [f["name"] for f in record["files"]] == ["first.tif"]
+    assert "first_mask.tif" in record["outputs"] and "particles.csv" in record["outputs"]
+    before = _outputs(out)
+    with pytest.raises(PredictError, match=r"holds the results of another predict run \(model "):
+        hrtem_ray.predict(study_root, "best:0", [second], out)
+    with pytest.raises(PredictError, match="--overwrite"):  # another threshold: another run
+        hrtem_ray.predict(study_root, "best:0", [first], out, threshold=0.7)
+    assert _outputs(out) == before
+    hrtem_ray.predict(study_root, "best:0", [first], out)  # the same run: the same outputs
+    assert _outputs(out).keys() == before.keys()
+    result = hrtem_ray.predict(study_root, "best:0", [second], out, overwrite=True)
+    names = set(_outputs(out))
+    assert not any(n.startswith("first_") for n in names) and "second_mask.tif" in names
+    assert (out / "notes.txt").read_text() == "mine"
+    table = pl.read_parquet(out / "particles.parquet")
+    assert set(table.get_column("source").to_list()) <= {"second.tif"}
+    assert table.equals(result.particles)
+    assert [f["name"] for f in json.loads((out / RUN_RECORD).read_text())["files"]] == [
+        "second.tif"
+    ]
 
 
 @pytest.mark.slow
@@ -253,9 +320,19 @@ def test_cli_import_then_predict(study_root, tiny_dataset_root, tmp_path):
         "domain exp_cli" in proc.stdout and "2 train + 1 val + 0 test tiles of 64 px" in proc.stdout
     )
     again = run_cli(*args)
-    assert again.returncode == 2 and "already holds an imported domain" in again.stderr
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+    other = run_cli(*args[:-4], "--masks", masks[1], masks[0], masks[2])  # other pairs
+    assert other.returncode == 2 and "already holds an imported domain 'exp_cli'" in other.stderr
     out = tmp_path / "predicted"
     proc = run_cli("predict", "--study", study_root, "--model", "best:0", *files, "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert "model: best:0: pretrain-" in proc.stderr and "predicted 3 files" in proc.stdout
     assert (out / "m0_mask.tif").is_file() and (out / "particles.csv").is_file()
+    proc = run_cli("predict", "--study", study_root, "--model", "best:0", files[0], "-o", out)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: -o "), proc.stderr
+    assert "another predict run" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli(
+        "predict", "--study", study_root, "--model", "best:0", files[0], "-o", out, "--overwrite"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not (out / "m1_mask.tif").exists() and (out / "m0_mask.tif").is_file()

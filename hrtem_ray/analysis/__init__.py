@@ -4,13 +4,17 @@
 * ``metrics``: every metric defined once (building block, resampled cells, output columns);
 * ``functions``: the public functions, one metric each (``pair_matrix``, ``ood_spread``, ...);
 * ``selections``: every table for every filter selection at once (the report's tables);
-* ``bootstrap``: the resampling of groups of models and the percentile intervals.
+* ``bootstrap``: the resampling of groups of models and the percentile intervals;
+* ``findings``: the measures of the reference study's findings, from replicates
+  (``replicates``: the replicate means of configurations and their stratified bootstrap);
+* ``sequential``: t intervals over replicates and the valid verdicts of adaptive studies,
+  look after look; ``verdicts``: the findings table (``findings``), one verdict per
+  finding, from t intervals (default) or percentile intervals.
 
 Everything is importable from here (``hrtem_ray.analysis.pair_matrix``), as documented.
 """
 
 from hrtem_ray.analysis.bootstrap import CI_SUFFIXES
-from hrtem_ray.analysis.findings import findings
 from hrtem_ray.analysis.functions import (
     FIGURE_7_2,
     FIGURE_7_2_COLUMNS,
@@ -49,6 +53,7 @@ from hrtem_ray.analysis.tables import (
     load_results,
     sort_domains,
 )
+from hrtem_ray.analysis.verdicts import findings
 
 __all__ = [
     "CI_SUFFIXES",

@@ -1,6 +1,6 @@
 """One verdict per finding of the reference study, with replicate-based intervals.
 
-:func:`findings` decides each finding of the reference study (``study_reference.md``,
+:func:`hrtem_ray.analysis.verdicts.findings` decides each finding of the reference study (``study_reference.md``,
 "Findings") on any results table in the schema of ``docs/results_schema.md``: an
 hrtem-ray study, or a converted published table. The measures are defined in
 ``docs/results_schema.md`` ("Findings"); this docstring says how they are computed.
@@ -21,7 +21,8 @@ configurations of one cell, such as the transfer models of one pair, as the stud
 reduces over models; then the mean over cells, such as pairs or targets). One
 bootstrap replicate resamples the models of every configuration independently, with
 replacement and at its own size (stratified), and recomputes the measure by the same
-code; the interval is the percentile interval of ``n_boot`` replicates. A
+code; the interval that decides it is a Student t interval over the replicates, or the
+percentile interval of ``n_boot`` replicates (:func:`hrtem_ray.analysis.verdicts.findings`). A
 configuration with a single model has no replicates and is left out; where a side of
 a comparison is left with none, the verdict is ``undecidable`` and the reason says
 so. A verdict is never reached on point estimates.
@@ -43,15 +44,23 @@ smaller share of replicates on either side of 0, with Holm's correction at level
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import polars as pl
 
-from hrtem_ray.analysis.bootstrap import check_ci
-from hrtem_ray.analysis.tables import domain_order
+from hrtem_ray.analysis.replicates import (
+    ConfigMeans,
+    config_means,
+    group_means,
+    on_target,
+    percentile_interval,
+    wide_losses,
+)
+from hrtem_ray.analysis.tables import domain_order, seconds_per_epoch
+from hrtem_ray.spec.adaptive import FINDING_KEYS, IN_FOCUS
 
-FINDING_KEYS = ("1", "2a", "2b", "2c", "3", "4", "5a", "5b", "5c")
 FINDINGS_COLUMNS = ("finding", "claim", "measure", "estimate", "ci_low", "ci_high", "n_models",
                     "verdict", "reason")  # fmt: skip
 VERDICTS = ("agrees", "disagrees", "undecidable")
@@ -67,7 +76,6 @@ LITTLE_COST = 0.05
 A_LITTLE_COST = 0.25
 #: Finding 5c: the study's range of the encoder-freezing time saving.
 SAVING_RANGE = (0.15, 0.25)
-IN_FOCUS = "0"
 LOSS_UNIT = "nats of excess loss"
 
 CLAIMS = {
@@ -132,8 +140,8 @@ _REQUIRED = (*_LABELS, "pretrain_lr", "transfer_lr", "n_pretrain", "n_transfer",
 _SETTINGS = ("pretrain_lr", "transfer_lr", "n_pretrain", "n_transfer", "loss_function",
              "patience", "min_delta", "budget", "augment")  # fmt: skip
 _DEVICE = ("train_device", "trials_sharing_device")
-_OPTIONAL = ("epochs", "max_epochs", "train_seconds", "loss_function", "patience", "min_delta",
-             "augment", *_DEVICE)  # fmt: skip
+_OPTIONAL = ("epochs", "max_epochs", "train_seconds", "epoch_seconds", "loss_function", "patience",
+             "min_delta", "augment", *_DEVICE)  # fmt: skip
 _PHASES = ("pretrain", "transfer", "baseline")
 _NO_REPLICATES = "one model per configuration: no replicates"
 
@@ -166,16 +174,23 @@ class _Data:
         """Models of the given configurations."""
         return int(self.configs.filter(pl.col("config").is_in(list(configs)))["n_models"].sum())
 
-    def missing(self, phase: str, what: str) -> str:
-        """The reason for a missing side: no replicates (and what decides it), or no models."""
+    def missing(self, phase: str, what: str, decide: str) -> str:
+        """The reason for a missing side and what would decide it: replicates, or ``decide``
+        (the models the study would need, in the spec's words)."""
         if phase in self.single:
             return f"{what}: {_NO_REPLICATES} (3 seeds per configuration would decide it)"
-        return f"no {what}"
+        return f"no {what} ({decide} would decide it)"
 
 
 @dataclass(frozen=True)
-class _Outcome:
-    """A finding's result before it becomes a row of the findings table."""
+class Outcome:
+    """A finding's result before it becomes a row of the findings table.
+
+    Besides the row's fields: ``draws``, the measure's bootstrap replicates (row 0 the
+    point estimate; finding 4: ``(pairs, n_boot + 1)``, the change of each pair's OOD
+    spread), ``configs``, the configuration codes the measure rests on, and ``parts``,
+    for finding 4 those of each pair. ``None`` / empty without a measure.
+    """
 
     estimate: float | None = None
     ci_low: float | None = None
@@ -183,6 +198,9 @@ class _Outcome:
     n_models: int = 0
     verdict: str = "undecidable"
     reason: str = ""
+    draws: np.ndarray | None = field(default=None, compare=False, repr=False)
+    configs: frozenset[int] = frozenset()
+    parts: tuple[frozenset[int], ...] = ()
 
 
 # --------------------------------------------------------------------------- #
@@ -231,11 +249,7 @@ def _read(table: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
             "a model_id has two different rows on one eval_domain: pass each model once"
         )
     budget = [c for c in ("max_epochs", "epochs") if c in optional]
-    seconds = (
-        pl.col("train_seconds") / pl.col("epochs")
-        if {"train_seconds", "epochs"} <= set(optional)
-        else pl.lit(None, pl.Float64)
-    )
+    seconds = seconds_per_epoch(optional)
     return frame.with_columns(
         budget=pl.coalesce(budget) if budget else pl.lit(None, pl.Int64),
         seconds_per_epoch=seconds,
@@ -258,7 +272,8 @@ def _prepare(table: pl.DataFrame | pl.LazyFrame) -> _Data:
     models = models.filter(pl.col("n_models") >= 2)
     codes = ["config", "setting", "unfrozen"]
     rows = frame.join(models.select("model_id", *codes), on="model_id", how="inner")
-    configs = models.select(*codes, "n_models", "phase", *domains, "n_transfer", "freeze").unique()
+    labels = ("pretrain_lr", "transfer_lr", "n_pretrain", "n_transfer", "freeze")
+    configs = models.select(*codes, "n_models", "phase", *domains, *labels).unique()
     pretrain = frame.filter(pl.col("phase") == "pretrain").get_column("pretrain_domain")
     studies = frame.get_column("study").unique().to_list()
     return _Data(
@@ -269,139 +284,6 @@ def _prepare(table: pl.DataFrame | pl.LazyFrame) -> _Data:
         single=single,
         has_seconds=frame.get_column("seconds_per_epoch").is_not_null().any(),
     )
-
-
-# --------------------------------------------------------------------------- #
-# resampling
-# --------------------------------------------------------------------------- #
-def _resample_counts(n_groups: int, size: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each replicate is drawn: shape ``(n_groups, n_boot, size)``, rows sum to ``size``."""
-    draws = rng.integers(0, size, (n_groups, n_boot, size))
-    draws += (np.arange(n_groups * n_boot) * size).reshape(n_groups, n_boot, 1)
-    counts = np.bincount(draws.ravel(), minlength=n_groups * n_boot * size)
-    return counts.reshape(n_groups, n_boot, size).astype(np.float64)
-
-
-def _group_means(
-    values: np.ndarray, groups: np.ndarray, n_boot: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Mean of each group's replicates, and its stratified bootstrap replicates.
-
-    Parameters
-    ----------
-    values
-        ``(n_models, k)`` values, sorted by ``groups``.
-    groups
-        ``(n_models,)`` group (configuration) codes.
-    n_boot
-        Bootstrap replicates (0: the point estimate only).
-    rng
-        Random generator.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n_boot + 1, n_groups, k)``: row 0 the plain means, rows 1.. the means of
-        resamples drawn with replacement within each group at its own size; groups in
-        sorted order of their codes.
-    """
-    _, starts, sizes = np.unique(groups, return_index=True, return_counts=True)
-    out = np.empty((n_boot + 1, len(sizes), values.shape[1]))
-    for size in np.unique(sizes):
-        sel = np.flatnonzero(sizes == size)
-        block = values[starts[sel, None] + np.arange(size)]  # (groups, size, k)
-        out[0, sel] = block.mean(axis=1)
-        if n_boot:
-            counts = _resample_counts(len(sel), int(size), n_boot, rng)  # (groups, boot, size)
-            out[1:, sel] = np.matmul(counts, block).transpose(1, 0, 2) / size
-    return out
-
-
-@dataclass(frozen=True)
-class _Means:
-    """Replicate means of a set of configurations on some keys (eval domains).
-
-    ``configs``: one row per configuration, with its code (``config``), ``index``
-    (position in ``values``) and the labels of :attr:`_Data.configs` when given;
-    ``values``: ``(n_boot + 1, n_configs, len(keys))``, replicate 0 the point estimate.
-    """
-
-    configs: pl.DataFrame
-    values: np.ndarray
-    keys: tuple[str, ...]
-
-    def select(
-        self, where: pl.Expr, keys: Sequence[str] | None = None
-    ) -> tuple[np.ndarray, set[int]]:
-        """``(n_boot + 1, n_selected, len(keys))`` means of the configurations ``where`` holds."""
-        chosen = self.configs.filter(where)
-        columns = [self.keys.index(k) for k in (keys or self.keys)]
-        values = self.values[:, chosen.get_column("index").to_numpy()][:, :, columns]
-        return values, set(chosen.get_column("config").to_list())
-
-    def median(self, where: pl.Expr, key: str) -> tuple[np.ndarray | None, set[int]]:
-        """``(n_boot + 1,)`` median over the selected configurations on ``key``, or None."""
-        if key not in self.keys:
-            return None, set()
-        values, configs = self.select(where, [key])
-        return (np.median(values[:, :, 0], axis=1) if configs else None), configs
-
-
-def _wide(
-    frame: pl.DataFrame, keys: Sequence[str], labels: Sequence[str] = ()
-) -> pl.DataFrame | None:
-    """One row per model (sorted by ``config``, ``model_id``), its ``loss`` on each of ``keys``.
-
-    Models without a row on one of ``keys`` are left out; None without models.
-    """
-    if not frame.height:
-        return None
-    wide = frame.filter(pl.col("eval_domain").is_in(list(keys))).pivot(
-        on="eval_domain", index=["config", "model_id", *labels], values="loss"
-    )
-    if not wide.height or any(k not in wide.columns for k in keys):
-        return None
-    wide = wide.drop_nulls(list(keys)).sort("config", "model_id")
-    return wide if wide.height else None
-
-
-def _means(
-    frame: pl.DataFrame,
-    keys: Sequence[str],
-    n_boot: int,
-    rng: np.random.Generator,
-    info: pl.DataFrame | None = None,
-) -> _Means | None:
-    """Replicate means of ``loss`` per ``config`` on each eval domain in ``keys`` (None: no models)."""
-    wide = _wide(frame, keys)
-    if wide is None:
-        return None
-    groups = wide.get_column("config").to_numpy()
-    values = _group_means(
-        wide.select(list(keys)).to_numpy().astype(np.float64), groups, n_boot, rng
-    )
-    configs = pl.DataFrame({"config": np.unique(groups)}).with_row_index("index")
-    if info is not None:
-        configs = configs.join(info, on="config", how="left")
-    return _Means(configs, values, tuple(keys))
-
-
-def _on_target(frame: pl.DataFrame) -> pl.DataFrame:
-    """Rows on the model's own target (transfer / mixture) domain, as eval domain ``target``."""
-    target = frame.filter(pl.col("eval_domain") == pl.col("transfer_domain"))
-    return target.with_columns(eval_domain=pl.lit("target"))
-
-
-def _interval(
-    stat: np.ndarray, ci: float | None
-) -> tuple[float | None, float | None, float | None]:
-    """Point estimate (replicate 0) and percentile interval of the bootstrap replicates."""
-    estimate = float(stat[0]) if np.isfinite(stat[0]) else None
-    reps = stat[1:][np.isfinite(stat[1:])]
-    if ci is None or reps.size < 2:
-        return estimate, None, None
-    low, high = np.quantile(reps, [(1 - ci) / 2, (1 + ci) / 2])
-    return estimate, float(low), float(high)
 
 
 # --------------------------------------------------------------------------- #
@@ -416,27 +298,48 @@ def _region_text(region: tuple[float, float]) -> str:
     return f"between {low:g} and {high:g}"
 
 
-def _decide(key: str, stat: np.ndarray, ci: float | None, n_models: int, detail: str) -> _Outcome:
-    """The verdict of a measure's replicates against its claim's region (``REGIONS``)."""
-    estimate, low, high = _interval(stat, ci)
+def region_verdict(key: str, low: float, high: float, bounds: str) -> tuple[str, str]:
+    """The verdict of the interval ``[low, high]`` of finding ``key`` against its claim's
+    region (``REGIONS``), and why; ``bounds`` names the interval in the reason."""
     region = REGIONS[key]
     where = _region_text(region)
+    if region[0] < low and high < region[1]:
+        return "agrees", f"{bounds} lies {where}"
+    if high <= region[0] or low >= region[1]:
+        return "disagrees", f"{bounds} lies outside the claim's range ({where})"
+    return "undecidable", (
+        f"{bounds} overlaps the edge of the claim's range ({where}): more replicates would "
+        "narrow it"
+    )
+
+
+def _decide(
+    key: str,
+    stat: np.ndarray,
+    ctx: _Context,
+    used: set[int],
+    detail: str,
+    n_models: int | None = None,
+) -> Outcome:
+    """The verdict of a measure's replicates against its claim's region (``REGIONS``).
+
+    ``used``: the configurations it rests on; ``n_models``: their models (default: all).
+    """
+    ci = ctx.ci
+    n_models = ctx.data.n_models(used) if n_models is None else n_models
+    estimate, low, high = percentile_interval(stat, ci)
+    keep = {"draws": stat, "configs": frozenset(used)}
     if low is None or high is None:
         why = "no interval requested (ci=None)" if ci is None else "no interval"
-        return _Outcome(estimate, None, None, n_models, "undecidable", f"{detail}; {why}")
-    bounds = f"the {ci:.0%} interval [{low:.3g}, {high:.3g}]"
-    if region[0] < low and high < region[1]:
-        verdict, reason = "agrees", f"{bounds} lies {where}"
-    elif high <= region[0] or low >= region[1]:
-        verdict, reason = "disagrees", f"{bounds} lies outside the claim's range ({where})"
-    else:
-        verdict = "undecidable"
-        reason = f"{bounds} overlaps the edge of the claim's range ({where}): more replicates would narrow it"
-    return _Outcome(estimate, low, high, n_models, verdict, f"{detail}; {reason}")
+        return Outcome(estimate, None, None, n_models, "undecidable", f"{detail}; {why}", **keep)
+    verdict, reason = region_verdict(
+        key, low, high, f"the {ci:.0%} interval [{low:.3g}, {high:.3g}]"
+    )
+    return Outcome(estimate, low, high, n_models, verdict, f"{detail}; {reason}", **keep)
 
 
-def _undecidable(reason: str) -> _Outcome:
-    return _Outcome(reason=reason)
+def _undecidable(reason: str) -> Outcome:
+    return Outcome(reason=reason)
 
 
 def _fmt(x: float) -> str:
@@ -453,34 +356,45 @@ class _Context:
     ``pretrain``: pretrain configurations on every eval domain; ``transfer`` and
     ``baseline``: their configurations on their own target domain. Each is resampled
     once, from its own random stream, and shared by the findings that use it.
+    ``unbiased``: every resampling spreads replicates as :func:`group_means` does with it.
     """
 
     data: _Data
     ci: float | None
     n_boot: int
     boot_seed: int
-    pretrain: _Means | None
-    transfer: _Means | None
-    baseline: _Means | None
+    pretrain: ConfigMeans | None
+    transfer: ConfigMeans | None
+    baseline: ConfigMeans | None
+    unbiased: bool = False
 
     def rng(self, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.boot_seed, stream])
 
 
-def _context(data: _Data, ci: float | None, n_boot: int, boot_seed: int) -> _Context:
+def _context(
+    data: _Data, ci: float | None, n_boot: int, boot_seed: int, unbiased: bool = False
+) -> _Context:
     """Resample the pretrain, transfer and baseline configurations once."""
     pre = data.phase("pretrain")
     evals = domain_order(pre.get_column("eval_domain").unique().to_list())
     shared = [
         (pre, evals),
-        (_on_target(data.phase("transfer")), ["target"]),
-        (_on_target(data.phase("baseline")), ["target"]),
+        (on_target(data.phase("transfer")), ["target"]),
+        (on_target(data.phase("baseline")), ["target"]),
     ]
     means = [
-        _means(frame, keys, n_boot, np.random.default_rng([boot_seed, 100 + i]), data.configs)
+        config_means(
+            frame,
+            keys,
+            n_boot,
+            np.random.default_rng([boot_seed, 100 + i]),
+            data.configs,
+            unbiased,
+        )  # fmt: skip
         for i, (frame, keys) in enumerate(shared)
     ]
-    return _Context(data, ci, n_boot, boot_seed, *means)
+    return _Context(data, ci, n_boot, boot_seed, *means, unbiased=unbiased)
 
 
 def _pair(a: str, b: str | None = None) -> pl.Expr:
@@ -493,13 +407,15 @@ def _sides(ctx: _Context, *phases: str) -> str | None:
     """Why a finding lacks one of ``phases``' shared means, or None."""
     names = {"pretrain": "pretraining models", "transfer": "transfer models",
              "baseline": "baseline (mixture) models"}  # fmt: skip
+    decide = {"pretrain": "a pretrain grid", "transfer": "a transfer grid",
+              "baseline": "a baseline section with mixtures of a transfer pair"}  # fmt: skip
     for phase in phases:
         if getattr(ctx, phase) is None:
-            return ctx.data.missing(phase, names[phase])
+            return ctx.data.missing(phase, names[phase], decide[phase])
     return None
 
 
-def _dependence(ctx: _Context) -> _Outcome:
+def _dependence(ctx: _Context) -> Outcome:
     """Finding 1: how much target-domain loss depends on the pretraining domain."""
     reason = _sides(ctx, "transfer", "pretrain")
     if reason:
@@ -526,7 +442,7 @@ def _dependence(ctx: _Context) -> _Outcome:
         f"{len(sd_t)} targets: spread over pretraining domains {_fmt(mean_t[0])} after "
         f"transfer vs {_fmt(mean_p[0])} after pretraining alone ({LOSS_UNIT})"
     )
-    return _decide("1", mean_t / mean_p, ctx.ci, ctx.data.n_models(used), detail)
+    return _decide("1", mean_t / mean_p, ctx, used, detail)
 
 
 def _in_focus(ctx: _Context) -> str | None:
@@ -534,12 +450,13 @@ def _in_focus(ctx: _Context) -> str | None:
     if ctx.data.study != "defocus":
         return f"not a defocus study (study = {ctx.data.study!r})"
     if IN_FOCUS not in ctx.data.pretrain_domains:
-        return "no pretraining models on the in-focus domain (0 nm)"
+        return "no pretraining models on the in-focus domain (0 nm in domains.pretrain would decide it)"
     if ctx.pretrain is None:
-        return ctx.data.missing("pretrain", "pretraining models")
+        return ctx.data.missing("pretrain", "pretraining models", "a pretrain grid")
     present = set(ctx.pretrain.configs.get_column("pretrain_domain").to_list())
     if IN_FOCUS not in present or len(present) < 2:
-        return ctx.data.missing("pretrain", "pretraining models of 0 nm and another domain")
+        why = "pretraining models of 0 nm and another domain"
+        return ctx.data.missing("pretrain", why, "0 nm and another domain in domains.pretrain")
     return None
 
 
@@ -571,7 +488,7 @@ def _versus_others(
     cells: dict[str, tuple[np.ndarray, set[int]]],
     hardest: bool,
     label: str,
-) -> _Outcome:
+) -> Outcome:
     """0 nm's cell minus the largest (``hardest``) or else the smallest cell of the others."""
     others = {a: cell for a, (cell, _) in cells.items() if a != IN_FOCUS}
     if IN_FOCUS not in cells or not others:
@@ -585,10 +502,10 @@ def _versus_others(
     )
     used = set().union(*(configs for _, configs in cells.values()))
     stat = focus - extreme(list(others.values()), axis=0)
-    return _decide(key, stat, ctx.ci, ctx.data.n_models(used), detail)
+    return _decide(key, stat, ctx, used, detail)
 
 
-def _hardest(ctx: _Context) -> _Outcome:
+def _hardest(ctx: _Context) -> Outcome:
     """Finding 2a: in-domain loss of 0 nm minus the hardest other pretraining domain."""
     reason = _in_focus(ctx)
     return (
@@ -598,7 +515,7 @@ def _hardest(ctx: _Context) -> _Outcome:
     )
 
 
-def _generalisation(ctx: _Context) -> _Outcome:
+def _generalisation(ctx: _Context) -> Outcome:
     """Finding 2b: G_OOD of 0 nm against the other pretraining domains, on unseen domains."""
     reason = _in_focus(ctx)
     if reason:
@@ -610,7 +527,7 @@ def _generalisation(ctx: _Context) -> _Outcome:
     return _versus_others(ctx, "2b", gaps, False, f"G_OOD on {', '.join(unseen)} nm")
 
 
-def _asymmetry(ctx: _Context) -> _Outcome:
+def _asymmetry(ctx: _Context) -> Outcome:
     """Finding 2c: transfer asymmetry of 0 nm over the transfer settings of both directions."""
     reason = _in_focus(ctx) or _sides(ctx, "transfer")
     if reason:
@@ -634,12 +551,13 @@ def _asymmetry(ctx: _Context) -> _Outcome:
         partners.append(b)
     if not asym:
         why = "transfer models between 0 nm and another pretraining domain, in both directions"
-        return _undecidable(ctx.data.missing("transfer", why))
+        decide = "0 nm and another pretraining domain in domains.transfer"
+        return _undecidable(ctx.data.missing("transfer", why, decide))
     detail = f"mean over {', '.join(partners)} nm"
-    return _decide("2c", np.mean(asym, axis=0), ctx.ci, ctx.data.n_models(used), detail)
+    return _decide("2c", np.mean(asym, axis=0), ctx, used, detail)
 
 
-def _mixture(ctx: _Context) -> _Outcome:
+def _mixture(ctx: _Context) -> Outcome:
     """Finding 3: unfrozen transfer against the mixture with the same target images, per pair."""
     reason = _sides(ctx, "baseline", "transfer")
     if reason:
@@ -666,10 +584,10 @@ def _mixture(ctx: _Context) -> _Outcome:
             "no unfrozen transfer and mixture models with the same target count of one pair"
         )
     detail = f"{len(rel)} pairs at {', '.join(map(str, sorted(counts)))} target images"
-    return _decide("3", np.mean(rel, axis=0), ctx.ci, ctx.data.n_models(used), detail)
+    return _decide("3", np.mean(rel, axis=0), ctx, used, detail)
 
 
-def _holm(p_values: np.ndarray, alpha: float) -> np.ndarray:
+def holm(p_values: np.ndarray, alpha: float) -> np.ndarray:
     """Holm's step-down rejections of ``p_values`` at family-wise level ``alpha``."""
     order = np.argsort(p_values, kind="stable")
     thresholds = alpha / (len(p_values) - np.arange(len(p_values)))
@@ -679,16 +597,17 @@ def _holm(p_values: np.ndarray, alpha: float) -> np.ndarray:
     return reject
 
 
-def _shifts(ctx: _Context) -> tuple[np.ndarray, set[int]]:
-    """Per (pretrain, target) pair: OOD spread after transfer minus before, ``(pairs, n_boot + 1)``.
+def _shifts(ctx: _Context) -> tuple[np.ndarray, list[set[int]]]:
+    """Per (pretrain, target) pair: OOD spread after transfer minus before, ``(pairs, n_boot + 1)``,
+    and the configurations of each pair.
 
     The spread is over the eval domains outside 0 nm (defocus studies) and both training
     domains; P and T are medians over configurations of replicate means, as elsewhere.
     """
     pre, rng, pairs = ctx.pretrain, ctx.rng(4), ["pretrain_domain", "transfer_domain"]
     excluded = {IN_FOCUS} if ctx.data.study == "defocus" else set()
-    wide = _wide(ctx.data.phase("transfer"), pre.keys, pairs)
-    shifts, used, before = [], set(), {}
+    wide = wide_losses(ctx.data.phase("transfer"), pre.keys, pairs)
+    shifts, used, before = [], [], {}
     for (a, b), models in sorted(
         wide.partition_by(pairs, as_dict=True).items() if wide is not None else []
     ):
@@ -703,35 +622,28 @@ def _shifts(ctx: _Context) -> tuple[np.ndarray, set[int]]:
             continue
         values = models.select(columns).to_numpy().astype(np.float64)
         groups = models.get_column("config").to_numpy()
-        t_median = np.median(_group_means(values, groups, ctx.n_boot, rng), axis=1)
+        draws = group_means(values, groups, ctx.n_boot, rng, ctx.unbiased)
+        t_median = np.median(draws, axis=1)
         p_columns = p_median[:, [pre.keys.index(e) for e in columns]]
         shifts.append(np.std(t_median, axis=1) - np.std(p_columns, axis=1))
-        used |= p_configs | set(groups.tolist())
+        used.append(p_configs | set(groups.tolist()))
     return np.array(shifts), used
 
 
-def _spread(ctx: _Context) -> _Outcome:
-    """Finding 4: does the OOD spread grow for some pairs and shrink for others?"""
-    reason = _sides(ctx, "transfer", "pretrain")
-    if reason:
-        return _undecidable(reason)
-    shift, used = _shifts(ctx)
-    if not len(shift):
-        return _undecidable(
-            "no pair with replicated transfer and pretraining models on two eval domains"
-        )
-    estimate, n_models = float(np.mean(shift[:, 0] > 0)), ctx.data.n_models(used)
-    if ctx.ci is None or ctx.n_boot < 2:
-        reason = f"{len(shift)} pairs; no interval requested (ci=None)"
-        return _Outcome(estimate, None, None, n_models, "undecidable", reason)
-    reps = shift[:, 1:]
-    p = np.minimum(1.0, 2 * np.minimum(np.mean(reps <= 0, axis=1), np.mean(reps >= 0, axis=1)))
-    reject = _holm(p, 1 - ctx.ci)
-    grow, shrink = reject & (shift[:, 0] > 0), reject & (shift[:, 0] < 0)
+def spread_verdict(
+    shift: np.ndarray, reject: np.ndarray, test: str
+) -> tuple[float, float, str, str]:
+    """Finding 4's interval, verdict and reason from each pair's change of OOD spread.
+
+    ``shift``: each pair's point estimate; ``reject``: whether its change is significant;
+    ``test``: how significance was judged (for the reason). The interval runs from the
+    share of pairs growing significantly to one minus the share shrinking significantly.
+    """
+    grow, shrink = reject & (shift > 0), reject & (shift < 0)
     low, high = float(np.mean(grow)), 1 - float(np.mean(shrink))
     detail = (
         f"of {len(shift)} pairs, {int(grow.sum())} grow and {int(shrink.sum())} shrink "
-        f"significantly (Holm, family-wise {1 - ctx.ci:.0%})"
+        f"significantly ({test})"
     )
     if low > 0 and high < 1:
         verdict, why = "agrees", "some pairs grow and others shrink"
@@ -739,10 +651,34 @@ def _spread(ctx: _Context) -> _Outcome:
         verdict, why = "disagrees", "every pair moves the same way"
     else:
         verdict, why = "undecidable", "no significant change in one of the directions"
-    return _Outcome(estimate, low, high, n_models, verdict, f"{detail}: {why}")
+    return low, high, verdict, f"{detail}: {why}"
 
 
-def _paired(means: _Means, frozen: str, key: str) -> tuple[np.ndarray | None, set[int]]:
+def _spread(ctx: _Context) -> Outcome:
+    """Finding 4: does the OOD spread grow for some pairs and shrink for others?"""
+    reason = _sides(ctx, "transfer", "pretrain")
+    if reason:
+        return _undecidable(reason)
+    shift, parts = _shifts(ctx)
+    if not len(shift):
+        return _undecidable(
+            "no pair with replicated transfer and pretraining models on two eval domains"
+        )
+    used = set().union(*parts)
+    estimate, n_models = float(np.mean(shift[:, 0] > 0)), ctx.data.n_models(used)
+    keep = {"draws": shift, "configs": frozenset(used), "parts": tuple(map(frozenset, parts))}
+    if ctx.ci is None or ctx.n_boot < 2:
+        reason = f"{len(shift)} pairs; no interval requested (ci=None)"
+        return Outcome(estimate, None, None, n_models, "undecidable", reason, **keep)
+    reps = shift[:, 1:]
+    p = np.minimum(1.0, 2 * np.minimum(np.mean(reps <= 0, axis=1), np.mean(reps >= 0, axis=1)))
+    reject = holm(p, 1 - ctx.ci)
+    test = f"Holm, family-wise {1 - ctx.ci:.0%}"
+    low, high, verdict, reason = spread_verdict(shift[:, 0], reject, test)
+    return Outcome(estimate, low, high, n_models, verdict, reason, **keep)
+
+
+def _paired(means: ConfigMeans, frozen: str, key: str) -> tuple[np.ndarray | None, set[int]]:
     """Means with ``freeze == frozen`` over those of the same ``key`` with ``"none"``.
 
     Returns ``((n_boot + 1, n_pairs) ratios, configurations)``, or ``(None, set())``.
@@ -761,51 +697,57 @@ def _paired(means: _Means, frozen: str, key: str) -> tuple[np.ndarray | None, se
     )
 
 
-def _freezing_cost(frozen: str, key: str) -> Callable[[_Context], _Outcome]:
+def _freezing_cost(frozen: str, key: str) -> Callable[[_Context], Outcome]:
     """Findings 5a (decoder) and 5b (encoder): the paired relative cost in target loss."""
 
-    def finding(ctx: _Context) -> _Outcome:
+    def finding(ctx: _Context) -> Outcome:
         reason = _sides(ctx, "transfer")
         if reason:
             return _undecidable(reason)
         if not ctx.transfer.configs.filter(pl.col("freeze") == frozen).height:
-            return _undecidable(ctx.data.missing("transfer", f"{frozen}-frozen transfer models"))
+            what, decide = f"{frozen}-frozen transfer models", f"{frozen} in transfer.freeze"
+            return _undecidable(ctx.data.missing("transfer", what, decide))
         ratio, used = _paired(ctx.transfer, frozen, "unfrozen")
         if ratio is None:
             return _undecidable(f"no {frozen}-frozen transfer model with an unfrozen counterpart")
         detail = f"{ratio.shape[1]} paired configurations"
-        return _decide(key, np.mean(ratio - 1, axis=1), ctx.ci, ctx.data.n_models(used), detail)
+        return _decide(key, np.mean(ratio - 1, axis=1), ctx, used, detail)
 
     finding.__doc__ = f"Finding {key}: the paired relative cost of freezing the {frozen}."
     return finding
 
 
-def _time_saving(ctx: _Context) -> _Outcome:
+def _time_saving(ctx: _Context) -> Outcome:
     """Finding 5c: the paired relative saving of seconds per epoch from freezing the encoder."""
     if not ctx.data.has_seconds:
         return _undecidable("no train_seconds")
     transfer = ctx.data.phase("transfer").filter(pl.col("seconds_per_epoch").is_not_null())
     if not transfer.filter(pl.col("freeze") == "encoder").height:
         return _undecidable(
-            ctx.data.missing("transfer", "encoder-frozen transfer models with times")
+            ctx.data.missing(
+                "transfer",
+                "encoder-frozen transfer models with times",
+                "encoder in transfer.freeze",
+            )
         )
     device = [c for c in _DEVICE if c in transfer.columns]
     per_model = _code(transfer.unique("model_id"), ["unfrozen", *device], "pair")
     per_model = _code(per_model, ["pair", "freeze"], "group").select(
-        "model_id", "freeze", "pair", config=pl.col("group"), eval_domain=pl.lit("seconds"),
-        loss=pl.col("seconds_per_epoch"),
+        "model_id", "freeze", "pair", source=pl.col("config"), config=pl.col("group"),
+        eval_domain=pl.lit("seconds"), loss=pl.col("seconds_per_epoch"),
     )  # fmt: skip
     info = per_model.select("config", "freeze", "pair").unique()
-    means = _means(per_model, ["seconds"], ctx.n_boot, ctx.rng(9), info)
+    means = config_means(per_model, ["seconds"], ctx.n_boot, ctx.rng(9), info, ctx.unbiased)
     ratio, used = _paired(means, "encoder", "pair") if means else (None, set())
     if ratio is None:
         return _undecidable("no encoder-frozen transfer model with an unfrozen counterpart")
-    n_models = per_model.filter(pl.col("config").is_in(list(used))).height
+    models = per_model.filter(pl.col("config").is_in(list(used)))
     detail = f"{ratio.shape[1]} paired configurations" + (" (same device)" if device else "")
-    return _decide("5c", np.mean(1 - ratio, axis=1), ctx.ci, n_models, detail)
+    configs = set(models.get_column("source").to_list())
+    return _decide("5c", np.mean(1 - ratio, axis=1), ctx, configs, detail, models.height)
 
 
-_FINDINGS: dict[str, Callable[[_Context], _Outcome]] = {
+_FINDINGS: dict[str, Callable[[_Context], Outcome]] = {
     "1": _dependence,
     "2a": _hardest,
     "2b": _generalisation,
@@ -818,64 +760,56 @@ _FINDINGS: dict[str, Callable[[_Context], _Outcome]] = {
 }
 
 
-def findings(
+@dataclass(frozen=True)
+class Evaluation:
+    """Every finding's :class:`Outcome` on one table (:func:`evaluate`), with what it rests on.
+
+    Attributes
+    ----------
+    outcomes
+        Finding key -> its outcome, keys in :data:`FINDING_KEYS` order.
+    configs
+        One row per replicated configuration: ``config`` (the code of
+        :attr:`Outcome.configs`), ``n_models``, ``phase``, the domains, learning rates,
+        image counts and ``freeze``.
+    """
+
+    outcomes: dict[str, Outcome]
+    configs: pl.DataFrame
+    context: _Context = field(repr=False)
+
+    @cached_property
+    def _located(self) -> dict[int, tuple[ConfigMeans, int]]:
+        """Configuration code -> the shared means holding it and its index there."""
+        located = {}
+        for means in (self.context.pretrain, self.context.transfer, self.context.baseline):
+            if means is not None:
+                codes = means.configs.select("config", "index").iter_rows()
+                located |= {int(c): (means, int(i)) for c, i in codes}
+        return located
+
+    def config_draws(self, config: int) -> np.ndarray | None:
+        """``(n_boot + 1, k)``: the shared bootstrap replicates of a configuration's means
+        (a pretrain configuration on every eval domain, a transfer or mixture configuration
+        on its target), row 0 the means; ``None`` for a configuration outside them."""
+        found = self._located.get(config)
+        return None if found is None else found[0].values[:, found[1], :]
+
+
+def evaluate(
     table: pl.DataFrame | pl.LazyFrame,
     ci: float | None = 0.95,
     n_boot: int = 1000,
     boot_seed: int = 0,
-) -> pl.DataFrame:
-    """Decide each finding of the reference study on a results table.
+    unbiased: bool = False,
+) -> Evaluation:
+    """Every finding's outcome, with its bootstrap replicates and configurations.
 
-    Parameters
-    ----------
-    table
-        A results table (docs/results_schema.md): one row per model and eval domain;
-        an hrtem-ray study or a converted published table (both of its files may be
-        concatenated: the defocus models and the mixtures). Extra columns are ignored.
-    ci
-        Confidence level of the intervals, in (0, 1); ``None``: point estimates only
-        (every verdict is then ``undecidable``).
-    n_boot
-        Bootstrap replicates (at least 2).
-    boot_seed
-        Seed of the resampling: the same seed gives the same table.
-
-    Returns
-    -------
-    polars.DataFrame
-        One row per finding, keys ``1, 2a, 2b, 2c, 3, 4, 5a, 5b, 5c`` in that order;
-        columns ``finding``, ``claim`` (the study's statement), ``measure`` (in words,
-        with its unit and tolerance), ``estimate``, ``ci_low``, ``ci_high`` (f64, null
-        when not computable), ``n_models`` (i64: distinct models the measure rests on),
-        ``verdict`` (``agrees``, ``disagrees`` or ``undecidable``) and ``reason``.
-
-    Raises
-    ------
-    ValueError
-        For a bad ``ci``/``n_boot``, a table without the required columns, unknown
-        phases, several studies in one table, or a model with two different rows on
-        one eval domain; before any compute.
-
-    Notes
-    -----
-    Replicates are the distinct models of one configuration; the bootstrap resamples
-    them within each configuration, then reduces across configurations (module
-    docstring). Tolerances: finding 1 "barely depends" below
-    ``DEPENDENCE_TOLERANCE`` (0.25), finding 3 "approaches" below
-    ``APPROACH_TOLERANCE`` (0.10), finding 5a "little" below ``LITTLE_COST`` (0.05),
-    finding 5b "a little" between 0 and ``A_LITTLE_COST`` (0.25), finding 5c the
-    study's 0.15 to 0.25 (``SAVING_RANGE``). The pretrain, transfer and mixture
-    configurations are resampled once, each from its own random stream, and shared by
-    the findings that use them; findings 4 and 5c draw their own.
+    What :func:`hrtem_ray.analysis.verdicts.findings` tabulates; ``unbiased`` resamples each configuration's
+    replicates spread as :func:`hrtem_ray.analysis.replicates.group_means` says (the
+    sequential rule of adaptive studies, :mod:`hrtem_ray.analysis.sequential`). With
+    ``ci=None`` every outcome keeps its replicates (``n_boot`` of them) but no verdict.
     """
-    check_ci(ci, n_boot)
-    ctx = _context(_prepare(table), ci, n_boot if ci is not None else 0, boot_seed)
-    rows = []
-    for key in FINDING_KEYS:
-        outcome = _FINDINGS[key](ctx)
-        rows.append({"finding": key, "claim": CLAIMS[key], "measure": MEASURES[key],
-                     **{f: getattr(outcome, f) for f in FINDINGS_COLUMNS[3:]}})  # fmt: skip
-    floats, ints = ("estimate", "ci_low", "ci_high"), ("n_models",)
-    schema = {c: pl.Float64 if c in floats else pl.Int64 if c in ints else pl.String
-              for c in FINDINGS_COLUMNS}  # fmt: skip
-    return pl.DataFrame(rows, schema=schema)
+    ctx = _context(_prepare(table), ci, n_boot, boot_seed, unbiased)
+    outcomes = {key: _FINDINGS[key](ctx) for key in FINDING_KEYS}
+    return Evaluation(outcomes, ctx.data.configs, ctx)

@@ -27,7 +27,7 @@ from functools import partial
 import polars as pl
 
 from hrtem_ray.analysis.bootstrap import CI_SUFFIXES, Stat, bootstrap_cells, interval
-from hrtem_ray.analysis.tables import reduce_expr
+from hrtem_ray.analysis.tables import reduce_expr, seconds_per_epoch
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 PAIR_COLUMNS = ("pretrain_domain", "target_domain", "loss", "n_models", "from_pretrain")
@@ -141,6 +141,10 @@ class Metric:
         fixes by its arguments (and leaves out).
     domains, order
         Domain columns sorted in domain order, then other columns sorted by.
+    optional
+        Columns of the block that the selection tables of the report carry where the
+        results table has their source (``iou``), without intervals; the public
+        function's columns stay ``columns``.
     """
 
     block: Block
@@ -153,6 +157,7 @@ class Metric:
     labels: tuple[str, ...] = ()
     domains: tuple[str, ...] = ()
     order: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
 
     def output(self, ci: float | None) -> list[str]:
         """Output columns: each statistic followed by its interval, ``n_models`` at the end."""
@@ -226,12 +231,27 @@ def evaluate(
 # --------------------------------------------------------------------------- #
 # pair matrices and what derives from them
 # --------------------------------------------------------------------------- #
+def _with_iou(lf: pl.LazyFrame, reduce: str, prefix: str = "") -> list[pl.Expr]:
+    """The reduced ``iou`` of a pair cell, where the table has the column (none otherwise).
+
+    Carried next to the loss for the report's tooltips (:attr:`Metric.optional`); the
+    bootstrap replicates hold losses only, so IoU gets no interval.
+    """
+    if "iou" not in lf.collect_schema():
+        return []
+    return [reduce_expr(pl.col("iou"), reduce).alias(prefix + "iou")]
+
+
 def _pretrain_matrix(lf: pl.LazyFrame, reduce: str, keys: list[str]) -> pl.LazyFrame:
-    """P(a, b): reduced loss of pretrain models of domain a on eval domain b."""
+    """P(a, b): reduced loss (and IoU, where present) of pretrain models of domain a on b."""
     return (
         lf.filter(pl.col("phase") == "pretrain")
         .group_by([*keys, "pretrain_domain", "eval_domain"])
-        .agg(loss=reduce_expr(pl.col("loss"), reduce), n_models=pl.len().cast(pl.Int64))
+        .agg(
+            *_with_iou(lf, reduce),
+            loss=reduce_expr(pl.col("loss"), reduce),
+            n_models=pl.len().cast(pl.Int64),
+        )
         .rename({"eval_domain": "target_domain"})
     )
 
@@ -239,17 +259,20 @@ def _pretrain_matrix(lf: pl.LazyFrame, reduce: str, keys: list[str]) -> pl.LazyF
 def _transfer_matrix(lf: pl.LazyFrame, reduce: str, keys: list[str]) -> pl.LazyFrame:
     """T(a, b) with the pretrain fallback P(a, b) where no transfer a -> b exists."""
     pretrain = _pretrain_matrix(lf, reduce, keys)
+    iou = _with_iou(lf, reduce, "t_")
     transfer = (
         lf.filter(
             (pl.col("phase") == "transfer") & (pl.col("eval_domain") == pl.col("transfer_domain"))
         )
         .group_by([*keys, "pretrain_domain", "transfer_domain"])
-        .agg(t_loss=reduce_expr(pl.col("loss"), reduce), t_models=pl.len().cast(pl.Int64))
+        .agg(*iou, t_loss=reduce_expr(pl.col("loss"), reduce), t_models=pl.len().cast(pl.Int64))
         .rename({"transfer_domain": "target_domain"})
     )
+    fallback = [pl.col("t_iou").fill_null(pl.col("iou")).alias("iou")] if iou else []
     return pretrain.join(transfer, on=[*keys, *PAIR], how="full", coalesce=True).select(
         *keys,
         *PAIR,
+        *fallback,
         loss=pl.col("t_loss").fill_null(pl.col("loss")),
         n_models=pl.col("t_models").fill_null(pl.col("n_models")),
         from_pretrain=pl.col("t_loss").is_null(),
@@ -590,8 +613,9 @@ def _model_seconds(lf: pl.LazyFrame, keys: list[str], device: Sequence[str]) -> 
 
     The training-set size is the stage's images before augmentation: ``n_pretrain``
     for a pretrain model, ``n_transfer`` for a transfer model, both for a baseline
-    (its mixture). ``train_seconds`` and ``epochs`` are per stage, repeated on every
-    eval row of a model: the first row of each model is used.
+    (its mixture). Seconds per epoch: :func:`~hrtem_ray.analysis.tables.seconds_per_epoch`
+    (``epoch_seconds`` where recorded); per stage, repeated on every eval row of a model:
+    the first row of each model is used.
     """
     n_pre, n_tr = pl.col("n_pretrain").cast(pl.Int64), pl.col("n_transfer").cast(pl.Int64)
     size = (
@@ -601,7 +625,9 @@ def _model_seconds(lf: pl.LazyFrame, keys: list[str], device: Sequence[str]) -> 
         .then(n_pre + n_tr)
         .otherwise(n_pre)
     )
-    columns = ["phase", "freeze", *device, "train_seconds", "epochs", "n_pretrain", "n_transfer"]
+    timed = [c for c in ("epoch_seconds",) if c in lf.collect_schema()]
+    columns = ["phase", "freeze", *device, "train_seconds", "epochs", *timed, "n_pretrain",
+               "n_transfer"]  # fmt: skip
     return (
         lf.group_by([*keys, "model_id"])
         .agg(pl.col(columns).first())
@@ -613,7 +639,7 @@ def _model_seconds(lf: pl.LazyFrame, keys: list[str], device: Sequence[str]) -> 
             pl.col("freeze").cast(pl.String),
             size.alias("n_train_images"),
             *device,
-            loss=pl.col("train_seconds") / pl.col("epochs"),  # named for bootstrap_cells
+            loss=seconds_per_epoch(columns),  # named for bootstrap_cells
         )
     )
 
@@ -684,7 +710,9 @@ def _pair(
 
 #: P(a, b) and T(a, b) (:func:`hrtem_ray.analysis.pair_matrix`), by phase.
 PAIR_METRICS = {
-    phase: _pair(partial(_pair_matrix, phase=phase), cells, PAIR_COLUMNS, ("loss",))
+    phase: _pair(
+        partial(_pair_matrix, phase=phase), cells, PAIR_COLUMNS, ("loss",), optional=("iou",)
+    )
     for phase, cells in (("pretrain", PRETRAIN_CELLS), ("transfer", OWN_CELLS))
 }
 #: Transfer gaps and their asymmetry (:func:`hrtem_ray.analysis.transfer_asymmetry`).

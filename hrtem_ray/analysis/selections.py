@@ -183,10 +183,16 @@ class _Selections:
         return pl.concat(frames)
 
 
-def _layout(parts: Parts, ci: float | None) -> tuple[list[str], tuple[str, ...], tuple[str, ...]]:
-    """Columns, domain columns and sort columns of a selection table of ``parts``."""
+def _layout(
+    parts: Parts, ci: float | None, present: Sequence[str] = ()
+) -> tuple[list[str], tuple[str, ...], tuple[str, ...]]:
+    """Columns, domain columns and sort columns of a selection table of ``parts``.
+
+    The metric's optional columns follow where they are in the computed table (``present``).
+    """
     phase, metric = parts[0]
     columns = [*(["phase"] if phase else []), *metric.labels, *metric.output(ci)]
+    columns += [c for c in metric.optional if c in present]
     return columns, (*metric.labels, *metric.domains), metric.order
 
 
@@ -261,7 +267,7 @@ def selection_tables(
     selections = _Selections(expanded, keys, ci, n_boot, boot_seed)
 
     reduced = _reduced_tables([str(d) for d in exclude_eval_domains])
-    layouts = {name: _layout(parts, ci) for name, parts in reduced.items()}
+    parts_of = dict(reduced)
     lazies = {
         name: pl.concat(
             [
@@ -275,11 +281,11 @@ def selection_tables(
     for label, by in HYPERPARAMETER_TABLES.items():
         parts = ((None, hyperparameter_metric(by, exclude_target)),)
         lazies[f"hyperparameters_{label}"] = selections.table(parts, _QUANTILES_ONLY)
-        layouts[f"hyperparameters_{label}"] = _layout(parts, ci)
+        parts_of[f"hyperparameters_{label}"] = parts
     frames = pl.collect_all(list(lazies.values()), engine=ENGINE)
     tables = {}
     for name, frame in zip(lazies, frames, strict=True):
-        columns, domains, order = layouts[name]
+        columns, domains, order = _layout(parts_of[name], ci, frame.columns)
         sel = ["sel_reduce", *keys] if name in reduced else keys
         tables[name] = finish(frame.lazy(), columns, domains, keys=sel, order=order)
     return tables, choices

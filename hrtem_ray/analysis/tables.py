@@ -189,6 +189,22 @@ def check_reduce(reduce: str) -> None:
         raise ValueError(f"unknown reduce {reduce!r}; expected one of {', '.join(REDUCE_MODES)}")
 
 
+def seconds_per_epoch(columns: Sequence[str]) -> pl.Expr:
+    """A model's wall time per epoch from the columns a table has (``columns``).
+
+    ``epoch_seconds`` (the median of its epochs) where recorded, else ``train_seconds /
+    epochs`` (which spreads the stage's setup and scoring over its epochs, so that models
+    stopped after fewer epochs look slower per epoch); null without either.
+    """
+    present = set(columns)
+    parts = []
+    if "epoch_seconds" in present:
+        parts.append(pl.col("epoch_seconds").cast(pl.Float64))
+    if {"train_seconds", "epochs"} <= present:
+        parts.append(pl.col("train_seconds") / pl.col("epochs"))
+    return pl.coalesce(parts) if parts else pl.lit(None, pl.Float64)
+
+
 def reduce_expr(expr: pl.Expr, reduce: str) -> pl.Expr:
     """Apply a reduce mode (median, mean, min, max) to an expression."""
     return getattr(expr, reduce)()

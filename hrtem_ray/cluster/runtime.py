@@ -23,11 +23,15 @@ started with.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import ray
+
+log = logging.getLogger(__name__)
 
 # Set before Ray starts (unless already set): keep a local cluster on 127.0.0.1 and
 # switch Ray's token authentication off (see the module docstring for what that means).
@@ -90,3 +94,77 @@ def ray_session(
         yield
     finally:
         ray.shutdown()
+
+
+def largest_node(nodes: Sequence[dict]) -> tuple[float, float]:
+    """``(CPUs, GPUs)`` of the alive node with the most CPUs (then GPUs) in ``ray.nodes()``
+    form; ``(0, 0)`` when none is alive."""
+    sizes = [
+        (float(n.get("Resources", {}).get("CPU", 0)), float(n.get("Resources", {}).get("GPU", 0)))
+        for n in nodes
+        if n.get("Alive")
+    ]
+    return max(sizes, default=(0.0, 0.0))
+
+
+def node_fits(nodes: Sequence[dict], cpu: float, gpu: float) -> bool:
+    """Whether some alive node has ``cpu`` CPUs and ``gpu`` GPUs in all (busy or not)."""
+    return any(
+        n.get("Alive")
+        and float(n.get("Resources", {}).get("CPU", 0)) >= cpu
+        and float(n.get("Resources", {}).get("GPU", 0)) >= gpu
+        for n in nodes
+    )
+
+
+def missing_node_line(nodes: Sequence[dict], cpu: float, gpu: float, waited_s: float) -> str:
+    """The progress line of :func:`wait_for_node`: what one trial needs and what is there."""
+    alive = sum(1 for n in nodes if n.get("Alive"))
+    most_cpu, most_gpu = largest_node(nodes)
+    return (
+        f"waiting for a node with {cpu:g} CPU and {gpu:g} GPU for one trial "
+        f"(resources.cpu, resources.gpu) for {waited_s:.0f} s: the largest of the {alive} "
+        f"alive nodes has {most_cpu:g} CPU and {most_gpu:g} GPU; a node joining the cluster "
+        "(or Ray's autoscaler) can provide one; Ctrl-C stops"
+    )
+
+
+def wait_for_node(
+    cpu: float,
+    gpu: float,
+    *,
+    poll_seconds: float = 2.0,
+    report_every_seconds: float = 30.0,
+    nodes: Callable[[], list[dict]] | None = None,
+) -> float:
+    """Wait until a node of the running Ray cluster can hold one trial; returns seconds waited.
+
+    Ray Tune would otherwise keep every trial pending, silently, for as long as no node
+    has ``cpu`` CPUs and ``gpu`` GPUs. On a joined cluster a node may join (or be added by
+    the autoscaler) later, so this waits, logging :func:`missing_node_line` at once and
+    every ``report_every_seconds`` (a private local cluster never waits: the study's
+    preflight refused such a request before Ray started).
+
+    Parameters
+    ----------
+    cpu, gpu
+        One trial's resources.
+    poll_seconds
+        How often the cluster's nodes are read.
+    report_every_seconds
+        How often the progress line is logged (logger ``hrtem_ray.cluster.runtime``).
+    nodes
+        Reads the nodes (default :func:`ray.nodes`).
+    """
+    read = ray.nodes if nodes is None else nodes
+    start = time.monotonic()
+    next_report = start
+    while True:
+        current = read()
+        if node_fits(current, cpu, gpu):
+            return time.monotonic() - start
+        now = time.monotonic()
+        if now >= next_report:
+            log.info(missing_node_line(current, cpu, gpu, now - start))
+            next_report = now + report_every_seconds
+        time.sleep(poll_seconds)

@@ -16,6 +16,9 @@ from the stored waves without multislice (:mod:`hrtem_ray.dataset.pipeline`). A 
 whose exit waves differ (structures, multislice physics, seed, counts, shard size,
 generator version) is refused with a :class:`~hrtem_ray.dataset.manifest.DatasetError`
 naming each such field (:func:`check_dataset_root` does the same check without writing).
+Imported domains are kept through such a change; one that would change their tile grid
+(the output pixel size or image size) is refused as well
+(:func:`hrtem_ray.dataset.imported.grid_changes`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hrtem_ray.dataset import imported
 from hrtem_ray.dataset.manifest import SPEC_FILE, DatasetError, read_record, stored_spec
 from hrtem_ray.spec.dataset import GENERATOR_VERSION, DatasetSpec, current_dataset_keys
+from hrtem_ray.spec.materials import IDENTITY, without_material_paths
 from hrtem_ray.spec.types import MULTISLICE_FIELDS
 from hrtem_ray.store import conditional, storage
 
@@ -65,7 +70,8 @@ _ABSENT = object()
 
 
 def spec_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
-    """Fields of a stored dataset record that differ from ``spec`` (``path`` ignored).
+    """Fields of a stored dataset record that differ from ``spec`` (``path`` and the paths
+    of CIF files ignored).
 
     Parameters
     ----------
@@ -79,8 +85,11 @@ def spec_differences(stored: dict[str, Any], spec: DatasetSpec) -> list[str]:
     list of str
         e.g. ``["dataset.dose_e_per_angstrom2: stored 400, spec 300"]``, sorted.
     """
-    ours = _flatten(spec.model_dump(mode="json"), "dataset")
-    theirs = _flatten(current_dataset_keys(stored.get("spec") or {}), "dataset")
+    ours = _flatten(spec.model_dump(mode="json", context=IDENTITY), "dataset")
+    # a CIF material is its content: where its file was read from is no difference
+    theirs = _flatten(
+        without_material_paths(current_dataset_keys(stored.get("spec") or {})), "dataset"
+    )
     lines = [
         f"{name}: stored {_show(theirs.get(name, _ABSENT))}, spec {_show(ours.get(name, _ABSENT))}"
         for name in sorted(set(ours) | set(theirs))
@@ -162,18 +171,34 @@ def check_dataset_root(spec: DatasetSpec, root: str | Path) -> None:
     A root whose dataset differs only in the imaging is this spec's: its exit
     waves are reused (see the module docstring).
 
+    Imported domains (:mod:`hrtem_ray.dataset.imported`) carry over an imaging change;
+    a spec that changes their tile grid (output pixel size, image size) or simulates a
+    domain of an imported domain's name is refused.
+
     Raises
     ------
     DatasetError
         The root holds a dataset of other exit waves (each differing field named,
-        e.g. ``dataset.simulation.n_phonons: stored 2, spec 3``), its
-        ``dataset.json`` is unreadable, or the root is a file.
+        e.g. ``dataset.simulation.n_phonons: stored 2, spec 3``), imported domains that
+        ``spec`` would invalidate (each named, with the reason), its ``dataset.json`` is
+        unreadable, or the root is a file.
     """
     root = str(root)
     _check_not_a_file(root)
     stored = read_record(root)
-    if stored is not None and not _reusable(stored, spec):
+    if stored is None:
+        return
+    if not _reusable(stored, spec):
         raise _mismatch_error(root, stored, spec)
+    invalidated = imported.grid_changes(root, spec)
+    if invalidated:
+        listing = "\n".join(f"  {line}" for line in invalidated)
+        raise DatasetError(
+            f"{root} holds imported domains (hrtem-ray import) that this spec would "
+            f"invalidate:\n{listing}\nimported tiles keep the pixel size and image size they "
+            "were cut to, and their names; keep those, or simulate this spec into another "
+            "directory and import the micrographs there"
+        )
 
 
 def _check_not_a_file(root: str) -> None:

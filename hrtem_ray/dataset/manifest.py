@@ -21,10 +21,11 @@ Integrity
 * Only the current dataset is read: every manifest entry records the
   ``images_hash`` it was written for, and :func:`manifest_entries` (the readers of
   :mod:`hrtem_ray.dataset.readers`, :func:`completed_shards`) keeps only the entries
-  the spec in ``dataset.json`` plans, with that hash (and entries of other writers,
-  such as imported micrographs, whose group is no simulation group and whose
-  ``dataset_hash`` is the current content hash); other, unreadable or incomplete
-  entries are ignored with a :class:`DatasetWarning` naming their files.
+  the spec in ``dataset.json`` plans, with that hash, and the shards of complete
+  imported domains (:mod:`hrtem_ray.dataset.imported`: listed by their domain record,
+  with its sha256, on the dataset's current tile grid); other, unreadable or incomplete
+  entries, and every shard of an imported domain without its record (an interrupted
+  import), are ignored with a :class:`DatasetWarning` naming their files.
 * Shards heal: each entry records the ``rows``, ``bytes`` and ``sha256`` of its
   files. :func:`verify_shards` lists the shards that do not match, and the
   simulation re-simulates them (bit-identical, the simulation being seeded).
@@ -46,8 +47,9 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hrtem_ray.dataset import imported
 from hrtem_ray.spec.dataset import DatasetSpec, current_dataset_keys
-from hrtem_ray.spec.types import SPLITS
+from hrtem_ray.spec.types import SPLITS, STORED
 from hrtem_ray.store import storage
 from hrtem_ray.store.digest import sha256_file
 
@@ -95,13 +97,18 @@ class ShardProblem:
     kind : str
         ``"file"``: a shard file of the current dataset (re-simulated by the next
         simulation); ``"manifest"``: a manifest entry that readers ignore (another
-        dataset, unreadable, missing fields; safe to move away).
+        dataset, unreadable, missing fields; safe to move away), or an imported domain's
+        claim or record that makes readers ignore the whole domain.
+    domain : str or None
+        The imported domain the problem belongs to (None for simulated shards): an
+        imported domain cannot be simulated again, so it is repaired as a whole.
     """
 
     key: str
     path: str
     problem: str
     kind: Literal["file", "manifest"] = "file"
+    domain: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +184,7 @@ def write_shard(
         The shard's rows.
     entry
         What the manifest entry says of the shard besides its file: the simulation's
-        ``images_hash``, ``task`` and ``node_id``, or an importer's ``dataset_hash``,
+        ``images_hash``, ``task`` and ``node_id``, or an importer's ``tile_grid``,
         ``task`` and ``imported`` record.
 
     Returns
@@ -234,7 +241,8 @@ def stored_spec(record: Mapping[str, Any]) -> DatasetSpec:
     pydantic.ValidationError
         The stored spec is not valid for this version of hrtem-ray (a ``ValueError``).
     """
-    return DatasetSpec.model_validate(current_dataset_keys(record.get("spec") or {}))
+    raw = current_dataset_keys(record.get("spec") or {})
+    return DatasetSpec.model_validate(raw, context={STORED: True})
 
 
 @dataclass
@@ -250,11 +258,11 @@ _TASK_FIELDS = {"key": str, "group": str, "split": str, "start": int, "stop": in
 _FILE_FIELDS = {"path": str, "rows": int, "bytes": int, "sha256": str}
 
 
-def _entry_problem(entry: Any, key: str, expected: tuple[str, str]) -> str | None:
+def _entry_problem(entry: Any, key: str, expected: tuple[str, Any]) -> str | None:
     """Why a parsed manifest entry is not usable, or None.
 
     ``expected`` is ``(field, hash)``: ``("images_hash", h)`` for a planned image
-    shard, ``("dataset_hash", content hash)`` for a shard of another writer.
+    shard, ``("tile_grid", grid)`` for a shard of an imported domain.
     """
     if not isinstance(entry, dict):
         return "not a manifest entry (not a JSON object)"
@@ -288,47 +296,118 @@ def _scan_manifest(root: str) -> _ManifestScan:
     """Read the manifest of the dataset in ``root``: usable entries and ignored ones.
 
     Entries are usable when they parse, have every field and are planned by the
-    spec in ``dataset.json`` with the images hash they record; entries of other
-    writers (a group that is no simulation group, e.g. imported micrographs) are
-    usable when they record the current content hash as ``dataset_hash``. Other
-    files are ignored without being read: simulated shards of another spec and
-    those of the old layout (one entry for every domain) alike.
+    spec in ``dataset.json`` with the images hash they record, or are shards of a
+    complete imported domain (:func:`_imported_shards`). Other files are ignored
+    without being read: simulated shards of another spec and those of the old layout
+    (one entry for every domain) alike.
     """
     record = read_record(root)
     if record is None:
         return _ManifestScan(None)
     scan = _ManifestScan(record["content_hash"])
-    manifest = storage.join(root, MANIFEST_DIR)
-    if not storage.exists(manifest):
-        return scan
     spec = stored_spec(record)
+    grid = imported.tile_grid(spec)
+    shards, claimed = _imported_shards(root, grid)
+    manifest = storage.join(root, MANIFEST_DIR)
+    names = storage.listdir(manifest) if storage.exists(manifest) else []
+    keys = {n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith(".")}
     planned = planned_hashes(spec)
-    groups = {g.name.replace("/", "_") for g in spec.groups()}
     tag = f"{scan.dataset_hash[:8]}-"
-    for name in storage.listdir(manifest):
-        if not name.endswith(".json") or name.startswith("."):
-            continue
-        path, key = storage.join(manifest, name), name[: -len(".json")]
+    for key in sorted(keys):
+        path = manifest_path(root, key)
         if key in planned:
             expected = ("images_hash", planned[key][1])
-        elif key.startswith(tag) and key[len(tag) :].split("-", 1)[0] not in groups:
-            expected = ("dataset_hash", scan.dataset_hash)
+        elif key in shards:
+            expected = ("tile_grid", grid)
+        elif key in claimed:
+            continue  # a shard of an imported domain readers ignore: reported once, below
         else:
-            problem = f"manifest entry not of the current dataset {tag[:-1]}"
-            scan.ignored.append(ShardProblem(key, path, problem, "manifest"))
+            scan.ignored.append(ShardProblem(key, path, _unknown_key_problem(key, tag), "manifest"))
             continue
         try:
             entry = storage.read_json(path)
         except (ValueError, UnicodeDecodeError, OSError) as exc:
-            problem = f"unreadable manifest entry ({exc})"
-            scan.ignored.append(ShardProblem(key, path, problem, "manifest"))
-            continue
-        problem = _entry_problem(entry, key, expected)
+            problem: str | None = f"unreadable manifest entry ({exc})"
+        else:
+            problem = _entry_problem(entry, key, expected)
+        domain = shards[key][0] if key in shards else None
+        if problem is None and domain is not None:
+            problem = _record_problem(entry, shards[key][1], domain)
         if problem is None:
             scan.entries[key] = entry
         else:
-            scan.ignored.append(ShardProblem(key, path, problem, "manifest"))
+            scan.ignored.append(ShardProblem(key, path, problem, "manifest", domain))
+    _drop_partial_domains(root, scan, shards, keys, grid)
     return scan
+
+
+def _unknown_key_problem(key: str, tag: str) -> str:
+    """Why a manifest entry that no plan, claim or domain record lists is ignored."""
+    if key.startswith(imported.SHARD_PREFIX):
+        return "shard of no imported domain (no claim or domain record in _imported/)"
+    if key.startswith(tag) and "-imported_" in key:
+        return (
+            "imported shard written by an earlier hrtem-ray, without a domain record; "
+            "`hrtem-ray check --repair` moves it away, then import its files again"
+        )
+    return f"manifest entry not of the current dataset {tag[:-1]}"
+
+
+def _imported_shards(
+    root: str, grid: Mapping[str, Any]
+) -> tuple[dict[str, tuple[str, dict]], set[str]]:
+    """``({key: (domain, shard record)} of complete domains on ``grid``, every claimed key)``."""
+    shards: dict[str, tuple[str, dict]] = {}
+    claimed: set[str] = set()
+    for name, state in imported.read_domains(root).items():
+        claimed.update(state.planned_keys)
+        if state.complete and state.record.get("grid") == dict(grid):
+            for shard in state.record["shards"]:
+                if isinstance(shard, dict) and isinstance(shard.get("key"), str):
+                    shards[shard["key"]] = (name, shard)
+                    claimed.add(shard["key"])
+    return shards, claimed
+
+
+def _record_problem(entry: Mapping[str, Any], shard: Mapping[str, Any], domain: str) -> str | None:
+    """Why a manifest entry is not the shard its domain record lists, or None."""
+    info = entry["files"].get(domain)
+    if not isinstance(info, dict):
+        return f"manifest entry without a file of imported domain {domain!r}"
+    for name in ("path", "bytes", "sha256"):
+        if info.get(name) != shard.get(name):
+            return (
+                f"manifest entry's {name} {info.get(name)!r} is not the {shard.get(name)!r} "
+                f"of the domain record of imported domain {domain!r}"
+            )
+    return None
+
+
+def _drop_partial_domains(
+    root: str,
+    scan: _ManifestScan,
+    shards: Mapping[str, tuple[str, dict]],
+    keys: set[str],
+    grid: Mapping[str, Any],
+) -> None:
+    """Leave out every imported domain that readers must not use, whole, with its reasons.
+
+    A complete domain one of whose entries is missing or ignored is dropped (its tiles
+    would otherwise be read in part); claimed domains without a record, with an
+    unreadable claim or record, or of another grid get one problem each
+    (:func:`hrtem_ray.dataset.imported.domain_problems`).
+    """
+    for key, (domain, _) in sorted(shards.items()):
+        if key not in keys:
+            problem = f"manifest entry missing: the domain record of {domain!r} lists it"
+            scan.ignored.append(
+                ShardProblem(key, manifest_path(root, key), problem, "manifest", domain)
+            )
+    dropped = {p.domain for p in scan.ignored if p.domain is not None}
+    for key in [k for k in scan.entries if k in shards and shards[k][0] in dropped]:
+        del scan.entries[key]
+    for domain, (path, problem) in imported.domain_problems(root, grid).items():
+        scan.ignored.append(ShardProblem(f"imported:{domain}", path, problem, "manifest", domain))
 
 
 def _warn_ignored(root: str, ignored: list[ShardProblem], limit: int = 10) -> None:
@@ -362,7 +441,7 @@ def completed_shards(dataset_root: str | Path) -> set[str]:
     return set(manifest_entries(dataset_root))
 
 
-def _file_problems(root: str, entries: dict[str, dict]) -> list[ShardProblem]:
+def file_problems(root: str, entries: Mapping[str, Mapping]) -> list[ShardProblem]:
     """Files of usable entries that are missing or differ from their size or sha256.
 
     Reads no more than needed: the size first (one metadata request), the content
@@ -373,6 +452,8 @@ def _file_problems(root: str, entries: dict[str, dict]) -> list[ShardProblem]:
 
     problems = []
     for key in sorted(entries):
+        record = entries[key].get("imported")
+        domain = str(record["domain"]) if isinstance(record, dict) else None
         for info in entries[key]["files"].values():
             uri = storage.join(root, info["path"])
             loc = storage.resolve(uri)
@@ -385,7 +466,7 @@ def _file_problems(root: str, entries: dict[str, dict]) -> list[ShardProblem]:
                 problem = "sha256 differs from the manifest"
             else:
                 continue
-            problems.append(ShardProblem(key, uri, problem))
+            problems.append(ShardProblem(key, uri, problem, domain=domain))
     return problems
 
 
@@ -414,20 +495,20 @@ def verify_shards(dataset_root: str | Path) -> list[ShardProblem]:
     scan = _scan_manifest(dataset_root)
     if scan.dataset_hash is None:
         raise DatasetError(f"no dataset at {dataset_root} (missing {SPEC_FILE})")
-    return scan.ignored + _file_problems(dataset_root, scan.entries)
+    return scan.ignored + file_problems(dataset_root, scan.entries)
 
 
 def shards_to_simulate(spec: DatasetSpec, root: str) -> tuple[list[ShardTask], list[ShardTask]]:
     """``(all planned shards, those to simulate)``: missing, or not matching their manifest.
 
-    Every complete shard is verified (:func:`_file_problems`); a damaged one is
+    Every complete shard is verified (:func:`file_problems`); a damaged one is
     re-simulated with a :class:`DatasetWarning` naming its file. Call after
     :func:`prepare_root`.
     """
     tasks = plan_shards(spec)
     scan = _scan_manifest(root)
     _warn_ignored(root, scan.ignored)
-    damaged = _file_problems(root, scan.entries)
+    damaged = file_problems(root, scan.entries)
     for problem in damaged:
         warnings.warn(
             f"shard {problem.key}: {problem.path}: {problem.problem}; re-simulating the shard",

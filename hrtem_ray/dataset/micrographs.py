@@ -15,6 +15,12 @@ in its manifest entry's ``imported`` record (with the domain and whether it has 
 Without masks the ``mask`` column is NaN: such a domain can be predicted on, never trained or evaluated on.
 
 
+An import holds the dataset's lock (:mod:`hrtem_ray.store.lock`, the one ``simulate``
+takes), claims the domain before its first shard and writes the domain record last
+(:mod:`hrtem_ray.dataset.imported`): two imports into one domain cannot mix their files, a
+``simulate`` cannot run meanwhile, an interrupted import is resumed by the same command,
+and readers use only complete domains.
+
 Files are read by :mod:`hrtem_ray.dataset.micrograph_files` and resampled and tiled by
 :mod:`hrtem_ray.dataset.geometry`.
 """
@@ -22,25 +28,38 @@ Files are read by :mod:`hrtem_ray.dataset.micrograph_files` and resampled and ti
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from hrtem_ray.dataset import imported
 from hrtem_ray.dataset.geometry import cut_tiles, resample, tile_positions
 from hrtem_ray.dataset.manifest import (
     ROW_COLUMNS,
+    DatasetWarning,
     ShardTask,
     dataset_spec,
+    file_problems,
     manifest_entries,
+    manifest_path,
     write_shard,
 )
 from hrtem_ray.dataset.micrograph_files import (
     MASK_FORMATS,
     Micrograph,
     MicrographError,
+    MicrographWarning,
+    check_image_size,
+    check_upsampling,
+    duplicate_messages,
     micrograph_format,
     read_mask,
     read_micrograph,
@@ -49,8 +68,10 @@ from hrtem_ray.dataset.readers import read_images, summarize
 from hrtem_ray.spec.dataset import DatasetSpec
 from hrtem_ray.spec.names import safe_name_problem
 from hrtem_ray.spec.study import StudySpec
-from hrtem_ray.spec.types import SPLITS, output_gpts
+from hrtem_ray.spec.types import SPLITS
 from hrtem_ray.store import storage
+from hrtem_ray.store.digest import sha256_file
+from hrtem_ray.store.lock import study_lock
 
 __all__ = [
     "ImportSummary",
@@ -60,11 +81,15 @@ __all__ = [
     "check_spec_imports",
     "export_micrographs",
     "import_micrographs",
+    "import_progress",
     "imported_domains",
+    "imported_sources",
     "provenance",
 ]
 
 IMPORTED_LATTICE = "imported"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,7 +104,13 @@ class ImportedDomain:
 
 @dataclass(frozen=True)
 class ImportSummary:
-    """What :func:`import_micrographs` wrote."""
+    """What :func:`import_micrographs` wrote.
+
+    ``status`` is ``"imported"`` (a new domain), ``"resumed"`` (an interrupted import of
+    the same inputs completed), ``"repaired"`` (damaged shards of a complete domain written
+    again) or ``"unchanged"`` (the domain was complete: nothing written); ``written`` counts
+    the shards this call wrote.
+    """
 
     domain: str
     tiles: dict[str, int]
@@ -87,7 +118,19 @@ class ImportSummary:
     shards: int
     pixel_size_angstrom: float
     tile_px: int
+    written: int = 0
+    status: str = "imported"
+    #: file name -> resampling factor (its pixel size over the dataset's; > 1: upsampled)
+    resampling_factors: dict[str, float] = field(default_factory=dict)
     has_masks: bool = True
+
+    def factors_text(self) -> str:
+        """The resampling factor(s) for the summary line, e.g. ``"1.33x"`` or ``"0.75x-1.5x"``."""
+        values = sorted(self.resampling_factors.values())
+        if not values:
+            return "1x"
+        low, high = f"{values[0]:.3g}x", f"{values[-1]:.3g}x"
+        return low if low == high else f"{low}-{high}"
 
     def describe(self, dataset_root: str | Path) -> str:
         """The summary line of ``hrtem-ray import``: files, tiles per split, the test files.
@@ -105,11 +148,12 @@ class ImportSummary:
             if test
             else "; no test split (models are scored on val)"
         )
+        resampled = f" (resampled {self.factors_text()})" if self.resampling_factors else ""
         return (
             f"domain {self.domain} in {dataset_root}: {len(self.files)} files, "
             f"{self.tiles.get('train', 0)} train + {self.tiles.get('val', 0)} val + "
             f"{self.tiles.get('test', 0)} test tiles of {self.tile_px} px at "
-            f"{self.pixel_size_angstrom:g} A/px, {masks}{held_out}"
+            f"{self.pixel_size_angstrom:g} A/px{resampled}, {masks}{held_out}"
         )
 
 
@@ -133,6 +177,21 @@ def imported_domains(dataset_root: str | Path) -> dict[str, ImportedDomain]:
     }
 
 
+def imported_sources(dataset_root: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """The files imported into a dataset root: SHA-256 (of the file, and of its image where
+    recorded) -> ``(domain, file name)`` of each import, from the manifest entries."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for entry in manifest_entries(dataset_root).values():
+        record = entry.get("imported")
+        if not isinstance(record, dict):
+            continue
+        where = (str(record.get("domain")), str(record.get("source_file")))
+        for key in ("source_sha256", "source_image_sha256"):
+            if record.get(key) and where not in found.get(record[key], []):
+                found.setdefault(record[key], []).append(where)
+    return found
+
+
 def check_imported_use(
     dataset_root: str | Path, names: Iterable[str], role: str, *, needs_masks: bool = True
 ) -> dict[str, ImportedDomain]:
@@ -147,6 +206,9 @@ def check_imported_use(
     domains = imported_domains(dataset_root)
     for name in names:
         if name not in domains:
+            unusable = _unusable_domains(str(dataset_root))
+            if name in unusable:
+                raise MicrographError(f"{role}: {unusable[name]}")
             known = ", ".join(sorted(domains)) or "none"
             raise MicrographError(
                 f"{role}: {name!r} is not an imported domain of {dataset_root} (imported: "
@@ -159,6 +221,12 @@ def check_imported_use(
                 "again with --masks"
             )
     return domains
+
+
+def _unusable_domains(root: str) -> dict[str, str]:
+    """Imported domains of a root that readers refuse (interrupted, another grid), and why."""
+    grid = imported.tile_grid(dataset_spec(root))
+    return {name: why for name, (_, why) in imported.domain_problems(root, grid).items()}
 
 
 def export_micrographs(
@@ -175,7 +243,9 @@ def export_micrographs(
     Each image (of ``splits``: train, val, then test when the dataset has one) is
     resampled to ``pixel_size_angstrom``
     (:func:`resample`) and written as ``<out_dir>/<domain>_<split>_<k>.tif`` (float32,
-    ImageJ calibration in nm), its mask as ``<out_dir>/masks/<same stem>.png`` (0-255).
+    ImageJ calibration in nm), its mask as ``<out_dir>/masks/<same stem>.tif`` (float32
+    fractions in [0, 1]: simulated masks are soft and peak below 1, which an 8-bit PNG
+    could not carry under :func:`hrtem_ray.dataset.micrograph_files.mask_fractions`' rule).
 
     Returns
     -------
@@ -188,7 +258,6 @@ def export_micrographs(
         ``domain`` is not a safe name (:mod:`hrtem_ray.spec.names`); nothing is written.
     """
     import tifffile
-    from PIL import Image
 
     _check_domain_name(domain, "domain")
     spec = dataset_spec(dataset_root)
@@ -214,8 +283,7 @@ def export_micrographs(
                 resolution=(1 / size_nm, 1 / size_nm),
                 metadata={"unit": "nm"},
             )
-            levels = np.round(np.clip(fine_mask, 0, 1) * 255).astype(np.uint8)
-            Image.fromarray(levels).save(out / "masks" / f"{stem}.png")
+            tifffile.imwrite(out / "masks" / f"{stem}.tif", np.clip(fine_mask, 0, 1))
             written.append(path)
     return written
 
@@ -344,16 +412,12 @@ def _check_domain_name(domain: object, field: str) -> None:
 
 
 def _check_import_inputs(
-    files: Sequence[Path], masks: Sequence[Path] | None, domain: str, spec: DatasetSpec, root: str
+    files: Sequence[Path], masks: Sequence[Path] | None, domain: str, spec: DatasetSpec
 ) -> None:
     """The checks that need no file content (names, formats, the domain)."""
     if domain in spec.domains:
         raise MicrographError(
             f"--domain: {domain!r} is a simulated domain of the dataset ({', '.join(spec.domains)})"
-        )
-    if domain in imported_domains(root):
-        raise MicrographError(
-            f"--domain: {root} already holds an imported domain {domain!r}; choose another name"
         )
     if not files:
         raise MicrographError("no files to import")
@@ -368,6 +432,8 @@ def _check_import_inputs(
             seen[path.name] = path
     for path in files:
         micrograph_format(path)
+        if path.is_file():  # a header declaring more pixels than memory holds: refused here,
+            check_image_size(path)  # before the dataset's lock is taken
     if masks is not None:
         if len(masks) != len(files):
             raise MicrographError(
@@ -382,8 +448,11 @@ def provenance(micrograph: Micrograph, positions: Sequence[tuple]) -> dict:
     return {
         "source_file": micrograph.name,
         "source_sha256": micrograph.sha256,
+        "source_image_sha256": micrograph.image_sha256,
         "source_pixel_size_angstrom": micrograph.pixel_size_angstrom,
+        "source_dtype": micrograph.dtype,
         "calibration": micrograph.calibration,
+        "imaging": micrograph.imaging,
         "tiles_y_x_px": [[int(y), int(x)] for y, x in positions],
     }
 
@@ -392,7 +461,10 @@ def _row_schema(root: str) -> pa.Schema | None:
     """The schema of the dataset's simulated shard files (None before any is written)."""
     import pyarrow.parquet as pq
 
-    for entry in manifest_entries(root).values():
+    with warnings.catch_warnings():  # entries readers ignore (this domain's, if resumed)
+        warnings.simplefilter("ignore", DatasetWarning)
+        entries = manifest_entries(root)
+    for entry in entries.values():
         if "imported" not in entry:
             info = next(iter(entry["files"].values()))
             loc = storage.resolve(storage.join(root, info["path"]))
@@ -469,15 +541,22 @@ def import_micrographs(
     val_fraction: float = 0.25,
     test_fraction: float = 0.0,
     test_files: Sequence[str] | None = None,
+    max_upsampling: float = 4.0,
 ) -> ImportSummary:
     """Import micrographs (and optional masks) as an imported domain of a dataset root.
 
-    Every file is read, calibrated, resampled to the dataset's
+    Under the dataset's lock (:func:`hrtem_ray.store.lock.study_lock`, as ``simulate``):
+    every file is read, calibrated, resampled to the dataset's
     ``simulation.output_sampling_angstrom`` (:func:`resample`) and tiled to the dataset's
-    image size before anything is written; then each file's tiles become one shard
-    (files, then its manifest entry, each atomically). Whole files go to ``train``,
-    ``val`` or ``test`` (:func:`assign_splits`); the summary and each shard's manifest
-    entry record the split of every file.
+    image size before anything is written; then the domain is claimed
+    (:func:`hrtem_ray.dataset.imported.create_claim`), each file's tiles become one shard
+    (files, then its manifest entry, each atomically) and the domain record is written
+    last. Whole files go to ``train``, ``val`` or ``test`` (:func:`assign_splits`); the
+    summary and each shard's manifest entry record the split of every file.
+
+    The same call again resumes an interrupted import (shards already written and intact
+    are kept), rewrites damaged shards of a complete domain, and otherwise changes nothing
+    (``status`` ``"unchanged"``).
 
     Parameters
     ----------
@@ -486,7 +565,7 @@ def import_micrographs(
     dataset_root
         A simulated dataset's root (``dataset.json``): its image size and pixel size.
     domain
-        Name of the new domain (a safe name, not a simulated domain, not imported yet).
+        Name of the domain (a safe name, not a simulated domain).
     masks
         One mask per file, in the same order (:data:`MASK_FORMATS`), or None.
     pixel_size_angstrom
@@ -499,33 +578,169 @@ def import_micrographs(
         Whole files held out as the ``test`` split (:func:`assign_splits`): the names in
         ``test_files``, or a fraction of the files. A study scores its models on an
         imported domain's test tiles when it has any (``eval_split``).
+    max_upsampling
+        Largest resampling factor allowed (a file's pixel size over the dataset's);
+        :func:`check_upsampling`.
+
+    Warns
+    -----
+    MicrographWarning
+        A dark-field or STEM image (:func:`read_micrograph`); a file already imported
+        into another domain, or twice in this import (:func:`duplicate_messages`).
 
     Raises
     ------
     MicrographError
-        An unknown format, a mask whose shape differs from its image, two files with the
-        same name, a missing calibration, an image smaller than one tile, a bad domain
-        name; nothing is written.
+        An unknown format, a missing file, a mask whose shape differs from its image or
+        whose values are not a mask, two files with the same name, a missing calibration, a
+        diffraction pattern, an upsampling factor above ``max_upsampling``, an image smaller
+        than one tile, a bad domain name, or a domain that holds (or an unfinished import
+        began) another import's files or options; nothing is written, and every file is
+        read and checked before any is resampled.
+    hrtem_ray.store.lock.LockHeldError
+        Another process (``simulate``, another import) holds the dataset's lock.
     hrtem_ray.dataset.manifest.DatasetError
         No dataset at ``dataset_root``.
     """
     _check_domain_name(domain, "--domain")
     root = str(dataset_root)
     spec = dataset_spec(root)
-    files = [Path(f) for f in files]
+    paths = [Path(f) for f in files]
     mask_paths = None if masks is None else [Path(m) for m in masks]
-    _check_import_inputs(files, mask_paths, domain, spec, root)
+    _check_import_inputs(paths, mask_paths, domain, spec)
     if not 0 <= overlap_px:
         raise MicrographError(f"overlap_px must be >= 0, got {overlap_px}")
-    target = spec.simulation.output_sampling_angstrom
-    tile_px = output_gpts(spec.structures.cell_angstrom, spec.simulation)
-    splits = assign_splits(
-        [f.name for f in files], val_fraction, test_fraction=test_fraction, test_files=test_files
+    options = {
+        "pixel_size_angstrom": pixel_size_angstrom,
+        "overlap_px": int(overlap_px),
+        "val_fraction": float(val_fraction),
+    }
+    # recorded only when set, so that domains imported before the test split compare equal
+    if test_files is not None:
+        options["test_files"] = sorted(str(f) for f in test_files)
+    elif test_fraction:
+        options["test_fraction"] = float(test_fraction)
+    assign_splits(  # refuses bad fractions and unknown test files before anything is written
+        [p.name for p in paths], val_fraction, test_fraction=test_fraction, test_files=test_files
     )
+    storage.check_writable_root(root)
+    with study_lock(root, f"hrtem-ray import --domain {domain}"):
+        return _import_locked(paths, mask_paths, root, domain, options, max_upsampling)
+
+
+def import_progress(dataset_root: str | Path, domain: str) -> tuple[int, int]:
+    """``(files imported, files claimed)`` of an imported domain; ``(0, 0)`` if unclaimed."""
+    root = str(dataset_root)
+    keys = imported.read_domain(root, domain).planned_keys
+    return sum(storage.exists(manifest_path(root, k)) for k in keys), len(keys)
+
+
+def _file_inputs(paths: Sequence[Path]) -> list[dict[str, str]]:
+    """Name and sha256 of each file, in order (what a claim records of them)."""
+    out = []
+    for path in paths:
+        if not path.is_file():
+            raise MicrographError(f"{path}: no such file")
+        out.append({"name": path.name, "sha256": sha256_file(path)})
+    return out
+
+
+def _new_claim(
+    domain: str,
+    paths: Sequence[Path],
+    mask_paths: Sequence[Path] | None,
+    options: Mapping[str, Any],
+    grid: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The claim this import writes: its inputs, the tile grid and the planned shards."""
+    splits = assign_splits(
+        [p.name for p in paths],
+        options["val_fraction"],
+        test_fraction=options.get("test_fraction", 0.0),
+        test_files=options.get("test_files"),
+    )
+    inputs = {
+        "files": _file_inputs(paths),
+        "masks": None if mask_paths is None else _file_inputs(mask_paths),
+        **options,
+    }
+    shards = [
+        {
+            "key": imported.shard_key(domain, splits[p.name], k),
+            "source_file": p.name,
+            "split": splits[p.name],
+        }
+        for k, p in enumerate(paths)
+    ]
+    return {
+        "domain": domain,
+        "inputs": inputs,
+        "grid": dict(grid),
+        "shards": shards,
+        "claimed_at": imported.utc_now(),
+        "claimed_by": f"host {socket.gethostname()}, pid {os.getpid()}",
+    }
+
+
+def _refuse_other_inputs(root: str, state: imported.DomainState, claim: Mapping) -> None:
+    """Raise unless the domain is unclaimed, or claimed by an import of the same inputs."""
+    name = state.name
+    if state.problem is not None:
+        raise MicrographError(
+            f"--domain: {state.problem}; move the domain away with `hrtem-ray check --repair` "
+            "(on the study whose dataset this is), or choose another name"
+        )
+    stored = state.record or state.claim
+    if stored is None:
+        return
+    diffs = "; ".join(imported.input_differences(stored, claim))
+    if not diffs:
+        return
+    if state.record is not None:
+        raise MicrographError(
+            f"--domain: {root} already holds an imported domain {name!r} (completed "
+            f"{stored.get('completed_at')}) of other inputs ({diffs}); choose another name"
+        )
+    raise MicrographError(
+        f"--domain: imported domain {name!r} of {root} was claimed by an import that did not "
+        f"finish ({stored.get('claimed_by')}, {stored.get('claimed_at')}), of other inputs "
+        f"({diffs}); rerun that import to complete it, choose another name, or move the "
+        "incomplete domain away with `hrtem-ray check --repair` (on the study whose dataset "
+        "this is)"
+    )
+
+
+def _prepare(
+    paths: Sequence[Path],
+    mask_paths: Sequence[Path] | None,
+    options: Mapping[str, Any],
+    grid: Mapping[str, Any],
+    max_upsampling: float,
+    root: str,
+    domain: str,
+) -> tuple[list[tuple[Micrograph, np.ndarray, np.ndarray | None, list[tuple]]], dict[str, float]]:
+    """Every file read, calibrated, resampled to the grid's pixel size and tiled, and each
+    file's resampling factor.
+
+    Every file and mask is read and checked (calibration, upsampling factor, mask values)
+    before any is resampled; a file already imported into another domain, or twice in
+    this import, is warned about (:func:`duplicate_messages`).
+    """
+    target, tile_px = float(grid["pixel_size_angstrom"]), int(grid["tile_px"])
+    overlap_px = int(options["overlap_px"])
+    micrographs = [read_micrograph(path, options["pixel_size_angstrom"]) for path in paths]
+    factors = {
+        m.name: check_upsampling(m, target, max_upsampling, tile_px=tile_px, overlap_px=overlap_px)
+        for m in micrographs
+    }
+    for message in duplicate_messages(micrographs, imported_sources(root), domain):
+        warnings.warn(message, MicrographWarning, stacklevel=3)
+    masks_read = [
+        None if mask_paths is None else read_mask(mask_paths[k], m.image.shape)
+        for k, m in enumerate(micrographs)
+    ]
     prepared = []
-    for k, path in enumerate(files):
-        micrograph = read_micrograph(path, pixel_size_angstrom)
-        mask = None if mask_paths is None else read_mask(mask_paths[k], micrograph.image.shape)
+    for path, micrograph, mask in zip(paths, micrographs, masks_read, strict=True):
         image = resample(micrograph.image, micrograph.pixel_size_angstrom, target)
         if mask is not None:
             mask = resample(
@@ -533,65 +748,201 @@ def import_micrographs(
             )
             mask = np.clip(mask, 0.0, 1.0)
         try:
-            positions = tile_positions(image.shape, tile_px, overlap_px)
+            positions = tile_positions(image.shape, tile_px, options["overlap_px"])
         except ValueError as exc:
             raise MicrographError(
                 f"{path}: resampled to {target:g} Å/px it is {image.shape[0]} x {image.shape[1]} "
                 f"px: {exc}"
             ) from None
-        prepared.append((path, micrograph, image, mask, positions))
-    tag = spec.content_hash()[:8]
+        prepared.append((micrograph, image, mask, positions))
+    return prepared, factors
+
+
+def _import_locked(
+    paths: Sequence[Path],
+    mask_paths: Sequence[Path] | None,
+    root: str,
+    domain: str,
+    options: Mapping[str, Any],
+    max_upsampling: float,
+) -> ImportSummary:
+    """:func:`import_micrographs` once the dataset's lock is held."""
+    spec = dataset_spec(root)  # as it is now that no simulate can change it
+    _check_import_inputs(paths, mask_paths, domain, spec)
+    grid = imported.tile_grid(spec)
+    claim = _new_claim(domain, paths, mask_paths, options, grid)
+    state = imported.read_domain(root, domain)
+    _refuse_other_inputs(root, state, claim)
+    if state.claim is not None:  # the same import, resumed: its claim stands
+        claim = {
+            **claim,
+            **{k: state.claim[k] for k in ("claimed_at", "claimed_by") if k in state.claim},
+        }
+    if state.complete and _shards_intact(root, state.record):
+        return _summary(state.record, written=0, status="unchanged")
+    prepared, factors = _prepare(paths, mask_paths, options, grid, max_upsampling, root, domain)
+    if state.claim is None and not imported.create_claim(root, claim):
+        state = imported.read_domain(root, domain)  # claimed in between (a lock taken over)
+        _refuse_other_inputs(root, state, claim)
     schema = _row_schema(root)
-    tiles: dict[str, int] = {"train": 0, "val": 0}  # and "test" when files are held out
-    for index, (path, micrograph, image, mask, positions) in enumerate(prepared):
-        split = splits[path.name]
-        key = f"{tag}-imported_{domain}-{split}-{index:05d}-{index + 1:05d}"
+    written = 0
+    for index, (micrograph, image, mask, positions) in enumerate(prepared):
+        shard = claim["shards"][index]
+        if _shard_intact(root, shard["key"], domain, micrograph.sha256):
+            continue
         table = _tile_table(
-            spec, schema, domain, split, micrograph, image, mask, positions, tile_px
+            spec,
+            schema,
+            domain,
+            shard["split"],
+            micrograph,
+            image,
+            mask,
+            positions,
+            int(grid["tile_px"]),
+        )
+        task = ShardTask(
+            shard["key"], f"imported:{domain}", shard["split"], index, index + 1, domain
         )
         _write_imported_shard(
-            root, spec, key, split, index, domain, table, micrograph, positions, mask
+            root, spec, task, table, micrograph, positions, mask is not None, grid
         )
-        tiles[split] = tiles.get(split, 0) + table.num_rows
+        written += 1
+        log.info(
+            f"imported {micrograph.name} ({index + 1} of {len(prepared)}): {table.num_rows} "
+            f"{shard['split']} tiles"
+        )
+    record = _domain_record(root, spec, claim, prepared, mask_paths is not None)
+    imported.write_record(root, record)
+    status = "repaired" if state.record else "resumed" if state.claim else "imported"
+    return _summary(record, written=written, status=status, factors=factors)
+
+
+def _summary(
+    record: Mapping[str, Any],
+    *,
+    written: int,
+    status: str,
+    factors: Mapping[str, float] | None = None,
+) -> ImportSummary:
+    """An :class:`ImportSummary` of a domain record (``factors``: of the files read now)."""
+    grid = record["grid"]
     return ImportSummary(
-        domain,
-        tiles,
-        {f.name: splits[f.name] for f in files},
-        len(prepared),
-        target,
-        tile_px,
-        mask_paths is not None,
+        str(record["domain"]),
+        {s: int(n) for s, n in record["tiles"].items()},
+        {str(s["source_file"]): str(s["split"]) for s in record["shards"]},
+        len(record["shards"]),
+        float(grid["pixel_size_angstrom"]),
+        int(grid["tile_px"]),
+        written,
+        status,
+        dict(factors or {}),
+        bool(record.get("has_masks", True)),
     )
+
+
+def _read_entry(root: str, key: str) -> dict | None:
+    """A manifest entry, or None when it is missing or unreadable."""
+    try:
+        entry = storage.read_json(manifest_path(root, key))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError, OSError):
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def _entry_intact(root: str, key: str, entry: Mapping) -> bool:
+    """Whether a manifest entry's files are there with its size and sha256."""
+    try:
+        return not file_problems(root, {key: entry})
+    except (KeyError, TypeError, AttributeError):
+        return False  # an entry without the fields: written again
+
+
+def _shard_intact(root: str, key: str, domain: str, source_sha256: str) -> bool:
+    """Whether a shard of this domain, from this source file, is complete and undamaged."""
+    entry = _read_entry(root, key)
+    if entry is None or not isinstance(entry.get("imported"), dict):
+        return False
+    record = entry["imported"]
+    if record.get("domain") != domain or record.get("source_sha256") != source_sha256:
+        return False
+    return _entry_intact(root, key, entry)
+
+
+def _shards_intact(root: str, record: Mapping[str, Any]) -> bool:
+    """Whether every shard a domain record lists is there, as the record says."""
+    for shard in record["shards"]:
+        entry = _read_entry(root, shard["key"])
+        info = (entry or {}).get("files", {}).get(record["domain"])
+        if not isinstance(info, dict) or any(
+            info.get(n) != shard.get(n) for n in ("path", "bytes", "sha256")
+        ):
+            return False
+        if not _entry_intact(root, shard["key"], entry):
+            return False
+    return True
+
+
+def _domain_record(
+    root: str,
+    spec: DatasetSpec,
+    claim: Mapping[str, Any],
+    prepared: Sequence[tuple],
+    has_masks: bool,
+) -> dict[str, Any]:
+    """The domain record: the claim's inputs and grid, and each shard as written."""
+    shards, tiles = [], {"train": 0, "val": 0}  # and "test" when files are held out
+    for planned, (micrograph, _, _, _) in zip(claim["shards"], prepared, strict=True):
+        entry = _read_entry(root, planned["key"]) or {}
+        info = entry["files"][claim["domain"]]
+        shards.append(
+            {
+                **planned,
+                "source_sha256": micrograph.sha256,
+                "tiles": int(info["rows"]),
+                "path": info["path"],
+                "bytes": int(info["bytes"]),
+                "sha256": info["sha256"],
+            }
+        )
+        tiles[planned["split"]] = tiles.get(planned["split"], 0) + int(info["rows"])
+    return {
+        "domain": claim["domain"],
+        "axis": spec.axis,
+        "has_masks": has_masks,
+        "inputs": claim["inputs"],
+        "grid": claim["grid"],
+        "shards": shards,
+        "tiles": tiles,
+        "claimed_at": claim["claimed_at"],
+        "completed_at": imported.utc_now(),
+    }
 
 
 def _write_imported_shard(
     root: str,
     spec: DatasetSpec,
-    key: str,
-    split: str,
-    index: int,
-    domain: str,
+    task: ShardTask,
     table: pa.Table,
     micrograph: Micrograph,
     positions: list[tuple],
-    mask: np.ndarray | None,
+    has_masks: bool,
+    grid: Mapping[str, Any],
 ) -> None:
     """One file's shard: the Parquet file, then its manifest entry (:func:`write_shard`)."""
-    task = ShardTask(key, f"imported:{domain}", split, index, index + 1, domain)
     entry = {
-        "dataset_hash": spec.content_hash(),
+        "tile_grid": dict(grid),
         "task": {
-            "key": key,
+            "key": task.key,
             "group": task.group,
-            "split": split,
-            "start": index,
-            "stop": index + 1,
+            "split": task.split,
+            "start": task.start,
+            "stop": task.stop,
         },
         "imported": {
-            "domain": domain,
-            "has_masks": mask is not None,
+            "domain": task.domain,
+            "has_masks": has_masks,
             "sources": [micrograph.name],
-            "split": split,
             **provenance(micrograph, positions),
         },
     }

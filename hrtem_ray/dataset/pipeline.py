@@ -8,7 +8,10 @@ imaged in every listed domain) and runs the units on Ray Data, one task each;
 from the exit-wave store (:mod:`hrtem_ray.dataset.waves`) when they are there, else simulated
 (and stored); every domain's images are written as one shard
 (:func:`hrtem_ray.dataset.manifest.write_shard`). Every structure has its own seed
-(:func:`structure_seed`), so a rerun of any shard is bit-identical.
+(:func:`structure_seed`), so a rerun of any shard is bit-identical. While
+``keep_exit_waves`` is on, a run of structures whose wave shard is missing or damaged
+(quarantined by ``hrtem-ray check --repair``, or truncated) gets a unit of its own even
+when all its image shards are there, so that the store is whole again (:func:`units_to_run`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,8 @@ from hrtem_ray.dataset.manifest import (
     shards_to_simulate,
     write_shard,
 )
-from hrtem_ray.dataset.waves import StoredStructure, read_waves, write_waves
+from hrtem_ray.dataset.waves import StoredStructure, read_waves, waves_complete, write_waves
+from hrtem_ray.physics.particles import check_particle_shapes
 from hrtem_ray.physics.simulate import (
     images_from_waves,
     structure_waves,
@@ -107,10 +111,56 @@ class SimulationSummary:
     seconds: float
     structures_from_store: int = 0
     structures_simulated: int = 0
+    particles_drawn: int = 0
+    particles_placed: int = 0
+    structures_short: int = 0
 
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def placement_short(self) -> bool:
+        """Whether more than :data:`PLACEMENT_SHORT_SHARE` of the drawn particles found no spot."""
+        missing = self.particles_drawn - self.particles_placed
+        return missing > PLACEMENT_SHORT_SHARE * self.particles_drawn
+
+    def placement_warning(self, spec: DatasetSpec) -> str | None:
+        """A line when simulated structures hold fewer particles than drawn, else ``None``.
+
+        :func:`~hrtem_ray.physics.structures.random_structure` drops a drawn particle that
+        finds no free spot; a spec whose count can never fit is refused when it is read
+        (:func:`~hrtem_ray.spec.types.max_particles_fit`), this says how many fewer the
+        random placement managed.
+        """
+        if not self.structures_short:
+            return None
+        params = spec.structures
+        return (
+            f"dataset.structures.n_particles {list(params.n_particles)}: "
+            f"{self.structures_short} of {self.structures_simulated} structures simulated hold "
+            f"fewer particles than drawn ({self.particles_placed} of {self.particles_drawn} "
+            f"particles placed): no free spot in max_placement_attempts "
+            f"({params.max_placement_attempts}) tries; a larger cell_angstrom, fewer "
+            "n_particles, a smaller radius_angstrom or min_separation_angstrom places them all"
+        )
+
+
+#: The share of drawn particles left out (no free spot) above which ``simulate`` warns;
+#: below it the same line is logged at INFO: sequential random placement leaves a few out
+#: of a crowded cell whatever the count (e.g. 2% for 1-2 particles of 6-10 A radius 1 nm
+#: apart in a 51.2 A cell), while a count that the cell cannot hold loses far more.
+PLACEMENT_SHORT_SHARE = 0.05
+
+#: The counts of a shard record (:func:`simulate_and_write`) that a summary adds up.
+SUMMED_COUNTS = (
+    "images",
+    "structures_from_store",
+    "structures_simulated",
+    "particles_drawn",
+    "particles_placed",
+    "structures_short",
+)
 
 
 def structure_seed(dataset_seed: int, group: str, split: str, index: int) -> int:
@@ -164,14 +214,33 @@ def simulation_units(spec: DatasetSpec, tasks: Iterable[ShardTask]) -> list[Simu
     ]
 
 
+def units_to_run(
+    spec: DatasetSpec, root: str, tasks: Sequence[ShardTask], todo: Sequence[ShardTask]
+) -> list[SimulationUnit]:
+    """The units to run: those of the shards to write (``todo``), then, while
+    ``keep_exit_waves`` is on, one per run of structures of ``tasks`` whose wave shard is
+    not complete (:func:`hrtem_ray.dataset.waves.waves_complete`), with no image shards:
+    its multislice runs and its waves are stored again."""
+    units = simulation_units(spec, todo)
+    if not spec.keep_exit_waves:
+        return units
+    covered = {unit.waves_key for unit in units}
+    for unit in simulation_units(spec, tasks):
+        if unit.waves_key not in covered and not waves_complete(root, unit.waves_key):
+            units.append(replace(unit, shards=()))
+            covered.add(unit.waves_key)
+    return units
+
+
 def _tensor_column(arrays: np.ndarray) -> pa.Array:
     return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(arrays, np.float32))
 
 
 def unit_waves(
     spec: DatasetSpec, root: str, unit: SimulationUnit
-) -> tuple[list[StoredStructure], bool]:
-    """The exit waves of a unit's structures and whether they came from the store.
+) -> tuple[list[StoredStructure], bool, list[tuple[int, int]]]:
+    """The exit waves of a unit's structures, whether they came from the store, and the
+    particles ``(drawn, placed)`` of each structure simulated (none from the store).
 
     Reads the unit's wave shard when it is complete and holds the output band;
     otherwise runs the multislice (and stores the waves if ``keep_exit_waves``).
@@ -180,17 +249,19 @@ def unit_waves(
     stored = read_waves(root, unit.waves_key, unit.waves_hash, list(indices))
     n_out = output_gpts(unit.structures.cell_angstrom, spec.simulation)
     if stored is not None and all(s.waves.full_spectra.shape[-1] >= n_out for s in stored):
-        return stored, True
-    structures = []
+        return stored, True, []
+    structures, particles = [], []
     for index in indices:
         seed = structure_seed(spec.seed, unit.group, unit.split, index)
-        waves = structure_waves(random_structure(unit.structures, seed), spec.simulation, seed)
+        structure = random_structure(unit.structures, seed)
+        particles.append((structure.n_particles_drawn, structure.n_particles))
+        waves = structure_waves(structure, spec.simulation, seed)
         structures.append(
             StoredStructure(index, seed, with_calibrated_zero(waves, spec.simulation))
         )
     if spec.keep_exit_waves:
         write_waves(root, unit.waves_key, unit.waves_hash, structures)
-    return structures, False
+    return structures, False, particles
 
 
 def image_unit(
@@ -247,12 +318,14 @@ def simulate_and_write(spec: DatasetSpec, root: str, unit: SimulationUnit) -> di
     """Simulate (or read the stored waves of) one unit and write its domains' shards.
 
     Returns a small record for progress reporting: ``structures_from_store`` and
-    ``structures_simulated`` say where its exit waves came from.
+    ``structures_simulated`` say where its exit waves came from; ``particles_drawn``,
+    ``particles_placed`` and ``structures_short`` count the particles of the structures
+    simulated (see :meth:`SimulationSummary.placement_warning`).
     """
     start = time.perf_counter()
     started_at = time.time()
-    structures, from_store = unit_waves(spec, root, unit)
-    tables = image_unit(spec, unit, structures)
+    structures, from_store, particles = unit_waves(spec, root, unit)
+    tables = image_unit(spec, unit, structures) if unit.shards else {}
     n_images = 0
     for shard in unit.shards:
         task = shard.task
@@ -265,6 +338,9 @@ def simulate_and_write(spec: DatasetSpec, root: str, unit: SimulationUnit) -> di
         "images": n_images,
         "structures_from_store": n_structures if from_store else 0,
         "structures_simulated": 0 if from_store else n_structures,
+        "particles_drawn": sum(drawn for drawn, _ in particles),
+        "particles_placed": sum(placed for _, placed in particles),
+        "structures_short": sum(placed < drawn for drawn, placed in particles),
         "seconds": time.perf_counter() - start,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "pid": os.getpid(),
@@ -280,8 +356,13 @@ def _simulate_batch(
     return {name: [r[name] for r in records] for name in records[0]}
 
 
-def _log_sources(summary: SimulationSummary) -> None:
-    """Say where the exit waves came from (the ``hrtem_ray`` logger, shown by the CLI)."""
+def _log_sources(summary: SimulationSummary, spec: DatasetSpec) -> None:
+    """Say where the exit waves came from (the ``hrtem_ray`` logger, shown by the CLI), and
+    how many structures placed fewer particles than drawn: a warning when more than
+    :data:`PLACEMENT_SHORT_SHARE` of the drawn particles were left out, else at INFO."""
+    warning = summary.placement_warning(spec)
+    if warning is not None:
+        logger.log(logging.WARNING if summary.placement_short else logging.INFO, warning)
     logger.info(
         "%s: %d structures from the exit-wave store, %d simulated (multislice); "
         "%d images in %d new shards",
@@ -348,13 +429,13 @@ def simulate_dataset(
     root = str(root)
     prepare_root(spec, root)
     tasks, todo = shards_to_simulate(spec, root)
+    units = units_to_run(spec, root, tasks, todo)
     start = time.perf_counter()
-    totals = {"images": 0, "structures_from_store": 0, "structures_simulated": 0}
-    if todo:
+    totals = dict.fromkeys(SUMMED_COUNTS, 0)
+    if units:
         # Plan the FFTs once here so that every worker on this node loads the same wisdom.
         for cell in sorted({g.structures.cell_angstrom for g in spec.groups()}):
             warm_fftw_wisdom(cell, spec.simulation)
-        units = simulation_units(spec, todo)
         items = [{"unit": index} for index in range(len(units))]
         with _simulation_data_context(DataContext.get_current()):
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
@@ -375,7 +456,7 @@ def simulate_dataset(
         seconds=time.perf_counter() - start,
         **totals,
     )
-    _log_sources(summary)
+    _log_sources(summary, spec)
     return summary
 
 
@@ -386,24 +467,27 @@ def simulate_dataset_serial(spec: DatasetSpec, root: str | Path) -> SimulationSu
     ------
     SpecError
         One worker would need more memory than this machine has
-        (:func:`hrtem_ray.spec.dataset.check_resources`); nothing is written.
+        (:func:`hrtem_ray.spec.dataset.check_resources`), or a particle shape cannot be
+        built or does not fit the cell (:func:`hrtem_ray.physics.particles.check_particle_shapes`);
+        nothing is written.
     DatasetError
         As :func:`simulate_dataset`.
     """
     check_resources(spec)
+    check_particle_shapes(spec)
     root = str(root)
     prepare_root(spec, root)
     tasks, todo = shards_to_simulate(spec, root)
     start = time.perf_counter()
-    records = [simulate_and_write(spec, root, unit) for unit in simulation_units(spec, todo)]
+    records = [
+        simulate_and_write(spec, root, unit) for unit in units_to_run(spec, root, tasks, todo)
+    ]
     summary = SimulationSummary(
-        root,
-        sum(r["images"] for r in records),
-        len(tasks),
-        len(todo),
-        time.perf_counter() - start,
-        sum(r["structures_from_store"] for r in records),
-        sum(r["structures_simulated"] for r in records),
+        root=root,
+        shards=len(tasks),
+        shards_written=len(todo),
+        seconds=time.perf_counter() - start,
+        **{name: sum(int(r[name]) for r in records) for name in SUMMED_COUNTS},
     )
-    _log_sources(summary)
+    _log_sources(summary, spec)
     return summary

@@ -2,7 +2,8 @@
 
 Readers see only the current dataset's complete shards: the usable entries of
 :func:`hrtem_ray.dataset.manifest.manifest_entries` (simulated shards the spec in
-``dataset.json`` plans, and imported micrographs). A listed file that is missing or does
+``dataset.json`` plans, and complete imported domains). Asked for an imported domain whose
+import did not finish (no domain record), they refuse it with the reason. A listed file that is missing or does
 not match its manifest is refused with its name (:class:`~hrtem_ray.dataset.manifest.DatasetError`).
 """
 
@@ -15,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from hrtem_ray.dataset.manifest import SPEC_FILE, DatasetError, manifest_entries, read_record
+from hrtem_ray.dataset import imported
+from hrtem_ray.dataset.manifest import (
+    SPEC_FILE,
+    DatasetError,
+    manifest_entries,
+    read_record,
+    stored_spec,
+)
 from hrtem_ray.spec.types import SPLITS
 from hrtem_ray.store import storage
 
@@ -40,6 +48,8 @@ def _selected_files(
     if read_record(root) is None:
         raise DatasetError(f"no dataset at {root} (missing {SPEC_FILE}); run `hrtem-ray simulate`")
     wanted = None if domains is None else set(domains)
+    if wanted:
+        _refuse_unusable_imports(root, wanted)
     files = []
     entries = manifest_entries(root)
     for key in sorted(entries):
@@ -50,6 +60,16 @@ def _selected_files(
             if wanted is None or domain in wanted:
                 files.append((key, storage.join(root, info["path"]), int(info["rows"])))
     return files
+
+
+def _refuse_unusable_imports(root: str, domains: set[str]) -> None:
+    """Raise :class:`DatasetError` if one of ``domains`` is an imported domain that readers
+    must not use: an interrupted import (no domain record), or tiles of another grid."""
+    record = read_record(root)
+    grid = imported.tile_grid(stored_spec(record)) if record is not None else {}
+    problems = imported.domain_problems(root, grid)
+    for domain in sorted(domains & set(problems)):
+        raise DatasetError(f"{root}: {problems[domain][1]}")
 
 
 def shard_files(

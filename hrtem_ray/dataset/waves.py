@@ -21,6 +21,14 @@ rename; one PUT on S3) and the manifest entry last, so a killed write leaves no
 entry, and a file without a matching entry is never read: :func:`read_waves`
 returns None and the shard's multislice runs again.
 
+Checking the store
+------------------
+:func:`verify_waves` (``hrtem-ray check``) compares every shard's file with its manifest
+entry (size, then sha256) and lists the damaged ones; ``--repair`` quarantines the file
+and its entry, and the next simulation runs those structures' multislice again, since it
+writes every wave shard without a complete entry (:func:`waves_complete`: the entry, and a
+file of its size) while ``keep_exit_waves`` is on.
+
 Why Parquet, not Zarr
 ---------------------
 One shard is one object written in one atomic step, with the same storage layer
@@ -46,14 +54,20 @@ import pyarrow.parquet as pq
 
 from hrtem_ray.spec.types import StructureWaves
 from hrtem_ray.store import storage
+from hrtem_ray.store.digest import sha256_file
 
 __all__ = [
     "MANIFEST_DIR",
     "WAVES_DIR",
     "StoredStructure",
+    "WaveProblem",
     "WaveStoreWarning",
+    "entry_path",
+    "listed_keys",
     "read_waves",
     "stored_bytes",
+    "verify_waves",
+    "waves_complete",
     "waves_file",
     "write_waves",
 ]
@@ -81,7 +95,8 @@ def waves_file(root: str, key: str) -> str:
     return storage.join(root, WAVES_DIR, f"{key}.parquet")
 
 
-def _entry_path(root: str, key: str) -> str:
+def entry_path(root: str, key: str) -> str:
+    """URI of a wave shard's manifest entry (written after its file)."""
     return storage.join(root, WAVES_DIR, MANIFEST_DIR, f"{key}.json")
 
 
@@ -180,12 +195,12 @@ def write_waves(root: str, key: str, waves_hash: str, structures: Sequence[Store
         "bytes": len(payload),
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
-    storage.write_json_atomic(_entry_path(root, key), entry)
+    storage.write_json_atomic(entry_path(root, key), entry)
     return len(payload)
 
 
 def _entry(root: str, key: str) -> dict | None:
-    path = _entry_path(root, key)
+    path = entry_path(root, key)
     if not storage.exists(path):
         return None
     try:
@@ -235,3 +250,81 @@ def stored_bytes(root: str, keys: Sequence[str]) -> int:
     """Bytes of the complete wave shards among ``keys`` (from their manifest entries)."""
     entries = [_entry(root, key) for key in keys]
     return sum(int(e.get("bytes", 0)) for e in entries if e is not None)
+
+
+@dataclass(frozen=True)
+class WaveProblem:
+    """A wave shard whose manifest entry or file is damaged (see :func:`verify_waves`).
+
+    ``path`` is the damaged file, or the manifest entry when that is unreadable.
+    """
+
+    key: str
+    path: str
+    problem: str
+
+
+def listed_keys(root: str) -> list[str]:
+    """Keys of the wave shards with a manifest entry."""
+    folder = storage.join(root, WAVES_DIR, MANIFEST_DIR)
+    try:
+        names = storage.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith(".")]
+
+
+def _shard_problem(root: str, key: str, entry: object, *, digest: bool) -> WaveProblem | None:
+    """What is wrong with one listed wave shard (size always, sha256 with ``digest``)."""
+    import pyarrow.fs as pafs
+
+    uri = waves_file(root, key)
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("bytes"), int)
+        or not isinstance(entry.get("sha256"), str)
+    ):
+        return WaveProblem(key, entry_path(root, key), "manifest entry without bytes and sha256")
+    loc = storage.resolve(uri)
+    meta = loc.fs.get_file_info(loc.path)
+    if meta.type != pafs.FileType.File:
+        return WaveProblem(key, uri, "missing")
+    if meta.size != entry["bytes"]:
+        return WaveProblem(key, uri, f"{meta.size} bytes, the manifest records {entry['bytes']}")
+    if digest and sha256_file(uri) != entry["sha256"]:
+        return WaveProblem(key, uri, "sha256 differs from the manifest")
+    return None
+
+
+def verify_waves(root: str) -> list[WaveProblem]:
+    """Every damaged shard of a dataset root's exit-wave store, without changing anything.
+
+    Returns
+    -------
+    list of WaveProblem
+        Unreadable manifest entries (``path`` is the entry), then files that are missing
+        or differ from the recorded size or sha256 (``path`` is the file). Empty when the
+        store is intact or absent. A file without an entry (an interrupted write) is no
+        problem: it is never read, and written again.
+    """
+    problems = []
+    for key in listed_keys(root):
+        try:
+            entry = storage.read_json(entry_path(root, key))
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            problems.append(
+                WaveProblem(key, entry_path(root, key), f"unreadable manifest entry ({exc})")
+            )
+            continue
+        problem = _shard_problem(root, key, entry, digest=True)
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def waves_complete(root: str, key: str) -> bool:
+    """Whether a wave shard has a readable manifest entry and a file of the recorded size
+    (one metadata request; the sha256 is checked when the shard is read, and by
+    :func:`verify_waves`)."""
+    entry = _entry(root, key)
+    return entry is not None and _shard_problem(root, key, entry, digest=False) is None

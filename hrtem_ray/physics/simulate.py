@@ -76,9 +76,9 @@ from ase import Atoms
 from scipy.ndimage import gaussian_filter
 
 from hrtem_ray.physics.structures import Structure
+from hrtem_ray.spec.materials import paper_mask_blur_angstrom
 from hrtem_ray.spec.types import (
     ANGSTROM_PER_NM,
-    LATTICES,
     ImagingCondition,
     SimulationParams,
     StructureWaves,
@@ -497,7 +497,7 @@ def phase_mask(
     pixel_size_angstrom : float
         Pixel size of ``particle_waves``.
     lattice : str
-        Key of :data:`hrtem_ray.spec.types.LATTICES` (selects the paper blur).
+        Material label (selects the paper blur: :func:`hrtem_ray.spec.materials.paper_mask_blur_angstrom`).
     params : SimulationParams
         Recipe and its parameters.
 
@@ -509,7 +509,7 @@ def phase_mask(
     phase = np.angle(particle_waves.mean(axis=0))
     blur = params.mask_blur_angstrom
     if blur is None:
-        blur = LATTICES[lattice].paper_mask_blur_angstrom
+        blur = paper_mask_blur_angstrom(lattice)
     if params.mask_recipe == "paper":
         threshold = params.paper_threshold_rad
     else:

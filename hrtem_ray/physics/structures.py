@@ -21,17 +21,23 @@ so the distance from a particle centre to the exit plane is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 from ase import Atoms
-from ase.spacegroup import crystal
 from scipy.spatial import cKDTree
-from scipy.spatial.transform import Rotation
 
-from hrtem_ray.spec.types import LATTICES, WURTZITE_U, LatticeSpec, StructureParams
+from hrtem_ray.physics.particles import (
+    bounding_radius_angstrom,
+    build_particle,
+    lattice_unit_cell,
+    random_rotation,
+    stacking_sequence,
+    wurtzite_block,
+)
+from hrtem_ray.spec.materials import material_label
+from hrtem_ray.spec.types import LATTICES, LatticeSpec, StructureParams
 
 __all__ = [
     "LATTICES",
@@ -40,7 +46,6 @@ __all__ = [
     "StructureParams",
     "amorphous_carbon_positions",
     "lattice_unit_cell",
-    "nanoparticle",
     "random_rotation",
     "random_structure",
     "stacking_sequence",
@@ -64,18 +69,31 @@ class Structure:
     particles : ase.Atoms
         The particles alone, in the same cell (so both exit planes coincide).
     lattice : str
-        Key of :data:`LATTICES` shared by all particles.
+        Label of the material shared by all particles (a key of :data:`LATTICES` or a
+        CIF material's name).
     n_particles : int
         Number of particles actually placed (may be below the drawn count when
         the cell is too crowded, see :func:`random_structure`).
     particle_centers_angstrom : np.ndarray
-        ``(n_particles, 3)`` sphere centres in cell coordinates.
+        ``(n_particles, 3)`` particle centres (the centre of each cut) in cell coordinates.
     particle_radii_angstrom : np.ndarray
-        ``(n_particles,)`` sphere radii.
+        ``(n_particles,)`` equivalent-sphere radii (the cut radius of a sphere).
     substrate_thickness_angstrom : float
         Drawn substrate thickness T.
     stacking_faults : tuple of int
-        Number of I1 faults of each particle (always 0 for non-wurtzite lattices).
+        Number of stacking faults of each particle (wurtzite I1 faults, fcc intrinsic
+        faults; 0 for other lattices).
+    twins : tuple of int
+        Number of {111} twin planes of each particle (fcc of one element).
+    particle_bounding_radii_angstrom : np.ndarray or None
+        ``(n_particles,)`` radii of the spheres about the centres that hold each particle
+        (the layout's); None means equal to ``particle_radii_angstrom``.
+    twin_planes : tuple
+        Per particle, ``(normal, distance)`` of each twin plane in cell coordinates
+        relative to its centre (see :class:`hrtem_ray.physics.particles.Particle`).
+    n_particles_drawn : int
+        Number of particles drawn from ``StructureParams.n_particles``; more than
+        ``n_particles`` when some found no free spot.
     """
 
     atoms: Atoms
@@ -86,6 +104,10 @@ class Structure:
     particle_radii_angstrom: np.ndarray
     substrate_thickness_angstrom: float
     stacking_faults: tuple[int, ...] = ()
+    twins: tuple[int, ...] = ()
+    particle_bounding_radii_angstrom: np.ndarray | None = None
+    twin_planes: tuple = ()
+    n_particles_drawn: int = 0
 
     @property
     def cell_height_angstrom(self) -> float:
@@ -165,216 +187,75 @@ def amorphous_carbon_positions(
     )
 
 
-# --------------------------------------------------------------------------- lattices
-
-
-@cache
-def lattice_unit_cell(name: str) -> Atoms:
-    """Conventional unit cell of a lattice of :data:`LATTICES`, via ASE."""
-    spec = LATTICES[name]
-    return crystal(
-        list(spec.symbols), basis=list(spec.basis), spacegroup=spec.spacegroup, cellpar=spec.cellpar
-    )
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """Uniformly random 3D rotation matrix (normalised Gaussian quaternion)."""
-    quaternion = rng.normal(size=4)
-    return Rotation.from_quat(quaternion / np.linalg.norm(quaternion)).as_matrix()
-
-
-def _tile(cell: np.ndarray, scaled: np.ndarray, half_extent_angstrom: float) -> np.ndarray:
-    """Cartesian positions of a block of unit cells covering a cube around the origin."""
-    heights = 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)  # interplanar spacings
-    n = np.ceil(half_extent_angstrom / heights).astype(int) + 1
-    grid = np.stack(
-        np.meshgrid(*(np.arange(-k, k + 1) for k in n), indexing="ij"), axis=-1
-    ).reshape(-1, 1, 3)
-    return ((grid + scaled[None]).reshape(-1, 3)) @ cell
-
-
-def stacking_sequence(n_layers: int, fault_layers: Sequence[int]) -> np.ndarray:
-    """Close-packed stacking letters (0=A, 1=B, 2=C) of a wurtzite bilayer stack.
-
-    The perfect stack alternates ``B C B C ...`` (the order of
-    :func:`ase.spacegroup.crystal` for space group 186). An I1 intrinsic fault at
-    layer ``f`` puts that layer on the third site (neither of the two layers below)
-    and the stack continues hexagonally from there: ``...BCBC|ACAC...``, i.e. the
-    rest of the stack is the perfect stack with one layer removed, slipped.
-
-    Parameters
-    ----------
-    n_layers : int
-        Number of bilayers.
-    fault_layers : sequence of int
-        Layer indices (>= 2) at which an I1 fault starts.
-
-    Returns
-    -------
-    np.ndarray
-        ``(n_layers,)`` integer letters.
-    """
-    faults = set(fault_layers)
-    letters = np.empty(n_layers, dtype=int)
-    for k in range(n_layers):
-        if k < 2:
-            letters[k] = 1 + k
-        elif k in faults:
-            letters[k] = 3 - letters[k - 1] - letters[k - 2]
-        else:
-            letters[k] = letters[k - 2]
-    return letters
-
-
-def wurtzite_block(
-    name: str, half_extent_angstrom: float, fault_layers_from_center: Sequence[int] = ()
-) -> tuple[list[str], np.ndarray]:
-    """A block of wurtzite around the origin, built bilayer by bilayer.
-
-    Parameters
-    ----------
-    name : str
-        A wurtzite key of :data:`LATTICES`.
-    half_extent_angstrom : float
-        The block covers at least the cube ``[-h, h]^3``.
-    fault_layers_from_center : sequence of int
-        Bilayer indices, counted from the bilayer nearest ``z = 0``, where an I1
-        fault starts.
-
-    Returns
-    -------
-    symbols : list of str
-    positions : np.ndarray
-        ``(n, 3)`` Cartesian positions in angstrom (c axis along z).
-    """
-    spec = LATTICES[name]
-    a, c = spec.a_angstrom, float(spec.c_angstrom)
-    a1, a2 = np.array([a, 0.0]), np.array([-a / 2, a * np.sqrt(3) / 2])
-    offsets = np.array([[0.0, 0.0], [1 / 3, 2 / 3], [2 / 3, 1 / 3]])  # A, B, C
-    n_in_plane = int(np.ceil(half_extent_angstrom / (a * np.sqrt(3) / 2))) + 2
-    # even, so that the bilayer at z = 0 is a B layer, as in ASE's unit cell
-    n_half_layers = 2 * (int(np.ceil(half_extent_angstrom / c)) + 1)
-    layers = np.arange(-n_half_layers, n_half_layers + 1)
-    letters = stacking_sequence(len(layers), [k + n_half_layers for k in fault_layers_from_center])
-    ij = np.stack(
-        np.meshgrid(*(np.arange(-n_in_plane, n_in_plane + 1),) * 2, indexing="ij"), axis=-1
-    ).reshape(-1, 2)
-    frac = ij[None, :, :] + offsets[letters][:, None, :]  # (layer, site, 2)
-    xy = frac[..., :1] * a1 + frac[..., 1:] * a2
-    z = np.broadcast_to((layers * c / 2)[:, None, None], xy.shape[:2] + (1,))
-    cations = np.concatenate([xy, z], axis=-1).reshape(-1, 3)
-    anions = cations + np.array([0.0, 0.0, WURTZITE_U * c])
-    symbols = [spec.symbols[0]] * len(cations) + [spec.symbols[1]] * len(anions)
-    return symbols, np.concatenate([cations, anions])
-
-
-def _draw_fault_layers(
-    radius_angstrom: float, c_angstrom: float, n_faults: int, rng: np.random.Generator
-) -> list[int]:
-    """Distinct fault layers inside the sphere, at least two bilayers apart."""
-    half = max(int(0.8 * radius_angstrom / (c_angstrom / 2)), 1)
-    candidates = np.arange(-half, half + 1)
-    n_faults = min(n_faults, (len(candidates) + 1) // 2)
-    while True:
-        layers = np.sort(rng.choice(candidates, size=n_faults, replace=False))
-        if np.all(np.diff(layers) >= 2):
-            return [int(k) for k in layers]
-
-
-def nanoparticle(
-    name: str, radius_angstrom: float, n_faults: int, rng: np.random.Generator
-) -> tuple[list[str], np.ndarray]:
-    """A randomly oriented crystalline sphere centred at the origin.
-
-    The sphere centre is placed at a uniformly random point of the lattice's unit
-    cell before the cut, then the crystal is rotated by a uniformly random rotation.
-
-    Parameters
-    ----------
-    name : str
-        Key of :data:`LATTICES`.
-    radius_angstrom : float
-        Sphere radius; atoms with ``|r| <= radius`` are kept.
-    n_faults : int
-        Number of I1 stacking faults (wurtzite only, ignored otherwise).
-    rng : numpy.random.Generator
-        Source of randomness.
-
-    Returns
-    -------
-    symbols : list of str
-    positions : np.ndarray
-        ``(n, 3)`` positions in angstrom relative to the sphere centre.
-    """
-    spec = LATTICES[name]
-    extent = radius_angstrom + 2 * spec.a_angstrom
-    if spec.is_wurtzite:
-        faults = _draw_fault_layers(radius_angstrom, float(spec.c_angstrom), n_faults, rng)
-        symbols, positions = wurtzite_block(name, extent, faults)
-        shift = rng.uniform(size=3) @ lattice_unit_cell(name).cell.array
-    else:
-        unit = lattice_unit_cell(name)
-        cell = unit.cell.array
-        positions = _tile(cell, unit.get_scaled_positions(), extent)
-        symbols = list(unit.get_chemical_symbols()) * (len(positions) // len(unit))
-        shift = rng.uniform(size=3) @ cell
-    positions = (positions - shift) @ random_rotation(rng).T
-    inside = np.linalg.norm(positions, axis=1) <= radius_angstrom
-    return [s for s, keep in zip(symbols, inside, strict=True) if keep], positions[inside]
-
-
 # --------------------------------------------------------------------------- layout
 
 
 def _place_particles(
-    params: StructureParams, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Radii and in-plane centres of non-overlapping particles tangent to one plane.
+    params: StructureParams, rng: np.random.Generator, bounding: Callable[[float], float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Radii and in-plane centres of non-overlapping particles resting on one plane.
 
     Particles are tried one at a time (count and radii drawn first); a particle that
-    finds no free spot in ``max_placement_attempts`` tries is dropped.
+    finds no free spot in ``max_placement_attempts`` tries is dropped. Each particle
+    takes the room of its bounding sphere (``bounding(radius)``): spheres touch the
+    plane from above, so their centres differ in height by the difference of the radii;
+    other shapes are kept apart by their bounding circles in the plane.
 
     Returns
     -------
     radii : np.ndarray
-        ``(n,)`` radii.
+        ``(n,)`` drawn (equivalent-sphere) radii.
+    bounds : np.ndarray
+        ``(n,)`` bounding radii.
     centers_xy : np.ndarray
-        ``(n, 2)`` in-plane centres; spheres lie fully inside the cell.
+        ``(n, 2)`` in-plane centres; bounding spheres lie fully inside the cell.
+    n_drawn : int
+        The number of particles drawn (``n`` or more).
     """
     n_drawn = int(rng.integers(params.n_particles[0], params.n_particles[1] + 1))
     radii_drawn = rng.uniform(*params.radius_angstrom, size=n_drawn)
+    spheres = params.shape == "sphere"
     radii: list[float] = []
+    bounds: list[float] = []
     centers: list[np.ndarray] = []
     for radius in radii_drawn:
+        bound = bounding(float(radius)) if not spheres else radius
         trials = rng.uniform(
-            radius, params.cell_angstrom - radius, size=(params.max_placement_attempts, 2)
+            bound, params.cell_angstrom - bound, size=(params.max_placement_attempts, 2)
         )
         if centers:
             placed = np.array(centers)
-            placed_radii = np.array(radii)
-            # Both spheres touch the same plane from above: their centres differ in
-            # height by the difference of the radii.
+            placed_bounds = np.array(bounds)
             dxy2 = ((trials[:, None, :] - placed[None]) ** 2).sum(-1)
-            dist = np.sqrt(dxy2 + (radius - placed_radii[None]) ** 2)
+            dz = (bound - placed_bounds[None]) if spheres else 0.0
+            dist = np.sqrt(dxy2 + dz**2)
             free = np.all(
-                dist >= radius + placed_radii[None] + params.min_separation_angstrom, axis=1
+                dist >= bound + placed_bounds[None] + params.min_separation_angstrom, axis=1
             )
         else:
             free = np.ones(len(trials), dtype=bool)
         if free.any():
             radii.append(float(radius))
+            bounds.append(float(bound))
             centers.append(trials[np.argmax(free)])
-    return np.array(radii), np.array(centers).reshape(-1, 2)
+    return np.array(radii), np.array(bounds), np.array(centers).reshape(-1, 2), n_drawn
 
 
 def random_structure(params: StructureParams, seed: int) -> Structure:
     """Random nanoparticles on an amorphous carbon substrate; a pure function of seed.
 
     Draws (each from its own ``default_rng([seed, stream])``): the substrate
-    thickness, the lattice, the particle count and radii, the particle positions
-    (at least ``min_separation_angstrom`` apart surface to surface, entirely inside
-    the cell, resting on the substrate), the substrate atoms, and for each particle
-    its lattice offset, orientation and (wurtzite) 0..``max_stacking_faults`` faults.
+    thickness, the material, the particle count and radii, the particle positions
+    (bounding spheres at least ``min_separation_angstrom`` apart surface to surface,
+    entirely inside the cell, resting on the substrate), the substrate atoms, and for
+    each particle what :func:`hrtem_ray.physics.particles.build_particle` draws: its
+    defects, its offset in the crystal and its orientation. A particle that is not a
+    sphere is lowered onto the substrate (its lowest atom ``particle_gap_angstrom``
+    above it).
+    A drawn particle that finds no free spot in ``max_placement_attempts`` tries is left
+    out: ``n_particles`` is then below ``n_particles_drawn`` (a count that can never fit
+    is refused by :class:`~hrtem_ray.spec.types.StructureParams`; the simulation warns
+    about structures that placed fewer than drawn).
 
     Parameters
     ----------
@@ -389,13 +270,15 @@ def random_structure(params: StructureParams, seed: int) -> Structure:
     """
     layout_rng = np.random.default_rng([seed, _STREAM_LAYOUT])
     thickness = float(layout_rng.uniform(*params.substrate_thickness_angstrom))
-    lattice = str(params.lattices[int(layout_rng.integers(len(params.lattices)))])
-    radii, centers_xy = _place_particles(params, layout_rng)
+    material = params.lattices[int(layout_rng.integers(len(params.lattices)))]
+    radii, bounds, centers_xy, n_drawn = _place_particles(
+        params, layout_rng, lambda r: bounding_radius_angstrom(material, r, params)
+    )
 
-    surface_z = params.vacuum_angstrom + 2 * radii.max() + params.particle_gap_angstrom
+    surface_z = params.vacuum_angstrom + 2 * bounds.max() + params.particle_gap_angstrom
     height = surface_z + thickness + params.vacuum_angstrom
     cell = [params.cell_angstrom, params.cell_angstrom, height]
-    centers = np.column_stack([centers_xy, surface_z - params.particle_gap_angstrom - radii])
+    centers = np.column_stack([centers_xy, surface_z - params.particle_gap_angstrom - bounds])
 
     carbon = amorphous_carbon_positions(
         params.cell_angstrom,
@@ -408,17 +291,20 @@ def random_structure(params: StructureParams, seed: int) -> Structure:
     symbols: list[str] = []
     positions: list[np.ndarray] = []
     faults: list[int] = []
-    for index, (radius, center) in enumerate(zip(radii, centers, strict=True)):
+    twins: list[int] = []
+    planes: list[tuple] = []
+    for index, radius in enumerate(radii):
         rng = np.random.default_rng([seed, _STREAM_PARTICLE + index])
-        n_faults = (
-            int(rng.integers(params.max_stacking_faults + 1))
-            if LATTICES[lattice].is_wurtzite
-            else 0
-        )
-        particle_symbols, particle_positions = nanoparticle(lattice, radius, n_faults, rng)
-        symbols += particle_symbols
-        positions.append(particle_positions + center)
-        faults.append(n_faults)
+        particle = build_particle(material, radius, params, rng)
+        if params.shape != "sphere":  # rest on the substrate
+            centers[index, 2] = (
+                surface_z - params.particle_gap_angstrom - particle.positions[:, 2].max()
+            )
+        symbols += particle.symbols
+        positions.append(particle.positions + centers[index])
+        faults.append(particle.n_faults)
+        twins.append(particle.n_twins)
+        planes.append(particle.twin_planes)
 
     particles = Atoms(
         symbols, positions=np.concatenate(positions), cell=cell, pbc=[True, True, False]
@@ -427,10 +313,14 @@ def random_structure(params: StructureParams, seed: int) -> Structure:
     return Structure(
         atoms=substrate + particles,
         particles=particles,
-        lattice=lattice,
+        lattice=material_label(material),
         n_particles=len(radii),
         particle_centers_angstrom=centers,
         particle_radii_angstrom=radii,
         substrate_thickness_angstrom=thickness,
         stacking_faults=tuple(faults),
+        twins=tuple(twins),
+        particle_bounding_radii_angstrom=bounds,
+        twin_planes=tuple(planes),
+        n_particles_drawn=n_drawn,
     )

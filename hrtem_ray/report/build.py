@@ -54,7 +54,7 @@ import polars as pl
 import vl_convert as vlc
 
 from hrtem_ray import analysis
-from hrtem_ray.report import images, plots, predictions, reference_plots
+from hrtem_ray.report import images, plots, predictions, reference_plots, rounds
 from hrtem_ray.report.curves import study_root_of
 from hrtem_ray.report.imported import imported_section
 from hrtem_ray.report.page import StudySection, render_page
@@ -353,6 +353,10 @@ def build_section(
         panels, panel_notes = predictions.study_panels(study_root, results, data_dir, study)
         charts |= panels
         notes += panel_notes
+        records = rounds.read_rounds(study_root)
+        if records:  # an adaptive study: its intervals narrowing round by round
+            tables["adaptive_rounds"] = rounds.rounds_table(records)
+            charts["adaptive_rounds"] = rounds.rounds_chart(tables["adaptive_rounds"], study)
     real = imported_section(results, study)  # networks vs threshold, calibration
     tables |= real.tables
     charts |= real.charts

@@ -66,6 +66,12 @@ CAPTIONS = {
         "Reliability diagrams: of the pixels given a particle probability near p, the share "
         "that are particles. ECE: the pixel-weighted mean distance from the diagonal."
     ),
+    "adaptive_rounds": (
+        "An adaptive study's rounds: per finding, its interval at each round's level (the "
+        "sequential rule spends 1 - level over the rounds) against the models trained so "
+        "far, and the edges of the claim's range (dashed). Table adaptive_rounds gives the "
+        "trainings each round added for each finding."
+    ),
 }
 TITLES = {
     "pair_matrix": "Loss matrices",
@@ -82,6 +88,7 @@ TITLES = {
     "predictions": "Predictions next to the truth",
     "network_vs_threshold": "Imported domains: networks versus the threshold",
     "calibration": "Imported domains: calibration",
+    "adaptive_rounds": "Adaptive rounds: intervals narrowing",
 }
 #: A finding's ``data-significant`` attribute, by its ``significant``.
 SIGNIFICANCE = {True: "significant", False: "not significant", None: "no interval"}

@@ -67,7 +67,11 @@ def pair_heatmaps(pairs: pl.DataFrame, study: str = "defocus") -> alt.HConcatCha
         cells = named_chart(datasets[f"pairs_{phase}"], f"pairs_{phase}")
 
         def heat_tooltips(phase: str = phase) -> list:
-            return [*interval_tooltips(datasets[f"pairs_{phase}"], "loss"), "from_pretrain:N"]
+            frame = datasets[f"pairs_{phase}"]
+            iou = (
+                [alt.Tooltip("iou:Q", format=".3f", title="IoU")] if "iou" in frame.columns else []
+            )
+            return [*interval_tooltips(frame, "loss"), *iou, "from_pretrain:N"]
 
         heat = loss_heatmap(cells, pairs, x, y, extra_tooltip=heat_tooltips())
         layers = [heat]
@@ -96,8 +100,8 @@ def pair_heatmaps(pairs: pl.DataFrame, study: str = "defocus") -> alt.HConcatCha
         datasets,
         "Loss on the target domain",
         "excess loss in nats above the floor (0 is perfect), log colour scale; grey dashed "
-        "cell: no transfer model (left blank, not a result); tooltips: interval and number "
-        "of models",
+        "cell: no transfer model (left blank, not a result); tooltips: interval, IoU and "
+        "number of models",
     )
 
 

@@ -147,7 +147,7 @@ def training_time_chart(times: pl.DataFrame, study: str = "defocus") -> alt.HCon
         alt.hconcat(*panels),
         {"times": times},
         "Training time",
-        f"{study} study: median seconds per epoch of a stage (train_seconds / epochs) per model; "
+        f"{study} study: median seconds per epoch of a stage (its median epoch, or train_seconds / epochs in older tables) per model; "
         "saving = 1 - t / t(no freezing) at the same phase, size and device; whiskers: interval",
     )
 

@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 from hrtem_ray.spec.base import SpecError, SpecModel
+from hrtem_ray.spec.materials import IDENTITY, Material, Shape, ZoneAxisOrientation
 from hrtem_ray.spec.names import safe_name_problem
 from hrtem_ray.spec.types import (
     LATTICES,
@@ -122,10 +123,22 @@ def machine_memory_bytes() -> int:
 
 
 class StructureDomain(SpecModel):
-    """One domain of a structure study: a lattice and a particle-radius range."""
+    """One domain of a structure study: a material, a particle-size range and, optionally,
+    its own shape, surface energies, orientation, twins and stoichiometry (the
+    ``dataset.structures`` value of each field left unset, ``null``).
 
-    lattice: str
+    The structure axis is any list of materials x shapes x sizes, each domain named by its
+    key, e.g. ``Au-deca-small: {lattice: Au, shape: decahedron, radius_angstrom: [10, 14]}``.
+    """
+
+    lattice: Material
     radius_angstrom: tuple[float, float]
+    shape: Shape | None = None
+    surface_energies: dict[str, float] | None = None
+    orientation: Literal["random"] | ZoneAxisOrientation | None = None
+    max_twins: int | None = Field(default=None, ge=0, le=4)
+    max_fcc_stacking_faults: int | None = Field(default=None, ge=0, le=4)
+    stoichiometry: Literal["auto", "kept", "as_cut"] | None = None
 
     @field_validator("radius_angstrom")
     @classmethod
@@ -137,10 +150,36 @@ class StructureDomain(SpecModel):
 
     @field_validator("lattice")
     @classmethod
-    def _known_lattice(cls, value: str) -> str:
-        if value not in LATTICES:
-            raise ValueError(f"unknown lattice {value!r}; allowed: {', '.join(LATTICES)}")
+    def _known_lattice(cls, value: Material) -> Material:
+        if isinstance(value, str) and value not in LATTICES:
+            raise ValueError(
+                f"unknown lattice {value!r}; allowed: {', '.join(LATTICES)}, or {{cif: PATH}}"
+            )
         return value
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+    def overrides(self) -> dict[str, Any]:
+        """The :class:`~hrtem_ray.spec.types.StructureParams` fields this domain sets."""
+        out: dict[str, Any] = {"lattices": (self.lattice,), "radius_angstrom": self.radius_angstrom}
+        for name in STRUCTURE_DOMAIN_OPTIONAL:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+#: The optional fields of a :class:`StructureDomain` (``null``: the dataset's).
+STRUCTURE_DOMAIN_OPTIONAL = (
+    "shape",
+    "surface_energies",
+    "orientation",
+    "max_twins",
+    "max_fcc_stacking_faults",
+    "stoichiometry",
+)
 
 
 class SplitCounts(SpecModel):
@@ -303,15 +342,11 @@ class DatasetSpec(SpecModel):
             return [("all", self.structures)]
         out = []
         for label, domain in self.structure_domains.items():
-            merged = {
-                **self.structures.model_dump(),
-                "lattices": (domain.lattice,),
-                "radius_angstrom": domain.radius_angstrom,
-            }
+            merged = {**self.structures.model_dump(), **domain.overrides()}
             try:
                 out.append((label, StructureParams.model_validate(merged)))
             except ValidationError as exc:
-                msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                msg = "; ".join(_located(e) for e in exc.errors())
                 raise ValueError(f"dataset.structure_domains.{label}: {msg}") from None
         return out
 
@@ -395,7 +430,9 @@ class DatasetSpec(SpecModel):
 
         Covers every field but ``path`` (where the dataset lives, not what it is),
         including ``structures_per_shard`` (shard keys and files), and
-        :data:`GENERATOR_VERSION`. 16 hex digits.
+        :data:`GENERATOR_VERSION`. A CIF material enters by its content (sha256, cell,
+        sites), not the path of its file (:data:`~hrtem_ray.spec.materials.IDENTITY`).
+        16 hex digits.
         """
         return _hash(self.hash_payload())
 
@@ -408,7 +445,7 @@ class DatasetSpec(SpecModel):
         added later are left out at their defaults (:data:`HASH_OMITTED_AT`), and
         ``keep_exit_waves`` always (:data:`HASH_NEVER`), for the same reason.
         """
-        payload = self.model_dump(mode="json", exclude=HASH_NEVER)
+        payload = self.model_dump(mode="json", exclude=HASH_NEVER, context=IDENTITY)
         payload = {
             HASH_KEYS.get(key, key): value
             for key, value in payload.items()
@@ -428,7 +465,7 @@ class DatasetSpec(SpecModel):
         return {
             "generator_version": GENERATOR_VERSION,
             "group": group,
-            "structures": structures.model_dump(mode="json"),
+            "structures": structures.model_dump(mode="json", context=IDENTITY),
             "multislice": {name: getattr(self.simulation, name) for name in MULTISLICE_FIELDS},
             "seed": self.seed,
             # the test count is not part of it: adding held-out structures keeps every
@@ -456,6 +493,13 @@ class DatasetSpec(SpecModel):
                 "imaging": imaging,
             }
         )
+
+
+def _located(error: Any) -> str:
+    """A pydantic error as ``field: message`` (the message alone for a whole-model check)."""
+    msg = error["msg"].removeprefix("Value error, ")
+    loc = ".".join(str(p) for p in error["loc"] if not str(p)[:1].isupper() and "[" not in str(p))
+    return f"{loc}: {msg}" if loc else msg
 
 
 def _hash(payload: Any) -> str:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from hrtem_ray.spec.adaptive import FINDING_KEYS, IN_FOCUS, AdaptiveSpec
 from hrtem_ray.spec.base import SpecModel
 from hrtem_ray.spec.dataset import DatasetSpec
 from hrtem_ray.spec.names import check_safe_name
@@ -453,6 +454,7 @@ class StudySpec(SpecModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     storage: str = "out/study"
     keep_checkpoints: Literal["pretrain", "all"] = "pretrain"
+    adaptive: AdaptiveSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -598,6 +600,84 @@ class StudySpec(SpecModel):
                     "(the transfer counterpart's pretraining set)"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _adaptive_applies(self) -> StudySpec:
+        """Every targeted finding applies; shared parents keep their checkpoints."""
+        if self.adaptive is None:
+            return self
+        if self.pretrain is None:
+            raise ValueError("adaptive: needs a pretrain grid (every finding rests on one)")
+        needs = self.finding_requirements()
+        applicable = [k for k in FINDING_KEYS if needs[k] is None]
+        if self.adaptive.findings is None and not applicable:
+            raise ValueError("adaptive: no finding applies to this spec's axis and grids")
+        for key in self.adaptive.findings or []:
+            if needs[key] is not None:
+                raise ValueError(
+                    f"adaptive.findings: finding {key} does not apply to this spec: "
+                    f"{needs[key]}; applicable here: {', '.join(applicable) or 'none'}"
+                )
+        if (
+            self.transfer is not None
+            and self.transfer.parents == "shared"
+            and self.deletes_parent_checkpoints
+        ):
+            raise ValueError(
+                "transfer.delete_parent_checkpoints: not with adaptive and shared parents: a "
+                "later round may add children to any parent, which needs its checkpoint"
+            )
+        return self
+
+    def finding_requirements(self) -> dict[str, str | None]:
+        """Per finding key (:data:`~hrtem_ray.spec.adaptive.FINDING_KEYS`): ``None`` when
+        this spec's axis and grids give the models it needs, else what is missing."""
+        pre, tr = self.domains_for("pretrain"), self.domains_for("transfer")
+        evals = set(self.domains_for("eval"))
+        freeze = set(self.transfer.freeze) if self.transfer is not None else set()
+        focus = None
+        if self.dataset.axis != "defocus":
+            focus = f"not a defocus study (axis {self.dataset.axis})"
+        elif IN_FOCUS not in pre or len(pre) < 2:
+            focus = "needs pretraining on 0 nm and another domain (domains.pretrain)"
+        no_transfer = None if self.transfer is not None else "no transfer grid"
+
+        def frozen(mode: str) -> str | None:
+            if no_transfer or {mode, "none"} - freeze:
+                return f"needs transfer.freeze with {mode} and none"
+            return None
+
+        reached = [b for b in tr if len([a for a in pre if a != b]) >= 2 and b in evals]
+        pairs = [(a, b) for a in pre for b in tr if a != b]
+        unseen = [e for e in evals if e not in pre]
+        outside = {IN_FOCUS} if self.dataset.axis == "defocus" else set()
+        wide = [p for p in pairs if len(evals - {*p, *outside}) >= 2]
+        both_ways = [b for b in pre if b != IN_FOCUS and b in tr and IN_FOCUS in tr]
+        return {
+            "1": no_transfer
+            or (None if reached else "no target reached from two pretraining domains"),
+            "2a": focus,
+            "2b": focus or (None if unseen else "no eval domain outside the pretraining domains"),
+            "2c": focus
+            or no_transfer
+            or (None if both_ways else "needs transfer between 0 nm and another domain both ways"),
+            "3": self._mixture_requirement(),
+            "4": no_transfer or (None if wide else "no pair with two other eval domains"),
+            "5a": frozen("decoder"),
+            "5b": frozen("encoder"),
+            "5c": frozen("encoder"),
+        }
+
+    def _mixture_requirement(self) -> str | None:
+        """Why finding 3 (transfer versus mixture) lacks models, or ``None``."""
+        if self.transfer is None or "none" not in self.transfer.freeze:
+            return "needs unfrozen transfer (transfer.freeze with none)"
+        if self.baseline is None:
+            return "needs a baseline grid (mixtures)"
+        counts = {n for _, n in self.mixture_counts() if n} & set(self.transfer.n_images)
+        if not counts:
+            return "no mixture has as many target images as a transfer.n_images value"
+        return None
 
     def baseline_images(self) -> int:
         """Images of each fractions-form mixture: ``baseline.n_images``, or the pretraining size.

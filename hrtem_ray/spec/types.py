@@ -6,8 +6,9 @@ simulation, the U-Net and the study spec sections (:mod:`hrtem_ray.spec.dataset`
 that reading and validating a spec loads neither torch, abTEM, ASE nor Ray. Each shared type and constant has its one
 definition here:
 
-* :data:`LATTICES` and :class:`StructureParams`: the random structure generator
-  (:mod:`hrtem_ray.physics.structures`);
+* :class:`StructureParams`: the random structure generator
+  (:mod:`hrtem_ray.physics.structures`), with the materials it draws from
+  (:data:`LATTICES` and CIF materials, defined in :mod:`hrtem_ray.spec.materials`);
 * :class:`SimulationParams`, :class:`ImagingCondition` and the grid sizes and
   memory estimate derived from them (:mod:`hrtem_ray.physics.simulate`);
 * :class:`ModelSpec` and :data:`Freeze` (:mod:`hrtem_ray.learning.model`);
@@ -17,16 +18,32 @@ definition here:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
+)
+
+from hrtem_ray.spec.materials import (
+    LATTICES,
+    WURTZITE_U,
+    CifMaterial,
+    LatticeSpec,
+    Material,
+    Shape,
+    ZoneAxisOrientation,
+    canonical_miller,
+    material_info,
+    material_label,
+    parse_miller,
+    surface_energies_for,
 )
 
 __all__ = [
@@ -50,13 +67,17 @@ __all__ = [
     "SimulationParams",
     "TRAINED_PHASES",
     "MULTISLICE_FIELDS",
+    "SHAPE_CIRCUMRADIUS_FACTOR",
+    "STRUCTURE_FIELDS_OMITTED_AT",
     "StructureParams",
     "StructureWaves",
     "WORKER_BASE_MIB",
     "WURTZITE_U",
     "estimate_worker_memory_bytes",
+    "max_particles_fit",
     "multislice_gpts",
     "output_gpts",
+    "shape_problem",
 ]
 
 #: A part of the U-Net kept frozen during a transfer stage (``none``: train everything).
@@ -81,81 +102,75 @@ ANGSTROM_PER_NM = 10.0
 # --------------------------------------------------------------------------- structures
 
 
-@dataclass(frozen=True)
-class LatticeSpec:
-    """A crystal lattice of the study, as input to :func:`ase.spacegroup.crystal`.
-
-    Attributes
-    ----------
-    spacegroup : int
-        International space-group number (227 uses ASE's default origin choice 1).
-    a_angstrom, c_angstrom : float
-        Lattice parameters; ``c_angstrom`` is None for cubic lattices.
-    symbols : tuple of str
-        Element of each Wyckoff position in ``basis``.
-    basis : tuple of (float, float, float)
-        Fractional coordinates of the asymmetric unit.
-    paper_mask_blur_angstrom : float
-        Gaussian blur of the study's literal ground-truth recipe for this lattice
-        (1 A for C, Fe and Co3O4, 1.6 A for the others).
-    """
-
-    spacegroup: int
-    a_angstrom: float
-    c_angstrom: float | None
-    symbols: tuple[str, ...]
-    basis: tuple[tuple[float, float, float], ...]
-    paper_mask_blur_angstrom: float
-
-    @property
-    def is_wurtzite(self) -> bool:
-        """True for the hexagonal (space group 186) lattices, which can carry faults."""
-        return self.spacegroup == 186
-
-    @property
-    def cellpar(self) -> list[float]:
-        """Cell parameters ``[a, b, c, alpha, beta, gamma]`` for ASE."""
-        if self.c_angstrom is None:
-            return [self.a_angstrom] * 3 + [90.0] * 3
-        return [self.a_angstrom, self.a_angstrom, self.c_angstrom, 90.0, 90.0, 120.0]
-
-
-#: Ideal wurtzite internal parameter u (anion at z = u above the cation).
-WURTZITE_U = 3.0 / 8.0
-
-
-def _wurtzite(cation: str, anion: str, a: float, c: float) -> LatticeSpec:
-    basis = ((1 / 3, 2 / 3, 0.0), (1 / 3, 2 / 3, WURTZITE_U))
-    return LatticeSpec(186, a, c, (cation, anion), basis, 1.6)
-
-
-def _spinel(cation: str, a: float, x_origin1: float, blur: float) -> LatticeSpec:
-    # Origin choice 1: A (8a) at 0,0,0; B (16d) at 5/8,5/8,5/8; O (32e) at x,x,x
-    # with x = u + 1/8, u being the usual origin-choice-2 oxygen parameter.
-    basis = ((0.0, 0.0, 0.0), (5 / 8, 5 / 8, 5 / 8), (x_origin1,) * 3)
-    return LatticeSpec(227, a, None, (cation, cation, "O"), basis, blur)
-
-
-#: The 9 lattices of the study (space groups and parameters from the study table), and Au.
-LATTICES: dict[str, LatticeSpec] = {
-    "ZnS": _wurtzite("Zn", "S", 3.8227, 6.2607),
-    "CdSe": _wurtzite("Cd", "Se", 4.2985, 7.0152),
-    "Cu": LatticeSpec(225, 3.6157, None, ("Cu",), ((0.0, 0.0, 0.0),), 1.6),
-    "Ag": LatticeSpec(225, 4.0782, None, ("Ag",), ((0.0, 0.0, 0.0),), 1.6),
-    "C": LatticeSpec(227, 3.5673, None, ("C",), ((0.0, 0.0, 0.0),), 1.0),
-    "Si": LatticeSpec(227, 5.430, None, ("Si",), ((0.0, 0.0, 0.0),), 1.6),
-    "Fe3O4": _spinel("Fe", 8.394, 0.2549 + 1 / 8, 1.6),
-    "Co3O4": _spinel("Co", 8.065, 0.2631 + 1 / 8, 1.0),
-    "Fe": LatticeSpec(229, 2.866, None, ("Fe",), ((0.0, 0.0, 0.0),), 1.0),
-    # not one of the study's: gold (fcc), for the bright-field preset of real Au micrographs
-    "Au": LatticeSpec(225, 4.0782, None, ("Au",), ((0.0, 0.0, 0.0),), 1.6),
-}
-
-
 #: Upper bound of the substrate-thickness and radius ranges (angstrom).
 MAX_LENGTH_RANGE_ANGSTROM = 1000.0
 #: Upper bound of the particle-count range.
 MAX_PARTICLES = 1000
+
+
+#: Circumradius over equivalent-sphere radius of the shapes with a fixed form: a cube
+#: ``(4 pi / 3)^(1/3) sqrt(3) / 2``, a regular octahedron ``pi^(1/3)``; icosahedra and
+#: decahedra of ase.cluster measure at most 1.25 (their discrete sizes round the volume).
+#: Wulff shapes depend on their surface energies (checked when the particles are built).
+SHAPE_CIRCUMRADIUS_FACTOR = {
+    "sphere": 1.0,
+    "cube": (4 * np.pi / 3) ** (1 / 3) * np.sqrt(3) / 2,
+    "octahedron": np.pi ** (1 / 3),
+    "icosahedron": 1.25,
+    "decahedron": 1.25,
+    "wulff": 1.0,
+}
+
+#: The :class:`StructureParams` fields added after datasets existed, at the values that
+#: reproduce the earlier generator: left out of every dump (and so of every hash) at them.
+STRUCTURE_FIELDS_OMITTED_AT: dict[str, Any] = {
+    "shape": "sphere",
+    "surface_energies": None,
+    "orientation": "random",
+    "max_twins": 0,
+    "max_fcc_stacking_faults": 0,
+    "stoichiometry": "auto",
+}
+
+
+#: Validation-context key of a spec that hrtem-ray stored itself (``study.json``,
+#: ``dataset.json``): the refusals that protect planning new work (a particle count that
+#: can never fit, added after studies existed) do not stop reading what was written.
+STORED = "stored"
+
+
+def max_particles_fit(
+    cell_angstrom: float, radius_angstrom: float, min_separation_angstrom: float
+) -> int:
+    """Most particles of radius ``radius_angstrom`` or more that can ever fit in the cell.
+
+    Particles lie inside the ``cell_angstrom`` square (centres in a square of side
+    ``cell_angstrom - 2 radius``), rest on one plane, and keep ``min_separation_angstrom``
+    surface to surface, so any two centres are at least ``d = 2 radius +
+    min_separation_angstrom`` apart in the plane (also for unequal radii, each at least
+    ``radius``). Oler's inequality (1961) bounds the number of points ``d`` apart in a
+    convex region of area ``A`` and perimeter ``P``: ``N <= 2 / sqrt(3) A / d^2 + P / (2 d)
+    + 1``. The bound is reached only by a perfect hexagonal packing; random placement
+    (:func:`hrtem_ray.physics.structures.random_structure`) stalls well below it.
+
+    Parameters
+    ----------
+    cell_angstrom
+        Side of the square cell.
+    radius_angstrom
+        The smallest particle radius.
+    min_separation_angstrom
+        Smallest surface-to-surface distance.
+
+    Returns
+    -------
+    int
+        The bound, at least 1 (one particle always fits when ``2 radius <= cell``).
+    """
+    side = max(cell_angstrom - 2 * radius_angstrom, 0.0) / (
+        2 * radius_angstrom + min_separation_angstrom
+    )
+    return max(1, int(np.floor(2 / np.sqrt(3) * side**2 + 2 * side + 1 + 1e-9)))
 
 
 class StructureParams(BaseModel):
@@ -165,6 +180,25 @@ class StructureParams(BaseModel):
     number must be finite and within the bounds given per field (e.g. a cell of 5
     to 2000 A, at most 4 stacking faults, whose random draw otherwise may take
     very long to find fault layers two bilayers apart).
+
+    Materials, shapes and defects
+    -----------------------------
+    ``lattices`` are keys of :data:`LATTICES` or ``{cif: PATH}`` entries
+    (:class:`~hrtem_ray.spec.materials.CifMaterial`); each structure draws one.
+    ``radius_angstrom`` is the radius of the sphere of the same volume (the same number
+    of atoms) for every ``shape``, so that studies across shapes compare like with like.
+    ``shape`` must exist for every lattice: ``icosahedron`` and ``decahedron`` need fcc
+    crystals of one element, ``cube`` and ``octahedron`` cubic ones, ``wulff`` surface
+    energies (``surface_energies`` per Miller index, else the material's default:
+    :data:`~hrtem_ray.spec.materials.DEFAULT_SURFACE_ENERGIES`). ``orientation`` is
+    ``random`` or a :class:`~hrtem_ray.spec.materials.ZoneAxisOrientation`. Particles of
+    fcc crystals of one element get 0..``max_twins`` {111} twin planes and
+    0..``max_fcc_stacking_faults`` intrinsic stacking faults (drawn per particle; not for
+    icosahedra and decahedra, which are twinned by their shape), wurtzite particles
+    0..``max_stacking_faults`` I1 faults. ``stoichiometry``: ``auto`` keeps every
+    compound particle's formula within 2% (removing the least bound atoms of the elements
+    in excess), except spheres of the reference study's 9 lattices, cut as they always
+    were; ``kept`` trims those too; ``as_cut`` never trims.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -173,7 +207,7 @@ class StructureParams(BaseModel):
         128.0, ge=5, le=2000, description="Side L of the square cell (x, y)."
     )
     substrate_thickness_angstrom: tuple[float, float] = (20.0, 80.0)
-    lattices: tuple[str, ...] = ("CdSe",)
+    lattices: tuple[Material, ...] = ("CdSe",)
     radius_angstrom: tuple[float, float] = (15.0, 25.0)
     n_particles: tuple[int, int] = (1, 5)
     max_stacking_faults: int = Field(2, ge=0, le=4, description="Wurtzite only: 0..max I1 faults.")
@@ -183,6 +217,14 @@ class StructureParams(BaseModel):
     vacuum_angstrom: float = Field(2.0, ge=0, le=1000, description="Vacuum above and below.")
     particle_gap_angstrom: float = Field(1.5, ge=0, le=100, description="Particle to substrate.")
     max_placement_attempts: int = Field(200, ge=1, le=100_000)
+    shape: Shape = "sphere"
+    surface_energies: dict[str, float] | None = None
+    orientation: Literal["random"] | ZoneAxisOrientation = "random"
+    max_twins: int = Field(0, ge=0, le=4, description="fcc of one element: 0..max twin planes.")
+    max_fcc_stacking_faults: int = Field(
+        0, ge=0, le=4, description="fcc of one element: 0..max intrinsic stacking faults."
+    )
+    stoichiometry: Literal["auto", "kept", "as_cut"] = "auto"
 
     @field_validator("substrate_thickness_angstrom", "radius_angstrom")
     @classmethod
@@ -204,22 +246,104 @@ class StructureParams(BaseModel):
 
     @field_validator("lattices")
     @classmethod
-    def _known_lattices(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _known_lattices(cls, value: tuple[Material, ...]) -> tuple[Material, ...]:
         if not value:
             raise ValueError("at least one lattice is required")
-        unknown = [name for name in value if name not in LATTICES]
+        unknown = [name for name in value if isinstance(name, str) and name not in LATTICES]
         if unknown:
-            raise ValueError(f"unknown lattice(s) {unknown}; allowed: {sorted(LATTICES)}")
+            raise ValueError(
+                f"unknown lattice(s) {unknown}; allowed: {sorted(LATTICES)}, or {{cif: PATH}}"
+            )
+        labels = [material_label(m) for m in value]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(
+                f"material(s) {repeated} listed twice; give each CIF material its own name"
+            )
         return value
 
+    @field_validator("shape")
+    @classmethod
+    def _shape_exists_for_lattices(cls, value: str, info: ValidationInfo) -> str:
+        for material in info.data.get("lattices", ()):
+            problem = shape_problem(value, material)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("surface_energies", mode="before")
+    @classmethod
+    def _canonical_miller_keys(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        out: dict[str, Any] = {}
+        for key, energy in value.items():
+            miller = canonical_miller(parse_miller(key))
+            if miller in out:
+                raise ValueError(f"Miller indices {key!r} given twice")
+            if isinstance(energy, int | float) and not energy > 0:
+                raise ValueError(f"({miller}): {energy}; surface energies must be > 0")
+            out[miller] = energy
+        if not out:
+            raise ValueError("needs at least one Miller index")
+        return out
+
     @model_validator(mode="after")
-    def _particles_fit(self) -> StructureParams:
-        if 2 * self.radius_angstrom[1] >= self.cell_angstrom:
+    def _particles_fit(self, info: ValidationInfo) -> StructureParams:
+        factor = SHAPE_CIRCUMRADIUS_FACTOR[self.shape]
+        shown = "" if factor == 1 else f" (a {self.shape} reaches {factor:.2f} x radius)"
+        if 2 * factor * self.radius_angstrom[1] >= self.cell_angstrom:
             raise ValueError(
                 f"radius_angstrom {self.radius_angstrom} does not fit in cell_angstrom "
-                f"{self.cell_angstrom}"
+                f"{self.cell_angstrom}{shown}"
+            )
+        if self.shape == "wulff":
+            missing = [
+                material_label(m)
+                for m in self.lattices
+                if surface_energies_for(m, self.surface_energies) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"surface_energies: shape wulff needs surface energies for {missing} "
+                    "(no default for them), e.g. surface_energies: {'111': 1.0, '100': 1.15}"
+                )
+        if (info.context or {}).get(STORED):  # written by hrtem-ray: read as it was planned
+            return self
+        low, high = self.n_particles
+        most = max_particles_fit(
+            self.cell_angstrom, factor * self.radius_angstrom[0], self.min_separation_angstrom
+        )
+        if high > most:
+            raise ValueError(
+                f"n_particles {[low, high]} can never fit: at most {most} particles of radius "
+                f">= {self.radius_angstrom[0]:g} A{shown}, {self.min_separation_angstrom:g} A apart "
+                f"(min_separation_angstrom), fit in a cell of {self.cell_angstrom:g} A "
+                f"(cell_angstrom); allowed: n_particles up to {most}, or a larger "
+                "cell_angstrom, smaller radius_angstrom or min_separation_angstrom"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_new_fields_at_defaults(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        for name, default in STRUCTURE_FIELDS_OMITTED_AT.items():
+            if name in out and out[name] == default:
+                del out[name]
+        return out
+
+
+def shape_problem(shape: str, material: str | CifMaterial) -> str | None:
+    """Why a shape does not exist for a material (a message naming both), or None."""
+    info = material_info(material)
+    if shape in ("icosahedron", "decahedron") and not info.is_fcc_element:
+        return (
+            f"shape {shape} needs an fcc crystal of one element (Au, Pt, Pd, Cu, Ag or such "
+            f"a CIF); {info.kind} is not one"
+        )
+    if shape in ("cube", "octahedron") and not info.is_cubic:
+        return f"shape {shape} needs a cubic crystal (space group 195-230); {info.kind} is not one"
+    return None
 
 
 # --------------------------------------------------------------------------- simulation

@@ -1,7 +1,8 @@
 """The on-disk layout of a study root: every file and directory name a study writes.
 
 A study root holds ``study.json`` (the spec it ran), ``results/``, ``history/``,
-``checkpoints/``, ``failures/``, ``quarantine/`` and, by default, its dataset in ``data/``.
+``checkpoints/``, ``failures/``, ``quarantine/``, for an adaptive study ``adaptive/`` (its
+rounds) and, by default, its dataset in ``data/``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ CHECKPOINT_DIR = "checkpoints"
 FAILURES_DIR = "failures"
 QUARANTINE_DIR = "quarantine"
 DATA_DIR = "data"
+#: An adaptive study's round records (``round-NNN.json``, :mod:`hrtem_ray.sweep.rounds`).
+ADAPTIVE_DIR = "adaptive"
 QUARANTINE_NOTE_SUFFIX = ".quarantine.json"
 
 

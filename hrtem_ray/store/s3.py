@@ -143,9 +143,15 @@ def s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+#: Retries of the clients of :func:`boto3_client` and of :func:`probe_client`.
+CLIENT_ATTEMPTS = 5
+PROBE_ATTEMPTS = 1
+
+
 @functools.lru_cache(maxsize=8)
-def _boto3_client_cached(settings: S3Settings) -> Any:
-    """A boto3 S3 client for ``settings`` (see :func:`boto3_client`)."""
+def _boto3_client_cached(settings: S3Settings, attempts: int = CLIENT_ATTEMPTS) -> Any:
+    """A boto3 S3 client for ``settings`` making ``attempts`` attempts per request
+    (see :func:`boto3_client`)."""
     import boto3
     from botocore.config import Config
 
@@ -160,7 +166,11 @@ def _boto3_client_cached(settings: S3Settings) -> Any:
         "s3",
         region_name=settings.region,
         endpoint_url=endpoint_url,
-        config=Config(s3={"addressing_style": addressing}, retries={"max_attempts": 5}),
+        config=Config(
+            s3={"addressing_style": addressing},
+            retries={"max_attempts": attempts},
+            connect_timeout=10 if attempts == PROBE_ATTEMPTS else 60,
+        ),
     )
 
 
@@ -174,6 +184,14 @@ def boto3_client(settings: S3Settings | None = None) -> Any:
     client; nothing here is ever persisted).
     """
     return _boto3_client_cached(s3_settings_from_env() if settings is None else settings)
+
+
+def probe_client(settings: S3Settings | None = None) -> Any:
+    """A client like :func:`boto3_client`'s that makes one attempt per request and waits
+    at most 10 s to connect: a check before any work (an unreachable endpoint, no
+    credentials) answers in seconds instead of after the retries of a long run."""
+    settings = s3_settings_from_env() if settings is None else settings
+    return _boto3_client_cached(settings, PROBE_ATTEMPTS)
 
 
 def client_error_code(exc: BaseException) -> tuple[str, int]:

@@ -47,6 +47,7 @@ from hrtem_ray.store.s3 import (
     boto3_client,
     client_error_code,
     keep_credentials_out_of_ray_tune,
+    probe_client,
     s3_filesystem,
     s3_settings_from_env,
 )
@@ -487,6 +488,37 @@ def _check_local_root(path: str) -> None:
         raise StorageError(f"{path}: {what} is not writable ({exc.strerror or exc})") from exc
 
 
+def _s3_problem(exc: BaseException, bucket: str, action: str) -> str:
+    """Why an S3 request failed, in words (``action``: "read" or "write")."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(exc, ClientError):
+        code, status = client_error_code(exc)
+        if code in ("NoSuchBucket", "404") or status == 404:
+            return f"bucket {bucket!r} does not exist"
+        if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
+            return f"no permission to {action} bucket {bucket!r} ({code or status})"
+        return f"a test {action} failed ({code or status}: {exc})"
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return (
+            f"no AWS credentials found ({exc}); set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, or an instance profile"
+        )
+    if isinstance(exc, EndpointConnectionError):
+        settings = s3_settings_from_env()
+        endpoint = settings.endpoint_url or f"AWS S3 in {settings.region}"
+        return (
+            f"cannot reach the S3 endpoint {endpoint} ({exc}); check HRTEM_RAY_S3_ENDPOINT "
+            "(or AWS_ENDPOINT_URL) and the network"
+        )
+    return f"cannot {action} S3 ({exc})"
+
+
 def _check_s3_root(loc: StorageLocation) -> None:
     """S3 part of :func:`check_writable_root`: one probe object written and deleted."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -497,17 +529,38 @@ def _check_s3_root(loc: StorageLocation) -> None:
     try:
         client.put_object(Bucket=bucket, Key=key, Body=b"")
         client.delete_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        code, status = client_error_code(exc)
-        if code == "NoSuchBucket":
-            why = f"bucket {bucket!r} does not exist"
-        elif code in ("AccessDenied", "AllAccessDisabled") or status == 403:
-            why = f"no permission to write to bucket {bucket!r} ({code or status})"
-        else:
-            why = f"a test write failed ({code or status}: {exc})"
-        raise StorageError(f"{loc.uri}: {why}") from exc
-    except BotoCoreError as exc:  # no credentials, endpoint unreachable, ...
-        raise StorageError(f"{loc.uri}: cannot write to S3 ({exc})") from exc
+    except (ClientError, BotoCoreError) as exc:  # no credentials, endpoint unreachable, ...
+        raise StorageError(f"{loc.uri}: {_s3_problem(exc, bucket, 'write to')}") from exc
+
+
+def check_reachable(uri: str | os.PathLike[str]) -> None:
+    """Check that a storage root can be reached and read, before any work starts.
+
+    Local paths are not checked here (a missing or unwritable one is the business of
+    :func:`check_writable_root` and the readers). For ``s3://bucket/prefix`` one
+    ``HeadBucket`` request is sent with few retries, so that an unreachable endpoint,
+    missing credentials, a missing bucket or no permission is refused at once with the
+    reason, instead of pyarrow's ``OSError`` from the first read.
+
+    Raises
+    ------
+    StorageError
+        The URI is invalid, or S3 cannot be reached or read: the message names the URI,
+        why, and the settings to check.
+    """
+    try:
+        loc = resolve(uri)
+    except ValueError as exc:
+        raise StorageError(f"{os.fspath(uri)}: {exc}") from exc
+    if loc.is_local:
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket = loc.path.partition("/")[0]
+    try:
+        probe_client().head_bucket(Bucket=bucket)
+    except (ClientError, BotoCoreError) as exc:
+        raise StorageError(f"{loc.uri}: {_s3_problem(exc, bucket, 'read')}") from exc
 
 
 def check_writable_root(uri: str | os.PathLike[str]) -> None:

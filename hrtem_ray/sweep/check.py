@@ -17,7 +17,13 @@ kind           problem                                           repair
                ``deep``: a digest mismatch or a failed load)
 ``shard``      a dataset shard file that does not match its       quarantine the file and its manifest
                manifest, or a stale manifest entry                entry: the next simulation writes the
-               (see :mod:`hrtem_ray.dataset.manifest`)           shard again
+               (see :mod:`hrtem_ray.dataset.manifest`); an        shard again; an imported domain goes
+               imported domain without its domain record          whole (claim, record, every shard), to
+               (an interrupted import), or of another grid        be imported again (or rerun the import
+                                                                  to complete an interrupted one instead)
+``wave``       a shard of the exit-wave store that does not       quarantine the file and its manifest
+               match its manifest entry                           entry: the next simulation runs its
+               (:func:`hrtem_ray.dataset.waves.verify_waves`)    multislice again and stores it
 ``temp``       a temporary file of an interrupted write,          delete it
                older than :data:`STRAY_TEMP_AGE_SECONDS`
 =============  ================================================  =========================================
@@ -26,7 +32,10 @@ Quarantined files go to ``<root>/quarantine/<their relative path>`` with a
 ``.quarantine.json`` note (where from, why, when); see
 :func:`hrtem_ray.sweep.results.quarantine`. Shards of a dataset outside the study root
 (``dataset.path``) go to ``<dataset>/quarantine/`` (the dataset is read through
-its manifest, never by globbing, so they are not read there).
+its manifest, never by globbing, so they are not read there). Repairs of the dataset
+(shards, imported domains, wave shards) hold the dataset's lock
+(:mod:`hrtem_ray.store.lock`), so they never run while ``simulate`` or ``import`` writes
+it; a held lock is also noted by the check itself.
 
 Which checkpoints are needed
 ----------------------------
@@ -46,6 +55,7 @@ import os
 import posixpath
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
@@ -79,8 +89,8 @@ class Problem:
     Attributes
     ----------
     kind
-        ``result``, ``history``, ``checkpoint``, ``shard`` or ``temp`` (see the module
-        docstring).
+        ``result``, ``history``, ``checkpoint``, ``shard``, ``wave`` or ``temp`` (see the
+        module docstring).
     path
         The damaged file or folder.
     reason
@@ -88,7 +98,9 @@ class Problem:
     model_id
         The model it belongs to (``None`` for shards and temporary files).
     shard_key
-        The dataset shard it belongs to (``shard`` problems only).
+        The dataset or wave shard it belongs to (``shard`` and ``wave`` problems only).
+    domain
+        The imported domain it belongs to (``shard`` problems of imported domains only).
     """
 
     kind: str
@@ -96,6 +108,7 @@ class Problem:
     reason: str
     model_id: str | None = None
     shard_key: str | None = None
+    domain: str | None = None
 
     def describe(self) -> str:
         """One line: kind, path and reason."""
@@ -209,16 +222,46 @@ def _model_problems(
 
 
 def _shard_problems(data_root: str, checked: dict[str, int], notes: list[str]) -> list[Problem]:
-    """Damaged dataset shards (:func:`hrtem_ray.dataset.manifest.verify_shards`)."""
-    from hrtem_ray.dataset import manifest
+    """Damaged dataset shards and imported domains
+    (:func:`hrtem_ray.dataset.manifest.verify_shards`), then damaged wave shards
+    (:func:`hrtem_ray.dataset.waves.verify_waves`)."""
+    from hrtem_ray.dataset import manifest, waves
 
     try:
         found = manifest.verify_shards(data_root)
     except manifest.DatasetError as exc:
         notes.append(f"dataset shards not checked: {exc}")
         return []
-    checked["shards"] = len(manifest.completed_shards(data_root))
-    return [Problem("shard", str(s.path), str(s.problem), shard_key=str(s.key)) for s in found]
+    with warnings.catch_warnings():  # the ignored entries are the problems listed
+        warnings.simplefilter("ignore", manifest.DatasetWarning)
+        checked["shards"] = len(manifest.completed_shards(data_root))
+    problems = [
+        Problem("shard", str(s.path), str(s.problem), shard_key=str(s.key), domain=s.domain)
+        for s in found
+    ]
+    damaged_waves = waves.verify_waves(data_root)
+    checked["wave shards"] = len(waves.listed_keys(data_root))
+    problems += [Problem("wave", w.path, w.problem, shard_key=w.key) for w in damaged_waves]
+    holder = _lock_holder(data_root)
+    if holder is not None:
+        notes.append(
+            f"the dataset {data_root} is being written by another process ({holder}): "
+            "shards and imported domains it is writing may be listed as incomplete"
+        )
+    return problems
+
+
+def _lock_holder(root: str) -> str | None:
+    """Who holds the lock of ``root`` while alive (None when nobody does)."""
+    from hrtem_ray.store.lock import DEFAULT_STALE_SECONDS, read_lock, stale_reason
+
+    try:
+        info = read_lock(root)
+    except ValueError:
+        return None
+    if info is None or stale_reason(info, DEFAULT_STALE_SECONDS) is not None:
+        return None
+    return info.describe()
 
 
 def _is_temp_name(name: str) -> bool:
@@ -293,7 +336,13 @@ def inspect_study(
             "no spec (no study.json, no --spec): every finished pretrain model's "
             "checkpoint is checked"
         )
-    plan = plan_trials(spec) if spec is not None else None
+    plan = None
+    if spec is not None and spec.adaptive is not None:  # the latest round's trials
+        from hrtem_ray.sweep.rounds import current_plan
+
+        plan = current_plan(spec, root)
+    elif spec is not None:
+        plan = plan_trials(spec)
     report.problems += _model_problems(root, plan, deep, report.checked)
     report.data_root = data_root or _default_data_root(root, spec)
     if report.data_root is not None and storage.exists(report.data_root):
@@ -337,52 +386,43 @@ def _repair_one(root: str, data_root: str | None, problem: Problem) -> list[str]
                 "it is trained again, then its children"
             )
         moved(problem.path, problem.reason)
-    elif problem.kind == "shard":
+    elif problem.kind in ("shard", "wave"):
         base = root if _is_under(problem.path, root) else str(data_root)
-        imported = _imported_domain_entries(str(data_root), str(problem.shard_key))
-        # without its manifest entry a simulated shard is simply not simulated yet: the next
-        # run does it; an imported domain cannot be simulated, so all of it goes, to be
-        # imported again (a partial domain would also block `hrtem-ray import`)
-        keys = list(imported) if imported else [str(problem.shard_key)]
-        paths = [problem.path]
-        for key in keys:
-            paths += [storage.join(str(data_root), info["path"]) for info in imported.get(key, [])]
-            paths.append(storage.join(str(data_root), "_manifest", f"{key}.json"))
-        for path in dict.fromkeys(paths):
+        for path in _dataset_paths(str(data_root), problem):
             target = results.quarantine(base, path, problem.reason)
             if target is not None:
                 done.append(f"quarantined {path} -> {target} ({problem.reason})")
-        if imported:
-            domain = next(iter(imported.values()))[0]["domain"]
+        if problem.domain is not None:
             done.append(
-                f"imported domain {domain} removed from {data_root} (one of its shards is "
-                f"damaged): import its files again with `hrtem-ray import FILES... --data "
-                f"{data_root} --domain {domain}`"
+                f"imported domain {problem.domain} removed from {data_root} ({problem.reason}): "
+                f"import its files again with `hrtem-ray import FILES... --data {data_root} "
+                f"--domain {problem.domain}`"
             )
+        elif problem.kind == "wave":
+            done.append(f"the next simulation runs the multislice of {problem.shard_key} again")
     elif problem.kind == "temp":
         storage.remove(problem.path)
         done.append(f"deleted {problem.path} (temporary file of an interrupted write)")
     return done
 
 
-def _imported_domain_entries(data_root: str, shard_key: str) -> dict[str, list[dict]]:
-    """Files of every shard of the imported domain that ``shard_key`` belongs to, by shard
-    key (each file's ``path`` and the ``domain``); empty for a simulated shard."""
-    from hrtem_ray.dataset import manifest
+def _dataset_paths(data_root: str, problem: Problem) -> list[str]:
+    """What to quarantine for a ``shard`` or ``wave`` problem.
 
-    try:
-        entries = manifest.manifest_entries(data_root)
-    except manifest.DatasetError:
-        return {}
-    record = entries.get(shard_key, {}).get("imported")
-    if not isinstance(record, dict):
-        return {}
-    domain = record["domain"]
-    return {
-        key: [{"path": info["path"], "domain": domain} for info in entry["files"].values()]
-        for key, entry in entries.items()
-        if isinstance(entry.get("imported"), dict) and entry["imported"]["domain"] == domain
-    }
+    A simulated shard: its file (or entry) and its manifest entry; without the entry it is
+    simply not simulated yet, and the next run writes it. An imported domain cannot be
+    simulated, so all of it goes (claim, record, every shard), to be imported again. A
+    wave shard: its file and its entry.
+    """
+    from hrtem_ray.dataset import imported, waves
+    from hrtem_ray.dataset.manifest import manifest_path
+
+    if problem.domain is not None:
+        return [problem.path, *imported.domain_files(data_root, problem.domain)]
+    key = str(problem.shard_key)
+    if problem.kind == "wave":
+        return [problem.path, waves.waves_file(data_root, key), waves.entry_path(data_root, key)]
+    return [problem.path, manifest_path(data_root, key)]
 
 
 def repair(report: CheckReport) -> list[str]:
@@ -398,11 +438,20 @@ def repair(report: CheckReport) -> list[str]:
     list of str
         The actions taken, one line each.
     """
-    return [
+    dataset = [p for p in report.problems if p.kind in ("shard", "wave")]
+    lines = [
         line
         for problem in report.problems
+        if problem not in dataset
         for line in _repair_one(report.root, report.data_root, problem)
     ]
+    if dataset:  # never while simulate or import writes the dataset
+        from hrtem_ray.store.lock import study_lock
+
+        with study_lock(str(report.data_root), "hrtem-ray check --repair"):
+            for problem in dataset:
+                lines += _repair_one(report.root, report.data_root, problem)
+    return lines
 
 
 def heal_before_sweep(root: str, plan: TrialPlan) -> list[str]:
@@ -445,9 +494,11 @@ def main_from_cli(args: argparse.Namespace) -> int:
     int
         0: healthy, or every problem repaired (``--repair``); :data:`EXIT_PROBLEMS` (4):
         problems found (without ``--repair``) or a repair failed; 2: ``OUT`` does not
-        exist, is not a study directory, or the spec is invalid.
+        exist, is not a study directory, or the spec is invalid (an unreachable ``s3://``
+        ``OUT`` raises :class:`~hrtem_ray.store.storage.StorageError`, exit 2 too).
     """
     root = args.out if "://" in args.out else os.path.abspath(os.path.expanduser(args.out))
+    storage.check_reachable(root)  # StorageError (exit 2): no credentials, unreachable S3
     if not storage.exists(root):
         print(f"error: {root} does not exist", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -454,6 +455,7 @@ def execute_trial(
         train_steps=stage.steps,
         eval_splits=splits,
         val_loss=stage.best_val_loss,
+        epoch_seconds=statistics.median(h["seconds"] for h in stage.history),
     )
     results.write_result(study_root, trial, rows)
     release_parent_checkpoint(spec, trial, study_root)

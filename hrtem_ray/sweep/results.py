@@ -96,6 +96,8 @@ RESULT_SCHEMA = pa.schema(
         # the split scored, and the kept epoch's validation loss (selection, own domain)
         ("eval_split", pa.string()),
         ("val_loss", pa.float64()),
+        # the median wall time of the stage's epochs (setup and scoring excluded)
+        ("epoch_seconds", pa.float64()),
         # the stage's realistic augmentations (JSON of an AugmentSpec), null: none
         ("augment", pa.string()),
         # threshold rows (phase threshold): the blur and polarity chosen on training tiles
@@ -161,6 +163,7 @@ def result_rows(
     train_steps: int | None = None,
     eval_splits: Mapping[str, str] | None = None,
     val_loss: float | None = None,
+    epoch_seconds: float | None = None,
 ) -> pa.Table:
     """Rows of one trained model, one per eval domain.
 
@@ -171,7 +174,8 @@ def result_rows(
     recorded as they are; ``target_fraction`` and ``parent_seed`` come from the trial
     (see docs/results_schema.md). ``eval_splits`` maps eval domain -> the split its metrics
     were computed on (``test`` or ``val``; default ``val``); ``val_loss`` is the kept
-    epoch's loss on the selection images (``val`` of the model's own training domain).
+    epoch's loss on the selection images (``val`` of the model's own training domain);
+    ``epoch_seconds`` the median wall time of one of its epochs (training and validation).
     """
     rows = [
         {
@@ -211,6 +215,7 @@ def result_rows(
             "parent_seed": trial.parent_seed,
             "eval_split": (eval_splits or {}).get(domain, "val"),
             "val_loss": val_loss,
+            "epoch_seconds": epoch_seconds,
             "augment": trial.augment,
             "threshold_sigma_px": getattr(m, "sigma_px", None),
             "threshold_polarity": getattr(m, "polarity", None),

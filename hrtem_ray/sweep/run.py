@@ -165,6 +165,7 @@ def run_sweep(
     *,
     study_root: str,
     dataset_root: str,
+    plan: TrialPlan | None = None,
 ) -> SweepReport:
     """Run every trial of ``spec`` not yet done in ``study_root`` on the current Ray session.
 
@@ -179,9 +180,12 @@ def run_sweep(
         The study's storage root (results, histories, checkpoints, failures).
     dataset_root
         The simulated dataset.
+    plan
+        The trials to run (default :func:`~hrtem_ray.sweep.trials.plan_trials` of
+        ``spec``; an adaptive study's round passes its own).
     """
     start = time.time()
-    plan = plan_trials(spec)
+    plan = plan if plan is not None else plan_trials(spec)
     planned_ids = {t.model_id for t in plan.all()}
     write_study_spec(study_root, spec, dataset_root)
     from hrtem_ray.sweep.check import heal_before_sweep  # damaged files: quarantined, retrained
@@ -195,7 +199,12 @@ def run_sweep(
     if not todo:
         log.info(f"all {len(plan.all())} trials already done in {study_root}")
         return report
+    from hrtem_ray.cluster.runtime import wait_for_node
+
     resources = trial_resources(spec)
+    waited = wait_for_node(resources["cpu"], resources["gpu"])
+    if waited >= 1:
+        log.info(f"a node for one trial is there after {waited:.0f} s")
     concurrency = max_concurrency(spec, resources)
     log.info(
         f"sweep {spec.name}: {len(todo)} trials to run ({report.already_done} already done), "

@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from hrtem_ray.spec.study import StudySpec
@@ -41,10 +42,14 @@ __all__ = [
     "Trial",
     "TrialPlan",
     "baseline_pairs",
+    "config_key",
     "dry_run",
     "mixture_steps",
     "per_model_seed",
+    "phase_line",
+    "plan_replicates",
     "plan_trials",
+    "replicate_seed",
     "stage_steps",
     "threshold_sizes",
     "trial_context",
@@ -126,6 +131,14 @@ class Trial:
             f"baseline {self.pretrain_domain}:{self.transfer_domain}={self.n_pretrain}:{self.n_transfer} "
             f"lr={self.pretrain_lr:g} seed={self.seed}{steps}"
         )
+
+    @property
+    def config(self) -> str:
+        """The configuration this trial is a replicate of (:func:`config_key`)."""
+        return config_key(
+            self.phase, self.pretrain_domain, self.transfer_domain, self.pretrain_lr,
+            self.transfer_lr, self.n_pretrain, self.n_transfer, self.freeze,
+        )  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -441,21 +454,177 @@ def _threshold_trials(spec: StudySpec, ctx: dict) -> list[Trial]:
     return trials
 
 
+def _baseline_trial(
+    spec: StudySpec, pair: tuple[str, str], counts: tuple[int, int], lr: float, seed: int, ctx: dict
+) -> Trial:
+    """The mixture of ``counts`` (source, target) images of ``pair`` at ``lr`` with ``seed``."""
+    (src, tgt), (n_src, n_tgt) = pair, counts
+    steps = mixture_steps(spec, n_tgt) if spec.baseline.match == "steps" else None
+    trial = Trial("baseline", src, tgt, lr, None, n_src, n_tgt, "none", seed, None)
+    augment = _augment_key(spec.baseline.augment)
+    return _identify(replace(trial, max_steps=steps, augment=augment), ctx)
+
+
 def _baseline_trials(spec: StudySpec, ctx: dict) -> list[Trial]:
     """The mixture baselines of ``spec`` (see :func:`plan_trials`), identified."""
     grid = spec.baseline
     if grid is None:
         return []
     pairs = grid.pairs or baseline_pairs(spec.domains_for("pretrain"), spec.domains_for("transfer"))
-    trials = []
-    augment = _augment_key(grid.augment)
-    for (src, tgt), (n_src, n_tgt), lr, seed in itertools.product(
-        pairs, spec.mixture_counts(), grid.lr, grid.seeds
-    ):
-        steps = mixture_steps(spec, n_tgt) if grid.match == "steps" else None
-        trial = Trial("baseline", src, tgt, lr, None, n_src, n_tgt, "none", seed, None)
-        trials.append(_identify(replace(trial, max_steps=steps, augment=augment), ctx))
-    return trials
+    return [
+        _baseline_trial(spec, pair, counts, lr, seed, ctx)
+        for pair, counts, lr, seed in itertools.product(
+            pairs, spec.mixture_counts(), grid.lr, grid.seeds
+        )
+    ]
+
+
+def config_key(
+    phase: str,
+    pretrain_domain: str,
+    transfer_domain: str | None,
+    pretrain_lr: float,
+    transfer_lr: float | None,
+    n_pretrain: int,
+    n_transfer: int | None,
+    freeze: str,
+) -> str:
+    """A configuration's name: everything that defines a model but its seed (and parent).
+
+    The same for a planned :class:`Trial` and a row of its results (the findings'
+    configurations of :mod:`hrtem_ray.analysis.findings`, within one study's training
+    settings).
+
+    >>> config_key("transfer", "-10", "5", 1e-3, 3e-4, 24, 6, "none")
+    'transfer -10>5 lr=0.001/0.0003 n=24/6 none'
+    >>> config_key("pretrain", "0", None, 1e-3, None, 24, None, "none")
+    'pretrain 0>- lr=0.001/- n=24/- none'
+    """
+
+    def text(value: object) -> str:
+        if value is None:
+            return "-"
+        return f"{float(value):g}" if isinstance(value, float) else str(value)
+
+    return (
+        f"{phase} {pretrain_domain}>{text(transfer_domain)} lr={text(pretrain_lr)}/"
+        f"{text(transfer_lr)} n={text(n_pretrain)}/{text(n_transfer)} {freeze}"
+    )
+
+
+def replicate_seed(seeds: Sequence[int], replicate: int) -> int:
+    """The seed of replicate ``replicate`` (0, 1, ...) of a grid: its ``seeds`` in order,
+    then the integers after the largest of them.
+
+    >>> [replicate_seed([0, 1, 2], r) for r in range(5)]
+    [0, 1, 2, 3, 4]
+    >>> [replicate_seed([7], r) for r in range(3)]
+    [7, 8, 9]
+    """
+    if replicate < len(seeds):
+        return int(seeds[replicate])
+    return max(seeds) + 1 + replicate - len(seeds)
+
+
+def plan_replicates(spec: StudySpec, replicates: Mapping[str, int]) -> TrialPlan:
+    """The trials of every grid configuration at its own number of replicates.
+
+    The plan of an adaptive study's round (:mod:`hrtem_ray.sweep.adaptive`): configuration
+    :func:`config_key` -> replicates (missing: none). Replicate ``r`` takes
+    :func:`replicate_seed` of its grid's seeds, so that at the grid's own counts the
+    plan is :func:`plan_trials`' (the same model ids) and a configuration's first
+    replicates never change when more are added. Under ``transfer.parents: shared``
+    replicate ``r`` of a transfer configuration is the child of its configuration's parent
+    ``r // T`` with transfer seed ``r % T`` (``T`` seeds in ``transfer.seeds``, else 1
+    and the parent's seed), and a pretrain configuration has as many models as its count
+    or its children need, whichever is more. Under ``per_model`` every transfer replicate
+    has a parent of its own (:func:`per_model_seed` of replicate ``r``'s seed) and a
+    pretrain configuration's count adds standalone models with the grid's seeds.
+    """
+    ctx = trial_context(spec)
+    pretrain: list[Trial] = []
+    transfer: list[Trial] = []
+    per_model = spec.transfer is not None and spec.transfer.parents == "per_model"
+    t_seeds = spec.transfer.seeds if spec.transfer is not None else None
+    per_parent = len(t_seeds) if t_seeds else 1
+    p_seeds = spec.pretrain.seeds if spec.pretrain is not None else []
+    augment = _augment_key(spec.transfer.augment if spec.transfer else None)
+    for config in _pretrain_configs(spec, ctx):
+        kids = [
+            (settings, replicates.get(_child_config(config, *settings), 0))
+            for settings in _child_settings(spec, config.pretrain_domain)
+        ]
+        own = replicates.get(config.config, 0)
+        parents = max([own, *(math.ceil(k / per_parent) for _, k in kids)])
+        shared = [] if per_model else [
+            _pretrain_trial(config.pretrain_domain, config.pretrain_lr, config.n_pretrain,
+                            replicate_seed(p_seeds, r), ctx, config.augment)
+            for r in range(parents)
+        ]  # fmt: skip
+        standalone = [
+            _pretrain_trial(config.pretrain_domain, config.pretrain_lr, config.n_pretrain,
+                            replicate_seed(p_seeds, r), ctx, config.augment)
+            for r in range(own)
+        ] if per_model else shared  # fmt: skip
+        pretrain.extend(standalone)
+        for (target, lr, n, freeze), count in kids:
+            for r in range(count):
+                if per_model:
+                    seed = per_model_seed(replicate_seed(p_seeds, r), target, lr, n, freeze)
+                    parent = _pretrain_trial(
+                        config.pretrain_domain, config.pretrain_lr, config.n_pretrain, seed, ctx,
+                        config.augment,
+                    )  # fmt: skip
+                    pretrain.append(parent)
+                    transfer.append(
+                        _transfer_trial(parent, target, lr, n, freeze, ctx, augment=augment)
+                    )
+                else:
+                    seed = t_seeds[r % per_parent] if t_seeds else None
+                    parent = shared[r // per_parent]
+                    transfer.append(
+                        _transfer_trial(parent, target, lr, n, freeze, ctx, seed, augment=augment)
+                    )
+    baseline = []
+    if spec.baseline is not None:
+        grid = spec.baseline
+        pairs = grid.pairs or baseline_pairs(
+            spec.domains_for("pretrain"), spec.domains_for("transfer")
+        )
+        for pair, counts, lr in itertools.product(pairs, spec.mixture_counts(), grid.lr):
+            key = config_key("baseline", pair[0], pair[1], lr, None, counts[0], counts[1], "none")
+            for r in range(replicates.get(key, 0)):
+                seed = replicate_seed(grid.seeds, r)
+                baseline.append(_baseline_trial(spec, pair, counts, lr, seed, ctx))
+    return TrialPlan(pretrain, transfer, baseline, _threshold_trials(spec, ctx))
+
+
+def _pretrain_configs(spec: StudySpec, ctx: dict) -> list[Trial]:
+    """One pretrain trial per pretrain-grid configuration (the grid's first seed)."""
+    if spec.pretrain is None:
+        return []
+    grid = spec.pretrain
+    return [
+        _pretrain_trial(domain, lr, n, grid.seeds[0], ctx, _augment_key(grid.augment))
+        for domain, lr, n in itertools.product(spec.domains_for("pretrain"), grid.lr, grid.n_images)
+    ]
+
+
+def _child_settings(spec: StudySpec, domain: str) -> list[tuple[str, float, int, Freeze]]:
+    """``(target, lr, n_images, freeze)`` of every transfer configuration from ``domain``."""
+    grid = spec.transfer
+    if grid is None:
+        return []
+    targets = [d for d in spec.domains_for("transfer") if d != domain]
+    return list(itertools.product(targets, grid.lr, grid.n_images, grid.freeze))
+
+
+def _child_config(parent: Trial, target: str, lr: float, n: int, freeze: str) -> str:
+    """The configuration key of a transfer configuration of ``parent``'s configuration."""
+    return config_key(
+        "transfer", parent.pretrain_domain, target, parent.pretrain_lr, lr, parent.n_pretrain,
+        n, freeze,
+    )  # fmt: skip
 
 
 def _augment_key(augment) -> str | None:
@@ -535,7 +704,7 @@ def training_line(spec: StudySpec) -> str:
     )
 
 
-def _phase_line(spec: StudySpec, phase: str, trials: list[Trial]) -> str:
+def phase_line(spec: StudySpec, phase: str, trials: list[Trial]) -> str:
     """Trials of a phase, the images each trains on and its augmented image passes."""
     epochs, batch = spec.training.epoch_limit, spec.training.batch_size
     sizes = Counter(t.n_train_images for t in trials)
@@ -592,5 +761,5 @@ def dry_run(spec: StudySpec) -> str:
     for phase in PHASES:
         trials = getattr(plan, phase)
         if trials:
-            lines.append(_phase_line(spec, phase, trials))
+            lines.append(phase_line(spec, phase, trials))
     return "\n".join(lines + _protocol_lines(spec))

@@ -361,6 +361,20 @@ def test_training_time_per_epoch_and_saving(table, model_rows):
     assert mean.filter(pl.col("freeze") == "encoder").height == 0
 
 
+def test_training_time_prefers_the_median_epoch_where_recorded(table, model_rows):
+    """``epoch_seconds`` (the median epoch) where a row has it, ``train_seconds / epochs``
+    where not; findings 5c reads the same."""
+    timed = _timed(table, model_rows)
+    recorded = timed.with_columns(
+        epoch_seconds=pl.when(pl.col("model_id") == "T05c").then(1.5).otherwise(None)
+    )
+    t = an.training_time(recorded)
+    # T05c: 1.5 s recorded (2.4 from train_seconds / epochs) -> saving 1 - 1.5 / 3.0
+    assert _time(t, "transfer", "encoder", 64, "seconds_per_epoch") == pytest.approx(1.5)
+    assert _time(t, "transfer", "encoder", 64, "saving") == pytest.approx(0.5)
+    assert _time(t, "transfer", "none", 64, "seconds_per_epoch") == pytest.approx(3.0)
+
+
 def test_training_time_groups_by_the_device_columns_when_present(table, model_rows):
     timed = _timed(table, model_rows).with_columns(
         train_device=pl.lit("cuda:0"),
@@ -406,3 +420,19 @@ def test_transfer_mixture_models_prefers_the_papers_learning_rates(table, model_
     f = an.transfer_mixture_models(pl.concat([table, pl.DataFrame(near)]))
     assert "T05n" not in _column(f, "model_id") and "T05a" in _column(f, "model_id")
     assert an.transfer_mixture_models(table, seed=7).height == 0
+
+
+def test_transfer_mixture_models_draws_the_source_only_and_target_only_mixtures_at_the_ends(
+    table, model_rows
+):
+    """Fractions 0 and 1 of a fair mixture (protocol issue, section 3) are the source-only
+    and target-only models: Figure 7.2 puts them at x = 0 and x = all target images."""
+    ends = pl.DataFrame(
+        model_rows("B0", "baseline", "0", "5", (0.31, 0.6, 0.9), n_pre=512, n_tr=0)
+        + model_rows("B512", "baseline", "0", "5", (0.9, 0.12, 0.9), n_pre=0, n_tr=512)
+    )
+    f = an.transfer_mixture_models(pl.concat([table, ends]))
+    mixture = f.filter((pl.col("source") == "0") & (pl.col("method") == "mixture"))
+    assert _column(mixture, "model_id") == ["B0", "B1", "B512"]
+    assert _column(mixture, "n_target_images") == [0, 128, 512]
+    assert _column(mixture, "loss") == pytest.approx([0.6, 0.22, 0.12])

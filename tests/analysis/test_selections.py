@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
 from hrtem_ray import analysis as an
@@ -39,7 +40,7 @@ def test_selection_tables_match_the_filtered_functions(table):
             for phase in ("pretrain", "transfer"):
                 got = _selected(tables["pair_matrix"], selection).filter(pl.col("phase") == phase)
                 want = an.pair_matrix(table, phase, reduce=reduce, **filters)
-                assert_frame_equal(got.drop("phase"), want)
+                assert_frame_equal(got.drop("phase", "iou"), want)
             got = _selected(tables["ood_spread"], selection)
             assert_frame_equal(got, an.ood_spread(table, reduce=reduce, **filters))
             got = _selected(tables["asymmetry_summary"], selection).filter(pl.col("domain") == "0")
@@ -52,6 +53,25 @@ def test_selection_tables_match_the_filtered_functions(table):
             del selection["sel_reduce"]
             got = _selected(tables["hyperparameters_n_transfer"], selection)
             assert_frame_equal(got, an.hyperparameter_effects(table, "n_transfer", **filters))
+
+
+def test_pair_matrix_selection_table_carries_the_iou_of_the_same_models(table):
+    """The report's pair matrices show IoU next to the loss: the reduced IoU of the models
+    of each cell (a transfer cell without a model falls back like its loss)."""
+    linked = table.with_columns(iou=1 - pl.col("loss") / 3)  # a decreasing map of the loss
+    tables, _ = an.selection_tables(linked, reduce_modes=("median",))
+    pairs = tables["pair_matrix"]
+    filters = [c for c in pairs.columns if c.startswith("sel_") and c != "sel_reduce"]
+    everything = pairs.filter(pl.all_horizontal([pl.col(c) == "all" for c in filters]))
+    assert everything.height > 0
+    # the median commutes with a decreasing linear map
+    assert everything.get_column("iou").to_list() == pytest.approx(
+        (1 - everything.get_column("loss") / 3).to_list()
+    )
+    # the public function keeps the contract's columns; a table without iou has none
+    assert "iou" not in an.pair_matrix(linked, "transfer").columns
+    bare, _ = an.selection_tables(table.drop("iou"), reduce_modes=("median",))
+    assert "iou" not in bare["pair_matrix"].columns
 
 
 def test_selection_tables_hold_the_generalization_gap(table):

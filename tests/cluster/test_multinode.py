@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ import polars as pl
 import psutil
 import pytest
 import yaml
-from helpers import ARTIFACTS, TINY_DATASET, TINY_STUDY, make_bucket, s3_env
+from helpers import ARTIFACTS, TINY_DATASET, TINY_STUDY, TWO_MODEL_STUDY, make_bucket, s3_env
 
 from hrtem_ray.dataset.manifest import MANIFEST_DIR, plan_shards
 from hrtem_ray.dataset.readers import summarize
@@ -431,6 +432,55 @@ def test_killed_worker_node_costs_only_retries(tiny_dataset_root, tmp_path):
     history = results.read_history(study.study_root)
     assert history.group_by("model_id").len()["len"].to_list() == [6] * 13
     checked_handoffs(study.study_root)
+
+
+def test_a_trial_no_node_can_hold_waits_saying_what_is_missing_until_one_joins(
+    tiny_dataset_root, tmp_path
+):
+    """``resources.cpu: 2`` on a joined cluster of one 1-CPU node: the sweep waits with a
+    progress line naming what one trial needs and what the largest node has, instead of
+    hanging silently; once a 2-CPU node joins, the study runs to the end."""
+    raw = {
+        **TWO_MODEL_STUDY,
+        "dataset": {**TINY_DATASET, "path": str(tiny_dataset_root)},
+        "resources": {"cpu": 2, "max_failures": 0},
+    }
+    spec_file = write_spec(tmp_path / "two.yaml", raw)
+    lines: list[str] = []
+    with local_cluster(n_workers=0) as cluster:
+        driver = subprocess.Popen(
+            sweep_command(spec_file, str(tmp_path / "study"), cluster.address),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=driver_env(),
+            cwd=tmp_path,
+        )
+        reader = threading.Thread(target=lambda: lines.extend(driver.stdout), daemon=True)
+        reader.start()
+        try:
+            deadline = time.time() + 180
+            while time.time() < deadline and driver.poll() is None:
+                if any("waiting for a node" in line for line in lines):
+                    break
+                time.sleep(0.2)
+            waiting = [line for line in lines if "waiting for a node" in line]
+            assert waiting, "".join(lines)[-5000:]
+            assert waiting[0].startswith("waiting for a node with 2 CPU and 0 GPU for one trial")
+            assert "the largest of the 1 alive nodes has 1 CPU and 0 GPU" in waiting[0]
+            assert not results.finished_ids(str(tmp_path / "study"))
+            cluster.add_node(num_cpus=2, object_store_memory=NODE_OBJECT_STORE)
+            rc = driver.wait(timeout=300)
+            reader.join(timeout=30)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+    log = "".join(lines)
+    save_log("multinode_waits_for_a_node", log)
+    assert rc == 0, log[-5000:]
+    assert "a node for one trial is there after" in log
+    assert "sweep finished: all 2 models done" in log
 
 
 # ------------------------------------------------------------------------- storage by URI

@@ -42,34 +42,46 @@ def test_manifest_records_the_images_hash_and_each_files_rows_and_sha256(tiny_da
     assert manifest.verify_shards(tiny_dataset_root) == []
 
 
-def test_foreign_unreadable_and_incomplete_manifests_are_ignored_and_named(dataset_copy):
+def test_foreign_unreadable_and_incomplete_manifests_are_ignored_and_named(
+    dataset_copy, mosaic, tmp_path
+):
+    """Entries no plan or imported domain lists are ignored by their key, unread; entries an
+    imported domain's record lists are read and checked (fields, paths inside the root, the
+    tile grid): a bad one is ignored, named with its reason, and drops its whole domain."""
+    from hrtem_ray.dataset.micrographs import import_micrographs
+
     root = dataset_copy
     manifest_dir = root / manifest.MANIFEST_DIR
     entries = manifest.manifest_entries(root)
     key = sorted(k for k in entries if entries[k]["task"]["domain"] == "0")[0]
-    # entries of other writers (e.g. imported micrographs: no simulation group) are read
-    # and must record the current content hash; the rest is ignored by its key
-    content = tiny_dataset_spec().content_hash()
-    tag = content[:8]
-    entry = {**entries[key], "dataset_hash": content}
-    # the same structures under other keys: another dataset's hash, inside and in the name
+    tag = tiny_dataset_spec().content_hash()[:8]
+    entry = entries[key]
+    # the same structures under other keys: another dataset's hash, or no plan at all
     strays = {
         "deadbeef-0-train-00000-00003": {**entry, "images_hash": "deadbeef00000000"},
-        f"{tag}-other-train-90000-90003": {**entry, "dataset_hash": "0" * 16},
-        f"{tag}-other-train-80000-80003": {k: v for k, v in entry.items() if k != "dataset_hash"},
-        f"{tag}-other-train-70000-70003": {**entry, "files": {"0": {"path": "x.parquet"}}},
-        f"{tag}-other-train-60000-60003": {
-            **entry,
-            "task": {**entry["task"], "key": f"{tag}-other-train-60000-60003"},
-            "files": {"0": {**entry["files"]["0"], "path": "../../outside.parquet"}},
-        },
+        f"{tag}-other-train-90000-90003": entry,
+        f"{tag}-imported_old-train-00000-00001": entry,  # an import of an earlier version
+        "imported-nobody-train-00000": entry,  # no claim or record names it
     }
     for name, stray in strays.items():
-        stray = json.loads(json.dumps(stray))
-        stray.setdefault("task", {})["key"] = name
         (manifest_dir / f"{name}.json").write_text(json.dumps(stray))
-    (manifest_dir / f"{tag}-garbage.json").write_text("{not json")
-    names = [*strays, f"{tag}-garbage"]
+    # an imported domain of 5 files, whose entries are then damaged in 5 ways
+    image, _ = mosaic
+    files = []
+    for k in range(5):
+        files.append(tmp_path / f"m{k}.npy")
+        np.save(files[-1], np.roll(image, 4 * k, axis=0))
+    import_micrographs(files, root, "exp", pixel_size_angstrom=0.4)
+    imported = sorted(manifest_dir.glob("imported-exp-*.json"))
+    damaged = [json.loads(p.read_text()) for p in imported]
+    imported[0].write_text("{not json")
+    damaged[1]["files"] = {"exp": {"path": "x.parquet"}}
+    damaged[2]["files"]["exp"]["path"] = "../../outside.parquet"
+    del damaged[3]["tile_grid"]
+    damaged[4]["files"]["exp"]["sha256"] = "0" * 64
+    for path, value in zip(imported[1:], damaged[1:], strict=True):
+        path.write_text(json.dumps(value))
+    names = [*strays, *(p.stem for p in imported)]
     with pytest.warns(manifest.DatasetWarning) as record:
         selection = readers.read_images(root, "0", "train")
     assert selection.structure_ids == [f"train-{i:05d}" for i in range(6)]
@@ -77,16 +89,21 @@ def test_foreign_unreadable_and_incomplete_manifests_are_ignored_and_named(datas
     assert f"ignoring {len(names)} manifest entries" in message
     for name in names:
         assert str(manifest_dir / f"{name}.json") in message, name
-    assert "not the current" in message and "unreadable" in message
+    assert "not of the current dataset" in message and "unreadable" in message
+    assert "earlier hrtem-ray, without a domain record" in message
+    assert "shard of no imported domain" in message
     assert "missing or invalid file fields" in message and "outside the dataset root" in message
+    assert "manifest entry without tile_grid" in message
+    assert "sha256 '0000" in message and "domain record of imported domain 'exp'" in message
     with pytest.warns(manifest.DatasetWarning):
-        assert manifest.completed_shards(root) == set(entries)
+        assert manifest.completed_shards(root) == set(entries)  # no shard of exp: all dropped
     with pytest.warns(manifest.DatasetWarning):
         assert len(readers.shard_files(root)) == len(entries)
     problems = manifest.verify_shards(root)
     assert sorted(p.key for p in problems) == sorted(names)
     assert all(p.path == str(manifest_dir / f"{p.key}.json") for p in problems)
     assert {p.kind for p in problems} == {"manifest"}
+    assert {p.key for p in problems if p.domain == "exp"} == {p.stem for p in imported}
 
 
 def _truncate(path: Path) -> None:

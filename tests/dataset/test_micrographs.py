@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from PIL import Image
 
 from hrtem_ray.dataset import manifest, readers
 from hrtem_ray.dataset.geometry import resample
-from hrtem_ray.dataset.micrograph_files import MicrographError
+from hrtem_ray.dataset.micrograph_files import MicrographError, MicrographWarning
 from hrtem_ray.dataset.micrographs import (
     assign_splits,
     check_imported_use,
@@ -29,6 +30,7 @@ from hrtem_ray.dataset.micrographs import (
 )
 
 PIXEL_ANGSTROM = 0.4  # the tiny dataset's output sampling
+REAL = Path(__file__).resolve().parents[1] / "data" / "real_em"  # real files (see its README)
 
 
 def _write_calibrated_tiff(path: Path, image: np.ndarray) -> None:
@@ -120,7 +122,8 @@ def test_check_repair_removes_a_damaged_imported_domain_so_it_can_be_imported_ag
     mosaic, dataset_copy, tmp_path
 ):
     """An imported domain cannot be simulated again: `check --repair` moves all of it away
-    (not only the damaged shard) and says to import it again, which then works."""
+    (not only the damaged shard: also its claim and record) and says to import it again,
+    which then works; rerunning the import instead writes the damaged shard again."""
     from hrtem_ray.sweep.check import inspect_study, repair
 
     image, _ = mosaic
@@ -131,13 +134,18 @@ def test_check_repair_removes_a_damaged_imported_domain_so_it_can_be_imported_ag
     import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
     before = readers.summarize(dataset_copy)
     damaged = next((Path(dataset_copy) / "study=defocus" / "domain=exp_au").rglob("*.parquet"))
-    damaged.write_bytes(damaged.read_bytes()[:-10])
-    with pytest.raises(MicrographError, match="exp_au"):  # a partial domain blocks re-import
-        import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
+    intact = damaged.read_bytes()
+    damaged.write_bytes(intact[:-10])
+    again = import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
+    assert (again.status, again.written) == ("repaired", 1)
+    assert damaged.read_bytes() == intact and manifest.verify_shards(dataset_copy) == []
+    damaged.write_bytes(intact[:-10])
     report = inspect_study(str(tmp_path / "study"), data_root=str(dataset_copy))
+    assert [(p.kind, p.domain) for p in report.problems] == [("shard", "exp_au")]
     actions = repair(report)
     assert any("imported domain exp_au removed" in a and "hrtem-ray import" in a for a in actions)
     assert "exp_au" not in imported_domains(dataset_copy)
+    assert list((dataset_copy / "_imported").iterdir()) == []
     assert manifest.verify_shards(dataset_copy) == []
     import_micrographs(files, dataset_copy, "exp_au", pixel_size_angstrom=PIXEL_ANGSTROM)
     assert readers.summarize(dataset_copy) == before  # the same tiles, simulated domains untouched
@@ -174,9 +182,20 @@ def _manifest(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "_manifest").iterdir())
 
 
-@pytest.mark.parametrize(
-    "case", ["format", "mask shape", "same name", "calibration", "domain", "test files"]
-)
+IMPORT_ERRORS = [
+    "format",
+    "mask shape",
+    "same name",
+    "calibration",
+    "domain",
+    "label-map mask",
+    "diffraction",
+    "upsampling",
+    "test files",
+]
+
+
+@pytest.mark.parametrize("case", IMPORT_ERRORS)
 def test_import_errors_before_anything_is_written(mosaic, dataset_copy, tmp_path, case):
     image, mask = mosaic
     good = tmp_path / "good.tif"
@@ -200,16 +219,87 @@ def test_import_errors_before_anything_is_written(mosaic, dataset_copy, tmp_path
         plain = tmp_path / "plain.npy"
         np.save(plain, image)
         files, match = [good, plain], "no pixel size calibration; pass --pixel-size-angstrom"
+    elif case == "label-map mask":  # all 7s: once imported as a soft mask of 0.027
+        labels = tmp_path / "labels.png"
+        Image.fromarray(np.full(image.shape, 7, np.uint8)).save(labels)
+        files, match = [good], r"mask .*labels.png: values 7 are not a mask; allowed: "
+        kwargs["masks"] = [labels]
+    elif case == "diffraction":  # refused even with a pixel size for uncalibrated files
+        files = [good, REAL / "test_diffraction_pattern.dm3"]
+        match = r"test_diffraction_pattern.dm3: a diffraction pattern \(calibrated in 1/nm"
+        kwargs["pixel_size_angstrom"] = 1.0
+    elif case == "upsampling":  # 112 px at 12.49 A/px: 31x into 3,025 tiles of 64 px
+        files = [good, REAL / "JEOL HAADF Image.dm4"]
+        match = (
+            r"112 x 112 px at 12.4901 Å/px would be upsampled 31.2x to 3497 x 3497 px at 0.4 "
+            r"Å/px \(3,025 tiles of 64 px\), above the limit of 4x.*--max-upsampling 31.3"
+        )
     elif case == "test files":
         files, match = [good], r"--test-files: \['gone.tif'\] are not among the imported files"
         kwargs["test_files"] = ["gone.tif"]
     else:
         files, match = [good], "simulated domain"
     before = _manifest(dataset_copy)
-    with pytest.raises(MicrographError, match=match):
+    with pytest.raises(MicrographError, match=match), warnings.catch_warnings():
+        warnings.simplefilter("ignore", MicrographWarning)  # the HAADF file's
         import_micrographs(files, dataset_copy, "0" if case == "domain" else "exp", **kwargs)
     assert _manifest(dataset_copy) == before
     assert not (dataset_copy / "study=defocus" / "domain=exp").exists()
+
+
+def test_a_real_stem_file_imports_with_its_factor_and_a_warning_above_the_default_limit(
+    dataset_copy,
+):
+    """68 px at 2.485 Å/px is upsampled 6.2x to the tiny dataset's 0.4 Å/px: refused at the
+    default limit of 4x, imported with max_upsampling=7, which the summary records; its
+    metadata say STEM (operation mode SCANNING), which the warning says."""
+    path = REAL / "test_STEM_image.dm3"
+    with pytest.raises(MicrographError, match=r"upsampled 6.2x .*--max-upsampling 6.3"):
+        with pytest.warns(MicrographWarning):  # read (and warned about) before the refusal
+            import_micrographs([path], dataset_copy, "exp_stem")
+    with pytest.warns(MicrographWarning, match=r"test_STEM_image.dm3: a STEM image \(operation"):
+        summary = import_micrographs([path], dataset_copy, "exp_stem", max_upsampling=7)
+    assert summary.resampling_factors == {path.name: pytest.approx(24.8538 / 4, rel=1e-4)}
+    assert summary.factors_text() == "6.21x"
+    assert summary.tiles == {"train": 49, "val": 0}  # 422 px: 7 x 7 tiles of 64 px
+    record = manifest.manifest_entries(dataset_copy)
+    (entry,) = [e["imported"] for e in record.values() if "imported" in e]
+    assert entry["source_dtype"] == "uint32" and entry["imaging"].startswith("STEM (operation")
+
+
+def test_the_same_file_under_another_domain_name_warns_naming_the_first(
+    mosaic, dataset_copy, tmp_path
+):
+    image, _ = mosaic
+    first, renamed, other = tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "c.npy"
+    np.save(first, image)
+    shutil.copy(first, renamed)  # same bytes, another name
+    np.save(other, image[::-1])
+    import_micrographs([first], dataset_copy, "exp_a", pixel_size_angstrom=PIXEL_ANGSTROM)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import_micrographs(
+            [renamed, other], dataset_copy, "exp_b", pixel_size_angstrom=PIXEL_ANGSTROM
+        )
+    (message,) = [str(w.message) for w in caught if w.category is MicrographWarning]
+    assert message == (
+        f"{renamed}: the same file was imported before as a.npy in domain 'exp_a': training "
+        "on one of these domains and evaluating on the other ('exp_b') leaks the evaluation data"
+    )
+
+
+def test_cli_import_states_the_factor_warns_and_refuses_beyond_the_limit(dataset_copy, capsys):
+    from hrtem_ray.cli import main
+
+    args = ["import", str(REAL / "test_STEM_image.dm3"), "--data", str(dataset_copy)]
+    assert main([*args, "--domain", "exp_stem"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("warning: ") and "a STEM image" in err[0]
+    assert err[1].startswith("error: ") and "--max-upsampling 6.3" in err[1]
+    assert main([*args, "--domain", "exp_stem", "--max-upsampling", "7"]) == 0
+    captured = capsys.readouterr()
+    assert "49 train + 0 val tiles of 64 px at 0.4 A/px (resampled 6.21x)" in captured.out
+    assert captured.err.startswith("warning: ") and "a STEM image" in captured.err
 
 
 @pytest.mark.parametrize("domain", ["../x", "a/b", "_manifest"])
@@ -329,8 +419,12 @@ def test_a_spec_names_imported_domains_checked_against_the_dataset(mosaic, datas
         masks.append(tmp_path / f"f{k}_mask.npy")
         np.save(masks[-1], np.roll(mask, 5 * k, axis=0))
     import_micrographs(files, dataset_copy, "exp_au", masks=masks, pixel_size_angstrom=0.4)
-    import_micrographs(files[:1], dataset_copy, "exp_raw", pixel_size_angstrom=0.4)
-    import_micrographs(files[:2], dataset_copy, "exp_few", masks=masks[:2], pixel_size_angstrom=0.4)
+    with pytest.warns(MicrographWarning, match="in domain 'exp_au'"):  # the same files again
+        import_micrographs(files[:1], dataset_copy, "exp_raw", pixel_size_angstrom=0.4)
+    with pytest.warns(MicrographWarning, match="in domain 'exp_au'"):
+        import_micrographs(
+            files[:2], dataset_copy, "exp_few", masks=masks[:2], pixel_size_angstrom=0.4
+        )
 
     def spec(transfer, imported, n_images=2):
         raw = {
@@ -366,7 +460,7 @@ def test_a_study_transfers_to_and_evaluates_on_an_imported_domain(
     from hrtem_ray.study import Study
 
     files = export_micrographs(dataset_copy, "10", tmp_path / "mic", pixel_size_angstrom=0.3)
-    masks = sorted((tmp_path / "mic" / "masks").glob("*.png"))
+    masks = sorted((tmp_path / "mic" / "masks").glob("*.tif"))
     import_micrographs(files, dataset_copy, "exp", masks=masks)
     raw = {
         **TINY_STUDY,

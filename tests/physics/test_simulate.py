@@ -316,7 +316,14 @@ print(json.dumps({"before": before, "after": status_bytes("VmHWM")}))
     ids=["tiny-128px-grid", "512px-grid-4-phonons"],
 )
 def test_memory_estimate_covers_the_measured_peak(cell_angstrom, sampling_angstrom, n_phonons):
-    """The estimate's simulation part covers the measured peak-RSS increase, within 2x."""
+    """The estimate's simulation part covers the measured peak-RSS increase, and is not
+    more than twice it plus 32 MiB.
+
+    The increase of a small simulation depends on how much of the imports' freed memory
+    the allocator hands back: 28 MiB on an idle machine, 17 MiB on a loaded one for the
+    same 128 px grid. Hence the absolute slack on the upper bound (the lower bound, the
+    one that protects the machine, has none).
+    """
     structures = StructureParams(
         cell_angstrom=cell_angstrom,
         substrate_thickness_angstrom=(20.0, 20.0),
@@ -342,6 +349,10 @@ def test_memory_estimate_covers_the_measured_peak(cell_angstrom, sampling_angstr
     measured = rss["after"] - rss["before"]
     estimate = estimate_worker_memory_bytes(structures, params)
     simulation_part = estimate - WORKER_BASE_MIB * 2**20
-    assert measured <= simulation_part <= 2 * measured, (measured / 2**20, simulation_part / 2**20)
+    slack = 32 * 2**20
+    assert measured <= simulation_part <= 2 * measured + slack, (
+        measured / 2**20,
+        simulation_part / 2**20,
+    )
     # the base covers what the imports cost here (a Ray worker adds about 95 MiB)
     assert rss["before"] < WORKER_BASE_MIB * 2**20

@@ -26,7 +26,15 @@ EXPECTED_NN = {
     "Fe3O4": 1.889,  # literature Fe(A)-O 1.89, Fe(B)-O 2.06
     "Co3O4": 1.916,  # literature Co(A)-O 1.93, Co(B)-O 1.92
     "Fe": 2.866 * np.sqrt(3) / 2,
+    # the HRTEM nanoparticle materials: fcc a/sqrt(2); fluorite Ce-O a*sqrt(3)/4;
+    # TiO2: the short apical/equatorial Ti-O bond of the literature (anatase 1.934 A,
+    # rutile 1.949 A; the long one is checked in test_tio2_octahedra)
     "Au": 4.0782 / np.sqrt(2),
+    "Pt": 3.9242 / np.sqrt(2),
+    "Pd": 3.8907 / np.sqrt(2),
+    "CeO2": 5.411 * np.sqrt(3) / 4,
+    "TiO2-anatase": 1.934,
+    "TiO2-rutile": 1.949,
 }
 # Coordination by first neighbours, per element.
 EXPECTED_COORDINATION = {
@@ -40,6 +48,11 @@ EXPECTED_COORDINATION = {
     "Co3O4": {"Co": {4, 6}, "O": {4}},
     "Fe": {"Fe": {8}},
     "Au": {"Au": {12}},
+    "Pt": {"Pt": {12}},
+    "Pd": {"Pd": {12}},
+    "CeO2": {"Ce": {8}, "O": {4}},
+    "TiO2-anatase": {"Ti": {6}, "O": {3}},
+    "TiO2-rutile": {"Ti": {6}, "O": {3}},
 }
 
 SMALL = StructureParams(
@@ -78,6 +91,19 @@ def test_spinel_octahedral_bond():
     # tetrahedral A: 4 bonds at 1.89; octahedral B: 6 bonds at 2.06 A (literature)
     bonds = np.unique(np.round(fe_o[:, 0], 2))
     assert bonds.tolist() == pytest.approx([1.89, 2.06], abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("name", "bonds"), [("TiO2-anatase", [1.934, 1.98]), ("TiO2-rutile", [1.949, 1.98])]
+)
+def test_tio2_octahedra(name, bonds):
+    """Each Ti has 4 short and 2 long Ti-O bonds of the literature (Burdett et al. 1987)."""
+    unit = lattice_unit_cell(name).repeat((3, 3, 3))
+    distances = unit.get_all_distances(mic=True)
+    ti = np.array(unit.get_chemical_symbols()) == "Ti"
+    ti_o = np.sort(distances[ti][:, ~ti], axis=1)[:, :6]
+    assert np.allclose(ti_o[:, :4], bonds[0], atol=0.005)
+    assert np.allclose(ti_o[:, 4:], bonds[1], atol=0.005)
 
 
 def test_stacking_sequence_faults():

@@ -693,6 +693,10 @@ def test_report_renders_in_chromium(laptop_run, tmp_path):
     # the reference study's views: G_OOD, training time and Figure 7.2 rendered in the page
     for name in ("generalization_gap", "training_time", "transfer_mixture"):
         assert f"chart-defocus_{name}" in seen["charts"], seen["charts"]
+    # the study root is found from the results path: learning curves and the prediction
+    # panel (a held-out image, its truth and the median model's probability) are drawn
+    for name in ("learning_curves", "predictions"):
+        assert f"chart-defocus_{name}" in seen["charts"], seen["charts"]
     assert seen["figure_7_2_points"] > 0
     tables = path.parent / "tables"
     times = pl.read_csv(tables / "defocus_training_time.csv")

@@ -469,8 +469,9 @@ def test_a_simulation_only_spec_may_have_any_image_size():
 
 
 def test_memory_estimate_grows_with_grid_and_phonons():
-    small = StructureParams(cell_angstrom=25.6, radius_angstrom=(5, 6))
-    large = StructureParams(cell_angstrom=51.2, radius_angstrom=(5, 6))
+    # at most 3 particles of 5 A, 10 A apart, fit in 25.6 A (the default n_particles is [1, 5])
+    small = StructureParams(cell_angstrom=25.6, radius_angstrom=(5, 6), n_particles=(1, 3))
+    large = StructureParams(cell_angstrom=51.2, radius_angstrom=(5, 6), n_particles=(1, 3))
     coarse = SimulationParams(sampling_angstrom=0.2, output_sampling_angstrom=0.4, n_phonons=2)
     fine = coarse.model_copy(update={"sampling_angstrom": 0.1})
     more = coarse.model_copy(update={"n_phonons": 8})
@@ -575,7 +576,10 @@ def test_presets_validate_and_fit_a_64_gib_worker(preset):
             r"'focal_spread_angstrom' or 'cs_mm'",
         ),
         ({"defocus_nm": -10}, r"axis 'defocus' needs defocus_nm as a list"),
-        ({"structures": {"lattices": ["Pt"]}}, r"dataset\.structures\.lattices.*Pt.*allowed"),
+        (
+            {"structures": {"lattices": ["Unobtainium"]}},
+            r"dataset\.structures\.lattices.*Unobtainium.*allowed",
+        ),
         ({"n_structures": {"train": 0, "val": 2}}, r"dataset\.n_structures\.train"),
         ({"simulation": {"n_phonons": 0}}, r"dataset\.simulation\.n_phonons"),
         ({"shards": 3}, r"dataset\.shards: Extra inputs are not permitted"),
@@ -615,7 +619,7 @@ def test_invalid_simulation_params_name_the_field(kwargs, field):
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"lattices": ("Pt",)}, "lattices"),
+        ({"lattices": ("Unobtainium",)}, "lattices"),
         ({"radius_angstrom": (20.0, 10.0)}, "radius_angstrom"),
         ({"n_particles": (0, 2)}, "n_particles"),
         ({"cell_angstrom": -1.0}, "cell_angstrom"),
@@ -638,7 +642,7 @@ def test_invalid_structure_params_name_the_field(kwargs, field):
 
 def test_unknown_lattice_error_lists_allowed_values():
     with pytest.raises(ValidationError, match="CdSe"):
-        StructureParams(lattices=("Pt",))
+        StructureParams(lattices=("Unobtainium",))
 
 
 def test_invalid_specs_fail_before_any_compute(tmp_path):

@@ -20,7 +20,7 @@ from hrtem_ray.sweep.trials import mixture_steps, plan_trials, stage_steps
 
 PROTOCOL_COLUMNS = [
     "converged", "patience", "max_epochs", "min_delta", "train_steps", "target_fraction",
-    "parent_seed", "eval_split", "val_loss",
+    "parent_seed", "eval_split", "val_loss", "epoch_seconds",
 ]  # fmt: skip
 
 
@@ -136,6 +136,9 @@ def test_reported_metrics_are_computed_on_the_test_images(tiny_dataset_root, tmp
     history = results.read_history(str(tmp_path / "study"))
     best = history.filter(pl.col("epoch") == rows["best_epoch"][0])
     assert rows["val_loss"][0] == pytest.approx(best["val_loss"][0], rel=1e-9)
+    # the median epoch's wall time: setup and scoring are not spread over the epochs
+    assert rows["epoch_seconds"][0] == pytest.approx(history["seconds"].median(), rel=1e-9)
+    assert rows["epoch_seconds"][0] < rows["train_seconds"][0] / rows["epochs"][0]
     model, _ = load_checkpoint(str(tmp_path / "study" / "checkpoints" / trial.model_id))
     for split in ("test", "val"):
         sets = {}

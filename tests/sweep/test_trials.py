@@ -288,9 +288,11 @@ def test_defocus_paper_protocol_lines_count_the_passes():
 @pytest.mark.parametrize(
     ("preset", "counts"),
     [
-        ("laptop", {"pretrain": 9, "transfer": 54, "baseline": 3}),
-        ("laptop_dose", {"pretrain": 5, "transfer": 60, "baseline": 0}),
-        ("laptop_structure", {"pretrain": 4, "transfer": 36, "baseline": 0}),
+        ("laptop", {"pretrain": 15, "transfer": 50, "baseline": 5}),
+        ("laptop_dose", {"pretrain": 6, "transfer": 24, "baseline": 3}),
+        ("laptop_structure", {"pretrain": 6, "transfer": 36, "baseline": 3}),
+        ("laptop_cs", {"pretrain": 6, "transfer": 24, "baseline": 3}),
+        ("laptop_materials", {"pretrain": 6, "transfer": 18, "baseline": 3}),
     ],
 )
 def test_laptop_presets_dry_run(preset, counts):
@@ -298,17 +300,21 @@ def test_laptop_presets_dry_run(preset, counts):
     assert got == {**counts, "models in all": sum(counts.values())}
 
 
-def test_laptop_compares_like_with_like_on_replicates():
-    """The laptop preset: the Figure 7.2 pair with both arms at the same target count, fair
-    mixtures (the pretraining size), at least 3 replicates of every compared model, a test
-    split and early stopping."""
-    spec = load_study_spec("sweeps/laptop.yaml")
+@pytest.mark.parametrize(
+    "preset", ["laptop", "laptop_dose", "laptop_structure", "laptop_cs", "laptop_materials"]
+)
+def test_laptop_presets_compare_like_with_like_on_replicates(preset):
+    """Every simulated laptop preset: a mixture pair with both arms at the same target count,
+    fair mixtures (the pretraining size), at least 3 replicates of every compared model, a
+    test split and early stopping (laptop.yaml: the Figure 7.2 pair -10 -> 5 nm)."""
+    spec = load_study_spec(f"sweeps/{preset}.yaml")
     plan = plan_trials(spec)
     assert sorted(n_target for _, n_target in spec.mixture_counts()) == spec.transfer.n_images
     assert {t.n_pretrain + t.n_transfer for t in plan.baseline} == set(spec.pretrain.n_images)
     arms = {(t.pretrain_domain, t.transfer_domain, t.n_transfer) for t in plan.transfer}
     assert {(t.pretrain_domain, t.transfer_domain, t.n_transfer) for t in plan.baseline} <= arms
-    assert ("-10", "5") in {(t.pretrain_domain, t.transfer_domain) for t in plan.baseline}
+    if preset == "laptop":
+        assert ("-10", "5") in {(t.pretrain_domain, t.transfer_domain) for t in plan.baseline}
     replicates = {}
     for t in plan.all():
         key = (t.phase, t.pretrain_domain, t.transfer_domain, t.n_transfer, t.freeze)
