@@ -943,6 +943,7 @@ def _write_imported_shard(
             "domain": task.domain,
             "has_masks": has_masks,
             "sources": [micrograph.name],
+            "split": task.split,
             **provenance(micrograph, positions),
         },
     }

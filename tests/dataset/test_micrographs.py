@@ -298,7 +298,7 @@ def test_cli_import_states_the_factor_warns_and_refuses_beyond_the_limit(dataset
     assert err[1].startswith("error: ") and "--max-upsampling 6.3" in err[1]
     assert main([*args, "--domain", "exp_stem", "--max-upsampling", "7"]) == 0
     captured = capsys.readouterr()
-    assert "49 train + 0 val tiles of 64 px at 0.4 A/px (resampled 6.21x)" in captured.out
+    assert "49 train + 0 val + 0 test tiles of 64 px at 0.4 A/px (resampled 6.21x)" in captured.out
     assert captured.err.startswith("warning: ") and "a STEM image" in captured.err
 
 

@@ -38,7 +38,7 @@ def imported_root(tiny_dataset_root, tmp_path_factory):
     shutil.copytree(tiny_dataset_root, root)
     mic = root.parent / "mic"
     files = export_micrographs(root, "10", mic, pixel_size_angstrom=0.3)
-    masks = sorted((mic / "masks").glob("*.png"))
+    masks = sorted((mic / "masks").glob("*.tif"))
     summary = import_micrographs(files, root, "exp", masks=masks, test_fraction=0.25)
     assert summary.tiles["test"] > 0
     return root
