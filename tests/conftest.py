@@ -7,6 +7,7 @@ a real Ray cluster) at small sizes.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,11 @@ for _var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
     os.environ[_var] = "http://127.0.0.1:9"
 for _var in ("no_proxy", "NO_PROXY"):
     os.environ[_var] = "127.0.0.1,localhost"
+# pytest-xdist's workers ignore SIGINT, and an ignored signal stays ignored in every process
+# they start: a CLI run by a test would then never see the Ctrl-C the fault tests send.
+# The default handler here is reset to SIG_DFL in children, as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -65,7 +65,8 @@ class DependentTrialSchedule:
         children = plan.children()
         self._pretrain = _longest_first(plan.pretrain, skip)
         self._ready: deque[Trial] = deque()
-        self._baseline = _longest_first(plan.baseline, skip)
+        # baselines and thresholds (blur + Otsu fits) depend on no other trial
+        self._baseline = _longest_first([*plan.baseline, *plan.threshold], skip)
         self._waiting: dict[str, list[Trial]] = {}
         for parent in plan.pretrain:
             if parent.model_id in excluded:

@@ -28,11 +28,13 @@ from typing import Protocol
 # torch binds about 35 logging handlers to the sys.stderr of the moment it is first
 # imported; imported inside the first trial, they would hold that trial's file, closed
 # when it ends, and every later flush would log "ValueError when calling 'flush'".
+# RosettaSciIO (imported by the micrograph reader that imported domains need) binds one too.
 import torch
 from ray import tune
 from ray.tune import Callback, Stopper
 from ray.tune.search import Searcher
 
+import hrtem_ray.dataset.micrographs  # noqa: F401  (RosettaSciIO's logging handler, above)
 from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.store import storage
 from hrtem_ray.sweep import results
