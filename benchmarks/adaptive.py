@@ -26,9 +26,10 @@ Prints JSON. Parts (``--parts``):
     15,120 trainings: the paper-scale projection.
 ``laptop`` (real training, CPU)
     ``sweeps/laptop.yaml`` (its dataset simulated once, not timed): the fixed grid
-    (``hrtem-ray sweep``, 66 models), judged by one look at 95%; then the adaptive study of
-    the findings it decides (``adaptive.findings``; budget: the fixed grid's models), each
-    timed as a command in its own study root. ``trainings_ratio_fixed_vs_adaptive`` (goal at
+    (``hrtem-ray sweep``), judged by one look at 95%; then the adaptive study of the
+    findings it decides (``adaptive.findings``; budget: the fixed grid's models), each
+    timed as a command in its own study root (``--fixed-study OUT``: a finished ``hrtem-ray
+    run`` of the preset is the fixed grid instead; its sweep is not timed again). ``trainings_ratio_fixed_vs_adaptive`` (goal at
     least 3), ``seconds_ratio_fixed_vs_adaptive``, both sides' verdicts, and every
     applicable finding targeted with the fixed grid's budget, replayed on its models.
 
@@ -204,7 +205,7 @@ def _verdicts(look) -> dict[str, str]:
     return {k: f.verdict for k, f in look.findings.items()}
 
 
-def laptop(tmp: Path, n_boot: int) -> dict:
+def laptop(tmp: Path, n_boot: int, fixed_study: Path | None = None) -> dict:
     """The laptop preset's fixed grid, then the adaptive study of the findings it decides.
 
     Both sides are judged by the same rule: the fixed grid looks once at 95%
@@ -218,13 +219,18 @@ def laptop(tmp: Path, n_boot: int) -> dict:
     from hrtem_ray.spec.config import load_study_spec
 
     raw = yaml.safe_load(common.LAPTOP_SPEC.read_text())
-    data = tmp / "data"
-    _cli("simulate", common.LAPTOP_SPEC, "--out", data)
+    data = tmp / "data" if fixed_study is None else fixed_study / "data"
+    if fixed_study is None:
+        _cli("simulate", common.LAPTOP_SPEC, "--out", data)
     raw["dataset"]["path"] = str(data)
     fixed_spec = tmp / "fixed.yaml"
     fixed_spec.write_text(yaml.safe_dump(raw))
-    seconds_fixed = _cli("sweep", fixed_spec, "--out", tmp / "fixed")
-    table = load_results(tmp / "fixed" / "results", categorical=False)
+    if fixed_study is None:
+        seconds_fixed = _cli("sweep", fixed_spec, "--out", tmp / "fixed")
+        fixed_results = tmp / "fixed" / "results"
+    else:  # a finished `hrtem-ray run sweeps/laptop.yaml`: its sweep's wall time is not known
+        seconds_fixed, fixed_results = None, fixed_study / "results"
+    table = load_results(fixed_results, categorical=False)
     n_fixed = table.get_column("model_id").n_unique()
     applicable = [k for k, need in load_study_spec(fixed_spec).finding_requirements().items()
                   if need is None]  # fmt: skip
@@ -232,7 +238,8 @@ def laptop(tmp: Path, n_boot: int) -> dict:
     targets = [k for k, v in fixed.items() if v != "undecidable"]
     report = {
         "trainings_fixed_grid": n_fixed,
-        "seconds_fixed_grid": round(seconds_fixed, 1),
+        "seconds_fixed_grid": None if seconds_fixed is None else round(seconds_fixed, 1),
+        "fixed_grid_from": "this run" if fixed_study is None else str(fixed_study),
         "fixed_grid_verdicts": fixed,
         "fixed_grid_percentile_verdicts": dict(
             findings(table, n_boot=n_boot, interval="percentile")
@@ -252,14 +259,16 @@ def laptop(tmp: Path, n_boot: int) -> dict:
     last = rounds[-1]
     adaptive = {k: v["verdict"] for k, v in last["decided"].items()}
     # every applicable finding, the fixed grid's budget, replayed on the fixed grid's models
-    design = Design.from_table(table, "shared")  # at most its 3 seeds a configuration
+    design = Design.from_table(table, "shared")  # at most its own seeds a configuration
     everything = replay(design, TableSource(table), applicable, budget=Budget(n_fixed),
                         n_boot=n_boot, **{**ROUNDS, "batch": 1})[-1]  # fmt: skip
     return report | {
         "trainings_adaptive": last["trainings"],
         "trainings_ratio_fixed_vs_adaptive": n_fixed / last["trainings"],
         "seconds_adaptive": round(seconds_adaptive, 1),
-        "seconds_ratio_fixed_vs_adaptive": seconds_fixed / seconds_adaptive,
+        "seconds_ratio_fixed_vs_adaptive": (
+            None if seconds_fixed is None else seconds_fixed / seconds_adaptive
+        ),
         "adaptive_verdicts": adaptive,
         "adaptive_decides_the_same": all(adaptive.get(k) == fixed[k] for k in targets),
         "adaptive_rounds": [
@@ -279,6 +288,9 @@ def main() -> None:
     args = common.parser(__doc__, "40 synthetic studies, n_boot 400, no laptop part")
     args.add_argument("--parts", default="synthetic,replay,laptop",
                       help="comma-separated: synthetic, replay, laptop")  # fmt: skip
+    args.add_argument("--fixed-study", type=Path, default=None,
+                      help="laptop part: a finished `hrtem-ray run sweeps/laptop.yaml` OUT "
+                           "as the fixed grid (its data and results; not run again)")  # fmt: skip
     args.add_argument("--update", action="store_true",
                       help="keep the other keys of an existing --out file")  # fmt: skip
     args = args.parse_args()
@@ -293,7 +305,7 @@ def main() -> None:
         report["published_replay"] = published_replay(n_boot)
     if "laptop" in parts and not args.quick:
         with tempfile.TemporaryDirectory(prefix="hrtem-adaptive-") as tmp:
-            report["laptop"] = laptop(Path(tmp), n_boot)
+            report["laptop"] = laptop(Path(tmp), n_boot, args.fixed_study)
     common.emit(report, args.out)
 
 

@@ -80,16 +80,33 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
-    """An S3-compatible moto server on loopback for the whole session."""
-    from moto.server import ThreadedMotoServer
+    """An S3-compatible moto server on loopback for the whole session.
+
+    Requests are served one at a time: S3 applies each conditional write (``If-None-Match``,
+    ``If-Match``) atomically, moto checks and then writes, so two of 20 racing writers could
+    both pass the check while the machine was busy (seen once under pytest-xdist).
+    """
+    import threading
+
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+    one_at_a_time = threading.Lock()
+
+    def serialized(environ, start_response):
+        with one_at_a_time:
+            return list(app(environ, start_response))
 
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = make_server("127.0.0.1", port, serialized, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join()
 
 
 @dataclass(frozen=True)

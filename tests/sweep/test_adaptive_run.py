@@ -48,10 +48,12 @@ def test_a_killed_adaptive_study_resumes_to_the_same_decisions(tiny_dataset_root
     assert "round 1: " in whole.stderr and "adaptive study stopped after round" in whole.stderr
     assert list((whole_out / "report" / "figures").glob("*_adaptive_rounds.png"))
 
-    # killed in round 2, after round 1 was stored and while its new models train
+    # killed in round 2, as soon as round 1 is stored: its 2 new models train together and
+    # finish together, so waiting for one of them raced the round-2 look on a busy machine
     args = ["sweep", spec, "--out", killed_out, "--num-cpus", 2]
     first = killed_out / "adaptive" / "round-001.json"
-    kill_cli_when(args, lambda: first.exists() and len(results.finished_ids(str(killed_out))) > 4)
+    kill_cli_when(args, first.exists)
+    assert len(results.finished_ids(str(killed_out))) >= 4  # round 1's models, kept
     at_kill = _rounds(killed_out)
     assert 1 <= len(at_kill) < len(reference)
     resumed = run_cli(*args)
