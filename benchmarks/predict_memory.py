@@ -34,7 +34,8 @@ import numpy as np
 
 from hrtem_ray.dataset.geometry import resampled_shape
 from hrtem_ray.dataset.pipeline import simulate_dataset_serial
-from hrtem_ray.inference import PREDICT_BASE_BYTES, estimate_predict_memory_bytes, study_geometry
+from hrtem_ray.inference import study_geometry
+from hrtem_ray.predict_budget import PREDICT_BASE_BYTES, estimate_predict_memory_bytes
 from hrtem_ray.spec.config import parse_study_spec
 from hrtem_ray.sweep.execute import execute_trial
 from hrtem_ray.sweep.run import write_study_spec

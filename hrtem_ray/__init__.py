@@ -14,6 +14,8 @@ contract is ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports
 * ``study``: the Python API (``Study``): preflight, lock, simulate, sweep, results, report;
   ``inference``: hrtem-ray predict, tiled and blended segmentation of micrographs (one model
   or the ensemble of a configuration's replicates)
+* ``predict_budget``: what a prediction needs before it starts: the model's grid and the
+  memory estimate that refuses inputs the machine cannot hold
 * ``sweep``: planning, scheduling and running a study's trials (Ray Tune), the results table,
   check and repair, the rounds of adaptive studies and their replays; ``report``: the HTML
   report, its charts, figures and CSV tables

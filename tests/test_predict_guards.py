@@ -29,14 +29,13 @@ from helpers import TWO_MODEL_STUDY, train_study_root
 from hrtem_ray import cli
 from hrtem_ray.dataset.micrograph_files import MicrographError, check_image_size, read_micrograph
 from hrtem_ray.exit_codes import EXIT_BAD_INPUT
-from hrtem_ray.inference import (
+from hrtem_ray.inference import choose_model, study_geometry
+from hrtem_ray.predict_budget import (
     PREDICT_BASE_BYTES,
     ModelGeometry,
     PredictError,
     check_predict_memory,
-    choose_model,
     estimate_predict_memory_bytes,
-    study_geometry,
 )
 from hrtem_ray.spec.config import parse_study_spec
 from hrtem_ray.sweep import results

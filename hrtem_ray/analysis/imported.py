@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from hrtem_ray.analysis.tables import CONFIGURATION_COLUMNS
+
 __all__ = [
     "CURVE_COLUMNS",
     "GOAL_MARGIN_IOU",
@@ -71,18 +73,6 @@ VERSUS_COLUMNS = (
     "difference_ci_high",
     "verdict",
     "sentence",
-)
-#: Columns that define a configuration (all but the seed), where the table has them.
-_CONFIG = (
-    "phase",
-    "pretrain_domain",
-    "transfer_domain",
-    "pretrain_lr",
-    "transfer_lr",
-    "n_pretrain",
-    "n_transfer",
-    "freeze",
-    "augment",
 )
 
 
@@ -162,7 +152,7 @@ def _interval(values: np.ndarray, ci: float | None, n_boot: int, seed: int) -> t
 
 def _configurations(results: pl.DataFrame, domains: list[str]) -> pl.DataFrame:
     """One row per (eval domain, configuration): its models' IoUs, method and tile count."""
-    config = [c for c in _CONFIG if c in results.columns]
+    config = [c for c in CONFIGURATION_COLUMNS if c in results.columns]
     rows = (
         results.filter(pl.col("eval_domain").cast(pl.String).is_in(domains))
         .with_columns(

@@ -42,6 +42,7 @@ import pyarrow as pa
 
 from hrtem_ray.dataset import imported
 from hrtem_ray.dataset.geometry import cut_tiles, resample, tile_positions
+from hrtem_ray.dataset.imported import assign_splits
 from hrtem_ray.dataset.manifest import (
     ROW_COLUMNS,
     DatasetWarning,
@@ -76,7 +77,6 @@ from hrtem_ray.store.lock import study_lock
 __all__ = [
     "ImportSummary",
     "ImportedDomain",
-    "assign_splits",
     "check_imported_use",
     "check_spec_imports",
     "export_micrographs",
@@ -333,75 +333,6 @@ def check_spec_imports(spec: StudySpec, dataset_root: str | Path) -> None:
                     f"{field_name}: imported domain {name!r} has {counts.get('train', 0)} "
                     f"training tiles, {needs[role]} needed"
                 )
-
-
-def assign_splits(
-    names: Sequence[str],
-    val_fraction: float,
-    *,
-    test_fraction: float = 0.0,
-    test_files: Sequence[str] | None = None,
-) -> dict[str, str]:
-    """Split of each file: whole files, never tiles of one file, so no overlap leaks.
-
-    The test split (held out: no tile of a test file is trained on or selects a model)
-    holds the files named in ``test_files``, or else the last ``round(n * test_fraction)``
-    names in sorted order (at least one when ``test_fraction > 0`` and three or more files).
-    Of the other files, the last ``round(m * val_fraction)`` in sorted order (at least one
-    when there are two or more) are ``val``, the rest ``train``; a single file is ``train``.
-
-    Parameters
-    ----------
-    names
-        File names (distinct).
-    val_fraction
-        Share of the non-test files in ``val``, in [0, 1).
-    test_fraction
-        Share of all files held out as ``test``, in [0, 1); ignored with ``test_files``.
-    test_files
-        File names for the test split (each must be one of ``names``).
-
-    Raises
-    ------
-    MicrographError
-        A fraction outside [0, 1), a test file that is not imported, or a split that
-        leaves no training file.
-
-    Examples
-    --------
-    >>> assign_splits(["a", "b", "c", "d", "e"], 0.25, test_fraction=0.2)
-    {'a': 'train', 'b': 'train', 'c': 'train', 'd': 'val', 'e': 'test'}
-    >>> assign_splits(["a", "b", "c"], 0.0, test_files=["a"])
-    {'a': 'test', 'b': 'train', 'c': 'train'}
-    """
-    for label, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
-        if not 0 <= value < 1:
-            raise MicrographError(f"{label}: {value} is outside [0, 1)")
-    ordered = sorted(names)
-    if test_files is not None:
-        unknown = sorted(set(test_files) - set(ordered))
-        if unknown:
-            raise MicrographError(
-                f"--test-files: {unknown} are not among the imported files "
-                f"({', '.join(ordered)}); give file names (no folders)"
-            )
-        test = set(test_files)
-    else:
-        n_test = round(len(ordered) * test_fraction)
-        if test_fraction > 0 and len(ordered) >= 3:
-            n_test = max(1, n_test)
-        test = set(ordered[len(ordered) - n_test :]) if n_test else set()
-    rest = [n for n in ordered if n not in test]
-    if not rest:
-        raise MicrographError(
-            f"--test-files / --test-fraction: every one of the {len(ordered)} files would be "
-            "held out; leave at least one file for training"
-        )
-    n_val = 0 if len(rest) < 2 else min(len(rest) - 1, max(1, round(len(rest) * val_fraction)))
-    if val_fraction == 0:
-        n_val = 0
-    splits = {n: ("val" if i >= len(rest) - n_val else "train") for i, n in enumerate(rest)}
-    return {n: ("test" if n in test else splits[n]) for n in ordered}
 
 
 def _check_domain_name(domain: object, field: str) -> None:

@@ -21,9 +21,9 @@ from PIL import Image
 
 from hrtem_ray.dataset import manifest, readers
 from hrtem_ray.dataset.geometry import resample
+from hrtem_ray.dataset.imported import assign_splits
 from hrtem_ray.dataset.micrograph_files import MicrographError, MicrographWarning
 from hrtem_ray.dataset.micrographs import (
-    assign_splits,
     check_imported_use,
     import_micrographs,
     imported_domains,
