@@ -293,40 +293,43 @@ def _load_checkpoint_model(study_root: str, model_id: str, model: str) -> torch.
     return net
 
 
-def load_study_model(study_root: str, model: str) -> StudyModel:
-    """Choose (:func:`choose_model`) and load a study's model, with its pixel size and tile size.
+def choose_models(study_root: str, model: str, ensemble: bool = False) -> tuple[list[str], str]:
+    """The models ``predict`` uses, and why: the one :func:`choose_model` picks, or with
+    ``ensemble`` its configuration's replicates (:func:`choose_ensemble`)."""
+    if ensemble:
+        return choose_ensemble(study_root, model)
+    choice = choose_model(study_root, model)
+    return [choice.model_id], choice.reason
+
+
+def _load_models(
+    study_root: str, ids: Sequence[str], reason: str, geometry: ModelGeometry, model: str
+) -> list[StudyModel]:
+    """The checkpoints of ``ids``, each with the study's pixel and tile size."""
+    pixel, tile = geometry.pixel_size_angstrom, geometry.tile_px
+    return [
+        StudyModel(_load_checkpoint_model(study_root, m, model), m, reason, pixel, tile)
+        for m in ids
+    ]
+
+
+def load_study_models(study_root: str, model: str, ensemble: bool = False) -> list[StudyModel]:
+    """Choose (:func:`choose_models`) and load a study's model, or with ``ensemble`` its
+    replicates, each with the study's pixel size and tile size.
 
     Raises
     ------
     PredictError
-        ``study_root`` holds no ``study.json``, as :func:`choose_model`, or the chosen
-        checkpoint cannot be loaded.
+        ``study_root`` holds no ``study.json``, as :func:`choose_model` or
+        :func:`choose_ensemble`, or a chosen checkpoint cannot be loaded.
     """
-    geometry = study_geometry(study_root)
-    choice = choose_model(study_root, model)
-    net = _load_checkpoint_model(study_root, choice.model_id, model)
-    return StudyModel(
-        net, choice.model_id, choice.reason, geometry.pixel_size_angstrom, geometry.tile_px
-    )
+    ids, reason = choose_models(study_root, model, ensemble)
+    return _load_models(study_root, ids, reason, study_geometry(study_root), model)
 
 
-def load_study_models(study_root: str, model: str, ensemble: bool = False) -> list[StudyModel]:
-    """The model of :func:`load_study_model`, or with ``ensemble`` its replicates
-    (:func:`choose_ensemble`), each loaded with the study's pixel and tile size."""
-    if not ensemble:
-        return [load_study_model(study_root, model)]
-    geometry = study_geometry(study_root)
-    ids, reason = choose_ensemble(study_root, model)
-    return [
-        StudyModel(
-            _load_checkpoint_model(study_root, m, model),
-            m,
-            reason,
-            geometry.pixel_size_angstrom,
-            geometry.tile_px,
-        )
-        for m in ids
-    ]
+def load_study_model(study_root: str, model: str) -> StudyModel:
+    """The model :func:`choose_model` picks, loaded (:func:`load_study_models`)."""
+    return load_study_models(study_root, model)[0]
 
 
 @contextmanager
@@ -754,8 +757,9 @@ def predict(
     storage.check_reachable(str(study))
     geometry = study_geometry(str(study))
     micrographs = [read_micrograph(p, pixel_size_angstrom) for p in paths]
-    estimate = check_predict_memory(micrographs, geometry, max_memory_bytes, batch_size)
-    loaded = load_study_models(str(study), model, ensemble)
+    ids, reason = choose_models(str(study), model, ensemble)
+    estimate = check_predict_memory(micrographs, geometry, max_memory_bytes, batch_size, len(ids))
+    loaded = _load_models(str(study), ids, reason, geometry, model)
     options = {
         "threshold": threshold,
         "overlap_px": overlap_px,
@@ -780,7 +784,7 @@ def predict(
             members = ensemble_probability(
                 loaded, micrograph, overlap_px, batch_size=batch_size, device=device
             )
-            prob = members.mean(axis=0)
+            prob = members.mean(axis=0) if ensemble else members[0]
             std = members.std(axis=0) if ensemble else None
             mask = prob > threshold
             table = particle_table(
@@ -826,6 +830,7 @@ __all__ = [
     "check_predict_memory",
     "choose_ensemble",
     "choose_model",
+    "choose_models",
     "ensemble_probability",
     "estimate_predict_memory_bytes",
     "inference_bytes",

@@ -22,6 +22,8 @@ __all__ = [
     "BYTES_PER_INPUT_PIXEL",
     "BYTES_PER_MODEL_PIXEL",
     "HELD_BYTES_PER_INPUT_PIXEL",
+    "HELD_ENSEMBLE_BYTES_PER_INPUT_PIXEL",
+    "MEMBER_BYTES_PER_INPUT_PIXEL",
     "PREDICT_BASE_BYTES",
     "TILES_PER_CHUNK",
     "ModelGeometry",
@@ -74,6 +76,11 @@ HELD_BYTES_PER_INPUT_PIXEL = 9
 ACTIVATION_BYTES_PER_TILE_PIXEL = {"small": 256, "full": 768}
 
 
+#: Bytes per input pixel of each ensemble member beyond the first: its float64 probability
+#: stays in the stack the mean and standard deviation are taken over.
+MEMBER_BYTES_PER_INPUT_PIXEL = 8
+#: Bytes per input pixel kept until the end by an ensemble: its float64 std map.
+HELD_ENSEMBLE_BYTES_PER_INPUT_PIXEL = 8
 #: Tiles cut at once by :func:`predict_probability` (at least the batch size).
 TILES_PER_CHUNK = 256
 
@@ -91,6 +98,7 @@ def estimate_predict_memory_bytes(
     pixel_sizes_angstrom: Sequence[float],
     geometry: ModelGeometry,
     batch_size: int = 32,
+    n_models: int = 1,
 ) -> int:
     """Estimated peak memory (bytes) of :func:`predict` on micrographs of these shapes.
 
@@ -101,7 +109,9 @@ def estimate_predict_memory_bytes(
     the same field of view at the model's pixel size
     (:func:`hrtem_ray.dataset.geometry.resampled_shape`): a micrograph of 2.0 Å/px predicted
     by a model of 0.4 Å/px is 25 times as many pixels. The README's "Micrographs" section
-    compares the estimate with measured peaks.
+    compares the estimate with measured peaks. An ensemble of ``n_models`` adds
+    :data:`MEMBER_BYTES_PER_INPUT_PIXEL` per pixel for each member beyond the first to the
+    file being segmented, and keeps its std map (:data:`HELD_ENSEMBLE_BYTES_PER_INPUT_PIXEL`).
 
     Parameters
     ----------
@@ -113,13 +123,18 @@ def estimate_predict_memory_bytes(
         The model's pixel size, tile size and preset (:func:`study_geometry`).
     batch_size
         Tiles per forward pass.
+    n_models
+        Models predicting each file (an ensemble's replicates; 1 without one).
     """
+    ensemble = n_models > 1
+    held_per_pixel = HELD_BYTES_PER_INPUT_PIXEL + ensemble * HELD_ENSEMBLE_BYTES_PER_INPUT_PIXEL
+    peak_per_pixel = BYTES_PER_INPUT_PIXEL + (n_models - 1) * MEMBER_BYTES_PER_INPUT_PIXEL
     held, peak = 0, 0
     for shape, pixel in zip(shapes, pixel_sizes_angstrom, strict=True):
         pixels = math.prod(shape)
         resampled = math.prod(resampled_shape(shape, pixel, geometry.pixel_size_angstrom))
-        held += HELD_BYTES_PER_INPUT_PIXEL * pixels
-        peak = max(peak, BYTES_PER_MODEL_PIXEL * resampled + BYTES_PER_INPUT_PIXEL * pixels)
+        held += held_per_pixel * pixels
+        peak = max(peak, BYTES_PER_MODEL_PIXEL * resampled + peak_per_pixel * pixels)
     return PREDICT_BASE_BYTES + inference_bytes(geometry, batch_size) + held + peak
 
 
@@ -128,6 +143,7 @@ def check_predict_memory(
     geometry: ModelGeometry,
     max_memory_bytes: int | None = None,
     batch_size: int = 32,
+    n_models: int = 1,
 ) -> int:
     """Refuse micrographs whose prediction would need more memory than the limit.
 
@@ -142,6 +158,8 @@ def check_predict_memory(
         (:func:`hrtem_ray.spec.footprint.available_memory_bytes`).
     batch_size
         Tiles per forward pass.
+    n_models
+        Models predicting each file (an ensemble's replicates).
 
     Returns
     -------
@@ -157,7 +175,7 @@ def check_predict_memory(
     model_pixel = geometry.pixel_size_angstrom
     shapes = [m.image.shape for m in micrographs]
     pixels = [m.pixel_size_angstrom for m in micrographs]
-    estimate = estimate_predict_memory_bytes(shapes, pixels, geometry, batch_size)
+    estimate = estimate_predict_memory_bytes(shapes, pixels, geometry, batch_size, n_models)
     limit = available_memory_bytes() if max_memory_bytes is None else int(max_memory_bytes)
     if estimate <= limit:
         return estimate

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from hrtem_ray.dataset.geometry import tile_positions
 from hrtem_ray.dataset.micrograph_files import MicrographError, read_mask, read_micrograph
 from hrtem_ray.inference import (
     PredictError,
+    _display,
     ensemble_probability,
     load_study_models,
     torch_threads,
@@ -119,13 +120,6 @@ def rank_regions(
     )
 
 
-def _grey(image: np.ndarray) -> np.ndarray:
-    """uint8 grey of an image, stretched between its 0.5th and 99.5th percentiles."""
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    scaled = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
-    return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
-
-
 def contact_sheet(
     table: pl.DataFrame,
     images: dict[str, np.ndarray],
@@ -148,7 +142,7 @@ def contact_sheet(
         draw.text(
             (2, top), f"#{row['rank']} {row['source']} y{y} x{x}: {row['disagreement']:.3f}", fill=0
         )
-        for j, tile in enumerate((_grey(crop), np.round(np.clip(std / 0.5, 0, 1) * 255))):
+        for j, tile in enumerate((_display(crop), np.round(np.clip(std / 0.5, 0, 1) * 255))):
             thumb = Image.fromarray(tile.astype(np.uint8)).resize((thumb_px, thumb_px))
             sheet.paste(thumb, (j * (thumb_px + 8), top + label_px))
     target = Path(path)
@@ -281,13 +275,13 @@ def choose_pixel_size(
                 f"{path}: the file has its own calibration ({micrograph.pixel_size_angstrom:g} "
                 f"Å/px, {micrograph.calibration}); no pixel size to choose"
             )
-        labelled.append((Path(path), read_mask(mask_path, micrograph.image.shape)))
+        labelled.append((micrograph, read_mask(mask_path, micrograph.image.shape)))
     (loaded,) = load_study_models(str(study), model)
     rows = []
     for candidate in candidates_angstrom:
         inter = union = 0
-        for path, mask in labelled:
-            micrograph = read_micrograph(path, candidate)
+        for read, mask in labelled:  # read once; only the declared pixel size changes
+            micrograph = replace(read, pixel_size_angstrom=float(candidate))
             with torch_threads(num_threads):
                 (prob,) = ensemble_probability([loaded], micrograph, device=device)
             pred, true = prob > 0.5, mask > 0.5

@@ -262,3 +262,19 @@ def test_import_and_predict_of_a_huge_header_exit_2_with_nothing_written(
     )  # fmt: skip
     assert code == EXIT_BAD_INPUT and err.count("error:") == 1 and "declares 200000" in err
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+
+
+def test_an_ensemble_adds_its_members_and_std_map_to_the_estimate():
+    """Each member beyond the first keeps a probability of the file being segmented, and the
+    ensemble keeps a std map of every file: the estimate grows by exactly those bytes."""
+    from hrtem_ray.predict_budget import (
+        HELD_ENSEMBLE_BYTES_PER_INPUT_PIXEL,
+        MEMBER_BYTES_PER_INPUT_PIXEL,
+    )
+
+    shapes, pixels = [(512, 512), (256, 256)], [1.0, 1.0]
+    one = estimate_predict_memory_bytes(shapes, pixels, GEOMETRY)
+    three = estimate_predict_memory_bytes(shapes, pixels, GEOMETRY, n_models=3)
+    largest, total = 512 * 512, 512 * 512 + 256 * 256
+    extra = 2 * MEMBER_BYTES_PER_INPUT_PIXEL * largest + HELD_ENSEMBLE_BYTES_PER_INPUT_PIXEL * total
+    assert three - one == extra

@@ -222,9 +222,10 @@ def labelled_tiles_curve(
 
 
 def _verdict(difference: float, low: float | None, high: float | None) -> str:
-    """``beats``, ``does not beat`` or ``undecidable`` (an interval that straddles 0)."""
+    """``beats``, ``does not beat`` or ``undecidable`` (an interval that straddles 0, or no
+    interval: one model, or ``ci=None``)."""
     if low is None or high is None:
-        return "beats" if difference > 0 else "does not beat"
+        return "undecidable"
     if low > 0:
         return "beats"
     if high <= 0:
@@ -243,7 +244,7 @@ def network_vs_threshold(
     none matches, e.g. for ``simulated only``). ``difference`` = network - threshold; its
     interval is the network's (the threshold is deterministic). ``verdict``: ``beats``
     (interval above 0), ``does not beat`` (at or below 0), ``undecidable`` (straddles 0);
-    without an interval (one model) it is judged on the point estimate and the sentence
+    without an interval (one model, or ``ci=None``) it is ``undecidable`` and the sentence
     says so. The sentence states it plainly, with the goal margin
     (:data:`GOAL_MARGIN_IOU`).
 
@@ -301,7 +302,7 @@ def _sentence(domain, net, threshold, difference, low, high, verdict) -> str:
     replicates = (
         f"{net['n_models']} replicates"
         if net["n_models"] > 1
-        else "one model: no interval, judged on the point estimate"
+        else "one model: no interval, so no verdict"
     )
     head = (
         f"On {domain} ({net['eval_split']} tiles), the best network ({net['method']}, "
@@ -316,6 +317,8 @@ def _sentence(domain, net, threshold, difference, low, high, verdict) -> str:
             else f"It beats the threshold, but by less than the goal's {GOAL_MARGIN_IOU} IoU."
         )
         return head + goal
+    if verdict == "undecidable" and low is None:
+        return head + "Undecidable without replicates (seeds) of the best configuration."
     if verdict == "undecidable":
         return head + "The network does not clearly beat the threshold (the interval spans 0)."
     return head + "The network does not beat the threshold."

@@ -29,9 +29,12 @@ TRANSFER_FILTERS = ("transfer_lr", "n_transfer", "freeze")
 DOMAIN_COLUMNS = ("pretrain_domain", "transfer_domain", "eval_domain")
 LABEL_COLUMNS = ("study", "phase", *DOMAIN_COLUMNS, "freeze")
 #: Columns that define a configuration (everything but the seed), where a table has them:
-#: the replicates of a configuration are its models.
+#: the replicates of a configuration are its models. The training settings are in it (as in
+#: the findings' configurations): models that differ in loss or early stopping are not
+#: replicates of one another.
 CONFIGURATION_COLUMNS = ("study", "phase", "pretrain_domain", "transfer_domain", "pretrain_lr",
-                         "transfer_lr", "n_pretrain", "n_transfer", "freeze", "augment")  # fmt: skip
+                         "transfer_lr", "n_pretrain", "n_transfer", "freeze", "augment",
+                         "loss_function", "patience", "min_delta", "max_epochs")  # fmt: skip
 #: The columns a pair statistic reads, and those a transfer statistic reads.
 BASE_COLUMNS = ("phase", "pretrain_domain", "eval_domain", "loss")
 TRANSFER_COLUMNS = (*BASE_COLUMNS, "transfer_domain")

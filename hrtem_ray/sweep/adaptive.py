@@ -36,11 +36,11 @@ import polars as pl
 
 from hrtem_ray.analysis.sequential import Look, Narrowing, look_alpha, narrowings, percent
 from hrtem_ray.spec.adaptive import IN_FOCUS
+from hrtem_ray.spec.types import TRAINED_PHASES
 from hrtem_ray.sweep.trials import TrialPlan, config_key
 
 #: A configuration's share of a finding's variance below which adding to it is not worth it.
 NEGLIGIBLE_SHARE = 0.005
-PHASE_ORDER = ("pretrain", "transfer", "baseline")
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class Design:
 
     def trainings(self, allocation: Mapping[str, int]) -> dict[str, int]:
         """Trainings per phase of ``allocation`` (parents included)."""
-        out = dict.fromkeys(PHASE_ORDER, 0)
+        out = dict.fromkeys(TRAINED_PHASES, 0)
         for key, config in self.configs.items():
             if config.phase == "pretrain":
                 out["pretrain"] += self.replicates(allocation, key)
@@ -240,7 +240,7 @@ def _ordered(configs: dict[str, Config]) -> dict[str, Config]:
     """Configurations in phase order (pretrain, transfer, baseline), each phase as given."""
     return {
         key: config
-        for phase in PHASE_ORDER
+        for phase in TRAINED_PHASES
         for key, config in configs.items()
         if config.phase == phase
     }

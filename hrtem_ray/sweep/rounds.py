@@ -31,9 +31,10 @@ from hrtem_ray.analysis.sequential import look_alpha, percent, sequential_look
 from hrtem_ray.spec.adaptive import FINDING_KEYS, AdaptiveSpec
 from hrtem_ray.spec.base import SpecError
 from hrtem_ray.spec.study import StudySpec
+from hrtem_ray.spec.types import TRAINED_PHASES
 from hrtem_ray.store import storage
 from hrtem_ray.store.layout import ADAPTIVE_DIR
-from hrtem_ray.sweep.adaptive import PHASE_ORDER, Budget, Design, plan_additions
+from hrtem_ray.sweep.adaptive import Budget, Design, plan_additions
 from hrtem_ray.sweep.results import read_results
 from hrtem_ray.sweep.run import SweepReport, run_sweep
 from hrtem_ray.sweep.trials import (
@@ -255,7 +256,7 @@ def round_record(
         mean = seconds / max(table.get_column("model_id").n_unique(), 1) if seconds else 0.0
         plan = plan_additions(
             look, open_findings, settings.design, allocation, settings.budget, spent,
-            {p: per_phase.get(p, mean) for p in PHASE_ORDER}, settings.batch,
+            {p: per_phase.get(p, mean) for p in TRAINED_PHASES}, settings.batch,
             earlier[-1]["futile"] if earlier else None,
         )  # fmt: skip
         if not plan.additions:
@@ -397,7 +398,7 @@ def dry_run(spec: StudySpec) -> str:
     fixed = len(plan_trials(spec).all())
     lines = [
         f"study {spec.name} ({spec.dataset.axis}): "
-        + ", ".join(f"{counts[p]} {p}" for p in PHASE_ORDER)
+        + ", ".join(f"{counts[p]} {p}" for p in TRAINED_PHASES)
         + f", {len(plan.all())} models in round 1 of an adaptive study",
         f"adaptive: decides findings {', '.join(settings.targets)} at level {settings.level:g} "
         f"over all rounds (round k at 1 - {1 - settings.level:g} / 2^k: {looks}, ...); at most "
@@ -411,7 +412,7 @@ def dry_run(spec: StudySpec) -> str:
         "open findings' intervals most",
         training_line(spec),
     ]
-    lines += [phase_line(spec, p, getattr(plan, p)) for p in PHASE_ORDER if getattr(plan, p)]
+    lines += [phase_line(spec, p, getattr(plan, p)) for p in TRAINED_PHASES if getattr(plan, p)]
     return "\n".join(lines)
 
 

@@ -86,3 +86,16 @@ def test_without_threshold_rows_there_is_nothing_to_compare():
     table = _table(0.3).filter(pl.col("phase") != "threshold")
     assert network_vs_threshold(table).is_empty()
     assert labelled_tiles_curve(table).is_empty() and calibration(table).is_empty()
+
+
+def test_a_single_model_gives_no_verdict_against_the_threshold():
+    """One model of the best configuration: no interval, so neither beats nor does not."""
+    table = pl.DataFrame(
+        [
+            _row("t0", "transfer", 0.9, n_pre=24, n_tr=8, target="exp"),
+            _row("th", "threshold", 0.3, n_pre=8),
+        ]
+    )
+    row = network_vs_threshold(table, ci=0.95, n_boot=200).row(0, named=True)
+    assert row["n_models"] == 1 and row["difference_ci_low"] is None
+    assert row["verdict"] == "undecidable" and "without replicates" in row["sentence"]
