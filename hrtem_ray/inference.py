@@ -40,8 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +56,7 @@ from hrtem_ray.dataset.micrograph_files import (
     micrograph_format,
     read_micrograph,
 )
-from hrtem_ray.learning.train import load_checkpoint
+from hrtem_ray.learning.train import load_checkpoint, torch_threads
 from hrtem_ray.learning.train import predict as predict_tiles
 from hrtem_ray.predict_budget import (
     TILES_PER_CHUNK,
@@ -330,23 +329,6 @@ def load_study_models(study_root: str, model: str, ensemble: bool = False) -> li
 def load_study_model(study_root: str, model: str) -> StudyModel:
     """The model :func:`choose_model` picks, loaded (:func:`load_study_models`)."""
     return load_study_models(study_root, model)[0]
-
-
-@contextmanager
-def torch_threads(num_threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to ``num_threads`` while inside (``None``: unchanged).
-
-    On a machine whose cores are busy with other work, one thread is much faster than
-    two (measured on the 2-core development machine under load: 2.2 s against 12.4 s per
-    training step of the small U-Net).
-    """
-    previous = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def check_output_dir(out_dir: str | Path) -> None:

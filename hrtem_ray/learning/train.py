@@ -114,6 +114,7 @@ __all__ = [
     "train_epoch",
     "train_stage",
     "train_step",
+    "torch_threads",
 ]
 
 _CHECK_EVERY = 16  # steps between host syncs that check the loss for NaN/inf
@@ -202,8 +203,14 @@ def select_device(prefer: str | torch.device | None = None) -> torch.device:
 
 
 @contextlib.contextmanager
-def _threads(num_threads: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (no-op for ``None``)."""
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``num_threads`` (at least 1) while inside; ``None``:
+    unchanged.
+
+    On a machine whose cores are busy with other work, one thread is much faster than
+    two (measured on the 2-core development machine under load: 2.2 s against 12.4 s per
+    training step of the small U-Net).
+    """
     if num_threads is None:
         yield
         return
@@ -707,7 +714,7 @@ def train_stage(
         raise ValueError("dihedral augmentation needs square images")
     trainable = freeze_part(model, freeze)
     prepare_model(model, device)
-    with _threads(num_threads):
+    with torch_threads(num_threads):
         x_train, m_train = _tensors(train_images, train_masks, device)
         x_val, m_val = _tensors(val_images, val_masks, device)
         train_floor = loss_floor(train_masks, loss)
