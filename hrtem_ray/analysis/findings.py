@@ -116,8 +116,9 @@ MEASURES = {
     "5b": "relative increase of the target-domain loss from freezing the encoder, paired with "
     "the unfrozen transfer of the same configuration, mean over configurations "
     f"(relative; 'a little' between 0 and {A_LITTLE_COST:g})",
-    "5c": "relative saving of training seconds per epoch from freezing the encoder, paired "
-    "with the unfrozen transfer of the same configuration (and device), mean over "
+    "5c": "relative saving of training seconds per epoch from freezing the encoder (CPU time "
+    "on a CPU, wall time on a GPU), paired with the unfrozen transfer of the same "
+    "configuration (and device), mean over "
     f"configurations (relative; claim {SAVING_RANGE[0]:g} to {SAVING_RANGE[1]:g})",
 }
 
@@ -140,8 +141,8 @@ _REQUIRED = (*_LABELS, "pretrain_lr", "transfer_lr", "n_pretrain", "n_transfer",
 _SETTINGS = ("pretrain_lr", "transfer_lr", "n_pretrain", "n_transfer", "loss_function",
              "patience", "min_delta", "budget", "augment")  # fmt: skip
 _DEVICE = ("train_device", "trials_sharing_device")
-_OPTIONAL = ("epochs", "max_epochs", "train_seconds", "epoch_seconds", "loss_function", "patience",
-             "min_delta", "augment", *_DEVICE)  # fmt: skip
+_OPTIONAL = ("epochs", "max_epochs", "train_seconds", "epoch_seconds", "epoch_cpu_seconds",
+             "loss_function", "patience", "min_delta", "augment", *_DEVICE)  # fmt: skip
 _PHASES = ("pretrain", "transfer", "baseline")
 _NO_REPLICATES = "one model per configuration: no replicates"
 

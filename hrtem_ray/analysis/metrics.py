@@ -614,7 +614,8 @@ def _model_seconds(lf: pl.LazyFrame, keys: list[str], device: Sequence[str]) -> 
     The training-set size is the stage's images before augmentation: ``n_pretrain``
     for a pretrain model, ``n_transfer`` for a transfer model, both for a baseline
     (its mixture). Seconds per epoch: :func:`~hrtem_ray.analysis.tables.seconds_per_epoch`
-    (``epoch_seconds`` where recorded); per stage, repeated on every eval row of a model:
+    (``epoch_cpu_seconds`` on a CPU, else ``epoch_seconds``, where recorded); per stage,
+    repeated on every eval row of a model:
     the first row of each model is used.
     """
     n_pre, n_tr = pl.col("n_pretrain").cast(pl.Int64), pl.col("n_transfer").cast(pl.Int64)
@@ -625,7 +626,8 @@ def _model_seconds(lf: pl.LazyFrame, keys: list[str], device: Sequence[str]) -> 
         .then(n_pre + n_tr)
         .otherwise(n_pre)
     )
-    timed = [c for c in ("epoch_seconds",) if c in lf.collect_schema()]
+    schema = lf.collect_schema()
+    timed = [c for c in ("epoch_cpu_seconds", "epoch_seconds") if c in schema]
     columns = ["phase", "freeze", *device, "train_seconds", "epochs", *timed, "n_pretrain",
                "n_transfer"]  # fmt: skip
     return (

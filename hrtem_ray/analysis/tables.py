@@ -197,16 +197,19 @@ def check_reduce(reduce: str) -> None:
 
 
 def seconds_per_epoch(columns: Sequence[str]) -> pl.Expr:
-    """A model's wall time per epoch from the columns a table has (``columns``).
+    """A model's compute seconds per epoch from the columns a table has (``columns``).
 
-    ``epoch_seconds`` (the median of its epochs) where recorded, else ``train_seconds /
-    epochs`` (which spreads the stage's setup and scoring over its epochs, so that models
-    stopped after fewer epochs look slower per epoch); null without either.
+    ``epoch_cpu_seconds`` (the median CPU time of its trial's process over an epoch,
+    recorded for models trained on a CPU) where recorded: on a CPU shared with other
+    trials, wall time also counts the waits for the cores, which vary with what else ran
+    at the time, while CPU time counts the work. Else ``epoch_seconds`` (the median wall
+    time of its epochs: GPU training), else ``train_seconds / epochs`` (which spreads the
+    stage's setup and scoring over its epochs, so that models stopped after fewer epochs
+    look slower per epoch); null without any.
     """
     present = set(columns)
-    parts = []
-    if "epoch_seconds" in present:
-        parts.append(pl.col("epoch_seconds").cast(pl.Float64))
+    parts = [pl.col(c).cast(pl.Float64) for c in ("epoch_cpu_seconds", "epoch_seconds")
+             if c in present]  # fmt: skip
     if {"train_seconds", "epochs"} <= present:
         parts.append(pl.col("train_seconds") / pl.col("epochs"))
     return pl.coalesce(parts) if parts else pl.lit(None, pl.Float64)

@@ -134,8 +134,9 @@ class StageResult:
         One dict per epoch: ``epoch`` (1-based), ``train_loss`` (mean excess loss of the
         epoch's steps, train mode, augmented), ``val_loss`` (excess loss on the validation
         set, eval mode), ``val_cross_entropy`` (the raw loss in use on the validation set),
-        ``val_iou``, ``lr``, ``steps`` (optimizer steps of the epoch) and ``seconds`` (wall
-        time of the epoch including validation). Excess losses are the loss in use minus
+        ``val_iou``, ``lr``, ``steps`` (optimizer steps of the epoch), ``seconds`` (wall
+        time of the epoch including validation) and ``cpu_seconds`` (the process's CPU time
+        over the same span: on a CPU the work done, whatever else shares the cores). Excess losses are the loss in use minus
         its floor on the same set (:func:`loss_floor`). Every epoch trained is there.
     best_epoch
         Epoch with the lowest ``val_loss`` (the earliest on ties).
@@ -730,7 +731,7 @@ def train_stage(
         stopped_on_patience = False
         generator = torch.Generator().manual_seed(int(seed) % 2**63)
         for epoch in range(1, epochs + 1):
-            t_epoch = time.perf_counter()
+            t_epoch, c_epoch = time.perf_counter(), time.process_time()
             epoch_lr = lr * lr_decay ** (epoch - 1)
             for group in optimizer.param_groups:
                 group["lr"] = epoch_lr
@@ -766,6 +767,7 @@ def train_stage(
                 "lr": epoch_lr,
                 "steps": epoch_steps,
                 "seconds": time.perf_counter() - t_epoch,
+                "cpu_seconds": time.process_time() - c_epoch,
             }
             history.append(record)
             if record["val_loss"] < best_loss:

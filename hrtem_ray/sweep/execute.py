@@ -456,6 +456,11 @@ def execute_trial(
         eval_splits=splits,
         val_loss=stage.best_val_loss,
         epoch_seconds=statistics.median(h["seconds"] for h in stage.history),
+        epoch_cpu_seconds=(
+            statistics.median(h["cpu_seconds"] for h in stage.history)
+            if select_device(device).type == "cpu"
+            else None
+        ),
     )
     results.write_result(study_root, trial, rows)
     release_parent_checkpoint(spec, trial, study_root)

@@ -96,8 +96,10 @@ RESULT_SCHEMA = pa.schema(
         # the split scored, and the kept epoch's validation loss (selection, own domain)
         ("eval_split", pa.string()),
         ("val_loss", pa.float64()),
-        # the median wall time of the stage's epochs (setup and scoring excluded)
+        # the median wall time of the stage's epochs (setup and scoring excluded), and the
+        # median CPU time of its process over an epoch (CPU training only)
         ("epoch_seconds", pa.float64()),
+        ("epoch_cpu_seconds", pa.float64()),
         # the stage's realistic augmentations (JSON of an AugmentSpec), null: none
         ("augment", pa.string()),
         # threshold rows (phase threshold): the blur and polarity chosen on training tiles
@@ -164,6 +166,7 @@ def result_rows(
     eval_splits: Mapping[str, str] | None = None,
     val_loss: float | None = None,
     epoch_seconds: float | None = None,
+    epoch_cpu_seconds: float | None = None,
 ) -> pa.Table:
     """Rows of one trained model, one per eval domain.
 
@@ -175,7 +178,9 @@ def result_rows(
     (see docs/results_schema.md). ``eval_splits`` maps eval domain -> the split its metrics
     were computed on (``test`` or ``val``; default ``val``); ``val_loss`` is the kept
     epoch's loss on the selection images (``val`` of the model's own training domain);
-    ``epoch_seconds`` the median wall time of one of its epochs (training and validation).
+    ``epoch_seconds`` the median wall time of one of its epochs (training and validation),
+    ``epoch_cpu_seconds`` the median CPU time of the trial's process over one epoch (for a
+    model trained on a CPU; ``None`` on a GPU).
     """
     rows = [
         {
@@ -216,6 +221,7 @@ def result_rows(
             "eval_split": (eval_splits or {}).get(domain, "val"),
             "val_loss": val_loss,
             "epoch_seconds": epoch_seconds,
+            "epoch_cpu_seconds": epoch_cpu_seconds,
             "augment": trial.augment,
             "threshold_sigma_px": getattr(m, "sigma_px", None),
             "threshold_polarity": getattr(m, "polarity", None),

@@ -190,6 +190,26 @@ def test_opposite_effects_with_three_seeds_disagree():
     )
 
 
+def test_5c_counts_cpu_seconds_not_the_waits_of_a_shared_cpu(study):
+    """Each model's wall time per epoch is its CPU time, or 1.7 times that when another
+    trial kept its core busy (as on a 2-core laptop). The wall times hide the 20% saving;
+    the CPU times (``epoch_cpu_seconds``) decide it."""
+    models = study.select("model_id").unique().sort("model_id")
+    waited = np.random.default_rng(3).random(models.height) < 0.5
+    contention = models.with_columns(wait=pl.Series(np.where(waited, 1.7, 1.0)))
+    timed = study.join(contention, on="model_id").with_columns(
+        epoch_cpu_seconds=pl.col("train_seconds") / 4,
+        epoch_seconds=pl.col("train_seconds") / 4 * pl.col("wait"),
+    ).drop("wait")  # fmt: skip
+    rows = {r["finding"]: r for r in findings(timed).iter_rows(named=True)}
+    assert rows["5c"]["verdict"] == "agrees"
+    assert rows["5c"]["estimate"] == pytest.approx(0.2, abs=0.01)
+    wall = {
+        r["finding"]: r for r in findings(timed.drop("epoch_cpu_seconds")).iter_rows(named=True)
+    }
+    assert wall["5c"]["verdict"] == "undecidable"
+
+
 def test_one_model_per_pretrain_domain_is_undecidable_for_2b_and_2c():
     """Transfers with 3 seeds from shared parents, but one pretraining model per domain."""
     table = study_table(pretrain_seeds=(0,))

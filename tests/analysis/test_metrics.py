@@ -375,6 +375,19 @@ def test_training_time_prefers_the_median_epoch_where_recorded(table, model_rows
     assert _time(t, "transfer", "none", 64, "seconds_per_epoch") == pytest.approx(3.0)
 
 
+def test_training_time_prefers_cpu_seconds_where_recorded(table, model_rows):
+    """On a CPU the process CPU time per epoch (``epoch_cpu_seconds``) comes before the
+    wall time: a model that waited for a busy core is not counted as slower."""
+    timed = _timed(table, model_rows).with_columns(epoch_seconds=pl.lit(9.0))
+    recorded = timed.with_columns(
+        epoch_cpu_seconds=pl.when(pl.col("model_id") == "T05c").then(1.5).otherwise(None)
+    )
+    t = an.training_time(recorded)
+    # T05c: 1.5 CPU seconds (9.0 s of wall time); the others have only wall time
+    assert _time(t, "transfer", "encoder", 64, "seconds_per_epoch") == pytest.approx(1.5)
+    assert _time(t, "transfer", "none", 64, "seconds_per_epoch") == pytest.approx(9.0)
+
+
 def test_training_time_groups_by_the_device_columns_when_present(table, model_rows):
     timed = _timed(table, model_rows).with_columns(
         train_device=pl.lit("cuda:0"),

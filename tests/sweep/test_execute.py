@@ -20,7 +20,7 @@ from hrtem_ray.sweep.trials import mixture_steps, plan_trials, stage_steps
 
 PROTOCOL_COLUMNS = [
     "converged", "patience", "max_epochs", "min_delta", "train_steps", "target_fraction",
-    "parent_seed", "eval_split", "val_loss", "epoch_seconds",
+    "parent_seed", "eval_split", "val_loss", "epoch_seconds", "epoch_cpu_seconds",
 ]  # fmt: skip
 
 
@@ -139,6 +139,9 @@ def test_reported_metrics_are_computed_on_the_test_images(tiny_dataset_root, tmp
     # the median epoch's wall time: setup and scoring are not spread over the epochs
     assert rows["epoch_seconds"][0] == pytest.approx(history["seconds"].median(), rel=1e-9)
     assert rows["epoch_seconds"][0] < rows["train_seconds"][0] / rows["epochs"][0]
+    # on a CPU: the median of the epochs' process CPU time (the work, not the waits)
+    assert rows["epoch_cpu_seconds"][0] == pytest.approx(history["cpu_seconds"].median(), rel=1e-9)
+    assert rows["epoch_cpu_seconds"][0] > 0
     model, _ = load_checkpoint(str(tmp_path / "study" / "checkpoints" / trial.model_id))
     for split in ("test", "val"):
         sets = {}
