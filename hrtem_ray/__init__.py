@@ -3,7 +3,7 @@
 >>> import hrtem_ray
 >>> study = hrtem_ray.Study.from_yaml("sweeps/laptop.yaml")
 >>> print(study.dry_run().splitlines()[0])
-study laptop (defocus): 15 pretrain, 50 transfer, 5 baseline, 70 models in all
+study laptop (defocus): 21 pretrain, 105 transfer, 7 baseline, 133 models in all
 
 Subpackages by stage, top layer first; each imports only from the layers below it (the
 contract is ``[tool.importlinter]`` in pyproject.toml, checked by ``lint-imports``):

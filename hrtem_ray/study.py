@@ -2,8 +2,8 @@
 
 >>> from hrtem_ray import Study
 >>> study = Study.from_yaml("sweeps/laptop.yaml", out="out/laptop")
->>> len(study.plan.all())  # study.run() simulates, trains 70 models and reports
-70
+>>> len(study.plan.all())  # study.run() simulates, trains 133 models and reports
+133
 
 Layout of a study's output directory (``--out``, or ``storage`` in the spec)::
 

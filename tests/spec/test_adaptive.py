@@ -136,10 +136,10 @@ def test_until_decided_gives_a_fixed_spec_the_default_section(tmp_path, capsys):
 
 
 def test_a_spec_without_adaptive_plans_exactly_as_before():
-    """``adaptive`` is not part of any model id: the laptop preset's 70 models keep theirs."""
+    """``adaptive`` is not part of any model id: the laptop preset's 133 models keep theirs."""
     spec = load_study_spec("sweeps/laptop.yaml")
     assert spec.adaptive is None
     adaptive = parse_study_spec({**spec.model_dump(mode="json"), "adaptive": {}}, source="t")
     fixed = sorted(t.model_id for t in plan_trials(spec).all())
-    assert len(fixed) == 70
+    assert len(fixed) == 133
     assert fixed == sorted(t.model_id for t in plan_trials(adaptive).all())

@@ -74,8 +74,11 @@ def test_the_first_round_trains_only_what_the_targeted_findings_need(laptop):
     assert round_one("2a", "2b") == {"pretrain": 6, "transfer": 0, "baseline": 0}
     # finding 3: the unfrozen transfer -10 -> 5 at 6 images and its mixture (and 2 parents)
     assert round_one("3") == {"pretrain": 2, "transfer": 2, "baseline": 2}
+    # 5a / 5b: the decoder- / encoder-frozen transfers and their unfrozen pairs (5 each)
     assert round_one("5b") == {"pretrain": 6, "transfer": 20, "baseline": 0}
-    assert round_one(*KEYS[:-3], "5b", "5c") == {"pretrain": 6, "transfer": 20, "baseline": 2}
+    assert round_one("5a") == {"pretrain": 6, "transfer": 20, "baseline": 0}
+    # 1 and 4 spread over every transfer configuration: all 15 (3 freezing options)
+    assert round_one(*KEYS[:-3], "5b", "5c") == {"pretrain": 6, "transfer": 30, "baseline": 2}
 
 
 def _settings(study: SyntheticStudy, max_models: int = 200, **overrides) -> Settings:
@@ -149,6 +152,6 @@ def test_stored_rounds_refuse_other_fixed_settings():
 def test_design_counts_trainings_with_parents():
     design = Design.from_plan(plan_trials(load_study_spec("sweeps/laptop.yaml")))
     fixed = {k: 3 for k, c in design.configs.items() if c.phase != "pretrain"}
-    assert design.trainings(fixed) == {"pretrain": 9, "transfer": 30, "baseline": 3}
+    assert design.trainings(fixed) == {"pretrain": 9, "transfer": 45, "baseline": 3}
     doubled = copy.deepcopy(fixed) | {"pretrain 0>- lr=0.001/- n=24/- none": 5}
     assert design.trainings(doubled)["pretrain"] == 11

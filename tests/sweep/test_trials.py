@@ -288,7 +288,7 @@ def test_defocus_paper_protocol_lines_count_the_passes():
 @pytest.mark.parametrize(
     ("preset", "counts"),
     [
-        ("laptop", {"pretrain": 15, "transfer": 50, "baseline": 5}),
+        ("laptop", {"pretrain": 21, "transfer": 105, "baseline": 7}),
         ("laptop_dose", {"pretrain": 6, "transfer": 24, "baseline": 3}),
         ("laptop_structure", {"pretrain": 6, "transfer": 36, "baseline": 3}),
         ("laptop_cs", {"pretrain": 6, "transfer": 24, "baseline": 3}),
