@@ -276,6 +276,8 @@ def test_findings_block_states_every_finding_once_with_its_replicate_verdict(tmp
     assert shown["2a"] == "agrees"  # 3 seeds per configuration decide the hardest domain
     text = _text(block)
     assert "the selectors below change the charts, not these verdicts" in text
+    # the interval the verdicts rest on, named as analysis.findings computes it
+    assert "95% Student t intervals" in text and "percentile" not in text
     row = expected.filter(pl.col("finding") == "2a").row(0, named=True)
     assert f"{row['estimate']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]" in text
     # the sentences under the charts are generated from the tables, with their intervals
