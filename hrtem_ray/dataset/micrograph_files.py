@@ -73,6 +73,7 @@ __all__ = [
     "check_upsampling",
     "duplicate_messages",
     "imaging_mode",
+    "source_sha256",
     "mask_fractions",
     "micrograph_format",
     "parse_unit",
@@ -414,15 +415,16 @@ def _read_file(path: Path, modules: tuple[str, ...]) -> _Read:
     return _Read(data, None, "", imaging_mode(signal))
 
 
-def _sha256_path(path: Path) -> str:
-    """SHA-256 of a file's bytes; of a directory format (a ``.zspy`` store), of each file's
-    relative name and SHA-256, in sorted order."""
+def source_sha256(path: Path) -> str:
+    """SHA-256 of a micrograph source: of a file's bytes; of a directory format (a ``.zspy``
+    store, HyperSpy's default layout), of each file's relative name and SHA-256, in sorted
+    order."""
     if path.is_file():
         with path.open("rb") as stream:
             return sha256_file(stream)
     digest = hashlib.sha256()
     for item in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{item.relative_to(path).as_posix()}\0{_sha256_path(item)}\n".encode())
+        digest.update(f"{item.relative_to(path).as_posix()}\0{source_sha256(item)}\n".encode())
     return digest.hexdigest()
 
 
@@ -573,7 +575,7 @@ def read_micrograph(path: str | Path, pixel_size_angstrom: float | None = None) 
         image,
         float(pixel),
         str(path),
-        _sha256_path(path),
+        source_sha256(path),
         how,
         dtype=str(_channels(read.data).dtype),
         imaging=read.imaging.describe(),

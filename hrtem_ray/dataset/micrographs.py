@@ -64,6 +64,7 @@ from hrtem_ray.dataset.micrograph_files import (
     micrograph_format,
     read_mask,
     read_micrograph,
+    source_sha256,
 )
 from hrtem_ray.dataset.readers import read_images, summarize
 from hrtem_ray.spec.dataset import DatasetSpec
@@ -71,7 +72,6 @@ from hrtem_ray.spec.names import safe_name_problem
 from hrtem_ray.spec.study import StudySpec
 from hrtem_ray.spec.types import SPLITS
 from hrtem_ray.store import storage
-from hrtem_ray.store.digest import sha256_file
 from hrtem_ray.store.lock import study_lock
 
 __all__ = [
@@ -567,12 +567,13 @@ def import_progress(dataset_root: str | Path, domain: str) -> tuple[int, int]:
 
 
 def _file_inputs(paths: Sequence[Path]) -> list[dict[str, str]]:
-    """Name and sha256 of each file, in order (what a claim records of them)."""
+    """Name and sha256 of each file, in order (what a claim records of them); a directory
+    format (a ``.zspy`` store) by :func:`source_sha256`, as its shards record it."""
     out = []
     for path in paths:
-        if not path.is_file():
+        if not path.exists():
             raise MicrographError(f"{path}: no such file")
-        out.append({"name": path.name, "sha256": sha256_file(path)})
+        out.append({"name": path.name, "sha256": source_sha256(path)})
     return out
 
 

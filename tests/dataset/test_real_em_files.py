@@ -196,6 +196,26 @@ def test_the_same_image_in_two_formats_is_found():
     assert "imported before as SiO2 HAADF Image.hspy in domain 'exp_a'" in earlier
 
 
+def test_a_directory_zspy_store_is_claimed_by_the_hash_its_shards_record(tmp_path):
+    """HyperSpy saves .zspy as a directory by default; an import's claim hashed only plain
+    files and refused such a store as "no such file" before reading it."""
+    import zipfile
+
+    from hrtem_ray.dataset.micrographs import _file_inputs
+
+    store = tmp_path / "SiO2.zspy"
+    with zipfile.ZipFile(REAL / "SiO2 HAADF Image.zspy") as archive:
+        archive.extractall(store)
+    assert store.is_dir()
+    micrograph, _ = _read(store)
+    zipped, _ = _read(REAL / "SiO2 HAADF Image.zspy")
+    assert micrograph.image_sha256 == zipped.image_sha256  # the same image, another layout
+    (claimed,) = _file_inputs([store])
+    assert claimed == {"name": "SiO2.zspy", "sha256": micrograph.sha256}
+    with pytest.raises(MicrographError, match="no such file"):
+        _file_inputs([tmp_path / "missing.zspy"])
+
+
 # RosettaSciIO plugins with a lossless writer of 2-D images: (plugin module, extension); the
 # DigitalSurf writer stores fixed-point integers (and overflowed one pixel of this image)
 WRITERS = [("semper", ".unf"), ("ripple", ".rpl"), ("emd", ".emd"), ("tiff", ".tif")]
