@@ -476,7 +476,7 @@ def particle_table(
     )
 
 
-def _display(image: np.ndarray) -> np.ndarray:
+def display_grey(image: np.ndarray) -> np.ndarray:
     """An image as uint8 grey, stretched between its 0.5th and 99.5th percentiles."""
     lo, hi = np.percentile(image, [0.5, 99.5])
     scaled = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
@@ -485,7 +485,7 @@ def _display(image: np.ndarray) -> np.ndarray:
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     """RGB uint8: the image in grey with the mask tinted red (``alpha`` opacity)."""
-    grey = _display(image).astype(np.float32)
+    grey = display_grey(image).astype(np.float32)
     rgb = np.stack([grey, grey, grey], axis=-1)
     red = np.array([255.0, 0.0, 0.0], np.float32)
     rgb[mask] = (1 - alpha) * rgb[mask] + alpha * red
@@ -813,6 +813,7 @@ __all__ = [
     "choose_ensemble",
     "choose_model",
     "choose_models",
+    "display_grey",
     "ensemble_probability",
     "estimate_predict_memory_bytes",
     "inference_bytes",

@@ -29,7 +29,7 @@ from hrtem_ray.dataset.geometry import tile_positions
 from hrtem_ray.dataset.micrograph_files import MicrographError, read_mask, read_micrograph
 from hrtem_ray.inference import (
     PredictError,
-    _display,
+    display_grey,
     ensemble_probability,
     load_study_models,
     torch_threads,
@@ -142,7 +142,7 @@ def contact_sheet(
         draw.text(
             (2, top), f"#{row['rank']} {row['source']} y{y} x{x}: {row['disagreement']:.3f}", fill=0
         )
-        for j, tile in enumerate((_display(crop), np.round(np.clip(std / 0.5, 0, 1) * 255))):
+        for j, tile in enumerate((display_grey(crop), np.round(np.clip(std / 0.5, 0, 1) * 255))):
             thumb = Image.fromarray(tile.astype(np.uint8)).resize((thumb_px, thumb_px))
             sheet.paste(thumb, (j * (thumb_px + 8), top + label_px))
     target = Path(path)

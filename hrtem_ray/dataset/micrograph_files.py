@@ -73,12 +73,12 @@ __all__ = [
     "check_upsampling",
     "duplicate_messages",
     "imaging_mode",
-    "source_sha256",
     "mask_fractions",
     "micrograph_format",
     "parse_unit",
     "read_mask",
     "read_micrograph",
+    "source_sha256",
     "unit_to_angstrom",
 ]
 

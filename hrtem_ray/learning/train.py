@@ -136,8 +136,9 @@ class StageResult:
         set, eval mode), ``val_cross_entropy`` (the raw loss in use on the validation set),
         ``val_iou``, ``lr``, ``steps`` (optimizer steps of the epoch), ``seconds`` (wall
         time of the epoch including validation) and ``cpu_seconds`` (the process's CPU time
-        over the same span: on a CPU the work done, whatever else shares the cores). Excess losses are the loss in use minus
-        its floor on the same set (:func:`loss_floor`). Every epoch trained is there.
+        over the same span: on a CPU the work done, whatever else shares the cores).
+        Excess losses are the loss in use minus its floor on the same set
+        (:func:`loss_floor`). Every epoch trained is there.
     best_epoch
         Epoch with the lowest ``val_loss`` (the earliest on ties).
     best_state
