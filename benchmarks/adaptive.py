@@ -33,6 +33,13 @@ Prints JSON. Parts (``--parts``):
     least 3), ``seconds_ratio_fixed_vs_adaptive``, both sides' verdicts, and every
     applicable finding targeted with the fixed grid's budget, replayed on its models.
 
+``oracle`` (no training; part of ``laptop``)
+    ``oracle_on_the_fixed_grid`` (:func:`fewest_seeds`): the fixed grid's models cut to
+    their first 2, 3, ... seeds, each cut looked at once; the fewest seeds that decide
+    each finding, and the trainings of an oracle that gives each finding's configurations
+    just those: no sequential rule is expected to beat it, so
+    ``trainings_ratio_fixed_vs_oracle`` bounds what an adaptive study can save on this grid.
+
 ``--quick``: 40 synthetic studies per design, n_boot 400, no laptop part.
 """
 
@@ -248,6 +255,8 @@ def laptop(tmp: Path, n_boot: int, fixed_study: Path | None = None) -> dict:
         ),
         "targets": targets,
     }
+    if targets:
+        report["oracle_on_the_fixed_grid"] = fewest_seeds(table, targets, n_boot)
     if not targets:
         return report | {"note": "the fixed grid decides no finding: nothing to compare"}
     raw["adaptive"] = {"findings": targets, "max_models": n_fixed}
@@ -284,10 +293,57 @@ def laptop(tmp: Path, n_boot: int, fixed_study: Path | None = None) -> dict:
     }
 
 
+def fewest_seeds(table: pl.DataFrame, targets: list[str], n_boot: int) -> dict:
+    """What an oracle would have trained: the fixed grid's own models, cut to its first
+    ``s`` seeds (``s`` = 2, 3, ...), each cut looked at once at 95% like the grid.
+
+    Per finding, ``first_decided_at_seeds``: the fewest seeds from which its verdict is the
+    full grid's at every larger cut. ``trainings_oracle``: an allocation that gives every
+    configuration a finding rests on (:meth:`~hrtem_ray.sweep.adaptive.Design.needed`) that
+    finding's seeds, and no other configuration anything (parents shared); it knows in
+    advance how many seeds suffice and spends nothing on looks, so no sequential rule is
+    expected to decide the same findings with fewer (only a split of seeds that is not
+    even within a finding's configurations could).
+    """
+    from hrtem_ray.analysis.sequential import single_look
+
+    design = Design.from_table(table, "shared")
+    top = int(table.get_column("seed").max()) + 1
+    cuts = {}
+    for s in range(2, top + 1):
+        cut = table.filter(pl.col("seed") < s)
+        look = single_look(cut, 0.95, targets, n_boot)
+        cuts[s] = {
+            "trainings": cut.get_column("model_id").n_unique(),
+            "verdicts": {k: f.verdict for k, f in look.findings.items()},
+            "intervals": {k: [f.ci_low, f.ci_high] for k, f in look.findings.items()},
+        }
+    final = cuts[top]["verdicts"]
+    first = {}
+    for key in targets:
+        stays = [
+            s for s in cuts if all(cuts[u]["verdicts"][key] == final[key] for u in cuts if u >= s)
+        ]
+        first[key] = min(stays) if final[key] != "undecidable" else None
+    allocation: dict[str, int] = {}
+    for key, seeds in first.items():
+        for config in design.needed([key]) if seeds else []:
+            allocation[config] = max(allocation.get(config, 0), seeds)
+    oracle = sum(design.trainings(allocation).values())
+    return {
+        "by_seeds": cuts,
+        "first_decided_at_seeds": first,
+        "trainings_oracle": oracle,
+        "trainings_oracle_by_phase": design.trainings(allocation),
+        "trainings_ratio_fixed_vs_oracle": table.get_column("model_id").n_unique() / oracle,
+    }
+
+
 def main() -> None:
     args = common.parser(__doc__, "40 synthetic studies, n_boot 400, no laptop part")
     args.add_argument("--parts", default="synthetic,replay,laptop",
-                      help="comma-separated: synthetic, replay, laptop")  # fmt: skip
+                      help="comma-separated: synthetic, replay, laptop, oracle (the "
+                           "laptop part's oracle alone, on --fixed-study)")  # fmt: skip
     args.add_argument("--fixed-study", type=Path, default=None,
                       help="laptop part: a finished `hrtem-ray run sweeps/laptop.yaml` OUT "
                            "as the fixed grid (its data and results; not run again)")  # fmt: skip
@@ -306,6 +362,15 @@ def main() -> None:
     if "laptop" in parts and not args.quick:
         with tempfile.TemporaryDirectory(prefix="hrtem-adaptive-") as tmp:
             report["laptop"] = laptop(Path(tmp), n_boot, args.fixed_study)
+    elif "oracle" in parts:  # the laptop part's oracle only, on --fixed-study's models
+        from hrtem_ray.analysis import load_results
+
+        if args.fixed_study is None:
+            raise SystemExit("--parts oracle needs --fixed-study OUT")
+        table = load_results(args.fixed_study / "results", categorical=False)
+        laptop_part = report.setdefault("laptop", {})
+        targets = laptop_part.get("targets") or list(KEYS)
+        laptop_part["oracle_on_the_fixed_grid"] = fewest_seeds(table, targets, n_boot)
     common.emit(report, args.out)
 
 
