@@ -42,10 +42,10 @@ class AdaptiveSpec(SpecModel):
         configuration with one model has no replicates and decides nothing).
     level
         Confidence level of the whole sequence of looks (family-wise over the rounds):
-        look ``k`` decides at ``1 - (1 - level) / 2**k``
-        (:func:`hrtem_ray.analysis.sequential.look_alpha`).
+        every look decides at Pocock's nominal level for ``max_rounds`` looks
+        (:class:`hrtem_ray.analysis.sequential.Schedule`; 98.6% for 6 looks at 95%).
     max_rounds
-        Most rounds (looks).
+        Most rounds (looks), fixed in advance: fewer looks decide each at a laxer level.
     n_boot
         Bootstrap replicates of each look.
     """

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from hrtem_ray.analysis.sequential import Look, Narrowing, look_alpha, narrowings, percent
+from hrtem_ray.analysis.sequential import Look, Narrowing, narrowings, percent
 from hrtem_ray.spec.adaptive import IN_FOCUS
 from hrtem_ray.spec.types import TRAINED_PHASES
 from hrtem_ray.sweep.trials import TrialPlan, config_key
@@ -402,6 +402,8 @@ def plan_additions(
     seconds: Mapping[str, float],
     batch: int,
     futile: Mapping[str, str] | None = None,
+    *,
+    next_alpha: float,
 ) -> RoundPlan:
     """The replicates to add after ``look`` for the ``open_findings`` (module docstring).
 
@@ -420,6 +422,8 @@ def plan_additions(
         Replicates added to a configuration (``adaptive.replicate_batch``).
     futile
         Findings found futile at earlier rounds: they stay so (and get nothing).
+    next_alpha
+        The error rate of the next look (:meth:`~hrtem_ray.analysis.sequential.Schedule.alpha`).
     """
     keys = {int(row["config"]): config_key(
         row["phase"], row["pretrain_domain"], row["transfer_domain"], row["pretrain_lr"],
@@ -428,7 +432,6 @@ def plan_additions(
     keys = {code: key for code, key in keys.items() if key in design.configs}
     counts = {key: design.replicates(allocation, key) for key in design.configs}
     ledger = _Ledger(design, budget, dict(allocation), dict(spent), seconds, batch)
-    next_alpha = look_alpha(look.level, look.look + 1)
     futile = dict(futile or {})
     wanted: dict[str, dict[str, float]] = {}  # config -> finding -> relative gain
     projections: dict[str, str] = {}

@@ -12,8 +12,9 @@ last stored round says what to train next, models already trained are skipped by
 sweep, and a round whose look was not stored yet is made again from the same models,
 with the same decisions. A study that stopped on its budget, its rounds or futile
 findings looks again at its last round when it is resumed, so that a raised budget
-(``adaptive.max_models`` ...) carries it on; every other ``adaptive`` field must stay as
-the stored rounds were made (refused otherwise, naming the field).
+(``adaptive.max_models`` ...) carries it on; every other ``adaptive`` field, ``max_rounds``
+included (it sets every look's level), must stay as the stored rounds were made (refused
+otherwise, naming the field).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from hrtem_ray.analysis.sequential import look_alpha, percent, sequential_look
+from hrtem_ray.analysis.sequential import Schedule, sequential_look
 from hrtem_ray.spec.adaptive import FINDING_KEYS, AdaptiveSpec
 from hrtem_ray.spec.base import SpecError
 from hrtem_ray.spec.study import StudySpec
@@ -52,7 +53,10 @@ RESUMABLE_STOPS = ("budget spent", "max_rounds reached", "every open finding is 
 #: Every reason the rounds stop (the last one only where replicates are limited: replays).
 STOPS = ("every targeted finding decided", *RESUMABLE_STOPS, "no replicates left")
 #: The ``adaptive`` fields the stored rounds were made with, which a resume must keep.
-FIXED_FIELDS = ("findings", "replicate_batch", "first_seeds", "level", "n_boot")
+FIXED_FIELDS = ("findings", "replicate_batch", "first_seeds", "level", "max_rounds", "n_boot")
+#: The sequential rule the rounds are looked at with (stored, so that rounds made by
+#: another rule are refused rather than mixed).
+RULE = "pocock"
 
 
 @dataclass(frozen=True)
@@ -68,10 +72,16 @@ class Settings:
     design: Design
     budget: Budget
 
+    @property
+    def schedule(self) -> Schedule:
+        """The error rate of each look (Pocock's boundary over ``max_rounds`` looks)."""
+        return Schedule(self.level, self.max_rounds, self.first_seeds, self.batch)
+
     def fixed(self) -> dict[str, Any]:
         """The settings a resumed study must share with its stored rounds."""
-        return {"findings": list(self.targets), "replicate_batch": self.batch,
-                "first_seeds": self.first_seeds, "level": self.level, "n_boot": self.n_boot,
+        return {"rule": RULE, "findings": list(self.targets), "replicate_batch": self.batch,
+                "first_seeds": self.first_seeds, "level": self.level,
+                "max_rounds": self.max_rounds, "n_boot": self.n_boot,
                 "parents": self.design.parents, "configurations": _digest(list(self.design.configs))}  # fmt: skip
 
 
@@ -214,7 +224,7 @@ def round_record(
     Parameters
     ----------
     number
-        The round (1, 2, ...): its look spends :func:`~hrtem_ray.analysis.sequential.look_alpha`.
+        The round (1, 2, ...): its look's level is ``settings.schedule``'s.
     table
         The results of the models of ``allocation``.
     allocation
@@ -231,7 +241,8 @@ def round_record(
         with ``next_allocation``.
     """
     decided = dict(earlier[-1]["decided"]) if earlier else {}
-    look = sequential_look(table, number, settings.level, settings.targets, settings.n_boot)
+    look = sequential_look(table, number, settings.level, settings.targets, settings.n_boot,
+                           alpha=settings.schedule.alpha(number))  # fmt: skip
     rows = []
     for row in look.table().iter_rows(named=True):
         key = row["finding"]
@@ -258,6 +269,7 @@ def round_record(
             look, open_findings, settings.design, allocation, settings.budget, spent,
             {p: per_phase.get(p, mean) for p in TRAINED_PHASES}, settings.batch,
             earlier[-1]["futile"] if earlier else None,
+            next_alpha=settings.schedule.alpha(number + 1),
         )  # fmt: skip
         if not plan.additions:
             every = plan.futile and set(plan.futile) == set(open_findings)
@@ -272,7 +284,7 @@ def round_record(
         "round": number,
         "level": settings.level,
         "look_alpha": look.alpha,
-        "alpha_spent": sum(look_alpha(settings.level, k) for k in range(1, number + 1)),
+        "alpha_spent": settings.schedule.spent(number),
         "settings": settings.fixed(),
         "budget": settings.budget.text(),
         "allocation": dict(allocation),
@@ -313,7 +325,8 @@ def _check_resume(records: Sequence[dict], settings: Settings) -> None:
     if not records:
         return
     stored, now = records[-1]["settings"], settings.fixed()
-    names = {"parents": "transfer.parents",
+    names = {"rule": "the sequential rule (rounds of an earlier hrtem-ray version)",
+             "parents": "transfer.parents",
              "configurations": "the grids (domains, pretrain, transfer, baseline)"}  # fmt: skip
     for name, value in now.items():
         if stored.get(name) != value:
@@ -394,15 +407,15 @@ def dry_run(spec: StudySpec) -> str:
     allocation = design.first_allocation(settings.targets, settings.first_seeds)
     plan = plan_replicates(spec, allocation)
     counts = plan.counts()
-    looks = ", ".join(f"{percent(1 - look_alpha(settings.level, k))}" for k in range(1, 4))
+    each = f"{100 * (1 - settings.schedule.alpha(1)):.1f}%"
     fixed = len(plan_trials(spec).all())
     lines = [
         f"study {spec.name} ({spec.dataset.axis}): "
         + ", ".join(f"{counts[p]} {p}" for p in TRAINED_PHASES)
         + f", {len(plan.all())} models in round 1 of an adaptive study",
         f"adaptive: decides findings {', '.join(settings.targets)} at level {settings.level:g} "
-        f"over all rounds (round k at 1 - {1 - settings.level:g} / 2^k: {looks}, ...); at most "
-        f"{settings.max_rounds} rounds",
+        f"over all rounds: at most {settings.max_rounds} rounds, each look deciding at {each} "
+        "(Pocock's boundary)",
         f"round 1: {settings.first_seeds} seeds of each of the "
         f"{len(design.needed(settings.targets))} configurations the findings need "
         f"({len(design.configs)} in the grid)",

@@ -128,7 +128,9 @@ def test_a_round_says_what_it_added_and_why():
         assert two["next_allocation"][added["config"]] > two["allocation"].get(added["config"], 0)
     rows = {row["finding"]: row for row in two["findings"]}
     assert set(rows) == set(KEYS) and set(two["decided"]) | set(two["open"]) == set(KEYS)
-    assert two["trainings"] == 62 and two["look_alpha"] == pytest.approx(0.025)
+    # two looks: each at Pocock's 2.178 standard errors (2.94%), together 5%
+    assert two["trainings"] == 62 and two["look_alpha"] == pytest.approx(0.0294, abs=2e-4)
+    assert two["alpha_spent"] < 0.05 and first["alpha_spent"] == pytest.approx(0.05)
 
 
 def test_the_budget_stops_the_rounds_and_a_raised_budget_carries_them_on():
@@ -147,6 +149,13 @@ def test_stored_rounds_refuse_other_fixed_settings():
     run_rounds(_settings(study, max_rounds=1), study.table, store)
     with pytest.raises(SpecError, match="adaptive.level: the stored rounds"):
         run_rounds(_settings(study, level=0.9), study.table, store)
+    # max_rounds sets every look's level (Pocock's boundary): raising it later is refused
+    with pytest.raises(SpecError, match="adaptive.max_rounds: the stored rounds"):
+        run_rounds(_settings(study, max_rounds=3), study.table, store)
+    # rounds looked at by the earlier rule (no "rule" stored) are not mixed with this one's
+    store.records[0]["settings"].pop("rule")
+    with pytest.raises(SpecError, match="the sequential rule .*: the stored rounds"):
+        run_rounds(_settings(study, max_rounds=1), study.table, store)
 
 
 def test_design_counts_trainings_with_parents():
@@ -155,3 +164,16 @@ def test_design_counts_trainings_with_parents():
     assert design.trainings(fixed) == {"pretrain": 9, "transfer": 45, "baseline": 3}
     doubled = copy.deepcopy(fixed) | {"pretrain 0>- lr=0.001/- n=24/- none": 5}
     assert design.trainings(doubled)["pretrain"] == 11
+
+
+def test_an_estimate_near_the_edge_is_not_futile_while_its_interval_is_wide():
+    """Futility is judged optimistically: the measure may lie a standard error further
+    from the edge than a 2-seed estimate. An estimate exactly on the edge with se 0.05 may
+    still be decided (with se about 0.05 / 2.45 at 98.6%); one with se 0 may not."""
+    from hrtem_ray.analysis.sequential import Interval, _narrowing
+
+    wide = _narrowing("5b", Interval(0.0, 0.05, 3.0, {1: 0.0025}), 0.0, 0.0142, {1: 2}, 2)
+    assert wide.floor == pytest.approx((0.05 / 2.453) ** 2, rel=1e-3)
+    assert wide.required == 0.0  # where the estimate is now, nothing decides it
+    sure = _narrowing("5b", Interval(0.0, 0.0, 3.0, {1: 0.0}), 0.0, 0.0142, {1: 2}, 2)
+    assert sure.floor == 0.0
