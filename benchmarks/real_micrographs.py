@@ -6,9 +6,13 @@ file name), the whole real-data protocol of hrtem-ray with its own code path:
 
 1. the simulated dataset of ``--spec`` (default ``sweeps/bright_field.yaml``): ``--data``,
    or simulated into the work folder;
-2. the pixel size: ``--pixel-size-angstrom``, or chosen from ``--candidates`` by
+2. the pixel size: ``--pixel-size-angstrom``, or chosen from ``--candidates``: ranked by
    :func:`hrtem_ray.realdata.choose_pixel_size` with a model pretrained on
-   ``--pretrain-domain`` (on labelled non-test files only; the evidence is reported);
+   ``--pretrain-domain`` (its IoU on ``--select-files`` labelled training files), then
+   (``--pixel-size-by transfer``, the default) the ``--shortlist`` best are each imported,
+   and one pretrained model is transferred on the most labelled tiles of ``--tiles``; the
+   candidate whose transferred model has the best IoU on the validation micrographs wins
+   (never a test file; the evidence is reported);
 3. ``hrtem-ray import`` into a copy of the dataset as domain ``real``, whole micrographs
    held out as its test split (``--test-fraction`` or ``--test-files``);
 4. a study on it, every trial run in this process by
@@ -32,6 +36,9 @@ goal
     and ``met``.
 pixel_size_angstrom, pixel_size_evidence, split, tiles, settings, seconds
     What was run and how long it took.
+
+``--tta`` scores every model with test-time augmentation (``training.tta``: the mean over
+the 8 rotations and mirror images of each tile); the threshold is unchanged.
 
 ``--quick`` shrinks it (tiles 4 and 8, seeds 0 and 1, at most 10 epochs). The machine it
 ran on and its load go with the numbers (``machine``).
@@ -73,6 +80,15 @@ def _arguments() -> argparse.Namespace:
                         help="pixel sizes (Å) tried when --pixel-size-angstrom is not given")  # fmt: skip
     parser.add_argument("--select-files", type=int, default=2,
                         help="labelled training files the pixel size is chosen on")  # fmt: skip
+    parser.add_argument("--pixel-size-by", choices=("transfer", "simulation"), default="transfer",
+                        help="transfer: the candidate whose transferred model segments the "
+                             "validation micrographs best, among the --shortlist best by "
+                             "simulation (a simulation-only model on --select-files training "
+                             "files)")  # fmt: skip
+    parser.add_argument("--shortlist", type=int, default=3,
+                        help="candidates a transfer is tried at (--pixel-size-by transfer)")  # fmt: skip
+    parser.add_argument("--tta", action="store_true",
+                        help="score with test-time augmentation (training.tta)")  # fmt: skip
     parser.add_argument("--spec", default=str(REPO / "sweeps" / "bright_field.yaml"))
     parser.add_argument("--data", default=None, help="the spec's simulated dataset, if made")
     parser.add_argument(
@@ -188,6 +204,7 @@ def study_spec(args: argparse.Namespace, data: Path, domains_eval: list[str]) ->
             "min_delta": 0.002,
             "batch_size": 16,
             "n_val": args.n_val or None,
+            "tta": args.tta,
         },  # fmt: skip
         "model": {"size": "small"},
         "keep_checkpoints": "all",
@@ -220,7 +237,7 @@ def run_trials(raw: dict, data: Path, root: Path, threads: int) -> tuple[dict[st
     return seconds, {t.model_id for t in plan.all()}
 
 
-def pixel_size(args, files, masks, split, data, work) -> tuple[float, list[dict] | None]:
+def pixel_size(args, files, masks, split, data, work, source) -> tuple[float, list[dict] | None]:
     """``--pixel-size-angstrom``, or the candidate a simulated-pretrained model segments
     best on the first ``--select-files`` training files (never a test file)."""
     if args.pixel_size_angstrom is not None:
@@ -231,9 +248,14 @@ def pixel_size(args, files, masks, split, data, work) -> tuple[float, list[dict]
     if own.calibration != "--pixel-size-angstrom":  # the files are calibrated
         return own.pixel_size_angstrom, [{"calibration": own.calibration}]
     record = work / "pixel_size.json"
-    if record.exists():  # chosen by an earlier run in this work folder
+    criterion = {"by": "simulation"}
+    if args.pixel_size_by == "transfer":
+        criterion = {"by": "transfer", "shortlist": args.shortlist, "tta": args.tta,
+                     "tiles": max(args.tiles), "seed": args.seeds[0]}  # fmt: skip
+    if record.exists():  # chosen by an earlier run in this work folder, the same way
         stored = json.loads(record.read_text())
-        return stored["pixel_size_angstrom"], stored["evidence"]
+        if stored.get("criterion", {"by": "simulation"}) == criterion:
+            return stored["pixel_size_angstrom"], stored["evidence"]
     from hrtem_ray.realdata import choose_pixel_size
 
     selector = work / "selector"
@@ -247,9 +269,52 @@ def pixel_size(args, files, masks, split, data, work) -> tuple[float, list[dict]
     )  # fmt: skip
     print(choice.describe(), file=sys.stderr, flush=True)
     evidence = choice.evidence.to_dicts()
-    record.write_text(json.dumps({"pixel_size_angstrom": choice.pixel_size_angstrom,
-                                  "evidence": evidence, "model_id": choice.model_id}))  # fmt: skip
-    return choice.pixel_size_angstrom, evidence
+    pixel = choice.pixel_size_angstrom
+    if args.pixel_size_by == "transfer":
+        ranked = sorted(evidence, key=lambda row: -row["iou"])[: args.shortlist]
+        tried = [
+            transfer_at(args, files, masks, source, work / f"pixel-{row['pixel_size_angstrom']:g}",
+                        row["pixel_size_angstrom"])
+            for row in ranked
+        ]  # fmt: skip
+        pixel = max(tried, key=lambda row: row["val_iou_after_transfer"])["pixel_size_angstrom"]
+        for row in evidence:
+            found = [t for t in tried if t["pixel_size_angstrom"] == row["pixel_size_angstrom"]]
+            row.update(found[0] if found else {})
+        print(f"pixel size by the transferred models' validation IoU: {pixel:g} Å", file=sys.stderr)
+    record.write_text(json.dumps({"pixel_size_angstrom": pixel, "evidence": evidence,
+                                  "model_id": choice.model_id, "criterion": criterion}))  # fmt: skip
+    return pixel, evidence
+
+
+def transfer_at(args, files, masks, source: Path, work: Path, pixel: float) -> dict:
+    """The validation IoU, on the held-out validation micrographs, of one model pretrained
+    on the simulated domain and transferred on the most labelled tiles of ``--tiles``,
+    with the micrographs imported at ``pixel`` Å/px (its own copy of the dataset). The
+    validation tiles also chose the transfer's epoch, alike at every candidate."""
+    from hrtem_ray.dataset.micrographs import import_micrographs, imported_domains
+    from hrtem_ray.dataset.readers import read_images
+    from hrtem_ray.learning.train import evaluate, load_checkpoint, torch_threads
+
+    copy_root = working_copy(source, work)
+    if DOMAIN not in imported_domains(copy_root):
+        import_micrographs(files, copy_root, DOMAIN, masks=masks, pixel_size_angstrom=pixel,
+                           val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                           test_files=args.test_files)  # fmt: skip
+    raw = study_spec(args, copy_root, [DOMAIN])
+    raw["pretrain"]["seeds"] = args.seeds[:1]
+    raw["transfer"]["n_images"] = [max(args.tiles)]
+    raw["baseline"] = None
+    _, planned = run_trials(raw, copy_root, work / "study", args.threads)
+    (model_id,) = [m for m in planned if m.startswith("transfer-")]
+    model, _ = load_checkpoint(work / "study" / "checkpoints" / model_id)
+    val = read_images(copy_root, DOMAIN, "val")
+    with torch_threads(args.threads):
+        scored = evaluate(model, {DOMAIN: (val.images, val.masks)}, device="cpu", tta=args.tta)
+    iou = scored[DOMAIN].iou
+    print(f"  {pixel:g} Å: validation IoU after transfer {iou:.3f}", file=sys.stderr, flush=True)
+    return {"pixel_size_angstrom": pixel, "val_iou_after_transfer": iou,
+            "transfer_tiles": max(args.tiles), "val_tiles": len(val.images)}  # fmt: skip
 
 
 def summary(table: pl.DataFrame, tiles: list[int]) -> dict:
@@ -318,10 +383,11 @@ def main() -> None:
                           test_fraction=args.test_fraction, test_files=args.test_files)  # fmt: skip
     seconds = {}
     t = time.perf_counter()
-    data = working_copy(simulated_dataset(args, work), work)
+    source = simulated_dataset(args, work)
+    data = working_copy(source, work)
     seconds["dataset"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    pixel, evidence = pixel_size(args, files, masks, split, data, work)
+    pixel, evidence = pixel_size(args, files, masks, split, data, work, source)
     seconds["pixel_size"] = round(time.perf_counter() - t, 1)
     if DOMAIN not in imported_domains(data):
         import_micrographs(files, data, DOMAIN, masks=masks, pixel_size_angstrom=pixel,

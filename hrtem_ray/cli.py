@@ -219,6 +219,12 @@ def _parser() -> argparse.ArgumentParser:
         help="use every replicate (seed) of the model's configuration: mean probability, "
         "per-pixel std map (<stem>_std.tif/.png), per-particle spread",
     )
+    pred.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: each tile's mean prediction over its 8 rotations and "
+        "mirror images (8x the compute)",
+    )
     sug = _subparser(
         sub, "suggest", "rank unlabelled micrographs or tiles by ensemble disagreement"
     )
@@ -479,6 +485,7 @@ def _predict(args) -> int:
         threshold=args.threshold,
         num_threads=args.num_threads,
         ensemble=args.ensemble,
+        tta=args.tta,
         overwrite=args.overwrite,
         max_memory_bytes=args.max_memory,
     )

@@ -359,6 +359,7 @@ def predict_probability(
     *,
     batch_size: int = 32,
     device: str | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
     """Particle probability of an image of any size on the model's grid (tiled and blended).
 
@@ -375,8 +376,9 @@ def predict_probability(
         Overlap of neighbouring tiles; default ``tile_px // 4`` (the sin² blend hides
         seams at a quarter tile with about 1.8x the tiles of no overlap; half a tile
         costs 4x).
-    batch_size, device
-        As :func:`hrtem_ray.learning.train.predict`.
+    batch_size, device, tta
+        As :func:`hrtem_ray.learning.train.predict` (``tta``: each tile's mean logits over
+        its 8 rotations and mirror images).
     """
     overlap_px = tile_px // 4 if overlap_px is None else int(overlap_px)
     height, width = image.shape
@@ -390,8 +392,9 @@ def predict_probability(
     for i in range(0, len(positions), chunk):
         batch = positions[i : i + chunk]
         probs = predict_tiles(
-            model, cut_tiles(padded, batch, tile_px), batch_size=batch_size, device=device
-        )
+            model, cut_tiles(padded, batch, tile_px), batch_size=batch_size, device=device,
+            tta=tta,
+        )  # fmt: skip
         for (y, x), prob in zip(batch, probs, strict=True):
             total[y : y + tile_px, x : x + tile_px] += prob * window
             weight[y : y + tile_px, x : x + tile_px] += window
@@ -407,11 +410,13 @@ def segment(
     *,
     batch_size: int = 32,
     device: str | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
-    """Particle probability of a micrograph on its own pixel grid (see the module docstring)."""
+    """Particle probability of a micrograph on its own pixel grid (see the module docstring;
+    ``tta`` as :func:`predict_probability`)."""
     image = resample(micrograph.image, micrograph.pixel_size_angstrom, model_pixel_size_angstrom)
     prob = predict_probability(
-        model, image, tile_px, overlap_px, batch_size=batch_size, device=device
+        model, image, tile_px, overlap_px, batch_size=batch_size, device=device, tta=tta
     )
     back = resample(
         prob,
@@ -553,8 +558,10 @@ def ensemble_probability(
     *,
     batch_size: int = 32,
     device: str | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
-    """Every model's particle probability of a micrograph on its own grid, ``(M, H, W)``."""
+    """Every model's particle probability of a micrograph on its own grid, ``(M, H, W)``
+    (``tta`` as :func:`predict_probability`)."""
     return np.stack(
         [
             segment(
@@ -565,6 +572,7 @@ def ensemble_probability(
                 overlap_px,
                 batch_size=batch_size,
                 device=device,
+                tta=tta,
             )  # fmt: skip
             for m in models
         ]
@@ -582,7 +590,8 @@ def _run_record(model_id: str, micrographs: Sequence[Micrograph], options: dict)
 
 def _same_run(a: dict, b: dict) -> bool:
     keys = ("model_id", "files", "threshold", "overlap_px", "pixel_size_angstrom", "ensemble")
-    return all(a.get(k) == b.get(k) for k in keys)
+    # runs recorded before --tta existed had none
+    return all(a.get(k) == b.get(k) for k in keys) and bool(a.get("tta")) == bool(b.get("tta"))
 
 
 def _is_output_name(name: str) -> bool:
@@ -674,6 +683,7 @@ def predict(
     device: str | None = None,
     num_threads: int | None = None,
     ensemble: bool = False,
+    tta: bool = False,
     overwrite: bool = False,
     max_memory_bytes: int | None = None,
 ) -> PredictionResult:
@@ -704,6 +714,9 @@ def predict(
         the mask is the mean probability above ``threshold``; the per-pixel standard
         deviation over the models is written as ``<stem>_std.tif`` / ``_std.png`` and
         the particle table gets :data:`ENSEMBLE_COLUMNS`.
+    tta
+        Test-time augmentation: each tile's mean logits over its 8 rotations and mirror
+        images (:func:`hrtem_ray.learning.train.forward`; 8 times the compute).
     overwrite
         Replace another run's results in ``out_dir`` (else refused, see
         :func:`prepare_output_dir`).
@@ -747,6 +760,7 @@ def predict(
         "overlap_px": overlap_px,
         "pixel_size_angstrom": pixel_size_angstrom,
         "ensemble": [m.model_id for m in loaded] if ensemble else None,
+        "tta": tta,
     }
     run = _run_record(loaded[0].model_id, micrographs, options)
     target = Path(out_dir) if out_dir is not None else None
@@ -764,7 +778,7 @@ def predict(
             storage.write_json_atomic(target / RUN_RECORD, {**run, "complete": False})
         for micrograph in micrographs:
             members = ensemble_probability(
-                loaded, micrograph, overlap_px, batch_size=batch_size, device=device
+                loaded, micrograph, overlap_px, batch_size=batch_size, device=device, tta=tta
             )
             prob = members.mean(axis=0) if ensemble else members[0]
             std = members.std(axis=0) if ensemble else None

@@ -298,6 +298,30 @@ def test_one_output_directory_holds_one_predict_run_unless_overwrite(
 
 
 @pytest.mark.slow
+def test_predict_tta_follows_a_rotated_micrograph(study_root, tiny_dataset_root, tmp_path):
+    """``predict --tta``: on a one-tile micrograph, the probability of the rotated file is
+    the rotated probability (not so without it), and the run record says it; a plain run
+    into the same folder is another run."""
+    from hrtem_ray.cli import main
+    from hrtem_ray.inference import RUN_RECORD
+
+    image = readers.read_images(tiny_dataset_root, "0", "val").images[1]
+    files = [tmp_path / "upright.tif", tmp_path / "turned.tif"]
+    _save_calibrated(files[0], image, PIXEL_ANGSTROM)
+    _save_calibrated(files[1], np.rot90(image).copy(), PIXEL_ANGSTROM)
+    out = tmp_path / "tta"
+    args = ["predict", "--study", str(study_root), "--model", "best:0", *map(str, files)]
+    assert main([*args, "-o", str(out), "--tta"]) == 0
+    assert json.loads((out / RUN_RECORD).read_text())["tta"] is True
+    for tta in (True, False):
+        result = hrtem_ray.predict(study_root, "best:0", files, tta=tta)
+        upright, turned = result.probabilities["upright.tif"], result.probabilities["turned.tif"]
+        difference = np.abs(turned - np.rot90(upright)).max()
+        assert difference < 1e-4 if tta else difference > 1e-3
+    with pytest.raises(PredictError, match="another predict run"):
+        hrtem_ray.predict(study_root, "best:0", files, out)
+
+
 def test_cli_import_then_predict(study_root, tiny_dataset_root, tmp_path):
     """``hrtem-ray import`` and ``hrtem-ray predict`` as a user runs them; bad input exits 2."""
     from helpers import run_cli

@@ -86,6 +86,18 @@ def dihedral(x: ArrayT, k: int) -> ArrayT:
     return np.flip(x, axis=-1) if k >= 4 else x
 
 
+def inverse_symmetry(k: int) -> int:
+    """The symmetry that undoes symmetry ``k`` of :func:`dihedral`: a mirror image undoes
+    itself, ``k`` quarter turns are undone by ``4 - k``.
+
+    >>> [inverse_symmetry(k) for k in range(8)]
+    [0, 3, 2, 1, 4, 5, 6, 7]
+    """
+    if not 0 <= k < N_SYMMETRIES:
+        raise ValueError(f"symmetry index must be in 0..7, got {k}")
+    return k if k >= 4 else (4 - k) % 4
+
+
 def augment(
     images: torch.Tensor, masks: torch.Tensor, ks: np.ndarray
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,7 +72,9 @@ from torch import nn
 from hrtem_ray._version import __version__
 from hrtem_ray.learning.augment import (
     augment,
+    dihedral,
     epoch_order,
+    inverse_symmetry,
     label_entropy_floor,
     realistic_augment,
     soft_labels,
@@ -100,6 +102,7 @@ __all__ = [
     "early_stopping_epoch",
     "epochs_without_improvement",
     "evaluate",
+    "forward",
     "has_converged",
     "label_entropy_floor",
     "load_checkpoint",
@@ -319,6 +322,25 @@ def loss_floor(masks: np.ndarray | torch.Tensor, loss: LossFunction = "cross_ent
 
 
 @torch.no_grad()
+def forward(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """The logits of ``model`` for square images ``x`` ``(N, C, H, H)``.
+
+    With ``tta`` (test-time augmentation): the mean of the logits of the 8 rotated and
+    mirrored copies of each image (:func:`~hrtem_ray.learning.augment.dihedral`), each
+    mapped back onto the image, so that the prediction of a rotated or mirrored image is
+    the rotated or mirrored prediction (the model trains with the same symmetries as
+    augmentations). Costs 8 forward passes.
+    """
+    if not tta:
+        return model(x)
+    total = None
+    for k in range(N_SYMMETRIES):
+        view = dihedral(x, k).contiguous(memory_format=torch.channels_last)
+        logits = dihedral(model(view), inverse_symmetry(k)).float()
+        total = logits if total is None else total + logits
+    return total / N_SYMMETRIES
+
+
 def _evaluate_tensors(
     model: nn.Module,
     x: torch.Tensor,
@@ -327,17 +349,19 @@ def _evaluate_tensors(
     device: torch.device,
     loss: LossFunction = "cross_entropy",
     sums: np.ndarray | None = None,
+    tta: bool = False,
 ) -> tuple[float, float]:
     """Mean ``loss`` and IoU of ``model`` (in eval mode) on prepared tensors.
 
     ``sums``: a ``(3, RELIABILITY_BINS)`` array to which the per-bin pixels, probability
-    sums and mask pixels of the predictions are added (:func:`reliability`).
+    sums and mask pixels of the predictions are added (:func:`reliability`). ``tta``: as
+    :func:`forward`.
     """
     ce_sum, inter, union = 0.0, 0, 0
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].contiguous(memory_format=torch.channels_last)
         mb = m[i : i + batch_size]
-        logits = model(xb)
+        logits = forward(model, xb, tta)
         ce_sum += _loss_value(logits, mb, loss).item() * len(xb)
         pred = logits[:, 1] > logits[:, 0]
         true = mb[:, 0] > 0.5
@@ -355,6 +379,7 @@ def evaluate(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     loss: LossFunction = "cross_entropy",
+    tta: bool = False,
 ) -> dict[str, EvalMetrics]:
     """Evaluate ``model`` on every validation set (one per domain).
 
@@ -372,6 +397,8 @@ def evaluate(
     loss
         The loss function measured (``cross_entropy`` or ``softmax_cross_entropy``); the
         excess ``loss`` is taken over that function's floor (:func:`loss_floor`).
+    tta
+        Score the mean logits over the 8 symmetries of each image (:func:`forward`).
 
     Returns
     -------
@@ -388,7 +415,7 @@ def evaluate(
         for domain, (images, masks) in val_sets.items():
             x, m = _tensors(images, masks, device)
             sums = np.zeros((3, RELIABILITY_BINS))
-            ce, iou = _evaluate_tensors(model, x, m, batch_size, device, loss, sums)
+            ce, iou = _evaluate_tensors(model, x, m, batch_size, device, loss, sums, tta)
             floor = loss_floor(masks, loss)
             out[domain] = EvalMetrics(
                 loss=ce - floor,
@@ -410,11 +437,13 @@ def predict(
     *,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
     """Particle probability maps ``(N, H, W)`` (float32) of ``model`` for raw ``images``.
 
     Images are standardised per image; the model runs in eval mode on ``device`` (default
     :func:`select_device`) exactly as in :func:`evaluate`; its previous mode is restored.
+    ``tta``: the mean logits over the 8 symmetries of each image (:func:`forward`).
     """
     device = select_device(device)
     prepare_model(model, device)
@@ -425,7 +454,7 @@ def predict(
         out = []
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size].contiguous(memory_format=torch.channels_last)
-            logits = model(xb)
+            logits = forward(model, xb, tta)
             out.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
         return torch.cat(out).numpy()
     finally:

@@ -375,7 +375,10 @@ class TrainingSpec(SpecModel):
     (``dataset.n_structures.test``), else ``val``. Imported domains are scored on the
     tiles of their micrographs held out whole (``hrtem-ray import --test-files`` or
     ``--test-fraction``) when they have any, else on ``val`` (the ``eval_split`` column
-    says which).
+    says which). ``tta``: score every eval domain with test-time augmentation, the mean
+    logits over the 8 rotations and mirror images of each image
+    (:func:`hrtem_ray.learning.train.forward`; the ``tta`` column); epochs are still
+    chosen without it.
     """
 
     epochs: int | None = Field(default=None, ge=1)
@@ -387,6 +390,7 @@ class TrainingSpec(SpecModel):
     n_val: int | None = Field(default=None, ge=1)
     loss: LossFunction = "cross_entropy"
     eval_split: Literal["test", "val"] | None = None
+    tta: bool = False
 
     @model_validator(mode="before")
     @classmethod

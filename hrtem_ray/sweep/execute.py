@@ -412,6 +412,7 @@ def execute_trial(
         batch_size=spec.training.batch_size,
         device=device,
         loss=spec.training.loss,
+        tta=spec.training.tta,
     )
     finished_at = time.time()
     node = node_id()
@@ -454,6 +455,7 @@ def execute_trial(
         min_delta=training.min_delta,
         train_steps=stage.steps,
         eval_splits=splits,
+        tta=spec.training.tta,
         val_loss=stage.best_val_loss,
         epoch_seconds=statistics.median(h["seconds"] for h in stage.history),
         epoch_cpu_seconds=(

@@ -102,6 +102,8 @@ RESULT_SCHEMA = pa.schema(
         ("epoch_cpu_seconds", pa.float64()),
         # the stage's realistic augmentations (JSON of an AugmentSpec), null: none
         ("augment", pa.string()),
+        # scored with test-time augmentation (training.tta); null: no (or a threshold row)
+        ("tta", pa.bool_()),
         # threshold rows (phase threshold): the blur and polarity chosen on training tiles
         ("threshold_sigma_px", pa.float64()),
         ("threshold_polarity", pa.string()),
@@ -164,6 +166,7 @@ def result_rows(
     min_delta: float | None = None,
     train_steps: int | None = None,
     eval_splits: Mapping[str, str] | None = None,
+    tta: bool | None = None,
     val_loss: float | None = None,
     epoch_seconds: float | None = None,
     epoch_cpu_seconds: float | None = None,
@@ -176,7 +179,8 @@ def result_rows(
     ``max_epochs`` (``None`` for fixed epochs), ``min_delta`` and ``train_steps`` are
     recorded as they are; ``target_fraction`` and ``parent_seed`` come from the trial
     (see docs/results_schema.md). ``eval_splits`` maps eval domain -> the split its metrics
-    were computed on (``test`` or ``val``; default ``val``); ``val_loss`` is the kept
+    were computed on (``test`` or ``val``; default ``val``), ``tta`` whether with test-time
+    augmentation (``training.tta``); ``val_loss`` is the kept
     epoch's loss on the selection images (``val`` of the model's own training domain);
     ``epoch_seconds`` the median wall time of one of its epochs (training and validation),
     ``epoch_cpu_seconds`` the median CPU time of the trial's process over one epoch (for a
@@ -223,6 +227,7 @@ def result_rows(
             "epoch_seconds": epoch_seconds,
             "epoch_cpu_seconds": epoch_cpu_seconds,
             "augment": trial.augment,
+            "tta": tta,
             "threshold_sigma_px": getattr(m, "sigma_px", None),
             "threshold_polarity": getattr(m, "polarity", None),
             **_reliability_columns(getattr(m, "reliability", None)),

@@ -203,6 +203,7 @@ LATER_TRAINING_DEFAULTS = {
     "patience": None,
     "min_delta": 0.0,
     "eval_split": None,
+    "tta": False,
 }
 
 

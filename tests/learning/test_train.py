@@ -22,6 +22,7 @@ from hrtem_ray.learning.train import (
     early_stopping_epoch,
     epochs_without_improvement,
     evaluate,
+    forward,
     has_converged,
     label_entropy_floor,
     load_checkpoint,
@@ -426,3 +427,24 @@ def test_training_with_softmax_cross_entropy_learns_and_reports_excess_loss() ->
     assert metrics["a"].loss == pytest.approx(result.best_val_loss, abs=1e-5)
     with pytest.raises(ValueError, match="loss must be one of"):
         train_stage(model, images, masks, images, masks, lr=1e-3, epochs=1, loss="mse")
+
+
+def test_test_time_augmentation_makes_predictions_follow_rotations_and_mirrors() -> None:
+    """With ``tta`` the prediction of a rotated or mirrored image is the rotated or
+    mirrored prediction (the mean over the 8 symmetries is equivariant); a plain U-Net
+    with random weights is not. Scoring with it is scoring the symmetric prediction."""
+    torch.manual_seed(0)
+    model = build_model(TINY).eval()
+    images, masks = disks(4)
+    x = torch.from_numpy(standardize(images)).unsqueeze(1)
+    with torch.no_grad():
+        for k in range(1, 8):
+            turned = forward(model, dihedral(x, k), tta=True)
+            assert torch.allclose(turned, dihedral(forward(model, x, tta=True), k), atol=1e-5)
+        plain = forward(model, dihedral(x, 1))
+        assert not torch.allclose(plain, dihedral(forward(model, x), 1), atol=1e-3)
+    probs = predict(model, images, tta=True)
+    turned = predict(model, np.rot90(images, 1, axes=(1, 2)).copy(), tta=True)
+    np.testing.assert_allclose(turned, np.rot90(probs, 1, axes=(1, 2)), atol=1e-5)
+    scored = evaluate(model, {"d": (images, masks)}, tta=True)["d"]
+    assert scored.loss != pytest.approx(evaluate(model, {"d": (images, masks)})["d"].loss, abs=1e-6)

@@ -167,3 +167,33 @@ def test_asking_for_test_metrics_without_a_test_split_is_refused(tiny_dataset_ro
 
     with pytest.raises(SpecError, match="training.eval_split: test needs held-out structures"):
         study(tiny_dataset_root, training={"epochs": 1, "eval_split": "test"})
+
+
+def test_training_tta_scores_with_test_time_augmentation_and_says_so(tiny_dataset_root, tmp_path):
+    """``training.tta``: the rows are the stored model's scores with the 8-fold test-time
+    augmentation (not its plain scores), the ``tta`` column says so, and the model id
+    differs from the plain study's, whose ids stay as they were."""
+    from hrtem_ray.dataset import readers
+    from hrtem_ray.learning.train import evaluate, load_checkpoint
+
+    plain = study(tiny_dataset_root, transfer=None, training={"epochs": 2, "batch_size": 4})
+    spec = study(tiny_dataset_root, transfer=None,
+                 training={"epochs": 2, "batch_size": 4, "tta": True})  # fmt: skip
+    (trial,), (plain_trial,) = plan_trials(spec).pretrain, plan_trials(plain).pretrain
+    assert trial.model_id != plain_trial.model_id
+    assert plain_trial.model_id == plan_trials(study(tiny_dataset_root, transfer=None,
+        training={"epochs": 2, "batch_size": 4, "tta": False})).pretrain[0].model_id  # fmt: skip
+    rows = run(spec, trial, tmp_path).sort("eval_domain")
+    assert rows["tta"].to_list() == [True, True]
+    model, _ = load_checkpoint(str(tmp_path / "checkpoints" / trial.model_id))
+    sets = {}
+    for domain in ("0", "10"):
+        selection = readers.read_images(tiny_dataset_root, domain, rows["eval_split"][0])
+        sets[domain] = (selection.images, selection.masks)
+    for tta in (True, False):
+        scored = evaluate(model, sets, batch_size=4, device="cpu", tta=tta)
+        losses = [scored[d].loss for d in ("0", "10")]
+        if tta:
+            assert rows["loss"].to_list() == pytest.approx(losses, rel=1e-5)
+        else:
+            assert min(abs(a - b) for a, b in zip(rows["loss"], losses, strict=True)) > 1e-6
