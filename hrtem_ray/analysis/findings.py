@@ -803,8 +803,9 @@ def evaluate(
     n_boot: int = 1000,
     boot_seed: int = 0,
     unbiased: bool = False,
+    keys: Sequence[str] = FINDING_KEYS,
 ) -> Evaluation:
-    """Every finding's outcome, with its bootstrap replicates and configurations.
+    """Every finding's outcome (of ``keys``), with its bootstrap replicates and configurations.
 
     What :func:`hrtem_ray.analysis.verdicts.findings` tabulates; ``unbiased`` resamples each configuration's
     replicates spread as :func:`hrtem_ray.analysis.replicates.group_means` says (the
@@ -812,5 +813,5 @@ def evaluate(
     ``ci=None`` every outcome keeps its replicates (``n_boot`` of them) but no verdict.
     """
     ctx = _context(_prepare(table), ci, n_boot, boot_seed, unbiased)
-    outcomes = {key: _FINDINGS[key](ctx) for key in FINDING_KEYS}
+    outcomes = {key: _FINDINGS[key](ctx) for key in keys}
     return Evaluation(outcomes, ctx.data.configs, ctx)

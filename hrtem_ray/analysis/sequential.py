@@ -421,7 +421,7 @@ def sequential_look(
     """
     alpha = Schedule(level).alpha(look) if alpha is None else alpha
     seed = look if boot_seed is None else boot_seed
-    evaluation = evaluate(table, ci=None, n_boot=n_boot, boot_seed=seed, unbiased=True)
+    evaluation = evaluate(table, ci=None, n_boot=n_boot, boot_seed=seed, unbiased=True, keys=keys)
     counts = dict(evaluation.configs.select("config", "n_models").iter_rows())
     found = {}
     for key in keys:

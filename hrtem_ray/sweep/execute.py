@@ -28,7 +28,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -115,15 +115,20 @@ def scoring_splits(spec: StudySpec, dataset_root: str) -> dict[str, str]:
 
 
 def scoring_sets(
-    spec: StudySpec, dataset_root: str, domains: list[str] | None = None
+    spec: StudySpec,
+    dataset_root: str,
+    domains: list[str] | None = None,
+    splits: Mapping[str, str] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The images every eval domain's metrics are computed on (:func:`scoring_splits`).
 
     ``test`` images: all of them; ``val`` images: the first ``training.n_val`` (all when
-    not set), as the model selection sees them. ``domains``: only these eval domains.
+    not set), as the model selection sees them. ``domains``: only these eval domains;
+    ``splits``: :func:`scoring_splits` when the caller has read them already.
     """
     out = {}
-    for domain, split in scoring_splits(spec, dataset_root).items():
+    splits = scoring_splits(spec, dataset_root) if splits is None else splits
+    for domain, split in splits.items():
         if domains is not None and domain not in domains:
             continue
         n = spec.training.n_val if split == "val" else None
@@ -315,7 +320,7 @@ def execute_threshold(
     images, masks = training_set(trial, dataset_root)
     fitted = fit_threshold(images, masks)
     splits = scoring_splits(spec, dataset_root)
-    test_images, test_masks = scoring_sets(spec, dataset_root, [domain])[domain]
+    test_images, test_masks = scoring_sets(spec, dataset_root, [domain], splits)[domain]
     iou = pooled_iou(threshold_segment(test_images, fitted.sigma_px, fitted.polarity), test_masks)
     finished_at = time.time()
     node = node_id()
@@ -373,7 +378,7 @@ def execute_trial(
     train_images, train_masks = training_set(trial, dataset_root)
     val_images, val_masks = selection_set(spec, trial, dataset_root)
     splits = scoring_splits(spec, dataset_root)
-    scoring = scoring_sets(spec, dataset_root)
+    scoring = scoring_sets(spec, dataset_root, splits=splits)
     if trial.phase == "transfer":
         model, _ = _load_parent(study_root, str(trial.parent_id), trial.model_id)
     else:
