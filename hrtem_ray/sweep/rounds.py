@@ -99,19 +99,22 @@ def targets(spec: StudySpec) -> tuple[str, ...]:
     return tuple(k for k in FINDING_KEYS if needs[k] is None)
 
 
-def design_of(spec: StudySpec) -> Design:
-    """The configurations of a spec's grids (:class:`~hrtem_ray.sweep.adaptive.Design`)."""
+def design_of(spec: StudySpec, grid: TrialPlan | None = None) -> Design:
+    """The configurations of a spec's grids (:class:`~hrtem_ray.sweep.adaptive.Design`);
+    ``grid``: the spec's :func:`~hrtem_ray.sweep.trials.plan_trials`, if planned already."""
     transfer = spec.transfer
     parents = transfer.parents if transfer is not None else "shared"
     per_parent = len(transfer.seeds) if transfer is not None and transfer.seeds else 1
-    return Design.from_plan(plan_trials(spec), parents, per_parent)
+    return Design.from_plan(plan_trials(spec) if grid is None else grid, parents, per_parent)
 
 
-def settings_of(spec: StudySpec) -> Settings:
+def settings_of(spec: StudySpec, grid: TrialPlan | None = None) -> Settings:
     """The :class:`Settings` of an adaptive spec, its budget resolved.
 
     Without any budget, ``max_models`` is the spec's fixed grid (its model count), or
-    twice the first round when that is more.
+    twice the first round when that is more. ``grid``: the fixed grid's
+    :func:`~hrtem_ray.sweep.trials.plan_trials`, if planned already (a paper preset's
+    takes seconds).
 
     Raises
     ------
@@ -119,11 +122,12 @@ def settings_of(spec: StudySpec) -> Settings:
         If ``adaptive.max_models`` is below the first round's trainings.
     """
     adaptive = spec.adaptive or AdaptiveSpec()
-    design, chosen = design_of(spec), targets(spec)
+    grid = plan_trials(spec) if grid is None else grid
+    design, chosen = design_of(spec, grid), targets(spec)
     first = sum(design.trainings(design.first_allocation(chosen, adaptive.first_seeds)).values())
     max_models = adaptive.max_models
     if max_models is None and adaptive.max_cpu_hours is None and adaptive.max_gpu_hours is None:
-        max_models = max(len(plan_trials(spec).all()), 2 * first)
+        max_models = max(len(grid.all()), 2 * first)
     if max_models is not None and max_models < first:
         raise SpecError(
             f"adaptive.max_models: {max_models} is below the first round's {first} trainings "
@@ -402,13 +406,14 @@ def current_plan(spec: StudySpec, study_root: str) -> TrialPlan:
 
 def dry_run(spec: StudySpec) -> str:
     """The first round of an adaptive study and its budget, without running anything."""
-    settings = settings_of(spec)
+    grid = plan_trials(spec)
+    settings = settings_of(spec, grid)
     design = settings.design
     allocation = design.first_allocation(settings.targets, settings.first_seeds)
     plan = plan_replicates(spec, allocation)
     counts = plan.counts()
     each = f"{100 * (1 - settings.schedule.alpha(1)):.1f}%"
-    fixed = len(plan_trials(spec).all())
+    fixed = len(grid.all())
     lines = [
         f"study {spec.name} ({spec.dataset.axis}): "
         + ", ".join(f"{counts[p]} {p}" for p in TRAINED_PHASES)
