@@ -573,7 +573,6 @@ def _cluster_candidates(shape: str, max_atoms: int) -> list[tuple[int, tuple[int
     return sorted(out)
 
 
-@lru_cache(maxsize=1024)
 def cluster_positions(material: Material, shape: str, radius_angstrom: float) -> np.ndarray:
     """Atoms of the ase.cluster icosahedron or decahedron closest in size to ``radius``.
 
@@ -588,13 +587,20 @@ def cluster_positions(material: Material, shape: str, radius_angstrom: float) ->
     np.ndarray
         ``(n, 3)`` angstrom.
     """
+    target = _number_density_per_angstrom3(material) * 4.0 / 3.0 * np.pi * radius_angstrom**3
+    candidates = _cluster_candidates(shape, int(4 * target) + 20)
+    _, args = min(candidates, key=lambda c: (abs(math.log(c[0] / target)), c[1]))
+    return _cluster_atoms(material, shape, tuple(args))
+
+
+@lru_cache(maxsize=256)
+def _cluster_atoms(material: Material, shape: str, args: tuple[int, ...]) -> np.ndarray:
+    """The centred atoms of one ase.cluster size (cached by size: the random radii of a
+    dataset map onto a few discrete clusters)."""
     from ase.cluster import Decahedron, Icosahedron
 
     element = material_cell(material).get_chemical_symbols()[0]
     a = round(_shortest_bond_angstrom(material) * np.sqrt(2.0), 6)
-    target = _number_density_per_angstrom3(material) * 4.0 / 3.0 * np.pi * radius_angstrom**3
-    candidates = _cluster_candidates(shape, int(4 * target) + 20)
-    _, args = min(candidates, key=lambda c: (abs(math.log(c[0] / target)), c[1]))
     if shape == "icosahedron":
         atoms = Icosahedron(element, args[0], latticeconstant=a)
     else:

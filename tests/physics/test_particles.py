@@ -231,6 +231,11 @@ def test_icosahedra_and_decahedra_are_ase_clusters_of_the_closest_size():
         # the nearest-neighbour distance of Au (multiply twinned clusters are strained)
         assert np.median(distance[:, 1]) == pytest.approx(4.0782 / np.sqrt(2), rel=0.03)
     assert len(cluster_positions("Au", "icosahedron", 12.0)) in (309, 561, 923)
+    # random radii that round to the same cluster build it once
+    particles._cluster_atoms.cache_clear()
+    first = cluster_positions("Au", "icosahedron", 12.0)
+    assert cluster_positions("Au", "icosahedron", 12.001) is first
+    assert particles._cluster_atoms.cache_info().hits == 1
 
 
 # ------------------------------------------------------------------------------ orientation
@@ -445,7 +450,7 @@ def test_structures_are_a_pure_function_of_the_seed_with_fresh_caches(material, 
     first = random_structure(params, 9)
     # wulffpack's construction and ase.cluster again, from scratch
     particles._polyhedron_form_cached.cache_clear()
-    particles.cluster_positions.cache_clear()
+    particles._cluster_atoms.cache_clear()
     second = random_structure(params, 9)
     assert np.array_equal(first.atoms.positions, second.atoms.positions)
     assert np.array_equal(first.atoms.numbers, second.atoms.numbers)
