@@ -6,13 +6,13 @@ file name), the whole real-data protocol of hrtem-ray with its own code path:
 
 1. the simulated dataset of ``--spec`` (default ``sweeps/bright_field.yaml``): ``--data``,
    or simulated into the work folder;
-2. the pixel size: ``--pixel-size-angstrom``, or chosen from ``--candidates``: ranked by
+2. the pixel size: ``--pixel-size-angstrom``, or chosen from ``--candidates`` by
    :func:`hrtem_ray.realdata.choose_pixel_size` with a model pretrained on
-   ``--pretrain-domain`` (its IoU on ``--select-files`` labelled training files), then
-   (``--pixel-size-by transfer``, the default) the ``--shortlist`` best are each imported,
-   and one pretrained model is transferred on the most labelled tiles of ``--tiles``; the
-   candidate whose transferred model has the best IoU on the validation micrographs wins
-   (never a test file; the evidence is reported);
+   ``--pretrain-domain``: ranked by its IoU on ``--select-files`` labelled training files,
+   then (``--pixel-size-by transfer``, the default; ``hrtem-ray pixel-size --val-files``)
+   at the ``--shortlist`` best a copy is transferred on the most labelled tiles of
+   ``--tiles`` of those files, and the candidate whose transferred model has the best IoU
+   on the validation micrographs wins (never a test file; the evidence is reported);
 3. ``hrtem-ray import`` into a copy of the dataset as domain ``real``, whole micrographs
    held out as its test split (``--test-fraction`` or ``--test-files``);
 4. a study on it, every trial run in this process by
@@ -237,9 +237,12 @@ def run_trials(raw: dict, data: Path, root: Path, threads: int) -> tuple[dict[st
     return seconds, {t.model_id for t in plan.all()}
 
 
-def pixel_size(args, files, masks, split, data, work, source) -> tuple[float, list[dict] | None]:
-    """``--pixel-size-angstrom``, or the candidate a simulated-pretrained model segments
-    best on the first ``--select-files`` training files (never a test file)."""
+def pixel_size(args, files, masks, split, data, work) -> tuple[float, list[dict] | None]:
+    """``--pixel-size-angstrom``, or the candidate chosen by
+    :func:`hrtem_ray.realdata.choose_pixel_size` with a simulated-pretrained model: its IoU
+    on the first ``--select-files`` training files, then (``--pixel-size-by transfer``)
+    its validation IoU on the validation files after a transfer on the most labelled
+    tiles of ``--tiles`` at the ``--shortlist`` best candidates (never a test file)."""
     if args.pixel_size_angstrom is not None:
         return args.pixel_size_angstrom, None
     from hrtem_ray.dataset.micrograph_files import read_micrograph
@@ -250,71 +253,39 @@ def pixel_size(args, files, masks, split, data, work, source) -> tuple[float, li
     record = work / "pixel_size.json"
     criterion = {"by": "simulation"}
     if args.pixel_size_by == "transfer":
-        criterion = {"by": "transfer", "shortlist": args.shortlist, "tta": args.tta,
-                     "tiles": max(args.tiles), "seed": args.seeds[0]}  # fmt: skip
+        criterion = {"by": "transfer", "shortlist": args.shortlist, "tiles": max(args.tiles),
+                     "lr": args.transfer_lr, "max_epochs": args.max_epochs,
+                     "patience": args.patience, "seed": args.seeds[0]}  # fmt: skip
     if record.exists():  # chosen by an earlier run in this work folder, the same way
         stored = json.loads(record.read_text())
         if stored.get("criterion", {"by": "simulation"}) == criterion:
             return stored["pixel_size_angstrom"], stored["evidence"]
-    from hrtem_ray.realdata import choose_pixel_size
+    from hrtem_ray.realdata import TransferCheck, choose_pixel_size
 
     selector = work / "selector"
     raw = study_spec(args, data, [args.pretrain_domain])
     raw["pretrain"]["seeds"] = args.seeds[:1]
     run_trials(raw, data, selector, args.threads)  # only the pretrain models
     chosen = [i for i, f in enumerate(files) if split[f.name] == "train"][: args.select_files]
+    check = None
+    if args.pixel_size_by == "transfer":
+        held = [i for i, f in enumerate(files) if split[f.name] == "val"]
+        chosen += held
+        check = TransferCheck(
+            tuple(files[i].name for i in held), tiles=max(args.tiles), shortlist=args.shortlist,
+            lr=args.transfer_lr, max_epochs=args.max_epochs, patience=args.patience,
+            seed=args.seeds[0],
+        )  # fmt: skip
     choice = choose_pixel_size(
         selector, f"best:{args.pretrain_domain}", [files[i] for i in chosen],
-        [masks[i] for i in chosen], args.candidates,
+        [masks[i] for i in chosen], args.candidates, num_threads=args.threads, transfer=check,
     )  # fmt: skip
     print(choice.describe(), file=sys.stderr, flush=True)
     evidence = choice.evidence.to_dicts()
-    pixel = choice.pixel_size_angstrom
-    if args.pixel_size_by == "transfer":
-        ranked = sorted(evidence, key=lambda row: -row["iou"])[: args.shortlist]
-        tried = [
-            transfer_at(args, files, masks, source, work / f"pixel-{row['pixel_size_angstrom']:g}",
-                        row["pixel_size_angstrom"])
-            for row in ranked
-        ]  # fmt: skip
-        pixel = max(tried, key=lambda row: row["val_iou_after_transfer"])["pixel_size_angstrom"]
-        for row in evidence:
-            found = [t for t in tried if t["pixel_size_angstrom"] == row["pixel_size_angstrom"]]
-            row.update(found[0] if found else {})
-        print(f"pixel size by the transferred models' validation IoU: {pixel:g} Å", file=sys.stderr)
-    record.write_text(json.dumps({"pixel_size_angstrom": pixel, "evidence": evidence,
-                                  "model_id": choice.model_id, "criterion": criterion}))  # fmt: skip
-    return pixel, evidence
-
-
-def transfer_at(args, files, masks, source: Path, work: Path, pixel: float) -> dict:
-    """The validation IoU, on the held-out validation micrographs, of one model pretrained
-    on the simulated domain and transferred on the most labelled tiles of ``--tiles``,
-    with the micrographs imported at ``pixel`` Å/px (its own copy of the dataset). The
-    validation tiles also chose the transfer's epoch, alike at every candidate."""
-    from hrtem_ray.dataset.micrographs import import_micrographs, imported_domains
-    from hrtem_ray.dataset.readers import read_images
-    from hrtem_ray.learning.train import evaluate, load_checkpoint, torch_threads
-
-    copy_root = working_copy(source, work)
-    if DOMAIN not in imported_domains(copy_root):
-        import_micrographs(files, copy_root, DOMAIN, masks=masks, pixel_size_angstrom=pixel,
-                           val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                           test_files=args.test_files)  # fmt: skip
-    raw = study_spec(args, copy_root, [DOMAIN])
-    raw["pretrain"]["seeds"] = args.seeds[:1]
-    raw["transfer"]["n_images"] = [max(args.tiles)]
-    raw["baseline"] = None
-    _, planned = run_trials(raw, copy_root, work / "study", args.threads)
-    (model_id,) = [m for m in planned if m.startswith("transfer-")]
-    model, _ = load_checkpoint(work / "study" / "checkpoints" / model_id)
-    val = read_images(copy_root, DOMAIN, "val")
-    with torch_threads(args.threads):
-        scored = evaluate(model, {DOMAIN: (val.images, val.masks)}, device="cpu", tta=args.tta)
-    iou = scored[DOMAIN].iou
-    print(f"  {pixel:g} Å: validation IoU after transfer {iou:.3f}", file=sys.stderr, flush=True)
-    return {"pixel_size_angstrom": pixel, "val_iou_after_transfer": iou,
-            "transfer_tiles": max(args.tiles), "val_tiles": len(val.images)}  # fmt: skip
+    record.write_text(json.dumps({"pixel_size_angstrom": choice.pixel_size_angstrom,
+                                  "evidence": evidence, "model_id": choice.model_id,
+                                  "criterion": criterion}))  # fmt: skip
+    return choice.pixel_size_angstrom, evidence
 
 
 def summary(table: pl.DataFrame, tiles: list[int]) -> dict:
@@ -383,11 +354,10 @@ def main() -> None:
                           test_fraction=args.test_fraction, test_files=args.test_files)  # fmt: skip
     seconds = {}
     t = time.perf_counter()
-    source = simulated_dataset(args, work)
-    data = working_copy(source, work)
+    data = working_copy(simulated_dataset(args, work), work)
     seconds["dataset"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    pixel, evidence = pixel_size(args, files, masks, split, data, work, source)
+    pixel, evidence = pixel_size(args, files, masks, split, data, work)
     seconds["pixel_size"] = round(time.perf_counter() - t, 1)
     if DOMAIN not in imported_domains(data):
         import_micrographs(files, data, DOMAIN, masks=masks, pixel_size_angstrom=pixel,

@@ -251,6 +251,16 @@ def _parser() -> argparse.ArgumentParser:
     pix.add_argument(
         "--candidates", nargs="+", type=float, required=True, help="pixel sizes to try, in Å"
     )
+    pix.add_argument(
+        "--val-files",
+        nargs="+",
+        default=None,
+        help="names of labelled files held out for validation: the best --shortlist "
+        "candidates are then checked by transferring the model on --transfer-tiles tiles of "
+        "the other files and scoring it on these (the networks are used after transfer)",
+    )
+    pix.add_argument("--transfer-tiles", type=int, default=16, help="with --val-files")
+    pix.add_argument("--shortlist", type=int, default=3, help="with --val-files")
     pix.add_argument("--num-threads", type=int, default=None, help="torch threads")
     return parser
 
@@ -525,11 +535,17 @@ def _suggest(args) -> int:
 
 
 def _pixel_size(args) -> int:
-    from hrtem_ray.realdata import choose_pixel_size
+    import os
 
+    from hrtem_ray.realdata import TransferCheck, choose_pixel_size
+
+    check = None
+    if args.val_files:
+        check = TransferCheck(tuple(os.path.basename(f) for f in args.val_files),
+                              tiles=args.transfer_tiles, shortlist=args.shortlist)  # fmt: skip
     choice = choose_pixel_size(
         args.study, args.model, args.files, args.masks, args.candidates,
-        num_threads=args.num_threads,
+        num_threads=args.num_threads, transfer=check,
     )  # fmt: skip
     print(choice.describe())
     return EXIT_OK

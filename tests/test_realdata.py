@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import tifffile
 from helpers import TWO_MODEL_STUDY, run_cli, train_study_root
@@ -24,7 +25,7 @@ from hrtem_ray.inference import (
     load_study_models,
     torch_threads,
 )
-from hrtem_ray.realdata import choose_pixel_size, rank_regions, suggest
+from hrtem_ray.realdata import TransferCheck, choose_pixel_size, rank_regions, suggest
 from hrtem_ray.spec.config import parse_study_spec
 from hrtem_ray.sweep.run import write_study_spec
 
@@ -144,6 +145,41 @@ def test_pixel_size_evidence_names_every_candidate_and_keeps_the_best(
                      metadata={"unit": "nm"})  # fmt: skip
     with pytest.raises(MicrographError, match="has its own calibration"):
         choose_pixel_size(replicated_root, "best:0", [calibrated], masks[:1], [0.4])
+
+
+def test_pixel_size_by_transfer_checks_the_shortlist_on_held_out_files(
+    replicated_root, micrographs, capsys
+):
+    """With a transfer check the simulation-only IoU ranks the candidates on the training
+    files only, the best two are each checked by a transfer on 2 tiles scored on the
+    held-out file, and that score chooses; bad validation files are refused first."""
+    from hrtem_ray.cli import main
+
+    files, masks = micrographs
+    check = TransferCheck((files[-1].name,), tiles=2, shortlist=2, max_epochs=2, patience=1)
+    choice = choose_pixel_size(replicated_root, "best:0", files, masks, [0.3, 0.4, 0.6],
+                               num_threads=1, transfer=check)  # fmt: skip
+    evidence = choice.evidence
+    assert evidence["files"].to_list() == [len(files) - 1] * 3
+    tried = evidence.filter(pl.col("val_iou_after_transfer").is_not_null())
+    best_two = evidence.sort("iou", descending=True, maintain_order=True).head(2)
+    assert sorted(tried["pixel_size_angstrom"]) == sorted(best_two["pixel_size_angstrom"])
+    top = tried.sort("val_iou_after_transfer", descending=True).item(0, "pixel_size_angstrom")
+    assert choice.pixel_size_angstrom == top
+    assert "after transfer, on validation files" in choice.describe()
+    for held, match in (
+        (("elsewhere.npy",), "not among the labelled files"),
+        (tuple(f.name for f in files), "leave at least one labelled file"),
+    ):
+        with pytest.raises(MicrographError, match=match):
+            choose_pixel_size(replicated_root, "best:0", files, masks, [0.4],
+                              transfer=TransferCheck(held))  # fmt: skip
+    code = main(["pixel-size", *map(str, files), "--masks", *map(str, masks), "--study",
+                 str(replicated_root), "--model", "best:0", "--candidates", "0.4", "0.6",
+                 "--val-files", str(files[0]), "--transfer-tiles", "1", "--shortlist", "1",
+                 "--num-threads", "1"])  # fmt: skip
+    assert code == 0
+    assert "after transfer, on validation files" in capsys.readouterr().out
 
 
 @pytest.mark.slow
