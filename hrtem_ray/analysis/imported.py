@@ -165,8 +165,9 @@ def _configurations(results: pl.DataFrame, domains: list[str]) -> pl.DataFrame:
     )
     if "eval_split" not in rows.columns:
         rows = rows.with_columns(eval_split=pl.lit("val"))
-    return (
+    return (  # models in id order: the bootstrap of a list is the same in every run
         rows.unique(["model_id", "eval_domain"])
+        .sort("eval_domain", pl.col("model_id").cast(pl.String))
         .group_by("eval_domain", "method", "n_tiles", *config, maintain_order=True)
         .agg(pl.col("iou"), pl.col("model_id").cast(pl.String), pl.col("eval_split").first())
         .with_columns(mean_iou=pl.col("iou").list.mean(), n_models=pl.col("iou").list.len())

@@ -99,3 +99,13 @@ def test_a_single_model_gives_no_verdict_against_the_threshold():
     row = network_vs_threshold(table, ci=0.95, n_boot=200).row(0, named=True)
     assert row["n_models"] == 1 and row["difference_ci_low"] is None
     assert row["verdict"] == "undecidable" and "without replicates" in row["sentence"]
+
+
+def test_intervals_do_not_depend_on_the_order_the_results_were_read_in():
+    """The same models read in another order (another file listing) give the same
+    bootstrap intervals, not only the same estimates."""
+    extra = _row("t3", "transfer", 0.93, n_pre=24, n_tr=8, target="exp", seed=3)
+    table = pl.concat([_table(0.3), pl.DataFrame([extra])], how="diagonal_relaxed")
+    rotated = pl.concat([table[1:3], table[0:1], table[3:]])  # t1, t2, t0, ...
+    for frame in (labelled_tiles_curve, network_vs_threshold):
+        assert frame(table, ci=0.9, n_boot=200).equals(frame(rotated, ci=0.9, n_boot=200))
