@@ -37,6 +37,7 @@ dataset is :mod:`hrtem_ray.dataset.micrographs`.
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import importlib
 import math
@@ -418,14 +419,22 @@ def _read_file(path: Path, modules: tuple[str, ...]) -> _Read:
 def source_sha256(path: Path) -> str:
     """SHA-256 of a micrograph source: of a file's bytes; of a directory format (a ``.zspy``
     store, HyperSpy's default layout), of each file's relative name and SHA-256, in sorted
-    order."""
+    order. A file is hashed once per process while its size and modification time stay
+    the same (an import hashes its inputs for its claim, then reads them)."""
     if path.is_file():
-        with path.open("rb") as stream:
-            return sha256_file(stream)
+        stat = path.stat()
+        return _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     digest = hashlib.sha256()
     for item in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(f"{item.relative_to(path).as_posix()}\0{source_sha256(item)}\n".encode())
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file's bytes (cached by path, size and modification time)."""
+    with open(path, "rb") as stream:
+        return sha256_file(stream)
 
 
 def _image_sha256(image: np.ndarray) -> str:

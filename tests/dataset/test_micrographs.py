@@ -483,3 +483,20 @@ def test_a_study_transfers_to_and_evaluates_on_an_imported_domain(
     # torch is imported before Tune redirects a trial's stderr (tune_adapter), so no logging
     # handler holds a closed trial log file; Ray forwards worker output to this process
     assert "ValueError when calling 'flush'" not in capfd.readouterr().err
+
+
+def test_an_import_hashes_each_input_file_once_and_a_changed_file_again(
+    mosaic, dataset_copy, tmp_path
+):
+    """The claim hashes the inputs and the reading needs their hashes too: each file's
+    bytes are hashed once; a file rewritten afterwards (another size or time) is hashed
+    anew, so a changed input is never taken for the one claimed."""
+    from hrtem_ray.dataset import micrograph_files
+
+    files, masks = _mosaic_files(mosaic, tmp_path, 3)
+    micrograph_files._file_sha256.cache_clear()
+    import_micrographs(files, dataset_copy, "once", masks=masks, pixel_size_angstrom=0.4)
+    assert micrograph_files._file_sha256.cache_info().misses == len(files) + len(masks)
+    before = micrograph_files.source_sha256(files[0])
+    np.save(files[0], np.load(files[0])[::-1].copy())
+    assert micrograph_files.source_sha256(files[0]) != before
