@@ -321,7 +321,6 @@ def loss_floor(masks: np.ndarray | torch.Tensor, loss: LossFunction = "cross_ent
     return label_entropy_floor(masks)
 
 
-@torch.no_grad()
 def forward(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """The logits of ``model`` for square images ``x`` ``(N, C, H, H)``.
 
@@ -341,6 +340,7 @@ def forward(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tenso
     return total / N_SYMMETRIES
 
 
+@torch.no_grad()
 def _evaluate_tensors(
     model: nn.Module,
     x: torch.Tensor,
