@@ -34,13 +34,16 @@ table
 goal
     Per tile count the transfer-minus-threshold and transfer-minus-scratch differences,
     and ``met``.
+convergence
+    Per phase and tile count: models, how many converged, their median best epoch.
 pixel_size_angstrom, pixel_size_evidence, split, tiles, settings, seconds
     What was run and how long it took.
 
 ``--tta`` scores every model with test-time augmentation (``training.tta``: the mean over
 the 8 rotations and mirror images of each tile); the threshold is unchanged.
 
-``--quick`` shrinks it (tiles 4 and 8, seeds 0 and 1, at most 10 epochs). The machine it
+``--quick`` shrinks it (tiles 4 and 8, seeds 0 and 1, at most 10 epochs: models may stop
+while still learning, see ``convergence``). The machine it
 ran on and its load go with the numbers (``machine``).
 """
 
@@ -109,7 +112,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--pretrain-augment", default="none", help="augmentations of the pretraining (as --augment)"
     )
-    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--max-epochs", type=int, default=200,
+                        help="most epochs of a stage; early stopping (--patience) ends the "
+                             "others (at 30, models on 4 tiles from scratch stopped while still "
+                             "learning: best epoch the last)")  # fmt: skip
     parser.add_argument("--patience", type=int, default=4)
     parser.add_argument(
         "--n-val", type=int, default=0, help="validation tiles per domain selecting epochs (0: all)"
@@ -322,6 +328,26 @@ def summary(table: pl.DataFrame, tiles: list[int]) -> dict:
     return {"per_tiles": per_tiles, "met": met, "margin_iou": 0.15}
 
 
+def convergence(rows: pl.DataFrame) -> list[dict]:
+    """Per phase and labelled-tile count: models, and how many converged (early stopping).
+
+    A model converged when it stopped on patience or its best epoch is at least
+    ``--patience`` epochs before its last (:func:`hrtem_ray.learning.train.has_converged`);
+    one that did not was stopped while still learning.
+    """
+    return (
+        rows.filter(pl.col("phase") != "threshold")
+        .group_by("phase", "n_transfer")
+        .agg(
+            models=pl.len(),
+            converged=pl.col("converged").cast(pl.Int64).sum(),
+            best_epoch_median=pl.col("best_epoch").median(),
+        )
+        .sort("phase", "n_transfer", nulls_last=False)
+        .to_dicts()
+    )
+
+
 def markdown(table: pl.DataFrame) -> list[str]:
     """The table as README lines: method, tiles, IoU [interval], models."""
     lines = ["| method | labelled tiles | IoU on held-out micrographs [95% CI] | models |",
@@ -381,6 +407,7 @@ def main() -> None:
         "table": table.to_dicts(),
         "markdown": markdown(table),
         "goal": summary(table, args.tiles),
+        "convergence": convergence(rows),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
         "seconds": {**seconds, "total": round(time.perf_counter() - start, 1)},
         "machine": {"cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0]},

@@ -12,9 +12,10 @@ last stored round says what to train next, models already trained are skipped by
 sweep, and a round whose look was not stored yet is made again from the same models,
 with the same decisions. A study that stopped on its budget, its rounds or futile
 findings looks again at its last round when it is resumed, so that a raised budget
-(``adaptive.max_models`` ...) carries it on; every other ``adaptive`` field, ``max_rounds``
-included (it sets every look's level), must stay as the stored rounds were made (refused
-otherwise, naming the field).
+(``adaptive.max_models`` ...) carries one stopped by its budget or by futility on; every
+other ``adaptive`` field, ``max_rounds`` included (it sets every look's level), must stay
+as the stored rounds were made (refused otherwise, naming the field), so a study stopped
+at ``max_rounds`` has spent its looks and stops again.
 """
 
 from __future__ import annotations
