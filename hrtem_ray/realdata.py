@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from hrtem_ray.dataset.geometry import cut_tiles, resample, tile_positions
+from hrtem_ray.dataset.geometry import cut_tiles, resample_labelled, tile_positions
 from hrtem_ray.dataset.micrograph_files import (
     Micrograph,
     MicrographError,
@@ -402,12 +402,12 @@ def labelled_tiles(
     overlap), file by file."""
     images, masks = [], []
     for read, mask in labelled:
-        image = resample(read.image, pixel_size_angstrom, model.pixel_size_angstrom)
-        fitted = resample(mask, pixel_size_angstrom, model.pixel_size_angstrom,
-                          shape=image.shape, mask=True)  # fmt: skip
+        image, fitted = resample_labelled(
+            read.image, mask, pixel_size_angstrom, model.pixel_size_angstrom
+        )
         positions = tile_positions(image.shape, model.tile_px, 0)
         images.append(cut_tiles(image, positions, model.tile_px))
-        masks.append(np.clip(cut_tiles(fitted, positions, model.tile_px), 0.0, 1.0))
+        masks.append(cut_tiles(fitted, positions, model.tile_px))
     return np.concatenate(images).astype(np.float32), np.concatenate(masks).astype(np.float32)
 
 

@@ -24,7 +24,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["cut_tiles", "resample", "resampled_shape", "tile_positions", "tile_starts"]
+__all__ = [
+    "cut_tiles",
+    "resample",
+    "resample_labelled",
+    "resampled_shape",
+    "tile_positions",
+    "tile_starts",
+]
 
 
 def resampled_shape(shape: Sequence[int], from_angstrom: float, to_angstrom: float) -> tuple:
@@ -67,6 +74,22 @@ def resample(
         out = resize(np.asarray(image, np.float64), shape, order=1, mode="edge")
         return out.astype(np.float32)
     return _dct_resample(np.asarray(image, np.float64), shape).astype(np.float32)
+
+
+def resample_labelled(
+    image: np.ndarray, mask: np.ndarray | None, from_angstrom: float, to_angstrom: float
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image and its mask (or ``None``) on the grid of ``to_angstrom``.
+
+    The image as :func:`resample` gives it, the mask interpolated linearly onto the
+    image's new shape and clipped to [0, 1]: how labelled micrographs are brought to a
+    model's or a dataset's pixel size before they are cut into tiles.
+    """
+    image = resample(image, from_angstrom, to_angstrom)
+    if mask is None:
+        return image, None
+    mask = resample(mask, from_angstrom, to_angstrom, shape=image.shape, mask=True)
+    return image, np.clip(mask, 0.0, 1.0)
 
 
 def _dct_resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from hrtem_ray.dataset import imported
-from hrtem_ray.dataset.geometry import cut_tiles, resample, tile_positions
+from hrtem_ray.dataset.geometry import cut_tiles, resample, resample_labelled, tile_positions
 from hrtem_ray.dataset.imported import assign_splits
 from hrtem_ray.dataset.manifest import (
     ROW_COLUMNS,
@@ -673,12 +673,9 @@ def _prepare(
     ]
     prepared = []
     for path, micrograph, mask in zip(paths, micrographs, masks_read, strict=True):
-        image = resample(micrograph.image, micrograph.pixel_size_angstrom, target)
-        if mask is not None:
-            mask = resample(
-                mask, micrograph.pixel_size_angstrom, target, shape=image.shape, mask=True
-            )
-            mask = np.clip(mask, 0.0, 1.0)
+        image, mask = resample_labelled(
+            micrograph.image, mask, micrograph.pixel_size_angstrom, target
+        )
         try:
             positions = tile_positions(image.shape, tile_px, options["overlap_px"])
         except ValueError as exc:
