@@ -243,7 +243,9 @@ def network_vs_threshold(
     highest mean IoU on the domain's scored tiles; the threshold is the one fitted on as
     many labelled tiles as that network saw of the domain (the most tiles fitted when
     none matches, e.g. for ``simulated only``). ``difference`` = network - threshold; its
-    interval is the network's (the threshold is deterministic). ``verdict``: ``beats``
+    interval is the network's (the threshold is deterministic; under
+    ``training.target_images: random`` there is one per seed's draw of tiles, and this is
+    their mean). ``verdict``: ``beats``
     (interval above 0), ``does not beat`` (at or below 0), ``undecidable`` (straddles 0);
     without an interval (one model, or ``ci=None``) it is ``undecidable`` and the sentence
     says so. The sentence states it plainly, with the goal margin

@@ -113,10 +113,31 @@ def _tensor_to_numpy(column: pa.ChunkedArray) -> np.ndarray:
     return column.combine_chunks().to_numpy_ndarray().astype(np.float32, copy=False)
 
 
+def drawn_rows(n_available: int, n: int, seed: int) -> np.ndarray:
+    """Row numbers of ``n`` of ``n_available`` rows drawn at random with ``seed``, ascending.
+
+    The first ``n`` of one permutation of all rows, so the draws of one seed are nested:
+    the ``n`` rows of a smaller count are among those of a larger one.
+
+    Examples
+    --------
+    >>> small, large = drawn_rows(100, 4, seed=3), drawn_rows(100, 8, seed=3)
+    >>> set(small) <= set(large), len(large)
+    (True, 8)
+    """
+    if not 0 <= n <= n_available:
+        raise ValueError(f"n must be between 0 and {n_available}, got {n}")
+    return np.sort(np.random.default_rng(seed).permutation(n_available)[:n])
+
+
 def read_images(
-    dataset_root: str | Path, domain: str, split: str = "train", n: int | None = None
+    dataset_root: str | Path,
+    domain: str,
+    split: str = "train",
+    n: int | None = None,
+    draw_seed: int | None = None,
 ) -> ImageSet:
-    """The first ``n`` images (by structure id) of a domain and split.
+    """``n`` images of a domain and split: the first by structure id, or drawn at random.
 
     Parameters
     ----------
@@ -128,6 +149,10 @@ def read_images(
         ``"train"``, ``"val"`` or ``"test"`` (:data:`~hrtem_ray.spec.types.SPLITS`).
     n
         Number of images; ``None`` for all. Fewer available raises :class:`DatasetError`.
+    draw_seed
+        ``None``: the first ``n`` by structure id. An integer: ``n`` drawn at random with
+        this seed (:func:`drawn_rows`, nested across ``n``), returned in structure-id
+        order. Ignored when ``n`` is ``None``.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -138,7 +163,9 @@ def read_images(
             f"{dataset_root}: domain {domain!r} split {split!r} has {available} images, "
             f"{n or 'some'} requested"
         )
-    if n is not None:
+    if n is not None and draw_seed is not None:
+        table = table.take(pa.array(drawn_rows(available, n, draw_seed)))
+    elif n is not None:
         table = table.slice(0, n)
     return ImageSet(
         images=_tensor_to_numpy(table.column("image")),

@@ -379,6 +379,16 @@ class TrainingSpec(SpecModel):
     logits over the 8 rotations and mirror images of each image
     (:func:`hrtem_ray.learning.train.forward`; the ``tta`` column); epochs are still
     chosen without it.
+
+    ``target_images``: which ``n`` images of its target domain a transfer model, a
+    mixture baseline and a threshold train on. ``first`` (default; the reference study's):
+    the first ``n`` by structure id, the same for every seed; simulated structures are
+    drawn at random already. ``random``: ``n`` drawn at random with the trial's seed,
+    nested (:func:`hrtem_ray.dataset.readers.drawn_rows`), so a transfer model and a
+    baseline of one seed see the same tiles, and replicates differ in which tiles they
+    see; a threshold is then fitted once per seed. Use ``random`` for imported domains,
+    whose structure ids are tile positions: their first ``n`` are a strip of one
+    micrograph.
     """
 
     epochs: int | None = Field(default=None, ge=1)
@@ -391,6 +401,7 @@ class TrainingSpec(SpecModel):
     loss: LossFunction = "cross_entropy"
     eval_split: Literal["test", "val"] | None = None
     tta: bool = False
+    target_images: Literal["first", "random"] = "first"
 
     @model_validator(mode="before")
     @classmethod

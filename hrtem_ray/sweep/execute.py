@@ -68,24 +68,32 @@ class TrialOutcome:
 
 @lru_cache(maxsize=64)
 def _images(
-    dataset_root: str, domain: str, split: str, n: int | None
+    dataset_root: str, domain: str, split: str, n: int | None, draw_seed: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images of a selection, cached per worker process (trials reuse their workers)."""
-    selection = read_images(dataset_root, domain, split, n)
+    """Images of a selection (:func:`~hrtem_ray.dataset.readers.read_images`)."""
+    selection = read_images(dataset_root, domain, split, n, draw_seed)
     return selection.images, selection.masks
 
 
 def training_set(trial: Trial, dataset_root: str) -> tuple[np.ndarray, np.ndarray]:
-    """The images a trial trains on: the first n of its domain(s), by structure id."""
+    """The images a trial trains on: the first n of its domain(s) by structure id, except
+    its target images (a transfer's, a baseline's target part, a threshold's tiles),
+    drawn with its seed under ``training.target_images: random`` (:attr:`Trial.draw_seed`)."""
     if trial.phase == "pretrain":
         return _images(dataset_root, trial.pretrain_domain, "train", trial.n_pretrain)
+    if trial.phase == "threshold":
+        return _images(
+            dataset_root, trial.pretrain_domain, "train", trial.n_pretrain, trial.draw_seed
+        )
     if trial.phase == "transfer":
-        return _images(dataset_root, str(trial.transfer_domain), "train", trial.n_transfer)
+        return _images(
+            dataset_root, str(trial.transfer_domain), "train", trial.n_transfer, trial.draw_seed
+        )
     parts = [
-        (trial.pretrain_domain, trial.n_pretrain),
-        (str(trial.transfer_domain), trial.n_transfer),
+        (trial.pretrain_domain, trial.n_pretrain, None),
+        (str(trial.transfer_domain), trial.n_transfer, trial.draw_seed),
     ]
-    sets = [_images(dataset_root, d, "train", n) for d, n in parts if n]
+    sets = [_images(dataset_root, d, "train", n, seed) for d, n, seed in parts if n]
     return np.concatenate([s[0] for s in sets]), np.concatenate([s[1] for s in sets])
 
 

@@ -112,6 +112,9 @@ RESULT_SCHEMA = pa.schema(
         ("reliability_pixels", pa.list_(pa.int64())),
         ("reliability_confidence", pa.list_(pa.float64())),
         ("reliability_frequency", pa.list_(pa.float64())),
+        # "random": the target images drawn with the row's seed (training.target_images);
+        # null: the first n by structure id
+        ("target_images", pa.string()),
     ]
 )
 
@@ -227,6 +230,7 @@ def result_rows(
             "epoch_seconds": epoch_seconds,
             "epoch_cpu_seconds": epoch_cpu_seconds,
             "augment": trial.augment,
+            "target_images": trial.target_images,
             "tta": tta,
             "threshold_sigma_px": getattr(m, "sigma_px", None),
             "threshold_polarity": getattr(m, "polarity", None),

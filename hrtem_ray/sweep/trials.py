@@ -83,6 +83,14 @@ class Trial:
     #: The stage's realistic augmentations (``transfer.augment`` / ``baseline.augment``):
     #: canonical JSON of an :class:`~hrtem_ray.spec.study.AugmentSpec`; ``None``: none.
     augment: str | None = None
+    #: ``"random"``: the trial's target images are drawn with its seed
+    #: (``training.target_images``); ``None``: the first ``n`` by structure id.
+    target_images: str | None = None
+
+    @property
+    def draw_seed(self) -> int | None:
+        """The seed its target images are drawn with, or ``None`` (the first ``n``)."""
+        return self.seed if self.target_images == "random" else None
 
     @property
     def train_domain(self) -> str:
@@ -113,8 +121,9 @@ class Trial:
 
     def describe(self) -> str:
         """A short human-readable description for progress lines."""
+        drawn = f" drawn with seed {self.seed}" if self.target_images else ""
         if self.phase == "threshold":
-            return f"threshold {self.pretrain_domain} (blur + Otsu) n={self.n_pretrain}"
+            return f"threshold {self.pretrain_domain} (blur + Otsu) n={self.n_pretrain}{drawn}"
         if self.phase == "pretrain":
             return f"pretrain {self.pretrain_domain} lr={self.pretrain_lr:g} n={self.n_pretrain} seed={self.seed}"
         if self.phase == "transfer":
@@ -125,11 +134,13 @@ class Trial:
                 f"transfer {self.pretrain_domain}->{self.transfer_domain} lr={self.transfer_lr:g} "
                 f"n={self.n_transfer} freeze={self.freeze} seed={self.seed}{parent}"
                 + (" augmented" if self.augment else "")
+                + (" drawn" if self.target_images else "")
             )
         steps = "" if self.max_steps is None else f" steps={self.max_steps}"
         return (
             f"baseline {self.pretrain_domain}:{self.transfer_domain}={self.n_pretrain}:{self.n_transfer} "
             f"lr={self.pretrain_lr:g} seed={self.seed}{steps}"
+            + (" drawn" if self.target_images else "")
         )
 
     @property
@@ -177,7 +188,7 @@ class TrialPlan:
 NOT_IDENTIFYING = ("config_hash", "model_id", "parent_seed")
 #: Trial fields added after model ids were first derived: they enter the id only when set
 #: to something other than this default, so that every existing id stays as it was.
-LATER_TRIAL_DEFAULTS = {"max_steps": None, "augment": None}
+LATER_TRIAL_DEFAULTS = {"max_steps": None, "augment": None, "target_images": None}
 
 
 def _identify(trial: Trial, context: dict) -> Trial:
@@ -212,9 +223,12 @@ def trial_context(spec: StudySpec) -> dict:
 
     ``training`` holds every field of :class:`~hrtem_ray.spec.study.TrainingSpec` except
     those of :data:`LATER_TRAINING_DEFAULTS` that are at their default (a study with the
-    default loss keeps the ids it had before ``training.loss`` existed).
+    default loss keeps the ids it had before ``training.loss`` existed), and
+    ``target_images``, which enters only the ids of the trials it concerns (pretrained
+    models stay shared with a study that differs in it).
     """
     training = spec.training.model_dump(mode="json")
+    training.pop("target_images")  # in the ids of the trials it concerns (Trial.target_images)
     for key, default in LATER_TRAINING_DEFAULTS.items():
         if training.get(key) == default:
             training.pop(key)
@@ -421,7 +435,7 @@ def plan_trials(spec: StudySpec) -> TrialPlan:
             transfer.append(_transfer_trial(parent, target, lr, n, freeze, ctx, augment=augment))
     if len({t.model_id for t in pretrain}) != len(pretrain):
         raise ValueError("two pretrain trials share a model id (per-model seed collision)")
-    return TrialPlan(pretrain, transfer, _baseline_trials(spec, ctx), _threshold_trials(spec, ctx))
+    return _with_targets(spec, ctx, pretrain, transfer, _baseline_trials(spec, ctx))
 
 
 def threshold_sizes(spec: StudySpec, domain: str) -> list[int]:
@@ -443,15 +457,43 @@ def threshold_sizes(spec: StudySpec, domain: str) -> list[int]:
     return targets or sorted(set(grids["transfer"] or grids["pretrain"]))
 
 
-def _threshold_trials(spec: StudySpec, ctx: dict) -> list[Trial]:
-    """A blur-and-Otsu baseline per imported eval domain and size (:func:`threshold_sizes`)."""
+def _with_targets(
+    spec: StudySpec, ctx: dict, pretrain: list[Trial], transfer: list[Trial], baseline: list[Trial]
+) -> TrialPlan:
+    """The plan, with ``training.target_images`` applied and its threshold trials.
+
+    Under ``random`` every transfer trial and every baseline with target images draws
+    them with its seed (:attr:`Trial.draw_seed`), and a threshold is fitted per size and
+    per seed those trials drew with; under ``first`` one threshold per size (seed 0).
+    """
+    if spec.training.target_images == "random":
+
+        def drawn(trial: Trial) -> Trial:
+            if trial.n_transfer:
+                return _identify(replace(trial, target_images="random"), ctx)
+            return trial
+
+        transfer, baseline = [drawn(t) for t in transfer], [drawn(t) for t in baseline]
+    return TrialPlan(
+        pretrain, transfer, baseline, _threshold_trials(spec, ctx, transfer + baseline)
+    )
+
+
+def _threshold_trials(spec: StudySpec, ctx: dict, trained: list[Trial]) -> list[Trial]:
+    """A blur-and-Otsu baseline per imported eval domain and size (:func:`threshold_sizes`),
+    and per draw seed of the ``trained`` trials on that domain under ``target_images: random``."""
     trials = []
     for domain in spec.domains_for("eval"):
         if domain not in spec.domains.imported:
             continue
+        seeds = sorted({t.seed for t in trained if t.target_images and t.transfer_domain == domain})
         for n in threshold_sizes(spec, domain):
             trial = Trial("threshold", domain, None, 0.0, None, n, None, "none", 0, None)
-            trials.append(_identify(trial, ctx))
+            if not seeds:
+                trials.append(_identify(trial, ctx))
+            trials += [
+                _identify(replace(trial, seed=seed, target_images="random"), ctx) for seed in seeds
+            ]
     return trials
 
 
@@ -597,7 +639,7 @@ def plan_replicates(spec: StudySpec, replicates: Mapping[str, int]) -> TrialPlan
             for r in range(replicates.get(key, 0)):
                 seed = replicate_seed(grid.seeds, r)
                 baseline.append(_baseline_trial(spec, pair, counts, lr, seed, ctx))
-    return TrialPlan(pretrain, transfer, baseline, _threshold_trials(spec, ctx))
+    return _with_targets(spec, ctx, pretrain, transfer, baseline)
 
 
 def _pretrain_configs(spec: StudySpec, ctx: dict) -> list[Trial]:

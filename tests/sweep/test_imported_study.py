@@ -98,3 +98,35 @@ def test_threshold_polarity_follows_the_contrast(imported_root):
     with pytest.raises(ValueError, match="one shape"):
         fit_threshold(train.images, train.masks[:1])
     assert np.isfinite(fitted.sigma_px)
+
+
+def test_random_target_images_pair_transfer_and_scratch_and_fit_a_threshold_per_seed(
+    imported_root,
+):
+    """Under ``training.target_images: random`` a transfer model and a from-scratch
+    baseline of one seed train on the same drawn tiles, seeds draw differently, and the
+    threshold is fitted on each seed's draw."""
+    from hrtem_ray.sweep.execute import training_set
+
+    raw = copy.deepcopy(RAW)
+    raw["dataset"] = {**raw["dataset"], "path": str(imported_root)}
+    raw["pretrain"]["seeds"] = [0, 1, 2]
+    raw["baseline"] = {"pairs": [["0", "exp"]], "mixtures": [[0, 2]], "lr": [1e-3],
+                       "seeds": [0, 1, 2]}  # fmt: skip
+    raw["training"] = {**raw["training"], "target_images": "random"}
+    plan = plan_trials(parse_study_spec(raw, source="tests"))
+    assert sorted((t.n_pretrain, t.seed) for t in plan.threshold) == [
+        (n, s) for n in (2, 4) for s in (0, 1, 2)
+    ]
+    tiles = {}
+    for trial in plan.transfer + plan.baseline + plan.threshold:
+        n = trial.n_pretrain if trial.phase == "threshold" else trial.n_transfer
+        tiles.setdefault((n, trial.seed), []).append(training_set(trial, str(imported_root)))
+    for sets in tiles.values():
+        for images, masks in sets[1:]:  # the same tiles for every method of a seed
+            np.testing.assert_array_equal(images, sets[0][0])
+            np.testing.assert_array_equal(masks, sets[0][1])
+    drawn = [tiles[(4, s)][0][0] for s in (0, 1, 2)]
+    assert any(not np.array_equal(drawn[0], d) for d in drawn[1:])
+    first = read_images(imported_root, "exp", "train", 4)
+    assert any(not np.array_equal(first.images, d) for d in drawn)

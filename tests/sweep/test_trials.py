@@ -477,3 +477,24 @@ def test_baseline_pairs_choose_the_mixtures_domains():
 def test_replicate_baseline_seeds_are_distinct_models():
     trials = baseline_of({"fractions": [0.5], "seeds": [0, 1, 2]})
     assert [t.seed for t in trials] == [0, 1, 2] and len({t.model_id for t in trials}) == 3
+
+
+def test_random_target_images_enter_the_ids_of_the_trials_they_concern_only():
+    """``training.target_images: random`` draws the target images of transfer trials and
+    baselines with their seeds: their ids change, the pretrained models stay shared."""
+    first = plan_of(SPEC)
+    drawn = plan_of(edited(training={**SPEC["training"], "target_images": "random"}))
+    assert [t.model_id for t in drawn.pretrain] == [PINNED_PRETRAIN_ID]
+    assert [t.model_id for t in first.all()] == PINNED_IDS
+    for a, b in zip(first.transfer + first.baseline, drawn.transfer + drawn.baseline, strict=True):
+        assert a.model_id != b.model_id and a.parent_id == b.parent_id
+        assert (a.draw_seed, b.draw_seed, b.target_images) == (None, b.seed, "random")
+        assert b.describe().endswith(" drawn")
+    assert drawn.pretrain[0].draw_seed is None
+
+
+def test_random_target_images_need_a_known_value():
+    with pytest.raises(
+        ValueError, match=r"training\.target_images: Input should be 'first' or 'random'"
+    ):
+        plan_of(edited(training={**SPEC["training"], "target_images": "shuffled"}))
