@@ -47,6 +47,11 @@ labelled. ``--target-images first`` takes the first tiles by position for every 
 strip of the first training micrograph; the benchmark's protocol before 2026-12-07).
 The goal's threshold margin is counted from the top of the threshold's interval.
 
+Early stopping (patience 4, at most 200 epochs) ends no stage before 100 optimizer steps
+(``--min-steps``, ``training.min_steps``): on 4 tiles an epoch is 2 steps, and patience
+alone ended stages after 10 steps, before they had learned anything (``--min-steps 0``
+for the protocol before 2026-12-07).
+
 ``--tta`` scores every model with test-time augmentation (``training.tta``: the mean over
 the 8 rotations and mirror images of each tile); the threshold is unchanged.
 
@@ -128,6 +133,9 @@ def _arguments() -> argparse.Namespace:
                              "others (at 30, models on 4 tiles from scratch stopped while still "
                              "learning: best epoch the last)")  # fmt: skip
     parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--min-steps", type=int, default=100,
+                        help="early stopping ends no stage before this many optimizer steps "
+                             "(training.min_steps; 0: none)")  # fmt: skip
     parser.add_argument(
         "--n-val", type=int, default=0, help="validation tiles per domain selecting epochs (0: all)"
     )
@@ -219,6 +227,7 @@ def study_spec(args: argparse.Namespace, data: Path, domains_eval: list[str]) ->
             "max_epochs": args.max_epochs,
             "patience": args.patience,
             "min_delta": 0.002,
+            "min_steps": args.min_steps or None,
             "batch_size": 16,
             "n_val": args.n_val or None,
             "tta": args.tta,

@@ -139,10 +139,11 @@ REGIONS: dict[str, tuple[float, float]] = {
 _LABELS = ("study", "model_id", "phase", "pretrain_domain", "transfer_domain", "eval_domain")
 _REQUIRED = (*_LABELS, "pretrain_lr", "transfer_lr", "n_pretrain", "n_transfer", "freeze", "loss")
 _SETTINGS = ("pretrain_lr", "transfer_lr", "n_pretrain", "n_transfer", "loss_function",
-             "patience", "min_delta", "budget", "augment", "target_images")  # fmt: skip
+             "patience", "min_delta", "min_steps", "budget", "augment",
+             "target_images")  # fmt: skip
 _DEVICE = ("train_device", "trials_sharing_device")
 _OPTIONAL = ("epochs", "max_epochs", "train_seconds", "epoch_seconds", "epoch_cpu_seconds",
-             "loss_function", "patience", "min_delta", "augment", "target_images",
+             "loss_function", "patience", "min_delta", "min_steps", "augment", "target_images",
              *_DEVICE)  # fmt: skip
 _PHASES = ("pretrain", "transfer", "baseline")
 _NO_REPLICATES = "one model per configuration: no replicates"

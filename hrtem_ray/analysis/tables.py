@@ -34,7 +34,7 @@ LABEL_COLUMNS = ("study", "phase", *DOMAIN_COLUMNS, "freeze")
 #: replicates of one another.
 CONFIGURATION_COLUMNS = ("study", "phase", "pretrain_domain", "transfer_domain", "pretrain_lr",
                          "transfer_lr", "n_pretrain", "n_transfer", "freeze", "augment",
-                         "target_images", "loss_function", "patience", "min_delta",
+                         "target_images", "loss_function", "patience", "min_delta", "min_steps",
                          "max_epochs")  # fmt: skip
 #: The columns a pair statistic reads, and those a transfer statistic reads.
 BASE_COLUMNS = ("phase", "pretrain_domain", "eval_domain", "loss")

@@ -676,6 +676,7 @@ def train_stage(
     min_delta: float = 0.0,
     max_steps: int | None = None,
     augmentation: AugmentSpec | None = None,
+    min_steps: int | None = None,
 ) -> StageResult:
     """Train ``model`` for one stage and keep the epoch with the lowest validation loss.
 
@@ -714,6 +715,10 @@ def train_stage(
     patience, min_delta
         Early stopping: stop once :func:`epochs_without_improvement` of the validation losses
         (with ``min_delta``) reaches ``patience``; ``None`` (default): train every epoch.
+    min_steps
+        Early stopping ends no stage before it has trained this many optimizer steps (on a
+        few images an epoch is one or two steps, and ``patience`` epochs can end a stage
+        that has not started to learn); ``None``: from the first epoch.
     max_steps
         Stop after this many optimizer steps in all (the last epoch partial, then
         validated like any other); ``None``: whole epochs only.
@@ -737,6 +742,8 @@ def train_stage(
         raise ValueError(f"patience must be at least 1, got {patience}")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    if min_steps is not None and min_steps < 1:
+        raise ValueError(f"min_steps must be at least 1, got {min_steps}")
     _check_loss(loss)
     t_start = time.perf_counter()
     device = select_device(device)
@@ -809,7 +816,12 @@ def train_stage(
                 if steps_left <= 0:
                     break
             losses = [h["val_loss"] for h in history]
-            if patience is not None and early_stopping_epoch(losses, patience, min_delta) == epoch:
+            trained = sum(int(h["steps"]) for h in history)
+            if (
+                patience is not None
+                and epochs_without_improvement(losses, min_delta) >= patience
+                and trained >= (min_steps or 0)
+            ):
                 stopped_on_patience = True
                 break
         if best_state:

@@ -363,7 +363,9 @@ class TrainingSpec(SpecModel):
     the reference study's; a ``patience`` with it only judges convergence. Early stopping:
     ``max_epochs`` and ``patience``, training stops once ``patience`` epochs in a row did not
     improve the validation loss by more than ``min_delta`` on the best loss so far
-    (:func:`hrtem_ray.learning.train.epochs_without_improvement`). Either way the best
+    (:func:`hrtem_ray.learning.train.epochs_without_improvement`), but not before the stage
+    has trained ``min_steps`` optimizer steps when given (on a few labelled tiles an epoch
+    is one or two steps). Either way the best
     epoch is kept, and a model has ``converged`` when it stopped on patience or its best
     epoch is at least ``patience`` epochs before its last
     (:func:`hrtem_ray.learning.train.has_converged`).
@@ -395,6 +397,7 @@ class TrainingSpec(SpecModel):
     max_epochs: int | None = Field(default=None, ge=1)
     patience: int | None = Field(default=None, ge=1)
     min_delta: float = Field(default=0.0, ge=0)
+    min_steps: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=16, ge=1)
     lr_decay: float = Field(default=0.99, gt=0, le=1)
     n_val: int | None = Field(default=None, ge=1)
@@ -433,6 +436,11 @@ class TrainingSpec(SpecModel):
             )
         if self.min_delta > 0 and self.patience is None:
             raise ValueError("training.min_delta: needs training.patience")
+        if self.min_steps is not None and not self.stops_early:
+            raise ValueError(
+                "training.min_steps: needs early stopping (training.max_epochs and patience); "
+                "with training.epochs every stage trains all its epochs"
+            )
         return self
 
     @property

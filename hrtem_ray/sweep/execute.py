@@ -411,6 +411,7 @@ def execute_trial(
         loss=training.loss,
         patience=training.patience if training.stops_early else None,
         min_delta=training.min_delta,
+        min_steps=training.min_steps,
         max_steps=trial.max_steps,
         augmentation=(
             None if trial.augment is None else AugmentSpec.model_validate_json(trial.augment)
@@ -466,6 +467,7 @@ def execute_trial(
         patience=training.patience,
         max_epochs=training.max_epochs,
         min_delta=training.min_delta,
+        min_steps=training.min_steps,
         train_steps=stage.steps,
         eval_splits=splits,
         tta=spec.training.tta,

@@ -115,6 +115,8 @@ RESULT_SCHEMA = pa.schema(
         # "random": the target images drawn with the row's seed (training.target_images);
         # null: the first n by structure id
         ("target_images", pa.string()),
+        # early stopping ended no stage before this many optimizer steps (training.min_steps)
+        ("min_steps", pa.int64()),
     ]
 )
 
@@ -167,6 +169,7 @@ def result_rows(
     patience: int | None = None,
     max_epochs: int | None = None,
     min_delta: float | None = None,
+    min_steps: int | None = None,
     train_steps: int | None = None,
     eval_splits: Mapping[str, str] | None = None,
     tta: bool | None = None,
@@ -179,7 +182,7 @@ def result_rows(
     ``metrics`` maps eval domain -> an object with ``loss``, ``cross_entropy`` and ``iou``;
     ``epochs`` is the number of epochs the stage trained. ``loss_function``,
     ``train_device``, ``trials_sharing_device``, ``converged``, ``patience``,
-    ``max_epochs`` (``None`` for fixed epochs), ``min_delta`` and ``train_steps`` are
+    ``max_epochs`` (``None`` for fixed epochs), ``min_delta``, ``min_steps`` and ``train_steps`` are
     recorded as they are; ``target_fraction`` and ``parent_seed`` come from the trial
     (see docs/results_schema.md). ``eval_splits`` maps eval domain -> the split its metrics
     were computed on (``test`` or ``val``; default ``val``), ``tta`` whether with test-time
@@ -222,6 +225,7 @@ def result_rows(
             "patience": patience,
             "max_epochs": max_epochs,
             "min_delta": min_delta,
+            "min_steps": min_steps,
             "train_steps": train_steps,
             "target_fraction": trial.target_fraction,
             "parent_seed": trial.parent_seed,

@@ -215,6 +215,7 @@ LATER_TRAINING_DEFAULTS = {
     "min_delta": 0.0,
     "eval_split": None,
     "tta": False,
+    "min_steps": None,
 }
 
 

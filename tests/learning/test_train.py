@@ -254,6 +254,22 @@ def test_train_stage_stops_on_patience_and_keeps_the_best_epoch() -> None:
     assert early_stopping_epoch(losses, 1) == (len(losses) if result.stopped_on_patience else None)
 
 
+def test_min_steps_keeps_early_stopping_from_ending_a_stage_too_soon() -> None:
+    """4 images, batch 4: 8 steps an epoch. Patience 2 would stop after 3 epochs (24
+    steps); with ``min_steps=40`` it stops after epoch 5, the first with 40 steps, and it
+    still stops there (the patience count goes on, it is not reset)."""
+    images, masks = disks(4)
+    kwargs = dict(lr=1e-3, epochs=8, patience=2, min_delta=1e9, batch_size=4)
+    early = train_stage(build_model(TINY, seed=0), images, masks, images[:2], masks[:2], **kwargs)
+    late = train_stage(
+        build_model(TINY, seed=0), images, masks, images[:2], masks[:2], min_steps=40, **kwargs
+    )
+    assert (early.epochs_trained, early.steps) == (3, 24) and early.stopped_on_patience
+    assert (late.epochs_trained, late.steps) == (5, 40) and late.stopped_on_patience
+    with pytest.raises(ValueError, match="min_steps must be at least 1"):
+        train_stage(build_model(TINY, seed=0), images, masks, images, masks, min_steps=0, **kwargs)
+
+
 def _adam_steps(result) -> set[int]:
     """The step counts in the stage's Adam state (one per trained parameter)."""
     return {int(state["step"]) for state in result.optimizer.state.values()}

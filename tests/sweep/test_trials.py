@@ -498,3 +498,14 @@ def test_random_target_images_need_a_known_value():
         ValueError, match=r"training\.target_images: Input should be 'first' or 'random'"
     ):
         plan_of(edited(training={**SPEC["training"], "target_images": "shuffled"}))
+
+
+def test_min_steps_enters_the_ids_only_when_set():
+    stopping = {**SPEC["training"], "epochs": None, "max_epochs": 4, "patience": 2}
+    plain = plan_of(edited(training=stopping))
+    unset = plan_of(edited(training={**stopping, "min_steps": None}))
+    assert [t.model_id for t in unset.all()] == [t.model_id for t in plain.all()]
+    floor = plan_of(edited(training={**stopping, "min_steps": 50}))
+    assert not {t.model_id for t in floor.all()} & {t.model_id for t in plain.all()}
+    with pytest.raises(ValueError, match=r"training\.min_steps: needs early stopping"):
+        plan_of(edited(training={**SPEC["training"], "min_steps": 50}))
