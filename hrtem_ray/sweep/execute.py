@@ -70,7 +70,8 @@ class TrialOutcome:
 def _images(
     dataset_root: str, domain: str, split: str, n: int | None, draw_seed: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images of a selection (:func:`~hrtem_ray.dataset.readers.read_images`)."""
+    """Images of a selection (:func:`~hrtem_ray.dataset.readers.read_images`), cached per
+    worker process (trials reuse their workers)."""
     selection = read_images(dataset_root, domain, split, n, draw_seed)
     return selection.images, selection.masks
 
